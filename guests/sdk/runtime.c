@@ -1,0 +1,370 @@
+/* runtime.c: guest side of the ABI: entry, call dispatch, results, host calls, output. */
+#include "sbx.h"
+
+#define SBX_STR2(x) #x
+#define SBX_STR(x) SBX_STR2(x)
+
+/* The ABI note the host checks before loading the guest (sandbox/elf.py). */
+__asm__(".pushsection .note.sbx, \"a\", @note\n"
+        ".p2align 2\n"
+        ".long 4\n"                       /* namesz: "SBX\0" */
+        ".long 4\n"                       /* descsz */
+        ".long " SBX_STR(SBX_NOTE_TYPE) "\n"
+        ".asciz \"SBX\"\n"
+        ".long " SBX_STR(SBX_ABI_VERSION) "\n"
+        ".popsection\n");
+
+/* Bounds of the "sbx_funcs" section, provided by the linker. */
+extern const struct sbx_func_desc __start_sbx_funcs[];
+extern const struct sbx_func_desc __stop_sbx_funcs[];
+
+/* Room kept free at the end of the output buffer so that buffered output and an abort
+ * message always fit beside a result. */
+#define PRINT_BUF_SIZE 4096
+#define ABORT_MSG_MAX 1024
+#define OUT_RESERVE (PRINT_BUF_SIZE + ABORT_MSG_MAX + 64)
+
+static const struct sbx_boot_info *boot;
+static char print_buf[PRINT_BUF_SIZE];
+static size_t print_len;
+static uint64_t rng_state;
+/* Bytes of the output buffer in use by the result being built. */
+static size_t out_pos;
+
+_Noreturn void sbx_loop(void);
+_Noreturn void sbx_restart_loop(uint64_t stack_top);
+_Noreturn void sbx_start(const struct sbx_boot_info *bi);
+
+static inline void port_out(uint16_t port, uint32_t value) {
+    __asm__ volatile("outl %0, %1" : : "a"(value), "Nd"(port) : "memory");
+}
+
+static inline size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
+
+const struct sbx_boot_info *sbx_boot_info(void) { return boot; }
+
+uint64_t sbx_random_u64(void) {
+    /* xorshift64*; the host seeds it (boot info) and reseeds it on restore. */
+    uint64_t x = rng_state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    rng_state = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+/* ---- Output buffer -------------------------------------------------------------------- */
+
+static uint8_t *out_base(void) { return (uint8_t *)(uintptr_t)boot->out_buf; }
+
+/* Copies `len` bytes into the output buffer after the record being built and returns
+ * their offset from `record`, or aborts if they would not leave OUT_RESERVE free. */
+static uint32_t out_append(size_t record, const void *data, size_t len) {
+    size_t at = align8(out_pos);
+    if (len > boot->out_size || at + len + OUT_RESERVE > boot->out_size)
+        sbx_abort("result too large for the output buffer (%zu bytes)", len);
+    memcpy(out_base() + at, data, len);
+    out_pos = at + len;
+    return (uint32_t)(at - record);
+}
+
+/* Appends the buffered output after the record at `record`; always fits (OUT_RESERVE). */
+static void out_flush_print(size_t record, uint32_t *off, uint32_t *len) {
+    size_t at = out_pos;
+    memcpy(out_base() + at, print_buf, print_len);
+    *off = (uint32_t)(at - record);
+    *len = (uint32_t)print_len;
+    out_pos = at + print_len;
+    print_len = 0;
+}
+
+void sbx_write(const char *s, size_t len) {
+    while (len > 0) {
+        if (print_len == PRINT_BUF_SIZE) {
+            /* Buffer full: one exit hands it to the host. The record goes after whatever
+             * result is being built, so the result is left intact. */
+            size_t rec = align8(out_pos);
+            struct sbx_result *r = (struct sbx_result *)(out_base() + rec);
+            size_t saved = out_pos;
+            out_pos = rec + sizeof(*r);
+            r->status = SBX_STATUS_OK;
+            r->value.tag = SBX_TAG_VOID;
+            r->value.len = 0;
+            r->value.bits = 0;
+            out_flush_print(rec, &r->print_off, &r->print_len);
+            r->size = (uint32_t)(out_pos - rec);
+            port_out(SBX_PORT_PRINT, (uint32_t)rec);
+            out_pos = saved;
+        }
+        size_t n = PRINT_BUF_SIZE - print_len;
+        if (n > len) n = len;
+        memcpy(print_buf + print_len, s, n);
+        print_len += n;
+        s += n;
+        len -= n;
+    }
+}
+
+int sbx_print(const char *fmt, ...) {
+    char tmp[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0) return n;
+    if ((size_t)n < sizeof tmp) {
+        sbx_write(tmp, (size_t)n);
+        return n;
+    }
+    /* Long output: format again into the heap, or truncate if there is none. */
+    char *big = malloc((size_t)n + 1);
+    if (!big) {
+        sbx_write(tmp, sizeof tmp - 1);
+        return n;
+    }
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    sbx_write(big, (size_t)n);
+    free(big);
+    return n;
+}
+
+/* ---- Values --------------------------------------------------------------------------- */
+
+float sbx_arg_f32(const sbx_value *a, int i) {
+    uint32_t b = (uint32_t)a[i].bits;
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+
+double sbx_arg_f64(const sbx_value *a, int i) {
+    double d;
+    memcpy(&d, &a[i].bits, sizeof d);
+    return d;
+}
+
+/* Inside the guest, STR/BYTES values carry a pointer in `bits` (the dispatcher and the
+ * host-call stub translate record offsets to pointers and back). */
+const char *sbx_arg_str(const sbx_value *a, int i, size_t *len) {
+    if (len) *len = a[i].len;
+    return (const char *)(uintptr_t)a[i].bits;
+}
+
+const uint8_t *sbx_arg_bytes(const sbx_value *a, int i, size_t *len) {
+    if (len) *len = a[i].len;
+    return (const uint8_t *)(uintptr_t)a[i].bits;
+}
+
+static sbx_value scalar(uint32_t tag, uint64_t bits) {
+    sbx_value v = {tag, 0, bits};
+    return v;
+}
+
+void sbx_ret_i32(sbx_value *r, int32_t v) { *r = scalar(SBX_TAG_I32, (uint64_t)(int64_t)v); }
+void sbx_ret_u32(sbx_value *r, uint32_t v) { *r = scalar(SBX_TAG_U32, v); }
+void sbx_ret_i64(sbx_value *r, int64_t v) { *r = scalar(SBX_TAG_I64, (uint64_t)v); }
+void sbx_ret_u64(sbx_value *r, uint64_t v) { *r = scalar(SBX_TAG_U64, v); }
+void sbx_ret_bool(sbx_value *r, bool v) { *r = scalar(SBX_TAG_BOOL, v ? 1 : 0); }
+
+void sbx_ret_f32(sbx_value *r, float v) {
+    uint32_t b;
+    memcpy(&b, &v, sizeof b);
+    *r = scalar(SBX_TAG_F32, b);
+}
+
+void sbx_ret_f64(sbx_value *r, double v) {
+    uint64_t b;
+    memcpy(&b, &v, sizeof b);
+    *r = scalar(SBX_TAG_F64, b);
+}
+
+/* The result record is at offset 0 of the output buffer; its data follows it. */
+static void ret_data(sbx_value *r, uint32_t tag, const void *p, size_t len) {
+    uint32_t off = out_append(0, p, len);
+    r->tag = tag;
+    r->len = (uint32_t)len;
+    r->bits = off;
+}
+
+void sbx_ret_str(sbx_value *r, const char *s, size_t len) { ret_data(r, SBX_TAG_STR, s, len); }
+void sbx_ret_bytes(sbx_value *r, const void *p, size_t len) { ret_data(r, SBX_TAG_BYTES, p, len); }
+
+sbx_value sbx_val_i32(int32_t v) { return scalar(SBX_TAG_I32, (uint64_t)(int64_t)v); }
+sbx_value sbx_val_i64(int64_t v) { return scalar(SBX_TAG_I64, (uint64_t)v); }
+sbx_value sbx_val_u64(uint64_t v) { return scalar(SBX_TAG_U64, v); }
+sbx_value sbx_val_bool(bool v) { return scalar(SBX_TAG_BOOL, v ? 1 : 0); }
+
+sbx_value sbx_val_f64(double v) {
+    uint64_t b;
+    memcpy(&b, &v, sizeof b);
+    return scalar(SBX_TAG_F64, b);
+}
+
+sbx_value sbx_val_str(const char *s) {
+    sbx_value v = {SBX_TAG_STR, (uint32_t)strlen(s), (uint64_t)(uintptr_t)s};
+    return v;
+}
+
+sbx_value sbx_val_bytes(const void *p, size_t len) {
+    sbx_value v = {SBX_TAG_BYTES, (uint32_t)len, (uint64_t)(uintptr_t)p};
+    return v;
+}
+
+static bool is_data_tag(uint32_t tag) { return tag == SBX_TAG_STR || tag == SBX_TAG_BYTES; }
+
+/* ---- Ending a call --------------------------------------------------------------------- */
+
+/* Writes the result record at offset 0 of the output buffer (its data is already in
+ * place after it) together with the buffered output. */
+static void finish(uint32_t status, const sbx_value *value) {
+    struct sbx_result *r = (struct sbx_result *)out_base();
+    if (out_pos < sizeof(*r)) out_pos = sizeof(*r);
+    r->status = status;
+    r->value = *value;
+    out_flush_print(0, &r->print_off, &r->print_len);
+    r->size = (uint32_t)out_pos;
+}
+
+/* Ends the call with `status` and a STR message, then continues at the loop with a
+ * fresh stack; used by sbx_abort and when a host function failed. */
+_Noreturn static void unwind(uint32_t status, const char *msg, size_t len) {
+    if (len > ABORT_MSG_MAX) len = ABORT_MSG_MAX;
+    out_pos = sizeof(struct sbx_result);
+    uint8_t *at = out_base() + out_pos;
+    memcpy(at, msg, len);
+    sbx_value v = {SBX_TAG_STR, (uint32_t)len, out_pos};
+    out_pos += len;
+    finish(status, &v);
+    sbx_restart_loop(boot->stack_top);
+}
+
+void sbx_abort(const char *fmt, ...) {
+    char msg[ABORT_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (n < 0) n = 0;
+    if ((size_t)n >= sizeof msg) n = sizeof msg - 1;
+    unwind(SBX_STATUS_ABORT, msg, (size_t)n);
+}
+
+/* ---- Dispatch ---------------------------------------------------------------------------- */
+
+static const struct sbx_func_desc *find_function(const char *name, size_t len) {
+    for (const struct sbx_func_desc *d = __start_sbx_funcs; d < __stop_sbx_funcs; d++) {
+        if (strnlen(d->name, sizeof d->name) == len && memcmp(d->name, name, len) == 0)
+            return d;
+    }
+    return 0;
+}
+
+static void fail(uint32_t status) {
+    sbx_value v = {SBX_TAG_VOID, 0, 0};
+    finish(status, &v);
+}
+
+/* Runs the call record in the input buffer and leaves its result in the output buffer.
+ * The host is trusted by the guest, but the record is still checked: a malformed one is
+ * answered with SBX_STATUS_BAD_RECORD rather than read out of bounds. */
+static void dispatch(void) {
+    const uint8_t *in = (const uint8_t *)(uintptr_t)boot->in_buf;
+    const struct sbx_call *c = (const struct sbx_call *)in;
+    out_pos = sizeof(struct sbx_result);
+
+    if (c->size < sizeof(*c) || c->size > boot->in_size || c->argc > SBX_MAX_ARGS ||
+        c->name_len > c->size || c->name_off > c->size - c->name_len)
+        return fail(SBX_STATUS_BAD_RECORD);
+    const struct sbx_func_desc *d = find_function((const char *)in + c->name_off, c->name_len);
+    if (!d) return fail(SBX_STATUS_NOT_FOUND);
+    if (c->argc != d->nparams) return fail(SBX_STATUS_BAD_ARGS);
+
+    sbx_value args[SBX_MAX_ARGS];
+    for (uint32_t i = 0; i < c->argc; i++) {
+        args[i] = c->args[i];
+        if (args[i].tag != d->params[i]) return fail(SBX_STATUS_BAD_ARGS);
+        if (is_data_tag(args[i].tag)) {
+            if (args[i].len > c->size || args[i].bits > c->size - args[i].len)
+                return fail(SBX_STATUS_BAD_RECORD);
+            args[i].bits = (uint64_t)(uintptr_t)(in + args[i].bits);
+        }
+    }
+    sbx_value ret = {SBX_TAG_VOID, 0, 0};
+    ((sbx_func)(uintptr_t)d->entry)(args, &ret);
+    if (ret.tag != d->ret)
+        sbx_abort("%s returned tag %u, declared %u", d->name, ret.tag, d->ret);
+    finish(SBX_STATUS_OK, &ret);
+}
+
+void sbx_loop(void) {
+    for (;;) {
+        port_out(SBX_PORT_RETURN, 0);
+        dispatch();
+    }
+}
+
+void sbx_start(const struct sbx_boot_info *bi) {
+    boot = bi;
+    rng_state = bi->random_seed | 1;
+    sbx_heap_init((void *)(uintptr_t)bi->heap_base, bi->heap_size);
+    dispatch();
+    sbx_loop();
+}
+
+/* ---- Host calls --------------------------------------------------------------------------- */
+
+sbx_value sbx_host_call(const char *name, int argc, const sbx_value *args) {
+    size_t name_len = strlen(name);
+    if (argc < 0 || argc > SBX_MAX_ARGS) sbx_abort("host call %s: %d arguments", name, argc);
+    if (name_len > SBX_NAME_MAX) sbx_abort("host call name too long");
+
+    /* The record goes after the result being built, so that a function may call the host
+     * after setting its result. */
+    size_t saved = out_pos;
+    size_t rec = align8(out_pos);
+    struct sbx_call *c = (struct sbx_call *)(out_base() + rec);
+    out_pos = rec + sizeof(*c);
+    c->argc = (uint32_t)argc;
+    c->name_len = (uint32_t)name_len;
+    c->name_off = out_append(rec, name, name_len);
+    for (int i = 0; i < argc; i++) {
+        c->args[i] = args[i];
+        if (is_data_tag(args[i].tag))
+            c->args[i].bits = out_append(rec, (const void *)(uintptr_t)args[i].bits, args[i].len);
+    }
+    out_flush_print(rec, &c->print_off, &c->print_len);
+    c->size = (uint32_t)(out_pos - rec);
+    port_out(SBX_PORT_HOST_CALL, (uint32_t)rec);
+    out_pos = saved;
+
+    const uint8_t *reply = (const uint8_t *)(uintptr_t)boot->reply_buf;
+    const struct sbx_result *r = (const struct sbx_result *)reply;
+    sbx_value v = r->value;
+    if (r->status == SBX_STATUS_HOST_ERROR) {
+        size_t len = 0;
+        const char *msg = "";
+        if (v.tag == SBX_TAG_STR && v.len <= r->size && v.bits <= r->size - v.len) {
+            msg = (const char *)reply + v.bits;
+            len = v.len;
+        }
+        unwind(SBX_STATUS_HOST_ERROR, msg, len);
+    }
+    if (r->status != SBX_STATUS_OK || r->size > boot->reply_size)
+        sbx_abort("host call %s: malformed reply", name);
+    if (is_data_tag(v.tag)) {
+        if (v.len > r->size || v.bits > r->size - v.len)
+            sbx_abort("host call %s: malformed reply", name);
+        v.bits = (uint64_t)(uintptr_t)(reply + v.bits);
+    }
+    return v;
+}
+
+const char *sbx_host_call_str(const char *name, const char *arg, size_t *len) {
+    sbx_value a = sbx_val_str(arg);
+    sbx_value v = sbx_host_call(name, 1, &a);
+    if (v.tag != SBX_TAG_STR) return 0;
+    if (len) *len = v.len;
+    return (const char *)(uintptr_t)v.bits;
+}

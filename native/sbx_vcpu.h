@@ -1,0 +1,43 @@
+/* sbx_vcpu.h: interface of the native run loop (also parsed by cffi's cdef: keep it in
+ * that subset: #define NAME <literal>, plain structs and prototypes, no includes). */
+
+/* What ended a run; Python maps each to a result or an exception. */
+#define SBX_EXIT_RETURN 1      /* guest finished a call: result record in the out buffer */
+#define SBX_EXIT_HOST_CALL 2   /* guest calls the host: call record in the out buffer */
+#define SBX_EXIT_PRINT 3       /* guest flushes its print buffer */
+#define SBX_EXIT_TRAP 4        /* CPU exception, reported by the ring-0 stub */
+#define SBX_EXIT_BAD_PORT 5    /* I/O to a port the ABI does not assign, or an `in` */
+#define SBX_EXIT_KICKED 6      /* the deadline passed or another thread kicked the vCPU */
+#define SBX_EXIT_SHUTDOWN 7    /* triple fault */
+#define SBX_EXIT_INTERNAL 8    /* KVM could not run or emulate the guest */
+#define SBX_EXIT_UNKNOWN 9     /* any other KVM exit reason (in kvm_exit_reason) */
+
+struct sbx_exit {
+    uint32_t kind;            /* SBX_EXIT_* */
+    uint32_t kvm_exit_reason; /* KVM_EXIT_* of the last exit */
+    uint32_t port;            /* I/O exits: port */
+    uint32_t value;           /* I/O exits: the 32-bit value written (record offset) */
+    uint64_t vector;          /* TRAP: exception vector */
+    uint64_t error_code;      /* TRAP: error code (0 for vectors that push none) */
+    uint64_t rip;             /* TRAP: faulting RIP */
+    uint64_t cr2;             /* TRAP: CR2 (the fault address of a #PF) */
+    uint64_t rsp;             /* TRAP: guest RSP at the fault */
+    uint64_t detail;          /* INTERNAL: suberror; BAD_PORT: size | direction << 8 */
+};
+
+/* Installs the handler for `signo` (no SA_RESTART) used to kick vCPUs out of KVM_RUN.
+ * Returns 0 or -errno. Call once per process before sbx_vcpu_run. */
+int sbx_signal_init(int signo);
+
+/* Runs the vCPU until an exit that needs Python (see SBX_EXIT_*). `run` is the vCPU's
+ * mmapped struct kvm_run. If timeout_ns > 0 a timer kicks this thread at the deadline
+ * and every millisecond after it until the vCPU is out. Returns 0 with *exit filled, or
+ * -errno if KVM_RUN (or, for a trap, KVM_GET_REGS) failed. Releases the GIL (cffi). */
+int sbx_vcpu_run(int vcpu_fd, void *run, int64_t timeout_ns, struct sbx_exit *exit);
+
+/* Kicks thread `tid` (of this process) out of KVM_RUN: its run ends with
+ * SBX_EXIT_KICKED. Returns 0 or -errno. */
+int sbx_kick_thread(int tid);
+
+/* Version of the package this extension was built for (checked at import). */
+const char *sbx_native_version(void);

@@ -1,0 +1,55 @@
+"""Hardware-isolated micro-VM sandboxes for Python, on /dev/kvm.
+
+    from sandbox import Sandbox
+    with Sandbox() as sb:
+        assert sb.call("add", 1, 2) == 3
+"""
+
+from .abi import Signature, Tag
+from .config import SandboxConfig
+from .errors import (
+    ArgumentError,
+    CallCancelled,
+    CallTimeout,
+    ConfigError,
+    FunctionNotFound,
+    GuestAbiMismatch,
+    GuestAbort,
+    GuestNotFound,
+    GuestProtocolError,
+    GuestTrap,
+    HostFunctionError,
+    KvmError,
+    KvmUnavailable,
+    SandboxBusy,
+    SandboxClosed,
+    SandboxError,
+    SandboxPoisoned,
+)
+from .sandbox import Sandbox
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArgumentError",
+    "CallCancelled",
+    "CallTimeout",
+    "ConfigError",
+    "FunctionNotFound",
+    "GuestAbiMismatch",
+    "GuestAbort",
+    "GuestNotFound",
+    "GuestProtocolError",
+    "GuestTrap",
+    "HostFunctionError",
+    "KvmError",
+    "KvmUnavailable",
+    "Sandbox",
+    "SandboxBusy",
+    "SandboxClosed",
+    "SandboxConfig",
+    "SandboxError",
+    "SandboxPoisoned",
+    "Signature",
+    "Tag",
+]

@@ -1,0 +1,72 @@
+"""The one place that imports the compiled extension (sandbox._sbx_native).
+
+Everything else reaches C through the names exported here: `ffi`, `lib`, and thin typed
+wrappers. C returns 0 or a negative errno; the wording of errors happens in Python.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from .errors import KvmError
+
+try:
+    from ._sbx_native import ffi, lib
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "sandbox's native extension is not built: install the package with "
+        "`pip install .` (or `make install`), which compiles it with cffi"
+    ) from exc
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    _PACKAGE_VERSION = version("kvm-sandbox")
+except PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
+    _PACKAGE_VERSION = None
+
+_NATIVE_VERSION = ffi.string(lib.sbx_native_version()).decode()
+if _PACKAGE_VERSION is not None and _NATIVE_VERSION != _PACKAGE_VERSION:
+    raise ImportError(
+        f"sandbox's native extension was built for version {_NATIVE_VERSION}, the package "
+        f"is {_PACKAGE_VERSION}: reinstall the package to rebuild it"
+    )
+
+__all__ = ["ffi", "lib", "check", "buffer_address", "KICK_SIGNAL", "init_kick_signal", "kick_thread"]
+
+# The real-time signal used to kick vCPU threads out of KVM_RUN (Python itself uses no
+# real-time signals).
+KICK_SIGNAL = signal.SIGRTMIN + 3
+
+_signal_ready = False
+
+
+def check(rc: int, operation: str) -> int:
+    """Raises KvmError for a negative errno return from C; returns `rc` otherwise."""
+    if rc < 0:
+        err = -rc
+        raise KvmError(operation, err, f"{operation} failed: {os.strerror(err)} (errno {err})")
+    return rc
+
+
+def init_kick_signal() -> None:
+    """Installs the vCPU kick handler once per process."""
+    global _signal_ready
+    if not _signal_ready:
+        check(lib.sbx_signal_init(KICK_SIGNAL), "sigaction(kick signal)")
+        _signal_ready = True
+
+
+def kick_thread(native_thread_id: int) -> None:
+    """Kicks the given thread of this process out of KVM_RUN."""
+    check(lib.sbx_kick_thread(native_thread_id), "tgkill")
+
+
+def buffer_address(obj: Any) -> tuple[Any, int]:
+    """Returns (cdata keeping `obj` exported, its address). Release the cdata with
+    ffi.release before closing `obj` (an mmap cannot close while exported)."""
+    ptr = ffi.from_buffer(obj)
+    return ptr, int(ffi.cast("uintptr_t", ptr))
+

@@ -1,0 +1,296 @@
+"""Python side of the guest ABI (guests/include/sbx_abi.h): value tags, statuses, and
+the encoding and decoding of call and result records.
+
+Struct layouts come from the header through cffi; the `struct` formats below are
+checked against them at import. Everything read from guest memory is untrusted: every
+size, offset, length, tag and string is checked before it is used.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ._native import ffi, lib
+from .errors import ArgumentError, GuestProtocolError
+
+ABI_VERSION: int = lib.SBX_ABI_VERSION
+MAX_ARGS: int = lib.SBX_MAX_ARGS
+NAME_MAX: int = lib.SBX_NAME_MAX
+
+
+class Tag(enum.IntEnum):
+    """Value type tags (SBX_TAG_*)."""
+
+    VOID = lib.SBX_TAG_VOID
+    I32 = lib.SBX_TAG_I32
+    U32 = lib.SBX_TAG_U32
+    I64 = lib.SBX_TAG_I64
+    U64 = lib.SBX_TAG_U64
+    F32 = lib.SBX_TAG_F32
+    F64 = lib.SBX_TAG_F64
+    BOOL = lib.SBX_TAG_BOOL
+    STR = lib.SBX_TAG_STR
+    BYTES = lib.SBX_TAG_BYTES
+
+    @property
+    def type_name(self) -> str:
+        return self.name.lower()
+
+
+class Status(enum.IntEnum):
+    """Result statuses (SBX_STATUS_*)."""
+
+    OK = lib.SBX_STATUS_OK
+    ABORT = lib.SBX_STATUS_ABORT
+    NOT_FOUND = lib.SBX_STATUS_NOT_FOUND
+    BAD_ARGS = lib.SBX_STATUS_BAD_ARGS
+    HOST_ERROR = lib.SBX_STATUS_HOST_ERROR
+    BAD_RECORD = lib.SBX_STATUS_BAD_RECORD
+
+
+VALUE = struct.Struct("<IIQ")
+CALL_HEADER = struct.Struct("<6I")
+RESULT = struct.Struct("<4IIIQ")
+FUNC_DESC = struct.Struct("<48sBB32s6sQ")
+CALL_SIZE = ffi.sizeof("struct sbx_call")
+ARGS_OFFSET = ffi.offsetof("struct sbx_call", "args")
+
+assert VALUE.size == ffi.sizeof("struct sbx_value")
+assert CALL_HEADER.size == ARGS_OFFSET and ARGS_OFFSET + MAX_ARGS * VALUE.size == CALL_SIZE
+assert RESULT.size == ffi.sizeof("struct sbx_result")
+assert RESULT.size - VALUE.size == ffi.offsetof("struct sbx_result", "value")
+assert FUNC_DESC.size == ffi.sizeof("struct sbx_func_desc")
+
+_INT_RANGES = {
+    Tag.I32: (-(1 << 31), (1 << 31) - 1),
+    Tag.U32: (0, (1 << 32) - 1),
+    Tag.I64: (-(1 << 63), (1 << 63) - 1),
+    Tag.U64: (0, (1 << 64) - 1),
+}
+_F32 = struct.Struct("<f")
+_F64 = struct.Struct("<d")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_I64 = struct.Struct("<q")
+
+Value = int | float | bool | str | bytes | None
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A guest function's declared parameter and return types."""
+
+    name: str
+    params: tuple[Tag, ...]
+    ret: Tag
+
+    def __str__(self) -> str:
+        params = ", ".join(t.type_name for t in self.params)
+        return f"{self.name}({params}) -> {self.ret.type_name}"
+
+
+def _encode_scalar(tag: Tag, value: object, where: str) -> int:
+    """The 64-bit `bits` of a scalar value, or ArgumentError."""
+    if tag in _INT_RANGES:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ArgumentError(f"{where}: expected {tag.type_name} (int), got {type(value).__name__}")
+        lo, hi = _INT_RANGES[tag]
+        if not lo <= value <= hi:
+            raise ArgumentError(f"{where}: {value} is out of range for {tag.type_name}")
+        return value & 0xFFFF_FFFF_FFFF_FFFF
+    if tag is Tag.BOOL:
+        if not isinstance(value, bool):
+            raise ArgumentError(f"{where}: expected bool, got {type(value).__name__}")
+        return int(value)
+    if tag in (Tag.F32, Tag.F64):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ArgumentError(f"{where}: expected {tag.type_name} (float), got {type(value).__name__}")
+        if tag is Tag.F64:
+            return int(_U64.unpack(_F64.pack(float(value)))[0])
+        try:
+            return int(_U32.unpack(_F32.pack(float(value)))[0])
+        except OverflowError:
+            raise ArgumentError(f"{where}: {value} is out of range for f32") from None
+    raise ArgumentError(f"{where}: cannot pass a value of type {tag.type_name}")
+
+
+def _encode_data(tag: Tag, value: object, where: str) -> bytes:
+    if tag is Tag.STR:
+        if not isinstance(value, str):
+            raise ArgumentError(f"{where}: expected str, got {type(value).__name__}")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ArgumentError(f"{where}: string is not valid Unicode ({exc.reason})") from None
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise ArgumentError(f"{where}: expected bytes, got {type(value).__name__}")
+    return bytes(value)
+
+
+def encode_call(
+    buf: memoryview, name: bytes, params: Sequence[Tag], args: Sequence[object], what: str
+) -> int:
+    """Writes a `struct sbx_call` for `name(*args)` at the start of `buf`; returns its
+    size. Raises ArgumentError for a wrong count, a wrong type or a record too large."""
+    if len(args) != len(params):
+        raise ArgumentError(f"{what} takes {len(params)} arguments, got {len(args)}")
+    pos = ARGS_OFFSET + MAX_ARGS * VALUE.size
+    name_off = pos
+    end = pos + len(name) + 1
+    if end > len(buf):
+        raise ArgumentError(f"{what}: call record does not fit the input buffer")
+    buf[pos : pos + len(name)] = name
+    buf[pos + len(name)] = 0
+    pos = end
+    for i, (tag, value) in enumerate(zip(params, args)):
+        slot = ARGS_OFFSET + i * VALUE.size
+        if tag is Tag.STR or tag is Tag.BYTES:
+            data = _encode_data(tag, value, f"{what} argument {i + 1}")
+            pos = (pos + 7) & ~7
+            end = pos + len(data) + 1
+            if end > len(buf):
+                raise ArgumentError(
+                    f"{what} argument {i + 1}: {len(data)} bytes do not fit the input buffer "
+                    f"({len(buf)} bytes; raise SandboxConfig.input_buffer_size)"
+                )
+            buf[pos : pos + len(data)] = data
+            buf[pos + len(data)] = 0
+            VALUE.pack_into(buf, slot, tag, len(data), pos)
+            pos = end
+        else:
+            VALUE.pack_into(buf, slot, tag, 0, _encode_scalar(tag, value, f"{what} argument {i + 1}"))
+    CALL_HEADER.pack_into(buf, 0, pos, len(args), name_off, len(name), 0, 0)
+    return pos
+
+
+def encode_result(buf: memoryview, status: Status, value: object) -> None:
+    """Writes a `struct sbx_result` carrying a host function's return value (its tag
+    inferred from the Python type) into `buf`. Raises ArgumentError if the value has no
+    ABI type or does not fit."""
+    pos = RESULT.size
+    if value is None:
+        tag, length, bits = Tag.VOID, 0, 0
+    elif isinstance(value, bool):
+        tag, length, bits = Tag.BOOL, 0, int(value)
+    elif isinstance(value, int):
+        tag = Tag.I64 if value < (1 << 63) else Tag.U64
+        length, bits = 0, _encode_scalar(tag, value, "host function result")
+    elif isinstance(value, float):
+        tag, length, bits = Tag.F64, 0, _encode_scalar(Tag.F64, value, "host function result")
+    elif isinstance(value, (str, bytes, bytearray, memoryview)):
+        tag = Tag.STR if isinstance(value, str) else Tag.BYTES
+        data = _encode_data(tag, value, "host function result")
+        if pos + len(data) + 1 > len(buf):
+            raise ArgumentError(
+                f"host function result of {len(data)} bytes does not fit the reply buffer"
+            )
+        buf[pos : pos + len(data)] = data
+        buf[pos + len(data)] = 0
+        length, bits = len(data), pos
+        pos += len(data) + 1
+    else:
+        raise ArgumentError(
+            f"host function returned {type(value).__name__}, which has no ABI type "
+            "(use int, float, bool, str, bytes or None)"
+        )
+    RESULT.pack_into(buf, 0, pos, status, 0, 0, tag, length, bits)
+
+
+def decode_value(rec: memoryview, size: int, tag: int, length: int, bits: int, what: str) -> Value:
+    """Converts one untrusted `struct sbx_value` of the record `rec` (of `size` bytes)
+    to Python."""
+    if tag == Tag.VOID:
+        return None
+    if tag == Tag.STR or tag == Tag.BYTES:
+        if length > size or bits > size - length:
+            raise GuestProtocolError(
+                f"{what}: data at offset {bits} length {length} overruns its {size}-byte record"
+            )
+        data = bytes(rec[bits : bits + length])
+        if tag == Tag.BYTES:
+            return data
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise GuestProtocolError(f"{what}: string is not valid UTF-8 ({exc.reason})") from None
+    if tag == Tag.I32:
+        return ((bits & 0xFFFF_FFFF) ^ 0x8000_0000) - 0x8000_0000
+    if tag == Tag.U32:
+        return bits & 0xFFFF_FFFF
+    if tag == Tag.I64:
+        return (bits ^ (1 << 63)) - (1 << 63)
+    if tag == Tag.U64:
+        return bits
+    if tag == Tag.BOOL:
+        return bits != 0
+    if tag == Tag.F64:
+        return float(_F64.unpack(_U64.pack(bits))[0])
+    if tag == Tag.F32:
+        return float(_F32.unpack(_U32.pack(bits & 0xFFFF_FFFF))[0])
+    raise GuestProtocolError(f"{what}: unknown value tag {tag}")
+
+
+def record_view(buf: memoryview, offset: int, header_size: int, what: str) -> tuple[memoryview, int]:
+    """The untrusted record at `offset` of `buf` and its checked size."""
+    if offset > len(buf) - header_size:
+        raise GuestProtocolError(f"{what}: record offset {offset} is outside its buffer")
+    size = _U32.unpack_from(buf, offset)[0]
+    if size < header_size or size > len(buf) - offset:
+        raise GuestProtocolError(f"{what}: record size {size} is outside its buffer")
+    return buf[offset : offset + size], size
+
+
+def decode_print(rec: memoryview, size: int, off: int, length: int) -> str:
+    """The buffered guest output carried by a record (best effort text)."""
+    if length == 0:
+        return ""
+    if length > size or off > size - length:
+        raise GuestProtocolError(f"print data at offset {off} length {length} overruns its record")
+    return bytes(rec[off : off + length]).decode("utf-8", errors="replace")
+
+
+@dataclass
+class Result:
+    status: int
+    tag: int
+    value: Value
+    output: str
+
+
+def decode_result(buf: memoryview, offset: int, what: str) -> Result:
+    """Decodes the untrusted `struct sbx_result` at `offset` of the output buffer."""
+    rec, size = record_view(buf, offset, RESULT.size, what)
+    _, status, print_off, print_len, tag, length, bits = RESULT.unpack_from(rec, 0)
+    output = decode_print(rec, size, print_off, print_len)
+    value = decode_value(rec, size, tag, length, bits, what)
+    return Result(status, tag, value, output)
+
+
+@dataclass
+class HostCall:
+    name: str
+    args: list[Value]
+    output: str
+
+
+def decode_call(buf: memoryview, offset: int) -> HostCall:
+    """Decodes the untrusted guest -> host `struct sbx_call` at `offset` of `buf`."""
+    rec, size = record_view(buf, offset, CALL_SIZE, "host call")
+    _, argc, name_off, name_len, print_off, print_len = CALL_HEADER.unpack_from(rec, 0)
+    output = decode_print(rec, size, print_off, print_len)
+    if argc > MAX_ARGS:
+        raise GuestProtocolError(f"host call: {argc} arguments, at most {MAX_ARGS}")
+    if name_len > NAME_MAX or name_len > size or name_off > size - name_len:
+        raise GuestProtocolError("host call: function name overruns its record")
+    try:
+        name = bytes(rec[name_off : name_off + name_len]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise GuestProtocolError("host call: function name is not valid UTF-8") from None
+    args = [
+        decode_value(rec, size, *VALUE.unpack_from(rec, ARGS_OFFSET + i * VALUE.size), f"host call {name!r} argument {i + 1}")
+        for i in range(argc)
+    ]
+    return HostCall(name, args, output)

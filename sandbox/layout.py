@@ -1,0 +1,274 @@
+"""The guest memory map: every guest address the host uses is computed here.
+
+Guest memory is one region at guest-physical 0, identity-mapped (guest virtual ==
+guest physical), with 4 KiB pages so that every region gets its own permissions:
+
+    0x0000_0000  +-------------------------------+
+                 | null page           unmapped  |  NULL dereferences fault
+    0x0000_1000  | PML4                S  RW NX  |  (S = supervisor only: ring 3
+    0x0000_2000  | PDPT                S  RW NX  |   gets #PF on any access)
+    0x0000_3000  | PD                  S  RW NX  |  memory <= 1 GiB: one PD
+    0x0000_4000  | GDT + TSS + I/O map S  RW NX  |
+    0x0000_5000  | IDT                 S  RW NX  |
+    0x0000_6000  | exception stubs     S  R  X   |  report vector/RIP/CR2, one exit
+    0x0000_7000  | ring-0 stack        S  RW NX  |  2 pages, RSP0 = 0x9000
+    0x0000_9000  | page tables (PT)    S  RW NX  |  one page per 2 MiB of memory
+                 | boot info           U  R  NX  |  struct sbx_boot_info
+                 | guest image         U  per ELF segment: R X / R NX / RW NX
+                 | input buffer        U  R  NX  |  host -> guest call records
+                 | reply buffer        U  R  NX  |  host -> guest host-call replies
+                 | output buffer       U  RW NX  |  guest -> host records
+                 | heap                U  RW NX  |
+                 | guard page          unmapped  |  stack overflow faults here
+                 | stack               U  RW NX  |  grows down from mem_size
+    mem_size     +-------------------------------+
+
+Everything up to the end of the guest image is the same for every sandbox of one guest
+and config (the "template", built once and copied); the rest starts as zero pages.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from dataclasses import dataclass
+
+from . import x86_64 as x86
+from ._native import ffi, lib
+
+PAGE = x86.PAGE_SIZE
+
+NULL_PAGE = 0x0000
+PML4 = 0x1000
+PDPT = 0x2000
+PD = 0x3000
+GDT = 0x4000
+IDT = 0x5000
+STUBS = 0x6000
+RING0_STACK = 0x7000
+RING0_STACK_TOP = 0x9000
+PAGE_TABLES = 0x9000
+
+MAX_MEMORY = 1 << 30  # one page directory
+STUB_SIZE = 16
+STUB_COMMON = STUBS + x86.NUM_EXCEPTION_VECTORS * STUB_SIZE
+TSS = GDT + 0x100
+
+# Ports ring 3 may use; the trap port is for the ring-0 stubs only.
+GUEST_PORTS = frozenset(range(lib.SBX_PORT_FIRST, lib.SBX_PORT_LAST + 1)) - frozenset(
+    range(lib.SBX_PORT_TRAP, lib.SBX_PORT_TRAP + 4)
+)
+
+# The tail shared by every stub (see x86_64 for the frame, SDM 6.14.1): pop the vector and
+# error code the stub pushed, load the report into registers, exit through the trap port,
+# and halt for good (the host never resumes a trapped vCPU).
+STUB_COMMON_CODE = bytes.fromhex(
+    "58"  # pop rax            ; vector
+    "5b"  # pop rbx            ; error code
+    "488b0c24"  # mov rcx, [rsp]     ; RIP of the faulting instruction
+    "488b742418"  # mov rsi, [rsp+24]  ; RSP at the fault
+    "0f20d2"  # mov rdx, cr2       ; fault address of a #PF
+    "e7" + f"{lib.SBX_PORT_TRAP:02x}"  # out SBX_PORT_TRAP, eax
+    + "f4"  # hlt
+    + "ebfd"  # jmp back to hlt
+)
+
+
+def page_align_up(n: int) -> int:
+    return (n + PAGE - 1) & ~(PAGE - 1)
+
+
+def _stub(vector: int) -> bytes:
+    code = b"" if vector in x86.VECTORS_WITH_ERROR_CODE else b"\x6a\x00"  # push 0
+    code += b"\x6a" + bytes([vector])  # push vector
+    here = STUBS + vector * STUB_SIZE + len(code) + 5
+    code += b"\xe9" + struct.pack("<i", STUB_COMMON - here)  # jmp common
+    return code.ljust(STUB_SIZE, b"\xcc")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One loadable piece of the guest image, at its final guest address."""
+
+    addr: int
+    data: bytes
+    mem_size: int
+    readable: bool = True
+    writable: bool = False
+    executable: bool = False
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Addresses of one sandbox's regions (see the module docstring)."""
+
+    mem_size: int
+    page_tables_end: int
+    boot_info: int
+    image_base: int
+    image_end: int
+    in_buf: int
+    in_size: int
+    reply_buf: int
+    reply_size: int
+    out_buf: int
+    out_size: int
+    heap_base: int
+    heap_size: int
+    guard_page: int
+    stack_base: int
+    stack_top: int
+
+    @classmethod
+    def compute(
+        cls,
+        *,
+        mem_size: int,
+        image_size: int,
+        in_size: int,
+        out_size: int,
+        stack_size: int,
+        heap_size: int | None,
+    ) -> Layout:
+        """Places the regions; raises ValueError if they do not fit in `mem_size`."""
+        if mem_size > MAX_MEMORY or mem_size % (2 << 20):
+            raise ValueError("memory size must be a multiple of 2 MiB, at most 1 GiB")
+        n_pt = mem_size // (2 << 20)
+        page_tables_end = PAGE_TABLES + n_pt * PAGE
+        boot_info = page_tables_end
+        image_base = boot_info + PAGE
+        image_end = image_base + page_align_up(image_size)
+        in_buf = image_end
+        reply_buf = in_buf + in_size
+        out_buf = reply_buf + in_size
+        heap_base = out_buf + out_size
+        stack_top = mem_size
+        stack_base = stack_top - stack_size
+        guard_page = stack_base - PAGE
+        room = guard_page - heap_base
+        if heap_size is None:
+            heap_size = room
+        if room < heap_size or heap_size < 0:
+            need = heap_base + heap_size + PAGE + stack_size
+            raise ValueError(
+                f"the guest does not fit: image {image_size} bytes + buffers + heap "
+                f"{heap_size} + stack {stack_size} need {need} bytes of guest memory, "
+                f"memory_size is {mem_size}; raise memory_size or lower the others"
+            )
+        return cls(
+            mem_size=mem_size,
+            page_tables_end=page_tables_end,
+            boot_info=boot_info,
+            image_base=image_base,
+            image_end=image_end,
+            in_buf=in_buf,
+            in_size=in_size,
+            reply_buf=reply_buf,
+            reply_size=in_size,
+            out_buf=out_buf,
+            out_size=out_size,
+            heap_base=heap_base,
+            heap_size=heap_size,
+            guard_page=guard_page,
+            stack_base=stack_base,
+            stack_top=stack_top,
+        )
+
+    def region_of(self, addr: int) -> str:
+        """Names the region holding guest address `addr` (for trap messages)."""
+        regions = [
+            (NULL_PAGE, PAGE, "null page"),
+            (PML4, GDT, "page tables"),
+            (GDT, STUBS, "descriptor tables"),
+            (STUBS, RING0_STACK, "exception stubs"),
+            (RING0_STACK, RING0_STACK_TOP, "ring-0 stack"),
+            (PAGE_TABLES, self.page_tables_end, "page tables"),
+            (self.boot_info, self.image_base, "boot info"),
+            (self.image_base, self.image_end, "guest image"),
+            (self.in_buf, self.reply_buf, "input buffer"),
+            (self.reply_buf, self.out_buf, "reply buffer"),
+            (self.out_buf, self.heap_base, "output buffer"),
+            (self.heap_base, self.heap_base + self.heap_size, "heap"),
+            (self.guard_page, self.stack_base, "stack guard page"),
+            (self.stack_base, self.stack_top, "stack"),
+        ]
+        for start, end, name in regions:
+            if start <= addr < end:
+                return name
+        return "unmapped memory" if addr < self.mem_size else "outside guest memory"
+
+    def build_template(self, segments: list[Segment]) -> bytes:
+        """The bytes of guest memory from 0 to `image_end` (system tables, page tables,
+        guest image) that every sandbox of this layout starts from. The boot info page is
+        left zero: it is written per sandbox (it carries the random seed)."""
+        mem = bytearray(self.image_end)
+        n_pages = self.mem_size // PAGE
+
+        # Leaf page-table entries, one per 4 KiB page; zero = not present.
+        leaf = x86.PTE_PRESENT | x86.PTE_ACCESSED | x86.PTE_DIRTY
+        ptes = array("Q", bytes(8 * n_pages))
+
+        def map_range(start: int, end: int, flags: int) -> None:
+            first, last = start // PAGE, page_align_up(end) // PAGE
+            ptes[first:last] = array("Q", range(first * PAGE | flags, last * PAGE | flags, PAGE))
+
+        sup_data = leaf | x86.PTE_WRITABLE | x86.PTE_NX
+        user_ro = leaf | x86.PTE_USER | x86.PTE_NX
+        user_rw = user_ro | x86.PTE_WRITABLE
+        map_range(PML4, STUBS, sup_data)
+        map_range(STUBS, RING0_STACK, leaf)  # supervisor, read-only, executable
+        map_range(RING0_STACK, self.page_tables_end, sup_data)
+        map_range(self.boot_info, self.image_base, user_ro)
+        map_range(self.image_base, self.image_end, user_ro)  # gaps between segments: R
+        for seg in segments:
+            flags = leaf | x86.PTE_USER
+            if seg.writable:
+                flags |= x86.PTE_WRITABLE
+            if not seg.executable:
+                flags |= x86.PTE_NX
+            map_range(seg.addr, seg.addr + seg.mem_size, flags)
+            mem[seg.addr : seg.addr + len(seg.data)] = seg.data
+        map_range(self.in_buf, self.out_buf, user_ro)
+        map_range(self.out_buf, self.heap_base + self.heap_size, user_rw)
+        map_range(self.stack_base, self.stack_top, user_rw)
+        # The stack guard page and anything between heap and guard stay unmapped.
+        pt_bytes = ptes.tobytes()
+        mem[PAGE_TABLES : PAGE_TABLES + len(pt_bytes)] = pt_bytes
+
+        # Upper levels: user-accessible and writable; the leaf entries decide.
+        table = x86.PTE_PRESENT | x86.PTE_WRITABLE | x86.PTE_USER | x86.PTE_ACCESSED
+        struct.pack_into("<Q", mem, PML4, PDPT | table)
+        struct.pack_into("<Q", mem, PDPT, PD | table)
+        pd = array("Q", range(PAGE_TABLES | table, self.page_tables_end | table, PAGE))
+        mem[PD : PD + 8 * len(pd)] = pd.tobytes()
+
+        # Descriptor tables, TSS and the ring-0 exception stubs.
+        tss = x86.tss(RING0_STACK_TOP, GUEST_PORTS)
+        mem[TSS : TSS + len(tss)] = tss
+        gdt = x86.gdt(TSS, len(tss) - 1)
+        mem[GDT : GDT + len(gdt)] = gdt
+        for vector in range(x86.NUM_EXCEPTION_VECTORS):
+            gate = x86.idt_gate(STUBS + vector * STUB_SIZE)
+            mem[IDT + 16 * vector : IDT + 16 * (vector + 1)] = gate
+            stub = _stub(vector)
+            mem[STUBS + vector * STUB_SIZE : STUBS + (vector + 1) * STUB_SIZE] = stub
+        mem[STUB_COMMON : STUB_COMMON + len(STUB_COMMON_CODE)] = STUB_COMMON_CODE
+        return bytes(mem)
+
+    def boot_info_bytes(self, random_seed: int) -> bytes:
+        """The `struct sbx_boot_info` for this layout."""
+        info = ffi.new("struct sbx_boot_info *")
+        info.abi_version = lib.SBX_ABI_VERSION
+        info.size = ffi.sizeof("struct sbx_boot_info")
+        info.mem_size = self.mem_size
+        info.in_buf, info.in_size = self.in_buf, self.in_size
+        info.out_buf, info.out_size = self.out_buf, self.out_size
+        info.reply_buf, info.reply_size = self.reply_buf, self.reply_size
+        info.heap_base, info.heap_size = self.heap_base, self.heap_size
+        info.stack_top, info.stack_size = self.stack_top, self.stack_top - self.stack_base
+        info.random_seed = random_seed
+        return bytes(ffi.buffer(info))
+
+
+GDT_LIMIT = 7 * 8 - 1  # five descriptors + a 16-byte TSS descriptor
+IDT_LIMIT = x86.NUM_EXCEPTION_VECTORS * 16 - 1

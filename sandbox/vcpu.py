@@ -1,0 +1,61 @@
+"""`Vcpu`: one virtual CPU (a vCPU fd and its mmapped kvm_run). Created by
+`Vm.create_vcpu()`. `run()` enters the native run loop with the GIL released."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import TYPE_CHECKING, Any
+
+from ._native import buffer_address, check, ffi, lib
+from .kvm import ioctl
+
+if TYPE_CHECKING:
+    from .vm import Vm
+
+
+class Vcpu:
+    def __init__(self, vm: Vm, fd: int) -> None:
+        self.vm = vm
+        self.fd = fd
+        self._run_map = mmap.mmap(
+            fd, vm.kvm.vcpu_mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+        )
+        # Safe: the pointer is only handed to sbx_vcpu_run while _run_map is open, and it
+        # is released in close() before the map is unmapped.
+        self._run_ptr, _ = buffer_address(self._run_map)
+        self.exit = ffi.new("struct sbx_exit *")
+
+    def set_cpuid2(self, cpuid: Any) -> None:
+        ioctl(self.fd, "KVM_SET_CPUID2", cpuid)
+
+    def get_regs(self) -> Any:
+        regs = ffi.new("struct kvm_regs *")
+        ioctl(self.fd, "KVM_GET_REGS", regs)
+        return regs
+
+    def set_regs(self, regs: Any) -> None:
+        ioctl(self.fd, "KVM_SET_REGS", regs)
+
+    def get_sregs(self) -> Any:
+        sregs = ffi.new("struct kvm_sregs *")
+        ioctl(self.fd, "KVM_GET_SREGS", sregs)
+        return sregs
+
+    def set_sregs(self, sregs: Any) -> None:
+        ioctl(self.fd, "KVM_SET_SREGS", sregs)
+
+    def set_xcrs(self, xcrs: Any) -> None:
+        ioctl(self.fd, "KVM_SET_XCRS", xcrs)
+
+    def run(self, timeout_ns: int) -> Any:
+        """Runs until an exit Python must handle; returns the `struct sbx_exit`."""
+        check(lib.sbx_vcpu_run(self.fd, self._run_ptr, timeout_ns, self.exit), "KVM_RUN")
+        return self.exit
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            ffi.release(self._run_ptr)
+            self._run_map.close()
+            os.close(self.fd)
+            self.fd = -1

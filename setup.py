@@ -1,0 +1,32 @@
+"""Build hooks: the cffi extension (cffi_modules) and the bundled guest ELF files.
+
+The guests are compiled by build_ext too, so that `pip install .` and the editable
+install used by `make test` both produce them; they land in sandbox/_guests/.
+"""
+
+import importlib.util
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class BuildExtWithGuests(build_ext):
+    def run(self) -> None:
+        super().run()
+        # guests/build.py uses the standard library only.
+        spec = importlib.util.spec_from_file_location("guest_build", ROOT / "guests" / "build.py")
+        assert spec is not None and spec.loader is not None
+        guest_build = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(guest_build)
+
+        base = ROOT if self.inplace else Path(self.build_lib)
+        guest_build.build_bundled(base / "sandbox" / "_guests")
+
+
+setup(
+    cffi_modules=["native/build_native.py:ffibuilder"],
+    cmdclass={"build_ext": BuildExtWithGuests},
+)
