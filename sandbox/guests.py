@@ -13,6 +13,11 @@ def bundled_guests() -> list[str]:
     return sorted(p.stem for p in BUNDLED_DIR.glob("*.elf"))
 
 
+def is_bundled_name(guest: str) -> bool:
+    """Whether `guest` names a bundled guest (rather than a path)."""
+    return "/" not in guest and (BUNDLED_DIR / f"{guest}.elf").is_file()
+
+
 def resolve_guest(guest: str | Path | None) -> Path:
     """The ELF path for `guest`: a bundled guest's name, a path, or None (the demo).
     Raises GuestNotFound if there is no such file."""

@@ -1,32 +1,63 @@
-"""`GuestMemory`: the guest's physical memory, a memfd mapped into this process.
+"""`GuestMemory`: the guest's physical memory, mapped into this process.
 
-Guest addresses are plain integers; every access by guest address goes through
+A sandbox's memory is a private (copy-on-write) mapping of a sealed memfd image: every
+sandbox of one guest shares the image's pages until it writes to them, and spawning
+copies nothing. Guest addresses are plain integers; access by guest address goes through
 `check_range`, the one bounds-checking translator.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 
 from ._native import buffer_address, ffi
 from .errors import GuestProtocolError
 
+_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
-class GuestMemory:
-    def __init__(self, size: int, name: str = "sandbox-guest") -> None:
+
+class MemoryImage:
+    """A sealed, immutable memfd holding the initial contents of guest memory (zero past
+    `data`). Many GuestMemory objects map it copy-on-write."""
+
+    def __init__(self, size: int, data: bytes, name: str = "sandbox-image") -> None:
         self.size = size
-        self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        self.fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(self.fd, size)
-            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            view = memoryview(data)
+            written = 0
+            while written < len(data):
+                written += os.pwrite(self.fd, view[written:], written)
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, _SEALS)
         except BaseException:
             os.close(self.fd)
             raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class GuestMemory:
+    """A private, writable mapping of a MemoryImage: the memory of one sandbox."""
+
+    def __init__(self, image: MemoryImage) -> None:
+        self.size = image.size
+        self.map = mmap.mmap(
+            image.fd, image.size, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE
+        )
         # Safe: the address is given to KVM as the memslot's backing and the pointer is
         # released in close(), after the VM that uses it is closed.
         self._ptr, self.host_address = buffer_address(self.map)
         self.view = memoryview(self.map)
+        self._closed = False
 
     def check_range(self, addr: int, length: int, what: str = "guest memory") -> None:
         """Raises GuestProtocolError unless [addr, addr+length) lies in guest memory."""
@@ -44,9 +75,8 @@ class GuestMemory:
         return self.map[addr : addr + length]
 
     def close(self) -> None:
-        if self.fd >= 0:
+        if not self._closed:
+            self._closed = True
             self.view.release()
             ffi.release(self._ptr)
             self.map.close()
-            os.close(self.fd)
-            self.fd = -1

@@ -40,10 +40,10 @@ from .errors import (
     SandboxError,
     SandboxPoisoned,
 )
-from .guests import resolve_guest
+from .guests import is_bundled_name, resolve_guest
 from .kvm import Kvm
 from .layout import GDT, GDT_LIMIT, IDT, IDT_LIMIT, PML4, TSS, Layout
-from .memory import GuestMemory
+from .memory import GuestMemory, MemoryImage
 from .vcpu import Vcpu
 from .vm import Vm
 
@@ -56,12 +56,13 @@ class _Prepared:
 
     image: GuestImage
     layout: Layout
-    template: bytes
+    memory: MemoryImage
     entry: int
 
 
 @functools.lru_cache(maxsize=32)
 def _prepare_cached(path: str, mtime_ns: int, size: int, config: SandboxConfig) -> _Prepared:
+    """Keyed by the file's identity, so a rebuilt guest file is loaded again."""
     image = load_guest(path)
     try:
         layout = Layout.compute(
@@ -75,12 +76,25 @@ def _prepare_cached(path: str, mtime_ns: int, size: int, config: SandboxConfig) 
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     template = layout.build_template(image.load(layout.image_base))
-    return _Prepared(image, layout, template, layout.image_base + image.entry)
+    memory = MemoryImage(layout.mem_size, template)
+    return _Prepared(image, layout, memory, layout.image_base + image.entry)
 
 
-def _prepare(path: Path, config: SandboxConfig) -> _Prepared:
+@functools.lru_cache(maxsize=32)
+def _prepare_bundled(guest: str | None, config: SandboxConfig) -> _Prepared:
+    """Bundled guests are package files that do not change while the process runs."""
+    return _prepare_file(resolve_guest(guest), config)
+
+
+def _prepare_file(path: Path, config: SandboxConfig) -> _Prepared:
     st = os.stat(path)
     return _prepare_cached(str(path.resolve()), st.st_mtime_ns, st.st_size, config)
+
+
+def _prepare(guest: str | os.PathLike[str] | None, config: SandboxConfig) -> _Prepared:
+    if guest is None or (isinstance(guest, str) and is_bundled_name(guest)):
+        return _prepare_bundled(guest, config)
+    return _prepare_file(resolve_guest(guest), config)
 
 
 @dataclass(frozen=True)
@@ -178,19 +192,17 @@ class Sandbox:
         self._host_functions = _check_host_functions(host_functions)
         self._output = output
         self.last_output = ""
-        path = resolve_guest(guest if guest is None or isinstance(guest, str) else Path(guest))
-        prepared = _prepare(path, self.config)
-        self.guest_path = str(path)
+        prepared = _prepare(guest, self.config)
+        self.guest_path = prepared.image.path
         self.layout = layout = prepared.layout
         self.functions: Mapping[str, Signature] = prepared.image.functions
         kvm = Kvm.shared()
         init_kick_signal()
 
-        memory = GuestMemory(layout.mem_size)
+        memory = GuestMemory(prepared.memory)
         vm: Vm | None = None
         vcpu: Vcpu | None = None
         try:
-            memory.map[: len(prepared.template)] = prepared.template
             seed = int.from_bytes(os.urandom(8), "little")
             memory.write(layout.boot_info, layout.boot_info_bytes(seed))
             vm = kvm.create_vm()

@@ -147,7 +147,8 @@ SBX_EXPORT(fault, SBX_TAG_VOID, SBX_TAG_STR) {
     } else if (!strcmp(kind, "divzero")) {
         /* An explicit idiv: the compiler may rewrite `1 / x` without a division. */
         int32_t zero = 0, num = 100;
-        __asm__ volatile("cltd; idivl %2" : "+a"(num) : "d"(0), "r"(zero));
+        int32_t high = 0;
+        __asm__ volatile("idivl %2" : "+a"(num), "+d"(high) : "r"(zero));
     } else if (!strcmp(kind, "stack_overflow")) {
         (void)recurse(0);
     } else if (!strcmp(kind, "abort")) {

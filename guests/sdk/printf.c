@@ -401,7 +401,8 @@ int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap) {
             case L_HH: v = (signed char)va_arg(ap, int); break;
             case L_H: v = (short)va_arg(ap, int); break;
             case L_L: v = va_arg(ap, long); break;
-            case L_LL: v = va_arg(ap, long long); break;
+            case L_LL:
+            case L_BIG_L: v = va_arg(ap, long long); break;
             case L_Z: v = (int64_t)va_arg(ap, size_t); break;
             case L_J: v = va_arg(ap, intmax_t); break;
             case L_T: v = va_arg(ap, ptrdiff_t); break;
@@ -419,7 +420,8 @@ int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap) {
             case L_HH: v = (unsigned char)va_arg(ap, unsigned); break;
             case L_H: v = (unsigned short)va_arg(ap, unsigned); break;
             case L_L: v = va_arg(ap, unsigned long); break;
-            case L_LL: v = va_arg(ap, unsigned long long); break;
+            case L_LL:
+            case L_BIG_L: v = va_arg(ap, unsigned long long); break;
             case L_Z: v = va_arg(ap, size_t); break;
             case L_J: v = va_arg(ap, uintmax_t); break;
             case L_T: v = (uint64_t)va_arg(ap, ptrdiff_t); break;
