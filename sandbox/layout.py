@@ -13,18 +13,24 @@ guest physical), with 4 KiB pages so that every region gets its own permissions:
     0x0000_6000  | exception stubs     S  R  X   |  report vector/RIP/CR2, one exit
     0x0000_7000  | ring-0 stack        S  RW NX  |  2 pages, RSP0 = 0x9000
     0x0000_9000  | page tables (PT)    S  RW NX  |  one page per 2 MiB of memory
-                 | boot info           U  R  NX  |  struct sbx_boot_info
-                 | guest image         U  per ELF segment: R X / R NX / RW NX
-                 | input buffer        U  R  NX  |  host -> guest call records
-                 | reply buffer        U  R  NX  |  host -> guest host-call replies
-                 | output buffer       U  RW NX  |  guest -> host records
-                 | heap                U  RW NX  |
                  | guard page          unmapped  |  stack overflow faults here
-                 | stack               U  RW NX  |  grows down from mem_size
+                 | stack               U  RW NX  |  grows down towards the guard
+                 | boot info           U  R  NX  |  struct sbx_boot_info, and in the
+                 | input buffer        U  R  NX  |   same page: host -> guest calls
+                 | guest image         U  per ELF segment: R X / R NX / RW NX
+                 | output buffer       U  RW NX  |  guest -> host records
+                 | reply buffer        U  R  NX  |  host -> guest host-call replies
+                 | heap                U  RW NX  |  up to mem_size (or heap_size)
     mem_size     +-------------------------------+
 
+The order is chosen for spawn cost: each page a guest touches for the first time costs
+a fault in the hypervisor (~20 us under nested KVM), so everything a call touches (stack
+top, boot info, the call record, the guest's code and data, the result record) sits in
+as few pages as possible, all inside the first 2 MiB (one page-table page).
+
 Everything up to the end of the guest image is the same for every sandbox of one guest
-and config (the "template", built once and copied); the rest starts as zero pages.
+and config: the "template", written once into a sealed memfd that sandboxes map
+copy-on-write. The boot info is written per sandbox (it carries the random seed).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ MAX_MEMORY = 1 << 30  # one page directory
 STUB_SIZE = 16
 STUB_COMMON = STUBS + x86.NUM_EXCEPTION_VECTORS * STUB_SIZE
 TSS = GDT + 0x100
+BOOT_INFO_SIZE = 256  # room for struct sbx_boot_info; the input buffer follows it
 
 # Ports ring 3 may use; the trap port is for the ring-0 stubs only.
 GUEST_PORTS = frozenset(range(lib.SBX_PORT_FIRST, lib.SBX_PORT_LAST + 1)) - frozenset(
@@ -135,21 +142,21 @@ class Layout:
             raise ValueError("memory size must be a multiple of 2 MiB, at most 1 GiB")
         n_pt = mem_size // (2 << 20)
         page_tables_end = PAGE_TABLES + n_pt * PAGE
-        boot_info = page_tables_end
-        image_base = boot_info + PAGE
+        guard_page = page_tables_end
+        stack_base = guard_page + PAGE
+        stack_top = stack_base + stack_size
+        boot_info = stack_top
+        in_buf = boot_info + BOOT_INFO_SIZE
+        image_base = boot_info + in_size
         image_end = image_base + page_align_up(image_size)
-        in_buf = image_end
-        reply_buf = in_buf + in_size
-        out_buf = reply_buf + in_size
-        heap_base = out_buf + out_size
-        stack_top = mem_size
-        stack_base = stack_top - stack_size
-        guard_page = stack_base - PAGE
-        room = guard_page - heap_base
+        out_buf = image_end
+        reply_buf = out_buf + out_size
+        heap_base = reply_buf + in_size
+        room = mem_size - heap_base
         if heap_size is None:
             heap_size = room
         if room < heap_size or heap_size < 0:
-            need = heap_base + heap_size + PAGE + stack_size
+            need = heap_base + heap_size
             raise ValueError(
                 f"the guest does not fit: image {image_size} bytes + buffers + heap "
                 f"{heap_size} + stack {stack_size} need {need} bytes of guest memory, "
@@ -162,7 +169,7 @@ class Layout:
             image_base=image_base,
             image_end=image_end,
             in_buf=in_buf,
-            in_size=in_size,
+            in_size=in_size - BOOT_INFO_SIZE,
             reply_buf=reply_buf,
             reply_size=in_size,
             out_buf=out_buf,
@@ -183,24 +190,25 @@ class Layout:
             (STUBS, RING0_STACK, "exception stubs"),
             (RING0_STACK, RING0_STACK_TOP, "ring-0 stack"),
             (PAGE_TABLES, self.page_tables_end, "page tables"),
-            (self.boot_info, self.image_base, "boot info"),
-            (self.image_base, self.image_end, "guest image"),
-            (self.in_buf, self.reply_buf, "input buffer"),
-            (self.reply_buf, self.out_buf, "reply buffer"),
-            (self.out_buf, self.heap_base, "output buffer"),
-            (self.heap_base, self.heap_base + self.heap_size, "heap"),
             (self.guard_page, self.stack_base, "stack guard page"),
             (self.stack_base, self.stack_top, "stack"),
+            (self.boot_info, self.in_buf, "boot info"),
+            (self.in_buf, self.image_base, "input buffer"),
+            (self.image_base, self.image_end, "guest image"),
+            (self.out_buf, self.reply_buf, "output buffer"),
+            (self.reply_buf, self.heap_base, "reply buffer"),
+            (self.heap_base, self.heap_base + self.heap_size, "heap"),
         ]
         for start, end, name in regions:
             if start <= addr < end:
                 return name
         return "unmapped memory" if addr < self.mem_size else "outside guest memory"
 
-    def build_template(self, segments: list[Segment]) -> bytes:
-        """The bytes of guest memory from 0 to `image_end` (system tables, page tables,
-        guest image) that every sandbox of this layout starts from. The boot info page is
-        left zero: it is written per sandbox (it carries the random seed)."""
+    def build_template(self, segments: list[Segment]) -> list[tuple[int, bytes]]:
+        """The initial contents of guest memory shared by every sandbox of this layout,
+        as (guest address, bytes) pieces: system and page tables, and the guest image;
+        the rest starts zero. The boot info is written per sandbox (it carries the
+        random seed)."""
         mem = bytearray(self.image_end)
         n_pages = self.mem_size // PAGE
 
@@ -218,8 +226,8 @@ class Layout:
         map_range(PML4, STUBS, sup_data)
         map_range(STUBS, RING0_STACK, leaf)  # supervisor, read-only, executable
         map_range(RING0_STACK, self.page_tables_end, sup_data)
-        map_range(self.boot_info, self.image_base, user_ro)
-        map_range(self.image_base, self.image_end, user_ro)  # gaps between segments: R
+        map_range(self.stack_base, self.stack_top, user_rw)  # the guard page stays unmapped
+        map_range(self.boot_info, self.image_end, user_ro)  # boot info, input, image gaps
         for seg in segments:
             flags = leaf | x86.PTE_USER
             if seg.writable:
@@ -228,10 +236,9 @@ class Layout:
                 flags |= x86.PTE_NX
             map_range(seg.addr, seg.addr + seg.mem_size, flags)
             mem[seg.addr : seg.addr + len(seg.data)] = seg.data
-        map_range(self.in_buf, self.out_buf, user_ro)
-        map_range(self.out_buf, self.heap_base + self.heap_size, user_rw)
-        map_range(self.stack_base, self.stack_top, user_rw)
-        # The stack guard page and anything between heap and guard stay unmapped.
+        map_range(self.out_buf, self.reply_buf, user_rw)
+        map_range(self.reply_buf, self.heap_base, user_ro)
+        map_range(self.heap_base, self.heap_base + self.heap_size, user_rw)
         pt_bytes = ptes.tobytes()
         mem[PAGE_TABLES : PAGE_TABLES + len(pt_bytes)] = pt_bytes
 
@@ -253,10 +260,28 @@ class Layout:
             stub = _stub(vector)
             mem[STUBS + vector * STUB_SIZE : STUBS + (vector + 1) * STUB_SIZE] = stub
         mem[STUB_COMMON : STUB_COMMON + len(STUB_COMMON_CODE)] = STUB_COMMON_CODE
-        return bytes(mem)
+        return [
+            (0, bytes(mem[: self.page_tables_end])),
+            (self.image_base, bytes(mem[self.image_base : self.image_end])),
+        ]
+
+    def first_call_pages(self, segments: list[Segment]) -> list[tuple[int, int, bool]]:
+        """The (address, size, write) ranges that every first call touches: the page
+        tables on its path, the top of the stack, the start of the output buffer and of
+        every image segment (the SDK keeps the call path at the start of .text)."""
+        ranges = [
+            (PML4, 3 * PAGE, False),
+            (PAGE_TABLES, PAGE, False),
+            (self.stack_top - PAGE, PAGE, True),
+            (self.out_buf, PAGE, True),
+        ]
+        for seg in segments:
+            ranges.append((seg.addr, min(seg.mem_size, 2 * PAGE), seg.writable))
+        return ranges
 
     def boot_info_bytes(self, random_seed: int) -> bytes:
         """The `struct sbx_boot_info` for this layout."""
+        assert ffi.sizeof("struct sbx_boot_info") <= BOOT_INFO_SIZE
         info = ffi.new("struct sbx_boot_info *")
         info.abi_version = lib.SBX_ABI_VERSION
         info.size = ffi.sizeof("struct sbx_boot_info")

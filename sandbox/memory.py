@@ -15,22 +15,30 @@ import os
 from ._native import buffer_address, ffi
 from .errors import GuestProtocolError
 
+# madvise(2) advice values (Linux 5.14+), not yet named by Python 3.11's mmap module.
+_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 _SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
 
 class MemoryImage:
-    """A sealed, immutable memfd holding the initial contents of guest memory (zero past
-    `data`). Many GuestMemory objects map it copy-on-write."""
+    """A sealed, immutable memfd holding the initial contents of guest memory (`pieces`
+    of (address, bytes); zero elsewhere). Many GuestMemory objects map it copy-on-write."""
 
-    def __init__(self, size: int, data: bytes, name: str = "sandbox-image") -> None:
+    def __init__(
+        self, size: int, pieces: list[tuple[int, bytes]], name: str = "sandbox-image"
+    ) -> None:
         self.size = size
         self.fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(self.fd, size)
-            view = memoryview(data)
-            written = 0
-            while written < len(data):
-                written += os.pwrite(self.fd, view[written:], written)
+            for addr, data in pieces:
+                if addr < 0 or addr + len(data) > size:
+                    raise ValueError("memory image piece outside the image")
+                view = memoryview(data)
+                written = 0
+                while written < len(data):
+                    written += os.pwrite(self.fd, view[written:], addr + written)
             fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, _SEALS)
         except BaseException:
             os.close(self.fd)
@@ -58,6 +66,13 @@ class GuestMemory:
         self._ptr, self.host_address = buffer_address(self.map)
         self.view = memoryview(self.map)
         self._closed = False
+
+    def prefault(self, ranges: list[tuple[int, int, bool]]) -> None:
+        """Populates the host pages of `ranges` (address, size, write) in one system call
+        each, so that the guest's first touch of them costs only the hypervisor's fault
+        (a fault that must also allocate or copy a page costs several times more)."""
+        for addr, size, write in ranges:
+            self.map.madvise(_POPULATE_WRITE if write else _POPULATE_READ, addr, size)
 
     def check_range(self, addr: int, length: int, what: str = "guest memory") -> None:
         """Raises GuestProtocolError unless [addr, addr+length) lies in guest memory."""

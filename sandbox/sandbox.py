@@ -57,7 +57,9 @@ class _Prepared:
     image: GuestImage
     layout: Layout
     memory: MemoryImage
-    entry: int
+    regs: Any  # struct kvm_regs at the entry point
+    boot_info: bytes  # struct sbx_boot_info with a zero seed
+    prefault: list[tuple[int, int, bool]]  # (address, size, write) touched by a first call
 
 
 @functools.lru_cache(maxsize=32)
@@ -75,9 +77,16 @@ def _prepare_cached(path: str, mtime_ns: int, size: int, config: SandboxConfig) 
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    template = layout.build_template(image.load(layout.image_base))
-    memory = MemoryImage(layout.mem_size, template)
-    return _Prepared(image, layout, memory, layout.image_base + image.entry)
+    segments = image.load(layout.image_base)
+    memory = MemoryImage(layout.mem_size, layout.build_template(segments))
+    regs = ffi.new("struct kvm_regs *")
+    regs.rip = layout.image_base + image.entry
+    regs.rsp = layout.stack_top
+    regs.rdi = layout.boot_info
+    regs.rflags = x86.RFLAGS_RESERVED
+    return _Prepared(
+        image, layout, memory, regs, layout.boot_info_bytes(0), layout.first_call_pages(segments)
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -163,6 +172,8 @@ def _cpu_state(kvm: Kvm, vcpu: Vcpu) -> _CpuSetup:
 
 
 _READY, _POISONED, _CLOSED = "ready", "poisoned", "closed"
+_DEFAULT_CONFIG = SandboxConfig()
+BOOT_INFO_SEED_OFFSET = ffi.offsetof("struct sbx_boot_info", "random_seed")
 
 
 class Sandbox:
@@ -188,7 +199,7 @@ class Sandbox:
         output: Callable[[str], None] | None = None,
     ) -> None:
         self._state = _CLOSED  # until fully built, so __del__/close are no-ops
-        self.config = config if config is not None else SandboxConfig()
+        self.config = config if config is not None else _DEFAULT_CONFIG
         self._host_functions = _check_host_functions(host_functions)
         self._output = output
         self.last_output = ""
@@ -203,8 +214,9 @@ class Sandbox:
         vm: Vm | None = None
         vcpu: Vcpu | None = None
         try:
-            seed = int.from_bytes(os.urandom(8), "little")
-            memory.write(layout.boot_info, layout.boot_info_bytes(seed))
+            memory.write(layout.boot_info, prepared.boot_info)
+            memory.write(layout.boot_info + BOOT_INFO_SEED_OFFSET, os.urandom(8))
+            memory.prefault(prepared.prefault)
             vm = kvm.create_vm()
             vm.set_user_memory_region(0, 0, layout.mem_size, memory.host_address)
             vcpu = vm.create_vcpu()
@@ -213,12 +225,7 @@ class Sandbox:
             vcpu.set_sregs(cpu.sregs)
             if cpu.xcrs is not None:
                 vcpu.set_xcrs(cpu.xcrs)
-            regs = ffi.new("struct kvm_regs *")
-            regs.rip = prepared.entry
-            regs.rsp = layout.stack_top
-            regs.rdi = layout.boot_info
-            regs.rflags = x86.RFLAGS_RESERVED
-            vcpu.set_regs(regs)
+            vcpu.set_regs(prepared.regs)
         except BaseException:
             for owner in (vcpu, vm, memory):
                 if owner is not None:

@@ -4,7 +4,8 @@
 /* GCC turns byte loops into calls to memcpy/memset/memmove/strlen ("loop distribution");
  * inside these very functions that would recurse forever, so it is off for every one. */
 #if defined(__GNUC__) && !defined(__clang__)
-#define NO_LIBCALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+/* `hot`: these small functions go to .text.hot, beside the call path (runtime.c). */
+#define NO_LIBCALLS __attribute__((optimize("no-tree-loop-distribute-patterns"), hot))
 #else
 #define NO_LIBCALLS
 #endif

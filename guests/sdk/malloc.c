@@ -98,7 +98,31 @@ static block *live_block(void *p) {
     return b;
 }
 
+/* The heap is set up on first use, not in sbx_heap_init: its first and last pages are
+ * then touched only by guests that allocate (each first touch of a page costs a fault
+ * in the hypervisor, which a call that never allocates should not pay). */
+static void *pending_base;
+static size_t pending_size;
+static bool pending;
+
+static void heap_setup(void *base, size_t size);
+
+static inline void ensure_heap(void) {
+    if (pending) {
+        pending = false;
+        heap_setup(pending_base, pending_size);
+    }
+}
+
 void sbx_heap_init(void *base, size_t size) {
+    heap.lo = heap.end = 0;
+    heap.free_list = NULL;
+    pending_base = base;
+    pending_size = size;
+    pending = true;
+}
+
+static void heap_setup(void *base, size_t size) {
     heap.lo = heap.end = 0;
     heap.free_list = NULL;
     uintptr_t a = (uintptr_t)base;
@@ -119,6 +143,7 @@ void sbx_heap_init(void *base, size_t size) {
 }
 
 void *malloc(size_t n) {
+    ensure_heap();
     size_t need = block_size(n);
     if (!need) return NULL;
     for (block *b = heap.free_list; b; b = b->next) {
@@ -141,10 +166,12 @@ void *calloc(size_t n, size_t size) {
 }
 
 void free(void *p) {
+    ensure_heap();
     if (p) release(live_block(p));
 }
 
 void *realloc(void *p, size_t n) {
+    ensure_heap();
     if (!p) return malloc(n);
     if (n == 0) {
         free(p);

@@ -1,6 +1,6 @@
 /* start.S: guest entry point. The host enters here in ring 3 with RSP = stack top
  * (16-byte aligned) and RDI = the boot-info address; nothing else is set up. */
-    .text
+    .section .text.hot.sbx_start, "ax", @progbits
     .globl _start
     .type _start, @function
 _start:
