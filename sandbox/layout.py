@@ -13,7 +13,7 @@ guest physical), with 4 KiB pages so that every region gets its own permissions:
     0x0000_6000  | exception stubs     S  R  X   |  report vector/RIP/CR2, one exit
     0x0000_7000  | ring-0 stack        S  RW NX  |  2 pages, RSP0 = 0x9000
     0x0000_9000  | page tables (PT)    S  RW NX  |  one page per 2 MiB of memory
-                 | guard page          unmapped  |  stack overflow faults here
+                 | stack guard (64 KiB) unmapped |  stack overflow faults here
                  | stack               U  RW NX  |  grows down towards the guard
                  | boot info           U  R  NX  |  struct sbx_boot_info, and in the
                  | input buffer        U  R  NX  |   same page: host -> guest calls
@@ -59,6 +59,7 @@ MAX_MEMORY = 1 << 30  # one page directory
 STUB_SIZE = 16
 STUB_COMMON = STUBS + x86.NUM_EXCEPTION_VECTORS * STUB_SIZE
 TSS = GDT + 0x100
+STACK_GUARD_SIZE = 16 * PAGE  # unmapped: a frame of up to 64 KiB cannot jump over it
 BOOT_INFO_SIZE = 256  # room for struct sbx_boot_info; the input buffer follows it
 
 # Ports ring 3 may use; the trap port is for the ring-0 stubs only.
@@ -143,7 +144,7 @@ class Layout:
         n_pt = mem_size // (2 << 20)
         page_tables_end = PAGE_TABLES + n_pt * PAGE
         guard_page = page_tables_end
-        stack_base = guard_page + PAGE
+        stack_base = guard_page + STACK_GUARD_SIZE
         stack_top = stack_base + stack_size
         boot_info = stack_top
         in_buf = boot_info + BOOT_INFO_SIZE

@@ -422,9 +422,11 @@ class Sandbox:
                     else "write" if err & x86.PF_WRITE else "read"
                 )
                 region = layout.region_of(cr2)
-                if region == "stack guard page":
+                # The stack pointer itself below the stack (or the fault in the guard):
+                # a frame past the stack's end, whatever the address written.
+                if region == "stack guard page" or int(exit.rsp) < layout.stack_base:
                     return GuestTrap(
-                        f"stack overflow: {access} of 0x{cr2:x} (stack guard page) {where}",
+                        f"stack overflow: {access} of 0x{cr2:x} ({region}) {where}",
                         kind="stack_overflow", vector=vector, rip=rip, address=cr2, error_code=err,
                     )
                 why = "protection violation" if err & x86.PF_PRESENT else "not mapped"

@@ -4,14 +4,18 @@
 #define SBX_STR2(x) #x
 #define SBX_STR(x) SBX_STR2(x)
 
-/* The ABI note the host checks before loading the guest (sandbox/elf.py). */
+/* The ABI note the host checks before loading the guest (sandbox/elf.py). Tests build a
+ * guest with another version through -DSBX_GUEST_ABI_VERSION=N to see it refused. */
+#ifndef SBX_GUEST_ABI_VERSION
+#define SBX_GUEST_ABI_VERSION SBX_ABI_VERSION
+#endif
 __asm__(".pushsection .note.sbx, \"a\", @note\n"
         ".p2align 2\n"
         ".long 4\n"                       /* namesz: "SBX\0" */
         ".long 4\n"                       /* descsz */
         ".long " SBX_STR(SBX_NOTE_TYPE) "\n"
         ".asciz \"SBX\"\n"
-        ".long " SBX_STR(SBX_ABI_VERSION) "\n"
+        ".long " SBX_STR(SBX_GUEST_ABI_VERSION) "\n"
         ".popsection\n");
 
 /* Bounds of the "sbx_funcs" section, provided by the linker. */
