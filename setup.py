@@ -1,10 +1,15 @@
-"""Build hooks: the cffi extension (cffi_modules) and the bundled guest ELF files.
+"""Build hooks: the cffi extension (cffi_modules), the bundled guest ELF files and the
+guest SDK.
 
 The guests are compiled by build_ext too, so that `pip install .` and the editable
-install used by `make test` both produce them; they land in sandbox/_guests/.
+install used by `make test` both produce them; they land in sandbox/_guests/. A wheel
+also carries the SDK (guests/include, guests/sdk, guests/build.py) as sandbox/_sdk/ so
+that `python -m sandbox build-guest` works after installation; an editable install uses
+the repository's guests/ directly.
 """
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 from setuptools import setup
@@ -24,6 +29,11 @@ class BuildExtWithGuests(build_ext):
 
         base = ROOT if self.inplace else Path(self.build_lib)
         guest_build.build_bundled(base / "sandbox" / "_guests")
+        if not self.inplace:
+            sdk = base / "sandbox" / "_sdk"
+            for sub in ("include", "sdk"):
+                shutil.copytree(ROOT / "guests" / sub, sdk / sub, dirs_exist_ok=True)
+            shutil.copy2(ROOT / "guests" / "build.py", sdk / "build.py")
 
 
 setup(

@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`. Each one installs what it
+# needs (Debian packages via scripts/install-deps, a virtual environment in .venv with
+# the package built in place) and then runs.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SOURCES := pyproject.toml setup.py $(wildcard native/*) $(wildcard guests/*/*.[chS]) guests/build.py
+
+.PHONY: demo test bench check install clean
+
+demo: install
+	$(PY) -m sandbox demo
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) -m pytest benches
+
+check: install
+	$(PY) -m mypy
+	$(PY) -m ruff check sandbox tests benches
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: $(SOURCES)
+	./scripts/install-deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info sandbox/_sbx_native*.so sandbox/_sbx_native.c sandbox/_guests
