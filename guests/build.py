@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build a sandbox guest ELF.")
     parser.add_argument("sources", nargs="*", type=Path, help="guest C sources")
     parser.add_argument("-o", "--output", type=Path, help="output ELF path")
-    parser.add_argument("--bundled", type=Path, metavar="DIR", help="build the bundled guests into DIR")
+    parser.add_argument(
+        "--bundled", type=Path, metavar="DIR", help="build the bundled guests into DIR"
+    )
     args = parser.parse_args(argv)
     try:
         if args.bundled:

@@ -1,8 +1,8 @@
 """Hardware-isolated micro-VM sandboxes for Python, on /dev/kvm.
 
-    from sandbox import Sandbox
-    with Sandbox() as sb:
-        assert sb.call("add", 1, 2) == 3
+from sandbox import Sandbox
+with Sandbox() as sb:
+    assert sb.call("add", 1, 2) == 3
 """
 
 from .abi import Signature, Tag

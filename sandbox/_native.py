@@ -22,6 +22,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 from importlib.metadata import PackageNotFoundError, version
 
+_PACKAGE_VERSION: str | None
 try:
     _PACKAGE_VERSION = version("kvm-sandbox")
 except PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
@@ -34,7 +35,15 @@ if _PACKAGE_VERSION is not None and _NATIVE_VERSION != _PACKAGE_VERSION:
         f"is {_PACKAGE_VERSION}: reinstall the package to rebuild it"
     )
 
-__all__ = ["ffi", "lib", "check", "buffer_address", "KICK_SIGNAL", "init_kick_signal", "kick_thread"]
+__all__ = [
+    "ffi",
+    "lib",
+    "check",
+    "buffer_address",
+    "KICK_SIGNAL",
+    "init_kick_signal",
+    "kick_thread",
+]
 
 # The real-time signal used to kick vCPU threads out of KVM_RUN (Python itself uses no
 # real-time signals).
@@ -69,4 +78,3 @@ def buffer_address(obj: Any) -> tuple[Any, int]:
     ffi.release before closing `obj` (an mmap cannot close while exported)."""
     ptr = ffi.from_buffer(obj)
     return ptr, int(ffi.cast("uintptr_t", ptr))
-

@@ -55,8 +55,8 @@ VALUE = struct.Struct("<IIQ")
 CALL_HEADER = struct.Struct("<6I")
 RESULT = struct.Struct("<4IIIQ")
 FUNC_DESC = struct.Struct("<48sBB32s6sQ")
-CALL_SIZE = ffi.sizeof("struct sbx_call")
-ARGS_OFFSET = ffi.offsetof("struct sbx_call", "args")
+CALL_SIZE: int = ffi.sizeof("struct sbx_call")
+ARGS_OFFSET: int = ffi.offsetof("struct sbx_call", "args")
 
 assert VALUE.size == ffi.sizeof("struct sbx_value")
 assert CALL_HEADER.size == ARGS_OFFSET and ARGS_OFFSET + MAX_ARGS * VALUE.size == CALL_SIZE
@@ -96,7 +96,9 @@ def _encode_scalar(tag: Tag, value: object, where: str) -> int:
     """The 64-bit `bits` of a scalar value, or ArgumentError."""
     if tag in _INT_RANGES:
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ArgumentError(f"{where}: expected {tag.type_name} (int), got {type(value).__name__}")
+            raise ArgumentError(
+                f"{where}: expected {tag.type_name} (int), got {type(value).__name__}"
+            )
         lo, hi = _INT_RANGES[tag]
         if not lo <= value <= hi:
             raise ArgumentError(f"{where}: {value} is out of range for {tag.type_name}")
@@ -107,7 +109,9 @@ def _encode_scalar(tag: Tag, value: object, where: str) -> int:
         return int(value)
     if tag in (Tag.F32, Tag.F64):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ArgumentError(f"{where}: expected {tag.type_name} (float), got {type(value).__name__}")
+            raise ArgumentError(
+                f"{where}: expected {tag.type_name} (float), got {type(value).__name__}"
+            )
         if tag is Tag.F64:
             return int(_U64.unpack(_F64.pack(float(value)))[0])
         try:
@@ -145,7 +149,7 @@ def encode_call(
     buf[pos : pos + len(name)] = name
     buf[pos + len(name)] = 0
     pos = end
-    for i, (tag, value) in enumerate(zip(params, args)):
+    for i, (tag, value) in enumerate(zip(params, args, strict=True)):
         slot = ARGS_OFFSET + i * VALUE.size
         if tag is Tag.STR or tag is Tag.BYTES:
             data = _encode_data(tag, value, f"{what} argument {i + 1}")
@@ -161,7 +165,9 @@ def encode_call(
             VALUE.pack_into(buf, slot, tag, len(data), pos)
             pos = end
         else:
-            VALUE.pack_into(buf, slot, tag, 0, _encode_scalar(tag, value, f"{what} argument {i + 1}"))
+            VALUE.pack_into(
+                buf, slot, tag, 0, _encode_scalar(tag, value, f"{what} argument {i + 1}")
+            )
     CALL_HEADER.pack_into(buf, 0, pos, len(args), name_off, len(name), 0, 0)
     return pos
 
@@ -233,7 +239,9 @@ def decode_value(rec: memoryview, size: int, tag: int, length: int, bits: int, w
     raise GuestProtocolError(f"{what}: unknown value tag {tag}")
 
 
-def record_view(buf: memoryview, offset: int, header_size: int, what: str) -> tuple[memoryview, int]:
+def record_view(
+    buf: memoryview, offset: int, header_size: int, what: str
+) -> tuple[memoryview, int]:
     """The untrusted record at `offset` of `buf` and its checked size."""
     if offset > len(buf) - header_size:
         raise GuestProtocolError(f"{what}: record offset {offset} is outside its buffer")
@@ -289,8 +297,10 @@ def decode_call(buf: memoryview, offset: int) -> HostCall:
         name = bytes(rec[name_off : name_off + name_len]).decode("utf-8")
     except UnicodeDecodeError:
         raise GuestProtocolError("host call: function name is not valid UTF-8") from None
-    args = [
-        decode_value(rec, size, *VALUE.unpack_from(rec, ARGS_OFFSET + i * VALUE.size), f"host call {name!r} argument {i + 1}")
-        for i in range(argc)
-    ]
+    args = []
+    for i in range(argc):
+        tag, length, bits = VALUE.unpack_from(rec, ARGS_OFFSET + i * VALUE.size)
+        args.append(
+            decode_value(rec, size, tag, length, bits, f"host call {name!r} argument {i + 1}")
+        )
     return HostCall(name, args, output)

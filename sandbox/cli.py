@@ -56,18 +56,29 @@ def to_json(value: Value) -> object:
     return value
 
 
+def _to_stderr(text: str) -> None:
+    sys.stderr.write(text)
+
+
 def cmd_call(args: argparse.Namespace) -> int:
     from . import Sandbox, SandboxConfig, SandboxError
 
     try:
         config = SandboxConfig(timeout=args.timeout) if args.timeout else None
-        with Sandbox(args.guest, config=config, output=sys.stderr.write) as sb:
+        with Sandbox(args.guest, config=config, output=_to_stderr) as sb:
             sig: Signature | None = sb.functions.get(args.function)
             if sig is not None and len(args.args) != len(sig.params):
-                print(f"error: {sig} takes {len(sig.params)} arguments, got {len(args.args)}", file=sys.stderr)
+                print(
+                    f"error: {sig} takes {len(sig.params)} arguments, got {len(args.args)}",
+                    file=sys.stderr,
+                )
                 return 2
             try:
-                values = [parse_arg(t, a) for t, a in zip(sig.params, args.args)] if sig else list(args.args)
+                values = (
+                    [parse_arg(t, a) for t, a in zip(sig.params, args.args, strict=True)]
+                    if sig
+                    else list(args.args)
+                )
             except ValueError as exc:
                 print(f"error: bad argument for {sig}: {exc}", file=sys.stderr)
                 return 2
@@ -103,9 +114,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         info["kvm"] = {"usable": False, "reason": str(exc)}
     else:
         caps = [
-            "KVM_CAP_USER_MEMORY", "KVM_CAP_IMMEDIATE_EXIT", "KVM_CAP_EXT_CPUID",
-            "KVM_CAP_XSAVE", "KVM_CAP_XCRS", "KVM_CAP_READONLY_MEM",
-            "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2", "KVM_CAP_DIRTY_LOG_RING", "KVM_CAP_SYNC_REGS",
+            "KVM_CAP_USER_MEMORY",
+            "KVM_CAP_IMMEDIATE_EXIT",
+            "KVM_CAP_EXT_CPUID",
+            "KVM_CAP_XSAVE",
+            "KVM_CAP_XCRS",
+            "KVM_CAP_READONLY_MEM",
+            "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2",
+            "KVM_CAP_DIRTY_LOG_RING",
+            "KVM_CAP_SYNC_REGS",
         ]
         info["kvm"] = {
             "usable": True,
@@ -121,7 +138,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     kvm_info = info["kvm"]
     assert isinstance(kvm_info, dict)
-    print(f"sandbox {info['version']} on Python {info['python']}, Linux {info['kernel']} ({info['machine']})")
+    print(
+        f"sandbox {info['version']} on Python {info['python']}, "
+        f"Linux {info['kernel']} ({info['machine']})"
+    )
     nested = "yes (this Linux runs under a hypervisor)" if info["nested"] else "no"
     print(f"nested virtualization: {nested}; KVM module: {info['kvm_module'] or 'none found'}")
     if kvm_info["usable"]:
@@ -160,28 +180,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
         result = sb.call("add", 1, 2)
         cold = (time.perf_counter() - t0) * 1e6
         print(
-            f"Sandbox().call(\"add\", 1, 2) = {result}   ({cold:.0f} us, the first in this process: "
+            f'Sandbox().call("add", 1, 2) = {result!r}   '
+            f"({cold:.0f} us, the first in this process: "
             "it also opened /dev/kvm and loaded the guest)"
         )
 
         step("Values in and out")
         print(f'echo("héllo, wörld") = {sb.call("echo", "héllo, wörld")!r}')
-        print(f"echo_bytes(b'\\x00\\x01\\xff') = {sb.call('echo_bytes', bytes([0, 1, 255]))!r}")
-        print(f'fib(90) = {sb.call("fib", 90)}')
-        print(f'echo_f64(3.14159) = {sb.call("echo_f64", 3.14159)}')
+        print(f"echo_bytes(bytes([0, 1, 255])) = {sb.call('echo_bytes', bytes([0, 1, 255]))!r}")
+        print(f"fib(90) = {sb.call('fib', 90)!r}")
+        print(f"echo_f64(3.14159) = {sb.call('echo_f64', 3.14159)!r}")
         print(f'hello("demo") = {sb.call("hello", "demo")!r}; the guest printed {sb.last_output!r}')
 
         step("State persists between calls in one sandbox, not across sandboxes")
         print(f"counter() x3 = {[sb.call('counter') for _ in range(3)]}")
         with Sandbox() as other:
-            print(f"counter() in a new sandbox = {other.call('counter')}")
+            print(f"counter() in a new sandbox = {other.call('counter')!r}")
 
         step("The guest calls the host")
         print(f'call_host("shout", "hi") = {sb.call("call_host", "shout", "hi")!r}')
 
         step("Faults are contained: each raises a typed error, the host carries on")
-        for kind in ("null", "wild_write", "exec_data", "ud2", "divzero", "stack_overflow",
-                     "bad_port", "abort"):
+        for kind in (
+            "null",
+            "wild_write",
+            "exec_data",
+            "ud2",
+            "divzero",
+            "stack_overflow",
+            "bad_port",
+            "abort",
+        ):
             with Sandbox() as victim:
                 try:
                     victim.call("fault", kind)
@@ -195,7 +224,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 victim.call("fault", "spin_forever", timeout=0.1)
             except CallTimeout as exc:
                 late = (time.perf_counter() - t0 - 0.1) * 1e3
-                print(f"fault('spin_forever') with timeout=0.1 -> CallTimeout {late:.1f} ms after the limit: {exc}")
+                print(
+                    f"fault('spin_forever') with timeout=0.1 -> CallTimeout "
+                    f"{late:.1f} ms after the limit: {exc}"
+                )
 
         step("How long things take here (medians)")
         n = 20 if args.quick else 200
@@ -245,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="spawn sandboxes, call functions, show what happens and how fast")
+    demo = sub.add_parser(
+        "demo", help="spawn sandboxes, call functions, show what happens and how fast"
+    )
     demo.add_argument("--quick", action="store_true", help="fewer timing rounds")
     demo.set_defaults(func=cmd_demo)
 
@@ -254,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="call one guest function and print its result as JSON",
         description="Call FUNCTION in a fresh sandbox; ARGS are converted by the function's "
         "declared parameter types (ints accept 0x.., bools true/false). The result is printed "
-        "as JSON (bytes as {\"bytes\": text} or {\"hex\": ...}); guest output goes to stderr.",
+        'as JSON (bytes as {"bytes": text} or {"hex": ...}); guest output goes to stderr.',
     )
     call.add_argument("--guest", help="guest ELF path or bundled guest name (default: demo)")
     call.add_argument("--timeout", type=float, help="time limit in seconds")
@@ -266,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=cmd_info)
 
-    build = sub.add_parser("build-guest", help="compile C sources with the guest SDK into a guest ELF")
+    build = sub.add_parser(
+        "build-guest", help="compile C sources with the guest SDK into a guest ELF"
+    )
     build.add_argument("sources", nargs="+", type=Path)
     build.add_argument("-o", "--output", type=Path, required=True)
     build.set_defaults(func=cmd_build_guest)

@@ -12,9 +12,10 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .abi import ABI_VERSION, FUNC_DESC, MAX_ARGS, Signature, Tag
 from ._native import lib
+from .abi import ABI_VERSION, FUNC_DESC, MAX_ARGS, Signature, Tag
 from .errors import GuestAbiMismatch
 from .layout import PAGE, Segment, page_align_up
 
@@ -36,7 +37,14 @@ PT_GNU_EH_FRAME, PT_GNU_STACK, PT_GNU_RELRO, PT_GNU_PROPERTY = (
 )
 PF_X, PF_W, PF_R = 1, 2, 4
 DT_NULL, DT_NEEDED, DT_PLTRELSZ, DT_RELA, DT_RELASZ, DT_RELAENT, DT_REL, DT_JMPREL = (
-    0, 1, 2, 7, 8, 9, 17, 23
+    0,
+    1,
+    2,
+    7,
+    8,
+    9,
+    17,
+    23,
 )
 DT_TEXTREL = 22
 R_X86_64_NONE, R_X86_64_RELATIVE = 0, 8
@@ -87,7 +95,7 @@ class _Reader:
     def fail(self, why: str) -> GuestAbiMismatch:
         return GuestAbiMismatch(f"{self.path}: {why}")
 
-    def unpack(self, fmt: struct.Struct, offset: int, what: str) -> tuple[int, ...]:
+    def unpack(self, fmt: struct.Struct, offset: int, what: str) -> tuple[Any, ...]:
         if offset < 0 or offset + fmt.size > len(self.data):
             raise self.fail(f"truncated ELF file ({what} at offset {offset} is past the end)")
         return fmt.unpack_from(self.data, offset)
@@ -110,7 +118,22 @@ def parse_guest(data: bytes, path: str = "<guest>") -> GuestImage:
     r = _Reader(data, path)
     if data[:4] != b"\x7fELF":
         raise r.fail("not an ELF file")
-    ident, e_type, e_machine, _, e_entry, e_phoff, e_shoff, _, _, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx = r.unpack(EHDR, 0, "ELF header")
+    (
+        ident,
+        e_type,
+        e_machine,
+        _,
+        e_entry,
+        e_phoff,
+        e_shoff,
+        _,
+        _,
+        e_phentsize,
+        e_phnum,
+        e_shentsize,
+        e_shnum,
+        e_shstrndx,
+    ) = r.unpack(EHDR, 0, "ELF header")
     if ident[4] != 2 or ident[5] != 1:
         raise r.fail("not a 64-bit little-endian ELF file")
     if e_machine != EM_X86_64:
@@ -134,7 +157,9 @@ def parse_guest(data: bytes, path: str = "<guest>") -> GuestImage:
                 raise r.fail("PT_LOAD segment is not page-congruent with its file offset")
             if p_flags & PF_W and p_flags & PF_X:
                 raise r.fail("a segment is both writable and executable (W^X is required)")
-            loads.append((p_vaddr, r.slice(p_offset, p_filesz, "PT_LOAD segment"), p_memsz, p_flags))
+            loads.append(
+                (p_vaddr, r.slice(p_offset, p_filesz, "PT_LOAD segment"), p_memsz, p_flags)
+            )
         elif p_type == PT_DYNAMIC:
             dynamic = (p_offset, p_filesz)
         elif p_type == PT_NOTE:
@@ -158,7 +183,7 @@ def parse_guest(data: bytes, path: str = "<guest>") -> GuestImage:
     if not loads:
         raise r.fail("no PT_LOAD segments")
     loads.sort()
-    for (a, _, a_mem, _), (b, _, _, _) in zip(loads, loads[1:]):
+    for (a, _, a_mem, _), (b, _, _, _) in zip(loads, loads[1:], strict=False):
         if page_align_up(a + a_mem) > (b & ~(PAGE - 1)):
             raise r.fail("PT_LOAD segments overlap or share a page")
     span = page_align_up(max(v + m for v, _, m, _ in loads))
@@ -183,7 +208,9 @@ def _find_abi_note(r: _Reader, offset: int, size: int) -> int | None:
     return None
 
 
-def _vaddr_to_offset(r: _Reader, loads: list[tuple[int, bytes, int, int]], vaddr: int, size: int) -> int:
+def _vaddr_to_offset(
+    r: _Reader, loads: list[tuple[int, bytes, int, int]], vaddr: int, size: int
+) -> int:
     """Checks that [vaddr, vaddr+size) lies in one segment's image and returns vaddr."""
     for v, _, memsz, _ in loads:
         if v <= vaddr and vaddr + size <= v + memsz:
@@ -234,10 +261,14 @@ def _relocations(
     return tuple(out)
 
 
-def _functions(r: _Reader, shoff: int, shentsize: int, shnum: int, shstrndx: int) -> dict[str, Signature]:
+def _functions(
+    r: _Reader, shoff: int, shentsize: int, shnum: int, shstrndx: int
+) -> dict[str, Signature]:
     if shoff == 0 or shnum == 0 or shentsize != SHDR.size or shstrndx >= shnum:
         raise r.fail("no section headers: cannot find the exported functions (do not strip guests)")
-    headers = [r.unpack(SHDR, shoff + i * SHDR.size, "section header") for i in range(min(shnum, 4096))]
+    headers = [
+        r.unpack(SHDR, shoff + i * SHDR.size, "section header") for i in range(min(shnum, 4096))
+    ]
     names = headers[shstrndx]
     strtab = r.slice(names[4], names[5], "section names")
     for sh_name, _, _, _, sh_offset, sh_size, *_ in headers:

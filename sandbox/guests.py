@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "_guests"
@@ -18,7 +19,7 @@ def is_bundled_name(guest: str) -> bool:
     return "/" not in guest and (BUNDLED_DIR / f"{guest}.elf").is_file()
 
 
-def resolve_guest(guest: str | Path | None) -> Path:
+def resolve_guest(guest: str | os.PathLike[str] | None) -> Path:
     """The ELF path for `guest`: a bundled guest's name, a path, or None (the demo).
     Raises GuestNotFound if there is no such file."""
     from .errors import GuestNotFound
@@ -31,7 +32,8 @@ def resolve_guest(guest: str | Path | None) -> Path:
             return path
         if not Path(guest).is_file():
             raise GuestNotFound(
-                f"no bundled guest named {guest!r} (bundled: {', '.join(bundled_guests()) or 'none; reinstall the package'})"
+                f"no bundled guest named {guest!r} (bundled: "
+                f"{', '.join(bundled_guests()) or 'none; reinstall the package'})"
             )
     path = Path(guest)
     if not path.is_file():

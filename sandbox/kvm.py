@@ -6,10 +6,13 @@ import errno as errno_mod
 import fcntl
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._native import ffi, lib
 from .errors import KvmError, KvmUnavailable
+
+if TYPE_CHECKING:
+    from .vm import Vm
 
 DEFAULT_PATH = "/dev/kvm"
 
@@ -30,8 +33,8 @@ def ioctl(fd: int, name: str, arg: Any = 0) -> int:
     request = getattr(lib, name)
     try:
         if isinstance(arg, int):
-            return fcntl.ioctl(fd, request, arg)
-        return fcntl.ioctl(fd, request, ffi.buffer(arg), True)
+            return int(fcntl.ioctl(fd, request, arg))
+        return int(fcntl.ioctl(fd, request, ffi.buffer(arg), True))
     except OSError as exc:
         err = exc.errno or errno_mod.EIO
         raise KvmError(name, err, f"{name} failed: {os.strerror(err)} (errno {err})") from None

@@ -76,7 +76,8 @@ STUB_COMMON_CODE = bytes.fromhex(
     "488b0c24"  # mov rcx, [rsp]     ; RIP of the faulting instruction
     "488b742418"  # mov rsi, [rsp+24]  ; RSP at the fault
     "0f20d2"  # mov rdx, cr2       ; fault address of a #PF
-    "e7" + f"{lib.SBX_PORT_TRAP:02x}"  # out SBX_PORT_TRAP, eax
+    "e7"
+    + f"{lib.SBX_PORT_TRAP:02x}"  # out SBX_PORT_TRAP, eax
     + "f4"  # hlt
     + "ebfd"  # jmp back to hlt
 )

@@ -163,7 +163,14 @@ def _cpu_state(kvm: Kvm, vcpu: Vcpu) -> _CpuSetup:
     tr = sregs.tr
     tr.base, tr.limit, tr.selector = TSS, x86.TSS_SIZE + 32, x86.SEL_TSS
     tr.type, tr.present, tr.dpl, tr.s, tr.l, tr.db, tr.g, tr.unusable = (
-        x86.SEG_TYPE_TSS64_BUSY, 1, 0, 0, 0, 0, 0, 0
+        x86.SEG_TYPE_TSS64_BUSY,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
     )
     sregs.gdt.base, sregs.gdt.limit = GDT, GDT_LIMIT
     sregs.idt.base, sregs.idt.limit = IDT, IDT_LIMIT
@@ -315,7 +322,8 @@ class Sandbox:
             if self._state == _CLOSED:
                 raise SandboxClosed("the sandbox is closed")
             raise FunctionNotFound(
-                f"the guest has no function {name!r} (it exports: {', '.join(sorted(self.functions))})"
+                f"the guest has no function {name!r} "
+                f"(it exports: {', '.join(sorted(self.functions))})"
             )
         me = threading.get_native_id()
         if self._caller == me:
@@ -370,12 +378,16 @@ class Sandbox:
         status = result.status
         if status == Status.OK:
             if host_error is not None:
-                raise HostFunctionError(f"a host function called by {sig.name} raised: {host_error!r}") from host_error
+                raise HostFunctionError(
+                    f"a host function called by {sig.name} raised: {host_error!r}"
+                ) from host_error
             if result.tag != sig.ret:
                 raise GuestProtocolError(f"{sig.name} returned tag {result.tag}, declared {sig}")
             return result.value
         if status == Status.HOST_ERROR and host_error is not None:
-            raise HostFunctionError(f"a host function called by {sig.name} raised: {host_error!r}") from host_error
+            raise HostFunctionError(
+                f"a host function called by {sig.name} raised: {host_error!r}"
+            ) from host_error
         if status == Status.ABORT:
             raise GuestAbort(str(result.value))
         if status == Status.NOT_FOUND:
@@ -418,8 +430,11 @@ class Sandbox:
             where = f"at rip 0x{rip:x} ({layout.region_of(rip)})"
             if vector == x86.VECTOR_PAGE_FAULT:
                 access = (
-                    "instruction fetch" if err & x86.PF_INSTRUCTION
-                    else "write" if err & x86.PF_WRITE else "read"
+                    "instruction fetch"
+                    if err & x86.PF_INSTRUCTION
+                    else "write"
+                    if err & x86.PF_WRITE
+                    else "read"
                 )
                 region = layout.region_of(cr2)
                 # The stack pointer itself below the stack (or the fault in the guard):
@@ -427,16 +442,27 @@ class Sandbox:
                 if region == "stack guard page" or int(exit.rsp) < layout.stack_base:
                     return GuestTrap(
                         f"stack overflow: {access} of 0x{cr2:x} ({region}) {where}",
-                        kind="stack_overflow", vector=vector, rip=rip, address=cr2, error_code=err,
+                        kind="stack_overflow",
+                        vector=vector,
+                        rip=rip,
+                        address=cr2,
+                        error_code=err,
                     )
                 why = "protection violation" if err & x86.PF_PRESENT else "not mapped"
                 return GuestTrap(
                     f"page fault: {access} of 0x{cr2:x} ({region}, {why}) {where}",
-                    kind="page_fault", vector=vector, rip=rip, address=cr2, error_code=err,
+                    kind="page_fault",
+                    vector=vector,
+                    rip=rip,
+                    address=cr2,
+                    error_code=err,
                 )
             return GuestTrap(
                 f"{name.replace('_', ' ')} (vector {vector}, error code 0x{err:x}) {where}",
-                kind=name, vector=vector, rip=rip, error_code=err,
+                kind=name,
+                vector=vector,
+                rip=rip,
+                error_code=err,
             )
         if kind == lib.SBX_EXIT_BAD_PORT:
             return GuestTrap(
