@@ -92,82 +92,77 @@ class Signature:
         return f"{self.name}({params}) -> {self.ret.type_name}"
 
 
-def _encode_scalar(tag: Tag, value: object, where: str) -> int:
-    """The 64-bit `bits` of a scalar value, or ArgumentError."""
+def _encode_scalar(tag: Tag, value: object) -> int:
+    """The 64-bit `bits` of a scalar value, or ArgumentError (without context: callers
+    add it, so the common path builds no strings)."""
     if tag in _INT_RANGES:
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ArgumentError(
-                f"{where}: expected {tag.type_name} (int), got {type(value).__name__}"
-            )
+            raise ArgumentError(f"expected {tag.type_name} (int), got {type(value).__name__}")
         lo, hi = _INT_RANGES[tag]
         if not lo <= value <= hi:
-            raise ArgumentError(f"{where}: {value} is out of range for {tag.type_name}")
+            raise ArgumentError(f"{value} is out of range for {tag.type_name}")
         return value & 0xFFFF_FFFF_FFFF_FFFF
     if tag is Tag.BOOL:
         if not isinstance(value, bool):
-            raise ArgumentError(f"{where}: expected bool, got {type(value).__name__}")
+            raise ArgumentError(f"expected bool, got {type(value).__name__}")
         return int(value)
     if tag in (Tag.F32, Tag.F64):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ArgumentError(
-                f"{where}: expected {tag.type_name} (float), got {type(value).__name__}"
-            )
+            raise ArgumentError(f"expected {tag.type_name} (float), got {type(value).__name__}")
         if tag is Tag.F64:
             return int(_U64.unpack(_F64.pack(float(value)))[0])
         try:
             return int(_U32.unpack(_F32.pack(float(value)))[0])
         except OverflowError:
-            raise ArgumentError(f"{where}: {value} is out of range for f32") from None
-    raise ArgumentError(f"{where}: cannot pass a value of type {tag.type_name}")
+            raise ArgumentError(f"{value} is out of range for f32") from None
+    raise ArgumentError(f"cannot pass a value of type {tag.type_name}")
 
 
-def _encode_data(tag: Tag, value: object, where: str) -> bytes:
+def _encode_data(tag: Tag, value: object) -> bytes:
     if tag is Tag.STR:
         if not isinstance(value, str):
-            raise ArgumentError(f"{where}: expected str, got {type(value).__name__}")
+            raise ArgumentError(f"expected str, got {type(value).__name__}")
         try:
             return value.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise ArgumentError(f"{where}: string is not valid Unicode ({exc.reason})") from None
+            raise ArgumentError(f"string is not valid Unicode ({exc.reason})") from None
     if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise ArgumentError(f"{where}: expected bytes, got {type(value).__name__}")
+        raise ArgumentError(f"expected bytes, got {type(value).__name__}")
     return bytes(value)
 
 
-def encode_call(
-    buf: memoryview, name: bytes, params: Sequence[Tag], args: Sequence[object], what: str
-) -> int:
-    """Writes a `struct sbx_call` for `name(*args)` at the start of `buf`; returns its
-    size. Raises ArgumentError for a wrong count, a wrong type or a record too large."""
+def encode_call(buf: memoryview, sig: Signature, args: Sequence[object]) -> int:
+    """Writes a `struct sbx_call` for `sig.name(*args)` at the start of `buf`; returns
+    its size. Raises ArgumentError for a wrong count, a wrong type or a record too large."""
+    params = sig.params
     if len(args) != len(params):
-        raise ArgumentError(f"{what} takes {len(params)} arguments, got {len(args)}")
+        raise ArgumentError(f"{sig} takes {len(params)} arguments, got {len(args)}")
+    name = sig.name.encode()
     pos = ARGS_OFFSET + MAX_ARGS * VALUE.size
     name_off = pos
-    end = pos + len(name) + 1
-    if end > len(buf):
-        raise ArgumentError(f"{what}: call record does not fit the input buffer")
-    buf[pos : pos + len(name)] = name
-    buf[pos + len(name)] = 0
-    pos = end
+    pos += len(name) + 1
+    buf[name_off : pos - 1] = name
+    buf[pos - 1] = 0
     for i, (tag, value) in enumerate(zip(params, args, strict=True)):
         slot = ARGS_OFFSET + i * VALUE.size
-        if tag is Tag.STR or tag is Tag.BYTES:
-            data = _encode_data(tag, value, f"{what} argument {i + 1}")
-            pos = (pos + 7) & ~7
-            end = pos + len(data) + 1
-            if end > len(buf):
-                raise ArgumentError(
-                    f"{what} argument {i + 1}: {len(data)} bytes do not fit the input buffer "
-                    f"({len(buf)} bytes; raise SandboxConfig.input_buffer_size)"
-                )
-            buf[pos : pos + len(data)] = data
-            buf[pos + len(data)] = 0
-            VALUE.pack_into(buf, slot, tag, len(data), pos)
-            pos = end
-        else:
-            VALUE.pack_into(
-                buf, slot, tag, 0, _encode_scalar(tag, value, f"{what} argument {i + 1}")
-            )
+        try:
+            if tag is Tag.STR or tag is Tag.BYTES:
+                data = _encode_data(tag, value)
+                pos = (pos + 7) & ~7
+                end = pos + len(data) + 1
+                if end > len(buf):
+                    raise ArgumentError(
+                        f"{len(data)} bytes do not fit the input buffer ({len(buf)} bytes; "
+                        "raise SandboxConfig.input_buffer_size)"
+                    )
+                buf[pos : end - 1] = data
+                buf[end - 1] = 0
+                VALUE.pack_into(buf, slot, tag, len(data), pos)
+                pos = end
+            else:
+                VALUE.pack_into(buf, slot, tag, 0, _encode_scalar(tag, value))
+        except ArgumentError as exc:
+            raise ArgumentError(f"{sig} argument {i + 1}: {exc}") from None
     CALL_HEADER.pack_into(buf, 0, pos, len(args), name_off, len(name), 0, 0)
     return pos
 
@@ -183,12 +178,17 @@ def encode_result(buf: memoryview, status: Status, value: object) -> None:
         tag, length, bits = Tag.BOOL, 0, int(value)
     elif isinstance(value, int):
         tag = Tag.I64 if value < (1 << 63) else Tag.U64
-        length, bits = 0, _encode_scalar(tag, value, "host function result")
+        if value < -(1 << 63) or value >= (1 << 64):
+            raise ArgumentError(f"host function result {value} does not fit 64 bits")
+        length, bits = 0, value & 0xFFFF_FFFF_FFFF_FFFF
     elif isinstance(value, float):
-        tag, length, bits = Tag.F64, 0, _encode_scalar(Tag.F64, value, "host function result")
+        tag, length, bits = Tag.F64, 0, _encode_scalar(Tag.F64, value)
     elif isinstance(value, (str, bytes, bytearray, memoryview)):
         tag = Tag.STR if isinstance(value, str) else Tag.BYTES
-        data = _encode_data(tag, value, "host function result")
+        try:
+            data = _encode_data(tag, value)
+        except ArgumentError as exc:
+            raise ArgumentError(f"host function result: {exc}") from None
         if pos + len(data) + 1 > len(buf):
             raise ArgumentError(
                 f"host function result of {len(data)} bytes does not fit the reply buffer"

@@ -81,7 +81,7 @@ class GuestMemory:
                 f"{what}: range 0x{addr:x}+{length} lies outside guest memory (0x{self.size:x})"
             )
 
-    def write(self, addr: int, data: bytes) -> None:
+    def write(self, addr: int, data: bytes | bytearray) -> None:
         self.check_range(addr, len(data))
         self.map[addr : addr + len(data)] = data
 

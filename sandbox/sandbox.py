@@ -85,7 +85,7 @@ def _prepare_cached(path: str, mtime_ns: int, size: int, config: SandboxConfig) 
     regs.rdi = layout.boot_info
     regs.rflags = x86.RFLAGS_RESERVED
     return _Prepared(
-        image, layout, memory, regs, layout.boot_info_bytes(0), layout.first_call_pages(segments)
+        image, layout, memory, regs, layout.boot_info_bytes(0), layout.first_call_pages()
     )
 
 
@@ -221,8 +221,9 @@ class Sandbox:
         vm: Vm | None = None
         vcpu: Vcpu | None = None
         try:
-            memory.write(layout.boot_info, prepared.boot_info)
-            memory.write(layout.boot_info + BOOT_INFO_SEED_OFFSET, os.urandom(8))
+            boot_info = bytearray(prepared.boot_info)
+            boot_info[BOOT_INFO_SEED_OFFSET : BOOT_INFO_SEED_OFFSET + 8] = os.urandom(8)
+            memory.write(layout.boot_info, boot_info)
             memory.prefault(prepared.prefault)
             vm = kvm.create_vm()
             vm.set_user_memory_region(0, 0, layout.mem_size, memory.host_address)
@@ -336,7 +337,7 @@ class Sandbox:
                     f"the sandbox is poisoned by an earlier {self._poison_reason}; "
                     "restore it or create a new one"
                 )
-            encode_call(self._in, sig.name.encode(), sig.params, args, str(sig))
+            encode_call(self._in, sig, args)
             limit = timeout if timeout is not None else self.config.timeout
             self._caller = me
             self._cancel_requested = False
