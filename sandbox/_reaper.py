@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from collections.abc import Callable
 
@@ -25,8 +26,12 @@ def _worker() -> None:
 
 
 def defer(job: Callable[[], None]) -> None:
-    """Runs `job` on the reaper thread (started on first use)."""
+    """Runs `job` on the reaper thread (started on first use), or at once while the
+    interpreter shuts down."""
     global _thread
+    if sys.is_finalizing():
+        job()
+        return
     if _thread is None:
         with _lock:
             if _thread is None:

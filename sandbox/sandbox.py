@@ -259,8 +259,10 @@ class Sandbox:
         self.close()
 
     def __del__(self) -> None:
+        # The fallback for a sandbox nobody closed: release at once, on this thread (a
+        # finalizer may run at interpreter exit, when no thread can be started).
         if getattr(self, "_state", _CLOSED) != _CLOSED:
-            self.close()
+            self._release(deferred=False)
 
     @property
     def closed(self) -> bool:
@@ -278,19 +280,25 @@ class Sandbox:
         if self._caller is not None and self._caller != threading.get_native_id():
             self.cancel()
         with self._lock:
-            if self._state == _CLOSED:
-                return
-            self._state = _CLOSED
-            for view in (self._in, self._reply, self._out):
-                view.release()
-            vcpu, vm, memory = self._vcpu, self._vm, self._memory
+            self._release(deferred=True)
 
-            def teardown() -> None:
-                vcpu.close()
-                vm.close()
-                memory.close()
+    def _release(self, *, deferred: bool) -> None:
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        for view in (self._in, self._reply, self._out):
+            view.release()
+        vcpu, vm, memory = self._vcpu, self._vm, self._memory
 
+        def teardown() -> None:
+            vcpu.close()
+            vm.close()
+            memory.close()
+
+        if deferred:
             _reaper.defer(teardown)
+        else:
+            teardown()
 
     def cancel(self) -> None:
         """Stops the call running in another thread (it raises CallCancelled); the
