@@ -34,7 +34,7 @@ KVM_GET_SUPPORTED_CPUID KVM_CREATE_VCPU KVM_SET_USER_MEMORY_REGION KVM_RUN
 KVM_GET_REGS KVM_SET_REGS KVM_GET_SREGS KVM_SET_SREGS KVM_SET_CPUID2
 KVM_GET_XCRS KVM_SET_XCRS KVM_GET_FPU KVM_SET_FPU KVM_GET_MSRS KVM_SET_MSRS
 KVM_GET_XSAVE KVM_SET_XSAVE KVM_GET_DIRTY_LOG KVM_CLEAR_DIRTY_LOG KVM_ENABLE_CAP
-KVM_GET_SUPPORTED_HV_CPUID
+KVM_GET_SUPPORTED_HV_CPUID KVM_SET_VCPU_EVENTS KVM_GET_VCPU_EVENTS
 """.split()
 
 KVM_CONSTANTS = """
@@ -79,6 +79,8 @@ struct kvm_cpuid_entry2 {
 struct kvm_cpuid2 { uint32_t nent; ...; };
 struct kvm_xcr { uint32_t xcr; uint64_t value; ...; };
 struct kvm_xcrs { uint32_t nr_xcrs; uint32_t flags; struct kvm_xcr xcrs[16]; ...; };
+struct kvm_xsave { uint32_t region[1024]; ...; };
+struct kvm_vcpu_events { ...; };
 struct kvm_run {
     uint8_t request_interrupt_window; uint8_t immediate_exit;
     uint32_t exit_reason;

@@ -105,6 +105,33 @@ static int decode_io(int vcpu_fd, struct kvm_run *run, struct sbx_exit *exit, in
     }
 }
 
+void sbx_vcpu_sync_init(void *run_area) {
+    struct kvm_run *run = run_area;
+    run->kvm_valid_regs = KVM_SYNC_X86_REGS;
+}
+
+uint64_t sbx_vcpu_exit_rip(void *run_area) {
+    struct kvm_run *run = run_area;
+    return run->s.regs.regs.rip;
+}
+
+void sbx_vcpu_load_state(void *run_area, const void *regs, const void *sregs) {
+    struct kvm_run *run = run_area;
+    memcpy(&run->s.regs.regs, regs, sizeof run->s.regs.regs);
+    memcpy(&run->s.regs.sregs, sregs, sizeof run->s.regs.sregs);
+    run->kvm_dirty_regs |= KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
+}
+
+int sbx_vcpu_complete_io(int vcpu_fd, void *run_area) {
+    struct kvm_run *run = run_area;
+    run->immediate_exit = 1;
+    int rc = ioctl(vcpu_fd, KVM_RUN, 0);
+    int err = errno;
+    run->immediate_exit = 0;
+    if (rc == 0 || err == EINTR) return 0;
+    return -err;
+}
+
 int sbx_vcpu_run(int vcpu_fd, void *run_area, int64_t timeout_ns, struct sbx_exit *exit) {
     struct kvm_run *run = run_area;
     timer_t timer;

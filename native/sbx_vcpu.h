@@ -39,5 +39,20 @@ int sbx_vcpu_run(int vcpu_fd, void *run, int64_t timeout_ns, struct sbx_exit *ex
  * SBX_EXIT_KICKED. Returns 0 or -errno. */
 int sbx_kick_thread(int tid);
 
+/* Asks KVM to copy the general registers into kvm_run at every exit (KVM_SYNC_X86_REGS),
+ * so the RIP of the last exit is known without an ioctl. */
+void sbx_vcpu_sync_init(void *run);
+
+/* RIP at the last exit (from the synced registers). */
+uint64_t sbx_vcpu_exit_rip(void *run);
+
+/* Loads `regs` and `sregs` (a struct kvm_regs and a struct kvm_sregs) into the vCPU at the
+ * next KVM_RUN through kvm_run's sync area, without an ioctl. */
+void sbx_vcpu_load_state(void *run, const void *regs, const void *sregs);
+
+/* Completes an I/O exit without running the guest (KVM_RUN with immediate_exit): after
+ * it the vCPU state is consistent and can be saved. Returns 0 or -errno. */
+int sbx_vcpu_complete_io(int vcpu_fd, void *run);
+
 /* Version of the package this extension was built for (checked at import). */
 const char *sbx_native_version(void);

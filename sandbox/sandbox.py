@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import _reaper
 from . import x86_64 as x86
-from ._native import ffi, init_kick_signal, kick_thread, lib
+from ._native import check, ffi, init_kick_signal, kick_thread, lib
 from .abi import (
     Signature,
     Status,
@@ -44,6 +44,7 @@ from .guests import is_bundled_name, resolve_guest
 from .kvm import Kvm
 from .layout import GDT, GDT_LIMIT, IDT, IDT_LIMIT, PML4, TSS, Layout
 from .memory import GuestMemory, MemoryImage
+from .snapshot import CpuState, Snapshot
 from .vcpu import Vcpu
 from .vm import Vm
 
@@ -56,9 +57,8 @@ class _Prepared:
 
     image: GuestImage
     layout: Layout
-    memory: MemoryImage
-    regs: Any  # struct kvm_regs at the entry point
-    boot_info: bytes  # struct sbx_boot_info with a zero seed
+    memory: MemoryImage  # the initial memory, boot info included (with a zero seed)
+    initial_cpu: CpuState
     prefault: list[tuple[int, int, bool]]  # (address, size, write) touched by a first call
 
 
@@ -77,16 +77,17 @@ def _prepare_cached(path: str, mtime_ns: int, size: int, config: SandboxConfig) 
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    segments = image.load(layout.image_base)
-    memory = MemoryImage(layout.mem_size, layout.build_template(segments))
+    pieces = layout.build_template(image.load(layout.image_base))
+    pieces.append((layout.boot_info, layout.boot_info_bytes(0)))
+    memory = MemoryImage(layout.mem_size, pieces)
     regs = ffi.new("struct kvm_regs *")
     regs.rip = layout.image_base + image.entry
     regs.rsp = layout.stack_top
     regs.rdi = layout.boot_info
     regs.rflags = x86.RFLAGS_RESERVED
-    return _Prepared(
-        image, layout, memory, regs, layout.boot_info_bytes(0), layout.first_call_pages()
-    )
+    setup = _cpu_setup(Kvm.shared())
+    cpu = CpuState(regs, setup.sregs, setup.xsave, setup.xcrs)
+    return _Prepared(image, layout, memory, cpu, layout.first_call_pages())
 
 
 @functools.lru_cache(maxsize=32)
@@ -110,21 +111,38 @@ def _prepare(guest: str | os.PathLike[str] | None, config: SandboxConfig) -> _Pr
 class _CpuSetup:
     """The vCPU state every sandbox starts from, per process (depends on the CPU)."""
 
-    sregs: Any
-    xcrs: Any | None
+    sregs: Any  # struct kvm_sregs *
+    xcrs: Any | None  # struct kvm_xcrs *, None without XSAVE
+    xsave: Any  # struct kvm_xsave *: the FPU/SSE state of a vCPU after reset
 
 
-_cpu_setup: _CpuSetup | None = None
+_cpu_setup_cache: _CpuSetup | None = None
+_cpu_setup_lock = threading.Lock()
 
 
-def _cpu_state(kvm: Kvm, vcpu: Vcpu) -> _CpuSetup:
+def _cpu_setup(kvm: Kvm) -> _CpuSetup:
     """Long mode with paging, CPL 3 from the first instruction (SDM 9.8.5: the state is
     loaded directly through KVM_SET_SREGS rather than by running mode-switch code, which
-    would have to run in ring 0)."""
-    global _cpu_setup
-    if _cpu_setup is not None:
-        return _cpu_setup
+    would have to run in ring 0). Built once per process from a scratch vCPU's reset
+    state."""
+    global _cpu_setup_cache
+    with _cpu_setup_lock:
+        if _cpu_setup_cache is None:
+            vm = kvm.create_vm()
+            try:
+                vcpu = vm.create_vcpu()
+                try:
+                    _cpu_setup_cache = _build_cpu_setup(kvm, vcpu)
+                finally:
+                    vcpu.close()
+            finally:
+                vm.close()
+        return _cpu_setup_cache
+
+
+def _build_cpu_setup(kvm: Kvm, vcpu: Vcpu) -> _CpuSetup:
     sregs = vcpu.get_sregs()
+    xsave = vcpu.get_xsave()
     leaf1 = kvm.cpuid_entry(1)
     leaf7 = kvm.cpuid_entry(7)
     leaf_d = kvm.cpuid_entry(0xD)
@@ -174,13 +192,21 @@ def _cpu_state(kvm: Kvm, vcpu: Vcpu) -> _CpuSetup:
     )
     sregs.gdt.base, sregs.gdt.limit = GDT, GDT_LIMIT
     sregs.idt.base, sregs.idt.limit = IDT, IDT_LIMIT
-    _cpu_setup = _CpuSetup(sregs, xcrs)
-    return _cpu_setup
+    return _CpuSetup(sregs, xcrs, xsave)
 
 
 _READY, _POISONED, _CLOSED = "ready", "poisoned", "closed"
 _DEFAULT_CONFIG = SandboxConfig()
 BOOT_INFO_SEED_OFFSET = ffi.offsetof("struct sbx_boot_info", "random_seed")
+ResetMode = Literal["none", "per_call"]
+
+
+def _new_seed() -> bytes:
+    """A fresh random seed for the guest (never zero: zero means "no seed")."""
+    while True:
+        seed = os.urandom(8)
+        if any(seed):
+            return seed
 
 
 class Sandbox:
@@ -204,51 +230,121 @@ class Sandbox:
         config: SandboxConfig | None = None,
         host_functions: Mapping[str, HostFunction] | None = None,
         output: Callable[[str], None] | None = None,
+        reset: ResetMode = "none",
     ) -> None:
         self._state = _CLOSED  # until fully built, so __del__/close are no-ops
-        self.config = config if config is not None else _DEFAULT_CONFIG
+        config = config if config is not None else _DEFAULT_CONFIG
+        prepared = _prepare(guest, config)
+        self._configure(
+            config,
+            host_functions,
+            output,
+            reset,
+            prepared.image.path,
+            prepared.layout,
+            prepared.image.functions,
+        )
+        self._boot(prepared.memory, prepared.initial_cpu, prepared.prefault)
+        self._initial: _Prepared | Snapshot = prepared
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        snapshot: Snapshot | str | os.PathLike[str],
+        *,
+        host_functions: Mapping[str, HostFunction] | None = None,
+        output: Callable[[str], None] | None = None,
+        reset: ResetMode = "none",
+    ) -> Sandbox:
+        """A new sandbox in the state of `snapshot` (a Snapshot, or the path of a saved
+        one), without re-running the guest's initialization. Its memory maps the
+        snapshot's copy-on-write. Raises SnapshotError for an unusable file, plus what
+        Sandbox() raises."""
+        snap = snapshot if isinstance(snapshot, Snapshot) else Snapshot.load(snapshot)
+        sb = cls.__new__(cls)
+        sb._state = _CLOSED
+        sb._configure(
+            snap.config,
+            host_functions,
+            output,
+            reset,
+            snap.guest_path,
+            snap.layout,
+            snap.functions,
+        )
+        sb._boot(snap.image, snap.cpu, snap.layout.first_call_pages())
+        sb._initial = snap
+        return sb
+
+    def _configure(
+        self,
+        config: SandboxConfig,
+        host_functions: Mapping[str, HostFunction] | None,
+        output: Callable[[str], None] | None,
+        reset: ResetMode,
+        guest_path: str,
+        layout: Layout,
+        functions: Mapping[str, Signature],
+    ) -> None:
+        if reset not in ("none", "per_call"):
+            raise ArgumentError(f"reset must be 'none' or 'per_call', not {reset!r}")
+        self.config = config
+        self.reset_mode: ResetMode = reset
         self._host_functions = _check_host_functions(host_functions)
         self._output = output
         self.last_output = ""
-        prepared = _prepare(guest, self.config)
-        self.guest_path = prepared.image.path
-        self.layout = layout = prepared.layout
-        self.functions: Mapping[str, Signature] = prepared.image.functions
+        self.guest_path = guest_path
+        self.layout = layout
+        self.functions: Mapping[str, Signature] = functions
+        self._lock = threading.Lock()
+        self._caller: int | None = None  # native thread id inside call()
+        self._cancel_requested = False
+        self._poison_reason = ""
+        self._io_pending = False  # the last exit was an I/O exit KVM has yet to complete
+        self._ran = False  # the guest ran since the last (re)start
+
+    def _boot(
+        self, image: MemoryImage, cpu: CpuState, prefault: list[tuple[int, int, bool]]
+    ) -> None:
         kvm = Kvm.shared()
         init_kick_signal()
-
-        memory = GuestMemory(prepared.memory)
+        layout = self.layout
+        memory = GuestMemory(image)
         vm: Vm | None = None
         vcpu: Vcpu | None = None
         try:
-            boot_info = bytearray(prepared.boot_info)
-            boot_info[BOOT_INFO_SEED_OFFSET : BOOT_INFO_SEED_OFFSET + 8] = os.urandom(8)
-            memory.write(layout.boot_info, boot_info)
-            memory.prefault(prepared.prefault)
+            memory.write(layout.boot_info + BOOT_INFO_SEED_OFFSET, _new_seed())
+            memory.prefault(prefault)
             vm = kvm.create_vm()
             vm.set_user_memory_region(0, 0, layout.mem_size, memory.host_address)
             vcpu = vm.create_vcpu()
             vcpu.set_cpuid2(kvm.supported_cpuid)
-            cpu = _cpu_state(kvm, vcpu)
+            setup = _cpu_setup(kvm)
             vcpu.set_sregs(cpu.sregs)
-            if cpu.xcrs is not None:
-                vcpu.set_xcrs(cpu.xcrs)
-            vcpu.set_regs(prepared.regs)
+            if setup.xcrs is not None:
+                vcpu.set_xcrs(cpu.xcrs if cpu.xcrs is not None else setup.xcrs)
+            vcpu.set_regs(cpu.regs)
+            if cpu.xsave is not None:
+                vcpu.set_xsave(cpu.xsave)
+            lib.sbx_vcpu_sync_init(vcpu.run_ptr)
         except BaseException:
             for owner in (vcpu, vm, memory):
                 if owner is not None:
                     owner.close()
             raise
         self._memory, self._vm, self._vcpu = memory, vm, vcpu
-        view = memory.view
+        self._make_views()
+        self._state = _READY
+
+    def _make_views(self) -> None:
+        layout, view = self.layout, self._memory.view
         self._in = view[layout.in_buf : layout.in_buf + layout.in_size]
         self._reply = view[layout.reply_buf : layout.reply_buf + layout.reply_size]
         self._out = view[layout.out_buf : layout.out_buf + layout.out_size]
-        self._lock = threading.Lock()
-        self._caller: int | None = None  # native thread id inside call()
-        self._cancel_requested = False
-        self._poison_reason = ""
-        self._state = _READY
+
+    def _release_views(self) -> None:
+        for view in (self._in, self._reply, self._out):
+            view.release()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -286,8 +382,7 @@ class Sandbox:
         if self._state == _CLOSED:
             return
         self._state = _CLOSED
-        for view in (self._in, self._reply, self._out):
-            view.release()
+        self._release_views()
         vcpu, vm, memory = self._vcpu, self._vm, self._memory
 
         def teardown() -> None:
@@ -310,6 +405,96 @@ class Sandbox:
         while (tid := self._caller) is not None and time.monotonic() < deadline:
             kick_thread(tid)
             time.sleep(0.001)
+
+    # -- snapshot and restore --------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Captures the sandbox between calls: memory (into a new sealed memfd, copying
+        only the pages in use) and vCPU state. Raises SandboxPoisoned or SandboxClosed."""
+        with self._lock:
+            self._check_ready()
+            vcpu = self._vcpu
+            if self._io_pending:
+                # Let KVM finish the guest's last `out` so the saved RIP is past it.
+                check(lib.sbx_vcpu_complete_io(vcpu.fd, vcpu.run_ptr), "KVM_RUN (complete I/O)")
+                self._io_pending = False
+            cpu = CpuState(
+                vcpu.get_regs(),
+                vcpu.get_sregs(),
+                vcpu.get_xsave(),
+                vcpu.get_xcrs() if _cpu_setup(Kvm.shared()).xcrs is not None else None,
+            )
+            return Snapshot(
+                image=self._memory.snapshot_image(),
+                cpu=cpu,
+                layout=self.layout,
+                functions=dict(self.functions),
+                config=self.config,
+                guest_path=self.guest_path,
+            )
+
+    def restore(self, snapshot: Snapshot | None = None) -> None:
+        """Returns the sandbox to the state of `snapshot` (default: the state it started
+        in) and clears poisoning. Restoring the snapshot the sandbox was made or last
+        restored from copies back only the pages written since, so it costs in proportion
+        to them; another snapshot is mapped afresh. The guest gets a new random seed.
+        Raises ArgumentError for a snapshot of another guest layout, SandboxClosed."""
+        with self._lock:
+            if self._state == _CLOSED:
+                raise SandboxClosed("the sandbox is closed")
+            self._restore(snapshot)
+
+    def _restore(self, snapshot: Snapshot | None) -> None:
+        target = snapshot if snapshot is not None else self._initial_snapshot()
+        if target.layout != self.layout:
+            raise ArgumentError("the snapshot is of another guest or memory layout")
+        memory, vcpu = self._memory, self._vcpu
+        if target.image is memory.image:
+            memory.reset()
+        else:
+            self._release_views()
+            self._vm.set_user_memory_region(0, 0, 0, memory.host_address)  # delete the slot
+            memory.remap(target.image)
+            self._vm.set_user_memory_region(0, 0, self.layout.mem_size, memory.host_address)
+            memory.prefault(self.layout.first_call_pages())
+            self._make_views()
+            self.functions = target.functions
+        cpu = target.cpu
+        if self._io_pending and lib.sbx_vcpu_exit_rip(vcpu.run_ptr) == cpu.rip:
+            # KVM would skip the instruction at the restored RIP to finish the old `out`.
+            check(lib.sbx_vcpu_complete_io(vcpu.fd, vcpu.run_ptr), "KVM_RUN (complete I/O)")
+        self._io_pending = False
+        lib.sbx_vcpu_load_state(vcpu.run_ptr, cpu.regs, cpu.sregs)  # applied at the next run
+        vcpu.set_xsave(cpu.xsave)
+        if cpu.xcrs is not None:
+            vcpu.set_xcrs(cpu.xcrs)
+        memory.write(self.layout.boot_info + BOOT_INFO_SEED_OFFSET, _new_seed())
+        self._ran = False
+        self._state = _READY
+
+    def _initial_snapshot(self) -> Snapshot:
+        initial = self._initial
+        if isinstance(initial, Snapshot):
+            return initial
+        snap = Snapshot(
+            image=initial.memory,
+            cpu=initial.initial_cpu,
+            layout=initial.layout,
+            functions=initial.image.functions,
+            config=self.config,
+            guest_path=self.guest_path,
+        )
+        self._initial = snap
+        return snap
+
+    def _check_ready(self) -> None:
+        if self._state != _READY:
+            if self._state == _CLOSED:
+                raise SandboxClosed("the sandbox is closed")
+            raise SandboxPoisoned(
+                f"the sandbox is poisoned by an earlier {self._poison_reason}; "
+                "restore it or create a new one"
+            )
 
     # -- calls -----------------------------------------------------------------------
 
@@ -338,13 +523,9 @@ class Sandbox:
         if self._caller == me:
             raise SandboxBusy("re-entrant call: a host function called back into its own sandbox")
         with self._lock:
-            if self._state != _READY:
-                if self._state == _CLOSED:
-                    raise SandboxClosed("the sandbox is closed")
-                raise SandboxPoisoned(
-                    f"the sandbox is poisoned by an earlier {self._poison_reason}; "
-                    "restore it or create a new one"
-                )
+            if self.reset_mode == "per_call" and self._ran and self._state != _CLOSED:
+                self._restore(None)
+            self._check_ready()
             encode_call(self._in, sig, args)
             limit = timeout if timeout is not None else self.config.timeout
             self._caller = me
@@ -368,6 +549,8 @@ class Sandbox:
             if deadline is not None:
                 timeout_ns = max(1, int((deadline - time.monotonic()) * 1e9))
             exit = vcpu.run(timeout_ns)
+            self._ran = True
+            self._io_pending = exit.kvm_exit_reason == lib.KVM_EXIT_IO
             kind = exit.kind
             if kind == lib.SBX_EXIT_RETURN:
                 result = decode_result(self._out, exit.value, f"result of {sig.name}")

@@ -23,7 +23,7 @@ class Vcpu:
         )
         # Safe: the pointer is only handed to sbx_vcpu_run while _run_map is open, and it
         # is released in close() before the map is unmapped.
-        self._run_ptr, _ = buffer_address(self._run_map)
+        self.run_ptr, _ = buffer_address(self._run_map)
         self.exit = ffi.new("struct sbx_exit *")
 
     def set_cpuid2(self, cpuid: Any) -> None:
@@ -45,17 +45,31 @@ class Vcpu:
     def set_sregs(self, sregs: Any) -> None:
         ioctl(self.fd, "KVM_SET_SREGS", sregs)
 
+    def get_xcrs(self) -> Any:
+        xcrs = ffi.new("struct kvm_xcrs *")
+        ioctl(self.fd, "KVM_GET_XCRS", xcrs)
+        return xcrs
+
     def set_xcrs(self, xcrs: Any) -> None:
         ioctl(self.fd, "KVM_SET_XCRS", xcrs)
 
+    def get_xsave(self) -> Any:
+        """KVM_GET_XSAVE: x87/SSE/AVX state (the legacy FXSAVE area and beyond)."""
+        xsave = ffi.new("struct kvm_xsave *")
+        ioctl(self.fd, "KVM_GET_XSAVE", xsave)
+        return xsave
+
+    def set_xsave(self, xsave: Any) -> None:
+        ioctl(self.fd, "KVM_SET_XSAVE", xsave)
+
     def run(self, timeout_ns: int) -> Any:
         """Runs until an exit Python must handle; returns the `struct sbx_exit`."""
-        check(lib.sbx_vcpu_run(self.fd, self._run_ptr, timeout_ns, self.exit), "KVM_RUN")
+        check(lib.sbx_vcpu_run(self.fd, self.run_ptr, timeout_ns, self.exit), "KVM_RUN")
         return self.exit
 
     def close(self) -> None:
         if self.fd >= 0:
-            ffi.release(self._run_ptr)
+            ffi.release(self.run_ptr)
             self._run_map.close()
             os.close(self.fd)
             self.fd = -1

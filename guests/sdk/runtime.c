@@ -36,6 +36,7 @@ extern const struct sbx_func_desc __stop_sbx_funcs[];
 static const struct sbx_boot_info *boot;
 static size_t print_len;
 static uint64_t rng_state;
+static uint64_t rng_seed;
 /* Bytes of the output buffer in use by the result being built. */
 static size_t out_pos;
 
@@ -52,7 +53,13 @@ static inline size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
 const struct sbx_boot_info *sbx_boot_info(void) { return boot; }
 
 uint64_t sbx_random_u64(void) {
-    /* xorshift64*; the host seeds it (boot info) and reseeds it on restore. */
+    /* xorshift64*, seeded from the boot info. The host writes a fresh seed there on every
+     * restore: a new seed restarts the sequence, so sandboxes restored from one snapshot
+     * never repeat each other's numbers. */
+    if (boot->random_seed != rng_seed) {
+        rng_seed = boot->random_seed;
+        rng_state = rng_seed | 1;
+    }
     uint64_t x = rng_state;
     x ^= x >> 12;
     x ^= x << 25;
@@ -320,7 +327,6 @@ HOT void sbx_loop(void) {
 
 HOT void sbx_start(const struct sbx_boot_info *bi) {
     boot = bi;
-    rng_state = bi->random_seed | 1;
     sbx_heap_init((void *)(uintptr_t)bi->heap_base, bi->heap_size);
     dispatch();
     sbx_loop();
