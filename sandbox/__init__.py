@@ -26,7 +26,9 @@ from .errors import (
     SandboxError,
     SandboxPoisoned,
 )
+from .pool import SandboxPool
 from .sandbox import Sandbox
+from .snapshot import Snapshot, SnapshotError
 
 __version__ = "0.1.0"
 
@@ -50,6 +52,9 @@ __all__ = [
     "SandboxConfig",
     "SandboxError",
     "SandboxPoisoned",
+    "SandboxPool",
+    "Snapshot",
+    "SnapshotError",
     "Signature",
     "Tag",
 ]

@@ -151,6 +151,7 @@ def test_output_callback(make_sandbox) -> None:
 @kvm
 @pytest.mark.xfail(
     strict=True,
+    raises=sandbox.GuestProtocolError,
     reason="BUG: demo `hello` truncates its greeting to 255 bytes in the middle of a "
     "UTF-8 character; the host rejects the result as malformed and poisons the sandbox",
 )
@@ -323,6 +324,7 @@ def test_argument_errors(sb: Sandbox, fn: str, args: tuple[object, ...]) -> None
 @kvm
 @pytest.mark.xfail(
     strict=True,
+    raises=OverflowError,
     reason="BUG: an int too large for a double passed as f64 raises OverflowError, not "
     "ArgumentError (f32 is checked, f64 is not)",
 )
@@ -379,6 +381,7 @@ def test_host_function_exception_is_chained_and_does_not_poison(make_sandbox) ->
 @kvm
 @pytest.mark.xfail(
     strict=True,
+    raises=sandbox.GuestProtocolError,
     reason="BUG: a long non-ASCII host exception message is cut at 1024 bytes inside a "
     "UTF-8 character; the host then rejects the guest's error record as malformed "
     "(GuestProtocolError, poisoned) instead of raising HostFunctionError",
@@ -471,6 +474,7 @@ def test_host_function_may_call_another_sandbox(make_sandbox) -> None:
 @kvm
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="BUG: close() from inside a host function deadlocks (the call holds the "
     "sandbox's non-reentrant lock)",
 )
