@@ -142,6 +142,30 @@ def probe_guest(guest_build: ModuleType, guest_dir: Path) -> Path:
     return guest_build.build_guest([source], guest_dir / "probe.elf")
 
 
+BIG_SOURCE = textwrap.dedent(
+    """\
+    #include "sbx.h"
+
+    /* 3 MiB of .bss: the image alone does not fit in a few MiB of guest memory. */
+    static uint8_t big[3 << 20];
+
+    SBX_EXPORT(touch, SBX_TAG_U64, SBX_TAG_U64) {
+        uint64_t i = sbx_arg_u64(args, 0) % sizeof big;
+        big[i] += 1;
+        sbx_ret_u64(ret, big[i]);
+    }
+    """
+)
+
+
+@pytest.fixture(scope="session")
+def big_guest(guest_build: ModuleType, guest_dir: Path) -> Path:
+    """A guest whose image is over 3 MiB."""
+    source = guest_dir / "big.c"
+    source.write_text(BIG_SOURCE)
+    return guest_build.build_guest([source], guest_dir / "big.elf")
+
+
 # -- sandboxes ----------------------------------------------------------------------------
 
 

@@ -102,6 +102,25 @@ SBX_EXPORT(heap_check, SBX_TAG_U64, SBX_TAG_U64) {
     sbx_ret_u64(ret, total);
 }
 
+SBX_EXPORT(dirty_pages, SBX_TAG_U32, SBX_TAG_U32) {
+    /* Writes one byte in each of n consecutive heap pages (restore benchmarks and tests:
+     * a restore must undo exactly these). Returns n, capped at the heap's page count. */
+    const struct sbx_boot_info *bi = sbx_boot_info();
+    uint32_t n = sbx_arg_u32(args, 0);
+    if ((uint64_t)n > bi->heap_size / 4096) n = (uint32_t)(bi->heap_size / 4096);
+    volatile uint8_t *heap = (volatile uint8_t *)(uintptr_t)bi->heap_base;
+    for (uint32_t i = 0; i < n; i++) heap[(uint64_t)i * 4096] = (uint8_t)(i + 1);
+    sbx_ret_u32(ret, n);
+}
+
+SBX_EXPORT(heap_byte, SBX_TAG_U32, SBX_TAG_U32) {
+    /* The first byte of heap page i (0 unless dirty_pages wrote it). */
+    const struct sbx_boot_info *bi = sbx_boot_info();
+    uint32_t i = sbx_arg_u32(args, 0);
+    if ((uint64_t)i >= bi->heap_size / 4096) sbx_abort("page %u is outside the heap", i);
+    sbx_ret_u32(ret, ((volatile uint8_t *)(uintptr_t)bi->heap_base)[(uint64_t)i * 4096]);
+}
+
 /* One echo per scalar type: the host's conversions are tested through these. */
 SBX_EXPORT(echo_i32, SBX_TAG_I32, SBX_TAG_I32) { sbx_ret_i32(ret, sbx_arg_i32(args, 0)); }
 SBX_EXPORT(echo_u32, SBX_TAG_U32, SBX_TAG_U32) { sbx_ret_u32(ret, sbx_arg_u32(args, 0)); }
