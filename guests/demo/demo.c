@@ -121,6 +121,31 @@ SBX_EXPORT(heap_byte, SBX_TAG_U32, SBX_TAG_U32) {
     sbx_ret_u32(ret, ((volatile uint8_t *)(uintptr_t)bi->heap_base)[(uint64_t)i * 4096]);
 }
 
+/* CPU state that outlives a call unless the host restores it (restore tests): MXCSR and
+ * an SSE register nothing else uses. (FS/GS bases cannot change in ring 3: CR4.FSGSBASE
+ * is clear and wrmsr is privileged.) */
+SBX_EXPORT(set_mxcsr, SBX_TAG_VOID, SBX_TAG_U32) {
+    uint32_t v = sbx_arg_u32(args, 0);
+    __asm__ volatile("ldmxcsr %0" : : "m"(v));
+}
+
+SBX_EXPORT(get_mxcsr, SBX_TAG_U32) {
+    uint32_t v;
+    __asm__ volatile("stmxcsr %0" : "=m"(v));
+    sbx_ret_u32(ret, v);
+}
+
+SBX_EXPORT(set_xmm15, SBX_TAG_VOID, SBX_TAG_U64) {
+    uint64_t v = sbx_arg_u64(args, 0);
+    __asm__ volatile("movq %0, %%xmm15" : : "r"(v) : "xmm15");
+}
+
+SBX_EXPORT(get_xmm15, SBX_TAG_U64) {
+    uint64_t v;
+    __asm__ volatile("movq %%xmm15, %0" : "=r"(v));
+    sbx_ret_u64(ret, v);
+}
+
 /* One echo per scalar type: the host's conversions are tested through these. */
 SBX_EXPORT(echo_i32, SBX_TAG_I32, SBX_TAG_I32) { sbx_ret_i32(ret, sbx_arg_i32(args, 0)); }
 SBX_EXPORT(echo_u32, SBX_TAG_U32, SBX_TAG_U32) { sbx_ret_u32(ret, sbx_arg_u32(args, 0)); }

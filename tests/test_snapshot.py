@@ -1,0 +1,230 @@
+"""Snapshot and restore: nothing leaks across a restore, restores work after every kind of
+fault, per-call reset, reseeding, and the on-disk format (round trip and rejection of
+corrupt, truncated and foreign files)."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from conftest import drain, fd_count
+
+from sandbox import (
+    ArgumentError,
+    GuestAbort,
+    GuestTrap,
+    CallTimeout,
+    Sandbox,
+    SandboxClosed,
+    SandboxConfig,
+    SandboxPoisoned,
+    Snapshot,
+    SnapshotError,
+)
+from sandbox.snapshot import FORMAT_VERSION, MAGIC
+
+pytestmark = pytest.mark.requires_kvm
+
+FAULTS = ["null", "wild_write", "exec_data", "ud2", "divzero", "stack_overflow", "bad_port",
+          "privileged", "abort", "spin_forever"]
+
+
+@pytest.fixture
+def snapped(sb: Sandbox) -> tuple[Sandbox, Snapshot]:
+    assert sb.call("counter") == 1
+    return sb, sb.snapshot()
+
+
+def test_restore_resets_globals_and_heap(snapped: tuple[Sandbox, Snapshot]) -> None:
+    sb, snap = snapped
+    assert sb.call("counter") == 2
+    assert sb.call("dirty_pages", 5) == 5
+    assert [sb.call("heap_byte", i) for i in range(5)] == [1, 2, 3, 4, 5]
+    sb.restore(snap)
+    assert [sb.call("heap_byte", i) for i in range(5)] == [0] * 5
+    assert sb.call("counter") == 2  # the snapshot was taken after one call
+
+
+def test_restore_resets_sse_state(snapped: tuple[Sandbox, Snapshot]) -> None:
+    sb, snap = snapped
+    default_mxcsr = sb.call("get_mxcsr")
+    sb.call("set_mxcsr", 0x7F80)  # round toward zero, exceptions masked
+    sb.call("set_xmm15", 0xDEADBEEF)
+    assert sb.call("get_mxcsr") == 0x7F80 and sb.call("get_xmm15") == 0xDEADBEEF  # persists
+    sb.restore(snap)
+    assert sb.call("get_mxcsr") == default_mxcsr
+    assert sb.call("get_xmm15") == 0
+
+
+def test_restore_default_is_the_start_state(sb: Sandbox) -> None:
+    assert [sb.call("counter") for _ in range(3)] == [1, 2, 3]
+    sb.restore()
+    assert sb.call("counter") == 1
+
+
+def test_snapshot_is_independent_of_later_writes(snapped: tuple[Sandbox, Snapshot]) -> None:
+    sb, snap = snapped
+    for _ in range(3):
+        sb.call("dirty_pages", 3)
+        sb.call("counter")
+    with Sandbox.from_snapshot(snap) as other:
+        assert other.call("counter") == 2
+        assert other.call("heap_byte", 0) == 0
+
+
+@pytest.mark.parametrize("kind", FAULTS)
+def test_restore_after_each_fault(snapped: tuple[Sandbox, Snapshot], kind: str) -> None:
+    sb, snap = snapped
+    with pytest.raises((GuestTrap, GuestAbort, CallTimeout)):
+        sb.call("fault", kind, timeout=0.2)
+    sb.restore(snap)
+    assert not sb.poisoned
+    assert sb.call("add", 2, 3) == 5
+    assert sb.call("counter") == 2
+    assert sb.call("echo", "still here") == "still here"
+
+
+def test_snapshot_of_poisoned_or_closed_sandbox_is_refused(sb: Sandbox) -> None:
+    with pytest.raises(GuestTrap):
+        sb.call("fault", "null")
+    with pytest.raises(SandboxPoisoned):
+        sb.snapshot()
+    sb.close()
+    with pytest.raises(SandboxClosed):
+        sb.snapshot()
+    with pytest.raises(SandboxClosed):
+        sb.restore()
+
+
+def test_restored_sandboxes_get_different_random_numbers(snapped: tuple[Sandbox, Snapshot]) -> None:
+    sb, snap = snapped
+    sb.call("random_u64")
+    seen = set()
+    for _ in range(5):
+        sb.restore(snap)
+        seen.add(sb.call("random_u64"))
+    with Sandbox.from_snapshot(snap) as a, Sandbox.from_snapshot(snap) as b:
+        seen.add(a.call("random_u64"))
+        seen.add(b.call("random_u64"))
+    assert len(seen) == 7
+
+
+def test_one_snapshot_serves_many_sandboxes(snapped: tuple[Sandbox, Snapshot]) -> None:
+    _, snap = snapped
+    boxes = [Sandbox.from_snapshot(snap) for _ in range(10)]
+    try:
+        assert [b.call("counter") for b in boxes] == [2] * 10
+        boxes[0].call("dirty_pages", 4)
+        assert all(b.call("heap_byte", 0) == 0 for b in boxes[1:])
+    finally:
+        for b in boxes:
+            b.close()
+
+
+def test_restore_into_a_sandbox_from_another_snapshot(snapped: tuple[Sandbox, Snapshot]) -> None:
+    sb, snap = snapped
+    with Sandbox() as other:
+        other.call("dirty_pages", 2)
+        other.restore(snap)  # maps the other snapshot's memory
+        assert other.call("counter") == 2
+        assert other.call("heap_byte", 0) == 0
+        other.restore(snap)  # and now restores it cheaply
+        assert other.call("counter") == 2
+
+
+def test_restore_refuses_another_layout(sb: Sandbox) -> None:
+    with Sandbox(config=SandboxConfig(memory_size=32 << 20)) as other:
+        with pytest.raises(ArgumentError):
+            sb.restore(other.snapshot())
+
+
+def test_per_call_reset_runs_every_call_fresh() -> None:
+    with Sandbox(reset="per_call") as sb:
+        assert [sb.call("counter") for _ in range(3)] == [1, 1, 1]
+        sb.call("dirty_pages", 3)
+        assert sb.call("heap_byte", 0) == 0
+        with pytest.raises(GuestTrap):
+            sb.call("fault", "null")
+        assert sb.call("add", 1, 1) == 2  # the next call starts fresh, trap or not
+    with pytest.raises(ArgumentError):
+        Sandbox(reset="sometimes")  # type: ignore[arg-type]
+
+
+def test_save_and_load_round_trip(snapped: tuple[Sandbox, Snapshot], tmp_path: Path) -> None:
+    sb, snap = snapped
+    sb.call("dirty_pages", 2)
+    path = tmp_path / "demo.snap"
+    sb.snapshot().save(path)
+    with Sandbox.from_snapshot(path) as loaded:
+        assert loaded.call("counter") == 2
+        assert loaded.call("heap_byte", 1) == 2
+        assert loaded.call("echo", "é") == "é"
+    loaded_snap = Snapshot.load(path)
+    assert loaded_snap.functions.keys() == sb.functions.keys()
+    # A saved file is much smaller than the guest memory: holes stay holes.
+    assert path.stat().st_size < sb.layout.mem_size // 4
+
+
+def _saved(snap: Snapshot, tmp_path: Path) -> bytes:
+    path = tmp_path / "good.snap"
+    snap.save(path)
+    return path.read_bytes()
+
+
+def _load_bytes(data: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "bad.snap"
+    path.write_bytes(data)
+    Snapshot.load(path)
+
+
+def test_corrupt_snapshot_files_are_rejected(snapped: tuple[Sandbox, Snapshot], tmp_path: Path) -> None:
+    _, snap = snapped
+    good = _saved(snap, tmp_path)
+    cases = {
+        "empty": b"",
+        "garbage": os.urandom(4096),
+        "bad magic": b"NOTASNAP" + good[8:],
+        "truncated": good[: len(good) // 2],
+        "truncated by one": good[:-1],
+        "flipped byte": good[:100] + bytes([good[100] ^ 1]) + good[101:],
+        "flipped memory byte": good[:-100] + bytes([good[-100] ^ 0x80]) + good[-99:],
+    }
+    for name, data in cases.items():
+        with pytest.raises(SnapshotError):
+            _load_bytes(data, tmp_path)
+        # the process is unharmed and the good file still loads
+    with Sandbox.from_snapshot(tmp_path / "good.snap") as sb:
+        assert sb.call("counter") == 2
+
+
+def test_foreign_format_version_is_rejected(snapped: tuple[Sandbox, Snapshot], tmp_path: Path) -> None:
+    _, snap = snapped
+    good = _saved(snap, tmp_path)
+    data = bytearray(good)
+    struct.pack_into("<I", data, len(MAGIC), FORMAT_VERSION + 1)
+    with pytest.raises(SnapshotError, match="format version"):
+        _load_bytes(bytes(data), tmp_path)
+
+
+def test_missing_snapshot_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        Sandbox.from_snapshot(tmp_path / "nope.snap")
+
+
+def test_snapshot_restore_cycles_leak_nothing(snapped: tuple[Sandbox, Snapshot]) -> None:
+    sb, snap = snapped
+    for _ in range(50):
+        sb.call("dirty_pages", 2)
+        sb.restore(snap)
+    drain()
+    before = fd_count()
+    for _ in range(500):
+        sb.call("dirty_pages", 2)
+        sb.restore(snap)
+    for _ in range(100):
+        with Sandbox.from_snapshot(snap) as other:
+            other.call("add", 1, 2)
+    drain()
+    assert fd_count() <= before
