@@ -152,11 +152,10 @@ int sbx_vcpu_run(int vcpu_fd, void *run_area, int64_t timeout_ns, struct sbx_exi
                 err = -errno;
                 break;
             }
-            if (tls_kicked) {
-                exit->kind = SBX_EXIT_KICKED;
-                break;
-            }
-            continue; /* some other signal: the guest has not finished */
+            /* Kicked, or another signal (Ctrl-C): Python decides (its signal handlers
+             * run when this returns; the call resumes if none of them raises). */
+            exit->kind = tls_kicked ? SBX_EXIT_KICKED : SBX_EXIT_INTERRUPTED;
+            break;
         }
         exit->kvm_exit_reason = run->exit_reason;
         switch (run->exit_reason) {
@@ -164,11 +163,8 @@ int sbx_vcpu_run(int vcpu_fd, void *run_area, int64_t timeout_ns, struct sbx_exi
             if (decode_io(vcpu_fd, run, exit, &err)) goto out;
             continue;
         case KVM_EXIT_INTR:
-            if (tls_kicked) {
-                exit->kind = SBX_EXIT_KICKED;
-                goto out;
-            }
-            continue;
+            exit->kind = tls_kicked ? SBX_EXIT_KICKED : SBX_EXIT_INTERRUPTED;
+            goto out;
         case KVM_EXIT_SHUTDOWN:
             exit->kind = SBX_EXIT_SHUTDOWN;
             goto out;

@@ -11,6 +11,7 @@
 #define SBX_EXIT_SHUTDOWN 7    /* triple fault */
 #define SBX_EXIT_INTERNAL 8    /* KVM could not run or emulate the guest */
 #define SBX_EXIT_UNKNOWN 9     /* any other KVM exit reason (in kvm_exit_reason) */
+#define SBX_EXIT_INTERRUPTED 10 /* another signal interrupted KVM_RUN; run again */
 
 struct sbx_exit {
     uint32_t kind;            /* SBX_EXIT_* */

@@ -109,12 +109,12 @@ def _encode_scalar(tag: Tag, value: object) -> int:
     if tag in (Tag.F32, Tag.F64):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ArgumentError(f"expected {tag.type_name} (float), got {type(value).__name__}")
-        if tag is Tag.F64:
-            return int(_U64.unpack(_F64.pack(float(value)))[0])
         try:
+            if tag is Tag.F64:
+                return int(_U64.unpack(_F64.pack(float(value)))[0])
             return int(_U32.unpack(_F32.pack(float(value)))[0])
         except OverflowError:
-            raise ArgumentError(f"{value} is out of range for f32") from None
+            raise ArgumentError(f"{value} is out of range for {tag.type_name}") from None
     raise ArgumentError(f"cannot pass a value of type {tag.type_name}")
 
 

@@ -50,6 +50,7 @@ DT_TEXTREL = 22
 R_X86_64_NONE, R_X86_64_RELATIVE = 0, 8
 FUNCS_SECTION = b"sbx_funcs"
 MAX_IMAGE_SIZE = 256 << 20
+MAX_SECTIONS = 4096
 
 
 @dataclass(frozen=True)
@@ -266,9 +267,9 @@ def _functions(
 ) -> dict[str, Signature]:
     if shoff == 0 or shnum == 0 or shentsize != SHDR.size or shstrndx >= shnum:
         raise r.fail("no section headers: cannot find the exported functions (do not strip guests)")
-    headers = [
-        r.unpack(SHDR, shoff + i * SHDR.size, "section header") for i in range(min(shnum, 4096))
-    ]
+    if shnum > MAX_SECTIONS:
+        raise r.fail(f"{shnum} section headers (at most {MAX_SECTIONS})")
+    headers = [r.unpack(SHDR, shoff + i * SHDR.size, "section header") for i in range(shnum)]
     names = headers[shstrndx]
     strtab = r.slice(names[4], names[5], "section names")
     for sh_name, _, _, _, sh_offset, sh_size, *_ in headers:

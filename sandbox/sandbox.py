@@ -199,6 +199,7 @@ _READY, _POISONED, _CLOSED = "ready", "poisoned", "closed"
 _DEFAULT_CONFIG = SandboxConfig()
 BOOT_INFO_SEED_OFFSET = ffi.offsetof("struct sbx_boot_info", "random_seed")
 ResetMode = Literal["none", "per_call"]
+HOST_ERROR_MESSAGE_MAX = 1000  # bytes of a host exception's text passed to the guest
 
 
 def _new_seed() -> bytes:
@@ -302,6 +303,8 @@ class Sandbox:
         self._poison_reason = ""
         self._io_pending = False  # the last exit was an I/O exit KVM has yet to complete
         self._ran = False  # the guest ran since the last (re)start
+        self._in_call = False  # the guest is inside a call (between entry and RETURN)
+        self._close_requested = False
 
     def _boot(
         self, image: MemoryImage, cpu: CpuState, prefault: list[tuple[int, int, bool]]
@@ -373,7 +376,12 @@ class Sandbox:
         first. The kernel teardown runs on a background thread."""
         if self._state == _CLOSED:
             return
-        if self._caller is not None and self._caller != threading.get_native_id():
+        if self._caller == threading.get_native_id():
+            # From a host function or output callback of the running call: the call
+            # holds the lock; close when it ends.
+            self._close_requested = True
+            return
+        if self._caller is not None:
             self.cancel()
         with self._lock:
             self._release(deferred=True)
@@ -511,6 +519,8 @@ class Sandbox:
         (poisons), HostFunctionError (a host function raised), SandboxPoisoned,
         SandboxClosed, SandboxBusy (re-entrant call from a host function).
         """
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ArgumentError(f"timeout must be a positive number of seconds, not {timeout!r}")
         sig = self.functions.get(name)
         if sig is None:
             if self._state == _CLOSED:
@@ -531,14 +541,21 @@ class Sandbox:
             self._caller = me
             self._cancel_requested = False
             self.last_output = ""
+            self._in_call = True
             try:
                 return self._run(sig, limit)
-            except (GuestTrap, CallTimeout, CallCancelled) as exc:
-                self._state = _POISONED
-                self._poison_reason = type(exc).__name__
+            except BaseException as exc:
+                # A trap, a timeout, or anything that left the guest mid-call (an
+                # exception from the output callback, Ctrl-C...): the guest cannot go on.
+                if self._in_call or isinstance(exc, (GuestTrap, CallTimeout, CallCancelled)):
+                    self._state = _POISONED
+                    self._poison_reason = type(exc).__name__
                 raise
             finally:
+                self._in_call = False
                 self._caller = None
+                if self._close_requested:
+                    self._release(deferred=True)
 
     def _run(self, sig: Signature, limit: float | None) -> Value:
         deadline = None if limit is None else time.monotonic() + limit
@@ -553,6 +570,7 @@ class Sandbox:
             self._io_pending = exit.kvm_exit_reason == lib.KVM_EXIT_IO
             kind = exit.kind
             if kind == lib.SBX_EXIT_RETURN:
+                self._in_call = False  # the guest is back in its loop
                 result = decode_result(self._out, exit.value, f"result of {sig.name}")
                 self._emit(result.output)
                 break
@@ -560,6 +578,8 @@ class Sandbox:
                 host_error = self._host_call(exit.value) or host_error
             elif kind == lib.SBX_EXIT_PRINT:
                 self._emit(decode_result(self._out, exit.value, "print flush").output)
+            elif kind == lib.SBX_EXIT_INTERRUPTED:
+                continue  # Python's signal handlers ran (or will raise here)
             elif kind == lib.SBX_EXIT_KICKED:
                 if self._cancel_requested:
                     raise CallCancelled(f"{sig.name} was cancelled")
@@ -609,7 +629,8 @@ class Sandbox:
             encode_result(self._reply, Status.OK, fn(*call.args))
             return None
         except Exception as exc:
-            encode_result(self._reply, Status.HOST_ERROR, f"{type(exc).__name__}: {exc}"[:1024])
+            message = f"{type(exc).__name__}: {exc}".encode()[:HOST_ERROR_MESSAGE_MAX]
+            encode_result(self._reply, Status.HOST_ERROR, message.decode(errors="ignore"))
             return exc
 
     def _trap(self, exit: Any) -> SandboxError:

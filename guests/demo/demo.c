@@ -62,7 +62,7 @@ SBX_EXPORT(hello, SBX_TAG_STR, SBX_TAG_STR) {
     char buf[256];
     int n = snprintf(buf, sizeof buf, "Hello, %.*s!", (int)len, who);
     sbx_print("guest says: %s\n", buf);
-    sbx_ret_str(ret, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+    sbx_ret_str(ret, buf, sbx_utf8_trim(buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1));
 }
 
 SBX_EXPORT(print_lines, SBX_TAG_U32, SBX_TAG_U32) {
@@ -77,7 +77,7 @@ SBX_EXPORT(format_f64, SBX_TAG_STR, SBX_TAG_STR, SBX_TAG_F64) {
     /* snprintf with a caller-chosen format for one double (tests compare with Python). */
     char buf[128];
     int n = snprintf(buf, sizeof buf, sbx_arg_str(args, 0, 0), sbx_arg_f64(args, 1));
-    sbx_ret_str(ret, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+    sbx_ret_str(ret, buf, sbx_utf8_trim(buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1));
 }
 
 SBX_EXPORT(heap_check, SBX_TAG_U64, SBX_TAG_U64) {

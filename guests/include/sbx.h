@@ -87,6 +87,11 @@ const char *sbx_host_call_str(const char *name, const char *arg, size_t *len);
  * formatted like printf). The sandbox stays usable. */
 __attribute__((noreturn, format(printf, 1, 2))) void sbx_abort(const char *fmt, ...);
 
+/* The length of s[0..len) without a trailing incomplete UTF-8 sequence: use it before
+ * returning text cut to a buffer size, since the host rejects STR values that are not
+ * valid UTF-8. */
+size_t sbx_utf8_trim(const char *s, size_t len);
+
 /* ---- Output --------------------------------------------------------------------------
  * Buffered; flushed to the host with the call's result or with a host call, or with one
  * exit when the buffer fills. */

@@ -249,8 +249,22 @@ HOT static void finish(uint32_t status, const sbx_value *value) {
 
 /* Ends the call with `status` and a STR message, then continues at the loop with a
  * fresh stack; used by sbx_abort and when a host function failed. */
+size_t sbx_utf8_trim(const char *s, size_t len) {
+    size_t i = len, cont = 0;
+    while (i > 0 && cont < 3 && ((uint8_t)s[i - 1] & 0xC0) == 0x80) {
+        i--;
+        cont++;
+    }
+    if (i == 0) return len;
+    uint8_t lead = (uint8_t)s[i - 1];
+    size_t need = lead >= 0xF0 ? 3 : lead >= 0xE0 ? 2 : lead >= 0xC0 ? 1 : 0;
+    return (lead >= 0xC0 && cont < need) ? i - 1 : len;
+}
+
 _Noreturn static void unwind(uint32_t status, const char *msg, size_t len) {
+    /* Messages are STR values, which the host checks: never cut inside a character. */
     if (len > ABORT_MSG_MAX) len = ABORT_MSG_MAX;
+    len = sbx_utf8_trim(msg, len);
     out_pos = sizeof(struct sbx_result);
     uint8_t *at = out_base() + out_pos;
     memcpy(at, msg, len);
