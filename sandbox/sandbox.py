@@ -456,6 +456,9 @@ class Sandbox:
         target = snapshot if snapshot is not None else self._initial_snapshot()
         if target.layout != self.layout:
             raise ArgumentError("the snapshot is of another guest or memory layout")
+        # Poisoned until the restore completes: a failure half-way leaves no usable state.
+        self._state = _POISONED
+        self._poison_reason = "failed restore"
         memory, vcpu = self._memory, self._vcpu
         if target.image is memory.image:
             memory.reset()
