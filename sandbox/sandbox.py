@@ -235,6 +235,7 @@ class Sandbox:
     ) -> None:
         self._state = _CLOSED  # until fully built, so __del__/close are no-ops
         config = config if config is not None else _DEFAULT_CONFIG
+        _check_host_functions(host_functions)  # argument errors before any KVM work
         prepared = _prepare(guest, config)
         self._configure(
             config,
@@ -522,7 +523,9 @@ class Sandbox:
         (poisons), HostFunctionError (a host function raised), SandboxPoisoned,
         SandboxClosed, SandboxBusy (re-entrant call from a host function).
         """
-        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+        ):
             raise ArgumentError(f"timeout must be a positive number of seconds, not {timeout!r}")
         sig = self.functions.get(name)
         if sig is None:

@@ -8,6 +8,8 @@ import functools
 import gc
 import importlib.util
 import os
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,3 +195,27 @@ def make_sandbox() -> Iterator[object]:
 
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def run_python(code: str, timeout: float) -> str | None:
+    """Runs `code` in a fresh interpreter; its stdout, or None if it did not finish."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+U64 = (1 << 64) - 1
+
+
+def spin_reference(n: int) -> int:
+    """The demo guest's `spin` loop, in Python."""
+    x = 0
+    for i in range(n):
+        x = (x + (i ^ (x >> 3))) & U64
+    return x

@@ -6,10 +6,9 @@ import gc
 import os
 
 import pytest
+from conftest import drain, fd_count
 
 from sandbox import ConfigError, GuestAbiMismatch, GuestTrap, Sandbox, SandboxConfig
-
-from conftest import drain, fd_count
 
 pytestmark = pytest.mark.requires_kvm
 

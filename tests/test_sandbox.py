@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 import struct
-import subprocess
-import sys
 import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, U64, run_python, spin_reference
 
 import sandbox
 from sandbox import (
@@ -31,19 +31,7 @@ from sandbox import (
     Tag,
 )
 
-from conftest import ROOT
-
 kvm = pytest.mark.requires_kvm
-
-U64 = (1 << 64) - 1
-
-
-def spin_reference(n: int) -> int:
-    """The demo guest's `spin` loop, in Python."""
-    x = 0
-    for i in range(n):
-        x = (x + (i ^ (x >> 3))) & U64
-    return x
 
 
 def fib_reference(n: int) -> int:
@@ -78,7 +66,8 @@ def test_add(sb: Sandbox, a: int, b: int, expected: int) -> None:
 
 @kvm
 @pytest.mark.parametrize(
-    "text", ["", "hello", "héllo wörld", "日本語テキスト", "emoji 🎉🐍 and 𝄞", "a\x00b", "x" * 10_000]
+    "text",
+    ["", "hello", "héllo wörld", "日本語テキスト", "emoji 🎉🐍 and 𝄞", "a\x00b", "x" * 10_000],
 )
 def test_echo_str(sb: Sandbox, text: str) -> None:
     assert sb.call("echo", text) == text
@@ -149,15 +138,15 @@ def test_output_callback(make_sandbox) -> None:
 
 
 @kvm
-@pytest.mark.xfail(
-    strict=True,
-    raises=sandbox.GuestProtocolError,
-    reason="BUG: demo `hello` truncates its greeting to 255 bytes in the middle of a "
-    "UTF-8 character; the host rejects the result as malformed and poisons the sandbox",
-)
-def test_hello_long_multibyte_name(sb: Sandbox) -> None:
-    result = sb.call("hello", "€" * 100)
-    assert isinstance(result, str) and result.startswith("Hello, €€€")
+@pytest.mark.parametrize("char", ["é", "€", "𝄞"])
+def test_hello_long_multibyte_name(sb: Sandbox, char: str) -> None:
+    """Regression: the greeting was cut at 255 bytes inside a UTF-8 character, which the
+    host rejected as a malformed result (and poisoned)."""
+    result = sb.call("hello", char * 200)
+    assert result.startswith("Hello, " + char * 3)
+    assert set(result[len("Hello, ") :]) == {char}
+    assert 250 < len(result.encode()) <= 255
+    assert not sb.poisoned
 
 
 @kvm
@@ -175,11 +164,56 @@ def test_print_lines_crosses_the_print_buffer(make_sandbox) -> None:
     assert box.last_output == "line 0\nline 1\nline 2\n"
 
 
-FORMATS = ["%f", "%.0f", "%.3f", "%.10f", "%e", "%.3e", "%E", "%g", "%.3g", "%.17g", "%G",
-           "%10.3f", "%-12.2f|", "%+f", "% f", "%010.3f", "%#.0f", "%#g", "%.0e", "%g%%"]
-VALUES = [0.0, -0.0, 1.0, -1.0, 0.5, 1.5, 2.5, 0.125, math.pi, -math.e, 0.1, 0.3, 1e-5,
-          1e-4, 9.9999, 999.9995, 1234.5, 123456789.125, 1e15, 1e16, 1e-300, 5e-324,
-          1.7976931348623157e308, float("inf"), float("-inf"), float("nan")]
+FORMATS = [
+    "%f",
+    "%.0f",
+    "%.3f",
+    "%.10f",
+    "%e",
+    "%.3e",
+    "%E",
+    "%g",
+    "%.3g",
+    "%.17g",
+    "%G",
+    "%10.3f",
+    "%-12.2f|",
+    "%+f",
+    "% f",
+    "%010.3f",
+    "%#.0f",
+    "%#g",
+    "%.0e",
+    "%g%%",
+]
+VALUES = [
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.5,
+    1.5,
+    2.5,
+    0.125,
+    math.pi,
+    -math.e,
+    0.1,
+    0.3,
+    1e-5,
+    1e-4,
+    9.9999,
+    999.9995,
+    1234.5,
+    123456789.125,
+    1e15,
+    1e16,
+    1e-300,
+    5e-324,
+    1.7976931348623157e308,
+    float("inf"),
+    float("-inf"),
+    float("nan"),
+]
 
 
 @kvm
@@ -187,7 +221,8 @@ def test_format_f64_matches_python(sb: Sandbox) -> None:
     mismatches = []
     for fmt in FORMATS:
         for value in VALUES:
-            if "0" in fmt.split(".")[0] and not math.isfinite(value):
+            flags = re.match(r"%([-+ #0]*)", fmt).group(1)
+            if "0" in flags and not math.isfinite(value):
                 continue  # C ignores the 0 flag for inf/nan, Python does not
             expected = (fmt % value)[:127]  # the guest formats into a 128-byte buffer
             got = sb.call("format_f64", fmt, value)
@@ -210,14 +245,28 @@ def test_heap_check(sb: Sandbox) -> None:
 @pytest.mark.parametrize(
     ("fn", "value"),
     [
-        ("echo_i32", 0), ("echo_i32", -1), ("echo_i32", 2**31 - 1), ("echo_i32", -(2**31)),
-        ("echo_u32", 0), ("echo_u32", 2**32 - 1), ("echo_u32", 2**31),
-        ("echo_i64", 2**63 - 1), ("echo_i64", -(2**63)), ("echo_i64", -1),
-        ("echo_u64", 0), ("echo_u64", U64), ("echo_u64", 2**63),
-        ("echo_f64", 0.0), ("echo_f64", -0.0), ("echo_f64", math.pi), ("echo_f64", 5e-324),
-        ("echo_f64", 1.7976931348623157e308), ("echo_f64", float("inf")),
+        ("echo_i32", 0),
+        ("echo_i32", -1),
+        ("echo_i32", 2**31 - 1),
+        ("echo_i32", -(2**31)),
+        ("echo_u32", 0),
+        ("echo_u32", 2**32 - 1),
+        ("echo_u32", 2**31),
+        ("echo_i64", 2**63 - 1),
+        ("echo_i64", -(2**63)),
+        ("echo_i64", -1),
+        ("echo_u64", 0),
+        ("echo_u64", U64),
+        ("echo_u64", 2**63),
+        ("echo_f64", 0.0),
+        ("echo_f64", -0.0),
+        ("echo_f64", math.pi),
+        ("echo_f64", 5e-324),
+        ("echo_f64", 1.7976931348623157e308),
+        ("echo_f64", float("inf")),
         ("echo_f64", float("-inf")),
-        ("echo_bool", True), ("echo_bool", False),
+        ("echo_bool", True),
+        ("echo_bool", False),
     ],
 )
 def test_echo_scalars(sb: Sandbox, fn: str, value: object) -> None:
@@ -309,7 +358,9 @@ BAD_CALLS = [
 
 
 @kvm
-@pytest.mark.parametrize(("fn", "args"), BAD_CALLS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_CALLS)])
+@pytest.mark.parametrize(
+    ("fn", "args"), BAD_CALLS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_CALLS)]
+)
 def test_argument_errors(sb: Sandbox, fn: str, args: tuple[object, ...]) -> None:
     with pytest.raises(ArgumentError) as info:
         sb.call(fn, *args)
@@ -322,15 +373,13 @@ def test_argument_errors(sb: Sandbox, fn: str, args: tuple[object, ...]) -> None
 
 
 @kvm
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="BUG: an int too large for a double passed as f64 raises OverflowError, not "
-    "ArgumentError (f32 is checked, f64 is not)",
-)
 def test_huge_int_for_f64_is_an_argument_error(sb: Sandbox) -> None:
-    with pytest.raises(ArgumentError):
-        sb.call("echo_f64", 10**400)
+    # Regression: this raised OverflowError.
+    for value in (10**400, -(10**400)):
+        with pytest.raises(ArgumentError, match="out of range for f64"):
+            sb.call("echo_f64", value)
+    assert sb.call("echo_f64", 2**1000) == float(2**1000)
+    assert not sb.poisoned
 
 
 @kvm
@@ -379,21 +428,18 @@ def test_host_function_exception_is_chained_and_does_not_poison(make_sandbox) ->
 
 
 @kvm
-@pytest.mark.xfail(
-    strict=True,
-    raises=sandbox.GuestProtocolError,
-    reason="BUG: a long non-ASCII host exception message is cut at 1024 bytes inside a "
-    "UTF-8 character; the host then rejects the guest's error record as malformed "
-    "(GuestProtocolError, poisoned) instead of raising HostFunctionError",
-)
 def test_host_function_exception_with_long_unicode_message(make_sandbox) -> None:
     def broken(_: str) -> str:
         raise ValueError("€" * 2000)
 
     box = make_sandbox(host_functions={"broken": broken})
-    with pytest.raises(HostFunctionError):
+    # Regression: the message was cut inside a UTF-8 character on its way through the
+    # guest and came back as a malformed record (GuestProtocolError, poisoned).
+    with pytest.raises(HostFunctionError) as info:
         box.call("call_host", "broken", "x")
+    assert isinstance(info.value.__cause__, ValueError)
     assert not box.poisoned
+    assert box.call("add", 1, 2) == 3
 
 
 @kvm
@@ -436,8 +482,8 @@ def test_host_function_non_str_result_reaches_the_guest(make_sandbox) -> None:
         {1: str.upper},
     ],
 )
+@kvm  # checked after the guest is prepared, which now needs KVM (for the CPU state)
 def test_invalid_host_functions(funcs: dict) -> None:
-    # Checked before any KVM work.
     with pytest.raises(ArgumentError):
         Sandbox(host_functions=funcs)
 
@@ -472,13 +518,10 @@ def test_host_function_may_call_another_sandbox(make_sandbox) -> None:
 
 
 @kvm
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: close() from inside a host function deadlocks (the call holds the "
-    "sandbox's non-reentrant lock)",
-)
-def test_close_from_host_function_does_not_hang() -> None:
+def test_close_from_host_function() -> None:
+    """Regression: close() from a host function deadlocked on the call's own lock. It
+    now closes the sandbox when the call ends. Run in a child so a hang cannot stall
+    the suite."""
     code = textwrap.dedent(
         """
         import os, sandbox
@@ -488,17 +531,17 @@ def test_close_from_host_function_does_not_hang() -> None:
             return "closed"
         sb = sandbox.Sandbox(host_functions={"closer": closer})
         box["sb"] = sb
+        print(sb.call("call_host", "closer", "x"))
+        print("closed" if sb.closed else "open")
         try:
-            sb.call("call_host", "closer", "x")
-        except sandbox.SandboxError as exc:
-            print(type(exc).__name__)
-        print("closed" if sb.closed else "open", flush=True)
-        os._exit(0)
+            sb.call("add", 1, 2)
+        except sandbox.SandboxClosed:
+            print("SandboxClosed")
         """
     )
-    result = _run_python(code, timeout=10)
+    result = run_python(code, timeout=20)
     assert result is not None, "the process hung"
-    assert "closed" in result
+    assert result.split() == ["closed", "closed", "SandboxClosed"]
 
 
 # -- custom guest ---------------------------------------------------------------------------
@@ -596,23 +639,10 @@ def test_guest_not_found() -> None:
         assert isinstance(info.value, FileNotFoundError)
 
 
-def _run_python(code: str, timeout: float) -> str | None:
-    """Runs `code` in a fresh interpreter; its stdout, or None if it did not finish."""
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env
-        )
-    except subprocess.TimeoutExpired:
-        return None
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
 @kvm
 def test_unclosed_sandbox_does_not_hang_interpreter_exit() -> None:
     # Nothing was ever closed in this process: the teardown runs from __del__ at exit.
-    out = _run_python(
+    out = run_python(
         "import sandbox\nsb = sandbox.Sandbox()\nprint(sb.call('add', 1, 2), flush=True)\n",
         timeout=20,
     )
@@ -682,6 +712,12 @@ def test_raised_errors_are_specific(make_sandbox) -> None:
     kinds = [type(e) for e in raised]
     assert SandboxError not in kinds
     assert kinds == [
-        FunctionNotFound, ArgumentError, GuestAbort, HostFunctionError, HostFunctionError,
-        sandbox.GuestTrap, SandboxPoisoned, SandboxClosed,
+        FunctionNotFound,
+        ArgumentError,
+        GuestAbort,
+        HostFunctionError,
+        HostFunctionError,
+        sandbox.GuestTrap,
+        SandboxPoisoned,
+        SandboxClosed,
     ]
