@@ -9,7 +9,7 @@ import threading
 import pytest
 from conftest import drain, fd_count
 
-from sandbox import ArgumentError, GuestTrap, Sandbox, SandboxClosed, SandboxPool
+from sandbox import ArgumentError, CallTimeout, GuestTrap, Sandbox, SandboxClosed, SandboxPool
 from sandbox.pool import ensure_fd_limit
 
 pytestmark = pytest.mark.requires_kvm
@@ -32,7 +32,7 @@ def test_trap_and_timeout_leave_the_pool_usable() -> None:
         with pytest.raises(GuestTrap):
             pool.call("fault", "null")
         assert pool.call("add", 1, 2) == 3
-        with pytest.raises(Exception):
+        with pytest.raises(CallTimeout):
             pool.call("fault", "spin_forever", timeout=0.05)
         assert pool.call("counter") == 1
 

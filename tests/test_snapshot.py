@@ -13,9 +13,9 @@ from conftest import drain, fd_count
 
 from sandbox import (
     ArgumentError,
+    CallTimeout,
     GuestAbort,
     GuestTrap,
-    CallTimeout,
     Sandbox,
     SandboxClosed,
     SandboxConfig,
@@ -27,8 +27,18 @@ from sandbox.snapshot import FORMAT_VERSION, MAGIC
 
 pytestmark = pytest.mark.requires_kvm
 
-FAULTS = ["null", "wild_write", "exec_data", "ud2", "divzero", "stack_overflow", "bad_port",
-          "privileged", "abort", "spin_forever"]
+FAULTS = [
+    "null",
+    "wild_write",
+    "exec_data",
+    "ud2",
+    "divzero",
+    "stack_overflow",
+    "bad_port",
+    "privileged",
+    "abort",
+    "spin_forever",
+]
 
 
 @pytest.fixture
@@ -135,9 +145,11 @@ def test_restore_into_a_sandbox_from_another_snapshot(snapped: tuple[Sandbox, Sn
 
 
 def test_restore_refuses_another_layout(sb: Sandbox) -> None:
-    with Sandbox(config=SandboxConfig(memory_size=32 << 20)) as other:
-        with pytest.raises(ArgumentError):
-            sb.restore(other.snapshot())
+    with (
+        Sandbox(config=SandboxConfig(memory_size=32 << 20)) as other,
+        pytest.raises(ArgumentError),
+    ):
+        sb.restore(other.snapshot())
 
 
 def test_per_call_reset_runs_every_call_fresh() -> None:
@@ -179,7 +191,9 @@ def _load_bytes(data: bytes, tmp_path: Path) -> None:
     Snapshot.load(path)
 
 
-def test_corrupt_snapshot_files_are_rejected(snapped: tuple[Sandbox, Snapshot], tmp_path: Path) -> None:
+def test_corrupt_snapshot_files_are_rejected(
+    snapped: tuple[Sandbox, Snapshot], tmp_path: Path
+) -> None:
     _, snap = snapped
     good = _saved(snap, tmp_path)
     cases = {
@@ -192,14 +206,17 @@ def test_corrupt_snapshot_files_are_rejected(snapped: tuple[Sandbox, Snapshot], 
         "flipped memory byte": good[:-100] + bytes([good[-100] ^ 0x80]) + good[-99:],
     }
     for name, data in cases.items():
-        with pytest.raises(SnapshotError):
+        with pytest.raises(SnapshotError):  # noqa: PT012
+            print(name)
             _load_bytes(data, tmp_path)
         # the process is unharmed and the good file still loads
     with Sandbox.from_snapshot(tmp_path / "good.snap") as sb:
         assert sb.call("counter") == 2
 
 
-def test_foreign_format_version_is_rejected(snapped: tuple[Sandbox, Snapshot], tmp_path: Path) -> None:
+def test_foreign_format_version_is_rejected(
+    snapped: tuple[Sandbox, Snapshot], tmp_path: Path
+) -> None:
     _, snap = snapped
     good = _saved(snap, tmp_path)
     data = bytearray(good)
