@@ -167,7 +167,7 @@ def _median_us(fn: Callable[[], object], n: int) -> float:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import GuestAbort, GuestTrap, Sandbox, SandboxError, _reaper
+    from . import GuestAbort, GuestTrap, Sandbox, SandboxError, SandboxPool, _reaper
     from .errors import CallTimeout
 
     def step(title: str) -> None:
@@ -229,23 +229,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     f"{late:.1f} ms after the limit: {exc}"
                 )
 
+        step("Snapshots: freeze a sandbox, go back to it, start new ones from it")
+        snap = sb.snapshot()
+        print(f"snapshot taken; counter() = {sb.call('counter')!r}, {sb.call('counter')!r}")
+        sb.restore(snap)
+        print(f"restore(snapshot); counter() = {sb.call('counter')!r} again")
+        with Sandbox.from_snapshot(snap) as twin:
+            print(f"Sandbox.from_snapshot(snapshot).call('counter') = {twin.call('counter')!r}")
+        with SandboxPool(size=2) as pool:
+            fresh = [pool.call("counter") for _ in range(3)]
+            print(f"SandboxPool: counter() x3 = {fresh} (every call in fresh state)")
+
         step("How long things take here (medians)")
         n = 20 if args.quick else 200
         warm = _median_us(lambda: sb.call("add", 1, 2), n * 5)
         host = _median_us(lambda: sb.call("call_host", "shout", "x"), n * 5)
 
-        def spawn() -> None:
-            with Sandbox() as s:
-                s.call("add", 1, 2)
-            _reaper.drain()
+        def restore_and_call() -> None:
+            sb.restore(snap)
+            sb.call("add", 1, 2)
 
-        spawn_us = _median_us(spawn, n)
+        restore_us = _median_us(restore_and_call, n * 5)
+        spawned: list[Sandbox] = []
+
+        def spawn() -> None:
+            s = Sandbox()
+            spawned.append(s)
+            s.call("add", 1, 2)
+
+        spawn_times = []
+        for _ in range(n):  # teardown (close) is not part of a spawn: it runs in between
+            spawn_times.append(_median_us(spawn, 1))
+            spawned.pop().close()
+            _reaper.drain()
+        spawn_us = statistics.median(spawn_times)
         spin_n = 100_000_000
         t0 = time.perf_counter()
         sb.call("spin", spin_n)
         spin_ms = (time.perf_counter() - t0) * 1e3
         print(f"cold spawn (Sandbox() to first result): {spawn_us:8.0f} us")
         print(f"warm call add(1, 2):                    {warm:8.1f} us")
+        print(f"restore(snapshot) + add(1, 2):          {restore_us:8.1f} us")
         print(f"call with one host call:                {host:8.1f} us")
         print(f"spin({spin_n:,}) in the guest:        {spin_ms:8.1f} ms")
         sb.close()
