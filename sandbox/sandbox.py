@@ -305,6 +305,7 @@ class Sandbox:
         self._io_pending = False  # the last exit was an I/O exit KVM has yet to complete
         self._ran = False  # the guest ran since the last (re)start
         self._in_call = False  # the guest is inside a call (between entry and RETURN)
+        self._load_pending = False  # registers wait in kvm_run's sync area for the next run
         self._close_requested = False
 
     def _boot(
@@ -423,10 +424,11 @@ class Sandbox:
         with self._lock:
             self._check_ready()
             vcpu = self._vcpu
-            if self._io_pending:
-                # Let KVM finish the guest's last `out` so the saved RIP is past it.
+            if self._io_pending or self._load_pending:
+                # Let KVM finish the guest's last `out` (so the saved RIP is past it) and
+                # apply registers a restore left in the sync area, without running.
                 check(lib.sbx_vcpu_complete_io(vcpu.fd, vcpu.run_ptr), "KVM_RUN (complete I/O)")
-                self._io_pending = False
+                self._io_pending = self._load_pending = False
             cpu = CpuState(
                 vcpu.get_regs(),
                 vcpu.get_sregs(),
@@ -477,6 +479,7 @@ class Sandbox:
             check(lib.sbx_vcpu_complete_io(vcpu.fd, vcpu.run_ptr), "KVM_RUN (complete I/O)")
         self._io_pending = False
         lib.sbx_vcpu_load_state(vcpu.run_ptr, cpu.regs, cpu.sregs)  # applied at the next run
+        self._load_pending = True
         vcpu.set_xsave(cpu.xsave)
         if cpu.xcrs is not None:
             vcpu.set_xcrs(cpu.xcrs)
@@ -573,6 +576,7 @@ class Sandbox:
                 timeout_ns = max(1, int((deadline - time.monotonic()) * 1e9))
             exit = vcpu.run(timeout_ns)
             self._ran = True
+            self._load_pending = False
             self._io_pending = exit.kvm_exit_reason == lib.KVM_EXIT_IO
             kind = exit.kind
             if kind == lib.SBX_EXIT_RETURN:

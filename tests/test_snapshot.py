@@ -245,3 +245,40 @@ def test_snapshot_restore_cycles_leak_nothing(snapped: tuple[Sandbox, Snapshot])
             other.call("add", 1, 2)
     drain()
     assert fd_count() <= before
+
+
+REG_NAMES = [
+    "rax",
+    "rbx",
+    "rcx",
+    "rdx",
+    "rsi",
+    "rdi",
+    "rsp",
+    "rbp",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "r13",
+    "r14",
+    "r15",
+    "rip",
+    "rflags",
+]
+
+
+def test_restore_resets_general_registers(snapped: tuple[Sandbox, Snapshot]) -> None:
+    sb, snap = snapped
+    before = {name: getattr(snap.cpu.regs, name) for name in REG_NAMES}
+    sb.call("fib", 77)
+    with pytest.raises(GuestTrap):
+        sb.call("fault", "divzero")  # stops mid-function with arbitrary registers
+    sb.restore(snap)
+    again = sb.snapshot()  # nothing ran since the restore
+    after = {name: getattr(again.cpu.regs, name) for name in REG_NAMES}
+    assert after == before
+    assert again.cpu.sregs.cs.selector == snap.cpu.sregs.cs.selector
+    assert again.cpu.sregs.fs.base == snap.cpu.sregs.fs.base == 0
+    assert sb.call("counter") == 2
