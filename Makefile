@@ -16,7 +16,8 @@ test: install
 	$(PY) -m pytest
 
 bench: install
-	$(PY) -m pytest benches
+	$(PY) -m pip install --quiet -e '.[dev,peers]' || echo "bench: optional peers not installed"
+	$(PY) -m sandbox bench
 
 check: install
 	$(PY) -m mypy

@@ -12,6 +12,7 @@ try:
 except ImportError as exc:  # the native extension is not built
     pytest.skip(f"cannot import sandbox ({exc}); see benches/README.md", allow_module_level=True)
 
+THEME = "calls"
 TARGET = 1.5
 
 

@@ -18,6 +18,7 @@ try:
 except ImportError as exc:  # the native extension is not built
     pytest.skip(f"cannot import sandbox ({exc}); see benches/README.md", allow_module_level=True)
 
+THEME = "calls"
 TARGET = 1.5
 
 
@@ -58,7 +59,7 @@ def test_host_call(bench, sb):
         "2 x exit_roundtrip_us",
         TARGET,
         m.floor_spread,
-        floor_readings_us=[2 * r for r in m.floor_readings_us],
+        readings=[2 * r for r in m.floor_readings_us],
     )
     bench.report(
         "host call increment (call_host - echo)",
@@ -68,5 +69,5 @@ def test_host_call(bench, sb):
         TARGET,
         m.floor_spread,
         key="increment",
-        floor_readings_us=m.floor_readings_us,
+        readings=m.floor_readings_us,
     )

@@ -19,6 +19,7 @@ try:
 except ImportError as exc:  # the native extension is not built
     pytest.skip(f"cannot import sandbox ({exc}); see benches/README.md", allow_module_level=True)
 
+THEME = "spawn"
 TARGET = 1.5
 
 

@@ -1,10 +1,14 @@
-"""Shared machinery of the benchmark suite: the KVM floor program, the quick knob, CPU
-pinning, the floor-interleaved measurement and the summary table.
+"""Shared machinery of the benchmark suite: the floor programs, the quick knob, CPU
+pinning, the floor- and peer-interleaved measurements, the summary table and the rows
+file.
 
 Every scenario compares our median with the floor's median measured in the same run, in
 between our rounds (see `Bench.measure`), and reports the ratio: absolute numbers on
 this shared, noisy machine drift by tens of percent from minute to minute, ratios taken
-under the same conditions do not. See benches/README.md.
+under the same conditions do not. Peers (wasmtime, a process spawn, hyperlight-sandbox)
+are read the same way, in blocks in between our rounds (`Bench.versus`). Every row of the summary
+is also written, with the skipped ones and their reasons, to the file named by
+--bench-rows (the input of `python -m sandbox bench`'s report). See benches/README.md.
 """
 
 from __future__ import annotations
@@ -14,18 +18,23 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 FLOOR_SOURCE = Path(__file__).parent / "floor" / "kvm_floor.c"
+DENSITY_SOURCE = Path(__file__).parent / "floor" / "density_floor.c"
 QUICK_ENV = "SANDBOX_BENCH_QUICK"
 CPU_ENV = "SANDBOX_BENCH_CPU"
+ROWS_FORMAT = 1  # version of the --bench-rows file; bump when a key changes meaning
 _ROWS_KEY = pytest.StashKey[list["Row"]]()
 _CPU_KEY = pytest.StashKey[str]()
+_STARTED_KEY = pytest.StashKey[float]()
 
 
 # -- options -----------------------------------------------------------------------------
@@ -44,10 +53,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"benches: the CPU to pin the run and the floor to: a number, 'auto' (the "
         f"first allowed CPU, the default) or 'none' (same as {CPU_ENV}=...)",
     )
+    parser.addoption(
+        "--bench-rows",
+        default=None,
+        metavar="PATH",
+        help="benches: also write the summary rows (skipped ones included) as JSON to PATH",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_ROWS_KEY] = []
+    config.stash[_STARTED_KEY] = time.time()
+    _SKIPS.clear()
+
+
+# Every skipped test and why (pytest_runtest_logreport gets no config to stash it in).
+_SKIPS: list[dict[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remembers every skipped test and why, for --bench-rows: a whole-suite skip (no
+    usable /dev/kvm, no gcc) leaves no row, and the report must still say why."""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        _SKIPS.append({"test": report.nodeid, "reason": reason})
 
 
 @dataclass(frozen=True)
@@ -61,6 +90,12 @@ class Settings:
     call_rounds: int
     call_floor_roundtrips: int  # exits per floor reading
     spin_rounds: int
+    subprocess_rounds: int  # peers that start a process: `python -c pass`
+    fork_rounds: int  # os.fork + _exit + waitpid
+    hyperlight_rounds: int  # hyperlight-sandbox, where it runs
+    density_rounds: int  # creations of `density_n` sandboxes (and of the floor's VMs)
+    idle_n: int  # sandboxes for the RSS-per-idle-sandbox scenario
+    density_n: int = 1000
     spin_n: int = 100_000_000
     warmup_rounds: int = 20
     spawn_warmup_rounds: int = 5
@@ -74,6 +109,11 @@ FULL = Settings(
     call_rounds=5000,
     call_floor_roundtrips=2000,
     spin_rounds=21,
+    subprocess_rounds=100,
+    fork_rounds=300,
+    hyperlight_rounds=20,
+    density_rounds=3,
+    idle_n=500,
 )
 QUICK = Settings(
     quick=True,
@@ -82,6 +122,11 @@ QUICK = Settings(
     call_rounds=600,
     call_floor_roundtrips=600,
     spin_rounds=3,
+    subprocess_rounds=15,
+    fork_rounds=60,
+    hyperlight_rounds=3,
+    density_rounds=1,
+    idle_n=100,
     warmup_rounds=10,
     spawn_warmup_rounds=2,
     floor_readings=3,
@@ -95,7 +140,7 @@ def _quick_requested(config: pytest.Config) -> bool:
 
 @pytest.fixture(scope="session")
 def settings(pytestconfig: pytest.Config) -> Settings:
-    return QUICK if _quick_requested(pytestconfig) else FULL
+    return _settings_of(pytestconfig)
 
 
 # -- KVM and the floor program -------------------------------------------------------
@@ -142,45 +187,59 @@ def _pinned(pytestconfig: pytest.Config, _kvm_usable: None) -> Iterator[int | No
         os.sched_setaffinity(0, before)
 
 
+def _run_json(exe: Path, *args: int) -> dict[str, Any]:
+    """Runs a floor program and returns the JSON object on its last line of output."""
+    proc = subprocess.run(
+        [str(exe), *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{exe.name} failed (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout}"
+        )
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
 @dataclass
 class Floor:
-    """The compiled kvm_floor program (benches/floor/kvm_floor.c)."""
+    """The compiled floor programs: kvm_floor (benches/floor/kvm_floor.c) and
+    density_floor (benches/floor/density_floor.c, the same VMs held N at once)."""
 
     exe: Path
+    density_exe: Path
 
     def run(self, iterations: int = 1, roundtrips: int = 1, spin_n: int = 0) -> dict[str, Any]:
         """One run of the floor: `iterations` VMs created and torn down, `roundtrips`
         exits of one VM, the spin loop for `spin_n` iterations. Returns its JSON line."""
-        proc = subprocess.run(
-            [str(self.exe), str(iterations), str(roundtrips), str(spin_n)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"kvm_floor failed (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout}"
-            )
-        result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-        return result
+        return _run_json(self.exe, iterations, roundtrips, spin_n)
+
+    def density(self, n: int) -> dict[str, Any]:
+        """`n` floor VMs created and run to their first exit one after the other, all
+        held at once: `create_all_us`, `rss_growth_kib`, `teardown_all_us`."""
+        return _run_json(self.density_exe, n)
+
+
+def _compile(gcc: str, source: Path, exe: Path) -> None:
+    proc = subprocess.run(
+        [gcc, "-O2", "-o", str(exe), str(source)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"compiling {source} failed:\n{proc.stderr}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def floor(tmp_path_factory: pytest.TempPathFactory, _pinned: int | None) -> Floor:
-    """kvm_floor.c compiled with `gcc -O2` for this session."""
+    """The floor programs, compiled with `gcc -O2` for this session."""
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip(
             "gcc is not installed: the KVM floor program (benches/floor/kvm_floor.c) "
             "cannot be compiled"
         )
-    exe = tmp_path_factory.mktemp("floor") / "kvm_floor"
-    proc = subprocess.run(
-        [gcc, "-O2", "-o", str(exe), str(FLOOR_SOURCE)], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"compiling {FLOOR_SOURCE} failed:\n{proc.stderr}", pytrace=False)
-    return Floor(exe)
+    out = tmp_path_factory.mktemp("floor")
+    _compile(gcc, FLOOR_SOURCE, out / "kvm_floor")
+    _compile(gcc, DENSITY_SOURCE, out / "density_floor")
+    return Floor(out / "kvm_floor", out / "density_floor")
 
 
 # -- measuring against the floor -----------------------------------------------------
@@ -217,51 +276,112 @@ def _reading_rounds(rounds: int, readings: int) -> set[int]:
 
 # -- reporting ---------------------------------------------------------------------------
 
+# The themes of the report, in order: key -> title. Each bench module names its key in
+# THEME (a row can override it); the summary and the report follow this order. Row.theme
+# is a key.
+THEMES = {
+    "spawn": "Spawn: a new sandbox to its first result",
+    "calls": "Calls into a running sandbox",
+    "snapshots": "Snapshots, restore and pools",
+    "compute": "Compute",
+    "function-host": "Function host",
+    "density": "Memory and density",
+}
+
+# What a row is compared with.
+FLOOR, PEER, BUDGET, OURS = "floor", "peer", "budget", "ours"
+
 
 @dataclass(frozen=True)
 class Row:
+    """One line of the summary: our figure against a floor, a peer or a budget, taken in
+    the same run. `target` is the ratio (ours / baseline) to stay under; None for a plain
+    comparison (the peers). A skipped row has no figures, only `skipped`: the reason."""
+
     scenario: str
-    ours_us: float
-    floor_us: float
-    floor_what: str
-    target: float
-    floor_spread: float
-    floor_readings_us: tuple[float, ...] = ()
+    theme: str
+    ours: float | None
+    baseline: float | None
+    baseline_what: str
+    baseline_kind: str  # FLOOR, PEER, BUDGET or OURS (another configuration of ours)
+    target: float | None
+    unit: str = "us"  # of ours and baseline: "us" or "KiB"
+    spread: float = 0.0  # (max - min) / median of the baseline's readings
+    readings: tuple[float, ...] = ()
+    skipped: str | None = None
 
     @property
-    def ratio(self) -> float:
-        return self.ours_us / self.floor_us
+    def ratio(self) -> float | None:
+        if self.ours is None or not self.baseline:
+            return None
+        return self.ours / self.baseline
 
     @property
-    def met(self) -> bool:
-        return self.ratio <= self.target
+    def met(self) -> bool | None:
+        ratio = self.ratio
+        return None if ratio is None or self.target is None else ratio <= self.target
 
     def as_dict(self) -> dict[str, Any]:
+        def r(x: float | None, digits: int = 2) -> float | None:
+            return None if x is None else round(x, digits)
+
         return {
             "scenario": self.scenario,
-            "ours_us": round(self.ours_us, 2),
-            "floor_us": round(self.floor_us, 2),
-            "floor": self.floor_what,
-            "ratio": round(self.ratio, 3),
+            "theme": self.theme,
+            "unit": self.unit,
+            "ours": r(self.ours),
+            "baseline": r(self.baseline),
+            "baseline_what": self.baseline_what,
+            "baseline_kind": self.baseline_kind,
+            "ratio": r(self.ratio, 3),
             "target": self.target,
             "met": self.met,
-            "floor_spread": round(self.floor_spread, 3),
-            "floor_readings_us": [round(r, 2) for r in self.floor_readings_us],
+            "spread": round(self.spread, 3),
+            "readings": [round(x, 2) for x in self.readings],
+            "skipped": self.skipped,
         }
 
 
+@dataclass
+class Versus:
+    """Ours against a peer (Bench.versus): the medians (us) and the peer's readings
+    (the median of each block of its samples)."""
+
+    ours_us: float
+    peer_us: float
+    peer_readings_us: list[float]
+
+    @property
+    def spread(self) -> float:
+        lo, hi = min(self.peer_readings_us), max(self.peer_readings_us)
+        return (hi - lo) / self.peer_us if self.peer_us else 0.0
+
+
 class Bench:
-    """What a scenario uses: `measure` (ours against the floor, in the same run) and
-    `report` (a row of the summary table, also stored in benchmark.extra_info)."""
+    """What a scenario uses: `measure` (ours against the floor, in the same run),
+    `versus` (ours against a peer, round by round), `report` (a row of the summary table,
+    also stored in benchmark.extra_info) and `skip` (a row that says why it is missing)."""
 
     def __init__(
-        self, benchmark: Any, floor: Floor, settings: Settings, rows: list[Row], cpu: str
+        self,
+        benchmark: Any,
+        floor: Floor | None,
+        settings: Settings,
+        rows: list[Row],
+        cpu: str,
+        theme: str,
     ) -> None:
         self.benchmark = benchmark
-        self.floor = floor
+        self._floor = floor
         self.settings = settings
         self._rows = rows
         self._cpu = cpu
+        self.theme = theme
+
+    @property
+    def floor(self) -> Floor:
+        assert self._floor is not None, "this bench was created without the floor"
+        return self._floor
 
     def measure(
         self,
@@ -274,17 +394,19 @@ class Bench:
         args: Sequence[Any] = (),
         setup: Callable[[], Any] | None = None,
         teardown: Callable[..., None] | None = None,
+        floor_run: Callable[..., dict[str, Any]] | None = None,
     ) -> tuple[Any, Measurement | None]:
         """Runs `target(*args)` for `rounds` timed rounds under pytest-benchmark
         (pedantic, one call per round, after `warmup_rounds` untimed ones) and reads the
-        floor (`floor.run(**floor_args)`, reduced to us by `floor_value`)
-        `settings.floor_readings` times: before the first timed round, evenly in between
-        (in the untimed setup of a round) and after the last one. Returns the target's
-        last result and the measurement, or None for it when pytest-benchmark is
-        disabled (--benchmark-disable: the target ran once, untimed).
+        floor (`floor.run(**floor_args)`, or `floor_run(**floor_args)`, reduced to us by
+        `floor_value`) `settings.floor_readings` times: before the first timed round,
+        evenly in between (in the untimed setup of a round) and after the last one.
+        Returns the target's last result and the measurement, or None for it when
+        pytest-benchmark is disabled (--benchmark-disable: the target ran once, untimed).
 
         `setup`/`teardown` are pedantic's: untimed, around every round; `setup` may
         return (args, kwargs) for the target."""
+        read = floor_run if floor_run is not None else self.floor.run
         runs: list[dict[str, Any]] = []
         at = _reading_rounds(rounds, self.settings.floor_readings)
         count = -warmup_rounds
@@ -292,7 +414,7 @@ class Bench:
         def setup_with_floor() -> Any:
             nonlocal count
             if count in at:
-                runs.append(self.floor.run(**floor_args))
+                runs.append(read(**floor_args))
             count += 1
             return setup() if setup is not None else None
 
@@ -305,27 +427,102 @@ class Bench:
             warmup_rounds=warmup_rounds,
             iterations=1,
         )
-        runs.append(self.floor.run(**floor_args))
+        runs.append(read(**floor_args))
         if self.benchmark.stats is None:
             return result, None
         ours = self.benchmark.stats.stats.median * 1e6
         return result, Measurement(ours, [floor_value(r) for r in runs], runs)
 
+    def versus(
+        self,
+        ours: Callable[..., Any],
+        peer: Callable[[], Any],
+        *,
+        rounds: int,
+        warmup_rounds: int,
+        setup: Callable[[], Any] | None = None,
+        teardown: Callable[..., None] | None = None,
+        peer_rounds: int | None = None,
+    ) -> tuple[Any, Any, Versus | None]:
+        """Ours against a peer in the same run, read the way the floor is: `ours` is
+        timed by pytest-benchmark (pedantic, one call per round, its `setup`/`teardown`
+        untimed around each round) and the peer is read `settings.floor_readings` times
+        (before the first timed round, evenly in between, after the last one), each
+        reading a block of `peer()` calls timed one by one with perf_counter, about
+        `peer_rounds` (default `rounds`) in all. Blocks rather than one peer call per
+        round: a peer that starts a process disturbs the machine for the round after it,
+        and with blocks only a few of our rounds follow a peer. Returns ours' last
+        result, the peer's last result and the medians, or None for them under
+        --benchmark-disable."""
+        readings = self.settings.floor_readings
+        per_block = max(1, -(-(peer_rounds or rounds) // readings))
+        at = _reading_rounds(rounds, readings)
+        samples: list[float] = []
+        blocks: list[float] = []
+        last: list[Any] = [None]
+
+        def read() -> None:
+            block = []
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                last[0] = peer()
+                block.append((time.perf_counter() - t0) * 1e6)
+            samples.extend(block)
+            blocks.append(statistics.median(block))
+
+        count = -warmup_rounds
+
+        def setup_with_peer() -> Any:
+            nonlocal count
+            if count in at:
+                read()
+            count += 1
+            return setup() if setup is not None else None
+
+        for _ in range(min(warmup_rounds, per_block)):  # the peer's own first-call costs
+            last[0] = peer()
+        result = self.benchmark.pedantic(
+            ours,
+            setup=setup_with_peer,
+            teardown=teardown,
+            rounds=rounds,
+            warmup_rounds=warmup_rounds,
+            iterations=1,
+        )
+        read()
+        if self.benchmark.stats is None:
+            return result, last[0], None
+        v = Versus(self.benchmark.stats.stats.median * 1e6, statistics.median(samples), blocks)
+        return result, last[0], v
+
     def report(
         self,
         scenario: str,
-        ours_us: float,
-        floor_us: float,
-        floor_what: str,
-        target: float,
-        floor_spread: float = 0.0,
+        ours: float,
+        baseline: float,
+        baseline_what: str,
+        target: float | None,
+        spread: float = 0.0,
+        *,
         key: str | None = None,
-        floor_readings_us: Sequence[float] = (),
+        readings: Sequence[float] = (),
+        theme: str | None = None,
+        unit: str = "us",
+        kind: str = FLOOR,
     ) -> Row:
         """Adds a row to the summary table and to benchmark.extra_info: flat for the
         test's main row, under `key` for a secondary one."""
         row = Row(
-            scenario, ours_us, floor_us, floor_what, target, floor_spread, tuple(floor_readings_us)
+            scenario,
+            theme or self.theme,
+            ours,
+            baseline,
+            baseline_what,
+            kind,
+            target,
+            unit,
+            spread,
+            tuple(readings),
         )
         self._rows.append(row)
         info = row.as_dict()
@@ -338,7 +535,14 @@ class Bench:
         return row
 
     def report_measurement(
-        self, scenario: str, m: Measurement, floor_what: str, target: float
+        self,
+        scenario: str,
+        m: Measurement,
+        floor_what: str,
+        target: float | None,
+        *,
+        key: str | None = None,
+        theme: str | None = None,
     ) -> Row:
         return self.report(
             scenario,
@@ -347,41 +551,143 @@ class Bench:
             floor_what,
             target,
             m.floor_spread,
-            floor_readings_us=m.floor_readings_us,
+            key=key,
+            readings=m.floor_readings_us,
+            theme=theme,
         )
+
+    def report_versus(
+        self,
+        scenario: str,
+        v: Versus,
+        peer_what: str,
+        *,
+        key: str | None = None,
+        theme: str | None = None,
+    ) -> Row:
+        return self.report(
+            scenario,
+            v.ours_us,
+            v.peer_us,
+            peer_what,
+            None,
+            v.spread,
+            key=key,
+            readings=v.peer_readings_us,
+            theme=theme,
+            kind=PEER,
+        )
+
+    def skip(
+        self,
+        scenario: str,
+        reason: str,
+        *,
+        baseline_what: str = "",
+        kind: str = FLOOR,
+        theme: str | None = None,
+        now: bool = True,
+    ) -> None:
+        """Adds a skipped row (no figures, the reason instead) and, with `now`, skips
+        the test: a scenario that cannot run here still shows in the report, with why."""
+        row = Row(
+            scenario, theme or self.theme, None, None, baseline_what, kind, None, skipped=reason
+        )
+        self._rows.append(row)
+        if now:
+            _skip(reason)
+
+
+def _skip(reason: str) -> NoReturn:
+    pytest.skip(reason)
+
+
+def _make_bench(request: pytest.FixtureRequest, benchmark: Any, floor: Floor | None) -> Bench:
+    config = request.config
+    return Bench(
+        benchmark,
+        floor,
+        _settings_of(config),
+        config.stash[_ROWS_KEY],
+        config.stash.get(_CPU_KEY, ""),
+        getattr(request.module, "THEME", "other"),
+    )
+
+
+def _settings_of(config: pytest.Config) -> Settings:
+    return QUICK if _quick_requested(config) else FULL
 
 
 @pytest.fixture
-def bench(
-    request: pytest.FixtureRequest, benchmark: Any, floor: Floor, settings: Settings
-) -> Bench:
-    config = request.config
-    return Bench(
-        benchmark, floor, settings, config.stash[_ROWS_KEY], config.stash.get(_CPU_KEY, "")
-    )
+def bench(request: pytest.FixtureRequest, benchmark: Any, floor: Floor) -> Bench:
+    return _make_bench(request, benchmark, floor)
+
+
+@pytest.fixture
+def bench_nofloor(request: pytest.FixtureRequest, benchmark: Any) -> Bench:
+    """A bench for scenarios that need neither the floor nor gcc (the peers)."""
+    return _make_bench(request, benchmark, None)
 
 
 NOISY_SPREAD = 0.25  # floor readings of one scenario further apart than this: noisy
 
 
+def format_value(value: float, unit: str) -> str:
+    """A figure with a readable unit: 71.5 us, 74.62 ms, 1.02 s; 69 KiB, 135.2 MiB."""
+    if unit == "us":
+        if value < 1_000:
+            return f"{value:,.1f} us"
+        if value < 1_000_000:
+            return f"{value / 1e3:,.2f} ms"
+        return f"{value / 1e6:,.2f} s"
+    if unit == "KiB":
+        return f"{value:,.1f} KiB" if value < 1024 else f"{value / 1024:,.1f} MiB"
+    return f"{value:,.2f} {unit}"
+
+
+def format_ratio(ratio: float) -> str:
+    return f"{ratio:.2f}" if ratio >= 0.095 else f"{ratio:.3f}"
+
+
+def _ordered(rows: list[Row]) -> list[Row]:
+    """By theme (THEMES order); within one, the floor's and budget rows first, then the
+    peers, skipped rows last, each in the order they were reported."""
+    rank = {key: i for i, key in enumerate(THEMES)}
+    return sorted(
+        rows,
+        key=lambda r: (
+            rank.get(r.theme, len(THEMES)),
+            r.baseline_kind == PEER,
+            r.skipped is not None,
+        ),
+    )
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    rows = config.stash.get(_ROWS_KEY, [])
+    rows = _ordered(config.stash.get(_ROWS_KEY, []))
     if not rows:
         return
     quick = _quick_requested(config)
-    header = ("scenario", "ours (median us)", "floor/peer (median us)", "ratio", "target", "met?")
-    body = [
-        (
-            r.scenario,
-            f"{r.ours_us:,.1f}",
-            f"{r.floor_us:,.1f}",
-            f"{r.ratio:.2f}",
-            f"<= {r.target:g}",
-            ("yes" if r.met else "NO") + (" (noisy)" if r.floor_spread > NOISY_SPREAD else ""),
+    header = ("scenario", "ours", "floor/peer", "ratio", "target", "met?")
+    body: list[tuple[str, ...]] = []
+    for r in rows:
+        if r.skipped is not None or r.ours is None or r.baseline is None or r.ratio is None:
+            body.append((r.scenario, "-", "-", "-", "-", "skipped"))
+            continue
+        met = "-" if r.met is None else "yes" if r.met else "NO"
+        if r.spread > NOISY_SPREAD:
+            met += " (noisy)"
+        body.append(
+            (
+                r.scenario,
+                format_value(r.ours, r.unit),
+                format_value(r.baseline, r.unit),
+                format_ratio(r.ratio),
+                "-" if r.target is None else f"<= {r.target:g}",
+                met,
+            )
         )
-        for r in rows
-    ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def fmt(line: Sequence[str]) -> str:
@@ -391,7 +697,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
     tr = terminalreporter
     mode = ", ".join(["quick" if quick else "full", config.stash.get(_CPU_KEY, "not pinned")])
-    tr.write_sep("=", f"sandbox vs KVM floor ({mode})")
+    tr.write_sep("=", f"sandbox vs KVM floor and peers ({mode})")
     tr.write_line(fmt(header))
     tr.write_line("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for line in body:
@@ -399,14 +705,49 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     tr.write_line("")
     tr.write_line("floor/peer of each row, measured in this run in between our rounds:")
     for r in rows:
-        tr.write_line(f"  {r.scenario}: {r.floor_what} (readings spread {r.floor_spread:.0%})")
-    missed = [r.scenario for r in rows if not r.met]
+        if r.skipped is not None:
+            tr.write_line(f"  {r.scenario}: SKIPPED: {r.skipped}")
+        else:
+            tr.write_line(
+                f"  {r.scenario}: {r.baseline_kind}: {r.baseline_what} "
+                f"(readings spread {r.spread:.0%})"
+            )
+    targeted = [r for r in rows if r.met is not None]
+    missed = [r.scenario for r in targeted if not r.met]
+    skipped = sum(r.skipped is not None for r in rows)
     tr.write_line(
-        f"{len(rows) - len(missed)}/{len(rows)} targets met"
+        f"{len(targeted) - len(missed)}/{len(targeted)} targets met"
         + (f"; missed: {', '.join(missed)}" if missed else "")
+        + (f"; {skipped} row(s) skipped" if skipped else "")
     )
-    if any(r.floor_spread > NOISY_SPREAD for r in rows):
+    if any(r.spread > NOISY_SPREAD for r in rows):
         tr.write_line(
-            f"(noisy): the floor moved by more than {NOISY_SPREAD:.0%} during that scenario; "
-            "its ratio is less trustworthy than the others, rerun it"
+            f"(noisy): the floor or peer moved by more than {NOISY_SPREAD:.0%} during that "
+            "scenario; its ratio is less trustworthy than the others, rerun it"
         )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Writes --bench-rows: every row (skipped ones with their reasons) and the run's
+    settings. The contract with sandbox/benchmark.py's report: ROWS_FORMAT, `themes`
+    (key -> title, in report order), per row the keys of Row.as_dict, and `skipped_tests`
+    (test id and reason of every skipped test, rows or not)."""
+    config = session.config
+    path = config.getoption("--bench-rows")
+    if not path:
+        return
+    started = config.stash.get(_STARTED_KEY, time.time())
+    doc = {
+        "format": ROWS_FORMAT,
+        "quick": _quick_requested(config),
+        "cpu": config.stash.get(_CPU_KEY, "not pinned"),
+        "started": started,
+        "finished": time.time(),
+        "python": sys.version.split()[0],
+        "exit_status": int(exitstatus),
+        "themes": THEMES,
+        "rows": [r.as_dict() for r in _ordered(config.stash.get(_ROWS_KEY, []))],
+        "skipped_tests": _SKIPS,
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(doc, indent=2) + "\n")

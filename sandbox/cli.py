@@ -1,4 +1,4 @@
-"""The command-line interface: demo, call, info, build-guest.
+"""The command-line interface: demo, call, info, build-guest, bench.
 
 Errors are one clear line on stderr and a non-zero exit status (1 for a sandbox error,
 2 for bad usage); there are no tracebacks for expected failures.
@@ -294,6 +294,15 @@ def cmd_build_guest(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- bench -------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmark import run_bench
+
+    return run_bench(args.quick, args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sandbox",
@@ -330,6 +339,23 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("sources", nargs="+", type=Path)
     build.add_argument("-o", "--output", type=Path, required=True)
     build.set_defaults(func=cmd_build_guest)
+
+    bench = sub.add_parser(
+        "bench",
+        help="run the benchmark suite (ours vs the KVM floor and peers) and write a report",
+        description="Run benches/ (pytest-benchmark) from this source checkout: every "
+        "scenario against the C KVM floor or a peer, measured in the same run. Writes "
+        "results.json, rows.json, report.md and PNG plots into DIR.",
+    )
+    bench.add_argument("--quick", action="store_true", help="fewer rounds (a smoke test)")
+    bench.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-out"),
+        metavar="DIR",
+        help="output directory (default: ./bench-out)",
+    )
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

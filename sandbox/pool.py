@@ -17,8 +17,9 @@ from .errors import ArgumentError, KvmError, SandboxClosed
 from .sandbox import HostFunction, Sandbox
 from .snapshot import Snapshot
 
-# Each sandbox holds two file descriptors (VM and vCPU).
-FDS_PER_SANDBOX = 2
+# Each sandbox holds four file descriptors: the VM, the vCPU, and the duplicates that
+# Python's mmap keeps of the vCPU and of the memory image it maps.
+FDS_PER_SANDBOX = 4
 
 
 def ensure_fd_limit(needed: int) -> None:

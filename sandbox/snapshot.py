@@ -26,6 +26,7 @@ import hashlib
 import mmap
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,11 @@ _PREFIX = struct.Struct("<8sII")
 _PIECE = struct.Struct("<QQ")
 _CHECKSUM_SIZE = 32
 MAX_HEADER = 1 << 20
+
+
+_CACHE_SIZE = 16
+_cache: dict[tuple[int, int, int, int], Snapshot] = {}
+_cache_lock = threading.Lock()
 
 
 class SnapshotError(SandboxError, ValueError):
@@ -163,7 +169,26 @@ class Snapshot:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Snapshot:
         """Reads a snapshot file. Raises SnapshotError if it cannot be used and
-        FileNotFoundError if it does not exist."""
+        FileNotFoundError if it does not exist.
+
+        Loaded snapshots are cached by the file's identity (device, inode, size and
+        modification time): loading the same unchanged file again costs one stat, and
+        every sandbox made from it shares one memory image."""
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with _cache_lock:
+            cached = _cache.get(key)
+        if cached is not None:
+            return cached
+        snap = cls._load(path)
+        with _cache_lock:
+            _cache[key] = snap
+            while len(_cache) > _CACHE_SIZE:
+                _cache.pop(next(iter(_cache)))
+        return snap
+
+    @classmethod
+    def _load(cls, path: str | os.PathLike[str]) -> Snapshot:
         name = str(path)
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
