@@ -13,11 +13,11 @@ guest physical), with 4 KiB pages so that every region gets its own permissions:
     0x0000_6000  | exception stubs     S  R  X   |  report vector/RIP/CR2, one exit
     0x0000_7000  | ring-0 stack        S  RW NX  |  2 pages, RSP0 = 0x9000
     0x0000_9000  | page tables (PT)    S  RW NX  |  one page per 2 MiB of memory
-                 | stack guard (64 KiB) unmapped |  stack overflow faults here
+                 | stack guard 64 KiB  unmapped  |  stack overflow faults here
                  | stack               U  RW NX  |  grows down towards the guard
                  | boot info           U  R  NX  |  struct sbx_boot_info, and in the
                  | input buffer        U  R  NX  |   same page: host -> guest calls
-                 | guest image         U  per ELF segment: R X / R NX / RW NX
+                 | guest image         U  ...       |  per ELF segment: R X, R NX, RW NX
                  | output buffer       U  RW NX  |  guest -> host records
                  | reply buffer        U  R  NX  |  host -> guest host-call replies
                  | heap                U  RW NX  |  up to mem_size (or heap_size)
@@ -26,11 +26,12 @@ guest physical), with 4 KiB pages so that every region gets its own permissions:
 The order is chosen for spawn cost: each page a guest touches for the first time costs
 a fault in the hypervisor (~20 us under nested KVM), so everything a call touches (stack
 top, boot info, the call record, the guest's code and data, the result record) sits in
-as few pages as possible, all inside the first 2 MiB (one page-table page).
+as few pages as possible, all inside the first 2 MiB (one page-table page), and in two
+groups of 8 pages that the host prefaults (see Layout.first_call_pages).
 
-Everything up to the end of the guest image is the same for every sandbox of one guest
-and config: the "template", written once into a sealed memfd that sandboxes map
-copy-on-write. The boot info is written per sandbox (it carries the random seed).
+The system tables, the boot info and the guest image are the same for every sandbox of
+one guest and config: the "template", written once into a sealed memfd that sandboxes map
+copy-on-write. Each sandbox then writes its own random seed into the boot info.
 """
 
 from __future__ import annotations
