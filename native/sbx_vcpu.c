@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -49,6 +50,18 @@ int sbx_kick_thread(int tid) {
 }
 
 const char *sbx_native_version(void) { return SBX_PACKAGE_VERSION; }
+
+void *sbx_map(int fd, size_t length, int private_, int writable) {
+    int prot = PROT_READ | (writable ? PROT_WRITE : 0);
+    void *p = mmap(NULL, length, prot, private_ ? MAP_PRIVATE : MAP_SHARED, fd, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+int sbx_unmap(void *addr, size_t length) { return munmap(addr, length) == 0 ? 0 : -errno; }
+
+int sbx_madvise(void *addr, size_t length, int advice) {
+    return madvise(addr, length, advice) == 0 ? 0 : -errno;
+}
 
 static int arm_timer(timer_t *timer, int64_t timeout_ns) {
     struct sigevent sev;

@@ -55,5 +55,16 @@ void sbx_vcpu_load_state(void *run, const void *regs, const void *sregs);
  * it the vCPU state is consistent and can be saved. Returns 0 or -errno. */
 int sbx_vcpu_complete_io(int vcpu_fd, void *run);
 
+/* mmap(2) of `length` bytes of `fd` (shared or private, read-only or read-write).
+ * Returns the address, or NULL with errno set. Unlike Python's mmap module this keeps
+ * no duplicate of the descriptor (two fewer per sandbox). */
+void *sbx_map(int fd, size_t length, int private_, int writable);
+
+/* munmap(2). Returns 0 or -errno. */
+int sbx_unmap(void *addr, size_t length);
+
+/* madvise(2). Returns 0 or -errno. */
+int sbx_madvise(void *addr, size_t length, int advice);
+
 /* Version of the package this extension was built for (checked at import). */
 const char *sbx_native_version(void);

@@ -73,6 +73,41 @@ def kick_thread(native_thread_id: int) -> None:
     check(lib.sbx_kick_thread(native_thread_id), "tgkill")
 
 
+class Mapping:
+    """A memory mapping of a file descriptor, owned by this object (mmap(2) through the
+    extension: unlike Python's mmap module it keeps no duplicate of the descriptor).
+    `view` is a memoryview of it; `close()` releases the view and unmaps. Contract: no
+    other view of the memory may outlive close() (the owners keep theirs private)."""
+
+    def __init__(self, fd: int, length: int, *, private: bool, writable: bool = True) -> None:
+        ptr = lib.sbx_map(fd, length, int(private), int(writable))
+        if ptr == ffi.NULL:
+            err = ffi.errno
+            raise OSError(err, f"mmap of {length} bytes failed: {os.strerror(err)}")
+        self.length = length
+        self._ptr = ffi.cast("char *", ptr)
+        self.address = int(ffi.cast("uintptr_t", ptr))
+        # Safe: the buffer covers exactly the mapping, and is released before munmap.
+        self.view = memoryview(ffi.buffer(self._ptr, length))
+        if not writable:
+            self.view = self.view.toreadonly()
+
+    @property
+    def ptr(self) -> Any:
+        return self._ptr
+
+    def madvise(self, advice: int, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.length:
+            raise ValueError("madvise range outside the mapping")
+        check(lib.sbx_madvise(self._ptr + offset, length, advice), "madvise")
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            self.view.release()
+            check(lib.sbx_unmap(self._ptr, self.length), "munmap")
+            self._ptr = None
+
+
 def buffer_address(obj: Any) -> tuple[Any, int]:
     """Returns (cdata keeping `obj` exported, its address). Release the cdata with
     ffi.release before closing `obj` (an mmap cannot close while exported)."""

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ._native import buffer_address, ffi
+from ._native import Mapping, ffi
 from .errors import GuestProtocolError
 
 PAGE = 4096
@@ -202,13 +202,11 @@ class GuestMemory:
 
     def _map(self, image: MemoryImage) -> None:
         self.image = image
-        self.map = mmap.mmap(
-            image.fd, image.size, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE
-        )
-        # Safe: the address is given to KVM as the memslot's backing and the pointer is
-        # released in close(), after the VM that uses it is closed (or its slot removed).
-        self._ptr, self.host_address = buffer_address(self.map)
-        self.view = memoryview(self.map)
+        # The address is given to KVM as the memslot's backing: it is unmapped only after
+        # the VM that uses it is closed (or its slot removed).
+        self._mapping = Mapping(image.fd, image.size, private=True)
+        self.host_address = self._mapping.address
+        self.view = self._mapping.view
         self._closed = False
 
     def written_ranges(self) -> list[tuple[int, int]]:
@@ -230,7 +228,7 @@ class GuestMemory:
         each, so that the guest's first touch of them costs only the hypervisor's fault
         (a fault that must also allocate or copy a page costs several times more)."""
         for addr, size, write in ranges:
-            self.map.madvise(_POPULATE_WRITE if write else _POPULATE_READ, addr, size)
+            self._mapping.madvise(_POPULATE_WRITE if write else _POPULATE_READ, addr, size)
 
     def check_range(self, addr: int, length: int, what: str = "guest memory") -> None:
         """Raises GuestProtocolError unless [addr, addr+length) lies in guest memory."""
@@ -241,11 +239,11 @@ class GuestMemory:
 
     def write(self, addr: int, data: bytes | bytearray) -> None:
         self.check_range(addr, len(data))
-        self.map[addr : addr + len(data)] = data
+        self.view[addr : addr + len(data)] = data
 
     def read(self, addr: int, length: int) -> bytes:
         self.check_range(addr, length)
-        return self.map[addr : addr + length]
+        return bytes(self.view[addr : addr + length])
 
     def snapshot_image(self) -> MemoryImage:
         """A new MemoryImage with this memory's current contents: the image's data plus
@@ -264,9 +262,7 @@ class GuestMemory:
         """Unmaps the memory (the caller removed it from the VM first)."""
         if not self._closed:
             self._closed = True
-            self.view.release()
-            ffi.release(self._ptr)
-            self.map.close()
+            self._mapping.close()
 
     def remap(self, image: MemoryImage) -> None:
         """Replaces the mapping with one of `image` (at a new address)."""

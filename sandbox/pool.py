@@ -17,9 +17,9 @@ from .errors import ArgumentError, KvmError, SandboxClosed
 from .sandbox import HostFunction, Sandbox
 from .snapshot import Snapshot
 
-# Each sandbox holds four file descriptors: the VM, the vCPU, and the duplicates that
-# Python's mmap keeps of the vCPU and of the memory image it maps.
-FDS_PER_SANDBOX = 4
+# Each sandbox holds two file descriptors: the VM and the vCPU (its mappings are made
+# through the extension, which keeps no duplicate descriptors).
+FDS_PER_SANDBOX = 2
 
 
 def ensure_fd_limit(needed: int) -> None:

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import mmap
 import os
 from typing import TYPE_CHECKING, Any
 
-from ._native import buffer_address, check, ffi, lib
+from ._native import Mapping, check, ffi, lib
 from .kvm import ioctl
 
 if TYPE_CHECKING:
@@ -18,12 +17,9 @@ class Vcpu:
     def __init__(self, vm: Vm, fd: int) -> None:
         self.vm = vm
         self.fd = fd
-        self._run_map = mmap.mmap(
-            fd, vm.kvm.vcpu_mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
-        )
-        # Safe: the pointer is only handed to sbx_vcpu_run while _run_map is open, and it
-        # is released in close() before the map is unmapped.
-        self.run_ptr, _ = buffer_address(self._run_map)
+        self._run_map = Mapping(fd, vm.kvm.vcpu_mmap_size, private=False)
+        # The pointer is only handed to the run loop while the vCPU is open.
+        self.run_ptr = self._run_map.ptr
         self.exit = ffi.new("struct sbx_exit *")
 
     def set_cpuid2(self, cpuid: Any) -> None:
@@ -69,7 +65,6 @@ class Vcpu:
 
     def close(self) -> None:
         if self.fd >= 0:
-            ffi.release(self.run_ptr)
             self._run_map.close()
             os.close(self.fd)
             self.fd = -1

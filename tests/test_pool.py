@@ -103,7 +103,7 @@ def test_pool_from_snapshot() -> None:
 
 
 def test_a_thousand_live_sandboxes() -> None:
-    ensure_fd_limit(4 * 1000)
+    ensure_fd_limit(2 * 1000)
     with Sandbox() as base:
         base.call("add", 1, 2)
         snap = base.snapshot()
