@@ -1,4 +1,4 @@
-"""The command-line interface: demo, call, info, build-guest, bench.
+"""The command-line interface: demo, call, info, build-guest, bench, serve, deploy.
 
 Errors are one clear line on stderr and a non-zero exit status (1 for a sandbox error,
 2 for bad usage); there are no tracebacks for expected failures.
@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .abi import Signature, Tag, Value
+from .deploy.cli import add_deploy_parser
+from .host.cli import add_serve_parser
 
 
 def _print_error(exc: BaseException) -> None:
@@ -356,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="output directory (default: ./bench-out)",
     )
     bench.set_defaults(func=cmd_bench)
+
+    add_serve_parser(sub)
+    add_deploy_parser(sub)
     return parser
 
 

@@ -1,0 +1,112 @@
+"""`create_app(config)`: the function host as an ASGI application (FastAPI), separate
+from the server that runs it (server.py). Tests and embedders can run it under any ASGI
+server; the lifespan opens the store and loads the functions, and closes every pool."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from .auth import Guard, load_token
+from .config import HostConfig
+from .errors import ApiError
+from .metrics import Metrics
+from .middleware import HostMiddleware
+from .registry import Registry
+from .routes_functions import router as functions_router
+from .routes_invoke import router as invoke_router
+from .routes_ops import router as ops_router
+from .state import HostState
+
+log = logging.getLogger("sandbox.host")
+
+_HTTP_TYPES = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    413: "BodyTooLarge",
+    415: "UnsupportedMediaType",
+}
+
+
+def _json(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _json(exc.status, exc.body(), exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = _HTTP_TYPES.get(exc.status_code, "HttpError")
+    body = {"error": {"type": kind, "message": str(exc.detail)}}
+    return _json(exc.status_code, body, dict(exc.headers or {}))
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = tuple(first.get("loc", ()))
+    if loc == ("path", "name"):
+        body = {
+            "type": "InvalidName",
+            "message": "invalid function name: use 1-63 characters of a-z, 0-9, '_' and "
+            "'-', starting with a letter or digit",
+        }
+    else:
+        where = ".".join(str(p) for p in loc) or "request"
+        body = {"type": "BadRequest", "message": f"{where}: {first.get('msg')}"}
+    return _json(400, {"error": body})
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+    return _json(500, {"error": {"type": "InternalError", "message": "internal error"}})
+
+
+def create_app(config: HostConfig) -> FastAPI:
+    """The host application for `config`. Raises TokenError if the token cannot be
+    read or created; the data directory is opened at startup (lifespan)."""
+    metrics = Metrics()
+    host = HostState(config, metrics, Registry(config, metrics), Guard(load_token(config)))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await host.registry.start()
+        log.info("ready", extra={"data_dir": str(config.data_dir)})
+        try:
+            yield
+        finally:
+            host.begin_drain()
+            await host.registry.close()
+            log.info("pools closed")
+
+    app = FastAPI(
+        title="sandbox function host",
+        version=__version__,
+        summary="Serverless functions in KVM micro-VMs: every request in fresh state",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.host = host
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(HostMiddleware, host=host)
+    app.include_router(ops_router)
+    app.include_router(functions_router)
+    app.include_router(invoke_router)
+    return app

@@ -1,0 +1,171 @@
+"""The data plane: invocations, served straight from ASGI in front of FastAPI.
+
+POST /functions/{name}/invoke and /functions/{name}/http[/{path}] are matched here by
+two regular expressions and answered without FastAPI's router and dependency machinery,
+which cost 50-100 us a request on the development machine, about as much as the
+fresh-state guest call itself. Everything else (management, operations, docs) is FastAPI's. The
+FastAPI routes of these two endpoints (routes_invoke.py) call the same functions and
+exist for the OpenAPI description.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
+
+from starlette.types import Receive, Scope, Send
+
+from ..abi import Signature
+from .deployment import Deployment
+from .errors import ApiError, BodyTooLarge, bad_request, body_too_large
+from .httpmode import request_json, response_from
+from .manifest import valid_name
+from .reply import Reply, json_reply, send_reply
+from .state import HostState
+from .values import args_from_json, result_to_json
+
+log = logging.getLogger("sandbox.host")
+
+INVOKE_TEMPLATE = "/functions/{name}/invoke"
+HTTP_TEMPLATE = "/functions/{name}/http/{path}"
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+_INVOKE = re.compile(r"/functions/([^/]*)/invoke")
+_HTTP = re.compile(r"/functions/([^/]*)/http(?:/(.*))?", re.DOTALL)
+
+BodyReader = Callable[[], Awaitable[bytes]]
+
+
+def check_name(name: str) -> str:
+    """Raises ApiError 400 for an invalid function name."""
+    if not valid_name(name):
+        raise bad_request(
+            "invalid function name: use 1-63 characters of a-z, 0-9, '_' and '-', "
+            "starting with a letter or digit",
+            "InvalidName",
+        )
+    return name
+
+
+def _signature(dep: Deployment, wanted: str) -> Signature:
+    if dep.spec.mode != wanted:
+        where = (
+            f"POST /functions/{dep.name}/invoke"
+            if dep.spec.mode == "invoke"
+            else f"/functions/{dep.name}/http/"
+        )
+        raise ApiError(
+            409,
+            "WrongMode",
+            f"function {dep.name!r} is deployed in {dep.spec.mode} mode: use {where}",
+        )
+    if dep.signature is None:
+        raise ApiError(503, "FunctionUnavailable", dep.problem or "the function cannot run")
+    return dep.signature
+
+
+def _args(body: bytes) -> list[object]:
+    """The `args` of an invoke body (empty body: no arguments). Raises ApiError 400."""
+    if not body.strip():
+        return []
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise bad_request(f"the body is not valid JSON: {exc}", "InvalidJson") from None
+    if not isinstance(doc, dict):
+        raise bad_request('the body must be a JSON object: {"args": [...]}')
+    unknown = set(doc) - {"args"}
+    if unknown:
+        raise bad_request(f"unknown keys in the body: {', '.join(sorted(unknown))}")
+    args = doc.get("args", [])
+    if not isinstance(args, list):
+        raise bad_request('"args" must be a JSON array')
+    return args
+
+
+def _authorization(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def invoke(host: HostState, scope: Scope, read_body: BodyReader, name: str) -> Reply:
+    """POST /functions/{name}/invoke. Raises ApiError."""
+    dep = host.invocable(_authorization(scope), check_name(name))
+    sig = _signature(dep, "invoke")
+    args = args_from_json(sig, _args(await read_body()))
+    outcome = await host.registry.call(dep, args)
+    doc = {
+        "result": result_to_json(outcome.value),
+        "type": sig.ret.type_name,
+        "stdout": outcome.output,
+        "stderr": "",
+        "duration_ms": round(outcome.duration_s * 1e3, 3),
+    }
+    return json_reply(200, doc)
+
+
+async def http(host: HostState, scope: Scope, read_body: BodyReader, name: str, path: str) -> Reply:
+    """/functions/{name}/http/{path}: the function answers the request. Raises ApiError."""
+    dep = host.invocable(_authorization(scope), check_name(name))
+    _signature(dep, "http")
+    arg = request_json(scope, path, await read_body(), strip_auth=not dep.spec.public)
+    outcome = await host.registry.call(dep, [arg])
+    return response_from(name, outcome.value)
+
+
+async def read_all(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+class Match(NamedTuple):
+    """A data-plane request: its route template, function name and (http) path."""
+
+    template: str
+    name: str
+    path: str | None
+
+
+class DataPlane:
+    """Answers the invocation endpoints; `match` says whether a request is one."""
+
+    def __init__(self, host: HostState) -> None:
+        self.host = host
+
+    def match(self, scope: Scope) -> Match | None:
+        method, path = scope["method"], scope["path"]
+        if method == "POST" and (m := _INVOKE.fullmatch(path)):
+            return Match(INVOKE_TEMPLATE, m.group(1), None)
+        if method in HTTP_METHODS and (m := _HTTP.fullmatch(path)):
+            return Match(HTTP_TEMPLATE, m.group(1), m.group(2) or "")
+        return None
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, match: Match) -> None:
+        async def read_body() -> bytes:
+            return await read_all(receive)
+
+        try:
+            if match.path is None:
+                reply = await invoke(self.host, scope, read_body, match.name)
+            else:
+                reply = await http(self.host, scope, read_body, match.name, match.path)
+        except ApiError as exc:
+            reply = json_reply(exc.status, exc.body(), exc.headers)
+        except BodyTooLarge as exc:
+            reply = json_reply(413, body_too_large(exc.limit).body())
+        except Exception as exc:
+            log.error("unhandled error", exc_info=exc, extra={"path": scope["path"]})
+            error = {"error": {"type": "InternalError", "message": "internal error"}}
+            reply = json_reply(500, error)
+        await send_reply(send, reply)

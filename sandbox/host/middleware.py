@@ -1,0 +1,124 @@
+"""The ASGI middleware in front of every request: the body-size limit, the request
+metrics, the access log, and the dispatch of invocations to the data plane (the rest
+goes on to FastAPI). Pure ASGI (no BaseHTTPMiddleware): a few microseconds a request."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .config import HostConfig
+from .dataplane import DataPlane
+from .errors import BodyTooLarge
+from .state import HostState
+
+access = logging.getLogger("sandbox.host.access")
+
+
+def _limit_for(scope: Scope, config: HostConfig) -> int:
+    """Uploads (PUT /functions/{name}) may be large; everything else is small."""
+    path: str = scope["path"]
+    if scope["method"] == "PUT" and path.startswith("/functions/") and path.count("/") == 2:
+        return config.max_upload_bytes
+    return config.max_body_bytes
+
+
+class HostMiddleware:
+    def __init__(self, app: ASGIApp, host: HostState) -> None:
+        self.app = app
+        self.config = host.config
+        self.metrics = host.metrics
+        self.dataplane = DataPlane(host)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        limit = _limit_for(scope, self.config)
+        match = self.dataplane.match(scope)
+        status = [500]
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def watched_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            declared = _content_length(scope)
+            if declared is not None and declared > limit:
+                await _reject_too_large(limit, watched_send)
+            elif match is not None:
+                await self.dataplane.serve(scope, limited_receive, watched_send, match)
+            else:
+                await self.app(scope, limited_receive, watched_send)
+        finally:
+            if match is not None:
+                template = match.template
+            else:
+                route: Any = scope.get("route")
+                template = getattr(route, "path", None) or "(unmatched)"
+            self._record(scope, template, status[0], time.perf_counter() - start)
+
+    def _record(self, scope: Scope, template: str, status: int, elapsed: float) -> None:
+        self.metrics.requests.inc(scope["method"], template, str(status))
+        self.metrics.request_latency.observe(elapsed, template)
+        if self.config.access_log:
+            client = scope.get("client")
+            access.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(elapsed * 1e3, 3),
+                    "client": f"{client[0]}:{client[1]}" if client else None,
+                },
+            )
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _reject_too_large(limit: int, send: Send) -> None:
+    """413 before reading any of the body; the connection is closed afterwards, so the
+    unread body does not have to be drained."""
+    body = (
+        b'{"error":{"type":"BodyTooLarge","message":"the request body is over '
+        + str(limit).encode()
+        + b' bytes","limit":'
+        + str(limit).encode()
+        + b"}}"
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

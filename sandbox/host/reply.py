@@ -1,0 +1,28 @@
+"""`Reply`: a complete HTTP response (status, headers, body) sent with raw ASGI."""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+from starlette.types import Send
+
+_JSON = [(b"content-type", b"application/json")]
+
+
+class Reply(NamedTuple):
+    status: int
+    headers: list[tuple[bytes, bytes]]  # lower-case names; content-length is added
+    body: bytes
+
+
+def json_reply(status: int, doc: object, headers: dict[str, str] | None = None) -> Reply:
+    body = json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    return Reply(status, _JSON + extra, body.encode())
+
+
+async def send_reply(send: Send, reply: Reply) -> None:
+    headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})

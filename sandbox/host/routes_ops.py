@@ -1,0 +1,50 @@
+"""Operations endpoints: /healthz, /readyz, /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from . import metrics as prom
+from .models import Status, error_responses
+from .state import host_state
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Status, summary="Liveness: the process serves HTTP")
+async def healthz() -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+@router.get(
+    "/readyz",
+    response_model=Status,
+    summary="Readiness: functions loaded and not shutting down",
+    responses={503: {"model": Status, "description": "starting or draining"}},
+)
+async def readyz(request: Request) -> Response:
+    host = host_state(request)
+    if host.ready:
+        return JSONResponse({"status": "ready"})
+    return JSONResponse(
+        {"status": "draining" if host.draining else "starting"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text format 0.0.4)",
+    response_class=Response,
+    responses={
+        200: {"content": {prom.CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}},
+        **error_responses(401),
+    },
+)
+async def metrics(request: Request) -> Response:
+    host = host_state(request)
+    if not host.config.public_metrics:
+        host.authorize(request)
+    return Response(host.metrics.render(), media_type=prom.CONTENT_TYPE)
