@@ -6,6 +6,8 @@ wrappers. C returns 0 or a negative errno; the wording of errors happens in Pyth
 
 from __future__ import annotations
 
+import errno as errno_mod
+import fcntl
 import os
 import signal
 from typing import Any
@@ -39,6 +41,7 @@ __all__ = [
     "ffi",
     "lib",
     "check",
+    "ioctl",
     "buffer_address",
     "KICK_SIGNAL",
     "init_kick_signal",
@@ -50,6 +53,20 @@ __all__ = [
 KICK_SIGNAL = signal.SIGRTMIN + 3
 
 _signal_ready = False
+
+
+def ioctl(fd: int, name: str, arg: Any = 0) -> int:
+    """Runs the KVM ioctl called `name` (a constant of <linux/kvm.h>). `arg` is an int or
+    a cffi pointer to the ioctl's struct, which the kernel may read and write in place.
+    Raises KvmError naming the ioctl."""
+    request = getattr(lib, name)
+    try:
+        if isinstance(arg, int):
+            return int(fcntl.ioctl(fd, request, arg))
+        return int(fcntl.ioctl(fd, request, ffi.buffer(arg), True))
+    except OSError as exc:
+        err = exc.errno or errno_mod.EIO
+        raise KvmError(name, err, f"{name} failed: {os.strerror(err)} (errno {err})") from None
 
 
 def check(rc: int, operation: str) -> int:

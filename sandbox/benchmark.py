@@ -460,10 +460,20 @@ def plot_medians(run: Run, path: Path) -> None:
             base_label = BASE_LABELS.get(r.baseline_kind, r.baseline_kind)
             ax.barh(y - 0.2, r.ours, height=0.38, color=OURS_COLOR)
             ax.barh(y + 0.2, r.baseline, height=0.38, color=BASE_COLOR)
-            ax.text(r.ours * 1.08, y - 0.2, f"ours {format_value(r.ours, unit)}",
-                    va="center", fontsize=8)
-            ax.text(r.baseline * 1.08, y + 0.2,
-                    f"{base_label} {format_value(r.baseline, unit)}", va="center", fontsize=8)
+            ax.text(
+                r.ours * 1.08,
+                y - 0.2,
+                f"ours {format_value(r.ours, unit)}",
+                va="center",
+                fontsize=8,
+            )
+            ax.text(
+                r.baseline * 1.08,
+                y + 0.2,
+                f"{base_label} {format_value(r.baseline, unit)}",
+                va="center",
+                fontsize=8,
+            )
             values += [r.ours, r.baseline]
         ax.set_xscale("log")
         if values:
@@ -582,6 +592,8 @@ def run_bench(quick: bool, out_dir: Path) -> int:
         print(f"error: the suite wrote no rows (pytest exit status {status})", file=sys.stderr)
         return status or 1
     report = write_report(out_dir)
-    print(f"\nwrote {report} with its plots, results.json and rows.json in {out_dir} "
-          f"({time.monotonic() - t0:.0f} s)")
+    print(
+        f"\nwrote {report} with its plots, results.json and rows.json in {out_dir} "
+        f"({time.monotonic() - t0:.0f} s)"
+    )
     return status

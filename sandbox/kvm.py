@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import errno as errno_mod
-import fcntl
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._native import ffi, lib
-from .errors import KvmError, KvmUnavailable
-
-if TYPE_CHECKING:
-    from .vm import Vm
+from ._native import ffi, ioctl, lib
+from .errors import KvmUnavailable
+from .vm import Vm
 
 DEFAULT_PATH = "/dev/kvm"
 
@@ -24,20 +20,6 @@ REQUIRED_CAPABILITIES = {
 }
 
 CPUID_MAX_ENTRIES = 256
-
-
-def ioctl(fd: int, name: str, arg: Any = 0) -> int:
-    """Runs the KVM ioctl called `name` (a constant of <linux/kvm.h>). `arg` is an int or
-    a cffi pointer to the ioctl's struct, which the kernel may read and write in place.
-    Raises KvmError naming the ioctl."""
-    request = getattr(lib, name)
-    try:
-        if isinstance(arg, int):
-            return int(fcntl.ioctl(fd, request, arg))
-        return int(fcntl.ioctl(fd, request, ffi.buffer(arg), True))
-    except OSError as exc:
-        err = exc.errno or errno_mod.EIO
-        raise KvmError(name, err, f"{name} failed: {os.strerror(err)} (errno {err})") from None
 
 
 class Kvm:
@@ -126,8 +108,6 @@ class Kvm:
 
     def create_vm(self) -> Vm:
         """KVM_CREATE_VM."""
-        from .vm import Vm
-
         return Vm(self, ioctl(self.fd, "KVM_CREATE_VM"))
 
     def close(self) -> None:

@@ -327,8 +327,8 @@ class Sandbox:
             setup = _cpu_setup(kvm)
             if setup.xcrs is not None:
                 vcpu.set_xcrs(cpu.xcrs if cpu.xcrs is not None else setup.xcrs)
-            if cpu.xsave is not None:
-                vcpu.set_xsave(cpu.xsave)
+            if cpu.xsave is not None and cpu.xsave is not setup.xsave:
+                vcpu.set_xsave(cpu.xsave)  # a new vCPU already has the reset state
             lib.sbx_vcpu_sync_init(vcpu.run_ptr)
             # Registers through kvm_run's sync area: applied by the first KVM_RUN, which
             # saves the two ioctls of KVM_SET_SREGS and KVM_SET_REGS (~8 us each here).

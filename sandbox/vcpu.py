@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from ._native import Mapping, check, ffi, lib
-from .kvm import ioctl
+from ._native import Mapping, check, ffi, ioctl, lib
 
 if TYPE_CHECKING:
     from .vm import Vm

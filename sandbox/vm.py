@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from ._native import ffi
-from .kvm import ioctl
+from ._native import ffi, ioctl
+from .vcpu import Vcpu
 
 if TYPE_CHECKING:
     from .kvm import Kvm
-    from .vcpu import Vcpu
 
 
 class Vm:
@@ -32,8 +31,6 @@ class Vm:
 
     def create_vcpu(self, index: int = 0) -> Vcpu:
         """KVM_CREATE_VCPU, and map its kvm_run area."""
-        from .vcpu import Vcpu
-
         fd = ioctl(self.fd, "KVM_CREATE_VCPU", index)
         try:
             return Vcpu(self, fd)
