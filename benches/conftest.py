@@ -632,21 +632,14 @@ def bench_nofloor(request: pytest.FixtureRequest, benchmark: Any) -> Bench:
 NOISY_SPREAD = 0.25  # floor readings of one scenario further apart than this: noisy
 
 
-def format_value(value: float, unit: str) -> str:
-    """A figure with a readable unit: 71.5 us, 74.62 ms, 1.02 s; 69 KiB, 135.2 MiB."""
-    if unit == "us":
-        if value < 1_000:
-            return f"{value:,.1f} us"
-        if value < 1_000_000:
-            return f"{value / 1e3:,.2f} ms"
-        return f"{value / 1e6:,.2f} s"
-    if unit == "KiB":
-        return f"{value:,.1f} KiB" if value < 1024 else f"{value / 1024:,.1f} MiB"
-    return f"{value:,.2f} {unit}"
-
-
-def format_ratio(ratio: float) -> str:
-    return f"{ratio:.2f}" if ratio >= 0.095 else f"{ratio:.3f}"
+def _formatters() -> tuple[Callable[[float, str], str], Callable[[float], str]]:
+    """The report's number formats (sandbox/benchmark.py), or plain ones when the package
+    cannot be imported (then every scenario was skipped anyway)."""
+    try:
+        from sandbox.benchmark import format_ratio, format_value
+    except ImportError:
+        return (lambda value, unit: f"{value:.1f} {unit}"), (lambda ratio: f"{ratio:.2f}")
+    return format_value, format_ratio
 
 
 def _ordered(rows: list[Row]) -> list[Row]:
@@ -669,6 +662,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if not rows:
         return
     quick = _quick_requested(config)
+    fmt_value, fmt_ratio = _formatters()
     header = ("scenario", "ours", "floor/peer", "ratio", "target", "met?")
     body: list[tuple[str, ...]] = []
     for r in rows:
@@ -681,9 +675,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         body.append(
             (
                 r.scenario,
-                format_value(r.ours, r.unit),
-                format_value(r.baseline, r.unit),
-                format_ratio(r.ratio),
+                fmt_value(r.ours, r.unit),
+                fmt_value(r.baseline, r.unit),
+                fmt_ratio(r.ratio),
                 "-" if r.target is None else f"<= {r.target:g}",
                 met,
             )
