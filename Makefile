@@ -5,6 +5,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+BENCH_SMOKE ?= bench-out/smoke
 SOURCES := pyproject.toml setup.py $(wildcard native/*) $(wildcard guests/*/*.[chS]) guests/build.py
 
 .PHONY: demo test bench check install clean
@@ -12,8 +13,12 @@ SOURCES := pyproject.toml setup.py $(wildcard native/*) $(wildcard guests/*/*.[c
 demo: install
 	$(PY) -m sandbox demo
 
+# The tests, then the benchmark suite in quick mode as a smoke test: it must run and write
+# its report; times are not asserted (machines are shared and noisy).
 test: install
 	$(PY) -m pytest
+	$(PY) -m sandbox bench --quick --out $(BENCH_SMOKE)
+	test -s $(BENCH_SMOKE)/report.md && test -s $(BENCH_SMOKE)/ratios.png
 
 bench: install
 	$(PY) -m pip install --quiet -e '.[dev,peers]' || echo "bench: optional peers not installed"
