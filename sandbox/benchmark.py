@@ -557,7 +557,13 @@ def run_bench(quick: bool, out_dir: Path) -> int:
         )
         return 2
     out_dir = out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(
+            f"error: cannot create the output directory {out_dir}: {exc.strerror}", file=sys.stderr
+        )
+        return 2
     for stale in ("results.json", "rows.json", "report.md", "ratios.png", "medians.png"):
         (out_dir / stale).unlink(missing_ok=True)
     root = benches.parent

@@ -22,6 +22,14 @@ from .host.cli import add_serve_parser
 
 
 def _print_error(exc: BaseException) -> None:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):  # one line, not pydantic's multi-line report
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"error: invalid configuration: {problems}", file=sys.stderr)
+        return
     detail = f" ({exc.kind})" if hasattr(exc, "kind") else ""
     print(f"error: {type(exc).__name__}{detail}: {exc}", file=sys.stderr)
 

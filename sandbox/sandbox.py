@@ -234,7 +234,8 @@ class Sandbox:
         reset: ResetMode = "none",
     ) -> None:
         self._state = _CLOSED  # until fully built, so __del__/close are no-ops
-        config = config if config is not None else _DEFAULT_CONFIG
+        config = _check_config(config)
+        _check_path("guest", guest)
         _check_host_functions(host_functions)  # argument errors before any KVM work
         prepared = _prepare(guest, config)
         self._configure(
@@ -262,6 +263,8 @@ class Sandbox:
         one), without re-running the guest's initialization. Its memory maps the
         snapshot's copy-on-write. Raises SnapshotError for an unusable file, plus what
         Sandbox() raises."""
+        if not isinstance(snapshot, Snapshot):
+            _check_path("snapshot", snapshot)
         snap = snapshot if isinstance(snapshot, Snapshot) else Snapshot.load(snapshot)
         sb = cls.__new__(cls)
         sb._state = _CLOSED
@@ -458,6 +461,8 @@ class Sandbox:
             self._restore(snapshot)
 
     def _restore(self, snapshot: Snapshot | None) -> None:
+        if snapshot is not None and not isinstance(snapshot, Snapshot):
+            raise ArgumentError(f"restore() takes a Snapshot, not {type(snapshot).__name__}")
         target = snapshot if snapshot is not None else self._initial_snapshot()
         if target.layout != self.layout:
             raise ArgumentError("the snapshot is of another guest or memory layout")
@@ -702,6 +707,22 @@ class Sandbox:
                 kind="internal_error",
             )
         return GuestTrap(f"unexpected KVM exit reason {exit.kvm_exit_reason}", kind="unknown_exit")
+
+
+def _check_config(config: object) -> SandboxConfig:
+    if config is None:
+        return _DEFAULT_CONFIG
+    if not isinstance(config, SandboxConfig):
+        raise ArgumentError(
+            f"config must be a SandboxConfig, not {type(config).__name__} "
+            "(build one with SandboxConfig(**values))"
+        )
+    return config
+
+
+def _check_path(what: str, value: object) -> None:
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise ArgumentError(f"{what} must be a path or a name, not {type(value).__name__}")
 
 
 def _check_host_functions(funcs: Mapping[str, HostFunction] | None) -> dict[str, HostFunction]:

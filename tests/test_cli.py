@@ -77,6 +77,7 @@ def test_call_guest_output_goes_to_stderr() -> None:
         (["add", "99999999999", "2"], 1, "out of range"),
         (["--guest", "/no/such.elf", "add", "1", "2"], 1, "GuestNotFound"),
         (["--timeout", "0.05", "fault", "spin_forever"], 1, "CallTimeout"),
+        (["--timeout", "-1", "add", "1", "2"], 1, "invalid configuration: timeout"),
     ],
 )
 def test_call_errors_are_one_line(args: list[str], status: int, words: str) -> None:
@@ -134,3 +135,11 @@ def test_demo_runs() -> None:
         "cold spawn",
     ):
         assert words in proc.stdout
+
+
+def test_bench_output_directory_error() -> None:
+    proc = sandbox_cli("bench", "--quick", "--out", "/proc/no-such-dir/out")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: cannot create the output directory /proc/no-such-dir/out: No such file or directory"
+    ]

@@ -10,6 +10,7 @@ import struct
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -721,3 +722,25 @@ def test_raised_errors_are_specific(make_sandbox) -> None:
         SandboxPoisoned,
         SandboxClosed,
     ]
+
+
+@pytest.mark.requires_kvm
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Sandbox(config={"memory_size": 3}),  # type: ignore[arg-type]
+        lambda: Sandbox(42),  # type: ignore[arg-type]
+        lambda: Sandbox.from_snapshot(42),  # type: ignore[arg-type]
+    ],
+    ids=["config-dict", "guest-int", "snapshot-int"],
+)
+def test_wrong_argument_types_are_argument_errors(make: Callable[[], object]) -> None:
+    with pytest.raises(ArgumentError):
+        make()
+
+
+@pytest.mark.requires_kvm
+def test_restore_takes_a_snapshot(sb: Sandbox) -> None:
+    with pytest.raises(ArgumentError, match="takes a Snapshot"):
+        sb.restore("x")  # type: ignore[arg-type]
+    assert sb.call("add", 1, 2) == 3
