@@ -42,7 +42,6 @@ __all__ = [
     "lib",
     "check",
     "ioctl",
-    "buffer_address",
     "KICK_SIGNAL",
     "init_kick_signal",
     "kick_thread",
@@ -123,10 +122,3 @@ class Mapping:
             self.view.release()
             check(lib.sbx_unmap(self._ptr, self.length), "munmap")
             self._ptr = None
-
-
-def buffer_address(obj: Any) -> tuple[Any, int]:
-    """Returns (cdata keeping `obj` exported, its address). Release the cdata with
-    ffi.release before closing `obj` (an mmap cannot close while exported)."""
-    ptr = ffi.from_buffer(obj)
-    return ptr, int(ffi.cast("uintptr_t", ptr))

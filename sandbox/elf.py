@@ -209,10 +209,10 @@ def _find_abi_note(r: _Reader, offset: int, size: int) -> int | None:
     return None
 
 
-def _vaddr_to_offset(
+def _check_in_segments(
     r: _Reader, loads: list[tuple[int, bytes, int, int]], vaddr: int, size: int
 ) -> int:
-    """Checks that [vaddr, vaddr+size) lies in one segment's image and returns vaddr."""
+    """Returns vaddr after checking that [vaddr, vaddr+size) lies in one segment."""
     for v, _, memsz, _ in loads:
         if v <= vaddr and vaddr + size <= v + memsz:
             return vaddr
@@ -258,7 +258,7 @@ def _relocations(
             continue
         if r_type != R_X86_64_RELATIVE or r_info >> 32:
             raise r.fail(f"unsupported relocation type {r_type} (only R_X86_64_RELATIVE)")
-        out.append((_vaddr_to_offset(r, loads, r_offset, 8), r_addend))
+        out.append((_check_in_segments(r, loads, r_offset, 8), r_addend))
     return tuple(out)
 
 

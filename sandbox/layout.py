@@ -36,6 +36,7 @@ copy-on-write. Each sandbox then writes its own random seed into the boot info.
 
 from __future__ import annotations
 
+import functools
 import struct
 from array import array
 from dataclasses import dataclass
@@ -271,6 +272,7 @@ class Layout:
             (self.image_base, bytes(mem[self.image_base : self.image_end])),
         ]
 
+    @functools.cached_property
     def first_call_pages(self) -> list[tuple[int, int, bool]]:
         """The (address, size, write) ranges the host prefaults before a first call.
 

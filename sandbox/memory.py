@@ -20,7 +20,6 @@ import os
 import struct
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 from ._native import Mapping, ffi
 from .errors import GuestProtocolError
@@ -241,10 +240,6 @@ class GuestMemory:
         self.check_range(addr, len(data))
         self.view[addr : addr + len(data)] = data
 
-    def read(self, addr: int, length: int) -> bytes:
-        self.check_range(addr, length)
-        return bytes(self.view[addr : addr + length])
-
     def snapshot_image(self) -> MemoryImage:
         """A new MemoryImage with this memory's current contents: the image's data plus
         the written pages (holes stay holes, so the copy costs what is in use)."""
@@ -258,7 +253,7 @@ class GuestMemory:
                 if isinstance(piece, memoryview):
                     piece.release()
 
-    def unmap(self) -> Any:
+    def unmap(self) -> None:
         """Unmaps the memory (the caller removed it from the VM first)."""
         if not self._closed:
             self._closed = True

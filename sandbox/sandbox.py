@@ -59,7 +59,6 @@ class _Prepared:
     layout: Layout
     memory: MemoryImage  # the initial memory, boot info included (with a zero seed)
     initial_cpu: CpuState
-    prefault: list[tuple[int, int, bool]]  # (address, size, write) touched by a first call
 
 
 @functools.lru_cache(maxsize=32)
@@ -87,7 +86,7 @@ def _prepare_cached(path: str, mtime_ns: int, size: int, config: SandboxConfig) 
     regs.rflags = x86.RFLAGS_RESERVED
     setup = _cpu_setup(Kvm.shared())
     cpu = CpuState(regs, setup.sregs, setup.xsave, setup.xcrs)
-    return _Prepared(image, layout, memory, cpu, layout.first_call_pages())
+    return _Prepared(image, layout, memory, cpu)
 
 
 @functools.lru_cache(maxsize=32)
@@ -236,18 +235,18 @@ class Sandbox:
         self._state = _CLOSED  # until fully built, so __del__/close are no-ops
         config = _check_config(config)
         _check_path("guest", guest)
-        _check_host_functions(host_functions)  # argument errors before any KVM work
+        functions = _check_host_functions(host_functions)  # before any KVM work
         prepared = _prepare(guest, config)
         self._configure(
             config,
-            host_functions,
+            functions,
             output,
             reset,
             prepared.image.path,
             prepared.layout,
             prepared.image.functions,
         )
-        self._boot(prepared.memory, prepared.initial_cpu, prepared.prefault)
+        self._boot(prepared.memory, prepared.initial_cpu)
         self._initial: _Prepared | Snapshot = prepared
 
     @classmethod
@@ -270,21 +269,21 @@ class Sandbox:
         sb._state = _CLOSED
         sb._configure(
             snap.config,
-            host_functions,
+            _check_host_functions(host_functions),
             output,
             reset,
             snap.guest_path,
             snap.layout,
             snap.functions,
         )
-        sb._boot(snap.image, snap.cpu, snap.layout.first_call_pages())
+        sb._boot(snap.image, snap.cpu)
         sb._initial = snap
         return sb
 
     def _configure(
         self,
         config: SandboxConfig,
-        host_functions: Mapping[str, HostFunction] | None,
+        host_functions: dict[str, HostFunction],  # checked by _check_host_functions
         output: Callable[[str], None] | None,
         reset: ResetMode,
         guest_path: str,
@@ -295,7 +294,7 @@ class Sandbox:
             raise ArgumentError(f"reset must be 'none' or 'per_call', not {reset!r}")
         self.config = config
         self.reset_mode: ResetMode = reset
-        self._host_functions = _check_host_functions(host_functions)
+        self._host_functions = host_functions
         self._output = output
         self.last_output = ""
         self.guest_path = guest_path
@@ -311,9 +310,7 @@ class Sandbox:
         self._load_pending = False  # registers wait in kvm_run's sync area for the next run
         self._close_requested = False
 
-    def _boot(
-        self, image: MemoryImage, cpu: CpuState, prefault: list[tuple[int, int, bool]]
-    ) -> None:
+    def _boot(self, image: MemoryImage, cpu: CpuState) -> None:
         kvm = Kvm.shared()
         init_kick_signal()
         layout = self.layout
@@ -322,7 +319,7 @@ class Sandbox:
         vcpu: Vcpu | None = None
         try:
             memory.write(layout.boot_info + BOOT_INFO_SEED_OFFSET, _new_seed())
-            memory.prefault(prefault)
+            memory.prefault(layout.first_call_pages)
             vm = kvm.create_vm()
             vm.set_user_memory_region(0, 0, layout.mem_size, memory.host_address)
             vcpu = vm.create_vcpu()
@@ -477,7 +474,7 @@ class Sandbox:
             self._vm.set_user_memory_region(0, 0, 0, memory.host_address)  # delete the slot
             memory.remap(target.image)
             self._vm.set_user_memory_region(0, 0, self.layout.mem_size, memory.host_address)
-            memory.prefault(self.layout.first_call_pages())
+            memory.prefault(self.layout.first_call_pages)
             self._make_views()
             self.functions = target.functions
         cpu = target.cpu

@@ -22,6 +22,7 @@ with other KVM struct layouts is refused with a SnapshotError saying which.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import mmap
 import os
@@ -111,10 +112,6 @@ class Snapshot:
         self.config = config
         self.guest_path = guest_path
 
-    @property
-    def memory_size(self) -> int:
-        return self.layout.mem_size
-
     def save(self, path: str | os.PathLike[str]) -> None:
         """Writes the snapshot to `path` (atomically: a temporary file, fsync, rename)."""
         blobs = {
@@ -133,7 +130,7 @@ class Snapshot:
                 abi_version=ABI_VERSION,
                 guest_path=self.guest_path,
                 config=self.config,
-                layout=self.layout.__dict__,
+                layout=dataclasses.asdict(self.layout),
                 functions=[
                     (s.name, [int(t) for t in s.params], int(s.ret))
                     for s in self.functions.values()

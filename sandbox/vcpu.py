@@ -37,9 +37,6 @@ class Vcpu:
         ioctl(self.fd, "KVM_GET_SREGS", sregs)
         return sregs
 
-    def set_sregs(self, sregs: Any) -> None:
-        ioctl(self.fd, "KVM_SET_SREGS", sregs)
-
     def get_xcrs(self) -> Any:
         xcrs = ffi.new("struct kvm_xcrs *")
         ioctl(self.fd, "KVM_GET_XCRS", xcrs)
