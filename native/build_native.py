@@ -1,7 +1,8 @@
 """cffi builder for sandbox._sbx_native (out-of-line API mode).
 
-The cdef is assembled from three sources so that nothing is restated by hand: the guest
-ABI header (guests/include/sbx_abi.h), the run-loop header (native/sbx_vcpu.h), and the
+The cdef is assembled from four sources so that nothing is restated by hand: the guest
+ABI header (guests/include/sbx_abi.h), the Wasm engine's ABI header
+(guests/wasm/wasm_abi.h), the run-loop header (native/sbx_vcpu.h), and the
 KVM constants and struct layouts below, whose values cffi takes from <linux/kvm.h> when
 it compiles the extension (`...` means "ask the compiler").
 """
@@ -17,6 +18,7 @@ from cffi import FFI
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE_DIR = ROOT / "native"
 ABI_HEADER = ROOT / "guests" / "include" / "sbx_abi.h"
+WASM_ABI_HEADER = ROOT / "guests" / "wasm" / "wasm_abi.h"
 VCPU_HEADER = NATIVE_DIR / "sbx_vcpu.h"
 
 
@@ -89,20 +91,32 @@ struct kvm_run {
 """
 
 
+def _string_defines_as_constants(header: str) -> str:
+    """cdef only parses integer #defines: `#define NAME "text"` becomes a string constant
+    whose value the C compiler takes from the header."""
+    return re.sub(
+        r'^#define (\w+) "[^"]*"$', r"static const char *const \1;", header, flags=re.M
+    )
+
+
 def _defines(names: list[str]) -> str:
     return "\n".join(f"#define {name} ..." for name in names)
 
 
 ffibuilder = FFI()
 ffibuilder.cdef(ABI_HEADER.read_text())
+ffibuilder.cdef(_string_defines_as_constants(WASM_ABI_HEADER.read_text()))
 ffibuilder.cdef(VCPU_HEADER.read_text())
 ffibuilder.cdef(_defines(KVM_IOCTLS) + "\n" + _defines(KVM_CONSTANTS))
 ffibuilder.cdef(KVM_STRUCTS)
 ffibuilder.set_source(
     "sandbox._sbx_native",
-    '#include <stdint.h>\n#include <linux/kvm.h>\n#include "sbx_abi.h"\n#include "sbx_vcpu.h"\n',
+    '#include <stdint.h>\n#include <linux/kvm.h>\n#include "sbx_abi.h"\n#include "wasm_abi.h"\n'
+    '#include "sbx_vcpu.h"\n',
     sources=[os.path.relpath(NATIVE_DIR / "sbx_vcpu.c", ROOT)],
-    include_dirs=[os.path.relpath(p, ROOT) for p in (NATIVE_DIR, ABI_HEADER.parent)],
+    include_dirs=[
+        os.path.relpath(p, ROOT) for p in (NATIVE_DIR, ABI_HEADER.parent, WASM_ABI_HEADER.parent)
+    ],
     define_macros=[("SBX_PACKAGE_VERSION", f'"{package_version()}"')],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
     libraries=["rt"],

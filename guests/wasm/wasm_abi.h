@@ -1,7 +1,8 @@
 /* wasm_abi.h: the contract between the Wasm engine guest (guests/wasm/) and the host
  * (sandbox/wasm/). Read by the engine's C code and by Python through cffi's cdef, so it
- * is written in the subset cffi parses: #define integer constants only, no expressions
- * beyond literals, no includes.
+ * is written in the subset cffi parses: `#define NAME <integer literal>` (plus the two
+ * host-call names, which the cffi builder turns into string constants), no includes, no
+ * include guard: include it once, through the engine's own header.
  *
  * Engine exports (SBX_EXPORT functions of the engine guest). Every one except
  * wasm_alloc returns BYTES, a "reply":
@@ -39,9 +40,12 @@
  *   WASM_HOST_GROW(U32 memory, U64 pages) -> BOOL: make memory window `memory` hold
  *       `pages` 64 KiB pages (mapped read-write, zero-filled, never shrinks). False when
  *       the pool of linear memory is exhausted (memory.grow then returns -1).
- *   WASM_HOST_IMPORT(U32 instance, U32 function import index, BYTES args value list)
- *       -> BYTES value list of the results. If the host function raises, the guest call
- *       is unwound by the SDK (the host reports the error).
+ *   WASM_HOST_IMPORT(U32 instance, U32 function import index, BYTES args value list,
+ *       U32 memory) -> BYTES value list of the results. `memory` is the window index of
+ *       the calling instance's memory 0 (0xffffffff if it has none): WASI functions read
+ *       and write it. The instance handle is the one wasm_instantiate is about to return
+ *       when the call comes from the start function. If the host function raises, the
+ *       guest call is unwound by the SDK (the host reports the error).
  *
  * Linear memory k (0 <= k < WASM_MAX_MEMORIES, assigned by the engine in creation
  * order) lives at virtual address WASM_WINDOW_BASE + k * WASM_WINDOW_STRIDE. The host
@@ -49,9 +53,6 @@
  * base + (u32 address) + (u32 offset) past the current size faults (the window is
  * larger than 2^33 bytes), and the host turns the fault into wasm_fault.
  */
-#ifndef WASM_ABI_H
-#define WASM_ABI_H
-
 #define WASM_ABI_VERSION 1
 
 #define WASM_WINDOW_BASE 0x10000000000
@@ -98,4 +99,3 @@
 #define WASM_TRAP_NULL_REFERENCE 11
 #define WASM_TRAP_COUNT 12
 
-#endif
