@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import _reaper
 from . import x86_64 as x86
@@ -47,6 +47,10 @@ from .memory import GuestMemory, MemoryImage
 from .snapshot import CpuState, Snapshot
 from .vcpu import Vcpu
 from .vm import Vm
+
+if TYPE_CHECKING:
+    from .wasm.sandbox import WasmSandbox
+    from .wasm.wasi import WasiConfig
 
 HostFunction = Callable[..., Any]
 
@@ -280,6 +284,31 @@ class Sandbox:
         sb._initial = snap
         return sb
 
+    @classmethod
+    def from_wasm(
+        cls,
+        module: bytes | str | os.PathLike[str],
+        *,
+        imports: Mapping[str, Mapping[str, Callable[..., Any]]] | None = None,
+        wasi: WasiConfig | None = None,
+        config: SandboxConfig | None = None,
+        reset: ResetMode = "none",
+        output: Callable[[str], None] | None = None,
+    ) -> WasmSandbox:
+        """A sandbox running the Wasm module `module` (bytes or a path) in the Wasm engine
+        guest, instantiated, with `call` reaching its exported functions by name.
+        `imports` binds function imports to Python callables ({"module": {"name": fn}});
+        WASI preview1 imports are served by a WasiContext made from `wasi` (default:
+        no arguments, no environment, no directories, output captured). The module is
+        validated on the host (wasmtime) first. Raises WasmModuleError, WasmLinkError,
+        WasmTrap (a trap while instantiating), plus what Sandbox() raises. See
+        sandbox.wasm."""
+        from .wasm.sandbox import from_wasm
+
+        return from_wasm(
+            module, imports=imports, wasi=wasi, config=config, reset=reset, output=output
+        )
+
     def _configure(
         self,
         config: SandboxConfig,
@@ -309,6 +338,9 @@ class Sandbox:
         self._in_call = False  # the guest is inside a call (between entry and RETURN)
         self._load_pending = False  # registers wait in kvm_run's sync area for the next run
         self._close_requested = False
+        # Guest ranges the host writes page-table entries through (the Wasm windows):
+        # when a restore copies them back, KVM's shadow MMU is flushed.
+        self._mmu_watch: list[tuple[int, int]] = []
 
     def _boot(self, image: MemoryImage, cpu: CpuState) -> None:
         kvm = Kvm.shared()
@@ -425,26 +457,29 @@ class Sandbox:
         only the pages in use) and vCPU state. Raises SandboxPoisoned or SandboxClosed."""
         with self._lock:
             self._check_ready()
-            vcpu = self._vcpu
-            if self._io_pending or self._load_pending:
-                # Let KVM finish the guest's last `out` (so the saved RIP is past it) and
-                # apply registers a restore left in the sync area, without running.
-                check(lib.sbx_vcpu_complete_io(vcpu.fd, vcpu.run_ptr), "KVM_RUN (complete I/O)")
-                self._io_pending = self._load_pending = False
-            cpu = CpuState(
-                vcpu.get_regs(),
-                vcpu.get_sregs(),
-                vcpu.get_xsave(),
-                vcpu.get_xcrs() if _cpu_setup(Kvm.shared()).xcrs is not None else None,
-            )
             return Snapshot(
                 image=self._memory.snapshot_image(),
-                cpu=cpu,
+                cpu=self._cpu_state(),
                 layout=self.layout,
                 functions=dict(self.functions),
                 config=self.config,
                 guest_path=self.guest_path,
             )
+
+    def _cpu_state(self) -> CpuState:
+        """The vCPU's state between calls (the lock is held, the sandbox ready)."""
+        vcpu = self._vcpu
+        if self._io_pending or self._load_pending:
+            # Let KVM finish the guest's last `out` (so the saved RIP is past it) and
+            # apply registers a restore left in the sync area, without running.
+            check(lib.sbx_vcpu_complete_io(vcpu.fd, vcpu.run_ptr), "KVM_RUN (complete I/O)")
+            self._io_pending = self._load_pending = False
+        return CpuState(
+            vcpu.get_regs(),
+            vcpu.get_sregs(),
+            vcpu.get_xsave(),
+            vcpu.get_xcrs() if _cpu_setup(Kvm.shared()).xcrs is not None else None,
+        )
 
     def restore(self, snapshot: Snapshot | None = None) -> None:
         """Returns the sandbox to the state of `snapshot` (default: the state it started
@@ -466,9 +501,12 @@ class Sandbox:
         # Poisoned until the restore completes: a failure half-way leaves no usable state.
         self._state = _POISONED
         self._poison_reason = "failed restore"
-        memory, vcpu = self._memory, self._vcpu
+        memory = self._memory
         if target.image is memory.image:
-            memory.reset()
+            written = memory.written_ranges()
+            memory.reset(written)
+            if self._mmu_watch and _overlap(written, self._mmu_watch):
+                self._flush_shadow_mmu()
         else:
             self._release_views()
             self._vm.set_user_memory_region(0, 0, 0, memory.host_address)  # delete the slot
@@ -477,7 +515,13 @@ class Sandbox:
             memory.prefault(self.layout.first_call_pages)
             self._make_views()
             self.functions = target.functions
-        cpu = target.cpu
+        self._load_cpu(target.cpu)
+        memory.write(self.layout.boot_info + BOOT_INFO_SEED_OFFSET, _new_seed())
+        self._ran = False
+        self._state = _READY
+
+    def _load_cpu(self, cpu: CpuState) -> None:
+        vcpu = self._vcpu
         if self._io_pending and lib.sbx_vcpu_exit_rip(vcpu.run_ptr) == cpu.rip:
             # KVM would skip the instruction at the restored RIP to finish the old `out`.
             check(lib.sbx_vcpu_complete_io(vcpu.fd, vcpu.run_ptr), "KVM_RUN (complete I/O)")
@@ -487,9 +531,21 @@ class Sandbox:
         vcpu.set_xsave(cpu.xsave)
         if cpu.xcrs is not None:
             vcpu.set_xcrs(cpu.xcrs)
-        memory.write(self.layout.boot_info + BOOT_INFO_SEED_OFFSET, _new_seed())
-        self._ran = False
+
+    def _recover(self, cpu: CpuState) -> None:
+        """Clears a trap's poisoning by loading `cpu` (registers captured between calls),
+        keeping memory as it is: for a guest that handles its own faults once the host
+        has told it of them (the Wasm engine's out-of-bounds accesses). The lock is held."""
+        self._load_cpu(cpu)
         self._state = _READY
+
+    def _flush_shadow_mmu(self) -> None:
+        """Makes KVM forget every guest mapping it built (re-adding the memory slot drops
+        them): needed after the host itself took back page-table entries the guest may
+        have used, since KVM only tracks the guest's own writes to its page tables."""
+        size, address = self.layout.mem_size, self._memory.host_address
+        self._vm.set_user_memory_region(0, 0, 0, address)
+        self._vm.set_user_memory_region(0, 0, size, address)
 
     def _initial_snapshot(self) -> Snapshot:
         initial = self._initial
@@ -704,6 +760,10 @@ class Sandbox:
                 kind="internal_error",
             )
         return GuestTrap(f"unexpected KVM exit reason {exit.kvm_exit_reason}", kind="unknown_exit")
+
+
+def _overlap(ranges: list[tuple[int, int]], watch: list[tuple[int, int]]) -> bool:
+    return any(a < w + wn and w < a + n for a, n in ranges for w, wn in watch)
 
 
 def _check_config(config: object) -> SandboxConfig:

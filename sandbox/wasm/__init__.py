@@ -1,0 +1,24 @@
+"""Wasm modules in the micro-VM: the engine guest's host side.
+
+from sandbox import Sandbox
+with Sandbox.from_wasm("add.wasm") as sb:
+    assert sb.call("add", 1, 2) == 3
+"""
+
+from .abi import ValType
+from .module import WasmModule, WasmModuleError
+from .sandbox import WasmEngineError, WasmLinkError, WasmSandbox, WasmTrap, from_wasm
+from .wasi import WasiConfig, WasiExit
+
+__all__ = [
+    "ValType",
+    "WasiConfig",
+    "WasiExit",
+    "WasmEngineError",
+    "WasmLinkError",
+    "WasmModule",
+    "WasmModuleError",
+    "WasmSandbox",
+    "WasmTrap",
+    "from_wasm",
+]

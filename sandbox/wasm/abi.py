@@ -1,0 +1,151 @@
+"""The engine guest's ABI on the host side: constants from guests/wasm/wasm_abi.h (through
+cffi, nothing restated), value lists and replies."""
+
+from __future__ import annotations
+
+import enum
+import math
+import struct
+from dataclasses import dataclass
+
+from .._native import ffi, lib
+from ..errors import ArgumentError, GuestProtocolError
+
+WINDOW_BASE: int = lib.WASM_WINDOW_BASE
+WINDOW_STRIDE: int = lib.WASM_WINDOW_STRIDE
+MAX_MEMORIES: int = lib.WASM_MAX_MEMORIES
+WASM_PAGE: int = lib.WASM_PAGE_SIZE
+MAX_PAGES: int = lib.WASM_MAX_PAGES
+NULL_REF: int = lib.WASM_NULL_REF
+HOST_GROW: str = ffi.string(lib.WASM_HOST_GROW).decode()
+HOST_IMPORT: str = ffi.string(lib.WASM_HOST_IMPORT).decode()
+NO_MEMORY = 0xFFFFFFFF
+
+
+class ValType(enum.IntEnum):
+    I32 = lib.WASM_TYPE_I32
+    I64 = lib.WASM_TYPE_I64
+    F32 = lib.WASM_TYPE_F32
+    F64 = lib.WASM_TYPE_F64
+    V128 = lib.WASM_TYPE_V128
+    FUNCREF = lib.WASM_TYPE_FUNCREF
+    EXTERNREF = lib.WASM_TYPE_EXTERNREF
+
+
+class Status(enum.IntEnum):
+    OK = lib.WASM_STATUS_OK
+    TRAP = lib.WASM_STATUS_TRAP
+    MALFORMED = lib.WASM_STATUS_MALFORMED
+    INVALID = lib.WASM_STATUS_INVALID
+    UNLINKABLE = lib.WASM_STATUS_UNLINKABLE
+    BAD_CALL = lib.WASM_STATUS_BAD_CALL
+    LIMIT = lib.WASM_STATUS_LIMIT
+
+
+# Trap kind code -> name ("memory_oob", "div_zero", ...), from the header's WASM_TRAP_*.
+TRAP_KINDS: dict[int, str] = {
+    getattr(lib, name): name[len("WASM_TRAP_") :].lower()
+    for name in dir(lib)
+    if name.startswith("WASM_TRAP_") and name != "WASM_TRAP_COUNT"
+}
+TRAP_MEMORY_OOB: int = lib.WASM_TRAP_MEMORY_OOB
+
+_VALUE = struct.Struct("<BQ")
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: Status
+    trap_kind: int
+    payload: bytes  # the OK payload, or the UTF-8 message
+
+    @property
+    def message(self) -> str:
+        return self.payload.decode(errors="replace")
+
+
+def parse_reply(data: object, what: str) -> Reply:
+    if not isinstance(data, bytes) or not data:
+        raise GuestProtocolError(f"{what}: the engine answered {type(data).__name__}, not a reply")
+    try:
+        status = Status(data[0])
+    except ValueError:
+        raise GuestProtocolError(f"{what}: unknown reply status {data[0]}") from None
+    if status == Status.OK:
+        return Reply(status, 0, data[1:])
+    if len(data) < 2:
+        raise GuestProtocolError(f"{what}: truncated reply")
+    return Reply(status, data[1], data[2:])
+
+
+def encode_values(
+    types: tuple[ValType, ...] | list[ValType], values: tuple[object, ...] | list[object], what: str
+) -> bytes:
+    """A value list for the engine; raises ArgumentError for a wrong count or type."""
+    if len(values) != len(types):
+        raise ArgumentError(f"{what} takes {len(types)} arguments, got {len(values)}")
+    out = bytearray([len(types)])
+    for i, (t, v) in enumerate(zip(types, values, strict=True)):
+        out += _VALUE.pack(t, _to_bits(t, v, f"{what} argument {i}"))
+    return bytes(out)
+
+
+def _to_bits(t: ValType, v: object, what: str) -> int:
+    if t in (ValType.I32, ValType.I64):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ArgumentError(
+                f"{what}: expected an int for {t.name.lower()}, got {type(v).__name__}"
+            )
+        bits = 32 if t == ValType.I32 else 64
+        if not -(1 << (bits - 1)) <= v < (1 << bits):
+            raise ArgumentError(f"{what}: {v} does not fit {t.name.lower()}")
+        return v & ((1 << bits) - 1)
+    if t in (ValType.F32, ValType.F64):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ArgumentError(
+                f"{what}: expected a float for {t.name.lower()}, got {type(v).__name__}"
+            )
+        if t == ValType.F64:
+            return int.from_bytes(struct.pack("<d", float(v)), "little")
+        f = float(v)
+        if math.isfinite(f) and abs(f) > 3.4028234663852886e38:
+            raise ArgumentError(f"{what}: {v} overflows f32")
+        return int.from_bytes(struct.pack("<f", f), "little")
+    if t in (ValType.FUNCREF, ValType.EXTERNREF):
+        if v is None:
+            return NULL_REF
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < NULL_REF:
+            raise ArgumentError(f"{what}: expected None or a reference (int), got {v!r}")
+        return v
+    raise ArgumentError(f"{what}: type {t.name.lower()} is not supported")
+
+
+def decode_values(payload: bytes, what: str) -> list[tuple[ValType, int]]:
+    """(type, raw bits) of each value of a value list the engine wrote (checked)."""
+    if not payload:
+        raise GuestProtocolError(f"{what}: empty value list")
+    n = payload[0]
+    if len(payload) != 1 + n * _VALUE.size:
+        raise GuestProtocolError(f"{what}: value list of {n} values has {len(payload)} bytes")
+    out = []
+    for i in range(n):
+        code, bits = _VALUE.unpack_from(payload, 1 + i * _VALUE.size)
+        try:
+            out.append((ValType(code), bits))
+        except ValueError:
+            raise GuestProtocolError(f"{what}: unknown value type 0x{code:x}") from None
+    return out
+
+
+def to_python(t: ValType, bits: int) -> object:
+    """The Python value of raw bits: int (signed) for i32/i64, float, None or int for refs."""
+    if t == ValType.I32:
+        bits &= 0xFFFFFFFF
+        return bits - (1 << 32) if bits >= 1 << 31 else bits
+    if t == ValType.I64:
+        return bits - (1 << 64) if bits >= 1 << 63 else bits
+    if t == ValType.F32:
+        return struct.unpack("<f", (bits & 0xFFFFFFFF).to_bytes(4, "little"))[0]
+    if t == ValType.F64:
+        return struct.unpack("<d", bits.to_bytes(8, "little"))[0]
+    return None if bits == NULL_REF else bits

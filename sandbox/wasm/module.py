@@ -1,0 +1,276 @@
+"""Reading a Wasm module on the host: validation by wasmtime, import and export types.
+
+wasmtime validates the module (it never runs it): with the proposals beyond Wasm 2.0
+switched off, so that what it accepts is what the engine guest implements (Wasm 2.0
+without SIMD). The import and export types are then read from the binary by the small
+reader below; a validated module is well formed, so the reader needs no error paths of
+its own beyond what the validator has ruled out.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+
+import wasmtime
+
+from ..errors import SandboxError
+from .abi import ValType
+
+MAX_MODULE_SIZE = 256 << 20  # bytes; larger inputs are refused before validation
+
+
+class WasmModuleError(SandboxError, ValueError):
+    """The bytes are not a Wasm module the engine can run: `kind` is "malformed"
+    (not a well-formed binary), "invalid" (fails validation, or uses a feature beyond
+    Wasm 2.0 such as SIMD) or "too_large"."""
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class FuncType:
+    params: tuple[ValType, ...]
+    results: tuple[ValType, ...]
+
+    def __str__(self) -> str:
+        params = ", ".join(t.name.lower() for t in self.params)
+        results = ", ".join(t.name.lower() for t in self.results)
+        return f"({params}) -> ({results})"
+
+
+@dataclass(frozen=True)
+class GlobalType:
+    type: ValType
+    mutable: bool
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str
+    name: str
+    kind: str  # "func", "table", "memory", "global"
+    type: FuncType | GlobalType | None  # None for tables and memories
+
+
+@dataclass(frozen=True)
+class Export:
+    name: str
+    kind: str
+    type: FuncType | GlobalType | None
+
+
+@dataclass(frozen=True)
+class WasmModule:
+    """A validated module: its bytes and the types of its imports and exports."""
+
+    data: bytes
+    imports: tuple[Import, ...]
+    exports: dict[str, Export] = field(hash=False)
+
+    @property
+    def func_imports(self) -> list[Import]:
+        return [imp for imp in self.imports if imp.kind == "func"]
+
+
+@functools.cache
+def _engine() -> wasmtime.Engine:
+    config = wasmtime.Config()
+    for feature in (
+        "wasm_simd",
+        "wasm_relaxed_simd",
+        "wasm_threads",
+        "wasm_multi_memory",
+        "wasm_memory64",
+        "wasm_tail_call",
+        "wasm_gc",
+        "wasm_function_references",
+        "wasm_exceptions",
+        "wasm_wide_arithmetic",
+        "wasm_custom_page_sizes",
+        "wasm_stack_switching",
+        "wasm_component_model",
+    ):
+        if hasattr(config, feature):
+            setattr(config, feature, False)
+    for feature in ("wasm_bulk_memory", "wasm_reference_types", "wasm_multi_value"):
+        setattr(config, feature, True)
+    return wasmtime.Engine(config)
+
+
+def validate(data: bytes) -> None:
+    """Raises WasmModuleError unless `data` is a valid Wasm 2.0 module (no SIMD)."""
+    if len(data) > MAX_MODULE_SIZE:
+        raise WasmModuleError(
+            f"module of {len(data)} bytes exceeds the limit of {MAX_MODULE_SIZE}", kind="too_large"
+        )
+    if data[:4] != b"\0asm":
+        raise WasmModuleError("malformed module: missing the \\0asm magic number", kind="malformed")
+    try:
+        wasmtime.Module.validate(_engine(), data)
+    except wasmtime.WasmtimeError as exc:
+        text = str(exc).strip()
+        malformed = any(
+            word in text
+            for word in (
+                "unexpected end",
+                "malformed",
+                "magic",
+                "version",
+                "out of bounds",
+                "section",
+                "leb",
+                "too large",
+                "integer",
+                "encoding",
+                "UTF-8",
+                "utf-8",
+            )
+        )
+        kind = "malformed" if malformed else "invalid"
+        raise WasmModuleError(f"{kind} module: {text.splitlines()[0]}", kind=kind) from None
+
+
+def load(source: bytes | bytearray | memoryview | str | os.PathLike[str]) -> WasmModule:
+    """Reads (a path) and validates a module, and reads its import and export types."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        try:
+            size = os.path.getsize(source)
+            if size > MAX_MODULE_SIZE:
+                raise WasmModuleError(
+                    f"{os.fspath(source)}: {size} bytes exceeds the module size limit of "
+                    f"{MAX_MODULE_SIZE}",
+                    kind="too_large",
+                )
+            with open(source, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise WasmModuleError(
+                f"cannot read {os.fspath(source)!r}: {exc.strerror}", kind="malformed"
+            ) from None
+    else:
+        raise TypeError(f"a Wasm module is bytes or a path, not {type(source).__name__}")
+    validate(data)
+    return _read_types(data)
+
+
+class _Reader:
+    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
+        self.data, self.pos = data, pos
+        self.end = len(data) if end is None else end
+
+    def byte(self) -> int:
+        b = self.data[self.pos]
+        self.pos += 1
+        return b
+
+    def u32(self) -> int:
+        result = shift = 0
+        while True:
+            b = self.byte()
+            result |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return result
+
+    def name(self) -> str:
+        n = self.u32()
+        text = self.data[self.pos : self.pos + n].decode()
+        self.pos += n
+        return text
+
+    def limits(self) -> None:
+        flags = self.byte()
+        self.u32()
+        if flags & 1:
+            self.u32()
+
+    def valtype(self) -> ValType:
+        return ValType(self.byte())
+
+    def globaltype(self) -> GlobalType:
+        t = self.valtype()
+        return GlobalType(t, self.byte() == 1)
+
+
+def _read_types(data: bytes) -> WasmModule:
+    r = _Reader(data, 8)
+    types: list[FuncType] = []
+    imports: list[Import] = []
+    func_types: list[FuncType] = []  # per function index, imports first
+    globals_: list[GlobalType] = []
+    exports: dict[str, Export] = {}
+    while r.pos < r.end:
+        section = r.byte()
+        size = r.u32()
+        body = _Reader(data, r.pos, r.pos + size)
+        r.pos += size
+        if section == 1:
+            for _ in range(body.u32()):
+                body.byte()  # 0x60
+                params = tuple(body.valtype() for _ in range(body.u32()))
+                results = tuple(body.valtype() for _ in range(body.u32()))
+                types.append(FuncType(params, results))
+        elif section == 2:
+            for _ in range(body.u32()):
+                module, name, kind = body.name(), body.name(), body.byte()
+                if kind == 0:
+                    ft = types[body.u32()]
+                    func_types.append(ft)
+                    imports.append(Import(module, name, "func", ft))
+                elif kind == 1:
+                    body.byte()
+                    body.limits()
+                    imports.append(Import(module, name, "table", None))
+                elif kind == 2:
+                    body.limits()
+                    imports.append(Import(module, name, "memory", None))
+                else:
+                    gt = body.globaltype()
+                    globals_.append(gt)
+                    imports.append(Import(module, name, "global", gt))
+        elif section == 3:
+            func_types.extend(types[body.u32()] for _ in range(body.u32()))
+        elif section == 6:
+            for _ in range(body.u32()):
+                globals_.append(body.globaltype())
+                _skip_const_expr(body)
+        elif section == 7:
+            for _ in range(body.u32()):
+                name, kind, index = body.name(), body.byte(), body.u32()
+                if kind == 0:
+                    exports[name] = Export(name, "func", func_types[index])
+                elif kind == 3:
+                    exports[name] = Export(name, "global", globals_[index])
+                else:
+                    exports[name] = Export(name, "table" if kind == 1 else "memory", None)
+        elif section > 7 and section != 0:
+            break  # nothing after the export section is needed
+    return WasmModule(data, tuple(imports), exports)
+
+
+def _skip_const_expr(r: _Reader) -> None:
+    """Skips a constant expression (validated: only const, global.get, ref.null, ref.func)."""
+    while True:
+        op = r.byte()
+        if op == 0x0B:
+            return
+        if op in (
+            0x41,
+            0x42,
+            0x23,
+            0xD2,
+        ):  # i32.const, i64.const (signed LEB), global.get, ref.func
+            while r.byte() & 0x80:
+                pass
+        elif op == 0x43:
+            r.pos += 4
+        elif op == 0x44:
+            r.pos += 8
+        elif op == 0xD0:
+            r.byte()

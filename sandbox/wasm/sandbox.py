@@ -1,0 +1,397 @@
+"""WasmSandbox: Wasm modules run by the engine guest (guests/wasm/) inside the micro-VM.
+
+The host reads and validates the module (wasmtime, see module.py), copies it into the
+engine's heap, and the engine decodes, compiles and instantiates it in the VM. Calls go
+through the engine's `wasm_invoke`; Wasm traps come back as replies (WasmTrap), and an
+out-of-bounds memory access, which faults on the guard space of its memory window, is
+turned into the same kind of reply by the host (it tells the engine with `wasm_fault`).
+A Wasm trap does not poison the sandbox: the instance stays usable, as in wasmtime.
+
+Several modules can live in one engine (the spec test runner uses `load`, `instantiate`,
+`register`, `invoke` and `get` directly); `Sandbox.from_wasm` makes the common case of one
+instance whose exports `call` reaches by name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import MiB, SandboxConfig
+from ..errors import ArgumentError, GuestProtocolError, GuestTrap, HostFunctionError, SandboxError
+from ..sandbox import ResetMode, Sandbox, _check_config
+from ..snapshot import CpuState
+from .abi import (
+    HOST_GROW,
+    HOST_IMPORT,
+    MAX_MEMORIES,
+    NO_MEMORY,
+    TRAP_KINDS,
+    WINDOW_BASE,
+    WINDOW_STRIDE,
+    Reply,
+    Status,
+    ValType,
+    decode_values,
+    encode_values,
+    parse_reply,
+    to_python,
+)
+from .module import Export, FuncType, Import, WasmModule, WasmModuleError, load
+from .wasi import WasiConfig, WasiContext, WasiExit
+from .windows import LinearMemory, Windows
+
+WASI_MODULE = "wasi_snapshot_preview1"
+DEFAULT_CONFIG = SandboxConfig(memory_size=256 * MiB, heap_size=64 * MiB)
+Imports = Mapping[str, Mapping[str, Callable[..., Any]]]
+
+
+class WasmTrap(GuestTrap):
+    """A Wasm trap: `kind` is one of "unreachable", "memory_oob", "div_zero",
+    "int_overflow", "invalid_conversion", "indirect_type_mismatch",
+    "undefined_element", "uninitialized_element", "stack_exhausted", "table_oob",
+    "null_reference"; the message is the spec's text ("integer divide by zero", ...).
+    Unlike other GuestTraps it does not poison the sandbox."""
+
+
+class WasmLinkError(SandboxError, LookupError):
+    """An import could not be bound (missing, or of another type)."""
+
+
+class WasmEngineError(SandboxError):
+    """The engine refused an operation: the module uses something it does not implement,
+    its limits were exceeded, or the call named no such export."""
+
+
+@dataclass
+class _Instance:
+    module: WasmModule
+    host_imports: list[Callable[..., Any] | None]  # per function import index
+
+
+def _wasm_config(config: SandboxConfig | None) -> SandboxConfig:
+    if config is None:
+        return DEFAULT_CONFIG
+    config = _check_config(config)
+    if config.heap_size is None:
+        # The engine's heap (modules, compiled code, tables, stacks); the memory above
+        # it is the pool the linear memories are mapped from.
+        heap = max(8 * MiB, config.memory_size // 4) & ~0xFFFFF
+        config = config.model_copy(update={"heap_size": heap})
+        SandboxConfig.model_validate(config.model_dump())
+    return config
+
+
+class WasmSandbox(Sandbox):
+    """The Wasm engine guest in its own micro-VM. Make one with `Sandbox.from_wasm`
+    (one module, instantiated) or `WasmSandbox.engine()` (empty, for several modules)."""
+
+    _main: tuple[int, _Instance] | None
+    wasi: WasiContext | None
+
+    def __init__(
+        self, *, config: SandboxConfig | None = None, output: Callable[[str], None] | None = None
+    ) -> None:
+        self._instances: dict[int, _Instance] = {}
+        self._pending: _Instance | None = None  # being instantiated
+        self._registered: set[str] = {"spectest"}  # names the engine links by itself
+        self._main = None
+        self.wasi = None
+        self._wasm_reset: ResetMode = "none"
+        super().__init__(
+            "wasm",
+            config=_wasm_config(config),
+            host_functions={HOST_GROW: self._host_grow, HOST_IMPORT: self._host_import},
+            output=output,
+        )
+        self._windows = Windows(self._memory, self.layout)
+        self._mmu_watch = self._windows.watch
+        self._rewind: CpuState | None = None
+
+    @classmethod
+    def engine(cls, *, config: SandboxConfig | None = None) -> WasmSandbox:
+        """An engine with no module loaded (see load/instantiate/invoke)."""
+        return cls(config=config)
+
+    # -- the engine's operations -----------------------------------------------------
+
+    def _engine_call(self, what: str, name: str, *args: object) -> Reply:
+        try:
+            data = Sandbox.call(self, name, *args)
+        except GuestTrap as trap:
+            if not self._is_window_fault(trap):
+                raise
+            with self._lock:
+                assert self._rewind is not None
+                self._recover(self._rewind)
+            data = Sandbox.call(self, "wasm_fault", trap.address)
+        if self._rewind is None:
+            with self._lock:
+                self._rewind = self._cpu_state()
+        return parse_reply(data, what)
+
+    def _is_window_fault(self, trap: GuestTrap) -> bool:
+        return (
+            trap.kind == "page_fault"
+            and trap.address is not None
+            and WINDOW_BASE <= trap.address < WINDOW_BASE + MAX_MEMORIES * WINDOW_STRIDE
+            and self._rewind is not None
+        )
+
+    def load(self, module: WasmModule | bytes | str | os.PathLike[str]) -> tuple[int, WasmModule]:
+        """Validates (unless given a WasmModule), copies and compiles a module in the
+        engine; returns its handle and the module. Raises WasmModuleError."""
+        if not isinstance(module, WasmModule):
+            module = load(module)
+        size = len(module.data)
+        if not self._rewind:
+            Sandbox.call(self, "wasm_alloc", 0)  # the engine's first call starts the SDK
+            with self._lock:
+                self._rewind = self._cpu_state()
+        addr = Sandbox.call(self, "wasm_alloc", size)
+        heap = self.layout.heap_base, self.layout.heap_base + self.layout.heap_size
+        if not isinstance(addr, int) or addr == 0:
+            raise WasmEngineError(f"the engine has no room for a module of {size} bytes")
+        if not heap[0] <= addr <= heap[1] - size:
+            raise GuestProtocolError(f"wasm_alloc returned 0x{addr:x}, outside the engine heap")
+        self._memory.write(addr, module.data)
+        reply = self._engine_call("wasm_load", "wasm_load", addr, size)
+        if reply.status in (Status.MALFORMED, Status.INVALID):
+            kind = "malformed" if reply.status == Status.MALFORMED else "invalid"
+            raise WasmModuleError(f"{kind} module: {reply.message}", kind=kind)
+        _check_ok(reply, "wasm_load")
+        return _u32(reply, "wasm_load"), module
+
+    def instantiate(
+        self,
+        handle: int,
+        module: WasmModule,
+        host_imports: Mapping[tuple[str, str], Callable[..., Any]] | None = None,
+    ) -> int:
+        """Instantiates a loaded module. Function imports of modules the engine does not
+        know (not registered, not "spectest") are bound to `host_imports[(module, name)]`.
+        Raises WasmLinkError, WasmTrap (from the start function or segment
+        initialisation), WasmEngineError."""
+        bound: list[Callable[..., Any] | None] = []
+        for imp in module.func_imports:
+            if imp.module in self._registered:
+                bound.append(None)
+                continue
+            fn = (host_imports or {}).get((imp.module, imp.name))
+            if fn is None:
+                raise WasmLinkError(f"unknown import: {imp.module}.{imp.name} ({imp.type})")
+            bound.append(fn)
+        for imp in module.imports:
+            if imp.kind != "func" and imp.module not in self._registered:
+                raise WasmLinkError(
+                    f"unknown import: {imp.module}.{imp.name} ({imp.kind}); only functions "
+                    "can be imported from the host"
+                )
+        instance = _Instance(module, bound)
+        self._pending = instance
+        try:
+            reply = self._engine_call("wasm_instantiate", "wasm_instantiate", handle)
+        finally:
+            self._pending = None
+        if reply.status == Status.UNLINKABLE:
+            raise WasmLinkError(reply.message)
+        _check_ok(reply, "wasm_instantiate")
+        handle = _u32(reply, "wasm_instantiate")
+        self._instances[handle] = instance
+        return handle
+
+    def register(self, instance: int, name: str) -> None:
+        """Makes an instance's exports importable under module name `name`."""
+        _check_ok(
+            self._engine_call("wasm_register", "wasm_register", instance, name), "wasm_register"
+        )
+        self._registered.add(name)
+
+    def invoke(
+        self, instance: int, name: str, args: list[tuple[ValType, int]]
+    ) -> list[tuple[ValType, int]]:
+        """Calls an export with raw (type, bits) arguments; returns raw results."""
+        data = bytearray([len(args)])
+        for t, bits in args:
+            data += bytes([t]) + bits.to_bytes(8, "little")
+        reply = self._engine_call(name, "wasm_invoke", instance, name, bytes(data))
+        _check_ok(reply, name)
+        return decode_values(reply.payload, f"results of {name}")
+
+    def get(self, instance: int, name: str) -> tuple[ValType, int]:
+        """The value of an exported global."""
+        reply = self._engine_call(name, "wasm_get", instance, name)
+        _check_ok(reply, name)
+        values = decode_values(reply.payload, f"global {name}")
+        if len(values) != 1:
+            raise GuestProtocolError(f"global {name}: {len(values)} values")
+        return values[0]
+
+    def memory(self, window: int) -> LinearMemory:
+        """Host access to the engine's memory number `window`."""
+        return LinearMemory(self._windows, window)
+
+    # -- host calls from the engine --------------------------------------------------
+
+    def _host_grow(self, window: object, pages: object) -> bool:
+        return self._windows.grow(window, pages)
+
+    def _host_import(
+        self, instance: object, index: object, args: object, window: object = NO_MEMORY
+    ) -> bytes:
+        inst = self._instances.get(instance) if isinstance(instance, int) else None
+        if inst is None:
+            inst = self._pending
+        if inst is None or not isinstance(index, int) or not 0 <= index < len(inst.host_imports):
+            raise GuestProtocolError(
+                f"host import {index!r} of instance {instance!r} does not exist"
+            )
+        fn = inst.host_imports[index]
+        imp = inst.module.func_imports[index]
+        if fn is None or not isinstance(args, bytes):
+            raise GuestProtocolError(f"{imp.module}.{imp.name} is not a host import")
+        ft = imp.type
+        assert isinstance(ft, FuncType)
+        values = decode_values(args, f"arguments of {imp.module}.{imp.name}")
+        if [t for t, _ in values] != list(ft.params):
+            raise GuestProtocolError(f"{imp.module}.{imp.name} called with wrong argument types")
+        if imp.module == WASI_MODULE and self.wasi is not None:
+            memory = (
+                self.memory(window) if isinstance(window, int) and window != NO_MEMORY else None
+            )
+            result = fn(memory, *[to_python(t, b) for t, b in values])
+        else:
+            result = fn(*[to_python(t, b) for t, b in values])
+        results: tuple[object, ...]
+        if len(ft.results) == 0:
+            results = ()
+        elif len(ft.results) == 1:
+            results = (result,)
+        else:
+            results = tuple(result)
+        return encode_values(
+            ft.results, results, f"result of host function {imp.module}.{imp.name}"
+        )
+
+    # -- one module: from_wasm -------------------------------------------------------
+
+    @property
+    def exports(self) -> Mapping[str, Export]:
+        """The exports of the module made by from_wasm, by name."""
+        if self._main is None:
+            return {}
+        return self._main[1].module.exports
+
+    def call(self, name: str, *args: object, timeout: float | None = None) -> Any:
+        """Calls an exported function of the module: arguments are converted by its
+        signature (int for i32/i64, float for f32/f64, None or int for references);
+        returns None, the one result, or a tuple of results. Raises WasmTrap (does not
+        poison), FunctionNotFound, ArgumentError, HostFunctionError (an import raised),
+        WasiExit (the program called proc_exit), CallTimeout (poisons), SandboxClosed."""
+        if self._main is None:
+            return Sandbox.call(self, name, *args, timeout=timeout)
+        handle, inst = self._main
+        export = inst.module.exports.get(name)
+        if export is None or export.kind != "func":
+            from ..errors import FunctionNotFound
+
+            funcs = sorted(n for n, e in inst.module.exports.items() if e.kind == "func")
+            raise FunctionNotFound(
+                f"the module exports no function {name!r} (it exports: {', '.join(funcs)})"
+            )
+        ft = export.type
+        assert isinstance(ft, FuncType)
+        data = encode_values(ft.params, args, name)
+        if self._wasm_reset == "per_call" and self._ran:
+            self.restore()
+        try:
+            reply = self._engine_call(name, "wasm_invoke", handle, name, data)
+        except HostFunctionError as exc:
+            if isinstance(exc.__cause__, WasiExit):
+                raise exc.__cause__ from None
+            raise
+        _check_ok(reply, name)
+        values = [to_python(t, b) for t, b in decode_values(reply.payload, f"results of {name}")]
+        if len(values) == 0:
+            return None
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def run(self, *, timeout: float | None = None) -> int:
+        """Runs a WASI command (its `_start` export) and returns its exit code: 0 when
+        `_start` returns, the code given to proc_exit otherwise."""
+        try:
+            self.call("_start", timeout=timeout)
+        except WasiExit as exit:
+            return exit.code
+        return 0
+
+
+def _u32(reply: Reply, what: str) -> int:
+    if len(reply.payload) != 4:
+        raise GuestProtocolError(f"{what}: reply payload of {len(reply.payload)} bytes")
+    return int.from_bytes(reply.payload, "little")
+
+
+def _check_ok(reply: Reply, what: str) -> None:
+    if reply.status == Status.OK:
+        return
+    if reply.status == Status.TRAP:
+        kind = TRAP_KINDS.get(reply.trap_kind, f"trap_{reply.trap_kind}")
+        raise WasmTrap(f"{what}: wasm trap: {reply.message}", kind=kind)
+    if reply.status == Status.BAD_CALL:
+        raise ArgumentError(f"{what}: {reply.message}")
+    if reply.status in (Status.MALFORMED, Status.INVALID):
+        raise WasmModuleError(reply.message, kind=reply.status.name.lower())
+    if reply.status == Status.UNLINKABLE:
+        raise WasmLinkError(reply.message)
+    raise WasmEngineError(f"{what}: {reply.message}")
+
+
+def from_wasm(
+    module: bytes | str | os.PathLike[str] | WasmModule,
+    *,
+    imports: Imports | None = None,
+    wasi: WasiConfig | None = None,
+    config: SandboxConfig | None = None,
+    reset: ResetMode = "none",
+    output: Callable[[str], None] | None = None,
+) -> WasmSandbox:
+    """See Sandbox.from_wasm."""
+    if reset not in ("none", "per_call"):
+        raise ArgumentError(f"reset must be 'none' or 'per_call', not {reset!r}")
+    mod = module if isinstance(module, WasmModule) else load(module)
+    host: dict[tuple[str, str], Callable[..., Any]] = {}
+    for mod_name, funcs in (imports or {}).items():
+        if not isinstance(funcs, Mapping):
+            raise ArgumentError(f"imports[{mod_name!r}] must map names to callables")
+        for name, fn in funcs.items():
+            if not callable(fn):
+                raise ArgumentError(f"import {mod_name}.{name} is not callable")
+            host[(mod_name, name)] = fn
+    context: WasiContext | None = None
+    if any(imp.module == WASI_MODULE for imp in mod.imports):
+        context = WasiContext(wasi if wasi is not None else WasiConfig())
+        for imp in mod.func_imports:
+            if imp.module == WASI_MODULE:
+                entry = context.functions.get(imp.name)
+                if entry is None:
+                    raise WasmLinkError(f"unknown WASI function {imp.name}")
+                host[(imp.module, imp.name)] = entry[2]
+    sb = WasmSandbox(config=config, output=output)
+    try:
+        sb.wasi = context
+        handle, mod = sb.load(mod)
+        instance = sb.instantiate(handle, mod, host)
+        sb._main = (instance, sb._instances[instance])
+        sb._initial = sb.snapshot()
+        sb._wasm_reset = reset
+        sb._ran = False
+    except BaseException:
+        sb.close()
+        raise
+    return sb
+
+
+__all__ = ["WasmSandbox", "WasmTrap", "WasmLinkError", "WasmEngineError", "from_wasm", "Import"]

@@ -1,0 +1,169 @@
+"""Linear-memory windows: the host maps the engine's Wasm memories into guest virtual
+memory, behind unmapped guard space.
+
+Memory k of the engine lives at WINDOW_BASE + k * WINDOW_STRIDE (guests/wasm/wasm_abi.h).
+Only its current pages are mapped (user, read-write, no-execute); the rest of the
+16 GiB window is not, so any access past the end (a 32-bit address plus a 32-bit offset
+reaches at most 8 GiB) page-faults, and the host turns that fault into a Wasm trap.
+
+The physical pages come from the "pool", the part of guest memory above the engine's
+heap, which the identity map leaves unmapped (ring 3 reaches it only through windows):
+
+    heap end  +----------------------------+
+              | linear memory pages    ^   |  allocated upwards, 4 KiB at a time
+              |            ...             |
+              | page-table pages       v   |  PDPT/PD/PT of the windows, downwards
+    top - 8K  | pool state                 |  next free page each way, pages per window
+    mem_size  +----------------------------+
+
+All of this state lives in guest memory, not in Python, so snapshots and restores carry
+it with the rest. Windows only grow; a restore that takes a window back to fewer pages
+rewrites page tables KVM's shadow MMU has already used, so the sandbox flushes it then
+(see Sandbox._mmu_watch).
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+
+from .. import x86_64 as x86
+from ..layout import PML4, Layout
+from ..memory import GuestMemory
+from .abi import MAX_MEMORIES, MAX_PAGES, WASM_PAGE, WINDOW_BASE, WINDOW_STRIDE
+from .wasi import MemoryOutOfBounds
+
+PAGE = x86.PAGE_SIZE
+PAGES_PER_WASM_PAGE = WASM_PAGE // PAGE
+STATE_SIZE = 2 * PAGE
+_HEADER = struct.Struct("<QQQ")  # magic, next linear page (up), next table page (down)
+_MAGIC = 0x5342_5741_534D_0001
+_TABLE = x86.PTE_PRESENT | x86.PTE_WRITABLE | x86.PTE_USER | x86.PTE_ACCESSED
+_LEAF = _TABLE | x86.PTE_DIRTY | x86.PTE_NX
+_ADDR_MASK = 0x000F_FFFF_FFFF_F000
+
+
+class Windows:
+    """The host's side of WASM_HOST_GROW for one sandbox's memory."""
+
+    def __init__(self, memory: GuestMemory, layout: Layout) -> None:
+        self._memory = memory
+        self.pool_start = layout.heap_base + layout.heap_size
+        self.state = layout.mem_size - STATE_SIZE
+        self._counts = self.state + PAGE  # u32 pages per window
+        if self.state - self.pool_start < 16 * PAGE:
+            raise ValueError("no room for Wasm linear memory above the heap: raise memory_size")
+
+    @property
+    def watch(self) -> list[tuple[int, int]]:
+        """Guest ranges whose restore can unmap pages KVM has mapped (see module doc)."""
+        return [(self.state, STATE_SIZE)]
+
+    def _header(self) -> tuple[int, int]:
+        view = self._memory.view
+        magic, lin_next, table_next = _HEADER.unpack_from(view, self.state)
+        if magic != _MAGIC:  # first use: the pool is empty
+            return self.pool_start, self.state
+        return lin_next, table_next
+
+    def pages(self, window: int) -> int:
+        return int(struct.unpack_from("<I", self._memory.view, self._counts + 4 * window)[0])
+
+    def grow(self, window: object, pages: object) -> bool:
+        """Maps window `window` up to `pages` Wasm pages. False when the pool is used up
+        or `pages` is beyond the Wasm limit; the engine's arguments are checked."""
+        if not isinstance(window, int) or not 0 <= window < MAX_MEMORIES:
+            raise ValueError(f"memory window {window!r} out of range")
+        if not isinstance(pages, int) or pages < 0:
+            raise ValueError(f"page count {pages!r} out of range")
+        current = self.pages(window)
+        if pages <= current:
+            return True
+        if pages > MAX_PAGES:
+            return False
+        lin_next, table_next = self._header()
+        first, end = current * PAGES_PER_WASM_PAGE, pages * PAGES_PER_WASM_PAGE
+        count = end - first
+        # Worst case of new tables: a PT per 2 MiB touched, a PD per 1 GiB, a PDPT.
+        tables = (count + 511) // 512 + 1 + (count >> 18) + 1 + 1
+        if lin_next + count * PAGE > table_next - tables * PAGE:
+            return False
+        view = self._memory.view
+        base = WINDOW_BASE + window * WINDOW_STRIDE
+        phys = lin_next
+        page = first
+        while page < end:
+            vaddr = base + page * PAGE
+            pt, table_next = self._table(vaddr, table_next)
+            run = min(end - page, 512 - (vaddr >> 12) % 512)
+            index = (vaddr >> 12) % 512
+            entries = array("Q", range(phys | _LEAF, (phys + run * PAGE) | _LEAF, PAGE))
+            view[pt + 8 * index : pt + 8 * (index + run)] = entries.tobytes()
+            phys += run * PAGE
+            page += run
+        _HEADER.pack_into(view, self.state, _MAGIC, phys, table_next)
+        struct.pack_into("<I", view, self._counts + 4 * window, pages)
+        return True
+
+    def _table(self, vaddr: int, table_next: int) -> tuple[int, int]:
+        """The page table mapping `vaddr`, creating the missing levels."""
+        view = self._memory.view
+        table = PML4
+        for shift in (39, 30, 21):
+            slot = table + 8 * ((vaddr >> shift) & 511)
+            entry = struct.unpack_from("<Q", view, slot)[0]
+            if entry & x86.PTE_PRESENT:
+                table = entry & _ADDR_MASK
+                continue
+            table_next -= PAGE
+            view[table_next : table_next + PAGE] = bytes(PAGE)
+            struct.pack_into("<Q", view, slot, table_next | _TABLE)
+            table = table_next
+        return table, table_next
+
+    def translate(self, window: int, addr: int) -> int:
+        """The guest-physical address of byte `addr` of a window (mapped pages only)."""
+        vaddr = WINDOW_BASE + window * WINDOW_STRIDE + addr
+        view = self._memory.view
+        table = PML4
+        for shift in (39, 30, 21, 12):
+            entry = struct.unpack_from("<Q", view, table + 8 * ((vaddr >> shift) & 511))[0]
+            if not entry & x86.PTE_PRESENT:
+                raise MemoryOutOfBounds(f"0x{addr:x} is not mapped")
+            table = entry & _ADDR_MASK
+        return table | (vaddr & (PAGE - 1))
+
+
+class LinearMemory:
+    """Host access to one Wasm memory (for WASI): reads and writes bounds-checked against
+    its current size; out of bounds raises MemoryOutOfBounds."""
+
+    def __init__(self, windows: Windows, window: int) -> None:
+        self._windows = windows
+        self._window = window
+
+    @property
+    def size(self) -> int:
+        return self._windows.pages(self._window) * WASM_PAGE
+
+    def _pieces(self, addr: int, size: int) -> list[tuple[int, int]]:
+        if addr < 0 or size < 0 or addr + size > self.size:
+            raise MemoryOutOfBounds(f"{size} bytes at 0x{addr:x} outside {self.size} bytes")
+        pieces = []
+        while size > 0:
+            n = min(size, PAGE - (addr & (PAGE - 1)))
+            pieces.append((self._windows.translate(self._window, addr), n))
+            addr += n
+            size -= n
+        return pieces
+
+    def read(self, addr: int, size: int) -> bytes:
+        view = self._windows._memory.view
+        return b"".join(bytes(view[p : p + n]) for p, n in self._pieces(addr, size))
+
+    def write(self, addr: int, data: bytes) -> None:
+        view = self._windows._memory.view
+        offset = 0
+        for p, n in self._pieces(addr, len(data)):
+            view[p : p + n] = data[offset : offset + n]
+            offset += n
