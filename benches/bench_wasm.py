@@ -1,19 +1,162 @@
-"""Wasm compute: a Wasm module run by our engine guest inside the micro-VM, against the
-same module run by wasmtime's JIT on the host (the reference, DESIGN.md section 6).
+"""Wasm: compute kernels run by our engine guest inside the micro-VM against the same
+module run by wasmtime's JIT on the host (the reference, DESIGN.md section 6), and the
+costs around a call: a small module from bytes to its first result, and restore + call.
 
-The Wasm engine guest does not exist yet (issue 4): the row is reported as skipped with
-that reason. Replace the skip with the measurement when the engine lands.
+The kernels (benches/wasm/kernels.c: recursive fib, a sieve, a matrix multiply, SHA-256)
+are compiled to one freestanding wasm32 module by clang at the start (rows are skipped,
+with the reason, where clang or wasm-ld is missing). Each row times one export call in
+our sandbox (pytest-benchmark rounds) against wasmtime in blocks read before, between and
+after our rounds; both must return the same checksum. Target: ours <= 10x wasmtime.
+
+Around a call: `Sandbox.from_wasm(add.wasm)` -> add(1, 2) (an engine VM booted, the
+module validated, copied, compiled and instantiated, the instance snapshotted) against
+wasmtime's Module + Store + Instance + add (a peer, no target); restore + add against the
+floor's one exit round trip (no target of its own; the native guest's is 2x).
 """
 
 from __future__ import annotations
 
-THEME = "compute"
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+try:
+    from sandbox import Sandbox, _reaper
+except ImportError as exc:  # the native extension is not built
+    pytest.skip(f"cannot import sandbox ({exc}); see benches/README.md", allow_module_level=True)
+
+THEME = "wasm"
+KERNELS_C = Path(__file__).resolve().parent / "wasm" / "kernels.c"
+TARGET = 10.0
+# (export, argument): each takes a few ms in wasmtime here.
+KERNELS = [("fib", 30), ("sieve", 1 << 21), ("matmul", 128), ("sha256", 1 << 20)]
+ADD_WAT = (
+    '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+)
 
 
-def test_wasm_engine_vs_wasmtime(bench_nofloor):
-    bench_nofloor.skip(
-        "Wasm engine guest vs wasmtime JIT (same module)",
-        "not implemented yet (issue 4: the Wasm engine guest)",
-        baseline_what="wasmtime JIT on the host",
-        kind="peer",
+@pytest.fixture(scope="module")
+def kernels_wasm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path | None, str]:
+    if shutil.which("clang") is None or shutil.which("wasm-ld") is None:
+        return None, "clang and wasm-ld are needed (apt-get install clang lld)"
+    out = tmp_path_factory.mktemp("wasm") / "kernels.wasm"
+    cmd = ["clang", "--target=wasm32", "-O2", "-mbulk-memory", "-nostdlib"]
+    proc = subprocess.run(
+        [*cmd, "-Wl,--no-entry", "-o", str(out), str(KERNELS_C)], capture_output=True, text=True
     )
+    if proc.returncode != 0:
+        return None, f"clang failed: {proc.stderr.strip()[:200]}"
+    return out, ""
+
+
+@pytest.fixture(scope="module")
+def engines(kernels_wasm: tuple[Path | None, str]) -> Iterator[tuple[Any, Any, Any]]:
+    path, reason = kernels_wasm
+    if path is None:
+        yield None, None, reason
+        return
+    import wasmtime
+
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    instance = wasmtime.Instance(store, wasmtime.Module.from_file(engine, str(path)), [])
+    with Sandbox.from_wasm(path) as sb:
+        yield sb, (store, instance.exports(store)), ""
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    return metadata.version("wasmtime")
+
+
+@pytest.mark.parametrize(("export", "arg"), KERNELS, ids=[k for k, _ in KERNELS])
+def test_kernel_vs_wasmtime(bench_nofloor: Any, engines: Any, export: str, arg: int) -> None:
+    sb, theirs, reason = engines
+    scenario = f"wasm {export}({arg}): engine guest / wasmtime JIT"
+    what = f"wasmtime {_version()} JIT on the host, same module"
+    if sb is None:
+        bench_nofloor.skip(scenario, reason, baseline_what=what, kind="peer")
+    store, exports = theirs
+    s = bench_nofloor.settings
+    rounds = 5 if s.quick else 21
+    ours, peer, v = bench_nofloor.versus(
+        lambda: sb.call(export, arg),
+        lambda: exports[export](store, arg),
+        rounds=rounds,
+        warmup_rounds=2,
+    )
+    assert ours == peer, f"{export}: engine {ours} != wasmtime {peer}"
+    if v is not None:
+        bench_nofloor.report(
+            scenario,
+            v.ours_us,
+            v.peer_us,
+            what,
+            TARGET,
+            v.spread,
+            readings=v.peer_readings_us,
+            kind="peer",
+        )
+
+
+def test_from_wasm_to_first_call(bench_nofloor: Any) -> None:
+    import wasmtime
+
+    add = wasmtime.wat2wasm(ADD_WAT)
+    engine = wasmtime.Engine()
+    holder: list[Sandbox] = []
+
+    def ours() -> Any:
+        sb = Sandbox.from_wasm(add)
+        holder.append(sb)
+        return sb.call("add", 1, 2)
+
+    def peer() -> Any:
+        store = wasmtime.Store(engine)
+        instance = wasmtime.Instance(store, wasmtime.Module(engine, add), [])
+        return instance.exports(store)["add"](store, 1, 2)
+
+    def close(*_: Any) -> None:
+        for sb in holder:
+            sb.close()
+        holder.clear()
+        _reaper.drain()
+
+    s = bench_nofloor.settings
+    result, theirs, v = bench_nofloor.versus(
+        ours, peer, rounds=20 if s.quick else 200, warmup_rounds=3, teardown=close
+    )
+    assert result == theirs == 3
+    if v is not None:
+        bench_nofloor.report_versus(
+            "Sandbox.from_wasm(add module) -> add(1, 2) / wasmtime Module + Instance + add",
+            v,
+            f"wasmtime {_version()}: compile + Store + Instance + add",
+        )
+
+
+def test_wasm_restore_and_call(bench: Any) -> None:
+    import wasmtime
+
+    s = bench.settings
+    with Sandbox.from_wasm(wasmtime.wat2wasm(ADD_WAT)) as sb:
+
+        def restore_and_add() -> Any:
+            sb.restore()
+            return sb.call("add", 1, 2)
+
+        result, m = bench.measure(
+            restore_and_add,
+            floor_value=lambda r: r["exit_roundtrip_us"],
+            floor_args={"roundtrips": s.call_floor_roundtrips},
+            rounds=s.call_rounds // 5,
+            warmup_rounds=s.warmup_rounds,
+        )
+    assert result == 3
+    if m is not None:
+        bench.report_measurement("wasm: restore + add(1, 2)", m, "exit_roundtrip_us", None)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, field
-
-import wasmtime
+from typing import Any
 
 from ..errors import SandboxError
 from .abi import ValType
@@ -76,8 +75,20 @@ class WasmModule:
         return [imp for imp in self.imports if imp.kind == "func"]
 
 
+def _wasmtime() -> Any:
+    try:
+        import wasmtime
+    except ImportError:
+        raise ImportError(
+            "Wasm support needs the wasmtime package on the host (it validates modules): "
+            "pip install 'kvm-sandbox[wasm]'"
+        ) from None
+    return wasmtime
+
+
 @functools.cache
-def _engine() -> wasmtime.Engine:
+def _engine() -> Any:
+    wasmtime = _wasmtime()
     config = wasmtime.Config()
     for feature in (
         "wasm_simd",
@@ -109,6 +120,7 @@ def validate(data: bytes) -> None:
         )
     if data[:4] != b"\0asm":
         raise WasmModuleError("malformed module: missing the \\0asm magic number", kind="malformed")
+    wasmtime = _wasmtime()
     try:
         wasmtime.Module.validate(_engine(), data)
     except wasmtime.WasmtimeError as exc:
