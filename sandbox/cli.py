@@ -1,4 +1,4 @@
-"""The command-line interface: demo, call, info, build-guest, bench, serve, deploy.
+"""The command-line interface: demo, call, info, build-guest, bench, wasm, serve, deploy.
 
 Errors are one clear line on stderr and a non-zero exit status (1 for a sandbox error,
 2 for bad usage); there are no tracebacks for expected failures.
@@ -19,6 +19,7 @@ from pathlib import Path
 from .abi import Signature, Tag, Value
 from .deploy.cli import add_deploy_parser
 from .host.cli import add_serve_parser
+from .wasm.cli import add_wasm_parser
 
 
 def _print_error(exc: BaseException) -> None:
@@ -367,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(func=cmd_bench)
 
+    add_wasm_parser(sub)
     add_serve_parser(sub)
     add_deploy_parser(sub)
     return parser

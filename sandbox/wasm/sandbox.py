@@ -233,6 +233,12 @@ class WasmSandbox(Sandbox):
         """Host access to the engine's memory number `window`."""
         return LinearMemory(self._windows, window)
 
+    def close(self) -> None:
+        """Releases the VM and the WASI context's host descriptors. Idempotent."""
+        super().close()
+        if self.wasi is not None:
+            self.wasi.close()
+
     # -- host calls from the engine --------------------------------------------------
 
     def _host_grow(self, window: object, pages: object) -> bool:
@@ -376,10 +382,24 @@ def from_wasm(
         for imp in mod.func_imports:
             if imp.module == WASI_MODULE:
                 entry = context.functions.get(imp.name)
+                ft = imp.type
+                assert isinstance(ft, FuncType)
                 if entry is None:
-                    raise WasmLinkError(f"unknown WASI function {imp.name}")
-                host[(imp.module, imp.name)] = entry[2]
-    sb = WasmSandbox(config=config, output=output)
+                    context.close()
+                    raise WasmLinkError(f"unknown import: {WASI_MODULE}.{imp.name}")
+                if (tuple(ft.params), tuple(ft.results)) != (entry.params, entry.results):
+                    context.close()
+                    raise WasmLinkError(
+                        f"incompatible import type: {WASI_MODULE}.{imp.name} is imported as "
+                        f"{ft}"
+                    )
+                host[(imp.module, imp.name)] = entry.call
+    try:
+        sb = WasmSandbox(config=config, output=output)
+    except BaseException:
+        if context is not None:
+            context.close()
+        raise
     try:
         sb.wasi = context
         handle, mod = sb.load(mod)
