@@ -269,6 +269,13 @@ class Sandbox:
         if not isinstance(snapshot, Snapshot):
             _check_path("snapshot", snapshot)
         snap = snapshot if isinstance(snapshot, Snapshot) else Snapshot.load(snapshot)
+        if type(snap) is not Snapshot:  # a Wasm sandbox's: it comes back as one
+            from .wasm.sandbox import WasmSandbox, WasmSnapshot
+
+            if isinstance(snap, WasmSnapshot):
+                if host_functions:
+                    raise ArgumentError("a Wasm sandbox takes imports, not host_functions")
+                return WasmSandbox._from_wasm_snapshot(snap, reset=reset, output=output)
         sb = cls.__new__(cls)
         sb._state = _CLOSED
         sb._configure(

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import MiB, SandboxConfig
 from ..errors import ArgumentError, GuestProtocolError, GuestTrap, HostFunctionError, SandboxError
 from ..sandbox import ResetMode, Sandbox, _check_config
-from ..snapshot import CpuState
+from ..snapshot import CpuState, Snapshot
 from .abi import (
     HOST_GROW,
     HOST_IMPORT,
@@ -65,10 +65,59 @@ class WasmEngineError(SandboxError):
     its limits were exceeded, or the call named no such export."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Instance:
     module: WasmModule
-    host_imports: list[Callable[..., Any] | None]  # per function import index
+    # Per function import index: the Python callable, WASI (served by the sandbox's
+    # WasiContext), or None (linked inside the engine).
+    host_imports: tuple[Callable[..., Any] | _Wasi | None, ...]
+
+
+class _Wasi:
+    """Marks a function import served by the sandbox's WasiContext."""
+
+
+WASI = _Wasi()
+
+
+@dataclass
+class _State:
+    """The host's side of an engine's state, copied into WasmSnapshots."""
+
+    instances: dict[int, _Instance] = field(default_factory=dict)
+    registered: set[str] = field(default_factory=lambda: {"spectest"})
+    main: int | None = None  # the instance from_wasm made
+    rewind: CpuState | None = None  # registers between calls, to resume after a fault
+    wasi_config: WasiConfig | None = None
+
+    def copy(self) -> _State:
+        return _State(
+            dict(self.instances), set(self.registered), self.main, self.rewind, self.wasi_config
+        )
+
+
+class WasmSnapshot(Snapshot):
+    """A WasmSandbox's snapshot: `Sandbox.from_snapshot` makes a WasmSandbox of it, with
+    the same module instances, imports and WASI configuration (and a fresh WASI context).
+    Kept in memory only: `save` is refused, since the Python callables bound to imports
+    cannot be written to a file."""
+
+    def __init__(self, base: Snapshot, state: _State) -> None:
+        super().__init__(
+            image=base.image,
+            cpu=base.cpu,
+            layout=base.layout,
+            functions=base.functions,
+            config=base.config,
+            guest_path=base.guest_path,
+        )
+        self.wasm_state = state
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        raise WasmEngineError(
+            "a Wasm sandbox's snapshot cannot be saved to a file (its imports are Python "
+            "callables); keep it in memory, or call Sandbox.from_wasm again"
+        )
 
 
 def _wasm_config(config: SandboxConfig | None) -> SandboxConfig:
@@ -88,27 +137,71 @@ class WasmSandbox(Sandbox):
     """The Wasm engine guest in its own micro-VM. Make one with `Sandbox.from_wasm`
     (one module, instantiated) or `WasmSandbox.engine()` (empty, for several modules)."""
 
-    _main: tuple[int, _Instance] | None
     wasi: WasiContext | None
 
     def __init__(
         self, *, config: SandboxConfig | None = None, output: Callable[[str], None] | None = None
     ) -> None:
-        self._instances: dict[int, _Instance] = {}
-        self._pending: _Instance | None = None  # being instantiated
-        self._registered: set[str] = {"spectest"}  # names the engine links by itself
-        self._main = None
-        self.wasi = None
-        self._wasm_reset: ResetMode = "none"
+        self._setup_wasm(_State(), "none")
         super().__init__(
             "wasm",
             config=_wasm_config(config),
-            host_functions={HOST_GROW: self._host_grow, HOST_IMPORT: self._host_import},
+            host_functions=self._engine_host_functions(),
             output=output,
         )
+        self._attach_windows()
+
+    def _setup_wasm(self, state: _State, reset: ResetMode) -> None:
+        self._wasm = state
+        self._pending: _Instance | None = None  # being instantiated
+        self._wasm_reset: ResetMode = reset
+        self.wasi = None
+
+    def _engine_host_functions(self) -> dict[str, Callable[..., Any]]:
+        return {HOST_GROW: self._host_grow, HOST_IMPORT: self._host_import}
+
+    def _attach_windows(self) -> None:
         self._windows = Windows(self._memory, self.layout)
         self._mmu_watch = self._windows.watch
-        self._rewind: CpuState | None = None
+
+    @classmethod
+    def _from_wasm_snapshot(
+        cls,
+        snap: WasmSnapshot,
+        *,
+        reset: ResetMode = "none",
+        output: Callable[[str], None] | None = None,
+    ) -> WasmSandbox:
+        if reset not in ("none", "per_call"):
+            raise ArgumentError(f"reset must be 'none' or 'per_call', not {reset!r}")
+        sb = cls.__new__(cls)
+        sb._state = "closed"
+        sb._setup_wasm(snap.wasm_state.copy(), reset)
+        sb._configure(
+            snap.config,
+            sb._engine_host_functions(),
+            output,
+            "none",
+            snap.guest_path,
+            snap.layout,
+            snap.functions,
+        )
+        config = snap.wasm_state.wasi_config
+        sb.wasi = WasiContext(config) if config is not None else None
+        try:
+            sb._boot(snap.image, snap.cpu)
+        except BaseException:
+            if sb.wasi is not None:
+                sb.wasi.close()
+            raise
+        sb._initial = snap
+        sb._attach_windows()
+        return sb
+
+    def snapshot(self) -> WasmSnapshot:
+        """Captures the sandbox between calls, with the host's side of the engine state
+        (see WasmSnapshot)."""
+        return WasmSnapshot(super().snapshot(), self._wasm.copy())
 
     @classmethod
     def engine(cls, *, config: SandboxConfig | None = None) -> WasmSandbox:
@@ -124,12 +217,9 @@ class WasmSandbox(Sandbox):
             if not self._is_window_fault(trap):
                 raise
             with self._lock:
-                assert self._rewind is not None
-                self._recover(self._rewind)
+                assert self._wasm.rewind is not None
+                self._recover(self._wasm.rewind)
             data = Sandbox.call(self, "wasm_fault", trap.address)
-        if self._rewind is None:
-            with self._lock:
-                self._rewind = self._cpu_state()
         return parse_reply(data, what)
 
     def _is_window_fault(self, trap: GuestTrap) -> bool:
@@ -137,7 +227,7 @@ class WasmSandbox(Sandbox):
             trap.kind == "page_fault"
             and trap.address is not None
             and WINDOW_BASE <= trap.address < WINDOW_BASE + MAX_MEMORIES * WINDOW_STRIDE
-            and self._rewind is not None
+            and self._wasm.rewind is not None
         )
 
     def load(self, module: WasmModule | bytes | str | os.PathLike[str]) -> tuple[int, WasmModule]:
@@ -146,10 +236,10 @@ class WasmSandbox(Sandbox):
         if not isinstance(module, WasmModule):
             module = load(module)
         size = len(module.data)
-        if not self._rewind:
+        if self._wasm.rewind is None:
             Sandbox.call(self, "wasm_alloc", 0)  # the engine's first call starts the SDK
             with self._lock:
-                self._rewind = self._cpu_state()
+                self._wasm.rewind = self._cpu_state()
         addr = Sandbox.call(self, "wasm_alloc", size)
         heap = self.layout.heap_base, self.layout.heap_base + self.layout.heap_size
         if not isinstance(addr, int) or addr == 0:
@@ -174,22 +264,25 @@ class WasmSandbox(Sandbox):
         know (not registered, not "spectest") are bound to `host_imports[(module, name)]`.
         Raises WasmLinkError, WasmTrap (from the start function or segment
         initialisation), WasmEngineError."""
-        bound: list[Callable[..., Any] | None] = []
+        bound: list[Callable[..., Any] | _Wasi | None] = []
         for imp in module.func_imports:
-            if imp.module in self._registered:
+            if imp.module in self._wasm.registered:
                 bound.append(None)
+                continue
+            if imp.module == WASI_MODULE and self.wasi is not None:
+                bound.append(WASI)
                 continue
             fn = (host_imports or {}).get((imp.module, imp.name))
             if fn is None:
                 raise WasmLinkError(f"unknown import: {imp.module}.{imp.name} ({imp.type})")
             bound.append(fn)
         for imp in module.imports:
-            if imp.kind != "func" and imp.module not in self._registered:
+            if imp.kind != "func" and imp.module not in self._wasm.registered:
                 raise WasmLinkError(
                     f"unknown import: {imp.module}.{imp.name} ({imp.kind}); only functions "
                     "can be imported from the host"
                 )
-        instance = _Instance(module, bound)
+        instance = _Instance(module, tuple(bound))
         self._pending = instance
         try:
             reply = self._engine_call("wasm_instantiate", "wasm_instantiate", handle)
@@ -199,7 +292,7 @@ class WasmSandbox(Sandbox):
             raise WasmLinkError(reply.message)
         _check_ok(reply, "wasm_instantiate")
         handle = _u32(reply, "wasm_instantiate")
-        self._instances[handle] = instance
+        self._wasm.instances[handle] = instance
         return handle
 
     def register(self, instance: int, name: str) -> None:
@@ -207,7 +300,7 @@ class WasmSandbox(Sandbox):
         _check_ok(
             self._engine_call("wasm_register", "wasm_register", instance, name), "wasm_register"
         )
-        self._registered.add(name)
+        self._wasm.registered.add(name)
 
     def invoke(
         self, instance: int, name: str, args: list[tuple[ValType, int]]
@@ -247,7 +340,7 @@ class WasmSandbox(Sandbox):
     def _host_import(
         self, instance: object, index: object, args: object, window: object = NO_MEMORY
     ) -> bytes:
-        inst = self._instances.get(instance) if isinstance(instance, int) else None
+        inst = self._wasm.instances.get(instance) if isinstance(instance, int) else None
         if inst is None:
             inst = self._pending
         if inst is None or not isinstance(index, int) or not 0 <= index < len(inst.host_imports):
@@ -263,11 +356,16 @@ class WasmSandbox(Sandbox):
         values = decode_values(args, f"arguments of {imp.module}.{imp.name}")
         if [t for t, _ in values] != list(ft.params):
             raise GuestProtocolError(f"{imp.module}.{imp.name} called with wrong argument types")
-        if imp.module == WASI_MODULE and self.wasi is not None:
+        result: Any
+        if isinstance(fn, _Wasi):
+            if self.wasi is None:
+                raise GuestProtocolError(f"{imp.module}.{imp.name}: the sandbox has no WASI")
             memory = (
                 self.memory(window) if isinstance(window, int) and window != NO_MEMORY else None
             )
-            result = fn(memory, *[to_python(t, b) for t, b in values])
+            result = self.wasi.functions[imp.name].call(
+                memory, *[to_python(t, b) for t, b in values]
+            )
         else:
             result = fn(*[to_python(t, b) for t, b in values])
         results: tuple[object, ...]
@@ -286,9 +384,9 @@ class WasmSandbox(Sandbox):
     @property
     def exports(self) -> Mapping[str, Export]:
         """The exports of the module made by from_wasm, by name."""
-        if self._main is None:
+        if self._wasm.main is None:
             return {}
-        return self._main[1].module.exports
+        return self._wasm.instances[self._wasm.main].module.exports
 
     def call(self, name: str, *args: object, timeout: float | None = None) -> Any:
         """Calls an exported function of the module: arguments are converted by its
@@ -296,9 +394,10 @@ class WasmSandbox(Sandbox):
         returns None, the one result, or a tuple of results. Raises WasmTrap (does not
         poison), FunctionNotFound, ArgumentError, HostFunctionError (an import raised),
         WasiExit (the program called proc_exit), CallTimeout (poisons), SandboxClosed."""
-        if self._main is None:
+        handle = self._wasm.main
+        if handle is None:
             return Sandbox.call(self, name, *args, timeout=timeout)
-        handle, inst = self._main
+        inst = self._wasm.instances[handle]
         export = inst.module.exports.get(name)
         if export is None or export.kind != "func":
             from ..errors import FunctionNotFound
@@ -390,10 +489,8 @@ def from_wasm(
                 if (tuple(ft.params), tuple(ft.results)) != (entry.params, entry.results):
                     context.close()
                     raise WasmLinkError(
-                        f"incompatible import type: {WASI_MODULE}.{imp.name} is imported as "
-                        f"{ft}"
+                        f"incompatible import type: {WASI_MODULE}.{imp.name} is imported as {ft}"
                     )
-                host[(imp.module, imp.name)] = entry.call
     try:
         sb = WasmSandbox(config=config, output=output)
     except BaseException:
@@ -404,7 +501,8 @@ def from_wasm(
         sb.wasi = context
         handle, mod = sb.load(mod)
         instance = sb.instantiate(handle, mod, host)
-        sb._main = (instance, sb._instances[instance])
+        sb._wasm.main = instance
+        sb._wasm.wasi_config = context.config if context is not None else None
         sb._initial = sb.snapshot()
         sb._wasm_reset = reset
         sb._ran = False
