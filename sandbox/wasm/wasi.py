@@ -273,7 +273,7 @@ FDSTAT = struct.Struct("<BxHxxxxQQ")  # filetype, flags, rights_base, rights_inh
 FILESTAT = struct.Struct("<QQBxxxxxxxQQQQQ")  # dev ino filetype nlink size atim mtim ctim
 DIRENT = struct.Struct("<QQIBxxx")  # d_next, d_ino, d_namlen, d_type
 PRESTAT = struct.Struct("<BxxxI")  # tag, pr_name_len
-SUBSCRIPTION = struct.Struct("<QBxxxxxxx40s")  # userdata, tag, union
+SUBSCRIPTION = struct.Struct("<QB7x32s")  # userdata, tag, union (clock or fd_readwrite)
 SUBSCRIPTION_CLOCK = struct.Struct("<IxxxxQQH")  # id, timeout, precision, flags
 EVENT = struct.Struct("<QHBxxxxxQHxxxxxx")  # userdata error type; nbytes flags
 
@@ -706,7 +706,7 @@ class WasiContext:
                 return int(_from_oserror(exc))
             except UnicodeError:
                 return int(Errno.ILSEQ)
-            except (ValueError, OverflowError):
+            except (ValueError, OverflowError, struct.error):
                 return int(Errno.INVAL)
             except MemoryError:
                 return int(Errno.NOMEM)
@@ -872,6 +872,17 @@ class WasiContext:
         if total > _U32:
             raise _Fail(Errno.INVAL)  # the byte count would not fit the u32 result
         return vecs
+
+    @staticmethod
+    def _probe(mem: _Memory, vecs: list[tuple[int, int]]) -> None:
+        """Faults now if a buffer the transfer would fill lies outside memory (linear
+        memory is contiguous: its last byte decides), so that no input is consumed."""
+        room = _MAX_IO
+        for buf, length in vecs:
+            n = min(length, room)
+            if n:
+                mem.read(buf + n - 1, 1)
+                room -= n
 
     @staticmethod
     def _gather(mem: _Memory, vecs: list[tuple[int, int]]) -> bytes:
@@ -1166,6 +1177,7 @@ class WasiContext:
             raise _Fail(Errno.NOTCAPABLE)
         vecs = self._iovecs(mem, iovs, count)
         mem.read(nread_ptr, 4)  # fault before consuming input
+        self._probe(mem, vecs)
         data = self._read(e, min(sum(n for _, n in vecs), _MAX_IO))
         self._scatter(mem, vecs, data)
         mem.write(nread_ptr, struct.pack("<I", len(data)))
@@ -1185,6 +1197,7 @@ class WasiContext:
             raise _Fail(Errno.INVAL)
         vecs = self._iovecs(mem, iovs, count)
         mem.read(nread_ptr, 4)
+        self._probe(mem, vecs)
         data = self._read(e, min(sum(n for _, n in vecs), _MAX_IO), offset)
         self._scatter(mem, vecs, data)
         mem.write(nread_ptr, struct.pack("<I", len(data)))
@@ -1362,14 +1375,21 @@ class WasiContext:
             flags |= os.O_SYNC
         if fdflags & FDFLAGS_NONBLOCK:
             flags |= os.O_NONBLOCK
-        if write:
-            flags |= os.O_RDWR if read else os.O_WRONLY
         follow = bool(lookupflags & LOOKUP_SYMLINK_FOLLOW)
         with self._lookup(d, path, follow) as at:
             if at.trailing_slash:
                 flags |= os.O_DIRECTORY
+            if write and not flags & os.O_DIRECTORY:
+                flags |= os.O_RDWR if read else os.O_WRONLY
             try:
                 host = os.open(at.name, flags, 0o666, dir_fd=at.parent)
+            except IsADirectoryError:
+                # Write rights asked for a directory (e.g. "all rights"): it opens as a
+                # directory, whose rights never include FD_WRITE.
+                if flags & (os.O_CREAT | os.O_TRUNC):
+                    raise
+                flags &= ~(os.O_RDWR | os.O_WRONLY | os.O_APPEND)
+                host = os.open(at.name, flags | os.O_DIRECTORY, dir_fd=at.parent)
             except PermissionError:
                 if write or read or flags & (os.O_CREAT | os.O_TRUNC):
                     raise
