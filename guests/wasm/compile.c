@@ -1,0 +1,928 @@
+/* compile.c: translates one Wasm function body into the interpreter's pre-decoded form.
+ *
+ * The compiled form is a "stack-slot register machine": every operand-stack height h
+ * has a fixed frame slot (nlocals + h), known at compile time, so each instruction names
+ * its operands and result as frame slot indices and the interpreter never moves a stack
+ * pointer. local.get and constants are not copied: they stay "virtual" on the compile-time
+ * stack (the consumer reads the local's slot directly, or uses an immediate form) and
+ * are materialised into their slot only when needed (block boundaries, branches, call
+ * arguments, a local.set of the same local). A local.set right after the instruction
+ * that produced its value retargets that instruction's result to the local. An i32
+ * compare followed by br_if/if becomes one fused compare-and-branch.
+ *
+ * Instruction stream: u32 units; 2 units of handler address, then operand fields.
+ * Branch offsets are relative to the offset field itself. Forward branches are chained
+ * through their (not yet patched) offset fields until the label is bound. */
+#include "reader.h"
+
+enum { SV_STACK, SV_LOCAL, SV_CONST };
+
+typedef struct sval {
+    uint8_t kind;
+    uint32_t local;
+    uint64_t k;
+} sval;
+
+enum { CTL_FUNC = 0, CTL_BLOCK = 2, CTL_LOOP = 3, CTL_IF = 4 };
+
+typedef struct ctl {
+    uint8_t kind;
+    bool unreachable;
+    uint32_t base, nparams, nresults;
+    uint32_t start;      /* loop: code position of its first instruction */
+    uint32_t chain;      /* forward branches to the end: field position + 1, 0 = none */
+    uint32_t else_field; /* if: BR_UNLESS offset field + 1, 0 once bound */
+} ctl;
+
+typedef struct comp {
+    module *m;
+    reader r;
+    uint32_t *code;
+    uint32_t len, cap;
+    sval *st;
+    uint32_t sh, scap, maxh;
+    ctl *ctls;
+    uint32_t nctl, ccap;
+    uint32_t nlocals;
+    uint32_t nvirt; /* entries of kind LOCAL or CONST */
+    /* Peephole: the last instruction that produced the top-of-stack value. */
+    uint32_t last_dfield; /* its result field + 1, 0 = none */
+    uint32_t last_dh, last_pos, last_end;
+    int last_op;
+} comp;
+
+/* Scratch buffers reused by every compilation (the result is copied out). */
+static uint32_t *s_code;
+static uint32_t s_code_cap;
+static sval *s_st;
+static uint32_t s_st_cap;
+static ctl *s_ctls;
+static uint32_t s_ctl_cap;
+static uint32_t *s_targets;
+static uint32_t s_targets_cap;
+
+#define MAX_LOCALS 50000
+
+NORETURN static void invalid(const char *msg) { eng_fail(WASM_STATUS_INVALID, msg); }
+
+static void *grow_buf(void *p, uint32_t *cap, uint32_t need, size_t elem) {
+    if (need <= *cap) return p;
+    uint32_t n = *cap ? *cap : 64;
+    while (n < need) {
+        if (n > 0x40000000u) eng_fail(WASM_STATUS_LIMIT, "function too large");
+        n *= 2;
+    }
+    void *q = plat_realloc(p, (size_t)n * elem);
+    if (!q) eng_fail(WASM_STATUS_LIMIT, "engine heap exhausted");
+    *cap = n;
+    return q;
+}
+
+static inline void reserve(comp *c, uint32_t n) {
+    if (c->len + n > c->cap) {
+        s_code = grow_buf(s_code, &s_code_cap, c->len + n, sizeof(uint32_t));
+        c->code = s_code;
+        c->cap = s_code_cap;
+    }
+}
+
+static inline void emit(comp *c, uint32_t v) {
+    reserve(c, 1);
+    c->code[c->len++] = v;
+}
+
+/* Emits a handler address; returns the instruction's position. */
+static uint32_t emit_op(comp *c, int op) {
+    reserve(c, 8);
+    uint32_t pos = c->len;
+    uint64_t h = (uint64_t)(uintptr_t)interp_handlers[op];
+    c->code[c->len++] = (uint32_t)h;
+    c->code[c->len++] = (uint32_t)(h >> 32);
+    c->last_dfield = 0;
+    return pos;
+}
+
+static inline uint32_t slot(comp *c, uint32_t h) { return c->nlocals + h; }
+static inline ctl *top_ctl(comp *c) { return &c->ctls[c->nctl - 1]; }
+
+static void push(comp *c, uint8_t kind, uint32_t local, uint64_t k) {
+    if (c->sh == c->scap) {
+        s_st = grow_buf(s_st, &s_st_cap, c->sh + 1, sizeof(sval));
+        c->st = s_st;
+        c->scap = s_st_cap;
+    }
+    c->st[c->sh++] = (sval){kind, local, k};
+    if (kind != SV_STACK) c->nvirt++;
+    if (c->sh > c->maxh) c->maxh = c->sh;
+    if (c->maxh > 1000000) eng_fail(WASM_STATUS_LIMIT, "operand stack too deep");
+}
+
+/* Pushes the result of the instruction at `pos` whose result field is at `dfield`. */
+static void push_result(comp *c, int op, uint32_t pos, uint32_t dfield) {
+    push(c, SV_STACK, 0, 0);
+    c->last_dfield = dfield + 1;
+    c->last_dh = c->sh - 1;
+    c->last_pos = pos;
+    c->last_end = c->len;
+    c->last_op = op;
+}
+
+static void emit_const(comp *c, uint32_t dst, uint64_t k) {
+    if (k >> 32) {
+        emit_op(c, OP_CONST64);
+        emit(c, dst);
+        emit(c, (uint32_t)k);
+        emit(c, (uint32_t)(k >> 32));
+    } else {
+        emit_op(c, OP_CONST32);
+        emit(c, dst);
+        emit(c, (uint32_t)k);
+    }
+}
+
+static void emit_mov(comp *c, uint32_t dst, uint32_t src) {
+    if (dst == src) return;
+    emit_op(c, OP_MOV);
+    emit(c, dst);
+    emit(c, src);
+}
+
+static void materialize(comp *c, uint32_t h) {
+    sval *v = &c->st[h];
+    if (v->kind == SV_STACK) return;
+    if (v->kind == SV_LOCAL)
+        emit_mov(c, slot(c, h), v->local);
+    else
+        emit_const(c, slot(c, h), v->k);
+    v->kind = SV_STACK;
+    c->nvirt--;
+}
+
+static void materialize_all(comp *c) {
+    for (uint32_t h = 0; c->nvirt && h < c->sh; h++) materialize(c, h);
+}
+
+/* Makes sure n values are above the innermost block's base (phantoms when unreachable). */
+static void need(comp *c, uint32_t n) {
+    ctl *f = top_ctl(c);
+    while (c->sh < f->base + n) {
+        if (!f->unreachable) invalid("type mismatch");
+        /* Insert a phantom below the existing values of this block. */
+        push(c, SV_STACK, 0, 0);
+        for (uint32_t h = c->sh - 1; h > f->base; h--) c->st[h] = c->st[h - 1];
+        c->st[f->base] = (sval){SV_STACK, 0, 0};
+    }
+}
+
+static void truncate(comp *c, uint32_t h) {
+    while (c->sh > h) {
+        c->sh--;
+        if (c->st[c->sh].kind != SV_STACK) c->nvirt--;
+    }
+}
+
+/* Pops one value and returns the slot to read it from. */
+static uint32_t pop_slot(comp *c) {
+    need(c, 1);
+    uint32_t h = c->sh - 1;
+    sval *v = &c->st[h];
+    if (v->kind == SV_CONST) materialize(c, h);
+    c->sh--;
+    if (v->kind == SV_LOCAL) {
+        c->nvirt--;
+        return v->local;
+    }
+    return slot(c, h);
+}
+
+static void drop(comp *c) {
+    need(c, 1);
+    truncate(c, c->sh - 1);
+}
+
+static void set_unreachable(comp *c) {
+    ctl *f = top_ctl(c);
+    truncate(c, f->base);
+    f->unreachable = true;
+    c->last_dfield = 0;
+}
+
+static void bind_chain(comp *c, uint32_t chain, uint32_t target) {
+    while (chain) {
+        uint32_t f = chain - 1;
+        chain = c->code[f];
+        c->code[f] = target - f;
+    }
+}
+
+/* A branch offset field pointing at label `t`. */
+static void emit_target(comp *c, ctl *t) {
+    uint32_t field = c->len;
+    if (t->kind == CTL_LOOP) {
+        emit(c, t->start - field);
+    } else {
+        emit(c, t->chain);
+        t->chain = field + 1;
+    }
+}
+
+static uint32_t label_arity(ctl *t) { return t->kind == CTL_LOOP ? t->nparams : t->nresults; }
+
+static bool branch_needs_moves(comp *c, ctl *t) {
+    if (t->kind == CTL_FUNC) return true;
+    uint32_t n = label_arity(t);
+    return n && c->sh - n != t->base;
+}
+
+/* The moves and jump of a branch to `t` with the top values of the stack (all
+ * materialised). */
+static void emit_branch(comp *c, ctl *t) {
+    uint32_t n = label_arity(t);
+    need(c, n);
+    if (t->kind == CTL_FUNC) {
+        if (n == 1) {
+            emit_op(c, OP_RET1);
+            emit(c, slot(c, c->sh - 1));
+        } else {
+            for (uint32_t i = 0; i < n; i++) emit_mov(c, i, slot(c, c->sh - n + i));
+            emit_op(c, OP_RETURN);
+        }
+        return;
+    }
+    for (uint32_t i = 0; i < n; i++) emit_mov(c, slot(c, t->base + i), slot(c, c->sh - n + i));
+    emit_op(c, OP_BR);
+    emit_target(c, t);
+}
+
+static ctl *label(comp *c, uint32_t depth) {
+    if (depth >= c->nctl) invalid("unknown label");
+    return &c->ctls[c->nctl - 1 - depth];
+}
+
+static void block_type(comp *c, uint32_t *np, uint32_t *nr) {
+    if (c->r.p >= c->r.end) eng_malformed("unexpected end");
+    uint8_t b = *c->r.p;
+    if (b == 0x40) {
+        c->r.p++;
+        *np = *nr = 0;
+    } else if (b == WASM_TYPE_I32 || b == WASM_TYPE_I64 || b == WASM_TYPE_F32 ||
+               b == WASM_TYPE_F64 || b == WASM_TYPE_FUNCREF || b == WASM_TYPE_EXTERNREF) {
+        c->r.p++;
+        *np = 0;
+        *nr = 1;
+    } else {
+        int64_t t = rd_sleb(&c->r, 33);
+        if (t < 0 || (uint64_t)t >= c->m->ntypes) invalid("unknown type");
+        *np = c->m->types[t].nparams;
+        *nr = c->m->types[t].nresults;
+    }
+}
+
+static void push_ctl(comp *c, uint8_t kind, uint32_t np, uint32_t nr) {
+    if (c->nctl == c->ccap) {
+        s_ctls = grow_buf(s_ctls, &s_ctl_cap, c->nctl + 1, sizeof(ctl));
+        c->ctls = s_ctls;
+        c->ccap = s_ctl_cap;
+    }
+    if (c->nctl) need(c, np);
+    c->ctls[c->nctl++] = (ctl){kind, false, c->sh - np, np, nr, c->len, 0, 0};
+    c->last_dfield = 0;
+}
+
+/* ---- Fused compare-and-branch ----------------------------------------------------- */
+
+/* If the last instruction computed the i32 compare that is the condition just popped
+ * (at height h), removes it and returns the fused branch op; *a, *b get its operands.
+ * `negate`: branch when the compare is false. Returns -1 if not fusable; for eqz
+ * returns OP_BR_IF / OP_BR_UNLESS with *a its operand. */
+static int fuse_compare(comp *c, uint32_t h, bool negate, uint32_t *a, uint32_t *b) {
+    if (!c->last_dfield || c->last_dh != h || c->last_end != c->len) return -1;
+    static const struct { int cmp, br, inv; } map[] = {
+        {OP_I32_EQ, OP_BR_EQ, OP_BR_NE},       {OP_I32_NE, OP_BR_NE, OP_BR_EQ},
+        {OP_I32_LT_S, OP_BR_LT_S, OP_BR_GE_S}, {OP_I32_LT_U, OP_BR_LT_U, OP_BR_GE_U},
+        {OP_I32_GT_S, OP_BR_GT_S, OP_BR_LE_S}, {OP_I32_GT_U, OP_BR_GT_U, OP_BR_LE_U},
+        {OP_I32_LE_S, OP_BR_LE_S, OP_BR_GT_S}, {OP_I32_LE_U, OP_BR_LE_U, OP_BR_GT_U},
+        {OP_I32_GE_S, OP_BR_GE_S, OP_BR_LT_S}, {OP_I32_GE_U, OP_BR_GE_U, OP_BR_LT_U},
+        {OP_I32_EQ_I, OP_BR_EQ_I, OP_BR_NE_I},       {OP_I32_NE_I, OP_BR_NE_I, OP_BR_EQ_I},
+        {OP_I32_LT_S_I, OP_BR_LT_S_I, OP_BR_GE_S_I}, {OP_I32_LT_U_I, OP_BR_LT_U_I, OP_BR_GE_U_I},
+        {OP_I32_GT_S_I, OP_BR_GT_S_I, OP_BR_LE_S_I}, {OP_I32_GT_U_I, OP_BR_GT_U_I, OP_BR_LE_U_I},
+        {OP_I32_LE_S_I, OP_BR_LE_S_I, OP_BR_GT_S_I}, {OP_I32_LE_U_I, OP_BR_LE_U_I, OP_BR_GT_U_I},
+        {OP_I32_GE_S_I, OP_BR_GE_S_I, OP_BR_LT_S_I}, {OP_I32_GE_U_I, OP_BR_GE_U_I, OP_BR_LT_U_I},
+        {OP_I32_EQZ, OP_BR_UNLESS, OP_BR_IF},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
+        if (map[i].cmp != c->last_op) continue;
+        *a = c->code[c->last_pos + 3];
+        *b = c->code[c->last_pos + 4];
+        c->len = c->last_pos;
+        c->last_dfield = 0;
+        return negate ? map[i].inv : map[i].br;
+    }
+    return -1;
+}
+
+/* Emits a conditional branch on the popped condition at slot `cs` (height h): taken
+ * when the condition is true (or false if `negate`). Returns the offset field. */
+static uint32_t emit_cond_branch(comp *c, uint32_t cs, uint32_t h, bool negate, bool fusable) {
+    uint32_t a = 0, b = 0;
+    int op = fusable ? fuse_compare(c, h, negate, &a, &b) : -1;
+    if (op < 0) {
+        emit_op(c, negate ? OP_BR_UNLESS : OP_BR_IF);
+        emit(c, cs);
+    } else if (op == OP_BR_IF || op == OP_BR_UNLESS) {
+        emit_op(c, op);
+        emit(c, a);
+    } else {
+        emit_op(c, op);
+        emit(c, a);
+        emit(c, b);
+    }
+    uint32_t field = c->len;
+    emit(c, 0);
+    return field;
+}
+
+/* ---- Numeric instructions ----------------------------------------------------------- */
+
+static bool is_unary(uint8_t op) {
+    return op == 0x45 || op == 0x50 || (op >= 0x67 && op <= 0x69) || (op >= 0x79 && op <= 0x7b) ||
+           (op >= 0x8b && op <= 0x91) || (op >= 0x99 && op <= 0x9f) || op >= 0xa7;
+}
+
+static int imm_form(int op, uint64_t k) {
+    bool fits = (int64_t)k == (int64_t)(int32_t)k;
+    switch (op) {
+    case OP_I32_ADD: return OP_I32_ADD_I;
+    case OP_I32_SUB: return OP_I32_SUB_I;
+    case OP_I32_MUL: return OP_I32_MUL_I;
+    case OP_I32_AND: return OP_I32_AND_I;
+    case OP_I32_OR: return OP_I32_OR_I;
+    case OP_I32_XOR: return OP_I32_XOR_I;
+    case OP_I32_SHL: return OP_I32_SHL_I;
+    case OP_I32_SHR_S: return OP_I32_SHR_S_I;
+    case OP_I32_SHR_U: return OP_I32_SHR_U_I;
+    case OP_I32_EQ: return OP_I32_EQ_I;
+    case OP_I32_NE: return OP_I32_NE_I;
+    case OP_I32_LT_S: return OP_I32_LT_S_I;
+    case OP_I32_LT_U: return OP_I32_LT_U_I;
+    case OP_I32_GT_S: return OP_I32_GT_S_I;
+    case OP_I32_GT_U: return OP_I32_GT_U_I;
+    case OP_I32_LE_S: return OP_I32_LE_S_I;
+    case OP_I32_LE_U: return OP_I32_LE_U_I;
+    case OP_I32_GE_S: return OP_I32_GE_S_I;
+    case OP_I32_GE_U: return OP_I32_GE_U_I;
+    case OP_I64_ADD: return fits ? OP_I64_ADD_I : -1;
+    case OP_I64_SUB: return fits ? OP_I64_SUB_I : -1;
+    case OP_I64_AND: return fits ? OP_I64_AND_I : -1;
+    case OP_I64_SHL: return OP_I64_SHL_I;
+    case OP_I64_SHR_S: return OP_I64_SHR_S_I;
+    case OP_I64_SHR_U: return OP_I64_SHR_U_I;
+    default: return -1;
+    }
+}
+
+static void numeric(comp *c, uint8_t opcode, int op) {
+    uint32_t d, a, b, pos;
+    if (is_unary(opcode)) {
+        a = pop_slot(c);
+        d = slot(c, c->sh);
+        pos = emit_op(c, op);
+        emit(c, d);
+        emit(c, a);
+        push_result(c, op, pos, pos + 2);
+        return;
+    }
+    need(c, 2);
+    sval *top = &c->st[c->sh - 1];
+    int iop = top->kind == SV_CONST ? imm_form(op, top->k) : -1;
+    if (iop >= 0) {
+        uint32_t k = (uint32_t)top->k;
+        truncate(c, c->sh - 1);
+        a = pop_slot(c);
+        d = slot(c, c->sh);
+        pos = emit_op(c, iop);
+        emit(c, d);
+        emit(c, a);
+        emit(c, k);
+        push_result(c, iop, pos, pos + 2);
+        return;
+    }
+    b = pop_slot(c);
+    a = pop_slot(c);
+    d = slot(c, c->sh);
+    pos = emit_op(c, op);
+    emit(c, d);
+    emit(c, a);
+    emit(c, b);
+    push_result(c, op, pos, pos + 2);
+}
+
+/* ---- Locals ----------------------------------------------------------------------- */
+
+static bool refs_local(comp *c, uint32_t x, uint32_t below) {
+    if (!c->nvirt) return false;
+    for (uint32_t h = 0; h < below; h++)
+        if (c->st[h].kind == SV_LOCAL && c->st[h].local == x) return true;
+    return false;
+}
+
+static void local_set(comp *c, uint32_t x, bool tee) {
+    if (x >= c->nlocals) invalid("unknown local");
+    need(c, 1);
+    uint32_t h = c->sh - 1;
+    sval v = c->st[h];
+    if (v.kind == SV_STACK && c->last_dfield && c->last_dh == h && c->last_end == c->len &&
+        !refs_local(c, x, h)) {
+        /* Retarget the producing instruction to write the local directly. */
+        c->code[c->last_dfield - 1] = x;
+        c->last_dfield = 0;
+        truncate(c, h);
+    } else {
+        truncate(c, h);
+        if (refs_local(c, x, h))
+            for (uint32_t i = 0; i < h; i++)
+                if (c->st[i].kind == SV_LOCAL && c->st[i].local == x) materialize(c, i);
+        if (v.kind == SV_CONST)
+            emit_const(c, x, v.k);
+        else if (v.kind == SV_LOCAL)
+            emit_mov(c, x, v.local);
+        else
+            emit_mov(c, x, slot(c, h));
+        c->last_dfield = 0;
+    }
+    if (tee) push(c, SV_LOCAL, x, 0);
+}
+
+/* ---- Memory and tables ------------------------------------------------------------- */
+
+static uint32_t memarg(comp *c) {
+    uint32_t align = rd_u32(&c->r);
+    if (align >= 32) eng_malformed("malformed memop flags");
+    uint32_t off = rd_u32(&c->r);
+    if (c->m->nmems == 0) invalid("unknown memory 0");
+    return off;
+}
+
+static void mem0(comp *c) {
+    if (rd_u8(&c->r) != 0) eng_malformed("zero byte expected");
+    if (c->m->nmems == 0) invalid("unknown memory 0");
+}
+
+static uint32_t table_idx(comp *c) {
+    uint32_t t = rd_u32(&c->r);
+    if (t >= c->m->ntables) invalid("unknown table");
+    return t;
+}
+
+static uint32_t data_idx(comp *c) {
+    uint32_t d = rd_u32(&c->r);
+    if (!c->m->has_datacount) eng_malformed("data count section required");
+    if (d >= c->m->datacount) invalid("unknown data segment");
+    return d;
+}
+
+static uint32_t elem_idx(comp *c) {
+    uint32_t e = rd_u32(&c->r);
+    if (e >= c->m->nelems) invalid("unknown elem segment");
+    return e;
+}
+
+/* Pops n operands (the last pushed is out[n-1]). */
+static void pop_n(comp *c, uint32_t *out, uint32_t n) {
+    for (uint32_t i = n; i-- > 0;) out[i] = pop_slot(c);
+}
+
+static void emit_fields(comp *c, int op, const uint32_t *f, uint32_t n) {
+    emit_op(c, op);
+    for (uint32_t i = 0; i < n; i++) emit(c, f[i]);
+}
+
+static void prefixed(comp *c) {
+    uint32_t sub = rd_u32(&c->r);
+    uint32_t o[3], d, pos;
+    if (sub <= 7) {
+        numeric(c, 0xa7 /* any unary */, OP_I32_TRUNC_SAT_F32_S + (int)sub);
+        return;
+    }
+    switch (sub) {
+    case 8: { /* memory.init seg 0: d s n */
+        uint32_t seg = data_idx(c);
+        mem0(c);
+        pop_n(c, o, 3);
+        uint32_t f[4] = {seg, o[0], o[1], o[2]};
+        emit_fields(c, OP_MEM_INIT, f, 4);
+        break;
+    }
+    case 9: {
+        uint32_t seg = data_idx(c);
+        emit_fields(c, OP_DATA_DROP, &seg, 1);
+        break;
+    }
+    case 10:
+        mem0(c);
+        mem0(c);
+        pop_n(c, o, 3);
+        emit_fields(c, OP_MEM_COPY, o, 3);
+        break;
+    case 11:
+        mem0(c);
+        pop_n(c, o, 3);
+        emit_fields(c, OP_MEM_FILL, o, 3);
+        break;
+    case 12: { /* table.init seg t: d s n */
+        uint32_t seg = elem_idx(c);
+        uint32_t t = table_idx(c);
+        pop_n(c, o, 3);
+        uint32_t f[5] = {t, seg, o[0], o[1], o[2]};
+        emit_fields(c, OP_TABLE_INIT, f, 5);
+        break;
+    }
+    case 13: {
+        uint32_t seg = elem_idx(c);
+        emit_fields(c, OP_ELEM_DROP, &seg, 1);
+        break;
+    }
+    case 14: { /* table.copy dst src: d s n */
+        uint32_t dt = table_idx(c);
+        uint32_t st = table_idx(c);
+        pop_n(c, o, 3);
+        uint32_t f[5] = {dt, st, o[0], o[1], o[2]};
+        emit_fields(c, OP_TABLE_COPY, f, 5);
+        break;
+    }
+    case 15: { /* table.grow t: init n -> old size */
+        uint32_t t = table_idx(c);
+        pop_n(c, o, 2);
+        d = slot(c, c->sh);
+        pos = emit_op(c, OP_TABLE_GROW);
+        emit(c, t);
+        emit(c, d);
+        emit(c, o[0]);
+        emit(c, o[1]);
+        push_result(c, OP_TABLE_GROW, pos, pos + 3);
+        break;
+    }
+    case 16: {
+        uint32_t t = table_idx(c);
+        d = slot(c, c->sh);
+        pos = emit_op(c, OP_TABLE_SIZE);
+        emit(c, t);
+        emit(c, d);
+        push_result(c, OP_TABLE_SIZE, pos, pos + 3);
+        break;
+    }
+    case 17: { /* table.fill t: i val n */
+        uint32_t t = table_idx(c);
+        pop_n(c, o, 3);
+        uint32_t f[4] = {t, o[0], o[1], o[2]};
+        emit_fields(c, OP_TABLE_FILL, f, 4);
+        break;
+    }
+    default: eng_malformed("illegal opcode");
+    }
+}
+
+/* ---- The function body -------------------------------------------------------------- */
+
+static void body(comp *c) {
+    module *m = c->m;
+    reader *r = &c->r;
+    while (c->nctl) {
+        uint8_t opc = rd_u8(r);
+        uint32_t x, a, d, pos;
+        switch (opc) {
+        case 0x00:
+            emit_op(c, OP_UNREACHABLE);
+            set_unreachable(c);
+            break;
+        case 0x01: break;
+        case 0x02:
+        case 0x03: {
+            uint32_t np, nr;
+            block_type(c, &np, &nr);
+            need(c, np);
+            materialize_all(c);
+            push_ctl(c, opc, np, nr);
+            break;
+        }
+        case 0x04: {
+            uint32_t np, nr;
+            block_type(c, &np, &nr);
+            uint32_t cs = pop_slot(c);
+            uint32_t h = c->sh;
+            uint32_t before = c->len;
+            need(c, np);
+            materialize_all(c);
+            uint32_t field = emit_cond_branch(c, cs, h, true, c->len == before);
+            push_ctl(c, CTL_IF, np, nr);
+            top_ctl(c)->else_field = field + 1;
+            break;
+        }
+        case 0x05: {
+            ctl *t = top_ctl(c);
+            if (t->kind != CTL_IF || !t->else_field) invalid("else without if");
+            materialize_all(c);
+            emit_op(c, OP_BR);
+            emit_target(c, t);
+            bind_chain(c, t->else_field, c->len);
+            t->else_field = 0;
+            truncate(c, t->base);
+            for (uint32_t i = 0; i < t->nparams; i++) push(c, SV_STACK, 0, 0);
+            t->unreachable = false;
+            c->last_dfield = 0;
+            break;
+        }
+        case 0x0b: {
+            ctl *t = top_ctl(c);
+            need(c, t->nresults);
+            materialize_all(c);
+            if (t->kind == CTL_FUNC) {
+                emit_branch(c, t);
+                c->nctl = 0;
+                break;
+            }
+            if (t->else_field) bind_chain(c, t->else_field, c->len);
+            bind_chain(c, t->chain, c->len);
+            truncate(c, t->base);
+            for (uint32_t i = 0; i < t->nresults; i++) push(c, SV_STACK, 0, 0);
+            c->nctl--;
+            c->last_dfield = 0;
+            break;
+        }
+        case 0x0c: {
+            ctl *t = label(c, rd_u32(r));
+            materialize_all(c);
+            emit_branch(c, t);
+            set_unreachable(c);
+            break;
+        }
+        case 0x0d: {
+            ctl *t = label(c, rd_u32(r));
+            uint32_t cs = pop_slot(c);
+            uint32_t h = c->sh;
+            uint32_t before = c->len;
+            need(c, label_arity(t));
+            materialize_all(c);
+            bool fusable = c->len == before;
+            if (!branch_needs_moves(c, t)) {
+                emit_cond_branch(c, cs, h, false, fusable);
+                c->len--;
+                emit_target(c, t);
+            } else {
+                uint32_t skip = emit_cond_branch(c, cs, h, true, fusable);
+                emit_branch(c, t);
+                c->code[skip] = c->len - skip;
+            }
+            c->last_dfield = 0;
+            break;
+        }
+        case 0x0e: {
+            uint32_t n = rd_count(r, 1);
+            if (n + 1 > s_targets_cap) s_targets = grow_buf(s_targets, &s_targets_cap, n + 1, 4);
+            for (uint32_t i = 0; i <= n; i++) s_targets[i] = rd_u32(r);
+            uint32_t is = pop_slot(c);
+            materialize_all(c);
+            for (uint32_t i = 0; i <= n; i++) need(c, label_arity(label(c, s_targets[i])));
+            emit_op(c, OP_BR_TABLE);
+            emit(c, is);
+            emit(c, n);
+            reserve(c, n + 1);
+            uint32_t fields = c->len;
+            c->len += n + 1;
+            for (uint32_t i = 0; i <= n; i++) {
+                ctl *t = label(c, s_targets[i]);
+                uint32_t f = fields + i;
+                if (!branch_needs_moves(c, t)) {
+                    if (t->kind == CTL_LOOP) {
+                        c->code[f] = t->start - f;
+                    } else {
+                        c->code[f] = t->chain;
+                        t->chain = f + 1;
+                    }
+                } else {
+                    c->code[f] = c->len - f;
+                    emit_branch(c, t);
+                }
+            }
+            set_unreachable(c);
+            break;
+        }
+        case 0x0f:
+            materialize_all(c);
+            emit_branch(c, &c->ctls[0]);
+            set_unreachable(c);
+            break;
+        case 0x10: { /* call */
+            x = rd_u32(r);
+            if (x >= m->nfuncs) invalid("unknown function");
+            const functype *ft = &m->types[m->func_type[x]];
+            need(c, ft->nparams);
+            for (uint32_t h = c->sh - ft->nparams; h < c->sh; h++) materialize(c, h);
+            uint32_t base = c->sh - ft->nparams;
+            truncate(c, base);
+            emit_op(c, OP_CALL);
+            emit(c, x);
+            emit(c, slot(c, base));
+            for (uint32_t i = 0; i < ft->nresults; i++) push(c, SV_STACK, 0, 0);
+            break;
+        }
+        case 0x11: { /* call_indirect type table */
+            uint32_t ti = rd_u32(r);
+            if (ti >= m->ntypes) invalid("unknown type");
+            uint32_t tab = table_idx(c);
+            const functype *ft = &m->types[ti];
+            uint32_t is = pop_slot(c);
+            need(c, ft->nparams);
+            for (uint32_t h = c->sh - ft->nparams; h < c->sh; h++) materialize(c, h);
+            uint32_t base = c->sh - ft->nparams;
+            truncate(c, base);
+            emit_op(c, OP_CALL_INDIRECT);
+            emit(c, tab);
+            emit(c, ft->canon);
+            emit(c, slot(c, base));
+            emit(c, is);
+            for (uint32_t i = 0; i < ft->nresults; i++) push(c, SV_STACK, 0, 0);
+            break;
+        }
+        case 0x1a: drop(c); break;
+        case 0x1c: {
+            uint32_t n = rd_u32(r);
+            if (n != 1) invalid("invalid result arity");
+            rd_u8(r);
+        }
+            /* fallthrough */
+        case 0x1b: {
+            uint32_t o[3];
+            pop_n(c, o, 3);
+            d = slot(c, c->sh);
+            pos = emit_op(c, OP_SELECT);
+            emit(c, d);
+            emit(c, o[0]);
+            emit(c, o[1]);
+            emit(c, o[2]);
+            push_result(c, OP_SELECT, pos, pos + 2);
+            break;
+        }
+        case 0x20:
+            x = rd_u32(r);
+            if (x >= c->nlocals) invalid("unknown local");
+            push(c, SV_LOCAL, x, 0);
+            break;
+        case 0x21: local_set(c, rd_u32(r), false); break;
+        case 0x22: local_set(c, rd_u32(r), true); break;
+        case 0x23:
+            x = rd_u32(r);
+            if (x >= m->nglobals) invalid("unknown global");
+            d = slot(c, c->sh);
+            pos = emit_op(c, OP_GLOBAL_GET);
+            emit(c, d);
+            emit(c, x);
+            push_result(c, OP_GLOBAL_GET, pos, pos + 2);
+            break;
+        case 0x24:
+            x = rd_u32(r);
+            if (x >= m->nglobals) invalid("unknown global");
+            a = pop_slot(c);
+            emit_op(c, OP_GLOBAL_SET);
+            emit(c, a);
+            emit(c, x);
+            break;
+        case 0x25: { /* table.get */
+            uint32_t t = table_idx(c);
+            a = pop_slot(c);
+            d = slot(c, c->sh);
+            pos = emit_op(c, OP_TABLE_GET);
+            emit(c, t);
+            emit(c, d);
+            emit(c, a);
+            push_result(c, OP_TABLE_GET, pos, pos + 3);
+            break;
+        }
+        case 0x26: { /* table.set: i v */
+            uint32_t t = table_idx(c);
+            uint32_t o[2];
+            pop_n(c, o, 2);
+            uint32_t f[3] = {t, o[0], o[1]};
+            emit_fields(c, OP_TABLE_SET, f, 3);
+            break;
+        }
+        case 0x28: case 0x29: case 0x2a: case 0x2b: case 0x2c: case 0x2d: case 0x2e:
+        case 0x2f: case 0x30: case 0x31: case 0x32: case 0x33: case 0x34: case 0x35: {
+            uint32_t off = memarg(c);
+            a = pop_slot(c);
+            d = slot(c, c->sh);
+            int op = OP_I32_LOAD + (opc - 0x28);
+            pos = emit_op(c, op);
+            emit(c, d);
+            emit(c, a);
+            emit(c, off);
+            push_result(c, op, pos, pos + 2);
+            break;
+        }
+        case 0x36: case 0x37: case 0x38: case 0x39: case 0x3a: case 0x3b: case 0x3c:
+        case 0x3d: case 0x3e: {
+            uint32_t off = memarg(c);
+            uint32_t o[2];
+            pop_n(c, o, 2);
+            emit_op(c, OP_I32_STORE + (opc - 0x36));
+            emit(c, o[0]);
+            emit(c, o[1]);
+            emit(c, off);
+            break;
+        }
+        case 0x3f:
+            mem0(c);
+            d = slot(c, c->sh);
+            pos = emit_op(c, OP_MEM_SIZE);
+            emit(c, d);
+            push_result(c, OP_MEM_SIZE, pos, pos + 2);
+            break;
+        case 0x40:
+            mem0(c);
+            a = pop_slot(c);
+            d = slot(c, c->sh);
+            pos = emit_op(c, OP_MEM_GROW);
+            emit(c, d);
+            emit(c, a);
+            push_result(c, OP_MEM_GROW, pos, pos + 2);
+            break;
+        case 0x41: push(c, SV_CONST, 0, (uint32_t)rd_s32(r)); break;
+        case 0x42: push(c, SV_CONST, 0, (uint64_t)rd_s64(r)); break;
+        case 0x43: {
+            const uint8_t *p = rd_bytes(r, 4);
+            uint32_t v;
+            memcpy(&v, p, 4);
+            push(c, SV_CONST, 0, v);
+            break;
+        }
+        case 0x44: {
+            const uint8_t *p = rd_bytes(r, 8);
+            uint64_t v;
+            memcpy(&v, p, 8);
+            push(c, SV_CONST, 0, v);
+            break;
+        }
+        case 0xd0: {
+            uint8_t t = rd_u8(r);
+            if (t != WASM_TYPE_FUNCREF && t != WASM_TYPE_EXTERNREF) eng_malformed("malformed reference type");
+            push(c, SV_CONST, 0, NULL_REF);
+            break;
+        }
+        case 0xd1:
+            numeric(c, 0xa7, OP_REF_IS_NULL);
+            break;
+        case 0xd2:
+            x = rd_u32(r);
+            if (x >= m->nfuncs) invalid("unknown function");
+            d = slot(c, c->sh);
+            pos = emit_op(c, OP_REF_FUNC);
+            emit(c, d);
+            emit(c, x);
+            push_result(c, OP_REF_FUNC, pos, pos + 2);
+            break;
+        case 0xfc: prefixed(c); break;
+        default:
+            if (opc >= 0x45 && opc <= 0xc4) {
+                numeric(c, opc, OP_I32_EQZ + (opc - 0x45));
+                break;
+            }
+            eng_malformed("illegal opcode");
+        }
+    }
+}
+
+void compile_function(module *m, uint32_t defined, const uint8_t *code, uint32_t len) {
+    comp cc;
+    comp *c = &cc;
+    memset(c, 0, sizeof *c);
+    c->m = m;
+    c->r.p = code;
+    c->r.end = code + len;
+    c->code = s_code;
+    c->cap = s_code_cap;
+    c->st = s_st;
+    c->scap = s_st_cap;
+    c->ctls = s_ctls;
+    c->ccap = s_ctl_cap;
+    const functype *ft = &m->types[m->func_type[m->nfuncs_imported + defined]];
+    uint64_t nlocals = ft->nparams;
+    uint32_t groups = rd_count(&c->r, 2);
+    for (uint32_t i = 0; i < groups; i++) {
+        nlocals += rd_u32(&c->r);
+        uint8_t t = rd_u8(&c->r);
+        if (t != WASM_TYPE_I32 && t != WASM_TYPE_I64 && t != WASM_TYPE_F32 && t != WASM_TYPE_F64 &&
+            t != WASM_TYPE_FUNCREF && t != WASM_TYPE_EXTERNREF)
+            eng_malformed("malformed value type");
+        if (nlocals > MAX_LOCALS) eng_malformed("too many locals");
+    }
+    c->nlocals = (uint32_t)nlocals;
+    push_ctl(c, CTL_FUNC, 0, ft->nresults);
+    body(c);
+    if (c->r.p != c->r.end) eng_malformed("section size mismatch");
+    code_desc *cd = &m->codes[defined];
+    cd->code = mod_alloc(m, (size_t)c->len * sizeof(uint32_t));
+    memcpy(cd->code, c->code, (size_t)c->len * sizeof(uint32_t));
+    cd->code_len = c->len;
+    cd->nlocals = c->nlocals;
+    cd->frame_size = c->nlocals + c->maxh + 2;
+}

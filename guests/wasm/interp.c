@@ -1,0 +1,704 @@
+/* interp.c: the threaded interpreter (GCC computed goto) over the compiled form, with
+ * exact Wasm float and integer semantics. Calls never recurse on the C stack: frames
+ * live on the heap value stack, return addresses on a heap control stack. */
+#include "internal.h"
+
+typedef void *hptr __attribute__((aligned(4), may_alias));
+
+void **interp_handlers;
+uint64_t *eng_stack, *eng_stack_end;
+uint32_t eng_depth;
+
+typedef struct cframe {
+    const uint32_t *ip;
+    uint64_t *fp;
+    instance *inst;
+    uint8_t *mem;
+} cframe;
+
+static cframe *cstack, *cstack_end;
+static uint32_t halt_code[2];
+
+/* ---- Float helpers -------------------------------------------------------------------- */
+
+static inline float f32_of(uint64_t v) {
+    uint32_t b = (uint32_t)v;
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+static inline uint64_t of_f32(float f) {
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    return b;
+}
+static inline double f64_of(uint64_t v) {
+    double d;
+    memcpy(&d, &v, 8);
+    return d;
+}
+static inline uint64_t of_f64(double d) {
+    uint64_t b;
+    memcpy(&b, &d, 8);
+    return b;
+}
+
+static inline float f32_sqrt(float x) {
+    float r;
+    __asm__("sqrtss %1, %0" : "=x"(r) : "x"(x));
+    return r;
+}
+static inline double f64_sqrt(double x) {
+    double r;
+    __asm__("sqrtsd %1, %0" : "=x"(r) : "x"(x));
+    return r;
+}
+
+static inline float f32_copysign(float x, float s) {
+    return f32_of((of_f32(x) & 0x7fffffffu) | (of_f32(s) & 0x80000000u));
+}
+static inline double f64_copysign(double x, double s) {
+    return f64_of((of_f64(x) & 0x7fffffffffffffffull) | (of_f64(s) & 0x8000000000000000ull));
+}
+
+static inline float f32_trunc(float x) {
+    uint32_t b = (uint32_t)of_f32(x);
+    uint32_t e = (b >> 23) & 0xff;
+    if (e >= 150) return e == 0xff ? x + x : x;
+    if (e < 127) return f32_of(b & 0x80000000u);
+    uint32_t mask = (1u << (150 - e)) - 1;
+    return f32_of(b & ~mask);
+}
+static inline double f64_trunc(double x) {
+    uint64_t b = of_f64(x);
+    uint32_t e = (b >> 52) & 0x7ff;
+    if (e >= 1075) return e == 0x7ff ? x + x : x;
+    if (e < 1023) return f64_of(b & 0x8000000000000000ull);
+    uint64_t mask = (1ull << (1075 - e)) - 1;
+    return f64_of(b & ~mask);
+}
+static inline float f32_ceil(float x) {
+    float t = f32_trunc(x);
+    return t < x ? t + 1.0f : t;
+}
+static inline float f32_floor(float x) {
+    float t = f32_trunc(x);
+    return t > x ? t - 1.0f : t;
+}
+static inline double f64_ceil(double x) {
+    double t = f64_trunc(x);
+    return t < x ? t + 1.0 : t;
+}
+static inline double f64_floor(double x) {
+    double t = f64_trunc(x);
+    return t > x ? t - 1.0 : t;
+}
+static inline float f32_nearest(float x) {
+    uint32_t b = (uint32_t)of_f32(x);
+    uint32_t e = (b >> 23) & 0xff;
+    if (e >= 150) return e == 0xff ? x + x : x;
+    volatile float a = f32_of(b & 0x7fffffffu);
+    float r = (a + 8388608.0f) - 8388608.0f;
+    return f32_copysign(r, x);
+}
+static inline double f64_nearest(double x) {
+    uint64_t b = of_f64(x);
+    uint32_t e = (b >> 52) & 0x7ff;
+    if (e >= 1075) return e == 0x7ff ? x + x : x;
+    volatile double a = f64_of(b & 0x7fffffffffffffffull);
+    double r = (a + 4503599627370496.0) - 4503599627370496.0;
+    return f64_copysign(r, x);
+}
+static inline float f32_min(float a, float b) {
+    if (a != a || b != b) return a + b;
+    if (a == b) return f32_of(of_f32(a) | of_f32(b)); /* -0 wins */
+    return a < b ? a : b;
+}
+static inline float f32_max(float a, float b) {
+    if (a != a || b != b) return a + b;
+    if (a == b) return f32_of(of_f32(a) & of_f32(b)); /* +0 wins */
+    return a > b ? a : b;
+}
+static inline double f64_min(double a, double b) {
+    if (a != a || b != b) return a + b;
+    if (a == b) return f64_of(of_f64(a) | of_f64(b));
+    return a < b ? a : b;
+}
+static inline double f64_max(double a, double b) {
+    if (a != a || b != b) return a + b;
+    if (a == b) return f64_of(of_f64(a) & of_f64(b));
+    return a > b ? a : b;
+}
+
+/* Trapping truncations: NaN is an invalid conversion, out of range an overflow. */
+#define TRUNC(name, ft, it, lo_ok, hi)                                                 \
+    static inline it name(ft x) {                                                      \
+        if (x != x) eng_trap(WASM_TRAP_INVALID_CONVERSION);                            \
+        if (!((lo_ok) && x < (hi))) eng_trap(WASM_TRAP_INT_OVERFLOW);                  \
+        return (it)x;                                                                  \
+    }
+TRUNC(i32_trunc_f32_s, float, int32_t, x >= -2147483648.0f, 2147483648.0f)
+TRUNC(i32_trunc_f32_u, float, uint32_t, x > -1.0f, 4294967296.0f)
+TRUNC(i32_trunc_f64_s, double, int32_t, x > -2147483649.0, 2147483648.0)
+TRUNC(i32_trunc_f64_u, double, uint32_t, x > -1.0, 4294967296.0)
+TRUNC(i64_trunc_f32_s, float, int64_t, x >= -9223372036854775808.0f, 9223372036854775808.0f)
+TRUNC(i64_trunc_f32_u, float, uint64_t, x > -1.0f, 18446744073709551616.0f)
+TRUNC(i64_trunc_f64_s, double, int64_t, x >= -9223372036854775808.0, 9223372036854775808.0)
+TRUNC(i64_trunc_f64_u, double, uint64_t, x > -1.0, 18446744073709551616.0)
+
+#define TRUNC_SAT(name, ft, it, lo_ok, hi, minv, maxv)                                 \
+    static inline it name(ft x) {                                                      \
+        if (x != x) return 0;                                                          \
+        if (!(lo_ok)) return minv;                                                     \
+        if (!(x < (hi))) return maxv;                                                  \
+        return (it)x;                                                                  \
+    }
+TRUNC_SAT(i32_sat_f32_s, float, int32_t, x >= -2147483648.0f, 2147483648.0f, INT32_MIN, INT32_MAX)
+TRUNC_SAT(i32_sat_f32_u, float, uint32_t, x > -1.0f, 4294967296.0f, 0, UINT32_MAX)
+TRUNC_SAT(i32_sat_f64_s, double, int32_t, x > -2147483649.0, 2147483648.0, INT32_MIN, INT32_MAX)
+TRUNC_SAT(i32_sat_f64_u, double, uint32_t, x > -1.0, 4294967296.0, 0, UINT32_MAX)
+TRUNC_SAT(i64_sat_f32_s, float, int64_t, x >= -9223372036854775808.0f, 9223372036854775808.0f,
+          INT64_MIN, INT64_MAX)
+TRUNC_SAT(i64_sat_f32_u, float, uint64_t, x > -1.0f, 18446744073709551616.0f, 0, UINT64_MAX)
+TRUNC_SAT(i64_sat_f64_s, double, int64_t, x >= -9223372036854775808.0, 9223372036854775808.0,
+          INT64_MIN, INT64_MAX)
+TRUNC_SAT(i64_sat_f64_u, double, uint64_t, x > -1.0, 18446744073709551616.0, 0, UINT64_MAX)
+
+/* ---- Integer helpers ---------------------------------------------------------------- */
+
+static inline uint32_t i32_div_s(uint32_t a, uint32_t b) {
+    if (b == 0) eng_trap(WASM_TRAP_DIV_ZERO);
+    if (a == 0x80000000u && b == 0xffffffffu) eng_trap(WASM_TRAP_INT_OVERFLOW);
+    return (uint32_t)((int32_t)a / (int32_t)b);
+}
+static inline uint32_t i32_div_u(uint32_t a, uint32_t b) {
+    if (b == 0) eng_trap(WASM_TRAP_DIV_ZERO);
+    return a / b;
+}
+static inline uint32_t i32_rem_s(uint32_t a, uint32_t b) {
+    if (b == 0) eng_trap(WASM_TRAP_DIV_ZERO);
+    if (b == 0xffffffffu) return 0;
+    return (uint32_t)((int32_t)a % (int32_t)b);
+}
+static inline uint32_t i32_rem_u(uint32_t a, uint32_t b) {
+    if (b == 0) eng_trap(WASM_TRAP_DIV_ZERO);
+    return a % b;
+}
+static inline uint64_t i64_div_s(uint64_t a, uint64_t b) {
+    if (b == 0) eng_trap(WASM_TRAP_DIV_ZERO);
+    if (a == 0x8000000000000000ull && b == ~0ull) eng_trap(WASM_TRAP_INT_OVERFLOW);
+    return (uint64_t)((int64_t)a / (int64_t)b);
+}
+static inline uint64_t i64_div_u(uint64_t a, uint64_t b) {
+    if (b == 0) eng_trap(WASM_TRAP_DIV_ZERO);
+    return a / b;
+}
+static inline uint64_t i64_rem_s(uint64_t a, uint64_t b) {
+    if (b == 0) eng_trap(WASM_TRAP_DIV_ZERO);
+    if (b == ~0ull) return 0;
+    return (uint64_t)((int64_t)a % (int64_t)b);
+}
+static inline uint64_t i64_rem_u(uint64_t a, uint64_t b) {
+    if (b == 0) eng_trap(WASM_TRAP_DIV_ZERO);
+    return a % b;
+}
+static inline uint32_t rotl32(uint32_t a, uint32_t b) {
+    b &= 31;
+    return (a << b) | (a >> ((32 - b) & 31));
+}
+static inline uint32_t rotr32(uint32_t a, uint32_t b) {
+    b &= 31;
+    return (a >> b) | (a << ((32 - b) & 31));
+}
+static inline uint64_t rotl64(uint64_t a, uint64_t b) {
+    b &= 63;
+    return (a << b) | (a >> ((64 - b) & 63));
+}
+static inline uint64_t rotr64(uint64_t a, uint64_t b) {
+    b &= 63;
+    return (a >> b) | (a << ((64 - b) & 63));
+}
+static inline uint32_t popcnt32(uint32_t x) {
+    x = x - ((x >> 1) & 0x55555555u);
+    x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+    return (((x + (x >> 4)) & 0x0f0f0f0fu) * 0x01010101u) >> 24;
+}
+static inline uint64_t popcnt64(uint64_t x) {
+    return popcnt32((uint32_t)x) + popcnt32((uint32_t)(x >> 32));
+}
+
+/* ---- The interpreter ------------------------------------------------------------------- */
+
+#define NEXT() goto **(const hptr *)ip
+#define S(i) fp[ip[i]]
+#define U32(i) ((uint32_t)S(i))
+#define I32(i) ((int32_t)S(i))
+#define I64(i) ((int64_t)S(i))
+#define F32(i) f32_of(S(i))
+#define F64(i) f64_of(S(i))
+#define K32 (ip[4])
+
+#define UN(name, expr)                                                                 \
+    L_##name : {                                                                       \
+        S(2) = (expr);                                                                 \
+        ip += 4;                                                                       \
+        NEXT();                                                                        \
+    }
+#define BIN(name, expr)                                                                \
+    L_##name : {                                                                       \
+        S(2) = (expr);                                                                 \
+        ip += 5;                                                                       \
+        NEXT();                                                                        \
+    }
+#define LOAD(name, type, conv)                                                         \
+    L_##name : {                                                                       \
+        type v;                                                                        \
+        memcpy(&v, mem + (uint64_t)U32(3) + ip[4], sizeof v);                          \
+        S(2) = conv;                                                                   \
+        ip += 5;                                                                       \
+        NEXT();                                                                        \
+    }
+#define STORE(name, type)                                                              \
+    L_##name : {                                                                       \
+        type v = (type)S(3);                                                           \
+        memcpy(mem + (uint64_t)U32(2) + ip[4], &v, sizeof v);                          \
+        ip += 5;                                                                       \
+        NEXT();                                                                        \
+    }
+#define JUMP(k) ip = ip + (k) + (int32_t)ip[k]
+#define CBR(name, cond)                                                                \
+    L_##name : {                                                                       \
+        if (cond)                                                                      \
+            JUMP(4);                                                                   \
+        else                                                                           \
+            ip += 5;                                                                   \
+        NEXT();                                                                        \
+    }
+
+void interp_call(wfunc *f, uint64_t *sp) {
+#define OP_LABEL(n) &&L_##n,
+    static void *table[] = {OPS_ALL(OP_LABEL)};
+#undef OP_LABEL
+    if (!f) {
+        interp_handlers = table;
+        uint64_t h = (uint64_t)(uintptr_t)&&L_HALT;
+        halt_code[0] = (uint32_t)h;
+        halt_code[1] = (uint32_t)(h >> 32);
+        if (!cstack) {
+            cstack = plat_malloc((ENG_CALL_DEPTH_MAX + 1) * sizeof(cframe));
+            cstack_end = cstack ? cstack + ENG_CALL_DEPTH_MAX : 0;
+        }
+        return;
+    }
+    if (f->kind != FN_WASM) {
+        rt_call_host(f, sp);
+        return;
+    }
+    const uint32_t *ip;
+    uint64_t *fp, *nfp;
+    instance *inst = f->inst;
+    uint8_t *mem = inst->mem0;
+    cframe *csp = cstack;
+    uint64_t *const stack_end = eng_stack_end;
+    csp->ip = halt_code;
+    csp->fp = sp;
+    csp->inst = inst;
+    csp->mem = mem;
+    fp = sp;
+    ip = halt_code;
+    nfp = sp;
+    goto do_call;
+
+do_call:
+    if (UNLIKELY(f->kind != FN_WASM)) {
+        rt_call_host(f, nfp);
+        NEXT();
+    }
+    if (UNLIKELY(csp == cstack_end || nfp + f->frame_size > stack_end))
+        eng_trap(WASM_TRAP_STACK_EXHAUSTED);
+    csp->ip = ip;
+    csp->fp = fp;
+    csp->inst = inst;
+    csp->mem = mem;
+    csp++;
+    {
+        uint64_t *l = nfp + f->nparams, *e = nfp + f->nlocals;
+        while (l < e) *l++ = 0;
+    }
+    fp = nfp;
+    ip = f->code;
+    if (f->inst != inst) {
+        inst = f->inst;
+        mem = inst->mem0;
+    }
+    NEXT();
+
+L_HALT:
+    return;
+L_UNREACHABLE:
+    eng_trap(WASM_TRAP_UNREACHABLE);
+L_BR:
+    JUMP(2);
+    NEXT();
+L_BR_IF:
+    if (U32(2))
+        JUMP(3);
+    else
+        ip += 4;
+    NEXT();
+L_BR_UNLESS:
+    if (!U32(2))
+        JUMP(3);
+    else
+        ip += 4;
+    NEXT();
+L_BR_TABLE: {
+    uint32_t i = U32(2), n = ip[3];
+    if (i > n) i = n;
+    const uint32_t *t = ip + 4 + i;
+    ip = t + (int32_t)*t;
+    NEXT();
+}
+L_RET1:
+    fp[0] = S(2);
+    /* fallthrough */
+L_RETURN:
+    csp--;
+    ip = csp->ip;
+    fp = csp->fp;
+    inst = csp->inst;
+    mem = csp->mem;
+    NEXT();
+L_CALL:
+    f = inst->funcs[ip[2]];
+    nfp = fp + ip[3];
+    ip += 4;
+    goto do_call;
+L_CALL_INDIRECT: {
+    wtable *t = inst->tables[ip[2]];
+    uint32_t i = U32(5);
+    if (UNLIKELY(i >= t->size)) eng_trap(WASM_TRAP_UNDEFINED_ELEMENT);
+    uint64_t r = t->elems[i];
+    if (UNLIKELY(r == NULL_REF)) eng_trap(WASM_TRAP_UNINITIALIZED_ELEMENT);
+    f = eng_funcs[r];
+    if (UNLIKELY(f->canon != ip[3])) eng_trap(WASM_TRAP_INDIRECT_TYPE_MISMATCH);
+    nfp = fp + ip[4];
+    ip += 6;
+    goto do_call;
+}
+L_MOV:
+    S(2) = S(3);
+    ip += 4;
+    NEXT();
+L_CONST32:
+    S(2) = ip[3];
+    ip += 4;
+    NEXT();
+L_CONST64:
+    S(2) = ip[3] | (uint64_t)ip[4] << 32;
+    ip += 5;
+    NEXT();
+L_SELECT:
+    S(2) = U32(5) ? S(3) : S(4);
+    ip += 6;
+    NEXT();
+L_GLOBAL_GET:
+    S(2) = inst->globals[ip[3]]->value;
+    ip += 4;
+    NEXT();
+L_GLOBAL_SET:
+    inst->globals[ip[3]]->value = S(2);
+    ip += 4;
+    NEXT();
+L_MEM_SIZE:
+    S(2) = inst->mems[0]->pages;
+    ip += 3;
+    NEXT();
+L_MEM_GROW:
+    S(2) = (uint32_t)rt_memory_grow(inst->mems[0], U32(3));
+    ip += 4;
+    NEXT();
+L_MEM_INIT:
+    rt_memory_init(inst, ip[2], inst->mems[0], U32(3), U32(4), U32(5));
+    ip += 6;
+    NEXT();
+L_DATA_DROP:
+    inst->data_len[ip[2]] = 0;
+    ip += 3;
+    NEXT();
+L_MEM_COPY:
+    rt_memory_copy(inst->mems[0], inst->mems[0], U32(2), U32(3), U32(4));
+    ip += 5;
+    NEXT();
+L_MEM_FILL:
+    rt_memory_fill(inst->mems[0], U32(2), U32(3), U32(4));
+    ip += 5;
+    NEXT();
+L_TABLE_INIT:
+    rt_table_init(inst, ip[3], inst->tables[ip[2]], U32(4), U32(5), U32(6));
+    ip += 7;
+    NEXT();
+L_ELEM_DROP:
+    inst->elem_len[ip[2]] = 0;
+    ip += 3;
+    NEXT();
+L_TABLE_COPY:
+    rt_table_copy(inst->tables[ip[2]], inst->tables[ip[3]], U32(4), U32(5), U32(6));
+    ip += 7;
+    NEXT();
+L_TABLE_GROW:
+    S(3) = (uint32_t)rt_table_grow(inst->tables[ip[2]], S(4), U32(5));
+    ip += 6;
+    NEXT();
+L_TABLE_SIZE:
+    S(3) = inst->tables[ip[2]]->size;
+    ip += 4;
+    NEXT();
+L_TABLE_FILL:
+    rt_table_fill(inst->tables[ip[2]], U32(3), S(4), U32(5));
+    ip += 6;
+    NEXT();
+L_TABLE_GET: {
+    wtable *t = inst->tables[ip[2]];
+    uint32_t i = U32(4);
+    if (UNLIKELY(i >= t->size)) eng_trap(WASM_TRAP_TABLE_OOB);
+    S(3) = t->elems[i];
+    ip += 5;
+    NEXT();
+}
+L_TABLE_SET: {
+    wtable *t = inst->tables[ip[2]];
+    uint32_t i = U32(3);
+    if (UNLIKELY(i >= t->size)) eng_trap(WASM_TRAP_TABLE_OOB);
+    t->elems[i] = S(4);
+    ip += 5;
+    NEXT();
+}
+    UN(REF_IS_NULL, S(3) == NULL_REF)
+L_REF_FUNC:
+    S(2) = inst->funcs[ip[3]]->id;
+    ip += 4;
+    NEXT();
+
+    /* Memory. */
+    LOAD(I32_LOAD, uint32_t, v)
+    LOAD(I64_LOAD, uint64_t, v)
+    LOAD(F32_LOAD, uint32_t, v)
+    LOAD(F64_LOAD, uint64_t, v)
+    LOAD(I32_LOAD8_S, int8_t, (uint32_t)(int32_t)v)
+    LOAD(I32_LOAD8_U, uint8_t, v)
+    LOAD(I32_LOAD16_S, int16_t, (uint32_t)(int32_t)v)
+    LOAD(I32_LOAD16_U, uint16_t, v)
+    LOAD(I64_LOAD8_S, int8_t, (uint64_t)(int64_t)v)
+    LOAD(I64_LOAD8_U, uint8_t, v)
+    LOAD(I64_LOAD16_S, int16_t, (uint64_t)(int64_t)v)
+    LOAD(I64_LOAD16_U, uint16_t, v)
+    LOAD(I64_LOAD32_S, int32_t, (uint64_t)(int64_t)v)
+    LOAD(I64_LOAD32_U, uint32_t, v)
+    STORE(I32_STORE, uint32_t)
+    STORE(I64_STORE, uint64_t)
+    STORE(F32_STORE, uint32_t)
+    STORE(F64_STORE, uint64_t)
+    STORE(I32_STORE8, uint8_t)
+    STORE(I32_STORE16, uint16_t)
+    STORE(I64_STORE8, uint8_t)
+    STORE(I64_STORE16, uint16_t)
+    STORE(I64_STORE32, uint32_t)
+
+    /* Comparisons. */
+    UN(I32_EQZ, U32(3) == 0)
+    BIN(I32_EQ, U32(3) == U32(4))
+    BIN(I32_NE, U32(3) != U32(4))
+    BIN(I32_LT_S, I32(3) < I32(4))
+    BIN(I32_LT_U, U32(3) < U32(4))
+    BIN(I32_GT_S, I32(3) > I32(4))
+    BIN(I32_GT_U, U32(3) > U32(4))
+    BIN(I32_LE_S, I32(3) <= I32(4))
+    BIN(I32_LE_U, U32(3) <= U32(4))
+    BIN(I32_GE_S, I32(3) >= I32(4))
+    BIN(I32_GE_U, U32(3) >= U32(4))
+    UN(I64_EQZ, S(3) == 0)
+    BIN(I64_EQ, S(3) == S(4))
+    BIN(I64_NE, S(3) != S(4))
+    BIN(I64_LT_S, I64(3) < I64(4))
+    BIN(I64_LT_U, S(3) < S(4))
+    BIN(I64_GT_S, I64(3) > I64(4))
+    BIN(I64_GT_U, S(3) > S(4))
+    BIN(I64_LE_S, I64(3) <= I64(4))
+    BIN(I64_LE_U, S(3) <= S(4))
+    BIN(I64_GE_S, I64(3) >= I64(4))
+    BIN(I64_GE_U, S(3) >= S(4))
+    BIN(F32_EQ, F32(3) == F32(4))
+    BIN(F32_NE, F32(3) != F32(4))
+    BIN(F32_LT, F32(3) < F32(4))
+    BIN(F32_GT, F32(3) > F32(4))
+    BIN(F32_LE, F32(3) <= F32(4))
+    BIN(F32_GE, F32(3) >= F32(4))
+    BIN(F64_EQ, F64(3) == F64(4))
+    BIN(F64_NE, F64(3) != F64(4))
+    BIN(F64_LT, F64(3) < F64(4))
+    BIN(F64_GT, F64(3) > F64(4))
+    BIN(F64_LE, F64(3) <= F64(4))
+    BIN(F64_GE, F64(3) >= F64(4))
+
+    /* i32 arithmetic. */
+    UN(I32_CLZ, U32(3) ? (uint32_t)__builtin_clz(U32(3)) : 32)
+    UN(I32_CTZ, U32(3) ? (uint32_t)__builtin_ctz(U32(3)) : 32)
+    UN(I32_POPCNT, popcnt32(U32(3)))
+    BIN(I32_ADD, (uint32_t)(U32(3) + U32(4)))
+    BIN(I32_SUB, (uint32_t)(U32(3) - U32(4)))
+    BIN(I32_MUL, (uint32_t)(U32(3) * U32(4)))
+    BIN(I32_DIV_S, i32_div_s(U32(3), U32(4)))
+    BIN(I32_DIV_U, i32_div_u(U32(3), U32(4)))
+    BIN(I32_REM_S, i32_rem_s(U32(3), U32(4)))
+    BIN(I32_REM_U, i32_rem_u(U32(3), U32(4)))
+    BIN(I32_AND, U32(3) & U32(4))
+    BIN(I32_OR, U32(3) | U32(4))
+    BIN(I32_XOR, U32(3) ^ U32(4))
+    BIN(I32_SHL, (uint32_t)(U32(3) << (U32(4) & 31)))
+    BIN(I32_SHR_S, (uint32_t)(I32(3) >> (U32(4) & 31)))
+    BIN(I32_SHR_U, U32(3) >> (U32(4) & 31))
+    BIN(I32_ROTL, rotl32(U32(3), U32(4)))
+    BIN(I32_ROTR, rotr32(U32(3), U32(4)))
+
+    /* i64 arithmetic. */
+    UN(I64_CLZ, S(3) ? (uint64_t)__builtin_clzll(S(3)) : 64)
+    UN(I64_CTZ, S(3) ? (uint64_t)__builtin_ctzll(S(3)) : 64)
+    UN(I64_POPCNT, popcnt64(S(3)))
+    BIN(I64_ADD, S(3) + S(4))
+    BIN(I64_SUB, S(3) - S(4))
+    BIN(I64_MUL, S(3) * S(4))
+    BIN(I64_DIV_S, i64_div_s(S(3), S(4)))
+    BIN(I64_DIV_U, i64_div_u(S(3), S(4)))
+    BIN(I64_REM_S, i64_rem_s(S(3), S(4)))
+    BIN(I64_REM_U, i64_rem_u(S(3), S(4)))
+    BIN(I64_AND, S(3) & S(4))
+    BIN(I64_OR, S(3) | S(4))
+    BIN(I64_XOR, S(3) ^ S(4))
+    BIN(I64_SHL, S(3) << (S(4) & 63))
+    BIN(I64_SHR_S, (uint64_t)(I64(3) >> (S(4) & 63)))
+    BIN(I64_SHR_U, S(3) >> (S(4) & 63))
+    BIN(I64_ROTL, rotl64(S(3), S(4)))
+    BIN(I64_ROTR, rotr64(S(3), S(4)))
+
+    /* f32 arithmetic. */
+    UN(F32_ABS, U32(3) & 0x7fffffffu)
+    UN(F32_NEG, U32(3) ^ 0x80000000u)
+    UN(F32_CEIL, of_f32(f32_ceil(F32(3))))
+    UN(F32_FLOOR, of_f32(f32_floor(F32(3))))
+    UN(F32_TRUNC, of_f32(f32_trunc(F32(3))))
+    UN(F32_NEAREST, of_f32(f32_nearest(F32(3))))
+    UN(F32_SQRT, of_f32(f32_sqrt(F32(3))))
+    BIN(F32_ADD, of_f32(F32(3) + F32(4)))
+    BIN(F32_SUB, of_f32(F32(3) - F32(4)))
+    BIN(F32_MUL, of_f32(F32(3) * F32(4)))
+    BIN(F32_DIV, of_f32(F32(3) / F32(4)))
+    BIN(F32_MIN, of_f32(f32_min(F32(3), F32(4))))
+    BIN(F32_MAX, of_f32(f32_max(F32(3), F32(4))))
+    BIN(F32_COPYSIGN, (U32(3) & 0x7fffffffu) | (U32(4) & 0x80000000u))
+
+    /* f64 arithmetic. */
+    UN(F64_ABS, S(3) & 0x7fffffffffffffffull)
+    UN(F64_NEG, S(3) ^ 0x8000000000000000ull)
+    UN(F64_CEIL, of_f64(f64_ceil(F64(3))))
+    UN(F64_FLOOR, of_f64(f64_floor(F64(3))))
+    UN(F64_TRUNC, of_f64(f64_trunc(F64(3))))
+    UN(F64_NEAREST, of_f64(f64_nearest(F64(3))))
+    UN(F64_SQRT, of_f64(f64_sqrt(F64(3))))
+    BIN(F64_ADD, of_f64(F64(3) + F64(4)))
+    BIN(F64_SUB, of_f64(F64(3) - F64(4)))
+    BIN(F64_MUL, of_f64(F64(3) * F64(4)))
+    BIN(F64_DIV, of_f64(F64(3) / F64(4)))
+    BIN(F64_MIN, of_f64(f64_min(F64(3), F64(4))))
+    BIN(F64_MAX, of_f64(f64_max(F64(3), F64(4))))
+    BIN(F64_COPYSIGN, (S(3) & 0x7fffffffffffffffull) | (S(4) & 0x8000000000000000ull))
+
+    /* Conversions. */
+    UN(I32_WRAP_I64, U32(3))
+    UN(I32_TRUNC_F32_S, (uint32_t)i32_trunc_f32_s(F32(3)))
+    UN(I32_TRUNC_F32_U, i32_trunc_f32_u(F32(3)))
+    UN(I32_TRUNC_F64_S, (uint32_t)i32_trunc_f64_s(F64(3)))
+    UN(I32_TRUNC_F64_U, i32_trunc_f64_u(F64(3)))
+    UN(I64_EXTEND_I32_S, (uint64_t)(int64_t)I32(3))
+    UN(I64_EXTEND_I32_U, (uint64_t)U32(3))
+    UN(I64_TRUNC_F32_S, (uint64_t)i64_trunc_f32_s(F32(3)))
+    UN(I64_TRUNC_F32_U, i64_trunc_f32_u(F32(3)))
+    UN(I64_TRUNC_F64_S, (uint64_t)i64_trunc_f64_s(F64(3)))
+    UN(I64_TRUNC_F64_U, i64_trunc_f64_u(F64(3)))
+    UN(F32_CONVERT_I32_S, of_f32((float)I32(3)))
+    UN(F32_CONVERT_I32_U, of_f32((float)U32(3)))
+    UN(F32_CONVERT_I64_S, of_f32((float)I64(3)))
+    UN(F32_CONVERT_I64_U, of_f32((float)S(3)))
+    UN(F32_DEMOTE_F64, of_f32((float)F64(3)))
+    UN(F64_CONVERT_I32_S, of_f64((double)I32(3)))
+    UN(F64_CONVERT_I32_U, of_f64((double)U32(3)))
+    UN(F64_CONVERT_I64_S, of_f64((double)I64(3)))
+    UN(F64_CONVERT_I64_U, of_f64((double)S(3)))
+    UN(F64_PROMOTE_F32, of_f64((double)F32(3)))
+    UN(I32_REINTERPRET_F32, U32(3))
+    UN(I64_REINTERPRET_F64, S(3))
+    UN(F32_REINTERPRET_I32, U32(3))
+    UN(F64_REINTERPRET_I64, S(3))
+    UN(I32_EXTEND8_S, (uint32_t)(int32_t)(int8_t)S(3))
+    UN(I32_EXTEND16_S, (uint32_t)(int32_t)(int16_t)S(3))
+    UN(I64_EXTEND8_S, (uint64_t)(int64_t)(int8_t)S(3))
+    UN(I64_EXTEND16_S, (uint64_t)(int64_t)(int16_t)S(3))
+    UN(I64_EXTEND32_S, (uint64_t)(int64_t)(int32_t)S(3))
+    UN(I32_TRUNC_SAT_F32_S, (uint32_t)i32_sat_f32_s(F32(3)))
+    UN(I32_TRUNC_SAT_F32_U, i32_sat_f32_u(F32(3)))
+    UN(I32_TRUNC_SAT_F64_S, (uint32_t)i32_sat_f64_s(F64(3)))
+    UN(I32_TRUNC_SAT_F64_U, i32_sat_f64_u(F64(3)))
+    UN(I64_TRUNC_SAT_F32_S, (uint64_t)i64_sat_f32_s(F32(3)))
+    UN(I64_TRUNC_SAT_F32_U, i64_sat_f32_u(F32(3)))
+    UN(I64_TRUNC_SAT_F64_S, (uint64_t)i64_sat_f64_s(F64(3)))
+    UN(I64_TRUNC_SAT_F64_U, i64_sat_f64_u(F64(3)))
+
+    /* Immediate forms: d a k. */
+    BIN(I32_ADD_I, (uint32_t)(U32(3) + K32))
+    BIN(I32_SUB_I, (uint32_t)(U32(3) - K32))
+    BIN(I32_MUL_I, (uint32_t)(U32(3) * K32))
+    BIN(I32_AND_I, U32(3) & K32)
+    BIN(I32_OR_I, U32(3) | K32)
+    BIN(I32_XOR_I, U32(3) ^ K32)
+    BIN(I32_SHL_I, (uint32_t)(U32(3) << (K32 & 31)))
+    BIN(I32_SHR_S_I, (uint32_t)(I32(3) >> (K32 & 31)))
+    BIN(I32_SHR_U_I, U32(3) >> (K32 & 31))
+    BIN(I32_EQ_I, U32(3) == K32)
+    BIN(I32_NE_I, U32(3) != K32)
+    BIN(I32_LT_S_I, I32(3) < (int32_t)K32)
+    BIN(I32_LT_U_I, U32(3) < K32)
+    BIN(I32_GT_S_I, I32(3) > (int32_t)K32)
+    BIN(I32_GT_U_I, U32(3) > K32)
+    BIN(I32_LE_S_I, I32(3) <= (int32_t)K32)
+    BIN(I32_LE_U_I, U32(3) <= K32)
+    BIN(I32_GE_S_I, I32(3) >= (int32_t)K32)
+    BIN(I32_GE_U_I, U32(3) >= K32)
+    BIN(I64_ADD_I, S(3) + (uint64_t)(int64_t)(int32_t)K32)
+    BIN(I64_SUB_I, S(3) - (uint64_t)(int64_t)(int32_t)K32)
+    BIN(I64_AND_I, S(3) & (uint64_t)(int64_t)(int32_t)K32)
+    BIN(I64_SHL_I, S(3) << (K32 & 63))
+    BIN(I64_SHR_S_I, (uint64_t)(I64(3) >> (K32 & 63)))
+    BIN(I64_SHR_U_I, S(3) >> (K32 & 63))
+
+    /* Fused compare-and-branch: a b off / a k off. */
+    CBR(BR_EQ, U32(2) == U32(3))
+    CBR(BR_NE, U32(2) != U32(3))
+    CBR(BR_LT_S, I32(2) < I32(3))
+    CBR(BR_LT_U, U32(2) < U32(3))
+    CBR(BR_GT_S, I32(2) > I32(3))
+    CBR(BR_GT_U, U32(2) > U32(3))
+    CBR(BR_LE_S, I32(2) <= I32(3))
+    CBR(BR_LE_U, U32(2) <= U32(3))
+    CBR(BR_GE_S, I32(2) >= I32(3))
+    CBR(BR_GE_U, U32(2) >= U32(3))
+    CBR(BR_EQ_I, U32(2) == ip[3])
+    CBR(BR_NE_I, U32(2) != ip[3])
+    CBR(BR_LT_S_I, I32(2) < (int32_t)ip[3])
+    CBR(BR_LT_U_I, U32(2) < ip[3])
+    CBR(BR_GT_S_I, I32(2) > (int32_t)ip[3])
+    CBR(BR_GT_U_I, U32(2) > ip[3])
+    CBR(BR_LE_S_I, I32(2) <= (int32_t)ip[3])
+    CBR(BR_LE_U_I, U32(2) <= ip[3])
+    CBR(BR_GE_S_I, I32(2) >= (int32_t)ip[3])
+    CBR(BR_GE_U_I, U32(2) >= ip[3])
+}
