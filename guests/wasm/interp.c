@@ -24,22 +24,22 @@ static uint32_t halt_code[2];
 static inline float f32_of(uint64_t v) {
     uint32_t b = (uint32_t)v;
     float f;
-    memcpy(&f, &b, 4);
+    __builtin_memcpy(&f, &b, 4);
     return f;
 }
 static inline uint64_t of_f32(float f) {
     uint32_t b;
-    memcpy(&b, &f, 4);
+    __builtin_memcpy(&b, &f, 4);
     return b;
 }
 static inline double f64_of(uint64_t v) {
     double d;
-    memcpy(&d, &v, 8);
+    __builtin_memcpy(&d, &v, 8);
     return d;
 }
 static inline uint64_t of_f64(double d) {
     uint64_t b;
-    memcpy(&b, &d, 8);
+    __builtin_memcpy(&b, &d, 8);
     return b;
 }
 
@@ -253,7 +253,7 @@ static inline uint64_t popcnt64(uint64_t x) {
 #define LOAD(name, type, conv)                                                         \
     L_##name : {                                                                       \
         type v;                                                                        \
-        memcpy(&v, mem + (uint64_t)U32(3) + ip[4], sizeof v);                          \
+        __builtin_memcpy(&v, mem + (uint64_t)U32(3) + ip[4], sizeof v);                          \
         S(2) = conv;                                                                   \
         ip += 5;                                                                       \
         NEXT();                                                                        \
@@ -261,7 +261,7 @@ static inline uint64_t popcnt64(uint64_t x) {
 #define STORE(name, type)                                                              \
     L_##name : {                                                                       \
         type v = (type)S(3);                                                           \
-        memcpy(mem + (uint64_t)U32(2) + ip[4], &v, sizeof v);                          \
+        __builtin_memcpy(mem + (uint64_t)U32(2) + ip[4], &v, sizeof v);                          \
         ip += 5;                                                                       \
         NEXT();                                                                        \
     }
