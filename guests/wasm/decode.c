@@ -54,25 +54,40 @@ static const char *rd_name(reader *r, uint32_t *len) {
     return s;
 }
 
-/* A constant expression: skips it (checking its shape) and records where it is. */
-static cexpr rd_cexpr(reader *r) {
+/* A constant expression (Wasm 2.0: one constant, ref.null, ref.func, or global.get of an
+ * imported immutable global): checks its shape and records where it is. */
+static cexpr rd_cexpr(module *m, reader *r) {
     cexpr e = {r->p, 0};
+    uint32_t n = 0;
     for (;;) {
         uint8_t op = rd_u8(r);
         switch (op) {
         case 0x0b:
+            if (n != 1) eng_fail(WASM_STATUS_INVALID, "type mismatch");
             e.len = (uint32_t)(r->p - e.code);
             return e;
         case 0x41: rd_s32(r); break;
         case 0x42: rd_s64(r); break;
         case 0x43: rd_bytes(r, 4); break;
         case 0x44: rd_bytes(r, 8); break;
-        case 0x23: rd_u32(r); break;
-        case 0xd0: rd_reftype(r); break;
-        case 0xd2: rd_u32(r); break;
-        case 0x6a: case 0x6b: case 0x6c: case 0x7c: case 0x7d: case 0x7e: break;
-        default: eng_malformed("constant expression required");
+        case 0x23: {
+            uint32_t g = rd_u32(r);
+            if (g >= m->nglobals_imported) eng_fail(WASM_STATUS_INVALID, "unknown global");
+            uint32_t k = 0;
+            for (uint32_t i = 0; i < m->nimports; i++) {
+                if (m->imports[i].kind != EXT_GLOBAL) continue;
+                if (k++ == g && m->imports[i].mut)
+                    eng_fail(WASM_STATUS_INVALID, "constant expression required");
+            }
+            break;
         }
+        case 0xd0: rd_reftype(r); break;
+        case 0xd2:
+            if (rd_u32(r) >= m->nfuncs) eng_fail(WASM_STATUS_INVALID, "unknown function");
+            break;
+        default: eng_fail(WASM_STATUS_INVALID, "constant expression required");
+        }
+        n++;
     }
 }
 
@@ -186,6 +201,10 @@ static void read_memories(module *m, reader *r) {
     for (uint32_t i = 0; i < m->nimports; i++)
         if (m->imports[i].kind == EXT_MEM) m->mems[k++] = m->imports[i].lim;
     for (uint32_t i = 0; i < n; i++) m->mems[k++] = rd_limits(r, WASM_MAX_PAGES);
+    if (m->nmems > 1) eng_fail(WASM_STATUS_INVALID, "multiple memories");
+    for (uint32_t i = 0; i < m->nmems; i++)
+        if (m->mems[i].min > WASM_MAX_PAGES || (m->mems[i].has_max && m->mems[i].max > WASM_MAX_PAGES))
+            eng_fail(WASM_STATUS_INVALID, "memory size must be at most 65536 pages (4GiB)");
 }
 
 static void read_globals(module *m, reader *r) {
@@ -202,7 +221,7 @@ static void read_globals(module *m, reader *r) {
         uint8_t mut = rd_u8(r);
         if (mut > 1) eng_malformed("malformed mutability");
         g->mut = mut;
-        g->init = rd_cexpr(r);
+        g->init = rd_cexpr(m, r);
     }
 }
 
@@ -235,7 +254,7 @@ static void read_elems(module *m, reader *r) {
         e->mode = (flags & 1) ? ((flags & 2) ? SEG_DECLARATIVE : SEG_PASSIVE) : SEG_ACTIVE;
         if (e->mode == SEG_ACTIVE) {
             if (flags & 2) e->table = rd_u32(r);
-            e->offset = rd_cexpr(r);
+            e->offset = rd_cexpr(m, r);
         }
         bool exprs = flags & 4;
         if (flags & 3) {
@@ -249,7 +268,7 @@ static void read_elems(module *m, reader *r) {
         e->items = mod_alloc(m, (size_t)e->count * sizeof(cexpr));
         for (uint32_t k = 0; k < e->count; k++) {
             if (exprs) {
-                e->items[k] = rd_cexpr(r);
+                e->items[k] = rd_cexpr(m, r);
             } else {
                 uint32_t f = rd_u32(r);
                 if (f >= m->nfuncs) eng_malformed("unknown function");
@@ -272,7 +291,7 @@ static void read_datas(module *m, reader *r) {
         d->mode = flags == 1 ? SEG_PASSIVE : SEG_ACTIVE;
         if (flags == 2) d->memory = rd_u32(r);
         if (d->mode == SEG_ACTIVE) {
-            d->offset = rd_cexpr(r);
+            d->offset = rd_cexpr(m, r);
             if (d->memory >= m->nmems) eng_malformed("unknown memory");
         }
         d->len = rd_u32(r);

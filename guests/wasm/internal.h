@@ -193,6 +193,8 @@ extern uint32_t eng_nfuncs;
 
 /* Raises a trap (longjmps to the running operation). */
 NORETURN void eng_trap(int kind);
+/* The trap of call_indirect on a null table element (the message names the index). */
+NORETURN void eng_trap_uninitialized(uint32_t index);
 /* Raises a decoding error during eng_load. */
 NORETURN void eng_malformed(const char *msg);
 /* Ends the running operation with a reply of `status` and message. */

@@ -379,7 +379,7 @@ L_CALL_INDIRECT: {
     uint32_t i = U32(5);
     if (UNLIKELY(i >= t->size)) eng_trap(WASM_TRAP_UNDEFINED_ELEMENT);
     uint64_t r = t->elems[i];
-    if (UNLIKELY(r == NULL_REF)) eng_trap(WASM_TRAP_UNINITIALIZED_ELEMENT);
+    if (UNLIKELY(r == NULL_REF)) eng_trap_uninitialized(i);
     f = eng_funcs[r];
     if (UNLIKELY(f->canon != ip[3])) eng_trap(WASM_TRAP_INDIRECT_TYPE_MISMATCH);
     nfp = fp + ip[4];

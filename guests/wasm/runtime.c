@@ -114,6 +114,21 @@ void eng_trap(int kind) {
     __builtin_longjmp(op_jmp, 1);
 }
 
+void eng_trap_uninitialized(uint32_t index) {
+    char msg[48] = "uninitialized element ";
+    char digits[12];
+    int n = 0, k = 22;
+    do {
+        digits[n++] = (char)('0' + index % 10);
+        index /= 10;
+    } while (index);
+    while (n) msg[k++] = digits[--n];
+    msg[k] = 0;
+    reply_error(WASM_STATUS_TRAP, WASM_TRAP_UNINITIALIZED_ELEMENT, msg);
+    op_running = false;
+    __builtin_longjmp(op_jmp, 1);
+}
+
 void eng_fault(uint64_t address) {
     (void)address;
     if (!op_running) {
