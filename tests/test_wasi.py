@@ -6,6 +6,7 @@ imports (wasmtime only executes the Wasm there; every WASI call is handled here)
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import shutil
@@ -635,6 +636,18 @@ def test_symlinks_inside_the_tree_are_followed(tree: Path) -> None:
     assert (tree / "outside" / "secret.txt").read_bytes() == b"secret"
 
 
+def test_opening_a_fifo_does_not_block(tree: Path) -> None:
+    os.mkfifo(tree / "data" / "fifo")
+    g = make(tree)
+    err, fd = g.open("fifo", rights=int(Rights.FD_READ))
+    assert err == 0
+    buf = g.alloc(24)
+    assert g.call("fd_fdstat_get", fd, buf) == 0
+    assert FDSTAT.unpack_from(g.mem.data, buf)[:2] == (0, 0)  # unknown type, blocking
+    assert g.call("fd_close", fd) == 0
+    assert g.open("fifo", rights=int(Rights.FD_WRITE))[0] == Errno.NXIO  # no reader
+
+
 def test_creating_through_a_dangling_inside_link(tree: Path) -> None:
     g = make(tree)
     (tree / "data" / "dangling").symlink_to("sub/created.txt")
@@ -789,54 +802,87 @@ def test_wrong_argument_count_is_a_type_error() -> None:
         ctx.functions["fd_close"].call(Memory(), 1, 2)
 
 
+# Where path_* functions take (pointer, length) pairs and a directory fd.
+PATH_ARGS = {
+    "path_create_directory": ([(1, 2)], [0]),
+    "path_filestat_get": ([(2, 3)], [0]),
+    "path_filestat_set_times": ([(2, 3)], [0]),
+    "path_link": ([(2, 3), (5, 6)], [0, 4]),
+    "path_open": ([(2, 3)], [0]),
+    "path_readlink": ([(1, 2)], [0]),
+    "path_remove_directory": ([(1, 2)], [0]),
+    "path_rename": ([(1, 2), (4, 5)], [0, 3]),
+    "path_symlink": ([(0, 1), (3, 4)], [2]),
+    "path_unlink_file": ([(1, 2)], [0]),
+}
+
+
 def test_random_hostile_calls_never_raise_or_escape(tree: Path) -> None:
     import random
 
     rng = random.Random(1234)
-    g = make(tree, stdin=b"x" * 100)
-    paths = [b"a.txt", b"../outside", b"/etc", b"link_out", b"sub", b"x/y", b"..", b"."]
-    for p in paths:
+    g = make(tree, stdin=b"x" * 100, clock="virtual")
+    paths = [
         g.put(p)
-    interesting = [
-        0,
-        1,
-        2,
-        3,
-        4,
-        5,
-        8,
-        24,
-        48,
-        64,
-        1024,
-        1 << 16,
-        (1 << 20) - 1,
-        1 << 20,
-        1 << 31,
-        0xFFFFFFFF,
-        -1,
-        -(1 << 31),
-        1 << 63,
-        (1 << 64) - 1,
-    ]
+        for p in (
+            b"a.txt", b"new", b"new/f", b"sub", b"sub/b.txt", b"sub/deep", b"link_in",
+            b"link_dir/", b"chain1", b"loop1", b"..", b".", b"x/y", b"../outside",
+            b"/etc/passwd", b"link_out", b"link_abs/etc", b"sub/up/secret.txt",
+            b"chain_out1", b"sub/../../outside/secret.txt", b"../../x", b"\xff",
+        )
+    ]  # fmt: skip
+    iovs = g.alloc(16)
+    interesting = [0, 1, 2, 3, 4, 5, 8, 24, 48, 64, 1024, 1 << 16, (1 << 20) - 1, 1 << 20,
+                   1 << 31, 0xFFFFFFFF, -1, -(1 << 31), 1 << 63, (1 << 64) - 1]  # fmt: skip
     outside_before = snapshot(tree / "outside")
     ro_before = snapshot(tree / "ro")
-    names = sorted(set(WASI_FUNCTIONS) - {"proc_exit", "poll_oneoff"})
-    for _ in range(20000):
+    parent_before = os.listdir(tree.parent)
+    names = sorted(set(WASI_FUNCTIONS) - {"proc_exit"})
+    outcomes: collections.Counter[str] = collections.Counter()
+    for _ in range(30000):
         name = rng.choice(names)
         fn = g.ctx.functions[name]
         args = []
         for t in fn.params:
-            if rng.random() < 0.5:
+            roll = rng.random()
+            if roll < 0.4:
                 args.append(rng.choice(interesting))
+            elif roll < 0.7:
+                args.append(rng.randrange(g.top, 1 << 20))  # in memory, past the paths
             else:
                 args.append(rng.randrange(0, 1 << (32 if t == I32 else 64)))
-        if name.startswith("fd_") or name.startswith("path_"):
-            args[0] = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, args[0]])
+        if name.startswith("fd_"):
+            args[0] = rng.choice([0, 1, 2, 3, 3, 4, 4, 5, 6, 7, args[0]])
+        for pairs, fds in [PATH_ARGS.get(name, ([], []))]:
+            for i in fds:
+                args[i] = rng.choice([3, 3, 3, 4, 5, 6, args[i]])
+            for ptr, length in pairs:
+                if rng.random() < 0.9:
+                    args[ptr], args[length] = rng.choice(paths)
+        if name in ("fd_read", "fd_write", "fd_pread", "fd_pwrite") and rng.random() < 0.5:
+            args[1], args[2], args[-1] = iovs, rng.choice([1, 2]), rng.randrange(g.top, 1 << 19)
+            struct.pack_into("<IIII", g.mem.data, iovs, 1 << 19, 100, (1 << 19) + 200, 1000)
+        if name == "path_open" and rng.random() < 0.8:  # mostly valid flags
+            args[4] = rng.choice([0, 1, 2, 5, 8, 9])
+            args[7] = rng.choice([0, 1, 4])
+            args[8] = rng.randrange(g.top, (1 << 20) - 4)
+        keep = {0, 1, 3, 4}  # stdin, stdout and the preopens, so that later calls get somewhere
+        if name in ("fd_close", "fd_renumber", "fd_fdstat_set_rights") and keep & {
+            a & 0xFFFFFFFF for a in args
+        }:
+            continue
         result = fn.call(g.mem, *args)
         assert isinstance(result, int) and 0 <= result <= 76, (name, args, result)
+        if result == 0:
+            outcomes[name] += 1
     assert snapshot(tree / "outside") == outside_before
     assert snapshot(tree / "ro") == ro_before
+    assert sorted(os.listdir(tree)) == ["data", "outside", "ro"]
+    assert sorted(os.listdir(tree.parent)) == sorted(parent_before)
+    # The calls reached the real work, not only the argument checks.
+    for name in ("path_open", "path_create_directory", "fd_read", "fd_write",
+                 "fd_readdir"):  # fmt: skip
+        assert outcomes[name] > 0, (name, outcomes)
     g.ctx.close()
 
 
@@ -917,8 +963,12 @@ def test_interrupt_ends_a_sleep_with_eintr() -> None:
     g = Guest(WasiContext(WasiConfig()))
     threading.Timer(0.05, g.ctx.interrupt).start()
     start = time.monotonic()
-    err, _ = poll(g, subscription_clock(1, 1, 60 * 10**9))
+    err, _ = poll(g, subscription_clock(1, 1, (1 << 64) - 1))  # "forever"
     assert err == Errno.INTR and time.monotonic() - start < 5
+    # The interrupt is consumed: the next sleep sleeps.
+    assert poll(g, subscription_clock(2, 1, 1_000_000)) == (0, [(2, 0, 0, 0)])
+    g.ctx.interrupt()  # pending: ends the next sleep at once
+    assert poll(g, subscription_clock(3, 1, 60 * 10**9))[0] == Errno.INTR
 
 
 def test_virtual_clock_is_deterministic() -> None:
@@ -997,6 +1047,8 @@ def test_descriptor_limit(tree: Path) -> None:
 def test_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="NUL"):
         WasiConfig(args=["a\0b"])
+    with pytest.raises(ValidationError, match="UTF-8"):
+        WasiConfig(args=["\udcff"])
     with pytest.raises(ValidationError, match="variable name"):
         WasiConfig(env={"A=B": "x"})
     with pytest.raises(ValidationError, match="stdout"):

@@ -331,6 +331,13 @@ _STDOUT_RIGHTS = (
 # Configuration
 
 
+def _check_utf8(text: str) -> None:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{text!r} cannot be encoded as UTF-8") from None
+
+
 class Preopen(BaseModel):
     """A host directory the program may use, under the name `guest_path` (what
     fd_prestat_dir_name reports; wasi-libc matches absolute paths against it)."""
@@ -389,6 +396,7 @@ class WasiConfig(BaseModel):
         for arg in v:
             if "\0" in arg:
                 raise ValueError(f"argument {arg!r} contains a NUL character")
+            _check_utf8(arg)
         return v
 
     @field_validator("env")
@@ -399,6 +407,8 @@ class WasiConfig(BaseModel):
                 raise ValueError(f"variable name {key!r} is empty or contains '=' or NUL")
             if "\0" in value:
                 raise ValueError(f"the value of {key} contains a NUL character")
+            _check_utf8(key)
+            _check_utf8(value)
         return v
 
     @field_validator("capture_limit")
@@ -1382,7 +1392,8 @@ class WasiContext:
             if write and not flags & os.O_DIRECTORY:
                 flags |= os.O_RDWR if read else os.O_WRONLY
             try:
-                host = os.open(at.name, flags, 0o666, dir_fd=at.parent)
+                # O_NONBLOCK so that opening a FIFO never blocks; cleared again below.
+                host = os.open(at.name, flags | os.O_NONBLOCK, 0o666, dir_fd=at.parent)
             except IsADirectoryError:
                 # Write rights asked for a directory (e.g. "all rights"): it opens as a
                 # directory, whose rights never include FD_WRITE.
@@ -1393,9 +1404,12 @@ class WasiContext:
             except PermissionError:
                 if write or read or flags & (os.O_CREAT | os.O_TRUNC):
                     raise
-                host = os.open(at.name, flags | os.O_PATH, dir_fd=at.parent)
+                flags |= os.O_PATH
+                host = os.open(at.name, flags, dir_fd=at.parent)
         try:
             st = os.fstat(host)
+            if not fdflags & FDFLAGS_NONBLOCK and not flags & os.O_PATH:
+                fcntl.fcntl(host, fcntl.F_SETFL, fcntl.fcntl(host, fcntl.F_GETFL) & ~os.O_NONBLOCK)
             if stat.S_ISDIR(st.st_mode):
                 entry = _Fd(
                     "dir",
@@ -1567,14 +1581,22 @@ class WasiContext:
             wait = min(d for d, _ in timers)
             if self.config.clock == "virtual":
                 self._virtual_ns += wait
-            elif self._interrupt.wait(wait / 1e9):
-                raise _Fail(Errno.INTR)
+            else:
+                self._sleep(wait)
             events += [EVENT.pack(u, 0, EVENTTYPE_CLOCK, 0, 0) for d, u in timers if d <= wait]
         else:
             events += [EVENT.pack(u, 0, EVENTTYPE_CLOCK, 0, 0) for d, u in timers if d == 0]
         mem.write(out_ptr, b"".join(events))
         mem.write(n_ptr, struct.pack("<I", len(events)))
         return 0
+
+    def _sleep(self, ns: int) -> None:
+        deadline = time.monotonic_ns() + ns
+        while (left := deadline - time.monotonic_ns()) > 0:
+            # In slices: Event.wait refuses timeouts of centuries, which a guest may ask.
+            if self._interrupt.wait(min(left, 3600 * 10**9) / 1e9):
+                self._interrupt.clear()
+                raise _Fail(Errno.INTR)
 
     def _fd_event(self, userdata: int, tag: int, number: int) -> bytes:
         e = self._fds.get(number)
