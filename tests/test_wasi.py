@@ -631,6 +631,9 @@ def test_symlinks_inside_the_tree_are_followed(tree: Path) -> None:
     assert g.read(fd, 10) == (0, [b"bee"])
     assert g.open("link_in", lookup=0)[0] == Errno.LOOP  # O_NOFOLLOW on a symlink
     assert g.open("loop1")[0] == Errno.LOOP
+    assert g.path_call("path_remove_directory", "link_dir/") == Errno.NOTDIR  # not sub
+    assert g.path_call("path_unlink_file", "link_dir/") == Errno.NOTDIR
+    assert (tree / "data" / "sub").is_dir() and (tree / "data" / "link_dir").is_symlink()
     assert g.filestat("link_out", lookup=0)[0] == 0  # the link itself is inside
     assert g.path_call("path_unlink_file", "link_out") == 0  # removes the link only
     assert (tree / "outside" / "secret.txt").read_bytes() == b"secret"

@@ -808,6 +808,8 @@ class WasiContext:
                         break
                     if not stat.S_ISLNK(st.st_mode):
                         break
+                    if not follow:  # "link/" where the link itself is meant
+                        raise _Fail(Errno.NOTDIR)
                 else:
                     try:
                         down = os.open(part, _PATH_FLAGS, dir_fd=current)
@@ -980,6 +982,8 @@ class WasiContext:
     def _random_get(self, mem: _Memory, buf: int, length: int) -> int:
         if buf + length > 1 << 32:
             raise _Fail(Errno.FAULT)
+        if length:
+            mem.read(buf + length - 1, 1)  # fault before filling anything
         done = 0
         while done < length:
             n = min(_RANDOM_CHUNK, length - done)
@@ -1350,6 +1354,8 @@ class WasiContext:
         fd_ptr: int,
     ) -> int:
         d = self._dir(fd, Rights.PATH_OPEN)
+        if len(self._fds) >= self.config.max_open_files:
+            raise _Fail(Errno.MFILE)  # before O_CREAT leaves a file behind
         oflags &= 0xFFFF
         fdflags &= 0xFFFF
         if oflags & ~0xF or fdflags & ~0x1F:
