@@ -412,6 +412,27 @@ def test_discarded_output_and_stdin_bytes_with_scatter() -> None:
     assert g.read(1, 4)[0] == Errno.NOTCAPABLE
 
 
+def test_inherited_stdio_uses_the_host_fds(capfd: pytest.CaptureFixture[str]) -> None:
+    read_end, write_end = os.pipe()
+    saved = os.dup(0)
+    try:
+        os.write(write_end, b"from host stdin")
+        os.close(write_end)
+        os.dup2(read_end, 0)
+        config = WasiConfig(stdin="inherit", stdout="inherit", stderr="inherit")
+        g = Guest(WasiContext(config))
+        assert g.read(0, 4, 100) == (0, [b"from", b" host stdin"])
+        assert g.write(1, b"to host ", b"stdout\n") == (0, 15)
+        assert g.write(2, b"to host stderr\n") == (0, 15)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(read_end)
+    out, err = capfd.readouterr()
+    assert out == "to host stdout\n" and err == "to host stderr\n"
+    assert g.ctx.stdout == g.ctx.stderr == b""
+
+
 def test_stdio_is_a_character_device_without_seek() -> None:
     g = Guest(WasiContext(WasiConfig()))
     buf = g.alloc(24)
