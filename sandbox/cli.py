@@ -375,7 +375,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Everything after "--" is the command's positional ARGS (argparse's own handling of
+    # "--" does not reach a nested subcommand's positionals).
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest: list[str] | None = None
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, rest = argv[:cut], argv[cut + 1 :]
+    args = parser.parse_args(argv)
+    if rest is not None:
+        if not isinstance(getattr(args, "args", None), list):
+            parser.error("unrecognized arguments: --")
+        args.args = [*args.args, *rest]
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
