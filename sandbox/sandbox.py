@@ -331,8 +331,9 @@ class Sandbox:
         vm: Vm | None = None
         vcpu: Vcpu | None = None
         try:
-            memory.write(layout.boot_info + BOOT_INFO_SEED_OFFSET, _new_seed())
+            # Populate first: the seed then goes into a page already copied (no fault).
             memory.prefault(layout.first_call_pages)
+            memory.write(layout.boot_info + BOOT_INFO_SEED_OFFSET, _new_seed())
             vm = kvm.create_vm()
             vm.set_user_memory_region(0, 0, layout.mem_size, memory.host_address)
             vcpu = vm.create_vcpu()
