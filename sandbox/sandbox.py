@@ -6,8 +6,9 @@ import functools
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,6 +114,9 @@ class _CpuSetup:
     sregs: Any  # struct kvm_sregs *
     xcrs: Any | None  # struct kvm_xcrs *, None without XSAVE
     xsave: Any  # struct kvm_xsave *: the FPU/SSE state of a vCPU after reset
+    _reset_xsave_memo: weakref.WeakKeyDictionary[Any, bool] = field(
+        default_factory=weakref.WeakKeyDictionary, compare=False, repr=False
+    )
 
     def is_reset_xsave(self, xsave: Any) -> bool:
         """Whether the XSAVE area `xsave` holds the registers of a new vCPU (then loading
@@ -124,8 +128,12 @@ class _CpuSetup:
         so equal bytes elsewhere mean equal registers."""
         if xsave is self.xsave:
             return True
-        ours, reset = ffi.buffer(xsave), ffi.buffer(self.xsave)
-        return bool(ours[:512] == reset[:512] and ours[520:] == reset[520:])
+        known = self._reset_xsave_memo.get(xsave)  # a snapshot's area never changes
+        if known is None:
+            ours, reset = ffi.buffer(xsave), ffi.buffer(self.xsave)
+            known = bool(ours[:512] == reset[:512] and ours[520:] == reset[520:])
+            self._reset_xsave_memo[xsave] = known
+        return known
 
 
 _cpu_setup_cache: _CpuSetup | None = None
@@ -138,6 +146,8 @@ def _cpu_setup(kvm: Kvm) -> _CpuSetup:
     would have to run in ring 0). Built once per process from a scratch vCPU's reset
     state."""
     global _cpu_setup_cache
+    if _cpu_setup_cache is not None:  # built: no lock on the spawn path
+        return _cpu_setup_cache
     with _cpu_setup_lock:
         if _cpu_setup_cache is None:
             vm = kvm.create_vm()
