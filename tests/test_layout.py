@@ -19,6 +19,7 @@ from sandbox.layout import (
     PAGE,
     PAGE_TABLES,
     PML4,
+    PREFETCH_GROUP,
     RING0_STACK,
     STUBS,
     TSS,
@@ -290,3 +291,24 @@ def test_layout_that_does_not_fit() -> None:
             stack_size=PAGE,
             heap_size=None,
         )
+
+
+def test_first_call_pages_cover_what_a_first_call_touches(template: Template) -> None:
+    """Each range starts on a prefetch-group boundary (KVM prefetches a group's pages
+    from its first page on, up to the first page not present and writable in the host)
+    and ends at the last page a first call touches: populating more only costs copies."""
+    lay = template.layout
+    touched = [lay.stack_top - PAGE, lay.boot_info, lay.in_buf, lay.image_base, lay.out_buf]
+    ranges = lay.first_call_pages
+    for addr in touched:
+        assert any(start <= addr < start + size for start, size, _ in ranges), hex(addr)
+    for start, size, write in ranges:
+        assert write
+        assert start % PREFETCH_GROUP == 0
+        assert size % PAGE == 0 and size <= lay.mem_size - start
+    ends = {start + size for start, size, _ in ranges}
+    last_touched = {
+        min(lay.in_buf + PAGE, lay.mem_size),
+        min(lay.out_buf + PAGE, lay.mem_size),
+    }
+    assert {(e + PAGE - 1) & ~(PAGE - 1) for e in last_touched} >= ends

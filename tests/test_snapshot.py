@@ -23,6 +23,9 @@ from sandbox import (
     Snapshot,
     SnapshotError,
 )
+from sandbox._native import ffi
+from sandbox.kvm import Kvm
+from sandbox.sandbox import _cpu_setup
 from sandbox.snapshot import FORMAT_VERSION, MAGIC
 
 pytestmark = pytest.mark.requires_kvm
@@ -57,15 +60,54 @@ def test_restore_resets_globals_and_heap(snapped: tuple[Sandbox, Snapshot]) -> N
     assert sb.call("counter") == 2  # the snapshot was taken after one call
 
 
+XMM15_OFFSET = 160 + 15 * 16  # in the XSAVE area's legacy region (SDM 10.5.1, FXSAVE layout)
+
+
+def _xmm15(xsave: object) -> int:
+    return int.from_bytes(ffi.buffer(xsave)[XMM15_OFFSET : XMM15_OFFSET + 8], "little")
+
+
 def test_restore_resets_sse_state(snapped: tuple[Sandbox, Snapshot]) -> None:
+    """MXCSR is callee-saved in the SysV ABI: a value set by one call persists to the next.
+    The vector registers are caller-saved and the SDK zeroes them before every return, so
+    a call that traps is what leaves one set for the restore to undo."""
     sb, snap = snapped
     default_mxcsr = sb.call("get_mxcsr")
     sb.call("set_mxcsr", 0x7F80)  # round toward zero, exceptions masked
-    sb.call("set_xmm15", 0xDEADBEEF)
-    assert sb.call("get_mxcsr") == 0x7F80 and sb.call("get_xmm15") == 0xDEADBEEF  # persists
+    assert sb.call("get_mxcsr") == 0x7F80  # persists
+    with pytest.raises(GuestTrap):
+        sb.call("set_xmm15_then_trap", 0xDEADBEEF)
+    assert _xmm15(sb._vcpu.get_xsave()) == 0xDEADBEEF  # still in the vCPU
     sb.restore(snap)
     assert sb.call("get_mxcsr") == default_mxcsr
     assert sb.call("get_xmm15") == 0
+
+
+def test_vector_registers_do_not_persist_between_calls(sb: Sandbox) -> None:
+    """The SDK zeroes xmm0-15 before every return (they are caller-saved: no guest code
+    may expect a value in one from an earlier call), so a snapshot taken between calls
+    holds the vector registers of a new vCPU."""
+    sb.call("set_xmm15", 0xDEADBEEF)
+    assert sb.call("get_xmm15") == 0
+    assert _xmm15(sb.snapshot().cpu.xsave) == 0
+
+
+def test_from_snapshot_loads_the_snapshots_sse_state(sb: Sandbox) -> None:
+    """from_snapshot skips KVM_SET_XSAVE when the snapshot holds a new vCPU's FPU/SSE
+    state, and loads it otherwise."""
+    setup = _cpu_setup(Kvm.shared())
+    sb.call("add", 1, 2)
+    plain = sb.snapshot()
+    assert setup.is_reset_xsave(plain.cpu.xsave)  # the common case: no ioctl
+    default_mxcsr = sb.call("get_mxcsr")
+    sb.call("set_mxcsr", 0x7F80)
+    rounded = sb.snapshot()
+    assert not setup.is_reset_xsave(rounded.cpu.xsave)
+    with Sandbox.from_snapshot(rounded) as other:
+        assert other.call("get_mxcsr") == 0x7F80
+    with Sandbox.from_snapshot(plain) as other:
+        assert other.call("get_mxcsr") == default_mxcsr
+        assert other.call("get_xmm15") == 0
 
 
 def test_restore_default_is_the_start_state(sb: Sandbox) -> None:

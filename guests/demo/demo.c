@@ -140,6 +140,14 @@ SBX_EXPORT(set_xmm15, SBX_TAG_VOID, SBX_TAG_U64) {
     __asm__ volatile("movq %0, %%xmm15" : : "r"(v) : "xmm15");
 }
 
+/* Leaves a value in xmm15 and traps, so that the value is still in the vCPU afterwards:
+ * the SDK zeroes the vector registers before every return, so only a call that never
+ * returns (a trap, a timeout) can leave one set for a restore to undo. */
+SBX_EXPORT(set_xmm15_then_trap, SBX_TAG_VOID, SBX_TAG_U64) {
+    uint64_t v = sbx_arg_u64(args, 0);
+    __asm__ volatile("movq %0, %%xmm15\n\tud2" : : "r"(v) : "xmm15");
+}
+
 SBX_EXPORT(get_xmm15, SBX_TAG_U64) {
     uint64_t v;
     __asm__ volatile("movq %%xmm15, %0" : "=r"(v));

@@ -48,6 +48,27 @@ static inline void port_out(uint16_t port, uint32_t value) {
     __asm__ volatile("outl %0, %1" : : "a"(value), "Nd"(port) : "memory");
 }
 
+/* Zeroes xmm0-15 before the guest goes back to its loop. The SysV ABI makes every vector
+ * register caller-saved, so no guest function can expect a value in one from an earlier
+ * call; zeroing them leaves a sandbox between calls (and every snapshot taken there) with
+ * the vector registers of a new vCPU, so that Sandbox.from_snapshot can skip KVM_SET_XSAVE.
+ * MXCSR and the x87 control word are callee-saved in the ABI and stay as the guest set
+ * them (the host then loads the snapshot's XSAVE area). Legacy-SSE encodings: the upper
+ * halves of the ymm registers are left alone (a guest built for AVX pays the ioctl). */
+static inline void clear_vector_registers(void) {
+    __asm__ volatile(
+        "pxor %%xmm0, %%xmm0\n\tpxor %%xmm1, %%xmm1\n\tpxor %%xmm2, %%xmm2\n\t"
+        "pxor %%xmm3, %%xmm3\n\tpxor %%xmm4, %%xmm4\n\tpxor %%xmm5, %%xmm5\n\t"
+        "pxor %%xmm6, %%xmm6\n\tpxor %%xmm7, %%xmm7\n\tpxor %%xmm8, %%xmm8\n\t"
+        "pxor %%xmm9, %%xmm9\n\tpxor %%xmm10, %%xmm10\n\tpxor %%xmm11, %%xmm11\n\t"
+        "pxor %%xmm12, %%xmm12\n\tpxor %%xmm13, %%xmm13\n\tpxor %%xmm14, %%xmm14\n\t"
+        "pxor %%xmm15, %%xmm15"
+        :
+        :
+        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+          "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+}
+
 static inline size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
 
 const struct sbx_boot_info *sbx_boot_info(void) { return boot; }
@@ -334,6 +355,7 @@ HOT static void dispatch(void) {
 
 HOT void sbx_loop(void) {
     for (;;) {
+        clear_vector_registers();
         port_out(SBX_PORT_RETURN, 0);
         dispatch();
     }
