@@ -133,7 +133,7 @@ class _Runner:
         if action["type"] == "get":
             return [self.engine.get(instance, action["field"])]
         args = [_value_bits(a) for a in action["args"]]
-        return self.engine.invoke(instance, action["field"], args)  # type: ignore[arg-type]
+        return self.engine.invoke(instance, action["field"], args, timeout=CALL_TIMEOUT)  # type: ignore[arg-type]
 
 
 def _value_bits(v: dict[str, Any]) -> tuple[int, int]:

@@ -90,9 +90,9 @@ def _wasmtime() -> Any:
 def _engine() -> Any:
     wasmtime = _wasmtime()
     config = wasmtime.Config()
-    for feature in (
-        "wasm_simd",
+    for feature in (  # relaxed SIMD first: SIMD cannot be switched off while it is on
         "wasm_relaxed_simd",
+        "wasm_simd",
         "wasm_threads",
         "wasm_multi_memory",
         "wasm_memory64",
@@ -105,10 +105,9 @@ def _engine() -> Any:
         "wasm_stack_switching",
         "wasm_component_model",
     ):
-        if hasattr(config, feature):
+        if hasattr(type(config), feature):  # write-only properties: look on the class
             setattr(config, feature, False)
-    for feature in ("wasm_bulk_memory", "wasm_reference_types", "wasm_multi_value"):
-        setattr(config, feature, True)
+    # Bulk memory, reference types and multi-value stay on (wasmtime's defaults).
     return wasmtime.Engine(config)
 
 

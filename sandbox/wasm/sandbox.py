@@ -210,9 +210,11 @@ class WasmSandbox(Sandbox):
 
     # -- the engine's operations -----------------------------------------------------
 
-    def _engine_call(self, what: str, name: str, *args: object) -> Reply:
+    def _engine_call(
+        self, what: str, name: str, *args: object, timeout: float | None = None
+    ) -> Reply:
         try:
-            data = Sandbox.call(self, name, *args)
+            data = Sandbox.call(self, name, *args, timeout=timeout)
         except GuestTrap as trap:
             if not self._is_window_fault(trap):
                 raise
@@ -303,13 +305,18 @@ class WasmSandbox(Sandbox):
         self._wasm.registered.add(name)
 
     def invoke(
-        self, instance: int, name: str, args: list[tuple[ValType, int]]
+        self,
+        instance: int,
+        name: str,
+        args: list[tuple[ValType, int]],
+        *,
+        timeout: float | None = None,
     ) -> list[tuple[ValType, int]]:
         """Calls an export with raw (type, bits) arguments; returns raw results."""
         data = bytearray([len(args)])
         for t, bits in args:
             data += bytes([t]) + bits.to_bytes(8, "little")
-        reply = self._engine_call(name, "wasm_invoke", instance, name, bytes(data))
+        reply = self._engine_call(name, "wasm_invoke", instance, name, bytes(data), timeout=timeout)
         _check_ok(reply, name)
         return decode_values(reply.payload, f"results of {name}")
 
@@ -414,7 +421,7 @@ class WasmSandbox(Sandbox):
         if self._wasm_reset == "per_call" and self._ran:
             self.restore()
         try:
-            reply = self._engine_call(name, "wasm_invoke", handle, name, data)
+            reply = self._engine_call(name, "wasm_invoke", handle, name, data, timeout=timeout)
         except HostFunctionError as exc:
             if isinstance(exc.__cause__, WasiExit):
                 raise exc.__cause__ from None
