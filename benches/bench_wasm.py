@@ -160,3 +160,43 @@ def test_wasm_restore_and_call(bench: Any) -> None:
     assert result == 3
     if m is not None:
         bench.report_measurement("wasm: restore + add(1, 2)", m, "exit_roundtrip_us", None)
+
+
+def test_wasm_from_snapshot_to_first_call(bench: Any) -> None:
+    """A new Wasm sandbox from the snapshot of an instantiated module (what the function
+    host's pools do): no engine boot, no compilation, no instantiation."""
+    import wasmtime
+
+    s = bench.settings
+    holder: list[Sandbox] = []
+
+    def spawn(snap: Any) -> Any:
+        sb = Sandbox.from_snapshot(snap)
+        holder.append(sb)
+        return sb.call("add", 1, 2)
+
+    def close(*_: Any) -> None:
+        for sb in holder:
+            sb.close()
+        holder.clear()
+        _reaper.drain()
+
+    with Sandbox.from_wasm(wasmtime.wat2wasm(ADD_WAT)) as origin:
+        snap = origin.snapshot()
+        result, m = bench.measure(
+            spawn,
+            args=(snap,),
+            teardown=close,
+            floor_value=lambda r: r["create_to_first_exit_us"] + 200.0,
+            floor_args={"iterations": s.spawn_floor_iterations},
+            rounds=s.spawn_rounds // 5,
+            warmup_rounds=s.spawn_warmup_rounds,
+        )
+    assert result == 3
+    if m is not None:
+        bench.report_measurement(
+            "wasm: Sandbox.from_snapshot(instantiated module) -> add(1, 2)",
+            m,
+            "create_to_first_exit_us + 200",
+            None,
+        )
