@@ -14,6 +14,12 @@
 
 #include "wasm_abi.h"
 
+/* Where memory windows start: WASM_WINDOW_BASE, except in native sanitizer builds (whose
+ * shadow memory covers that range). */
+#ifndef ENG_WINDOW_BASE
+#define ENG_WINDOW_BASE WASM_WINDOW_BASE
+#endif
+
 /* Limits of the interpreter (value stack slots of 8 bytes, frames deep). */
 #define ENG_VALUE_STACK_SLOTS (256 * 1024)
 #define ENG_CALL_DEPTH_MAX 12000

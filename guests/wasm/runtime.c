@@ -208,7 +208,7 @@ static wmemory *new_memory(limits lim) {
     if (next_window >= WASM_MAX_MEMORIES) eng_fail(WASM_STATUS_LIMIT, "too many linear memories");
     wmemory *m = xcalloc(1, sizeof(wmemory));
     m->window = next_window++;
-    m->base = (uint8_t *)(uintptr_t)((uint64_t)WASM_WINDOW_BASE + (uint64_t)m->window * WASM_WINDOW_STRIDE);
+    m->base = (uint8_t *)(uintptr_t)((uint64_t)ENG_WINDOW_BASE + (uint64_t)m->window * WASM_WINDOW_STRIDE);
     m->max_pages = lim.has_max && lim.max < WASM_MAX_PAGES ? lim.max : WASM_MAX_PAGES;
     m->has_max = lim.has_max;
     m->decl_max = lim.max;

@@ -17,7 +17,7 @@ static uint64_t mapped_pages[WASM_MAX_MEMORIES];
 static unsigned char reserved[WASM_MAX_MEMORIES];
 
 static uint8_t *window(uint32_t k) {
-    return (uint8_t *)(uintptr_t)(WASM_WINDOW_BASE + (uint64_t)k * WASM_WINDOW_STRIDE);
+    return (uint8_t *)(uintptr_t)(ENG_WINDOW_BASE + (uint64_t)k * WASM_WINDOW_STRIDE);
 }
 
 bool plat_grow(uint32_t memory, uint64_t pages) {
@@ -54,8 +54,8 @@ void plat_free(void *p) { free(p); }
 static void on_segv(int sig, siginfo_t *si, void *uc) {
     (void)uc;
     uint64_t a = (uint64_t)(uintptr_t)si->si_addr;
-    if (in_op && a >= WASM_WINDOW_BASE &&
-        a < WASM_WINDOW_BASE + (uint64_t)WASM_MAX_MEMORIES * WASM_WINDOW_STRIDE) {
+    if (in_op && a >= ENG_WINDOW_BASE &&
+        a < ENG_WINDOW_BASE + (uint64_t)WASM_MAX_MEMORIES * WASM_WINDOW_STRIDE) {
         fault_addr = a;
         siglongjmp(fault_jmp, 1);
     }
