@@ -374,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _looks_like_option(arg: str) -> bool:
+    return arg.startswith("-") and not arg[1:2].isdigit() and arg != "-"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # Everything after "--" is the command's positional ARGS (argparse's own handling of
@@ -383,11 +387,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in argv:
         cut = argv.index("--")
         argv, rest = argv[:cut], argv[cut + 1 :]
-    args = parser.parse_args(argv)
-    if rest is not None:
-        if not isinstance(getattr(args, "args", None), list):
-            parser.error("unrecognized arguments: --")
-        args.args = [*args.args, *rest]
+    # Positional ARGS may also follow the options (`wasm run m.wasm --invoke f 1 2`).
+    args, extra = parser.parse_known_args(argv)
+    takes_args = isinstance(getattr(args, "args", None), list)
+    if extra and (not takes_args or any(_looks_like_option(e) for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if rest is not None and not takes_args:
+        parser.error("unrecognized arguments: --")
+    if takes_args:
+        args.args = [*args.args, *extra, *(rest or [])]
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -104,6 +104,12 @@ def cmd_wasm_run(args: argparse.Namespace) -> int:
                     for value in result if isinstance(result, tuple) else [result]:
                         print(value)
                 return 0
+            if "_start" not in sb.exports:
+                funcs = ", ".join(n for n, e in sb.exports.items() if e.kind == "func")
+                raise ValueError(
+                    "the module is not a WASI command (it exports no _start); call an "
+                    f"export with --invoke NAME (exports: {funcs or 'none'})"
+                )
             return sb.run(timeout=args.timeout)
     except WasmTrap as trap:
         print(f"error: {trap} ({trap.kind})", file=sys.stderr)

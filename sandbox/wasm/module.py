@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import SandboxError
+from ..errors import GuestNotFound, SandboxError
 from .abi import ValType
 
 MAX_MODULE_SIZE = 256 << 20  # bytes; larger inputs are refused before validation
@@ -23,7 +23,7 @@ MAX_MODULE_SIZE = 256 << 20  # bytes; larger inputs are refused before validatio
 class WasmModuleError(SandboxError, ValueError):
     """The bytes are not a Wasm module the engine can run: `kind` is "malformed"
     (not a well-formed binary), "invalid" (fails validation, or uses a feature beyond
-    Wasm 2.0 such as SIMD) or "too_large"."""
+    Wasm 2.0 such as SIMD), "too_large" or "unreadable" (the file could not be read)."""
 
     def __init__(self, message: str, *, kind: str) -> None:
         super().__init__(message)
@@ -160,9 +160,11 @@ def load(source: bytes | bytearray | memoryview | str | os.PathLike[str]) -> Was
                 )
             with open(source, "rb") as f:
                 data = f.read()
+        except FileNotFoundError:
+            raise GuestNotFound(f"Wasm module file {os.fspath(source)!r} does not exist") from None
         except OSError as exc:
             raise WasmModuleError(
-                f"cannot read {os.fspath(source)!r}: {exc.strerror}", kind="malformed"
+                f"cannot read {os.fspath(source)!r}: {exc.strerror}", kind="unreadable"
             ) from None
     else:
         raise TypeError(f"a Wasm module is bytes or a path, not {type(source).__name__}")
