@@ -92,7 +92,7 @@ def test_call_errors_are_one_line(args: list[str], status: int, words: str) -> N
 def test_info_json() -> None:
     proc = sandbox_cli("info", "--json")
     info = json.loads(proc.stdout)
-    assert info["bundled_guests"] == ["demo"]
+    assert info["bundled_guests"] == ["demo", "wasm"]
     assert isinstance(info["nested"], bool)
     assert proc.returncode == (0 if info["kvm"]["usable"] else 1)
     text = sandbox_cli("info")
