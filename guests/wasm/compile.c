@@ -309,6 +309,12 @@ static int fuse_compare(comp *c, uint32_t h, bool negate, uint32_t *a, uint32_t 
         {OP_I32_LE_S_I, OP_BR_LE_S_I, OP_BR_GT_S_I}, {OP_I32_LE_U_I, OP_BR_LE_U_I, OP_BR_GT_U_I},
         {OP_I32_GE_S_I, OP_BR_GE_S_I, OP_BR_LT_S_I}, {OP_I32_GE_U_I, OP_BR_GE_U_I, OP_BR_LT_U_I},
         {OP_I32_EQZ, OP_BR_UNLESS, OP_BR_IF},
+        {OP_I64_EQ, OP_BR64_EQ, OP_BR64_NE},       {OP_I64_NE, OP_BR64_NE, OP_BR64_EQ},
+        {OP_I64_LT_S, OP_BR64_LT_S, OP_BR64_GE_S}, {OP_I64_LT_U, OP_BR64_LT_U, OP_BR64_GE_U},
+        {OP_I64_GT_S, OP_BR64_GT_S, OP_BR64_LE_S}, {OP_I64_GT_U, OP_BR64_GT_U, OP_BR64_LE_U},
+        {OP_I64_LE_S, OP_BR64_LE_S, OP_BR64_GT_S}, {OP_I64_LE_U, OP_BR64_LE_U, OP_BR64_GT_U},
+        {OP_I64_GE_S, OP_BR64_GE_S, OP_BR64_LT_S}, {OP_I64_GE_U, OP_BR64_GE_U, OP_BR64_LT_U},
+        {OP_I64_EQZ, OP_BR_UNLESS64, OP_BR_IF64},
     };
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
         if (map[i].cmp != c->last_op) continue;
@@ -329,7 +335,7 @@ static uint32_t emit_cond_branch(comp *c, uint32_t cs, uint32_t h, bool negate, 
     if (op < 0) {
         emit_op(c, negate ? OP_BR_UNLESS : OP_BR_IF);
         emit(c, cs);
-    } else if (op == OP_BR_IF || op == OP_BR_UNLESS) {
+    } else if (op == OP_BR_IF || op == OP_BR_UNLESS || op == OP_BR_IF64 || op == OP_BR_UNLESS64) {
         emit_op(c, op);
         emit(c, a);
     } else {
@@ -377,6 +383,13 @@ static int imm_form(int op, uint64_t k) {
     case OP_I64_SHL: return OP_I64_SHL_I;
     case OP_I64_SHR_S: return OP_I64_SHR_S_I;
     case OP_I64_SHR_U: return OP_I64_SHR_U_I;
+    case OP_I32_ROTL: return OP_I32_ROTL_I;
+    case OP_I32_ROTR: return OP_I32_ROTR_I;
+    case OP_I64_ROTL: return OP_I64_ROTL_I;
+    case OP_I64_ROTR: return OP_I64_ROTR_I;
+    case OP_I64_MUL: return fits ? OP_I64_MUL_I : -1;
+    case OP_I64_OR: return fits ? OP_I64_OR_I : -1;
+    case OP_I64_XOR: return fits ? OP_I64_XOR_I : -1;
     default: return -1;
     }
 }
@@ -809,9 +822,26 @@ static void body(comp *c) {
         case 0x28: case 0x29: case 0x2a: case 0x2b: case 0x2c: case 0x2d: case 0x2e:
         case 0x2f: case 0x30: case 0x31: case 0x32: case 0x33: case 0x34: case 0x35: {
             uint32_t off = memarg(c);
+            int op = OP_I32_LOAD + (opc - 0x28);
+            need(c, 1);
+            if (c->st[c->sh - 1].kind == SV_STACK && c->last_dfield && c->last_dh == c->sh - 1 &&
+                c->last_end == c->len && (c->last_op == OP_I32_ADD || c->last_op == OP_I32_ADD_I)) {
+                /* The address is an i32.add just computed: fold it into the load. */
+                uint32_t x = c->code[c->last_pos + 3], y = c->code[c->last_pos + 4];
+                int fop = (c->last_op == OP_I32_ADD ? OP_I32_LOAD_RR : OP_I32_LOAD_RI) + (opc - 0x28);
+                c->len = c->last_pos;
+                truncate(c, c->sh - 1);
+                d = slot(c, c->sh);
+                pos = emit_op(c, fop);
+                emit(c, d);
+                emit(c, x);
+                emit(c, y);
+                emit(c, off);
+                push_result(c, fop, pos, pos + 2);
+                break;
+            }
             a = pop_slot(c);
             d = slot(c, c->sh);
-            int op = OP_I32_LOAD + (opc - 0x28);
             pos = emit_op(c, op);
             emit(c, d);
             emit(c, a);
@@ -823,6 +853,24 @@ static void body(comp *c) {
         case 0x3d: case 0x3e: {
             uint32_t off = memarg(c);
             uint32_t o[2];
+            need(c, 2);
+            sval *v = &c->st[c->sh - 1];
+            if (v->kind == SV_CONST) {
+                /* i32.store i32.store8 ... by size; 64-bit values only if they fit 32 bits. */
+                static const int8_t imm_op[9] = {2, 3, 2, 3, 0, 1, 0, 1, 2};
+                int k = imm_op[opc - 0x36];
+                bool ok = k != 3 || (int64_t)v->k == (int64_t)(int32_t)v->k;
+                if (ok) {
+                    uint32_t kv = (uint32_t)v->k;
+                    truncate(c, c->sh - 1);
+                    a = pop_slot(c);
+                    emit_op(c, OP_STORE8_I + k);
+                    emit(c, a);
+                    emit(c, kv);
+                    emit(c, off);
+                    break;
+                }
+            }
             pop_n(c, o, 2);
             emit_op(c, OP_I32_STORE + (opc - 0x36));
             emit(c, o[0]);

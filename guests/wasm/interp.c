@@ -229,7 +229,27 @@ static inline uint64_t popcnt64(uint64_t x) {
 
 /* ---- The interpreter ------------------------------------------------------------------- */
 
+#ifdef ENG_PROFILE
+/* Developer profiling (native only): dynamic counts of each op and op pair. */
+uint64_t eng_prof_ops[OP_COUNT], eng_prof_pairs[OP_COUNT][OP_COUNT];
+static int prof_prev;
+static void prof(const void *h) {
+    for (int i = 0; i < OP_COUNT; i++)
+        if (interp_handlers[i] == h) {
+            eng_prof_ops[i]++;
+            eng_prof_pairs[prof_prev][i]++;
+            prof_prev = i;
+            return;
+        }
+}
+#define NEXT()                                                                         \
+    do {                                                                               \
+        prof(*(const hptr *)ip);                                                       \
+        goto **(const hptr *)ip;                                                       \
+    } while (0)
+#else
 #define NEXT() goto **(const hptr *)ip
+#endif
 #define S(i) fp[ip[i]]
 #define U32(i) ((uint32_t)S(i))
 #define I32(i) ((int32_t)S(i))
@@ -258,6 +278,28 @@ static inline uint64_t popcnt64(uint64_t x) {
         ip += 5;                                                                       \
         NEXT();                                                                        \
     }
+#define LOAD_RR(name, type, conv)                                                      \
+    L_##name##_RR : {                                                                  \
+        type v;                                                                        \
+        __builtin_memcpy(&v, mem + (uint64_t)(uint32_t)(U32(3) + U32(4)) + ip[5], sizeof v); \
+        S(2) = conv;                                                                   \
+        ip += 6;                                                                       \
+        NEXT();                                                                        \
+    }                                                                                  \
+    L_##name##_RI : {                                                                  \
+        type v;                                                                        \
+        __builtin_memcpy(&v, mem + (uint64_t)(uint32_t)(U32(3) + ip[4]) + ip[5], sizeof v); \
+        S(2) = conv;                                                                   \
+        ip += 6;                                                                       \
+        NEXT();                                                                        \
+    }
+#define STORE_I(name, type, conv)                                                      \
+    L_##name : {                                                                       \
+        type v = (type)(conv);                                                         \
+        __builtin_memcpy(mem + (uint64_t)U32(2) + ip[4], &v, sizeof v);                \
+        ip += 5;                                                                       \
+        NEXT();                                                                        \
+    }
 #define STORE(name, type)                                                              \
     L_##name : {                                                                       \
         type v = (type)S(3);                                                           \
@@ -275,6 +317,7 @@ static inline uint64_t popcnt64(uint64_t x) {
         NEXT();                                                                        \
     }
 
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
 void interp_call(wfunc *f, uint64_t *sp) {
 #define OP_LABEL(n) &&L_##n,
     static void *table[] = {OPS_ALL(OP_LABEL)};
@@ -505,6 +548,25 @@ L_REF_FUNC:
     STORE(I64_STORE16, uint16_t)
     STORE(I64_STORE32, uint32_t)
 
+    LOAD_RR(I32_LOAD, uint32_t, v)
+    LOAD_RR(I64_LOAD, uint64_t, v)
+    LOAD_RR(F32_LOAD, uint32_t, v)
+    LOAD_RR(F64_LOAD, uint64_t, v)
+    LOAD_RR(I32_LOAD8_S, int8_t, (uint32_t)(int32_t)v)
+    LOAD_RR(I32_LOAD8_U, uint8_t, v)
+    LOAD_RR(I32_LOAD16_S, int16_t, (uint32_t)(int32_t)v)
+    LOAD_RR(I32_LOAD16_U, uint16_t, v)
+    LOAD_RR(I64_LOAD8_S, int8_t, (uint64_t)(int64_t)v)
+    LOAD_RR(I64_LOAD8_U, uint8_t, v)
+    LOAD_RR(I64_LOAD16_S, int16_t, (uint64_t)(int64_t)v)
+    LOAD_RR(I64_LOAD16_U, uint16_t, v)
+    LOAD_RR(I64_LOAD32_S, int32_t, (uint64_t)(int64_t)v)
+    LOAD_RR(I64_LOAD32_U, uint32_t, v)
+    STORE_I(STORE8_I, uint8_t, ip[3])
+    STORE_I(STORE16_I, uint16_t, ip[3])
+    STORE_I(STORE32_I, uint32_t, ip[3])
+    STORE_I(STORE64_I, uint64_t, (int64_t)(int32_t)ip[3])
+
     /* Comparisons. */
     UN(I32_EQZ, U32(3) == 0)
     BIN(I32_EQ, U32(3) == U32(4))
@@ -679,6 +741,13 @@ L_REF_FUNC:
     BIN(I64_SHL_I, S(3) << (K32 & 63))
     BIN(I64_SHR_S_I, (uint64_t)(I64(3) >> (K32 & 63)))
     BIN(I64_SHR_U_I, S(3) >> (K32 & 63))
+    BIN(I32_ROTL_I, rotl32(U32(3), K32))
+    BIN(I32_ROTR_I, rotr32(U32(3), K32))
+    BIN(I64_ROTL_I, rotl64(S(3), K32))
+    BIN(I64_ROTR_I, rotr64(S(3), K32))
+    BIN(I64_MUL_I, S(3) * (uint64_t)(int64_t)(int32_t)K32)
+    BIN(I64_OR_I, S(3) | (uint64_t)(int64_t)(int32_t)K32)
+    BIN(I64_XOR_I, S(3) ^ (uint64_t)(int64_t)(int32_t)K32)
 
     /* Fused compare-and-branch: a b off / a k off. */
     CBR(BR_EQ, U32(2) == U32(3))
@@ -701,4 +770,26 @@ L_REF_FUNC:
     CBR(BR_LE_U_I, U32(2) <= ip[3])
     CBR(BR_GE_S_I, I32(2) >= (int32_t)ip[3])
     CBR(BR_GE_U_I, U32(2) >= ip[3])
+    CBR(BR64_EQ, S(2) == S(3))
+    CBR(BR64_NE, S(2) != S(3))
+    CBR(BR64_LT_S, I64(2) < I64(3))
+    CBR(BR64_LT_U, S(2) < S(3))
+    CBR(BR64_GT_S, I64(2) > I64(3))
+    CBR(BR64_GT_U, S(2) > S(3))
+    CBR(BR64_LE_S, I64(2) <= I64(3))
+    CBR(BR64_LE_U, S(2) <= S(3))
+    CBR(BR64_GE_S, I64(2) >= I64(3))
+    CBR(BR64_GE_U, S(2) >= S(3))
+L_BR_IF64:
+    if (S(2))
+        JUMP(3);
+    else
+        ip += 4;
+    NEXT();
+L_BR_UNLESS64:
+    if (!S(2))
+        JUMP(3);
+    else
+        ip += 4;
+    NEXT();
 }

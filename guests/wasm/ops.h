@@ -60,13 +60,29 @@
     X(I32_SHL_I) X(I32_SHR_S_I) X(I32_SHR_U_I) X(I32_EQ_I) X(I32_NE_I) X(I32_LT_S_I)    \
     X(I32_LT_U_I) X(I32_GT_S_I) X(I32_GT_U_I) X(I32_LE_S_I) X(I32_LE_U_I) X(I32_GE_S_I) \
     X(I32_GE_U_I) X(I64_ADD_I) X(I64_SUB_I) X(I64_AND_I) X(I64_SHL_I) X(I64_SHR_S_I)    \
-    X(I64_SHR_U_I)
+    X(I64_SHR_U_I) X(I32_ROTL_I) X(I32_ROTR_I) X(I64_ROTL_I) X(I64_ROTR_I) X(I64_MUL_I)     \
+    X(I64_OR_I) X(I64_XOR_I)
 #define OPS_FUSED(X)                                                                    \
     X(BR_EQ) X(BR_NE) X(BR_LT_S) X(BR_LT_U) X(BR_GT_S) X(BR_GT_U) X(BR_LE_S) X(BR_LE_U) \
     X(BR_GE_S) X(BR_GE_U) X(BR_EQ_I) X(BR_NE_I) X(BR_LT_S_I) X(BR_LT_U_I) X(BR_GT_S_I)  \
-    X(BR_GT_U_I) X(BR_LE_S_I) X(BR_LE_U_I) X(BR_GE_S_I) X(BR_GE_U_I)
+    X(BR_GT_U_I) X(BR_LE_S_I) X(BR_LE_U_I) X(BR_GE_S_I) X(BR_GE_U_I) X(BR64_EQ)        \
+    X(BR64_NE) X(BR64_LT_S) X(BR64_LT_U) X(BR64_GT_S) X(BR64_GT_U) X(BR64_LE_S)         \
+    X(BR64_LE_U) X(BR64_GE_S) X(BR64_GE_U) X(BR_IF64) X(BR_UNLESS64)
 
-#define OPS_ALL(X) OPS_CONTROL(X) OPS_MEMORY(X) OPS_NUMERIC(X) OPS_IMM(X) OPS_FUSED(X)
+/* Stores of an immediate value: a k off (k sign-extended for the 64-bit store). Loads
+ * whose address is an i32.add: d a b off (address a + b) and d a k off (a + k). */
+#define OPS_MEMFUSED(X)                                                                 \
+    X(STORE8_I) X(STORE16_I) X(STORE32_I) X(STORE64_I)                                  \
+    X(I32_LOAD_RR) X(I64_LOAD_RR) X(F32_LOAD_RR) X(F64_LOAD_RR) X(I32_LOAD8_S_RR)       \
+    X(I32_LOAD8_U_RR) X(I32_LOAD16_S_RR) X(I32_LOAD16_U_RR) X(I64_LOAD8_S_RR)           \
+    X(I64_LOAD8_U_RR) X(I64_LOAD16_S_RR) X(I64_LOAD16_U_RR) X(I64_LOAD32_S_RR)          \
+    X(I64_LOAD32_U_RR)                                                                  \
+    X(I32_LOAD_RI) X(I64_LOAD_RI) X(F32_LOAD_RI) X(F64_LOAD_RI) X(I32_LOAD8_S_RI)       \
+    X(I32_LOAD8_U_RI) X(I32_LOAD16_S_RI) X(I32_LOAD16_U_RI) X(I64_LOAD8_S_RI)           \
+    X(I64_LOAD8_U_RI) X(I64_LOAD16_S_RI) X(I64_LOAD16_U_RI) X(I64_LOAD32_S_RI)          \
+    X(I64_LOAD32_U_RI)
+
+#define OPS_ALL(X) OPS_CONTROL(X) OPS_MEMORY(X) OPS_NUMERIC(X) OPS_IMM(X) OPS_FUSED(X) OPS_MEMFUSED(X)
 
 enum {
 #define OP_ENUM(n) OP_##n,
