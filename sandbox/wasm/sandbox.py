@@ -153,6 +153,7 @@ class WasmSandbox(Sandbox):
 
     def _setup_wasm(self, state: _State, reset: ResetMode) -> None:
         self._wasm = state
+        self.last_stderr = ""  # what a WASI program wrote to fd 2 in the last call
         self._pending: _Instance | None = None  # being instantiated
         self._wasm_reset: ResetMode = reset
         self.wasi = None
@@ -402,7 +403,10 @@ class WasmSandbox(Sandbox):
         signature (int for i32/i64, float for f32/f64, None or int for references);
         returns None, the one result, or a tuple of results. Raises WasmTrap (does not
         poison), FunctionNotFound, ArgumentError, HostFunctionError (an import raised),
-        WasiExit (the program called proc_exit), CallTimeout (poisons), SandboxClosed."""
+        WasiExit (the program called proc_exit), CallTimeout (poisons), SandboxClosed.
+        With WASI output captured, `last_output` and `last_stderr` hold what the call
+        wrote to fd 1 and fd 2 (`wasi.stdout`/`wasi.stderr` all of it, except that with
+        reset="per_call" each call starts with empty captures)."""
         handle = self._wasm.main
         if handle is None:
             return Sandbox.call(self, name, *args, timeout=timeout)
@@ -418,14 +422,24 @@ class WasmSandbox(Sandbox):
         ft = export.type
         assert isinstance(ft, FuncType)
         data = encode_values(ft.params, args, name)
-        if self._wasm_reset == "per_call" and self._ran:
-            self.restore()
+        wasi = self.wasi
+        if self._wasm_reset == "per_call":
+            if self._ran:
+                self.restore()
+            if wasi is not None:
+                wasi.clear_output()  # fresh state: the last call's output is gone too
+        marks = wasi.output_marks() if wasi is not None else (0, 0)
         try:
             reply = self._engine_call(name, "wasm_invoke", handle, name, data, timeout=timeout)
         except HostFunctionError as exc:
             if isinstance(exc.__cause__, WasiExit):
                 raise exc.__cause__ from None
             raise
+        finally:
+            if wasi is not None:
+                out, err = wasi.output_since(marks)
+                self.last_output = out.decode(errors="replace")
+                self.last_stderr = err.decode(errors="replace")
         _check_ok(reply, name)
         values = [to_python(t, b) for t, b in decode_values(reply.payload, f"results of {name}")]
         if len(values) == 0:

@@ -627,6 +627,7 @@ class WasiContext:
         self._stderr = bytearray()
         self._stdin = b"" if config.stdin == "inherit" else config.stdin
         self._stdin_pos = 0
+        self._stdin_inherit = config.stdin == "inherit"
         self._interrupt = threading.Event()
         self._random = random.Random(config.random_seed) if config.random_seed is not None else None
         self._virtual_ns = 0
@@ -679,6 +680,24 @@ class WasiContext:
     def stderr(self) -> bytes:
         """What the program wrote to fd 2 (with stderr="capture")."""
         return bytes(self._stderr)
+
+    def output_marks(self) -> tuple[int, int]:
+        """Where the captured stdout and stderr end now (see output_since)."""
+        return len(self._stdout), len(self._stderr)
+
+    def output_since(self, marks: tuple[int, int]) -> tuple[bytes, bytes]:
+        """The captured stdout and stderr written after `marks` (from output_marks)."""
+        return bytes(self._stdout[marks[0] :]), bytes(self._stderr[marks[1] :])
+
+    def clear_output(self) -> None:
+        """Empties the captured stdout and stderr."""
+        self._stdout.clear()
+        self._stderr.clear()
+
+    def set_stdin(self, data: bytes) -> None:
+        """What fd 0 reads from now on (e.g. one request's body), instead of the
+        configured stdin."""
+        self._stdin, self._stdin_pos, self._stdin_inherit = bytes(data), 0, False
 
     def interrupt(self) -> None:
         """Ends a poll_oneoff sleep in progress (and the next one) with EINTR: call it from
@@ -1160,7 +1179,7 @@ class WasiContext:
         if e.kind == "dir":
             raise _Fail(Errno.ISDIR)
         if e.kind == "stdin":
-            if self.config.stdin == "inherit":
+            if self._stdin_inherit:
                 return os.read(0, n)
             data = self._stdin[self._stdin_pos : self._stdin_pos + n]
             self._stdin_pos += len(data)
