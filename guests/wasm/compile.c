@@ -49,6 +49,8 @@ typedef struct comp {
     uint32_t last_dfield; /* its result field + 1, 0 = none */
     uint32_t last_dh, last_pos, last_end;
     int last_op;
+    uint32_t last_mov;  /* position of the last MOV emitted + 1, 0 = none */
+    uint32_t label_at;  /* code position where a label was last bound + 1 */
 } comp;
 
 /* Scratch buffers reused by every compilation (the result is copied out). */
@@ -142,10 +144,26 @@ static void emit_const(comp *c, uint32_t dst, uint64_t k) {
 
 static void emit_mov(comp *c, uint32_t dst, uint32_t src) {
     if (dst == src) return;
-    emit_op(c, OP_MOV);
+    if (c->last_mov && c->last_mov - 1 + 4 == c->len && c->label_at != c->len + 1) {
+        /* Merge with the MOV just emitted (no label in between). */
+        uint32_t pos = c->last_mov - 1;
+        uint64_t h = (uint64_t)(uintptr_t)interp_handlers[OP_MOV2];
+        c->code[pos] = (uint32_t)h;
+        c->code[pos + 1] = (uint32_t)(h >> 32);
+        emit(c, dst);
+        emit(c, src);
+        c->last_mov = 0;
+        c->last_dfield = 0;
+        return;
+    }
+    uint32_t pos = emit_op(c, OP_MOV);
     emit(c, dst);
     emit(c, src);
+    c->last_mov = pos + 1;
 }
+
+/* Records that a branch may land at the current position. */
+static inline void mark_label(comp *c) { c->label_at = c->len + 1; }
 
 static void materialize(comp *c, uint32_t h) {
     sval *v = &c->st[h];
@@ -208,6 +226,7 @@ static void set_unreachable(comp *c) {
 }
 
 static void bind_chain(comp *c, uint32_t chain, uint32_t target) {
+    if (chain && target == c->len) mark_label(c);
     while (chain) {
         uint32_t f = chain - 1;
         chain = c->code[f];
@@ -287,6 +306,7 @@ static void push_ctl(comp *c, uint8_t kind, uint32_t np, uint32_t nr) {
     if (c->nctl) need(c, np);
     c->ctls[c->nctl++] = (ctl){kind, false, c->sh - np, np, nr, c->len, 0, 0};
     c->last_dfield = 0;
+    if (kind == CTL_LOOP) mark_label(c);
 }
 
 /* ---- Fused compare-and-branch ----------------------------------------------------- */
@@ -685,6 +705,7 @@ static void body(comp *c) {
                 uint32_t skip = emit_cond_branch(c, cs, h, true, fusable);
                 emit_branch(c, t);
                 c->code[skip] = c->len - skip;
+                mark_label(c);
             }
             c->last_dfield = 0;
             break;
@@ -714,6 +735,7 @@ static void body(comp *c) {
                     }
                 } else {
                     c->code[f] = c->len - f;
+                    mark_label(c);
                     emit_branch(c, t);
                 }
             }

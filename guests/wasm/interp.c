@@ -433,6 +433,11 @@ L_MOV:
     S(2) = S(3);
     ip += 4;
     NEXT();
+L_MOV2:
+    S(2) = S(3);
+    S(4) = S(5);
+    ip += 6;
+    NEXT();
 L_CONST32:
     S(2) = ip[3];
     ip += 4;
