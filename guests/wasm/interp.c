@@ -317,7 +317,10 @@ static void prof(const void *h) {
         NEXT();                                                                        \
     }
 
+/* GCC would turn the loop that zeroes a callee's locals into a memset call. */
+#if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
 void interp_call(wfunc *f, uint64_t *sp) {
 #define OP_LABEL(n) &&L_##n,
     static void *table[] = {OPS_ALL(OP_LABEL)};
