@@ -44,7 +44,8 @@ typedef struct comp {
     ctl *ctls;
     uint32_t nctl, ccap;
     uint32_t nlocals;
-    uint32_t nvirt; /* entries of kind LOCAL or CONST */
+    uint32_t nvirt;   /* entries of kind LOCAL or CONST */
+    uint32_t virt_lo; /* no virtual entry below this height (when nvirt > 0) */
     /* Peephole: the last instruction that produced the top-of-stack value. */
     uint32_t last_dfield; /* its result field + 1, 0 = none */
     uint32_t last_dh, last_pos, last_end;
@@ -107,7 +108,18 @@ static uint32_t emit_op(comp *c, int op) {
 static inline uint32_t slot(comp *c, uint32_t h) { return c->nlocals + h; }
 static inline ctl *top_ctl(comp *c) { return &c->ctls[c->nctl - 1]; }
 
+static void materialize_all(comp *c);
+
+/* Virtual entries are kept few and close to the top (materialised past these bounds),
+ * so that every scan for them is short: compilation stays linear in the body size. */
+#define VIRT_MAX 64
+#define VIRT_SPAN 256
+
 static void push(comp *c, uint8_t kind, uint32_t local, uint64_t k) {
+    if (kind != SV_STACK) {
+        if (c->nvirt && (c->nvirt >= VIRT_MAX || c->sh - c->virt_lo > VIRT_SPAN)) materialize_all(c);
+        if (!c->nvirt) c->virt_lo = c->sh;
+    }
     if (c->sh == c->scap) {
         s_st = grow_buf(s_st, &s_st_cap, c->sh + 1, sizeof(sval));
         c->st = s_st;
@@ -177,19 +189,19 @@ static void materialize(comp *c, uint32_t h) {
 }
 
 static void materialize_all(comp *c) {
-    for (uint32_t h = 0; c->nvirt && h < c->sh; h++) materialize(c, h);
+    for (uint32_t h = c->virt_lo; c->nvirt && h < c->sh; h++) materialize(c, h);
 }
 
 /* Makes sure n values are above the innermost block's base (phantoms when unreachable). */
 static void need(comp *c, uint32_t n) {
     ctl *f = top_ctl(c);
-    while (c->sh < f->base + n) {
-        if (!f->unreachable) invalid("type mismatch");
-        /* Insert a phantom below the existing values of this block. */
-        push(c, SV_STACK, 0, 0);
-        for (uint32_t h = c->sh - 1; h > f->base; h--) c->st[h] = c->st[h - 1];
-        c->st[f->base] = (sval){SV_STACK, 0, 0};
-    }
+    if (c->sh >= f->base + n) return;
+    if (!f->unreachable) invalid("type mismatch");
+    /* Insert phantoms below the existing values of this (unreachable) block. */
+    uint32_t missing = f->base + n - c->sh, above = c->sh - f->base;
+    for (uint32_t i = 0; i < missing; i++) push(c, SV_STACK, 0, 0);
+    memmove(&c->st[f->base + missing], &c->st[f->base], (size_t)above * sizeof(sval));
+    for (uint32_t i = 0; i < missing; i++) c->st[f->base + i] = (sval){SV_STACK, 0, 0};
 }
 
 static void truncate(comp *c, uint32_t h) {
@@ -454,7 +466,7 @@ static void numeric(comp *c, uint8_t opcode, int op) {
 
 static bool refs_local(comp *c, uint32_t x, uint32_t below) {
     if (!c->nvirt) return false;
-    for (uint32_t h = 0; h < below; h++)
+    for (uint32_t h = c->virt_lo; h < below; h++)
         if (c->st[h].kind == SV_LOCAL && c->st[h].local == x) return true;
     return false;
 }
@@ -462,6 +474,7 @@ static bool refs_local(comp *c, uint32_t x, uint32_t below) {
 static void local_set(comp *c, uint32_t x, bool tee) {
     if (x >= c->nlocals) invalid("unknown local");
     need(c, 1);
+    if (c->nvirt && c->sh - c->virt_lo > VIRT_SPAN) materialize_all(c);
     uint32_t h = c->sh - 1;
     sval v = c->st[h];
     if (v.kind == SV_STACK && c->last_dfield && c->last_dh == h && c->last_end == c->len &&
@@ -473,7 +486,7 @@ static void local_set(comp *c, uint32_t x, bool tee) {
     } else {
         truncate(c, h);
         if (refs_local(c, x, h))
-            for (uint32_t i = 0; i < h; i++)
+            for (uint32_t i = c->virt_lo; i < h; i++)
                 if (c->st[i].kind == SV_LOCAL && c->st[i].local == x) materialize(c, i);
         if (v.kind == SV_CONST)
             emit_const(c, x, v.k);

@@ -166,16 +166,40 @@ typedef struct canon_type {
 } canon_type;
 static canon_type *canon;
 static uint32_t ncanon, canon_cap;
+static uint32_t *canon_hash; /* open addressing: canonical id + 1, 0 = empty */
+static uint32_t canon_hash_size;
+
+static uint32_t type_hash(const uint8_t *types, uint32_t np, uint32_t nr) {
+    uint32_t h = 2166136261u ^ np ^ (nr << 16);
+    for (uint32_t i = 0; i < np + nr; i++) h = (h ^ types[i]) * 16777619u;
+    return h;
+}
 
 uint32_t eng_canon_type(const uint8_t *types, uint32_t np, uint32_t nr) {
-    for (uint32_t i = 0; i < ncanon; i++)
-        if (canon[i].nparams == np && canon[i].nresults == nr &&
-            memcmp(canon[i].types, types, np + nr) == 0)
-            return i;
+    if (canon_hash_size < 2 * (ncanon + 1)) {
+        uint32_t size = canon_hash_size ? canon_hash_size * 2 : 256;
+        uint32_t *t = plat_calloc(size, sizeof(uint32_t));
+        if (!t) eng_fail(WASM_STATUS_LIMIT, "engine heap exhausted");
+        for (uint32_t i = 0; i < ncanon; i++) {
+            uint32_t k = type_hash(canon[i].types, canon[i].nparams, canon[i].nresults) & (size - 1);
+            while (t[k]) k = (k + 1) & (size - 1);
+            t[k] = i + 1;
+        }
+        plat_free(canon_hash);
+        canon_hash = t;
+        canon_hash_size = size;
+    }
+    uint32_t k = type_hash(types, np, nr) & (canon_hash_size - 1);
+    for (; canon_hash[k]; k = (k + 1) & (canon_hash_size - 1)) {
+        const canon_type *c = &canon[canon_hash[k] - 1];
+        if (c->nparams == np && c->nresults == nr && memcmp(c->types, types, np + nr) == 0)
+            return canon_hash[k] - 1;
+    }
     canon = grow_array(canon, &canon_cap, ncanon + 1, sizeof(canon_type));
     uint8_t *copy = xcalloc(np + nr + 1, 1);
     memcpy(copy, types, np + nr);
     canon[ncanon] = (canon_type){copy, np, nr};
+    canon_hash[k] = ncanon + 1;
     return ncanon++;
 }
 
