@@ -366,20 +366,6 @@ def test_garbage_modules_and_bad_manifests_are_refused(
     assert stored_state(host.data_dir) == before  # nothing stored, nothing lost
 
 
-def test_wasm_is_refused_with_a_clear_message(client: httpx.Client) -> None:
-    wasmtime = pytest.importorskip("wasmtime")
-    module = wasmtime.wat2wasm(
-        '(module (func (export "add") (param i32 i32) (result i32)'
-        " local.get 0 local.get 1 i32.add))"
-    )
-    r = deploy(client, "wasm-add", bytes(module), kind="wasm", entry="add")
-    assert r.status_code == 422 and error_of(r)["type"] == "WasmUnavailable"
-    assert "Wasm engine guest" in error_of(r)["message"]
-    r = deploy(client, "wasm-add", b"\0asm garbage", kind="wasm", entry="add")
-    assert r.status_code == 422 and error_of(r)["type"] == "InvalidModule"
-    assert client.get("/functions/wasm-add", headers=AUTH).status_code == 404
-
-
 def _raw_request(host: Host, request: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", host.port), timeout=5) as s:
         s.sendall(request)

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..abi import Signature, Tag
 from ..config import MiB, SandboxConfig
-from ..errors import ConfigError, GuestAbiMismatch, GuestNotFound, KvmError, KvmUnavailable
+from ..errors import (
+    ArgumentError,
+    ConfigError,
+    GuestAbiMismatch,
+    GuestAbort,
+    GuestNotFound,
+    KvmError,
+    KvmUnavailable,
+)
 from ..sandbox import Sandbox
+from ..wasm import ValType, WasiConfig, WasiExit, WasmLinkError, WasmModuleError, WasmTrap
+from ..wasm.module import FuncType, WasmModule
+from ..wasm.sandbox import WASI_MODULE, WasmSandbox, WasmSnapshot, from_wasm
 from .config import HostConfig
 from .errors import ApiError, bad_request
 from .manifest import FunctionRecord, FunctionSpec
@@ -72,7 +86,9 @@ def _getenv_for(environment: dict[str, str]) -> object:
     return getenv
 
 
-def make_factory(blob: Path, spec: FunctionSpec, config: HostConfig) -> functools.partial[Sandbox]:
+def make_factory(blob: Path, spec: FunctionSpec, config: HostConfig) -> Callable[[], Sandbox]:
+    if spec.kind == "wasm":
+        return WasmFactory(blob, spec)
     return functools.partial(
         Sandbox,
         str(blob),
@@ -82,9 +98,114 @@ def make_factory(blob: Path, spec: FunctionSpec, config: HostConfig) -> functool
     )
 
 
+def wasm_sandbox_config(spec: FunctionSpec) -> SandboxConfig:
+    """A Wasm function's VM: `memory_mib` in all, a quarter of it (at least 8 MiB) the
+    engine's heap, the rest (less buffers and stack) its linear memory. Arguments and
+    results are numbers and an http request goes through WASI stdin, so the buffers stay
+    small."""
+    memory = spec.memory_mib * MiB
+    heap = max(8 * MiB, memory // 4)
+    return SandboxConfig(
+        memory_size=memory,
+        heap_size=heap,
+        input_buffer_size=MIN_BUFFER,
+        output_buffer_size=MIN_BUFFER,
+    )
+
+
+class WasiHandler(WasmSandbox):
+    """A Wasm function in http mode: a WASI command (its entry, normally `_start`) that
+    reads the request (the JSON document a native handler gets as its argument) from
+    stdin and writes the response document to stdout, like CGI. `call(entry, request)`
+    returns what it wrote; a non-zero exit status is a GuestAbort carrying its stderr."""
+
+    def call(self, name: str, *args: object, timeout: float | None = None) -> Any:
+        if len(args) != 1 or not isinstance(args[0], str) or self.wasi is None:
+            raise ArgumentError("an http-mode Wasm function takes the request document")
+        self.wasi.set_stdin(args[0].encode())
+        try:
+            super().call(name, timeout=timeout)
+        except WasiExit as exit:
+            if exit.code != 0:
+                tail = self.last_stderr[-2000:]
+                raise GuestAbort(f"the handler exited with status {exit.code}: {tail}") from None
+        return self.last_output
+
+
+class WasmFactory:
+    """Sandboxes of a Wasm function: the first from the module (validated, compiled and
+    instantiated in a new engine VM), every later one from that sandbox's snapshot, taken
+    before its first call (no compilation or instantiation again). Thread-safe."""
+
+    def __init__(self, blob: Path, spec: FunctionSpec) -> None:
+        self.blob = blob
+        self.spec = spec
+        self._snapshot: WasmSnapshot | None = None
+        self._lock = threading.Lock()
+        self._cls = WasiHandler if spec.mode == "http" else WasmSandbox
+
+    def __call__(self) -> Sandbox:
+        with self._lock:
+            if self._snapshot is None:
+                wasi = WasiConfig(
+                    args=[self.spec.entry], env=dict(self.spec.environment), stdin=b""
+                )
+                sb = from_wasm(
+                    self.blob, wasi=wasi, config=wasm_sandbox_config(self.spec), reset="per_call"
+                )
+                sb.__class__ = self._cls
+                self._snapshot = sb.snapshot()
+                return sb
+        return self._cls._from_wasm_snapshot(self._snapshot, reset="per_call")
+
+
+_WASM_TAGS = {
+    ValType.I32: Tag.I32,
+    ValType.I64: Tag.I64,
+    ValType.F32: Tag.F32,
+    ValType.F64: Tag.F64,
+}
+
+
+def wasm_entry(module: WasmModule, spec: FunctionSpec) -> Signature:
+    """The signature the host gives a Wasm function's entry; raises ApiError (422) if
+    the module does not export it or the host cannot pass its types."""
+    exports = module.exports
+    export = exports.get(spec.entry)
+    if export is None or not isinstance(export.type, FuncType):
+        funcs = ", ".join(sorted(n for n, e in exports.items() if e.kind == "func"))
+        raise ApiError(
+            422,
+            "EntryNotFound",
+            f"the module exports no function {spec.entry!r} (it exports: {funcs or 'none'})",
+        )
+    ft = export.type
+    if spec.mode == "http":
+        if ft.params or ft.results or not any(i.module == WASI_MODULE for i in module.imports):
+            raise ApiError(
+                422,
+                "BadEntrySignature",
+                "in http mode a Wasm function is a WASI command: its entry takes and returns "
+                f"nothing (normally _start), but {spec.entry} is {ft}",
+            )
+        return Signature(spec.entry, (Tag.STR,), Tag.STR)
+    bad = [t for t in (*ft.params, *ft.results) if t not in _WASM_TAGS]
+    if bad or len(ft.results) > 1:
+        raise ApiError(
+            422,
+            "BadEntrySignature",
+            f"{spec.entry} is {ft}: the host passes and returns i32, i64, f32 and f64 "
+            "values, and at most one result",
+        )
+    ret = _WASM_TAGS[ft.results[0]] if ft.results else Tag.VOID
+    return Signature(spec.entry, tuple(_WASM_TAGS[t] for t in ft.params), ret)
+
+
 def check_entry(sb: Sandbox, spec: FunctionSpec) -> Signature:
     """The entry's signature; raises ApiError (422) if the guest does not export it or
-    (http mode) it is not `(str) -> str`."""
+    (http mode) it is not `(str) -> str` (for Wasm: see _wasm_entry)."""
+    if isinstance(sb, WasmSandbox):
+        return wasm_entry(sb.module, spec)
     sig = sb.functions.get(spec.entry)
     if sig is None:
         exports = ", ".join(sorted(sb.functions)) or "none"
@@ -102,7 +223,7 @@ def check_entry(sb: Sandbox, spec: FunctionSpec) -> Signature:
     return sig
 
 
-async def open_sandbox(factory: functools.partial[Sandbox]) -> Sandbox:
+async def open_sandbox(factory: Callable[[], Sandbox]) -> Sandbox:
     """A first sandbox of a module, on a worker thread: the module's validation. Raises
     ApiError: 422 for a module that is not a usable guest, 503/500 for KVM failures."""
     try:
@@ -115,6 +236,14 @@ async def open_sandbox(factory: functools.partial[Sandbox]) -> Sandbox:
         raise ApiError(422, "InvalidModule", f"not a usable guest: {exc}") from exc
     except ConfigError as exc:
         raise ApiError(422, "InvalidModule", f"{exc} (raise memory_mib)") from exc
+    except WasmModuleError as exc:
+        raise ApiError(422, "InvalidModule", f"not a usable Wasm module: {exc}") from exc
+    except WasmLinkError as exc:
+        raise ApiError(
+            422, "InvalidModule", f"the module cannot be linked: {exc} (the host offers WASI)"
+        ) from exc
+    except WasmTrap as exc:
+        raise ApiError(422, "InvalidModule", f"the module traps when instantiated: {exc}") from exc
     except Exception as exc:  # the ELF parser on hostile input: still the module's fault
         raise ApiError(422, "InvalidModule", f"not a usable guest: {exc!r}") from exc
 
@@ -171,7 +300,7 @@ class Deployment:
         }
 
 
-def new_pool(name: str, limits: Limits, factory: functools.partial[Sandbox]) -> FunctionPool:
+def new_pool(name: str, limits: Limits, factory: Callable[[], Sandbox]) -> FunctionPool:
     return FunctionPool(
         factory,
         max_size=limits.max_concurrency,

@@ -26,6 +26,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 
 from .. import errors as sbx
+from ..wasm.wasi import WasiExit
 
 
 class ApiError(Exception):
@@ -95,6 +96,14 @@ def from_guest_error(exc: BaseException, function: str, output: str) -> ApiError
         return ApiError(422, "HostFunctionError", str(exc), **extra)
     if isinstance(exc, sbx.CallCancelled | sbx.SandboxClosed):
         return ApiError(503, "ShuttingDown", "the host is shutting down", **extra)
+    if isinstance(exc, WasiExit):  # a Wasm function called proc_exit outside http mode
+        return ApiError(
+            422,
+            "WasiExit",
+            f"the program exited with status {exc.code}",
+            exit_code=exc.code,
+            **extra,
+        )
     if isinstance(exc, sbx.KvmUnavailable):
         return ApiError(503, "KvmUnavailable", str(exc), **extra)
     return ApiError(500, type(exc).__name__, str(exc) or type(exc).__name__, **extra)

@@ -33,7 +33,7 @@ class FunctionSpec(BaseModel):
     kind: Literal["native", "wasm"] = Field(
         "native",
         description="native: a guest ELF built with the guest SDK; wasm: a Wasm "
-        "module (needs the Wasm engine guest, not available in this version)",
+        "module (run by the Wasm engine guest; WASI preview1 with the environment below)",
     )
     mode: Literal["invoke", "http"] = Field(
         "invoke",

@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from typing import Any, BinaryIO
 
+from ..abi import Signature
 from ..elf import load_guest
+from ..wasm.module import load as load_wasm
 from .config import HostConfig
-from .deployment import Deployment, Limits, check_entry, make_factory, new_pool, open_sandbox
+from .deployment import (
+    Deployment,
+    Limits,
+    check_entry,
+    make_factory,
+    new_pool,
+    open_sandbox,
+    wasm_entry,
+)
 from .errors import ApiError, bad_request, body_too_large, from_guest_error, not_found
 from .manifest import FunctionRecord, FunctionSpec
 from .metrics import Gauge, Labels, Metrics
@@ -21,11 +30,6 @@ from .pool import CallOutcome, PoolClosed, QueueFull
 from .store import Blob, FunctionStore, Loaded, StoredTooLarge, StoreError
 
 log = logging.getLogger("sandbox.host")
-
-WASM_UNAVAILABLE = (
-    "wasm functions need the Wasm engine guest, not available in this version; "
-    "deploy a native guest ELF (kind: native)"
-)
 
 
 class Registry:
@@ -64,14 +68,19 @@ class Registry:
         limits = Limits.resolve(record.spec, self.config, strict=False)
         if item.problem is not None:
             return Deployment(record, limits, problem=item.problem)
-        if record.spec.kind != "native":
-            return Deployment(record, limits, problem=WASM_UNAVAILABLE)
         blob = self.store.blob_path(record.sha256)
+        sig: Signature | None
         try:
-            image = await asyncio.to_thread(load_guest, blob)
+            if record.spec.kind == "wasm":
+                module = await asyncio.to_thread(load_wasm, blob)
+                sig = wasm_entry(module, record.spec)
+            else:
+                image = await asyncio.to_thread(load_guest, blob)
+                sig = image.functions.get(record.spec.entry)
+        except ApiError as exc:
+            return Deployment(record, limits, problem=exc.message)
         except Exception as exc:
             return Deployment(record, limits, problem=f"module does not load: {exc}")
-        sig = image.functions.get(record.spec.entry)
         if sig is None:
             return Deployment(record, limits, problem=f"no entry {record.spec.entry!r}")
         pool = new_pool(record.name, limits, make_factory(blob, record.spec, self.config))
@@ -150,8 +159,6 @@ class Registry:
         the deployment and whether it is new. Raises ApiError: 400 (limits, no module
         for a new function), 413, 422 (not a usable module, no such entry, wasm), 500."""
         limits = Limits.resolve(spec, self.config)
-        if spec.kind == "wasm":
-            await self._refuse_wasm(module)
         async with self._locked(name):
             existing = self.store.get(name)
             blob = await self._blob_for(name, existing, module)
@@ -210,27 +217,6 @@ class Registry:
         except StoreError as exc:
             log.error("store failed", extra={"function": name, "error": str(exc)})
             raise ApiError(500, "StoreError", str(exc)) from exc
-
-    async def _refuse_wasm(self, module: BinaryIO | None) -> None:
-        """Validates a Wasm module with wasmtime where it is installed (422 if
-        invalid), then refuses it: 422, no Wasm engine guest yet."""
-        if module is not None:
-            try:
-                wasmtime: Any = importlib.import_module("wasmtime")
-            except ImportError:
-                wasmtime = None
-            if wasmtime is not None:
-                data = await asyncio.to_thread(module.read, self.config.max_upload_bytes + 1)
-                if len(data) > self.config.max_upload_bytes:
-                    raise body_too_large(self.config.max_upload_bytes)
-                try:
-                    wasmtime.Module.validate(wasmtime.Engine(), data)
-                except Exception as exc:
-                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    raise ApiError(
-                        422, "InvalidModule", f"not a valid Wasm module: {first}"
-                    ) from None
-        raise ApiError(422, "WasmUnavailable", WASM_UNAVAILABLE)
 
     async def delete(self, name: str) -> None:
         """Removes `name` durably; its running calls finish first. Raises ApiError 404."""

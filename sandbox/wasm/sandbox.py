@@ -392,6 +392,13 @@ class WasmSandbox(Sandbox):
     # -- one module: from_wasm -------------------------------------------------------
 
     @property
+    def module(self) -> WasmModule:
+        """The module made by from_wasm."""
+        if self._wasm.main is None:
+            raise WasmEngineError("this engine sandbox was not made by from_wasm")
+        return self._wasm.instances[self._wasm.main].module
+
+    @property
     def exports(self) -> Mapping[str, Export]:
         """The exports of the module made by from_wasm, by name."""
         if self._wasm.main is None:
