@@ -461,7 +461,7 @@ class Sandbox:
         if snapshot is not None and not isinstance(snapshot, Snapshot):
             raise ArgumentError(f"restore() takes a Snapshot, not {type(snapshot).__name__}")
         target = snapshot if snapshot is not None else self._initial_snapshot()
-        if target.layout != self.layout:
+        if target.layout is not self.layout and target.layout != self.layout:
             raise ArgumentError("the snapshot is of another guest or memory layout")
         # Poisoned until the restore completes: a failure half-way leaves no usable state.
         self._state = _POISONED

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from typing import Any, BinaryIO
 
+from .. import errors as sbx
 from ..elf import load_guest
 from .config import HostConfig
 from .deployment import Deployment, Limits, check_entry, make_factory, new_pool, open_sandbox
@@ -298,8 +299,6 @@ class Registry:
         return outcome
 
     def _account(self, name: str, outcome: CallOutcome) -> None:
-        from .. import errors as sbx
-
         m = self.metrics
         m.invocation_latency.observe(outcome.duration_s, name)
         err = outcome.error
