@@ -20,6 +20,7 @@ NATIVE_DIR = ROOT / "native"
 ABI_HEADER = ROOT / "guests" / "include" / "sbx_abi.h"
 WASM_ABI_HEADER = ROOT / "guests" / "wasm" / "wasm_abi.h"
 VCPU_HEADER = NATIVE_DIR / "sbx_vcpu.h"
+MEMORY_HEADER = NATIVE_DIR / "sbx_memory.h"
 
 
 def package_version() -> str:
@@ -107,13 +108,14 @@ ffibuilder = FFI()
 ffibuilder.cdef(ABI_HEADER.read_text())
 ffibuilder.cdef(_string_defines_as_constants(WASM_ABI_HEADER.read_text()))
 ffibuilder.cdef(VCPU_HEADER.read_text())
+ffibuilder.cdef(MEMORY_HEADER.read_text())
 ffibuilder.cdef(_defines(KVM_IOCTLS) + "\n" + _defines(KVM_CONSTANTS))
 ffibuilder.cdef(KVM_STRUCTS)
 ffibuilder.set_source(
     "sandbox._sbx_native",
     '#include <stdint.h>\n#include <linux/kvm.h>\n#include "sbx_abi.h"\n#include "wasm_abi.h"\n'
-    '#include "sbx_vcpu.h"\n',
-    sources=[os.path.relpath(NATIVE_DIR / "sbx_vcpu.c", ROOT)],
+    '#include "sbx_vcpu.h"\n#include "sbx_memory.h"\n',
+    sources=[os.path.relpath(NATIVE_DIR / f, ROOT) for f in ("sbx_vcpu.c", "sbx_memory.c")],
     include_dirs=[
         os.path.relpath(p, ROOT) for p in (NATIVE_DIR, ABI_HEADER.parent, WASM_ABI_HEADER.parent)
     ],

@@ -21,7 +21,7 @@ import struct
 import threading
 from collections.abc import Iterator, Sequence
 
-from ._native import Mapping, ffi
+from ._native import Mapping, ffi, lib
 from .errors import GuestProtocolError
 
 PAGE = 4096
@@ -136,6 +136,7 @@ class MemoryImage:
         self.size = size
         self._readonly: mmap.mmap | None = None
         self._readonly_view: memoryview | None = None
+        self._readonly_ptr: object | None = None
         self._lock = threading.Lock()
         self.fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
@@ -163,6 +164,15 @@ class MemoryImage:
                     self._readonly_view = memoryview(self._readonly)
         return self._readonly_view
 
+    @property
+    def readonly_ptr(self) -> object:
+        """A cffi pointer to the start of the `readonly` mapping (for sbx_memory_reset)."""
+        if self._readonly_ptr is None:
+            # Safe: the pointer covers exactly the read-only mapping, is only read from,
+            # and is released (close()) before the mapping is unmapped.
+            self._readonly_ptr = ffi.from_buffer("char[]", self.readonly)
+        return self._readonly_ptr
+
     def data_ranges(self) -> Iterator[tuple[int, int]]:
         """(offset, length) of the parts of the image that hold data (SEEK_DATA/HOLE)."""
         pos = 0
@@ -176,6 +186,9 @@ class MemoryImage:
             pos = end
 
     def close(self) -> None:
+        if self._readonly_ptr is not None:
+            ffi.release(self._readonly_ptr)
+            self._readonly_ptr = None
         if self._readonly_view is not None:
             self._readonly_view.release()
             self._readonly_view = None
@@ -214,7 +227,18 @@ class GuestMemory:
 
     def reset(self, ranges: list[tuple[int, int]] | None = None) -> int:
         """Makes the memory equal to its image again by copying back the written pages
-        (they stay mapped, in the host and in the VM). Returns the bytes copied."""
+        (they stay mapped, in the host and in the VM). Returns the bytes copied.
+        Without `ranges`, one native call finds and copies the pages (PAGEMAP_SCAN)."""
+        if ranges is None and _Pagemap._scan_ok is not False:
+            copied = int(
+                lib.sbx_memory_reset(
+                    _Pagemap.fd(), self._mapping.ptr, self.image.readonly_ptr, self.size
+                )
+            )
+            if copied >= 0:
+                _Pagemap._scan_ok = True
+                return copied
+            _Pagemap._scan_ok = False  # no PAGEMAP_SCAN (before 6.7): read the pagemap
         source = self.image.readonly
         copied = 0
         for addr, length in self.written_ranges() if ranges is None else ranges:

@@ -527,16 +527,18 @@ class Sandbox:
         if snapshot is not None and not isinstance(snapshot, Snapshot):
             raise ArgumentError(f"restore() takes a Snapshot, not {type(snapshot).__name__}")
         target = snapshot if snapshot is not None else self._initial_snapshot()
-        if target.layout != self.layout:
+        if target.layout is not self.layout and target.layout != self.layout:
             raise ArgumentError("the snapshot is of another guest or memory layout")
         # Poisoned until the restore completes: a failure half-way leaves no usable state.
         self._state = _POISONED
         self._poison_reason = "failed restore"
         memory = self._memory
         if target.image is memory.image:
-            written = memory.written_ranges()
-            memory.reset(written)
-            if self._mmu_watch and _overlap(written, self._mmu_watch):
+            # The watched pages differ from the snapshot's: the host changed page tables.
+            source = memory.image.readonly
+            flush = any(memory.view[a : a + n] != source[a : a + n] for a, n in self._mmu_watch)
+            memory.reset()
+            if flush:
                 self._flush_shadow_mmu()
         else:
             self._release_views()
@@ -791,10 +793,6 @@ class Sandbox:
                 kind="internal_error",
             )
         return GuestTrap(f"unexpected KVM exit reason {exit.kvm_exit_reason}", kind="unknown_exit")
-
-
-def _overlap(ranges: list[tuple[int, int]], watch: list[tuple[int, int]]) -> bool:
-    return any(a < w + wn and w < a + n for a, n in ranges for w, wn in watch)
 
 
 def _check_config(config: object) -> SandboxConfig:

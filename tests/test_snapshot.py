@@ -110,6 +110,37 @@ def test_from_snapshot_loads_the_snapshots_sse_state(sb: Sandbox) -> None:
         assert other.call("get_xmm15") == 0
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "pagemap"])
+def test_memory_reset_copies_back_every_written_page(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ways of finding the written pages (one native PAGEMAP_SCAN call, or the
+    /proc/self/pagemap fallback of kernels before 6.7) restore every page, including
+    more separate runs of pages than one native scan returns (64)."""
+    from sandbox import memory as memory_mod
+
+    if not native:
+        monkeypatch.setattr(memory_mod._Pagemap, "_scan_ok", False)
+    # A memory size of its own, so that its image is not the template other tests
+    # share: reading the image's holes below fills them in.
+    sb = Sandbox(config=SandboxConfig(memory_size=(14 if native else 12) << 20))
+    mem = sb._memory
+    mem.reset()
+    image = bytes(mem.image.readonly)
+    pages = range(0, mem.size // memory_mod.PAGE, 3)[:200]  # 200 runs of one page
+    for page in pages:
+        mem.view[page * memory_mod.PAGE + 5] = (mem.view[page * memory_mod.PAGE + 5] + 1) % 256
+    assert bytes(mem.view) != image
+    # The pages are private copies from now on (restored pages stay mapped), so every
+    # later reset copies them too; the per-page pagemap entries are the reference.
+    written = memory_mod._scan_pagemap_entries(mem.host_address, mem.size)
+    assert len(written) > 64
+    assert mem.reset() == sum(length for _, length in written)
+    assert bytes(mem.view) == image
+    assert sb.call("add", 2, 3) == 5
+    sb.close()
+
+
 def test_restore_default_is_the_start_state(sb: Sandbox) -> None:
     assert [sb.call("counter") for _ in range(3)] == [1, 2, 3]
     sb.restore()

@@ -426,6 +426,24 @@ static int imm_form(int op, uint64_t k) {
     }
 }
 
+/* The fused op for `outer` (i32 add/xor/and/or) of the value just computed by the
+ * last instruction (if it is one of the inner ops), or -1. */
+static int binbin_op(int outer, int inner) {
+    static const int outers[4] = {OP_I32_ADD, OP_I32_XOR, OP_I32_AND, OP_I32_OR};
+    static const int inners[11] = {OP_I32_ADD, OP_I32_SUB, OP_I32_XOR, OP_I32_AND, OP_I32_OR, OP_I32_ROTL_I, OP_I32_ROTR_I, OP_I32_SHL_I, OP_I32_SHR_U_I, OP_I32_ADD_I, OP_I32_AND_I};
+    static const int fused[4][11] = {
+        {OP_F_ADD_ADD, OP_F_ADD_SUB, OP_F_ADD_XOR, OP_F_ADD_AND, OP_F_ADD_OR, OP_F_ADD_ROTL_I, OP_F_ADD_ROTR_I, OP_F_ADD_SHL_I, OP_F_ADD_SHR_U_I, OP_F_ADD_ADD_I, OP_F_ADD_AND_I},
+        {OP_F_XOR_ADD, OP_F_XOR_SUB, OP_F_XOR_XOR, OP_F_XOR_AND, OP_F_XOR_OR, OP_F_XOR_ROTL_I, OP_F_XOR_ROTR_I, OP_F_XOR_SHL_I, OP_F_XOR_SHR_U_I, OP_F_XOR_ADD_I, OP_F_XOR_AND_I},
+        {OP_F_AND_ADD, OP_F_AND_SUB, OP_F_AND_XOR, OP_F_AND_AND, OP_F_AND_OR, OP_F_AND_ROTL_I, OP_F_AND_ROTR_I, OP_F_AND_SHL_I, OP_F_AND_SHR_U_I, OP_F_AND_ADD_I, OP_F_AND_AND_I},
+        {OP_F_OR_ADD, OP_F_OR_SUB, OP_F_OR_XOR, OP_F_OR_AND, OP_F_OR_OR, OP_F_OR_ROTL_I, OP_F_OR_ROTR_I, OP_F_OR_SHL_I, OP_F_OR_SHR_U_I, OP_F_OR_ADD_I, OP_F_OR_AND_I}};
+    for (int o = 0; o < 4; o++) {
+        if (outers[o] != outer) continue;
+        for (int i = 0; i < 11; i++)
+            if (inners[i] == inner) return fused[o][i];
+    }
+    return -1;
+}
+
 static void numeric(comp *c, uint8_t opcode, int op) {
     uint32_t d, a, b, pos;
     if (is_unary(opcode)) {
@@ -451,6 +469,33 @@ static void numeric(comp *c, uint8_t opcode, int op) {
         emit(c, k);
         push_result(c, iop, pos, pos + 2);
         return;
+    }
+    int fop = c->last_dfield && c->last_end == c->len ? binbin_op(op, c->last_op) : -1;
+    if (fop >= 0) {
+        sval t = c->st[c->sh - 1], u = c->st[c->sh - 2];
+        uint32_t x = c->code[c->last_pos + 3], y = c->code[c->last_pos + 4];
+        bool right = t.kind == SV_STACK && c->last_dh == c->sh - 1;
+        bool left = u.kind == SV_STACK && c->last_dh == c->sh - 2 && t.kind == SV_LOCAL;
+        if (right || left) {
+            /* The inner op's result is consumed here only: compute both in one. */
+            c->len = c->last_pos;
+            c->last_dfield = 0;
+            if (right) {
+                truncate(c, c->sh - 1);
+                a = pop_slot(c);
+            } else {
+                a = pop_slot(c);
+                truncate(c, c->sh - 1);
+            }
+            d = slot(c, c->sh);
+            pos = emit_op(c, fop);
+            emit(c, d);
+            emit(c, a);
+            emit(c, x);
+            emit(c, y);
+            push_result(c, fop, pos, pos + 2);
+            return;
+        }
     }
     b = pop_slot(c);
     a = pop_slot(c);

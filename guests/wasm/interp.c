@@ -307,6 +307,13 @@ static void prof(const void *h) {
         ip += 5;                                                                       \
         NEXT();                                                                        \
     }
+#define BB(name, outer, inner)                                                         \
+    L_##name : {                                                                       \
+        uint32_t t = (inner);                                                          \
+        S(2) = (uint32_t)(U32(3) outer t);                                             \
+        ip += 6;                                                                       \
+        NEXT();                                                                        \
+    }
 #define JUMP(k) ip = ip + (k) + (int32_t)ip[k]
 #define CBR(name, cond)                                                                \
     L_##name : {                                                                       \
@@ -756,6 +763,52 @@ L_REF_FUNC:
     BIN(I64_MUL_I, S(3) * (uint64_t)(int64_t)(int32_t)K32)
     BIN(I64_OR_I, S(3) | (uint64_t)(int64_t)(int32_t)K32)
     BIN(I64_XOR_I, S(3) ^ (uint64_t)(int64_t)(int32_t)K32)
+
+    /* Fused i32 op pairs: d a x y/k. */
+    BB(F_ADD_ADD, +, (uint32_t)(U32(4) + U32(5)))
+    BB(F_ADD_SUB, +, (uint32_t)(U32(4) - U32(5)))
+    BB(F_ADD_XOR, +, (uint32_t)(U32(4) ^ U32(5)))
+    BB(F_ADD_AND, +, (uint32_t)(U32(4) & U32(5)))
+    BB(F_ADD_OR, +, (uint32_t)(U32(4) | U32(5)))
+    BB(F_ADD_ROTL_I, +, rotl32(U32(4), ip[5]))
+    BB(F_ADD_ROTR_I, +, rotr32(U32(4), ip[5]))
+    BB(F_ADD_SHL_I, +, (uint32_t)(U32(4) << (ip[5] & 31)))
+    BB(F_ADD_SHR_U_I, +, (U32(4) >> (ip[5] & 31)))
+    BB(F_ADD_ADD_I, +, (uint32_t)(U32(4) + ip[5]))
+    BB(F_ADD_AND_I, +, (U32(4) & ip[5]))
+    BB(F_XOR_ADD, ^, (uint32_t)(U32(4) + U32(5)))
+    BB(F_XOR_SUB, ^, (uint32_t)(U32(4) - U32(5)))
+    BB(F_XOR_XOR, ^, (uint32_t)(U32(4) ^ U32(5)))
+    BB(F_XOR_AND, ^, (uint32_t)(U32(4) & U32(5)))
+    BB(F_XOR_OR, ^, (uint32_t)(U32(4) | U32(5)))
+    BB(F_XOR_ROTL_I, ^, rotl32(U32(4), ip[5]))
+    BB(F_XOR_ROTR_I, ^, rotr32(U32(4), ip[5]))
+    BB(F_XOR_SHL_I, ^, (uint32_t)(U32(4) << (ip[5] & 31)))
+    BB(F_XOR_SHR_U_I, ^, (U32(4) >> (ip[5] & 31)))
+    BB(F_XOR_ADD_I, ^, (uint32_t)(U32(4) + ip[5]))
+    BB(F_XOR_AND_I, ^, (U32(4) & ip[5]))
+    BB(F_AND_ADD, &, (uint32_t)(U32(4) + U32(5)))
+    BB(F_AND_SUB, &, (uint32_t)(U32(4) - U32(5)))
+    BB(F_AND_XOR, &, (uint32_t)(U32(4) ^ U32(5)))
+    BB(F_AND_AND, &, (uint32_t)(U32(4) & U32(5)))
+    BB(F_AND_OR, &, (uint32_t)(U32(4) | U32(5)))
+    BB(F_AND_ROTL_I, &, rotl32(U32(4), ip[5]))
+    BB(F_AND_ROTR_I, &, rotr32(U32(4), ip[5]))
+    BB(F_AND_SHL_I, &, (uint32_t)(U32(4) << (ip[5] & 31)))
+    BB(F_AND_SHR_U_I, &, (U32(4) >> (ip[5] & 31)))
+    BB(F_AND_ADD_I, &, (uint32_t)(U32(4) + ip[5]))
+    BB(F_AND_AND_I, &, (U32(4) & ip[5]))
+    BB(F_OR_ADD, |, (uint32_t)(U32(4) + U32(5)))
+    BB(F_OR_SUB, |, (uint32_t)(U32(4) - U32(5)))
+    BB(F_OR_XOR, |, (uint32_t)(U32(4) ^ U32(5)))
+    BB(F_OR_AND, |, (uint32_t)(U32(4) & U32(5)))
+    BB(F_OR_OR, |, (uint32_t)(U32(4) | U32(5)))
+    BB(F_OR_ROTL_I, |, rotl32(U32(4), ip[5]))
+    BB(F_OR_ROTR_I, |, rotr32(U32(4), ip[5]))
+    BB(F_OR_SHL_I, |, (uint32_t)(U32(4) << (ip[5] & 31)))
+    BB(F_OR_SHR_U_I, |, (U32(4) >> (ip[5] & 31)))
+    BB(F_OR_ADD_I, |, (uint32_t)(U32(4) + ip[5]))
+    BB(F_OR_AND_I, |, (U32(4) & ip[5]))
 
     /* Fused compare-and-branch: a b off / a k off. */
     CBR(BR_EQ, U32(2) == U32(3))

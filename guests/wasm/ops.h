@@ -82,7 +82,20 @@
     X(I64_LOAD8_U_RI) X(I64_LOAD16_S_RI) X(I64_LOAD16_U_RI) X(I64_LOAD32_S_RI)          \
     X(I64_LOAD32_U_RI)
 
-#define OPS_ALL(X) OPS_CONTROL(X) OPS_MEMORY(X) OPS_NUMERIC(X) OPS_IMM(X) OPS_FUSED(X) OPS_MEMFUSED(X)
+/* Two i32 ops in one: d = a OUTER (x INNER y|k), where the inner op's result was used
+ * only by the outer one: d a x y/k. */
+#define OPS_BINBIN(X)                                                                   \
+    X(F_ADD_ADD) X(F_ADD_SUB) X(F_ADD_XOR) X(F_ADD_AND) X(F_ADD_OR) X(F_ADD_ROTL_I)     \
+    X(F_ADD_ROTR_I) X(F_ADD_SHL_I) X(F_ADD_SHR_U_I) X(F_ADD_ADD_I) X(F_ADD_AND_I)       \
+    X(F_XOR_ADD) X(F_XOR_SUB) X(F_XOR_XOR) X(F_XOR_AND) X(F_XOR_OR) X(F_XOR_ROTL_I)     \
+    X(F_XOR_ROTR_I) X(F_XOR_SHL_I) X(F_XOR_SHR_U_I) X(F_XOR_ADD_I) X(F_XOR_AND_I)       \
+    X(F_AND_ADD) X(F_AND_SUB) X(F_AND_XOR) X(F_AND_AND) X(F_AND_OR) X(F_AND_ROTL_I)     \
+    X(F_AND_ROTR_I) X(F_AND_SHL_I) X(F_AND_SHR_U_I) X(F_AND_ADD_I) X(F_AND_AND_I)       \
+    X(F_OR_ADD) X(F_OR_SUB) X(F_OR_XOR) X(F_OR_AND) X(F_OR_OR) X(F_OR_ROTL_I)           \
+    X(F_OR_ROTR_I) X(F_OR_SHL_I) X(F_OR_SHR_U_I) X(F_OR_ADD_I) X(F_OR_AND_I)
+
+#define OPS_ALL(X) OPS_CONTROL(X) OPS_MEMORY(X) OPS_NUMERIC(X) OPS_IMM(X) OPS_FUSED(X) OPS_MEMFUSED(X) \
+    OPS_BINBIN(X)
 
 enum {
 #define OP_ENUM(n) OP_##n,

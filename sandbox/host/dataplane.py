@@ -16,14 +16,14 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Scope
 
 from ..abi import Signature
 from .deployment import Deployment
 from .errors import ApiError, BodyTooLarge, bad_request, body_too_large
 from .httpmode import request_json, response_from
 from .manifest import valid_name
-from .reply import Reply, json_reply, send_reply
+from .reply import Reply, json_reply
 from .state import HostState
 from .values import args_from_json, result_to_json
 
@@ -117,16 +117,22 @@ async def http(host: HostState, scope: Scope, read_body: BodyReader, name: str, 
     return response_from(name, outcome.value)
 
 
-async def read_all(receive: Receive) -> bytes:
+async def read_all(receive: Receive, limit: int) -> bytes:
+    """The request body; raises BodyTooLarge as soon as it is over `limit` bytes."""
     chunks = []
+    received = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             break
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class Match(NamedTuple):
@@ -151,21 +157,22 @@ class DataPlane:
             return Match(HTTP_TEMPLATE, m.group(1), m.group(2) or "")
         return None
 
-    async def serve(self, scope: Scope, receive: Receive, send: Send, match: Match) -> None:
+    async def answer(self, scope: Scope, receive: Receive, match: Match, limit: int) -> Reply:
+        """The reply to a data-plane request whose body may be at most `limit` bytes.
+        Never raises: every failure is an error reply."""
+
         async def read_body() -> bytes:
-            return await read_all(receive)
+            return await read_all(receive, limit)
 
         try:
             if match.path is None:
-                reply = await invoke(self.host, scope, read_body, match.name)
-            else:
-                reply = await http(self.host, scope, read_body, match.name, match.path)
+                return await invoke(self.host, scope, read_body, match.name)
+            return await http(self.host, scope, read_body, match.name, match.path)
         except ApiError as exc:
-            reply = json_reply(exc.status, exc.body(), exc.headers)
+            return json_reply(exc.status, exc.body(), exc.headers)
         except BodyTooLarge as exc:
-            reply = json_reply(413, body_too_large(exc.limit).body())
+            return json_reply(413, body_too_large(exc.limit).body())
         except Exception as exc:
             log.error("unhandled error", exc_info=exc, extra={"path": scope["path"]})
             error = {"error": {"type": "InternalError", "message": "internal error"}}
-            reply = json_reply(500, error)
-        await send_reply(send, reply)
+            return json_reply(500, error)

@@ -11,8 +11,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import HostConfig
-from .dataplane import DataPlane
+from .dataplane import DataPlane, Match
 from .errors import BodyTooLarge
+from .reply import send_reply
 from .state import HostState
 
 access = logging.getLogger("sandbox.host.access")
@@ -38,8 +39,11 @@ class HostMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        limit = _limit_for(scope, self.config)
         match = self.dataplane.match(scope)
+        if match is not None:
+            await self._dataplane(scope, receive, send, match, start)
+            return
+        limit = _limit_for(scope, self.config)
         status = [500]
         received = 0
 
@@ -61,17 +65,32 @@ class HostMiddleware:
             declared = _content_length(scope)
             if declared is not None and declared > limit:
                 await _reject_too_large(limit, watched_send)
-            elif match is not None:
-                await self.dataplane.serve(scope, limited_receive, watched_send, match)
             else:
                 await self.app(scope, limited_receive, watched_send)
         finally:
-            if match is not None:
-                template = match.template
-            else:
-                route: Any = scope.get("route")
-                template = getattr(route, "path", None) or "(unmatched)"
+            route: Any = scope.get("route")
+            template = getattr(route, "path", None) or "(unmatched)"
             self._record(scope, template, status[0], time.perf_counter() - start)
+
+    async def _dataplane(
+        self, scope: Scope, receive: Receive, send: Send, match: Match, start: float
+    ) -> None:
+        """An invocation: the same limit, metrics and log as any request, without the
+        wrappers around receive and send (the data plane reads the body with the limit
+        and knows the status it answers)."""
+        status = 500
+        try:
+            limit = self.config.max_body_bytes  # never an upload
+            declared = _content_length(scope)
+            if declared is not None and declared > limit:
+                status = 413
+                await _reject_too_large(limit, send)
+            else:
+                reply = await self.dataplane.answer(scope, receive, match, limit)
+                status = reply.status
+                await send_reply(send, reply)
+        finally:
+            self._record(scope, match.template, status, time.perf_counter() - start)
 
     def _record(self, scope: Scope, template: str, status: int, elapsed: float) -> None:
         self.metrics.requests.inc(scope["method"], template, str(status))

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from typing import Any, BinaryIO
 
+from .. import errors as sbx
 from ..abi import Signature
 from ..elf import load_guest
 from ..wasm.module import load as load_wasm
@@ -284,8 +285,6 @@ class Registry:
         return outcome
 
     def _account(self, name: str, outcome: CallOutcome) -> None:
-        from .. import errors as sbx
-
         m = self.metrics
         m.invocation_latency.observe(outcome.duration_s, name)
         err = outcome.error
