@@ -43,10 +43,11 @@ const uint8_t *eng_reply(size_t *len);
 /* Makes memory window `memory` hold `pages` pages (zero-filled, read-write). */
 bool plat_grow(uint32_t memory, uint64_t pages);
 /* Calls the host's import `func_index` of `instance` with a value list; returns the
- * results' value list (valid until the next platform call). May not return (the host
- * function raised: the platform unwinds the operation). */
+ * results' value list (valid until the next platform call). `memory` is the window of
+ * the instance's memory 0 (0xffffffff: none), which WASI functions use. May not return
+ * (the host function raised: the platform unwinds the operation). */
 const uint8_t *plat_import(uint32_t instance, uint32_t func_index, const uint8_t *args,
-                           size_t args_len, size_t *result_len);
+                           size_t args_len, uint32_t memory, size_t *result_len);
 void *plat_malloc(size_t n);
 void *plat_calloc(size_t n, size_t size);
 void *plat_realloc(void *p, size_t n);

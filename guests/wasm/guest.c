@@ -61,11 +61,13 @@ bool plat_grow(uint32_t memory, uint64_t pages) {
 }
 
 const uint8_t *plat_import(uint32_t instance, uint32_t func_index, const uint8_t *args,
-                           size_t args_len, size_t *result_len) {
-    sbx_value a[3] = {sbx_val_u64(instance), sbx_val_u64(func_index), sbx_val_bytes(args, args_len)};
+                           size_t args_len, uint32_t memory, size_t *result_len) {
+    sbx_value a[4] = {sbx_val_u64(instance), sbx_val_u64(func_index), sbx_val_bytes(args, args_len),
+                      sbx_val_u64(memory)};
     a[0].tag = SBX_TAG_U32;
     a[1].tag = SBX_TAG_U32;
-    sbx_value r = sbx_host_call(WASM_HOST_IMPORT, 3, a);
+    a[3].tag = SBX_TAG_U32;
+    sbx_value r = sbx_host_call(WASM_HOST_IMPORT, 4, a);
     if (r.tag != SBX_TAG_BYTES) return 0;
     *result_len = r.len;
     return (const uint8_t *)(uintptr_t)r.bits;

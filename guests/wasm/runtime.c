@@ -353,7 +353,10 @@ void rt_call_host(wfunc *f, uint64_t *sp) {
         for (int k = 0; k < 8; k++) v[1 + k] = (uint8_t)(bits >> (8 * k));
     }
     size_t rlen = 0;
-    const uint8_t *res = plat_import(f->host_inst, f->host_index, args, 1 + (size_t)t->nparams * 9, &rlen);
+    const instance *caller = f->inst;
+    uint32_t memory = caller && caller->nmems ? caller->mems[0]->window : 0xffffffffu;
+    const uint8_t *res = plat_import(f->host_inst, f->host_index, args,
+                                     1 + (size_t)t->nparams * 9, memory, &rlen);
     if (!res || !read_values(res, rlen, t->types + t->nparams, t->nresults, sp))
         eng_fail(WASM_STATUS_BAD_CALL, "host import returned values of the wrong types");
 }
@@ -405,6 +408,7 @@ void eng_load(uint8_t *bytes, uint64_t len) {
         return;
     }
     op_running = true;
+    if (!bytes) eng_fail(WASM_STATUS_BAD_CALL, "no module bytes (wasm_alloc failed?)");
     engine_init();
     module *m = plat_calloc(1, sizeof(module));
     if (!m) eng_fail(WASM_STATUS_LIMIT, "engine heap exhausted");

@@ -41,7 +41,8 @@ static import_cb import_callback;
 void native_set_import(import_cb cb) { import_callback = cb; }
 
 const uint8_t *plat_import(uint32_t instance, uint32_t func_index, const uint8_t *args,
-                           size_t args_len, size_t *result_len) {
+                           size_t args_len, uint32_t memory, size_t *result_len) {
+    (void)memory;
     if (!import_callback) return 0;
     return import_callback(instance, func_index, args, args_len, result_len);
 }
