@@ -84,8 +84,10 @@ class Host:
         return c
 
     def logs(self) -> list[dict[str, Any]]:
+        """The host's log records so far; a last line still being written is left out."""
         lines = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
+        text = self.log_path.read_text(errors="replace")
+        for line in text[: text.rfind("\n") + 1].splitlines():
             try:
                 lines.append(json.loads(line))
             except ValueError:
