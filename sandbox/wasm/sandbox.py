@@ -368,8 +368,6 @@ class WasmSandbox(Sandbox):
         if isinstance(fn, _Wasi):
             if self.wasi is None:
                 raise GuestProtocolError(f"{imp.module}.{imp.name}: the sandbox has no WASI")
-            if window is NO_MEMORY and (instance == self._wasm.main or self._pending is not None):
-                window = 0  # an engine that does not pass it: from_wasm's module owns memory 0
             memory = (
                 self.memory(window) if isinstance(window, int) and window != NO_MEMORY else None
             )

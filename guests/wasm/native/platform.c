@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/time.h>
 
 #include "../engine.h"
 
@@ -64,7 +65,27 @@ static void on_segv(int sig, siginfo_t *si, void *uc) {
     raise(sig);
 }
 
+/* Optional time limit per operation (fuzzing): SIGALRM abandons the operation like a
+ * fault and sets native_timed_out. */
+static long timeout_us;
+int native_timed_out;
+void native_set_timeout_us(long us) { timeout_us = us; }
+
+static void on_alarm(int sig) {
+    (void)sig;
+    if (in_op) {
+        native_timed_out = 1;
+        siglongjmp(fault_jmp, 2);
+    }
+}
+
+static void arm(long us) {
+    struct itimerval it = {{0, 0}, {us / 1000000, us % 1000000}};
+    setitimer(ITIMER_REAL, &it, 0);
+}
+
 void native_init(void) {
+    signal(SIGALRM, on_alarm);
     static char altstack[64 * 1024];
     stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack};
     sigaltstack(&ss, 0);
@@ -80,13 +101,17 @@ void native_init(void) {
  * and returns the reply. */
 #define GUARDED(call)                                                                  \
     do {                                                                               \
+        native_timed_out = 0;                                                          \
         if (sigsetjmp(fault_jmp, 1)) {                                                 \
             in_op = 0;                                                                 \
+            if (timeout_us) arm(0);                                                    \
             eng_fault(fault_addr);                                                     \
         } else {                                                                       \
             in_op = 1;                                                                 \
+            if (timeout_us) arm(timeout_us);                                           \
             call;                                                                      \
             in_op = 0;                                                                 \
+            if (timeout_us) arm(0);                                                    \
         }                                                                              \
         return eng_reply(reply_len);                                                   \
     } while (0)
