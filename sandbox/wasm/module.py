@@ -9,6 +9,7 @@ its own beyond what the validator has ruled out.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 from dataclasses import dataclass, field
@@ -108,6 +109,9 @@ def _engine() -> Any:
         if hasattr(type(config), feature):  # write-only properties: look on the class
             setattr(config, feature, False)
     # Bulk memory, reference types and multi-value stay on (wasmtime's defaults).
+    # Released before interpreter shutdown: wasmtime's finalizer fails once its module
+    # globals are gone.
+    atexit.register(_engine.cache_clear)
     return wasmtime.Engine(config)
 
 
