@@ -271,6 +271,18 @@ static void emit_branch(comp *c, ctl *t) {
     uint32_t n = label_arity(t);
     need(c, n);
     if (t->kind == CTL_FUNC) {
+        if (n == 1 && c->last_dfield && c->last_end == c->len && c->last_dh == c->sh - 1 &&
+            c->st[c->sh - 1].kind == SV_STACK &&
+            (c->last_op == OP_I32_ADD || c->last_op == OP_I32_ADD_I)) {
+            /* Return the sum just computed: one instruction. */
+            uint32_t a = c->code[c->last_pos + 3], b = c->code[c->last_pos + 4];
+            int op = c->last_op == OP_I32_ADD ? OP_RET_ADD : OP_RET_ADD_I;
+            c->len = c->last_pos;
+            emit_op(c, op);
+            emit(c, a);
+            emit(c, b);
+            return;
+        }
         if (n == 1) {
             emit_op(c, OP_RET1);
             emit(c, slot(c, c->sh - 1));

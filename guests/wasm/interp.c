@@ -412,6 +412,12 @@ L_BR_TABLE: {
     ip = t + (int32_t)*t;
     NEXT();
 }
+L_RET_ADD:
+    fp[0] = (uint32_t)(U32(2) + U32(3));
+    goto L_RETURN;
+L_RET_ADD_I:
+    fp[0] = (uint32_t)(U32(2) + ip[3]);
+    goto L_RETURN;
 L_RET1:
     fp[0] = S(2);
     /* fallthrough */

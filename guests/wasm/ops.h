@@ -6,7 +6,7 @@
 
 /* Control and data movement. */
 #define OPS_CONTROL(X)                                                                  \
-    X(HALT) X(UNREACHABLE) X(BR) X(BR_IF) X(BR_UNLESS) X(BR_TABLE) X(RETURN) X(RET1)    \
+    X(HALT) X(UNREACHABLE) X(BR) X(BR_IF) X(BR_UNLESS) X(BR_TABLE) X(RETURN) X(RET1) X(RET_ADD) X(RET_ADD_I)    \
     X(CALL) X(CALL_INDIRECT) X(MOV) X(MOV2) X(CONST32) X(CONST64) X(SELECT) X(GLOBAL_GET)       \
     X(GLOBAL_SET) X(MEM_SIZE) X(MEM_GROW) X(MEM_INIT) X(DATA_DROP) X(MEM_COPY)          \
     X(MEM_FILL) X(TABLE_INIT) X(ELEM_DROP) X(TABLE_COPY) X(TABLE_GROW) X(TABLE_SIZE)    \
