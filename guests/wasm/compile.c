@@ -441,6 +441,8 @@ static int imm_form(int op, uint64_t k) {
 /* The fused op for `outer` (i32 add/xor/and/or) of the value just computed by the
  * last instruction (if it is one of the inner ops), or -1. */
 static int binbin_op(int outer, int inner) {
+    if (outer == OP_F64_ADD) return inner == OP_F64_MUL ? OP_F64_ADD_MUL : -1;
+    if (outer == OP_F32_ADD) return inner == OP_F32_MUL ? OP_F32_ADD_MUL : -1;
     static const int outers[4] = {OP_I32_ADD, OP_I32_XOR, OP_I32_AND, OP_I32_OR};
     static const int inners[11] = {OP_I32_ADD, OP_I32_SUB, OP_I32_XOR, OP_I32_AND, OP_I32_OR, OP_I32_ROTL_I, OP_I32_ROTR_I, OP_I32_SHL_I, OP_I32_SHR_U_I, OP_I32_ADD_I, OP_I32_AND_I};
     static const int fused[4][11] = {

@@ -816,6 +816,21 @@ L_REF_FUNC:
     BB(F_OR_ADD_I, |, (uint32_t)(U32(4) + ip[5]))
     BB(F_OR_AND_I, |, (U32(4) & ip[5]))
 
+L_F32_ADD_MUL: {
+    float t = F32(4) * F32(5);
+    __asm__("" : "+x"(t)); /* no contraction into an FMA: Wasm rounds twice */
+    S(2) = of_f32(F32(3) + t);
+    ip += 6;
+    NEXT();
+}
+L_F64_ADD_MUL: {
+    double t = F64(4) * F64(5);
+    __asm__("" : "+x"(t));
+    S(2) = of_f64(F64(3) + t);
+    ip += 6;
+    NEXT();
+}
+
     /* Fused compare-and-branch: a b off / a k off. */
     CBR(BR_EQ, U32(2) == U32(3))
     CBR(BR_NE, U32(2) != U32(3))

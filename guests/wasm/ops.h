@@ -94,8 +94,11 @@
     X(F_OR_ADD) X(F_OR_SUB) X(F_OR_XOR) X(F_OR_AND) X(F_OR_OR) X(F_OR_ROTL_I)           \
     X(F_OR_ROTR_I) X(F_OR_SHL_I) X(F_OR_SHR_U_I) X(F_OR_ADD_I) X(F_OR_AND_I)
 
+/* Float multiply then add (two roundings, as in Wasm): d = a + x * y. */
+#define OPS_FMULADD(X) X(F32_ADD_MUL) X(F64_ADD_MUL)
+
 #define OPS_ALL(X) OPS_CONTROL(X) OPS_MEMORY(X) OPS_NUMERIC(X) OPS_IMM(X) OPS_FUSED(X) OPS_MEMFUSED(X) \
-    OPS_BINBIN(X)
+    OPS_BINBIN(X) OPS_FMULADD(X)
 
 enum {
 #define OP_ENUM(n) OP_##n,
