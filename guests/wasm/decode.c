@@ -34,7 +34,7 @@ static uint8_t rd_reftype(reader *r) {
     return t;
 }
 
-static limits rd_limits(reader *r, uint64_t cap) {
+static limits rd_limits(reader *r) {
     limits l = {0, 0, false};
     uint8_t flag = rd_u8(r);
     if (flag > 1) eng_malformed("integer too large");
@@ -43,7 +43,6 @@ static limits rd_limits(reader *r, uint64_t cap) {
         l.has_max = true;
         l.max = rd_u32(r);
     }
-    (void)cap;
     return l;
 }
 
@@ -142,11 +141,11 @@ static void read_imports(module *m, reader *r) {
             break;
         case EXT_TABLE:
             d->valtype = rd_reftype(r);
-            d->lim = rd_limits(r, 0xffffffffu);
+            d->lim = rd_limits(r);
             m->ntables_imported++;
             break;
         case EXT_MEM:
-            d->lim = rd_limits(r, WASM_MAX_PAGES);
+            d->lim = rd_limits(r);
             m->nmems_imported++;
             break;
         case EXT_GLOBAL: {
@@ -188,7 +187,7 @@ static void read_tables(module *m, reader *r) {
             m->tables[k++] = (table_desc){m->imports[i].valtype, m->imports[i].lim};
     for (uint32_t i = 0; i < n; i++) {
         m->tables[k].elemtype = rd_reftype(r);
-        m->tables[k].lim = rd_limits(r, 0xffffffffu);
+        m->tables[k].lim = rd_limits(r);
         k++;
     }
 }
@@ -200,7 +199,7 @@ static void read_memories(module *m, reader *r) {
     uint32_t k = 0;
     for (uint32_t i = 0; i < m->nimports; i++)
         if (m->imports[i].kind == EXT_MEM) m->mems[k++] = m->imports[i].lim;
-    for (uint32_t i = 0; i < n; i++) m->mems[k++] = rd_limits(r, WASM_MAX_PAGES);
+    for (uint32_t i = 0; i < n; i++) m->mems[k++] = rd_limits(r);
     if (m->nmems > 1) eng_fail(WASM_STATUS_INVALID, "multiple memories");
     for (uint32_t i = 0; i < m->nmems; i++)
         if (m->mems[i].min > WASM_MAX_PAGES || (m->mems[i].has_max && m->mems[i].max > WASM_MAX_PAGES))

@@ -183,8 +183,6 @@ typedef struct instance {
     uint64_t **elem_items;
     uint32_t *elem_len;
     uint32_t *data_len;
-    const char *name; /* registered name */
-    size_t name_len;
 } instance;
 
 /* ---- Engine-wide state --------------------------------------------------------------- */
@@ -216,7 +214,6 @@ void interp_init(void);
 void interp_call(wfunc *f, uint64_t *sp);
 /* The value stack (allocated on first use). */
 extern uint64_t *eng_stack, *eng_stack_end;
-extern uint32_t eng_depth;
 
 /* Runtime helpers used by the interpreter (trap on error). */
 void rt_call_host(wfunc *f, uint64_t *sp);

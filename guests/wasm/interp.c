@@ -7,7 +7,6 @@ typedef void *hptr __attribute__((aligned(4), may_alias));
 
 void **interp_handlers;
 uint64_t *eng_stack, *eng_stack_end;
-uint32_t eng_depth;
 
 typedef struct cframe {
     const uint32_t *ip;
