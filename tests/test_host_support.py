@@ -87,7 +87,9 @@ class Host:
         """The host's log records so far; a last line still being written is left out."""
         lines = []
         text = self.log_path.read_text(errors="replace")
-        for line in text[: text.rfind("\n") + 1].splitlines():
+        # Split on "\n" only: str.splitlines() also splits on U+2028, U+0085..., which
+        # JSON written with ensure_ascii=False may hold inside a string (a request path).
+        for line in text[: text.rfind("\n") + 1].split("\n")[:-1]:
             try:
                 lines.append(json.loads(line))
             except ValueError:
