@@ -39,7 +39,7 @@ from .abi import (
     parse_reply,
     to_python,
 )
-from .module import Export, FuncType, Import, WasmModule, WasmModuleError, load
+from .module import Export, FuncType, WasmModule, WasmModuleError, load
 from .wasi import WasiConfig, WasiContext, WasiExit
 from .windows import LinearMemory, Windows
 
@@ -482,6 +482,24 @@ def _check_ok(reply: Reply, what: str) -> None:
     raise WasmEngineError(f"{what}: {reply.message}")
 
 
+def _check_wasi_imports(mod: WasmModule, context: WasiContext) -> None:
+    """Raises WasmLinkError for a WASI import that does not exist or has another type."""
+    for imp in mod.func_imports:
+        if imp.module != WASI_MODULE:
+            continue
+        entry = context.functions.get(imp.name)
+        if entry is None:
+            raise WasmLinkError(f"unknown import: {WASI_MODULE}.{imp.name}")
+        ft = imp.type
+        if not isinstance(ft, FuncType) or (ft.params, ft.results) != (
+            entry.params,
+            entry.results,
+        ):
+            raise WasmLinkError(
+                f"incompatible import type: {WASI_MODULE}.{imp.name} is imported as {ft}"
+            )
+
+
 def from_wasm(
     module: bytes | str | os.PathLike[str] | WasmModule,
     *,
@@ -506,19 +524,11 @@ def from_wasm(
     context: WasiContext | None = None
     if any(imp.module == WASI_MODULE for imp in mod.imports):
         context = WasiContext(wasi if wasi is not None else WasiConfig())
-        for imp in mod.func_imports:
-            if imp.module == WASI_MODULE:
-                entry = context.functions.get(imp.name)
-                ft = imp.type
-                assert isinstance(ft, FuncType)
-                if entry is None:
-                    context.close()
-                    raise WasmLinkError(f"unknown import: {WASI_MODULE}.{imp.name}")
-                if (tuple(ft.params), tuple(ft.results)) != (entry.params, entry.results):
-                    context.close()
-                    raise WasmLinkError(
-                        f"incompatible import type: {WASI_MODULE}.{imp.name} is imported as {ft}"
-                    )
+        try:
+            _check_wasi_imports(mod, context)
+        except BaseException:
+            context.close()
+            raise
     try:
         sb = WasmSandbox(config=config, output=output)
     except BaseException:
@@ -540,4 +550,11 @@ def from_wasm(
     return sb
 
 
-__all__ = ["WasmSandbox", "WasmTrap", "WasmLinkError", "WasmEngineError", "from_wasm", "Import"]
+__all__ = [
+    "WasmSandbox",
+    "WasmSnapshot",
+    "WasmTrap",
+    "WasmLinkError",
+    "WasmEngineError",
+    "from_wasm",
+]
