@@ -284,6 +284,7 @@ THEMES = {
     "calls": "Calls into a running sandbox",
     "snapshots": "Snapshots, restore and pools",
     "compute": "Compute",
+    "wasm": "Wasm modules in the engine guest",
     "function-host": "Function host",
     "density": "Memory and density",
 }
