@@ -127,3 +127,26 @@ def test_wasm_functions_survive_a_restart(tmp_path: Path, module: bytes) -> None
         assert r.status_code == 200 and r.json()["result"] == 5
     finally:
         server.stop()
+
+
+PRINTER = """(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "to stdout\\n")
+  (data (i32.const 200) "to stderr\\n")
+  ;; iovecs at 0 (stdout) and 16 (stderr); bytes written at 32
+  (data (i32.const 0) "\\64\\00\\00\\00\\0a\\00\\00\\00")
+  (data (i32.const 16) "\\c8\\00\\00\\00\\0a\\00\\00\\00")
+  (func (export "speak") (result i32)
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 32)))
+    (drop (call $fd_write (i32.const 2) (i32.const 16) (i32.const 1) (i32.const 32)))
+    (i32.const 7)))"""
+
+
+def test_invoke_reports_wasi_output(client: httpx.Client) -> None:
+    module = bytes(wasmtime.wat2wasm(PRINTER))
+    assert deploy(client, "w-speak", module, kind="wasm", entry="speak").status_code == 201
+    for _ in range(2):  # each request's own output, not the last one's too
+        doc = invoke(client, "w-speak").json()
+        assert (doc["result"], doc["stdout"], doc["stderr"]) == (7, "to stdout\n", "to stderr\n")

@@ -102,7 +102,7 @@ async def invoke(host: HostState, scope: Scope, read_body: BodyReader, name: str
         "result": result_to_json(outcome.value),
         "type": sig.ret.type_name,
         "stdout": outcome.output,
-        "stderr": "",
+        "stderr": outcome.stderr,
         "duration_ms": round(outcome.duration_s * 1e3, 3),
     }
     return json_reply(200, doc)

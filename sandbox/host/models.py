@@ -38,7 +38,9 @@ class InvokeResponse(BaseModel):
     result: JsonValue = Field(description="the result (bytes as base64; null for void)")
     type: str = Field(description="the declared result type: i32, u64, f64, str, bytes, ...")
     stdout: str = Field(description="what the guest printed during the call")
-    stderr: str = Field(description="always empty for native guests (one output stream)")
+    stderr: str = Field(
+        description="what a Wasm program wrote to fd 2; always empty for native guests"
+    )
     duration_ms: float = Field(description="the guest call, fresh-state restore included")
 
 

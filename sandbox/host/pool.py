@@ -34,6 +34,7 @@ from typing import Any, Generic, TypeVar
 from ..abi import Value
 from ..errors import KvmError, SandboxClosed
 from ..sandbox import Sandbox
+from ..wasm.sandbox import WasmSandbox
 
 SandboxFactory = Callable[[], Sandbox]
 T = TypeVar("T")
@@ -51,8 +52,9 @@ class PoolClosed(Exception):
 class CallOutcome:
     value: Value
     error: BaseException | None
-    output: str  # what the guest printed during the call
+    output: str  # what the guest printed during the call (a Wasm program: its stdout)
     duration_s: float  # the guest call, the restore to fresh state included
+    stderr: str = ""  # what a Wasm program wrote to its stderr (native guests: nothing)
 
 
 def _run(
@@ -75,7 +77,8 @@ def _run(
         error: BaseException | None = None
     except Exception as exc:
         value, error = None, exc
-    outcome = CallOutcome(value, error, sb.last_output, time.perf_counter() - t0)
+    stderr = sb.last_stderr if isinstance(sb, WasmSandbox) else ""
+    outcome = CallOutcome(value, error, sb.last_output, time.perf_counter() - t0, stderr)
     return sb, outcome
 
 
