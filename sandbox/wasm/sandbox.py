@@ -15,6 +15,7 @@ instance whose exports `call` reaches by name.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -434,6 +435,10 @@ class WasmSandbox(Sandbox):
             if wasi is not None:
                 wasi.clear_output()  # fresh state: the last call's output is gone too
         marks = wasi.output_marks() if wasi is not None else (0, 0)
+        limit = timeout if timeout is not None else self.config.timeout
+        if wasi is not None and limit is not None:
+            # A WASI sleep is host code: the call's limit must end it too.
+            wasi.set_deadline(time.monotonic_ns() + int(limit * 1e9))
         try:
             reply = self._engine_call(name, "wasm_invoke", handle, name, data, timeout=timeout)
         except HostFunctionError as exc:
@@ -442,6 +447,7 @@ class WasmSandbox(Sandbox):
             raise
         finally:
             if wasi is not None:
+                wasi.set_deadline(None)
                 out, err = wasi.output_since(marks)
                 self.last_output = out.decode(errors="replace")
                 self.last_stderr = err.decode(errors="replace")

@@ -629,6 +629,7 @@ class WasiContext:
         self._stdin_pos = 0
         self._stdin_inherit = config.stdin == "inherit"
         self._interrupt = threading.Event()
+        self._deadline_ns: int | None = None
         self._random = random.Random(config.random_seed) if config.random_seed is not None else None
         self._virtual_ns = 0
         self._fds: dict[int, _Fd] = {
@@ -698,6 +699,11 @@ class WasiContext:
         """What fd 0 reads from now on (e.g. one request's body), instead of the
         configured stdin."""
         self._stdin, self._stdin_pos, self._stdin_inherit = bytes(data), 0, False
+
+    def set_deadline(self, deadline_ns: int | None) -> None:
+        """A poll_oneoff sleep ends at this time.monotonic_ns() value with EINTR (the
+        running call's time limit; None: no limit)."""
+        self._deadline_ns = deadline_ns
 
     def interrupt(self) -> None:
         """Ends a poll_oneoff sleep in progress (and the next one) with EINTR: call it from
@@ -1630,11 +1636,16 @@ class WasiContext:
 
     def _sleep(self, ns: int) -> None:
         deadline = time.monotonic_ns() + ns
+        cut = self._deadline_ns is not None and self._deadline_ns < deadline
+        if cut:
+            deadline = self._deadline_ns  # type: ignore[assignment]
         while (left := deadline - time.monotonic_ns()) > 0:
             # In slices: Event.wait refuses timeouts of centuries, which a guest may ask.
             if self._interrupt.wait(min(left, 3600 * 10**9) / 1e9):
                 self._interrupt.clear()
                 raise _Fail(Errno.INTR)
+        if cut:
+            raise _Fail(Errno.INTR)  # the call's time limit ended the sleep
 
     def _fd_event(self, userdata: int, tag: int, number: int) -> bytes:
         e = self._fds.get(number)
@@ -1644,7 +1655,7 @@ class WasiContext:
             return EVENT.pack(userdata, Errno.NOTCAPABLE, tag, 0, 0)
         available = 0
         if tag == EVENTTYPE_FD_READ:
-            if e.kind == "stdin" and self.config.stdin != "inherit":
+            if e.kind == "stdin" and not self._stdin_inherit:
                 available = len(self._stdin) - self._stdin_pos
             elif e.kind == "file":
                 try:
