@@ -234,3 +234,11 @@ def test_call_timeout_ends_a_wasi_sleep() -> None:
         except CallTimeout:
             pass
         assert time.monotonic() - t0 < 2.0
+
+
+def test_wrong_argument_types_to_from_wasm(module_bytes: bytes) -> None:
+    for kwargs in ({"wasi": {"args": []}}, {"imports": ["host"]}, {"reset": "always"}):
+        with pytest.raises(ArgumentError):
+            Sandbox.from_wasm(module_bytes, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError):
+        Sandbox.from_wasm(12)  # type: ignore[arg-type]

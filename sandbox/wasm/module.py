@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import GuestNotFound, SandboxError
+from ..errors import ArgumentError, GuestNotFound, SandboxError
 from .abi import ValType
 
 MAX_MODULE_SIZE = 256 << 20  # bytes; larger inputs are refused before validation
@@ -171,7 +171,7 @@ def load(source: bytes | bytearray | memoryview | str | os.PathLike[str]) -> Was
                 f"cannot read {os.fspath(source)!r}: {exc.strerror}", kind="unreadable"
             ) from None
     else:
-        raise TypeError(f"a Wasm module is bytes or a path, not {type(source).__name__}")
+        raise ArgumentError(f"a Wasm module is bytes or a path, not {type(source).__name__}")
     validate(data)
     return _read_types(data)
 

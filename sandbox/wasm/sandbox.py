@@ -518,6 +518,10 @@ def from_wasm(
     """See Sandbox.from_wasm."""
     if reset not in ("none", "per_call"):
         raise ArgumentError(f"reset must be 'none' or 'per_call', not {reset!r}")
+    if wasi is not None and not isinstance(wasi, WasiConfig):
+        raise ArgumentError(f"wasi must be a WasiConfig, not {type(wasi).__name__}")
+    if imports is not None and not isinstance(imports, Mapping):
+        raise ArgumentError(f"imports must map module names to mappings, not {imports!r}")
     mod = module if isinstance(module, WasmModule) else load(module)
     host: dict[tuple[str, str], Callable[..., Any]] = {}
     for mod_name, funcs in (imports or {}).items():
