@@ -15,6 +15,7 @@ instance whose exports `call` reaches by name.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -134,6 +135,10 @@ def _wasm_config(config: SandboxConfig | None) -> SandboxConfig:
     return config
 
 
+_started: dict[SandboxConfig, WasmSnapshot] = {}  # by config: a started engine, no module
+_started_lock = threading.Lock()
+
+
 class WasmSandbox(Sandbox):
     """The Wasm engine guest in its own micro-VM. Make one with `Sandbox.from_wasm`
     (one module, instantiated) or `WasmSandbox.engine()` (empty, for several modules)."""
@@ -206,9 +211,24 @@ class WasmSandbox(Sandbox):
         return WasmSnapshot(super().snapshot(), self._wasm.copy())
 
     @classmethod
-    def engine(cls, *, config: SandboxConfig | None = None) -> WasmSandbox:
-        """An engine with no module loaded (see load/instantiate/invoke)."""
-        return cls(config=config)
+    def engine(
+        cls, *, config: SandboxConfig | None = None, output: Callable[[str], None] | None = None
+    ) -> WasmSandbox:
+        """An engine with no module loaded (see load/instantiate/invoke), made from a
+        snapshot of a started engine (taken once per process and config), so that it
+        costs a new VM, not the engine's start-up."""
+        config = _wasm_config(config)
+        with _started_lock:
+            snap = _started.get(config)
+            if snap is None:
+                first = cls(config=config)
+                try:
+                    Sandbox.call(first, "wasm_alloc", 0)  # the first call starts the SDK
+                    first._note_rewind()
+                    snap = _started[config] = first.snapshot()
+                finally:
+                    first.close()
+        return cls._from_wasm_snapshot(snap, output=output)
 
     # -- the engine's operations -----------------------------------------------------
 
@@ -226,6 +246,12 @@ class WasmSandbox(Sandbox):
             data = Sandbox.call(self, "wasm_fault", trap.address)
         return parse_reply(data, what)
 
+    def _note_rewind(self) -> None:
+        """Keeps the registers of a state between calls, once (to resume after a fault)."""
+        if self._wasm.rewind is None:
+            with self._lock:
+                self._wasm.rewind = self._cpu_state()
+
     def _is_window_fault(self, trap: GuestTrap) -> bool:
         return (
             trap.kind == "page_fault"
@@ -240,11 +266,8 @@ class WasmSandbox(Sandbox):
         if not isinstance(module, WasmModule):
             module = load(module)
         size = len(module.data)
-        if self._wasm.rewind is None:
-            Sandbox.call(self, "wasm_alloc", 0)  # the engine's first call starts the SDK
-            with self._lock:
-                self._wasm.rewind = self._cpu_state()
         addr = Sandbox.call(self, "wasm_alloc", size)
+        self._note_rewind()
         heap = self.layout.heap_base, self.layout.heap_base + self.layout.heap_size
         if not isinstance(addr, int) or addr == 0:
             raise WasmEngineError(f"the engine has no room for a module of {size} bytes")
@@ -540,7 +563,7 @@ def from_wasm(
             context.close()
             raise
     try:
-        sb = WasmSandbox(config=config, output=output)
+        sb = WasmSandbox.engine(config=config, output=output)
     except BaseException:
         if context is not None:
             context.close()
