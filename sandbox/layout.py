@@ -21,7 +21,11 @@ guest physical), with 4 KiB pages so that every region gets its own permissions:
                  | output buffer       U  RW NX  |  guest -> host records
                  | reply buffer        U  R  NX  |  host -> guest host-call replies
                  | heap                U  RW NX  |  up to mem_size (or heap_size)
-    mem_size     +-------------------------------+
+                 | (rest)              unmapped  |  with heap_size: the Wasm engine's pool
+    mem_size     +-------------------------------+     of linear-memory pages (wasm/windows.py)
+
+Wasm linear memories are mapped by the host outside this identity map, at 1 TiB and up
+(guests/wasm/wasm_abi.h), behind unmapped guard space.
 
 The order is chosen for spawn cost: each page a guest touches for the first time costs
 a fault in the hypervisor (~20 us under nested KVM), so everything a call touches (stack
