@@ -1222,65 +1222,66 @@ class WasiContext:
         return os.pwrite(e.host_fd, data, offset)
 
     def _fd_read(self, mem: _Memory, fd: int, iovs: int, count: int, nread_ptr: int) -> int:
-        e = self._get(fd)
-        if e.kind == "dir":
-            raise _Fail(Errno.ISDIR)
-        if not e.base & Rights.FD_READ:
-            raise _Fail(Errno.NOTCAPABLE)
-        vecs = self._iovecs(mem, iovs, count)
-        mem.read(nread_ptr, 4)  # fault before consuming input
-        self._probe(mem, vecs)
-        data = self._read(e, min(sum(n for _, n in vecs), _MAX_IO))
-        self._scatter(mem, vecs, data)
-        mem.write(nread_ptr, struct.pack("<I", len(data)))
-        return 0
+        return self._readv(mem, self._io_fd(fd, Rights.FD_READ), iovs, count, nread_ptr)
 
     def _fd_pread(
         self, mem: _Memory, fd: int, iovs: int, count: int, offset: int, nread_ptr: int
     ) -> int:
+        e = self._io_fd(fd, Rights.FD_READ, offset)
+        return self._readv(mem, e, iovs, count, nread_ptr, offset)
+
+    def _fd_write(self, mem: _Memory, fd: int, iovs: int, count: int, nwritten_ptr: int) -> int:
+        return self._writev(mem, self._io_fd(fd, Rights.FD_WRITE), iovs, count, nwritten_ptr)
+
+    def _fd_pwrite(
+        self, mem: _Memory, fd: int, iovs: int, count: int, offset: int, nwritten_ptr: int
+    ) -> int:
+        e = self._io_fd(fd, Rights.FD_WRITE, offset)
+        return self._writev(mem, e, iovs, count, nwritten_ptr, offset)
+
+    def _io_fd(self, fd: int, right: Rights, offset: int | None = None) -> _Fd:
+        """The descriptor for a read or write (at `offset`: pread/pwrite), checked."""
         e = self._get(fd)
         if e.kind == "dir":
             raise _Fail(Errno.ISDIR)
-        if e.kind in ("stdin", "stdout", "stderr"):
-            raise _Fail(Errno.SPIPE)
-        if (e.base & (Rights.FD_READ | Rights.FD_SEEK)) != Rights.FD_READ | Rights.FD_SEEK:
+        if offset is not None:
+            if e.kind in ("stdin", "stdout", "stderr"):
+                raise _Fail(Errno.SPIPE)
+            right |= Rights.FD_SEEK
+        if (e.base & right) != right:
             raise _Fail(Errno.NOTCAPABLE)
-        if offset > _I64_MAX:
+        if offset is not None and offset > _I64_MAX:
             raise _Fail(Errno.INVAL)
+        return e
+
+    def _readv(
+        self,
+        mem: _Memory,
+        e: _Fd,
+        iovs: int,
+        count: int,
+        nread_ptr: int,
+        offset: int | None = None,
+    ) -> int:
         vecs = self._iovecs(mem, iovs, count)
-        mem.read(nread_ptr, 4)
+        mem.read(nread_ptr, 4)  # fault before consuming input
         self._probe(mem, vecs)
         data = self._read(e, min(sum(n for _, n in vecs), _MAX_IO), offset)
         self._scatter(mem, vecs, data)
         mem.write(nread_ptr, struct.pack("<I", len(data)))
         return 0
 
-    def _fd_write(self, mem: _Memory, fd: int, iovs: int, count: int, nwritten_ptr: int) -> int:
-        e = self._get(fd)
-        if e.kind == "dir":
-            raise _Fail(Errno.ISDIR)
-        if not e.base & Rights.FD_WRITE:
-            raise _Fail(Errno.NOTCAPABLE)
+    def _writev(
+        self,
+        mem: _Memory,
+        e: _Fd,
+        iovs: int,
+        count: int,
+        nwritten_ptr: int,
+        offset: int | None = None,
+    ) -> int:
         vecs = self._iovecs(mem, iovs, count)
         mem.read(nwritten_ptr, 4)  # fault before writing
-        n = self._write(e, self._gather(mem, vecs))
-        mem.write(nwritten_ptr, struct.pack("<I", n))
-        return 0
-
-    def _fd_pwrite(
-        self, mem: _Memory, fd: int, iovs: int, count: int, offset: int, nwritten_ptr: int
-    ) -> int:
-        e = self._get(fd)
-        if e.kind == "dir":
-            raise _Fail(Errno.ISDIR)
-        if e.kind in ("stdin", "stdout", "stderr"):
-            raise _Fail(Errno.SPIPE)
-        if (e.base & (Rights.FD_WRITE | Rights.FD_SEEK)) != Rights.FD_WRITE | Rights.FD_SEEK:
-            raise _Fail(Errno.NOTCAPABLE)
-        if offset > _I64_MAX:
-            raise _Fail(Errno.INVAL)
-        vecs = self._iovecs(mem, iovs, count)
-        mem.read(nwritten_ptr, 4)
         n = self._write(e, self._gather(mem, vecs), offset)
         mem.write(nwritten_ptr, struct.pack("<I", n))
         return 0
