@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,6 +187,14 @@ def run_file(wast: Path, work: Path) -> FileResult:
         result.error = str(exc)
         return result
     runner = _Runner(out)
+    # A module assertion: what is done with the module, the error it must raise, and
+    # what happened when it did not.
+    module_assertions: dict[str, tuple[Callable[[str], object], type[Exception], str]] = {
+        "assert_invalid": (lambda f: runner.engine.load(out / f), WasmModuleError, "loaded"),
+        "assert_malformed": (lambda f: runner.engine.load(out / f), WasmModuleError, "loaded"),
+        "assert_unlinkable": (runner.instantiate, WasmLinkError, "linked"),
+        "assert_uninstantiable": (runner.instantiate, WasmTrap, "instantiated"),
+    }
     try:
         for cmd in spec["commands"]:
             kind = cmd["type"]
@@ -208,23 +216,12 @@ def run_file(wast: Path, work: Path) -> FileResult:
                 ):
                     result.text_skipped += 1
                     continue
-                if kind in ("assert_invalid", "assert_malformed"):
+                if kind in module_assertions:
+                    step, error, done = module_assertions[kind]
                     try:
-                        runner.engine.load(out / cmd["filename"])
-                        ok, why = False, f"loaded, expected {cmd['text']!r}"
-                    except WasmModuleError:
-                        pass
-                elif kind == "assert_unlinkable":
-                    try:
-                        runner.instantiate(cmd["filename"])
-                        ok, why = False, f"linked, expected {cmd['text']!r}"
-                    except WasmLinkError:
-                        pass
-                elif kind == "assert_uninstantiable":
-                    try:
-                        runner.instantiate(cmd["filename"])
-                        ok, why = False, f"instantiated, expected {cmd['text']!r}"
-                    except WasmTrap:
+                        step(cmd["filename"])
+                        ok, why = False, f"{done}, expected {cmd['text']!r}"
+                    except error:
                         pass
                 elif kind == "assert_return":
                     got = runner.action(cmd["action"])
