@@ -142,7 +142,7 @@ class WasmFactory:
         self.spec = spec
         self._snapshot: WasmSnapshot | None = None
         self._lock = threading.Lock()
-        self._cls = WasiHandler if spec.mode == "http" else WasmSandbox
+        self._cls: type[WasmSandbox] = WasiHandler if spec.mode == "http" else WasmSandbox
 
     def __call__(self) -> Sandbox:
         with self._lock:
@@ -151,10 +151,13 @@ class WasmFactory:
                     args=[self.spec.entry], env=dict(self.spec.environment), stdin=b""
                 )
                 sb = from_wasm(
-                    self.blob, wasi=wasi, config=wasm_sandbox_config(self.spec), reset="per_call"
+                    self.blob,
+                    wasi=wasi,
+                    config=wasm_sandbox_config(self.spec),
+                    reset="per_call",
+                    cls=self._cls,
                 )
-                sb.__class__ = self._cls
-                self._snapshot = sb.snapshot()
+                self._snapshot = sb.instantiated
                 return sb
         return self._cls._from_wasm_snapshot(self._snapshot, reset="per_call")
 

@@ -163,6 +163,9 @@ class WasmSandbox(Sandbox):
     (one module, instantiated) or `WasmSandbox.engine()` (empty, for several modules)."""
 
     wasi: WasiContext | None
+    # What from_wasm made: the snapshot taken right after instantiation, before any call
+    # (what restore() returns to, and what Sandbox.from_snapshot spawns more of).
+    instantiated: WasmSnapshot | None = None
 
     def __init__(
         self,
@@ -564,8 +567,10 @@ def from_wasm(
     config: SandboxConfig | None = None,
     reset: ResetMode = "none",
     output: Callable[[str], None] | None = None,
+    cls: type[WasmSandbox] | None = None,
 ) -> WasmSandbox:
-    """See Sandbox.from_wasm."""
+    """See Sandbox.from_wasm. `cls`: the class of the sandbox, WasmSandbox or a subclass
+    that adds behaviour (the function host's WASI http handler)."""
     if reset not in ("none", "per_call"):
         raise ArgumentError(f"reset must be 'none' or 'per_call', not {reset!r}")
     if wasi is not None and not isinstance(wasi, WasiConfig):
@@ -590,7 +595,7 @@ def from_wasm(
             context.close()
             raise
     try:
-        sb = WasmSandbox.engine(config=config, output=output)
+        sb = (cls or WasmSandbox).engine(config=config, output=output)
     except BaseException:
         if context is not None:
             context.close()
@@ -601,7 +606,7 @@ def from_wasm(
         instance = sb.instantiate(handle, mod, host)
         sb._wasm.main = instance
         sb._wasm.wasi_config = context.config if context is not None else None
-        sb._initial = sb.snapshot()
+        sb._initial = sb.instantiated = sb.snapshot()
         sb._wasm_reset = reset
         sb._ran = False
     except BaseException:
