@@ -47,7 +47,7 @@ class Windows:
     """The host's side of WASM_HOST_GROW for one sandbox's memory."""
 
     def __init__(self, memory: GuestMemory, layout: Layout) -> None:
-        self._memory = memory
+        self.memory = memory
         self.pool_start = layout.heap_base + layout.heap_size
         self.state = layout.mem_size - STATE_SIZE
         self._counts = self.state + PAGE  # u32 pages per window
@@ -60,14 +60,14 @@ class Windows:
         return [(self.state, STATE_SIZE)]
 
     def _header(self) -> tuple[int, int]:
-        view = self._memory.view
+        view = self.memory.view
         magic, lin_next, table_next = _HEADER.unpack_from(view, self.state)
         if magic != _MAGIC:  # first use: the pool is empty
             return self.pool_start, self.state
         return lin_next, table_next
 
     def pages(self, window: int) -> int:
-        return int(struct.unpack_from("<I", self._memory.view, self._counts + 4 * window)[0])
+        return int(struct.unpack_from("<I", self.memory.view, self._counts + 4 * window)[0])
 
     def grow(self, window: object, pages: object) -> bool:
         """Maps window `window` up to `pages` Wasm pages. False when the pool is used up
@@ -88,7 +88,7 @@ class Windows:
         tables = (count + 511) // 512 + 1 + (count >> 18) + 1 + 1
         if lin_next + count * PAGE > table_next - tables * PAGE:
             return False
-        view = self._memory.view
+        view = self.memory.view
         base = WINDOW_BASE + window * WINDOW_STRIDE
         phys = lin_next
         page = first
@@ -107,7 +107,7 @@ class Windows:
 
     def _table(self, vaddr: int, table_next: int) -> tuple[int, int]:
         """The page table mapping `vaddr`, creating the missing levels."""
-        view = self._memory.view
+        view = self.memory.view
         table = PML4
         for shift in (39, 30, 21):
             slot = table + 8 * ((vaddr >> shift) & 511)
@@ -124,7 +124,7 @@ class Windows:
     def translate(self, window: int, addr: int) -> int:
         """The guest-physical address of byte `addr` of a window (mapped pages only)."""
         vaddr = WINDOW_BASE + window * WINDOW_STRIDE + addr
-        view = self._memory.view
+        view = self.memory.view
         table = PML4
         for shift in (39, 30, 21, 12):
             entry = struct.unpack_from("<Q", view, table + 8 * ((vaddr >> shift) & 511))[0]
@@ -158,11 +158,11 @@ class LinearMemory:
         return pieces
 
     def read(self, addr: int, size: int) -> bytes:
-        view = self._windows._memory.view
+        view = self._windows.memory.view
         return b"".join(bytes(view[p : p + n]) for p, n in self._pieces(addr, size))
 
     def write(self, addr: int, data: bytes) -> None:
-        view = self._windows._memory.view
+        view = self._windows.memory.view
         offset = 0
         for p, n in self._pieces(addr, len(data)):
             view[p : p + n] = data[offset : offset + n]
