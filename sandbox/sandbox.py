@@ -301,18 +301,28 @@ class Sandbox:
                 return WasmSandbox._from_wasm_snapshot(snap, reset=reset, output=output)
         sb = cls.__new__(cls)
         sb._state = _CLOSED
-        sb._configure(
+        sb._start_from(snap, _check_host_functions(host_functions), output, reset)
+        return sb
+
+    def _start_from(
+        self,
+        snap: Snapshot,
+        host_functions: dict[str, HostFunction],
+        output: Callable[[str], None] | None,
+        reset: ResetMode,
+    ) -> None:
+        """Configures and boots a sandbox made by __new__ in the state of `snap`."""
+        self._configure(
             snap.config,
-            _check_host_functions(host_functions),
+            host_functions,
             output,
             reset,
             snap.guest_path,
             snap.layout,
             snap.functions,
         )
-        sb._boot(snap.image, snap.cpu)
-        sb._initial = snap
-        return sb
+        self._boot(snap.image, snap.cpu)
+        self._initial = snap
 
     @classmethod
     def from_wasm(

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..config import MiB, SandboxConfig
 from ..errors import ArgumentError, GuestProtocolError, GuestTrap, HostFunctionError, SandboxError
-from ..sandbox import ResetMode, Sandbox, _check_config
+from ..sandbox import _CLOSED, ResetMode, Sandbox, _check_config
 from ..snapshot import CpuState, Snapshot
 from .abi import (
     HOST_GROW,
@@ -211,26 +211,17 @@ class WasmSandbox(Sandbox):
         if reset not in ("none", "per_call"):
             raise ArgumentError(f"reset must be 'none' or 'per_call', not {reset!r}")
         sb = cls.__new__(cls)
-        sb._state = "closed"
+        sb._state = _CLOSED  # until booted
         sb._setup_wasm(snap.wasm_state.copy(), reset)
-        sb._configure(
-            snap.config,
-            sb._engine_host_functions(),
-            output,
-            "none",
-            snap.guest_path,
-            snap.layout,
-            snap.functions,
-        )
         config = snap.wasm_state.wasi_config
         sb.wasi = WasiContext(config) if config is not None else None
         try:
-            sb._boot(snap.image, snap.cpu)
+            # Fresh state per call is this class's (see call), not the base class's.
+            sb._start_from(snap, sb._engine_host_functions(), output, "none")
         except BaseException:
             if sb.wasi is not None:
                 sb.wasi.close()
             raise
-        sb._initial = snap
         sb._attach_windows()
         sb._memory.prefault(snap.heap_pages)
         return sb
