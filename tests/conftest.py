@@ -5,24 +5,19 @@ always closed and torn down."""
 from __future__ import annotations
 
 import functools
-import gc
 import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from support import GUESTS, drain
 
 import sandbox
-from sandbox import KvmUnavailable, Sandbox, _reaper
+from sandbox import KvmUnavailable, Sandbox
 from sandbox.guests import BUNDLED_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
-GUESTS = ROOT / "guests"
 DEMO_ELF = BUNDLED_DIR / "demo.elf"
 
 # A minimal guest of our own, to show that user guests work (and to probe the page
@@ -77,12 +72,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             problem = kvm_problem()
             if problem is not None:
                 item.add_marker(pytest.mark.skip(reason=f"KVM unavailable: {problem}"))
-
-
-def drain() -> None:
-    """Waits for every deferred teardown (close() hands it to a background thread)."""
-    gc.collect()
-    _reaper.drain()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -191,31 +180,3 @@ def make_sandbox() -> Iterator[object]:
     yield make
     for box in made:
         box.close()
-
-
-def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def run_python(code: str, timeout: float) -> str | None:
-    """Runs `code` in a fresh interpreter; its stdout, or None if it did not finish."""
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env
-        )
-    except subprocess.TimeoutExpired:
-        return None
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-U64 = (1 << 64) - 1
-
-
-def spin_reference(n: int) -> int:
-    """The demo guest's `spin` loop, in Python."""
-    x = 0
-    for i in range(n):
-        x = (x + (i ^ (x >> 3))) & U64
-    return x

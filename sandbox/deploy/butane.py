@@ -3,7 +3,7 @@
 Butane 1.1.0 of the flatcar variant translates to Ignition spec 3.4.0, field by field:
 `ssh_authorized_keys` for `sshAuthorizedKeys`, octal `mode: 0644` for decimal 420,
 `inline:` text for `data:` URLs. Rendering the same `Config` both ways keeps the Butane
-file equivalent to the JSON by construction (tests/test_deploy_butane.py checks it).
+file equivalent to the JSON by construction (tests/deploy/test_deploy_butane.py checks it).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The generated files of deploy/flatcar/, rendered from this package.
 
-tests/test_deploy_examples.py checks that the committed copies equal these; after a
+tests/deploy/test_deploy_butane.py checks that the committed copies equal these; after a
 change here, rewrite them with
 
     python -c "from sandbox.deploy.examples import write_examples; write_examples('deploy/flatcar')"

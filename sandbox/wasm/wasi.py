@@ -53,7 +53,7 @@ hold at most `capture_limit` bytes each; beyond it fd_write returns ENOSPC. More
 `max_open_files` descriptors: EMFILE. Where wasmtime's own WASI differs: it traps on a
 bad pointer or an invalid enum value (here EFAULT / EINVAL) and gives EPERM for a write
 into a read-only directory (here ENOTCAPABLE); otherwise compiled programs behave the
-same (tests/test_wasi.py runs them under both).
+same (tests/wasm/test_wasi.py runs them under both).
 
 Confinement: every path is resolved by this module one component at a time, starting at
 the directory descriptor the guest names, with O_NOFOLLOW opens; the kernel never follows

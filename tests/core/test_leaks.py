@@ -6,7 +6,7 @@ import gc
 import os
 
 import pytest
-from conftest import drain, fd_count
+from support import drain, fd_count
 
 from sandbox import ConfigError, GuestAbiMismatch, GuestTrap, Sandbox, SandboxConfig
 

@@ -11,12 +11,12 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import GUESTS
-from sandbox.wasm.wasi import MemoryOutOfBounds
+from support import GUESTS
 
 from sandbox import GuestTrap, HostFunctionError, Sandbox, SandboxConfig
 from sandbox.config import MiB
 from sandbox.wasm.abi import WASM_PAGE, WINDOW_BASE, WINDOW_STRIDE
+from sandbox.wasm.wasi import MemoryOutOfBounds
 from sandbox.wasm.windows import LinearMemory, Windows
 
 pytestmark = pytest.mark.requires_kvm

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import GUESTS
+from support import GUESTS
 
 from sandbox import GuestProtocolError, HostFunctionError, Sandbox
 from sandbox.wasm import WasmSandbox

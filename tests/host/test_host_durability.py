@@ -17,12 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
-from test_host_support import (
+from host_support import (
     AUTH,
     Guests,
     deploy,
-    guests_fixture,  # noqa: F401 - the `guests` fixture
-    host_factory_fixture,  # noqa: F401 - the `host_factory` fixture
     invoke,
     stored_state,
     wait_for_pool,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_deploy_support import (
+from deploy_support import (
     IGNITION_SCHEMA,
     flatcar_root,
     host_extension_args,
@@ -379,4 +379,4 @@ def test_host_from_the_merged_tree_deploys_and_invokes(
     # the native module mapped from the merged /usr), not this checkout's.
     maps = Path(f"/proc/{pid}/maps").read_text()
     assert f"{root}/{SITE}/sandbox/_sbx_native.abi3.so" in maps
-    assert str(Path(__file__).parents[1] / "sandbox") not in maps
+    assert str(Path(__file__).parents[2] / "sandbox") not in maps

@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 
 from sandbox.deploy import payload
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 IGNITION_SCHEMA = SHARED / "ignition" / "ignition-3.4.schema.json"
 EXAMPLES = REPO / "deploy" / "flatcar"

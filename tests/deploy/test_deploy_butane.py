@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_deploy_support import EXAMPLES
+from deploy_support import EXAMPLES
 
 from sandbox.deploy import butane, examples
 from sandbox.deploy import ignition as ig

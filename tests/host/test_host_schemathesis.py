@@ -11,12 +11,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_host_support import (
+from host_support import (
     AUTH,
     Guests,
     Host,
     deploy,
-    guests_fixture,  # noqa: F401 - the `guests` fixture
     start_host,
 )
 

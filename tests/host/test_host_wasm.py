@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_host_support import AUTH, ROOT, Host, deploy, error_of, invoke, start_host
+from host_support import AUTH, ROOT, Host, deploy, error_of, invoke, start_host
 
 wasmtime = pytest.importorskip("wasmtime")
 pytestmark = pytest.mark.requires_kvm
@@ -85,7 +85,7 @@ def test_http_mode_wasi_command(client: httpx.Client, tmp_path: Path) -> None:
             "clang",
             "--target=wasm32-wasi",
             "-O2",
-            str(ROOT / "tests" / "wasm" / "wasi_http.c"),
+            str(ROOT / "tests" / "wasm" / "programs" / "wasi_http.c"),
             "-o",
             str(wasm),
         ],

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
+from support import ROOT
 
 pytestmark = [
     pytest.mark.requires_kvm,
@@ -21,7 +21,7 @@ pytestmark = [
         reason="clang and wasm-ld (lld) are needed to build the WASI test program",
     ),
 ]
-SOURCE = ROOT / "tests" / "wasm" / "wasi_demo.c"
+SOURCE = ROOT / "tests" / "wasm" / "programs" / "wasi_demo.c"
 ESCAPES = ("/data/../etc/passwd",)
 
 

@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, spin_reference
+from support import ROOT, spin_reference
 
 from sandbox import (
     ArgumentError,

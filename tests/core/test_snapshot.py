@@ -9,7 +9,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import drain, fd_count
+from support import drain, fd_count
 
 from sandbox import (
     ArgumentError,

@@ -1,4 +1,4 @@
-"""The WebAssembly spec test suite in the VM (runner: tests/wasm_spec.py): every non-SIMD
+"""The WebAssembly spec test suite in the VM (runner: tests/wasm/spec_runner.py): every non-SIMD
 file must pass at least 99% of its assertions."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import wasm_spec
+import spec_runner as wasm_spec
 
 pytestmark = [
     pytest.mark.requires_kvm,

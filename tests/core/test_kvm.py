@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import ROOT, fd_count
+from support import ROOT, fd_count
 
 from sandbox import KvmError, KvmUnavailable, SandboxError
 from sandbox._native import check

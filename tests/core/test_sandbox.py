@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, U64, run_python, spin_reference
+from support import ROOT, U64, run_python, spin_reference
 
 import sandbox
 from sandbox import (

@@ -1,6 +1,6 @@
-"""Shared machinery of the function-host tests (tests/test_host_*.py): the real server
-started as a subprocess on a loopback port, the guests the tests deploy, and small
-helpers. It holds no tests of its own; the test modules import its fixtures."""
+"""Shared machinery of the function-host tests (tests/host/): the real server started as
+a subprocess on a loopback port, the guests the tests deploy, and small helpers. The
+fixtures built from them are in tests/host/conftest.py; no tests here."""
 
 from __future__ import annotations
 
@@ -11,18 +11,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from sandbox.guests import BUNDLED_DIR
-from sandbox.sdk import build_guest
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-6f1c2a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HTTP_EXAMPLE = ROOT / "sandbox" / "host" / "examples" / "http_echo.c"
@@ -48,20 +43,6 @@ class Guests:
     http: Path
     add_k0: Path
     add_k1: Path
-
-
-@pytest.fixture(scope="session", name="guests")
-def guests_fixture(tmp_path_factory: pytest.TempPathFactory) -> Guests:
-    """The bundled demo guest, the HTTP-mode example and two builds of add_k."""
-    out = tmp_path_factory.mktemp("host-guests")
-    source = out / "add_k.c"
-    source.write_text(ADD_K_SOURCE)
-    return Guests(
-        demo=BUNDLED_DIR / "demo.elf",
-        http=build_guest([HTTP_EXAMPLE], out / "http_echo.elf"),
-        add_k0=build_guest([source], out / "add_k0.elf", extra_cflags=["-DK=0"]),
-        add_k1=build_guest([source], out / "add_k1.elf", extra_cflags=["-DK=1"]),
-    )
 
 
 @dataclass
@@ -155,21 +136,6 @@ def start_host(data_dir: Path, log_path: Path, **settings: object) -> Host:
     raise RuntimeError(f"the host did not become ready:\n{log_path.read_text()}")
 
 
-@pytest.fixture(name="host_factory")
-def host_factory_fixture(tmp_path: Path) -> Iterator[Any]:
-    """Starts hosts for one test (same data dir unless given) and stops them after."""
-    started: list[Host] = []
-
-    def start(data_dir: Path | None = None, **settings: object) -> Host:
-        host = start_host(data_dir or tmp_path / "data", tmp_path / "host.log", **settings)
-        started.append(host)
-        return host
-
-    yield start
-    for host in started:
-        host.stop()
-
-
 def deploy(
     client: httpx.Client, name: str, module: Path | bytes | None, **manifest: object
 ) -> httpx.Response:
@@ -217,9 +183,3 @@ def stored_state(data_dir: Path) -> tuple[dict[str, dict[str, Any]], set[str], l
     blobs = {p.name for p in (data_dir / "blobs").iterdir()}
     tmp = [p.name for p in (data_dir / "tmp").iterdir()]
     return records, blobs, tmp
-
-
-def test_support_builds_guests(guests: Guests) -> None:
-    """The guests the host tests deploy are built (and differ where they must)."""
-    assert guests.demo.is_file() and guests.http.is_file()
-    assert guests.add_k0.read_bytes() != guests.add_k1.read_bytes()

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from deploy_support import EXAMPLES, IGNITION_SCHEMA, require_tools
 from pydantic import SecretStr, ValidationError
-from test_deploy_support import EXAMPLES, IGNITION_SCHEMA, require_tools
 
 from sandbox.deploy import flatcar, units
 from sandbox.deploy import ignition as ig

@@ -7,7 +7,7 @@ import asyncio
 import threading
 
 import pytest
-from conftest import drain, fd_count
+from support import drain, fd_count
 
 from sandbox import ArgumentError, CallTimeout, GuestTrap, Sandbox, SandboxClosed, SandboxPool
 from sandbox.pool import ensure_fd_limit

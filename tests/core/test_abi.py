@@ -8,7 +8,7 @@ import re
 import struct
 
 import pytest
-from conftest import ROOT
+from support import ROOT
 
 from sandbox import ArgumentError, GuestProtocolError, Signature, Tag, abi
 from sandbox._native import ffi, lib

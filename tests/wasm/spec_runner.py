@@ -18,9 +18,9 @@ assertion is checked:
 
 SIMD files (simd_*.wast) are not run: the engine implements Wasm 2.0 without SIMD.
 
-    python tests/wasm_spec.py [--table docs/wasm-spec.md] [FILE.wast ...]
+    python tests/wasm/spec_runner.py [--table docs/wasm-spec.md] [FILE.wast ...]
 
-prints (or writes) the per-file table; tests/test_wasm_spec.py runs the same in CI.
+prints (or writes) the per-file table; tests/wasm/test_wasm_spec.py runs the same in CI.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT.parent / "shared" / "wasm-spec-testsuite"
 ASSERTIONS = (
     "assert_return",

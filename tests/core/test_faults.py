@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_python
+from support import ROOT, run_python
 
 from sandbox import (
     CallTimeout,

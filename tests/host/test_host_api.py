@@ -9,17 +9,15 @@ import concurrent.futures
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from test_host_support import (
+from host_support import (
     AUTH,
     Guests,
     Host,
     deploy,
     error_of,
-    guests_fixture,  # noqa: F401 - the `guests` fixture
     invoke,
     start_host,
     stored_state,
@@ -506,12 +504,14 @@ def test_access_log_is_structured(host: Host, client: httpx.Client) -> None:
     assert lines and {"method", "path", "status", "duration_ms", "ts", "level"} <= set(lines[-1])
 
 
-def test_support_module_is_importable() -> None:
-    assert Path(__file__).with_name("test_host_support.py").is_file()
-
-
 def test_no_errors_were_logged(host: Host) -> None:
     """Runs last: nothing above made the host log an error (an unhandled exception, a
     failed background task)."""
     errors = [r for r in host.logs() if r.get("level") not in ("info", "debug", "warning")]
     assert errors == []
+
+
+def test_support_builds_guests(guests: Guests) -> None:
+    """The guests the host tests deploy are built (and differ where they must)."""
+    assert guests.demo.is_file() and guests.http.is_file()
+    assert guests.add_k0.read_bytes() != guests.add_k1.read_bytes()

@@ -1,0 +1,43 @@
+"""Fixtures of the function-host tests: the guests they deploy and hosts started per
+test (the machinery is in host_support.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from host_support import ADD_K_SOURCE, HTTP_EXAMPLE, Guests, Host, start_host
+
+from sandbox.guests import BUNDLED_DIR
+from sandbox.sdk import build_guest
+
+
+@pytest.fixture(scope="session", name="guests")
+def guests_fixture(tmp_path_factory: pytest.TempPathFactory) -> Guests:
+    """The bundled demo guest, the HTTP-mode example and two builds of add_k."""
+    out = tmp_path_factory.mktemp("host-guests")
+    source = out / "add_k.c"
+    source.write_text(ADD_K_SOURCE)
+    return Guests(
+        demo=BUNDLED_DIR / "demo.elf",
+        http=build_guest([HTTP_EXAMPLE], out / "http_echo.elf"),
+        add_k0=build_guest([source], out / "add_k0.elf", extra_cflags=["-DK=0"]),
+        add_k1=build_guest([source], out / "add_k1.elf", extra_cflags=["-DK=1"]),
+    )
+
+
+@pytest.fixture(name="host_factory")
+def host_factory_fixture(tmp_path: Path) -> Iterator[Any]:
+    """Starts hosts for one test (same data dir unless given) and stops them after."""
+    started: list[Host] = []
+
+    def start(data_dir: Path | None = None, **settings: object) -> Host:
+        host = start_host(data_dir or tmp_path / "data", tmp_path / "host.log", **settings)
+        started.append(host)
+        return host
+
+    yield start
+    for host in started:
+        host.stop()
