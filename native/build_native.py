@@ -1,8 +1,9 @@
 """cffi builder for sandbox._sbx_native (out-of-line API mode).
 
-The cdef is assembled from four sources so that nothing is restated by hand: the guest
+The cdef is assembled from these sources so that nothing is restated by hand: the guest
 ABI header (guests/include/sbx_abi.h), the Wasm engine's ABI header
-(guests/wasm/wasm_abi.h), the run-loop header (native/sbx_vcpu.h), and the
+(guests/wasm/wasm_abi.h), the native headers (native/sbx_vcpu.h: the run loop,
+sbx_signal.h: kicks and watched signals, sbx_memory.h: guest memory), and the
 KVM constants and struct layouts below, whose values cffi takes from <linux/kvm.h> when
 it compiles the extension (`...` means "ask the compiler").
 """
@@ -20,6 +21,7 @@ NATIVE_DIR = ROOT / "native"
 ABI_HEADER = ROOT / "guests" / "include" / "sbx_abi.h"
 WASM_ABI_HEADER = ROOT / "guests" / "wasm" / "wasm_abi.h"
 VCPU_HEADER = NATIVE_DIR / "sbx_vcpu.h"
+SIGNAL_HEADER = NATIVE_DIR / "sbx_signal.h"
 MEMORY_HEADER = NATIVE_DIR / "sbx_memory.h"
 
 
@@ -35,21 +37,20 @@ KVM_IOCTLS = """
 KVM_GET_API_VERSION KVM_CREATE_VM KVM_CHECK_EXTENSION KVM_GET_VCPU_MMAP_SIZE
 KVM_GET_SUPPORTED_CPUID KVM_CREATE_VCPU KVM_SET_USER_MEMORY_REGION KVM_RUN
 KVM_GET_REGS KVM_SET_REGS KVM_GET_SREGS KVM_SET_SREGS KVM_SET_CPUID2
-KVM_GET_XCRS KVM_SET_XCRS KVM_GET_FPU KVM_SET_FPU KVM_GET_MSRS KVM_SET_MSRS
-KVM_GET_XSAVE KVM_SET_XSAVE KVM_GET_DIRTY_LOG KVM_CLEAR_DIRTY_LOG KVM_ENABLE_CAP
-KVM_GET_SUPPORTED_HV_CPUID KVM_SET_VCPU_EVENTS KVM_GET_VCPU_EVENTS
+KVM_GET_XCRS KVM_SET_XCRS KVM_GET_XSAVE KVM_SET_XSAVE
 """.split()
 
+# Capabilities (checked or reported by `python -m sandbox info`) and the exit reasons
+# (named in the message of an unexpected exit).
 KVM_CONSTANTS = """
 KVM_API_VERSION
 KVM_CAP_USER_MEMORY KVM_CAP_IMMEDIATE_EXIT KVM_CAP_EXT_CPUID KVM_CAP_XSAVE KVM_CAP_XCRS
-KVM_CAP_NR_MEMSLOTS KVM_CAP_NR_VCPUS KVM_CAP_MAX_VCPUS KVM_CAP_READONLY_MEM
+KVM_CAP_NR_MEMSLOTS KVM_CAP_MAX_VCPUS KVM_CAP_READONLY_MEM
 KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 KVM_CAP_DIRTY_LOG_RING KVM_CAP_SYNC_REGS
-KVM_MEM_LOG_DIRTY_PAGES KVM_MEM_READONLY
 KVM_EXIT_UNKNOWN KVM_EXIT_EXCEPTION KVM_EXIT_IO KVM_EXIT_HYPERCALL KVM_EXIT_DEBUG
 KVM_EXIT_HLT KVM_EXIT_MMIO KVM_EXIT_IRQ_WINDOW_OPEN KVM_EXIT_SHUTDOWN KVM_EXIT_FAIL_ENTRY
 KVM_EXIT_INTR KVM_EXIT_SET_TPR KVM_EXIT_TPR_ACCESS KVM_EXIT_NMI KVM_EXIT_INTERNAL_ERROR
-KVM_EXIT_SYSTEM_EVENT KVM_EXIT_IO_IN KVM_EXIT_IO_OUT
+KVM_EXIT_SYSTEM_EVENT
 """.split()
 
 # Struct layouts: the fields Python touches; `...;` lets the compiler fill in the rest.
@@ -83,7 +84,6 @@ struct kvm_cpuid2 { uint32_t nent; ...; };
 struct kvm_xcr { uint32_t xcr; uint64_t value; ...; };
 struct kvm_xcrs { uint32_t nr_xcrs; uint32_t flags; struct kvm_xcr xcrs[16]; ...; };
 struct kvm_xsave { uint32_t region[1024]; ...; };
-struct kvm_vcpu_events { ...; };
 struct kvm_run {
     uint8_t request_interrupt_window; uint8_t immediate_exit;
     uint32_t exit_reason;
@@ -108,14 +108,15 @@ ffibuilder = FFI()
 ffibuilder.cdef(ABI_HEADER.read_text())
 ffibuilder.cdef(_string_defines_as_constants(WASM_ABI_HEADER.read_text()))
 ffibuilder.cdef(VCPU_HEADER.read_text())
+ffibuilder.cdef(SIGNAL_HEADER.read_text())
 ffibuilder.cdef(MEMORY_HEADER.read_text())
 ffibuilder.cdef(_defines(KVM_IOCTLS) + "\n" + _defines(KVM_CONSTANTS))
 ffibuilder.cdef(KVM_STRUCTS)
 ffibuilder.set_source(
     "sandbox._sbx_native",
     '#include <stdint.h>\n#include <linux/kvm.h>\n#include "sbx_abi.h"\n#include "wasm_abi.h"\n'
-    '#include "sbx_vcpu.h"\n#include "sbx_memory.h"\n',
-    sources=[os.path.relpath(NATIVE_DIR / f, ROOT) for f in ("sbx_vcpu.c", "sbx_memory.c")],
+    '#include "sbx_vcpu.h"\n#include "sbx_signal.h"\n#include "sbx_memory.h"\n',
+    sources=[os.path.relpath(NATIVE_DIR / f, ROOT) for f in ("sbx_vcpu.c", "sbx_signal.c", "sbx_memory.c")],
     include_dirs=[
         os.path.relpath(p, ROOT) for p in (NATIVE_DIR, ABI_HEADER.parent, WASM_ABI_HEADER.parent)
     ],

@@ -29,6 +29,7 @@ from .errors import (
 from .pool import SandboxPool
 from .sandbox import Sandbox
 from .snapshot import Snapshot, SnapshotError
+from .wasm import WasmSandbox  # registers the Wasm guest kind (Sandbox.from_wasm)
 
 __version__ = "0.1.0"
 
@@ -57,4 +58,5 @@ __all__ = [
     "SnapshotError",
     "Signature",
     "Tag",
+    "WasmSandbox",
 ]

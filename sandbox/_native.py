@@ -10,6 +10,7 @@ import errno as errno_mod
 import fcntl
 import os
 import signal
+import threading
 from typing import Any
 
 from .errors import KvmError
@@ -45,6 +46,8 @@ __all__ = [
     "KICK_SIGNAL",
     "init_kick_signal",
     "kick_thread",
+    "watch_signals",
+    "Mapping",
 ]
 
 # The real-time signal used to kick vCPU threads out of KVM_RUN (Python itself uses no
@@ -77,11 +80,44 @@ def check(rc: int, operation: str) -> int:
 
 
 def init_kick_signal() -> None:
-    """Installs the vCPU kick handler once per process."""
+    """Installs the vCPU kick handler once per process, and watches the signals Python
+    handles (watch_signals)."""
     global _signal_ready
     if not _signal_ready:
         check(lib.sbx_signal_init(KICK_SIGNAL), "sigaction(kick signal)")
         _signal_ready = True
+    watch_signals()
+
+
+def watch_signals() -> None:
+    """Makes every signal with a Python handler (SIGINT's KeyboardInterrupt first) stop
+    a call running on the main thread, whichever thread the kernel delivers it to and
+    whenever it lands (native/sbx_signal.h). Called when a sandbox is made; the run loop
+    itself re-watches SIGINT when signal.signal() has put Python's handler back (as
+    asyncio.run does). Only the main thread installs handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signo in _PYTHON_SIGNALS:
+        if callable(signal.getsignal(signo)) and not lib.sbx_signal_watched(signo):
+            lib.sbx_signal_watch(signo)  # -EINVAL for a C handler that is not Python's
+
+
+# The catchable signals a Python handler may be installed for (the kick signal and the
+# synchronous faults Python never handles are left out).
+_PYTHON_SIGNALS = tuple(
+    s
+    for s in sorted(signal.valid_signals())
+    if s
+    not in (
+        signal.SIGKILL,
+        signal.SIGSTOP,
+        signal.SIGSEGV,
+        signal.SIGBUS,
+        signal.SIGFPE,
+        signal.SIGILL,
+        KICK_SIGNAL,
+    )
+)
 
 
 def kick_thread(native_thread_id: int) -> None:
@@ -96,7 +132,18 @@ class Mapping:
     other view of the memory may outlive close() (the owners keep theirs private)."""
 
     def __init__(self, fd: int, length: int, *, private: bool, writable: bool = True) -> None:
-        ptr = lib.sbx_map(fd, length, int(private), int(writable))
+        self._init(lib.sbx_map(fd, length, int(private), int(writable)), length, writable)
+
+    @classmethod
+    def of_image(cls, fd: int, length: int, extents: Any, count: int) -> Mapping:
+        """A sandbox's memory: `length` bytes of private anonymous memory with the
+        `count` (offset, length) extents of `fd` (a uint64_t array of pairs) mapped
+        private over it (see memory.py)."""
+        mapping = cls.__new__(cls)
+        mapping._init(lib.sbx_memory_map(fd, length, extents, count), length, True)
+        return mapping
+
+    def _init(self, ptr: Any, length: int, writable: bool) -> None:
         if ptr == ffi.NULL:
             err = ffi.errno
             raise OSError(err, f"mmap of {length} bytes failed: {os.strerror(err)}")

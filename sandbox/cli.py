@@ -295,7 +295,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_build_guest(args: argparse.Namespace) -> int:
-    from .sdk import GuestBuildError, build_guest
+    from .errors import GuestBuildError
+    from .sdk import build_guest
 
     try:
         print(build_guest(args.sources, args.output))

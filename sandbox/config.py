@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 KiB = 1024
 MiB = 1024 * KiB
+MAX_TIMEOUT = 86400.0  # seconds: the longest time limit a call may be given (a day)
+MAX_OUTPUT_LIMIT = 256 * MiB
+# How a sandbox starts each call: "none" from wherever the last call left it, "per_call"
+# from the state it started in (restored before every call after the first).
+ResetMode = Literal["none", "per_call"]
 
 
 class SandboxConfig(BaseModel):
@@ -28,7 +36,15 @@ class SandboxConfig(BaseModel):
         256 * KiB, description="guest -> host records (results, host calls, output)"
     )
     timeout: float | None = Field(
-        None, description="default time limit of a call in seconds; None: no limit"
+        None,
+        strict=True,
+        description="default time limit of a call in seconds (finite, more than 0, at most "
+        "a day); None: no limit",
+    )
+    output_limit: int = Field(
+        1 * MiB,
+        description="bytes of the guest's output kept per call (last_output, the output "
+        "callback); beyond it output is dropped and last_output_truncated is set",
     )
 
     @field_validator("memory_size")
@@ -55,8 +71,17 @@ class SandboxConfig(BaseModel):
     @field_validator("timeout")
     @classmethod
     def _timeout(cls, v: float | None) -> float | None:
-        if v is not None and not v > 0:
-            raise ValueError("must be a positive number of seconds or None")
+        if v is not None and not (math.isfinite(v) and 0 < v <= MAX_TIMEOUT):
+            raise ValueError(
+                f"must be a number of seconds more than 0 and at most {MAX_TIMEOUT:g}, or None"
+            )
+        return v
+
+    @field_validator("output_limit")
+    @classmethod
+    def _output_limit(cls, v: int) -> int:
+        if not 0 <= v <= MAX_OUTPUT_LIMIT:
+            raise ValueError(f"must be between 0 and {MAX_OUTPUT_LIMIT} bytes")
         return v
 
     @model_validator(mode="after")

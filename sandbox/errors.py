@@ -1,11 +1,83 @@
-"""The exception hierarchy. `SandboxError` is the base of all of them and is never raised
-itself; argument errors are also `TypeError`/`ValueError` so ordinary code catches them."""
+"""Every error this package raises, and what each does to the sandbox.
+
+`SandboxError` is the base of all of them and is never raised itself. Argument errors are
+also `TypeError`/`ValueError` (and lookups `LookupError`) so ordinary code catches them.
+
+Each class says in `poisons` whether the sandbox the error came from is poisoned by it
+(refuses calls until it is restored or replaced): a CPU trap, a malformed record, a
+timeout or a cancel leave the guest somewhere in the middle of its code, so nothing it
+holds can be trusted; an orderly error result (an abort, a Wasm trap, a host function
+that raised, a bad argument) leaves it as consistent as the guest made it. Anything
+else that interrupts a call while the guest is inside it (Ctrl-C, an exception from the
+output callback) poisons too: `Sandbox.call` decides that, not the class.
+
+Trap kinds are `TrapKind` (and `WasmTrapKind` for Wasm traps): string enums, so
+`trap.kind == "page_fault"` reads as before.
+"""
 
 from __future__ import annotations
+
+import enum
+from typing import ClassVar
+
+
+class TrapKind(enum.StrEnum):
+    """What stopped the guest (the `kind` of a GuestTrap)."""
+
+    # CPU exceptions, by vector (SDM 6.3.1); see x86_64.EXCEPTION_NAMES.
+    DIVIDE_ERROR = "divide_error"
+    DEBUG = "debug"
+    NMI = "nmi"
+    BREAKPOINT = "breakpoint"
+    OVERFLOW = "overflow"
+    BOUND_RANGE = "bound_range"
+    INVALID_OPCODE = "invalid_opcode"
+    DEVICE_NOT_AVAILABLE = "device_not_available"
+    DOUBLE_FAULT = "double_fault"
+    INVALID_TSS = "invalid_tss"
+    SEGMENT_NOT_PRESENT = "segment_not_present"
+    STACK_FAULT = "stack_fault"
+    GENERAL_PROTECTION = "general_protection"
+    PAGE_FAULT = "page_fault"
+    X87_FLOATING_POINT = "x87_floating_point"
+    ALIGNMENT_CHECK = "alignment_check"
+    MACHINE_CHECK = "machine_check"
+    SIMD_FLOATING_POINT = "simd_floating_point"
+    VIRTUALIZATION = "virtualization"
+    CONTROL_PROTECTION = "control_protection"
+    RESERVED_VECTOR = "reserved_vector"  # a vector the SDM reserves (9, 15, 22-31)
+    # Faults the host classifies.
+    STACK_OVERFLOW = "stack_overflow"  # a page fault in or below the stack guard
+    BAD_PORT = "bad_port"  # port I/O the ABI does not define
+    TRIPLE_FAULT = "triple_fault"  # the vCPU shut down
+    INTERNAL_ERROR = "internal_error"  # KVM could not run or emulate the guest
+    UNKNOWN_EXIT = "unknown_exit"  # a KVM exit reason the runtime does not expect
+    MALFORMED_RECORD = "malformed_record"  # the guest wrote a record that fails checks
+
+
+class WasmTrapKind(enum.StrEnum):
+    """The Wasm trap codes of the engine guest (guests/wasm/wasm_abi.h WASM_TRAP_*)."""
+
+    UNREACHABLE = "unreachable"
+    MEMORY_OOB = "memory_oob"
+    DIV_ZERO = "div_zero"
+    INT_OVERFLOW = "int_overflow"
+    INVALID_CONVERSION = "invalid_conversion"
+    INDIRECT_TYPE_MISMATCH = "indirect_type_mismatch"
+    UNDEFINED_ELEMENT = "undefined_element"
+    UNINITIALIZED_ELEMENT = "uninitialized_element"
+    STACK_EXHAUSTED = "stack_exhausted"
+    TABLE_OOB = "table_oob"
+    NULL_REFERENCE = "null_reference"
 
 
 class SandboxError(Exception):
     """Base class of every error this package raises."""
+
+    poisons: ClassVar[bool] = False
+
+
+# -- the host and the configuration ----------------------------------------------------
 
 
 class KvmUnavailable(SandboxError):
@@ -14,7 +86,8 @@ class KvmUnavailable(SandboxError):
 
 
 class KvmError(SandboxError):
-    """A KVM ioctl (or other host system call) failed unexpectedly."""
+    """A KVM ioctl (or other host system call) failed unexpectedly. `operation` names
+    it, `errno` is its error number."""
 
     def __init__(self, operation: str, errno: int, message: str) -> None:
         super().__init__(message)
@@ -22,23 +95,69 @@ class KvmError(SandboxError):
         self.errno = errno
 
 
+class ConfigError(SandboxError, ValueError):
+    """A configuration that cannot work, e.g. a guest that does not fit in memory."""
+
+
+class GuestNotFound(SandboxError, FileNotFoundError):
+    """No guest file of that path, and no bundled guest of that name."""
+
+
 class GuestAbiMismatch(SandboxError):
     """The guest file is not a guest of this ABI version (or not a usable guest ELF)."""
 
 
-class ConfigError(SandboxError, ValueError):
-    """A configuration that cannot work, e.g. a guest that does not fit in memory."""
+class GuestBuildError(SandboxError):
+    """The C compiler failed to build a guest (sandbox.sdk); the message carries its
+    output."""
+
+
+class SnapshotError(SandboxError, ValueError):
+    """A snapshot file that cannot be used: not a snapshot, truncated, corrupt, not
+    authenticated with the configured key, inconsistent, or made by an incompatible
+    runtime. The message says which."""
+
+
+# -- a call's arguments ----------------------------------------------------------------
+
+
+class FunctionNotFound(SandboxError, LookupError):
+    """The guest exports no function of that name."""
+
+
+class ArgumentError(SandboxError, TypeError, ValueError):
+    """The arguments do not match the function's declared parameters, are too large, or
+    a method was given an argument it does not take."""
+
+
+# -- what a call can end with ----------------------------------------------------------
+
+
+class GuestAbort(SandboxError):
+    """The guest ended the call with an error of its own (`sbx_abort`). The sandbox stays
+    usable."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.guest_message = message
+
+
+class HostFunctionError(SandboxError):
+    """A host function called by the guest raised; the original is chained as
+    `__cause__`. The sandbox stays usable."""
 
 
 class GuestTrap(SandboxError):
     """The guest stopped on a CPU exception or another fault the host detected.
 
-    `kind` names it ("page_fault", "stack_overflow", "invalid_opcode", "divide_error",
-    "general_protection", "bad_port", "triple_fault", ...); `vector` is the exception
-    vector (None if the fault was not a CPU exception); `rip` the faulting instruction;
-    `address` the faulting address of a page fault (CR2); `error_code` the exception's
-    error code. The sandbox is poisoned until it is restored.
+    `kind` names it (a TrapKind: "page_fault", "stack_overflow", "invalid_opcode",
+    "divide_error", "general_protection", "bad_port", "triple_fault", ...); `vector` is
+    the exception vector (None if the fault was not a CPU exception); `rip` the faulting
+    instruction; `address` the faulting address of a page fault (CR2); `error_code` the
+    exception's error code. The sandbox is poisoned until it is restored.
     """
+
+    poisons = True
 
     def __init__(
         self,
@@ -58,42 +177,27 @@ class GuestTrap(SandboxError):
         self.error_code = error_code
 
 
-class GuestAbort(SandboxError):
-    """The guest ended the call with an error of its own (`sbx_abort`). The sandbox stays
-    usable."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.guest_message = message
-
-
-class CallTimeout(SandboxError, TimeoutError):
-    """The call ran past its time limit; the guest was stopped and the sandbox poisoned."""
-
-
-class CallCancelled(SandboxError):
-    """Another thread cancelled the call (`Sandbox.cancel`); the sandbox is poisoned."""
-
-
-class FunctionNotFound(SandboxError, LookupError):
-    """The guest exports no function of that name."""
-
-
-class ArgumentError(SandboxError, TypeError, ValueError):
-    """The arguments do not match the function's declared parameters, or are too large."""
-
-
-class HostFunctionError(SandboxError):
-    """A host function called by the guest raised; the original is chained as
-    `__cause__`. The sandbox stays usable."""
-
-
 class GuestProtocolError(GuestTrap):
     """The guest wrote a malformed record (bad length, offset, tag or UTF-8). It is
     treated like a trap: the sandbox is poisoned."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, kind="malformed_record")
+        super().__init__(message, kind=TrapKind.MALFORMED_RECORD)
+
+
+class CallTimeout(SandboxError, TimeoutError):
+    """The call ran past its time limit; the guest was stopped and the sandbox poisoned."""
+
+    poisons = True
+
+
+class CallCancelled(SandboxError):
+    """Another thread cancelled the call (`Sandbox.cancel`); the sandbox is poisoned."""
+
+    poisons = True
+
+
+# -- the sandbox's state ---------------------------------------------------------------
 
 
 class SandboxPoisoned(SandboxError):
@@ -105,8 +209,36 @@ class SandboxClosed(SandboxError):
 
 
 class SandboxBusy(SandboxError):
-    """Another thread is in a call on this sandbox (calls are never interleaved)."""
+    """A method that needs the sandbox between calls (call, snapshot, restore) was
+    called from inside one of its own calls: from a host function, the output callback,
+    a Wasm import or WASI. Raised at once, never waited on (it would wait forever)."""
 
 
-class GuestNotFound(SandboxError, FileNotFoundError):
-    """No guest file of that path, and no bundled guest of that name."""
+# -- Wasm ----------------------------------------------------------------------------------
+
+
+class WasmModuleError(SandboxError, ValueError):
+    """The bytes are not a Wasm module the engine can run: `kind` is "malformed"
+    (not a well-formed binary), "invalid" (fails validation, or uses a feature beyond
+    Wasm 2.0 such as SIMD), "too_large" or "unreadable" (the file could not be read)."""
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class WasmTrap(GuestTrap):
+    """A Wasm trap: `kind` is a WasmTrapKind ("unreachable", "memory_oob", "div_zero",
+    ...); the message is the spec's text ("integer divide by zero", ...). Unlike other
+    GuestTraps it does not poison the sandbox: the engine unwound the Wasm call."""
+
+    poisons = False
+
+
+class WasmLinkError(SandboxError, LookupError):
+    """An import could not be bound (missing, or of another type)."""
+
+
+class WasmEngineError(SandboxError):
+    """The engine refused an operation: the module uses something it does not implement,
+    its limits were exceeded, or the call named no such export."""

@@ -106,6 +106,12 @@ class Kvm:
                 return e
         return None
 
+    def has_cpu_feature(self, feature: tuple[int, str, int]) -> bool:
+        """Whether the CPU KVM offers has `feature` (an x86_64.CPUID_* bit)."""
+        leaf, register, bit = feature
+        entry = self.cpuid_entry(leaf)
+        return entry is not None and bool(getattr(entry, register) & (1 << bit))
+
     def create_vm(self) -> Vm:
         """KVM_CREATE_VM."""
         return Vm(self, ioctl(self.fd, "KVM_CREATE_VM"))

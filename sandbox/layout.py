@@ -276,6 +276,39 @@ class Layout:
             (self.image_base, bytes(mem[self.image_base : self.image_end])),
         ]
 
+    def check_system_memory(self, memory: bytes) -> str | None:
+        """Why `memory`, the first `page_tables_end` bytes of a guest's memory, are not
+        the system area this runtime builds for this layout (None if they are): the
+        page tables, descriptor tables, TSS (with its I/O bitmap) and exception stubs
+        are host-owned, so a state loaded from a file must hold exactly them. Only the
+        guest image's leaf entries depend on the guest's ELF: each must map its own page
+        for ring 3, never writable and executable at once. The ring-0 stack's contents
+        are free (only a trap writes there)."""
+        expected = self.build_template([])[0][1]
+        if len(memory) != len(expected):
+            return "the system area has the wrong size"
+        if memory[:RING0_STACK] != expected[:RING0_STACK]:
+            return "the page-table roots, descriptor tables, TSS or exception stubs differ"
+        ours = array("Q", memory[PAGE_TABLES:])
+        theirs = array("Q", expected[PAGE_TABLES:])
+        image = range(self.image_base // PAGE, self.image_end // PAGE)
+        for page, (entry, want) in enumerate(zip(ours, theirs, strict=True)):
+            if entry == want:
+                continue
+            if page not in image:
+                return f"the page-table entry of page 0x{page * PAGE:x} is not the runtime's"
+            leaf = x86.PTE_PRESENT | x86.PTE_ACCESSED | x86.PTE_DIRTY | x86.PTE_USER
+            flags = entry & ~x86.PTE_ADDR_MASK
+            writable_code = flags & x86.PTE_WRITABLE and not flags & x86.PTE_NX
+            if (
+                entry & x86.PTE_ADDR_MASK != page * PAGE
+                or flags & ~(leaf | x86.PTE_WRITABLE | x86.PTE_NX) != 0
+                or flags & leaf != leaf
+                or writable_code
+            ):
+                return f"guest image page 0x{page * PAGE:x} is mapped as the runtime never maps"
+        return None
+
     @functools.cached_property
     def first_call_pages(self) -> list[tuple[int, int, bool]]:
         """The (address, size, write) ranges the host prefaults before a first call.

@@ -1,12 +1,21 @@
 """Guest memory: `MemoryImage` (an immutable memfd) and `GuestMemory` (one sandbox's
 copy-on-write mapping of it).
 
-A sandbox's memory is a private mapping of a sealed memfd image: every sandbox of one
-guest (or of one snapshot) shares the image's pages until it writes to them, and spawning
-copies nothing. The pages a sandbox has written are exactly the anonymous pages of its
-mapping, which the kernel lists cheaply (PAGEMAP_SCAN): restoring copies just those back
-from the image, so a restore costs in proportion to the pages written, not to the memory
-size, and leaves every page mapped in the VM (no re-fault after it).
+A sandbox's memory is private: every sandbox of one guest (or of one snapshot) maps the
+image's data copy-on-write, so spawning copies nothing, and the pages a sandbox has
+written are exactly its private pages, which the kernel lists cheaply (PAGEMAP_SCAN):
+a reset copies just those back, so it costs in proportion to the pages written, not to
+the memory size, and leaves them mapped in the VM (no fault after it). Above a budget
+(`RESET_KEEP_BYTES`) a reset gives the written pages back to the host instead, so a
+sandbox that once touched a lot of memory does not keep it.
+
+Only the image's data extents are mapped from the memfd; its holes are private
+anonymous memory. Touching a hole of a memory file through any mapping allocates a page
+in the file itself (shmem faults fill holes), and the image is shared by every sandbox
+of its guest: a guest writing to its heap would grow everyone's template. So no code
+here ever touches a hole of an image through a mapping (reads of holes use pread, which
+does not fill them), and small holes between extents are filled with zeros when the
+image is built, so that a sandbox maps a handful of extents, not one per page run.
 
 Guest addresses are plain integers; access by guest address goes through `check_range`,
 the one bounds-checking translator.
@@ -17,37 +26,32 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
-import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from ._native import Mapping, ffi, lib
+from ._native import Mapping, check, ffi, lib
 from .errors import GuestProtocolError
 
 PAGE = 4096
+# A reset copies back (or zeroes) at most this much of the pages a sandbox wrote and
+# gives the rest back to the host: a call's usual working set stays mapped (the next
+# call does not fault it in again), a memory-hungry call's pages do not stay resident.
+RESET_KEEP_BYTES = 4 << 20
+# Holes of at most this size between two extents of an image are filled with zeros.
+HOLE_FILL_BYTES = 64 << 10
 
 # madvise(2) advice values (Linux 5.14+), not yet named by Python 3.11's mmap module.
 _POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 _POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 _SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
-
-# PAGEMAP_SCAN (Linux 6.7+, <linux/fs.h>; Debian 12's headers predate it, so the uapi
-# values are written out here): _IOWR('f', 16, struct pm_scan_arg).
-_PAGEMAP_SCAN = 0xC0606610
-_PAGE_IS_FILE = 1 << 2
-_PAGE_IS_PRESENT = 1 << 3
-_PAGE_IS_SWAPPED = 1 << 4
-_PM_SCAN_ARG = struct.Struct("<12Q")
-_MAX_REGIONS = 256
-# /proc/self/pagemap entries (the fallback): present, swapped, file-or-shared.
-_PM_PRESENT, _PM_SWAPPED, _PM_FILE = 1 << 63, 1 << 62, 1 << 61
+_SCAN_BATCH = 256  # (offset, length) pairs per native scan
 
 
 class _Pagemap:
     """The process's /proc/self/pagemap, opened once."""
 
     _fd = -1
-    _scan_ok: bool | None = None
     _lock = threading.Lock()
 
     @classmethod
@@ -59,68 +63,10 @@ class _Pagemap:
         return cls._fd
 
 
-def anonymous_ranges(address: int, size: int) -> list[tuple[int, int]]:
-    """(offset, length) of the pages in [address, address+size) of this process that
-    are private copies (written since mapped) or swapped out: the written pages of a
-    private file mapping."""
-    if _Pagemap._scan_ok is not False:
-        try:
-            return _scan(address, size)
-        except OSError:
-            _Pagemap._scan_ok = False
-    return _scan_pagemap_entries(address, size)
-
-
-def _scan(address: int, size: int) -> list[tuple[int, int]]:
-    vec = ffi.new("uint64_t[]", 3 * _MAX_REGIONS)
-    vec_addr = int(ffi.cast("uintptr_t", vec))
-    arg = bytearray(_PM_SCAN_ARG.size)
-    out: list[tuple[int, int]] = []
-    start, end = address, address + size
-    while start < end:
-        _PM_SCAN_ARG.pack_into(
-            arg,
-            0,
-            _PM_SCAN_ARG.size,
-            0,
-            start,
-            end,
-            0,
-            vec_addr,
-            _MAX_REGIONS,
-            0,
-            _PAGE_IS_FILE,  # category_inverted: match pages that are not file pages
-            _PAGE_IS_FILE,  # category_mask
-            _PAGE_IS_PRESENT | _PAGE_IS_SWAPPED,  # category_anyof_mask
-            _PAGE_IS_PRESENT,  # return_mask
-        )
-        n = fcntl.ioctl(_Pagemap.fd(), _PAGEMAP_SCAN, arg, True)
-        _Pagemap._scan_ok = True
-        for i in range(n):
-            lo, hi = vec[3 * i], vec[3 * i + 1]
-            if out and out[-1][0] + out[-1][1] == lo - address:
-                out[-1] = (out[-1][0], hi - address - out[-1][0])
-            else:
-                out.append((lo - address, hi - lo))
-        walk_end = _PM_SCAN_ARG.unpack_from(arg)[4]
-        if n < _MAX_REGIONS or walk_end >= end:
-            break
-        start = walk_end
-    return out
-
-
-def _scan_pagemap_entries(address: int, size: int) -> list[tuple[int, int]]:
-    """Fallback for kernels without PAGEMAP_SCAN: read one entry per page."""
-    data = os.pread(_Pagemap.fd(), 8 * (size // PAGE), 8 * (address // PAGE))
-    out: list[tuple[int, int]] = []
-    for i, (entry,) in enumerate(struct.iter_unpack("<Q", data)):
-        anon = (entry & _PM_SWAPPED) or (entry & _PM_PRESENT and not entry & _PM_FILE)
-        if anon:
-            if out and out[-1][0] + out[-1][1] == i * PAGE:
-                out[-1] = (out[-1][0], out[-1][1] + PAGE)
-            else:
-                out.append((i * PAGE, PAGE))
-    return out
+def use_pagemap_entries(on: bool) -> None:
+    """Finds written pages by reading /proc/self/pagemap entries (what kernels before
+    6.7 offer) even where PAGEMAP_SCAN exists (for tests of that path)."""
+    lib.sbx_memory_use_pagemap_entries(int(on))
 
 
 class MemoryImage:
@@ -134,9 +80,7 @@ class MemoryImage:
         name: str = "sandbox-image",
     ) -> None:
         self.size = size
-        self._readonly: mmap.mmap | None = None
-        self._readonly_view: memoryview | None = None
-        self._readonly_ptr: object | None = None
+        self._readonly: Mapping | None = None
         self._lock = threading.Lock()
         self.fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
@@ -144,54 +88,69 @@ class MemoryImage:
             for addr, data in pieces:
                 if addr < 0 or addr + len(data) > size:
                     raise ValueError("memory image piece outside the image")
-                view = memoryview(data)
-                written = 0
-                while written < len(view):
-                    written += os.pwrite(self.fd, view[written:], addr + written)
+                self._pwrite(addr, data)
+            self._fill_small_holes()
+            self.extents: tuple[tuple[int, int], ...] = tuple(self._data_ranges())
             fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, _SEALS)
         except BaseException:
             os.close(self.fd)
             raise
+        flat = [n for extent in self.extents for n in extent]
+        self._extents_array = ffi.new("uint64_t[]", flat or [0])
 
-    @property
-    def readonly(self) -> memoryview:
-        """A view of a shared read-only mapping of the image (one per image, made on
-        first use)."""
-        if self._readonly_view is None:
-            with self._lock:
-                if self._readonly_view is None:
-                    self._readonly = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ)
-                    self._readonly_view = memoryview(self._readonly)
-        return self._readonly_view
+    def _pwrite(self, addr: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        written = 0
+        while written < len(view):
+            written += os.pwrite(self.fd, view[written:], addr + written)
 
-    @property
-    def readonly_ptr(self) -> object:
-        """A cffi pointer to the start of the `readonly` mapping (for sbx_memory_reset)."""
-        if self._readonly_ptr is None:
-            # Safe: the pointer covers exactly the read-only mapping, is only read from,
-            # and is released (close()) before the mapping is unmapped.
-            self._readonly_ptr = ffi.from_buffer("char[]", self.readonly)
-        return self._readonly_ptr
-
-    def data_ranges(self) -> Iterator[tuple[int, int]]:
-        """(offset, length) of the parts of the image that hold data (SEEK_DATA/HOLE)."""
+    def _data_ranges(self) -> list[tuple[int, int]]:
+        """Page-aligned (offset, length) of the parts that hold data (SEEK_DATA/HOLE)."""
+        out: list[tuple[int, int]] = []
         pos = 0
         while pos < self.size:
             try:
                 start = os.lseek(self.fd, pos, os.SEEK_DATA)
             except OSError:  # ENXIO: no data after pos
-                return
+                break
             end = min(os.lseek(self.fd, start, os.SEEK_HOLE), self.size)
-            yield start, end - start
+            start, end = start & ~(PAGE - 1), min((end + PAGE - 1) & ~(PAGE - 1), self.size)
+            if out and start <= out[-1][0] + out[-1][1]:
+                out[-1] = (out[-1][0], max(end, out[-1][0] + out[-1][1]) - out[-1][0])
+            else:
+                out.append((start, end - start))
             pos = end
+        return out
+
+    def _fill_small_holes(self) -> None:
+        ranges = self._data_ranges()
+        for (a, n), (b, _) in zip(ranges, ranges[1:], strict=False):
+            gap = b - (a + n)
+            if 0 < gap <= HOLE_FILL_BYTES:
+                self._pwrite(a + n, bytes(gap))
+
+    def data_ranges(self) -> tuple[tuple[int, int], ...]:
+        """(offset, length) of the parts of the image that hold data."""
+        return self.extents
+
+    def read(self, addr: int, length: int) -> bytes:
+        """Bytes of the image (holes read as zeros without filling them)."""
+        return os.pread(self.fd, length, addr)
+
+    @property
+    def readonly(self) -> memoryview:
+        """A shared read-only mapping of the image (one per image, made on first use).
+        Read only its extents (`data_ranges`): a read in a hole would fill it."""
+        return self._readonly_mapping().view
+
+    def _readonly_mapping(self) -> Mapping:
+        if self._readonly is None:
+            with self._lock:
+                if self._readonly is None:
+                    self._readonly = Mapping(self.fd, self.size, private=False, writable=False)
+        return self._readonly
 
     def close(self) -> None:
-        if self._readonly_ptr is not None:
-            ffi.release(self._readonly_ptr)
-            self._readonly_ptr = None
-        if self._readonly_view is not None:
-            self._readonly_view.release()
-            self._readonly_view = None
         if self._readonly is not None:
             self._readonly.close()
             self._readonly = None
@@ -204,54 +163,86 @@ class MemoryImage:
 
 
 class GuestMemory:
-    """A private, writable mapping of a MemoryImage: the memory of one sandbox."""
+    """The memory of one sandbox: a private mapping of a MemoryImage (see the module
+    docstring). The owner of the mapping; the VM only borrows its address."""
 
     def __init__(self, image: MemoryImage) -> None:
         self.size = image.size
-        self.image = image
-        self._closed = True
+        self._mapping: Mapping | None = None
         self._map(image)
 
     def _map(self, image: MemoryImage) -> None:
         self.image = image
+        self._regions: dict[tuple[int, int], memoryview] = {}
         # The address is given to KVM as the memslot's backing: it is unmapped only after
         # the VM that uses it is closed (or its slot removed).
-        self._mapping = Mapping(image.fd, image.size, private=True)
+        self._mapping = Mapping.of_image(
+            image.fd, image.size, image._extents_array, len(image.extents)
+        )
         self.host_address = self._mapping.address
         self.view = self._mapping.view
-        self._closed = False
+
+    def region(self, addr: int, length: int) -> memoryview:
+        """A view of guest memory [addr, addr+length), kept (and released) with the
+        mapping: callers on hot paths get the same view each time."""
+        view = self._regions.get((addr, length))
+        if view is None:
+            self.check_range(addr, length)
+            view = self._regions[(addr, length)] = self.view[addr : addr + length]
+        return view
+
+    def _ptr(self) -> Any:
+        assert self._mapping is not None, "guest memory used after close"
+        return self._mapping.ptr
 
     def written_ranges(self) -> list[tuple[int, int]]:
         """(guest address, length) of the pages written since the image was mapped."""
-        return anonymous_ranges(self.host_address, self.size)
-
-    def reset(self, ranges: list[tuple[int, int]] | None = None) -> int:
-        """Makes the memory equal to its image again by copying back the written pages
-        (they stay mapped, in the host and in the VM). Returns the bytes copied.
-        Without `ranges`, one native call finds and copies the pages (PAGEMAP_SCAN)."""
-        if ranges is None and _Pagemap._scan_ok is not False:
-            copied = int(
-                lib.sbx_memory_reset(
-                    _Pagemap.fd(), self._mapping.ptr, self.image.readonly_ptr, self.size
-                )
+        out: list[tuple[int, int]] = []
+        pairs = ffi.new("uint64_t[]", 2 * _SCAN_BATCH)
+        following = ffi.new("uint64_t *")
+        start = 0
+        while start < self.size:
+            n = check(
+                lib.sbx_memory_written(
+                    _Pagemap.fd(), self._ptr(), self.size, start, pairs, _SCAN_BATCH, following
+                ),
+                "PAGEMAP_SCAN",
             )
-            if copied >= 0:
-                _Pagemap._scan_ok = True
-                return copied
-            _Pagemap._scan_ok = False  # no PAGEMAP_SCAN (before 6.7): read the pagemap
-        source = self.image.readonly
-        copied = 0
-        for addr, length in self.written_ranges() if ranges is None else ranges:
-            self.view[addr : addr + length] = source[addr : addr + length]
-            copied += length
-        return copied
+            out.extend((int(pairs[2 * i]), int(pairs[2 * i + 1])) for i in range(n))
+            start = int(following[0])
+        return out
 
-    def prefault(self, ranges: list[tuple[int, int, bool]]) -> None:
+    def reset(self, keep: int = RESET_KEEP_BYTES) -> int:
+        """Makes the memory equal to its image again: written pages are copied back (in
+        the image's extents) or zeroed (in its holes) up to `keep` bytes, and given back
+        to the host beyond that. Returns the bytes of written pages found."""
+        image = self.image
+        return check(
+            lib.sbx_memory_reset(
+                _Pagemap.fd(),
+                self._ptr(),
+                image._readonly_mapping().ptr,
+                self.size,
+                image._extents_array,
+                len(image.extents),
+                keep,
+            ),
+            "guest memory reset",
+        )
+
+    def differs_from_image(self, ranges: Sequence[tuple[int, int]]) -> bool:
+        """Whether any of the guest ranges differs from the image."""
+        view = self.view
+        return any(view[a : a + n] != self.image.read(a, n) for a, n in ranges)
+
+    def prefault(self, ranges: Sequence[tuple[int, int, bool]]) -> None:
         """Populates the host pages of `ranges` (address, size, write) in one system call
         each, so that the guest's first touch of them costs only the hypervisor's fault
         (a fault that must also allocate or copy a page costs several times more)."""
+        mapping = self._mapping
+        assert mapping is not None
         for addr, size, write in ranges:
-            self._mapping.madvise(_POPULATE_WRITE if write else _POPULATE_READ, addr, size)
+            mapping.madvise(_POPULATE_WRITE if write else _POPULATE_READ, addr, size)
 
     def check_range(self, addr: int, length: int, what: str = "guest memory") -> None:
         """Raises GuestProtocolError unless [addr, addr+length) lies in guest memory."""
@@ -268,7 +259,7 @@ class GuestMemory:
         """A new MemoryImage with this memory's current contents: the image's data plus
         the written pages (holes stay holes, so the copy costs what is in use)."""
         pieces: list[tuple[int, bytes | memoryview]] = []
-        for addr, length in _merge(list(self.image.data_ranges()) + self.written_ranges()):
+        for addr, length in _merge(list(self.image.extents) + self.written_ranges()):
             pieces.append((addr, self.view[addr : addr + length]))
         try:
             return MemoryImage(self.size, pieces, name="sandbox-snapshot")
@@ -277,19 +268,20 @@ class GuestMemory:
                 if isinstance(piece, memoryview):
                     piece.release()
 
-    def unmap(self) -> None:
-        """Unmaps the memory (the caller removed it from the VM first)."""
-        if not self._closed:
-            self._closed = True
-            self._mapping.close()
-
     def remap(self, image: MemoryImage) -> None:
-        """Replaces the mapping with one of `image` (at a new address)."""
-        self.unmap()
+        """Replaces the mapping with one of `image` (at a new address). The caller
+        removed the old address from the VM first."""
+        self.close()
         self._map(image)
 
     def close(self) -> None:
-        self.unmap()
+        """Unmaps the memory (the caller removed it from the VM first). Idempotent."""
+        if self._mapping is not None:
+            for view in self._regions.values():
+                view.release()
+            self._regions.clear()
+            self._mapping.close()
+            self._mapping = None
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -55,7 +55,7 @@ class SandboxPool:
     ) -> None:
         if not isinstance(size, int) or size < 1:
             raise ArgumentError(f"pool size must be a positive int, not {size!r}")
-        if snapshot is not None and not isinstance(snapshot, Snapshot):
+        if isinstance(snapshot, (str, os.PathLike)):
             snapshot = Snapshot.load(snapshot)
         self.size = size
         self._factory: Callable[[], Sandbox]

@@ -13,13 +13,9 @@ from functools import cache
 from pathlib import Path
 from types import ModuleType
 
-from .errors import SandboxError
+from .errors import GuestBuildError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-class GuestBuildError(SandboxError):
-    """The C compiler failed to build a guest; the message carries its output."""
 
 
 def sdk_dir() -> Path:

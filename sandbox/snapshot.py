@@ -1,76 +1,83 @@
 """`Snapshot`: a sandbox frozen between calls, and its on-disk format.
 
 A snapshot holds the guest's memory as a sealed memfd (`MemoryImage`) that every sandbox
-made or restored from it maps copy-on-write, and the vCPU state: general and special
-registers (segments with their FS/GS bases, control registers, EFER), the XSAVE area
-(x87/SSE/AVX registers and MXCSR) and XCR0. Ring-3 guest code cannot change any MSR, so
-there are no others to capture.
+made or restored from it maps copy-on-write, and the vCPU state (`CpuState`: general and
+special registers, the XSAVE area and XCR0).
 
-File format (version 1), all integers little-endian:
+File format, all integers little-endian:
 
     magic      8 bytes   b"SBXSNAP\\0"
-    version    u32       FORMAT_VERSION
+    version    u32       1: checksummed; 2: authenticated (HMAC-SHA256 with a key)
     hdr_len    u32       length of the header
     header     JSON      SnapshotHeader (below)
     blobs                the vCPU state structs, in the order and sizes of header.blobs
     pieces               header.pieces times: u64 address, u64 length, data
-    checksum   32 bytes  SHA-256 of everything before it
+    trailer    32 bytes  version 1: SHA-256 of everything before it;
+                         version 2: HMAC-SHA256 of everything before it
 
-A file that is truncated, corrupt (checksum), of another format or ABI version, or made
-with other KVM struct layouts is refused with a SnapshotError saying which.
+A file is untrusted input: it is refused with a SnapshotError saying why if it is
+truncated, corrupt, not authenticated with the configured key, of another format or ABI
+version, made with other KVM struct layouts, or inconsistent: a layout other than the
+one the runtime computes for its config, memory pieces that overlap or leave guest
+memory, a system area (page tables, descriptor tables, stubs) other than the runtime's,
+or CPU state the runtime could not have produced (see CpuSetup.check). With a key
+(`key=` or the environment variable SANDBOX_SNAPSHOT_KEY, its UTF-8 bytes), files are
+written authenticated and only files authenticated with that key are read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import mmap
 import os
 import struct
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
 from ._native import ffi
-from .abi import ABI_VERSION, Signature, Tag
-from .config import SandboxConfig
-from .errors import SandboxError
+from .abi import ABI_VERSION, NAME_MAX, Signature, Tag
+from .config import ResetMode, SandboxConfig
+from .cpu import CpuState, cpu_setup
+from .errors import SnapshotError
 from .layout import Layout
 from .memory import MemoryImage
 
+__all__ = ["CpuState", "Snapshot", "SnapshotError", "SpawnsSandbox", "KEY_ENVIRONMENT"]
+
 MAGIC = b"SBXSNAP\0"
-FORMAT_VERSION = 1
+VERSION_CHECKSUM = 1
+VERSION_HMAC = 2
+FORMAT_VERSION = VERSION_CHECKSUM
+KEY_ENVIRONMENT = "SANDBOX_SNAPSHOT_KEY"
 _PREFIX = struct.Struct("<8sII")
 _PIECE = struct.Struct("<QQ")
-_CHECKSUM_SIZE = 32
+_TRAILER_SIZE = 32
 MAX_HEADER = 1 << 20
 
 
 _CACHE_SIZE = 16
-_cache: dict[tuple[int, int, int, int], Snapshot] = {}
+_cache: dict[tuple[int, int, int, int, bytes | None], Snapshot] = {}
 _cache_lock = threading.Lock()
 
 
-class SnapshotError(SandboxError, ValueError):
-    """A snapshot file that cannot be used: not a snapshot, truncated, corrupt, or made by
-    an incompatible runtime."""
+@runtime_checkable
+class SpawnsSandbox(Protocol):
+    """A snapshot of another guest kind (a Wasm sandbox's): it makes sandboxes of its
+    own kind (`Sandbox.from_snapshot` calls this)."""
 
-
-@dataclass(frozen=True)
-class CpuState:
-    """The vCPU state a snapshot restores (cffi structs, owned by this object)."""
-
-    regs: Any  # struct kvm_regs *
-    sregs: Any  # struct kvm_sregs *
-    xsave: Any | None  # struct kvm_xsave *; None: the vCPU's reset state
-    xcrs: Any | None  # struct kvm_xcrs *; None: not supported by this CPU
-
-    @property
-    def rip(self) -> int:
-        return int(self.regs.rip)
+    def spawn(
+        self,
+        *,
+        host_functions: Mapping[str, Callable[..., Any]] | None = None,
+        output: Callable[[str], None] | None = None,
+        reset: ResetMode = "none",
+    ) -> Any: ...
 
 
 class SnapshotHeader(BaseModel):
@@ -91,6 +98,30 @@ _BLOB_TYPES = {
 }
 
 
+def _key(key: bytes | str | None) -> bytes | None:
+    """The key given, or the environment's, as bytes (None: no key)."""
+    if key is None:
+        key = os.environ.get(KEY_ENVIRONMENT) or None
+    if isinstance(key, str):
+        key = key.encode()
+    if key is not None and not isinstance(key, bytes):
+        raise TypeError(f"a snapshot key is bytes or str, not {type(key).__name__}")
+    return key
+
+
+class _Digest:
+    """SHA-256 (unauthenticated files) or HMAC-SHA256 (with a key)."""
+
+    def __init__(self, key: bytes | None) -> None:
+        self._hash: Any = hmac.new(key, digestmod="sha256") if key else hashlib.sha256()
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._hash.update(data)
+
+    def digest(self) -> bytes:
+        return bytes(self._hash.digest())
+
+
 class Snapshot:
     """A sandbox's memory and vCPU state between calls (from `Sandbox.snapshot()` or
     `Snapshot.load(path)`). Immutable; one snapshot serves any number of sandboxes."""
@@ -101,7 +132,7 @@ class Snapshot:
         image: MemoryImage,
         cpu: CpuState,
         layout: Layout,
-        functions: dict[str, Signature],
+        functions: Mapping[str, Signature],
         config: SandboxConfig,
         guest_path: str,
     ) -> None:
@@ -112,8 +143,10 @@ class Snapshot:
         self.config = config
         self.guest_path = guest_path
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Writes the snapshot to `path` (atomically: a temporary file, fsync, rename)."""
+    def save(self, path: str | os.PathLike[str], *, key: bytes | str | None = None) -> None:
+        """Writes the snapshot to `path` (atomically: a temporary file, fsync, rename),
+        authenticated with `key` (default: $SANDBOX_SNAPSHOT_KEY) if there is one."""
+        key = _key(key)
         blobs = {
             name: bytes(ffi.buffer(value))
             for name, value in (
@@ -124,7 +157,7 @@ class Snapshot:
             )
             if value is not None
         }
-        ranges = list(self.image.data_ranges())
+        ranges = self.image.data_ranges()
         header = (
             SnapshotHeader(
                 abi_version=ABI_VERSION,
@@ -143,14 +176,15 @@ class Snapshot:
         )
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        digest = hashlib.sha256()
+        digest = _Digest(key)
+        version = VERSION_HMAC if key else VERSION_CHECKSUM
         with open(tmp, "wb") as f:
 
             def put(data: bytes | memoryview) -> None:
                 digest.update(data)
                 f.write(data)
 
-            put(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)))
+            put(_PREFIX.pack(MAGIC, version, len(header)))
             put(header)
             for data in blobs.values():
                 put(data)
@@ -164,114 +198,89 @@ class Snapshot:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Snapshot:
-        """Reads a snapshot file. Raises SnapshotError if it cannot be used and
-        FileNotFoundError if it does not exist.
+    def load(cls, path: str | os.PathLike[str], *, key: bytes | str | None = None) -> Snapshot:
+        """Reads a snapshot file, authenticated with `key` (default:
+        $SANDBOX_SNAPSHOT_KEY) if there is one. Raises SnapshotError if it cannot be
+        used and FileNotFoundError if it does not exist.
 
         Loaded snapshots are cached by the file's identity (device, inode, size and
-        modification time): loading the same unchanged file again costs one stat, and
-        every sandbox made from it shares one memory image."""
+        modification time) and the key: loading the same unchanged file again costs one
+        stat, and every sandbox made from it shares one memory image."""
+        key = _key(key)
         st = os.stat(path)
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        cache_key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, key)
         with _cache_lock:
-            cached = _cache.get(key)
+            cached = _cache.get(cache_key)
         if cached is not None:
             return cached
-        snap = cls._load(path)
+        snap = cls._load(path, key)
         with _cache_lock:
-            _cache[key] = snap
+            _cache[cache_key] = snap
             while len(_cache) > _CACHE_SIZE:
                 _cache.pop(next(iter(_cache)))
         return snap
 
     @classmethod
-    def _load(cls, path: str | os.PathLike[str]) -> Snapshot:
+    def _load(cls, path: str | os.PathLike[str], key: bytes | None) -> Snapshot:
         name = str(path)
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            if size < _PREFIX.size + _CHECKSUM_SIZE:
+            if size < _PREFIX.size + _TRAILER_SIZE:
                 raise SnapshotError(f"{name}: not a snapshot file (too short)")
             with mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as data:
                 view = memoryview(data)
                 try:
-                    return cls._parse(view, size, name)
+                    return _Reader(view, size, name, key).read()
                 finally:
                     view.release()
 
-    @classmethod
-    def _parse(cls, data: memoryview, size: int, name: str) -> Snapshot:
+
+class _Reader:
+    """Parses and checks one snapshot file (see the module docstring)."""
+
+    def __init__(self, data: memoryview, size: int, name: str, key: bytes | None) -> None:
+        self.data, self.name, self.key = data, name, key
+        self.body = size - _TRAILER_SIZE
+        self.pos = 0
+
+    def fail(self, why: str) -> SnapshotError:
+        return SnapshotError(f"{self.name}: {why}")
+
+    def read(self) -> Snapshot:
+        data, body = self.data, self.body
         magic, version, header_len = _PREFIX.unpack_from(data, 0)
         if magic != MAGIC:
-            raise SnapshotError(f"{name}: not a snapshot file (bad magic)")
-        if version != FORMAT_VERSION:
-            raise SnapshotError(
-                f"{name}: snapshot format version {version}, this runtime reads {FORMAT_VERSION}"
-            )
-        body = size - _CHECKSUM_SIZE
-        if hashlib.sha256(data[:body]).digest() != bytes(data[body:]):
-            raise SnapshotError(f"{name}: checksum mismatch: the file is corrupt or truncated")
-        pos = _PREFIX.size
-        if header_len > MAX_HEADER or pos + header_len > body:
-            raise SnapshotError(f"{name}: malformed header length")
+            raise self.fail("not a snapshot file (bad magic)")
+        self._check_trailer(version)
+        self.pos = _PREFIX.size
+        if header_len > MAX_HEADER or self.pos + header_len > body:
+            raise self.fail("malformed header length")
         try:
-            header = SnapshotHeader.model_validate_json(bytes(data[pos : pos + header_len]))
+            raw = bytes(data[self.pos : self.pos + header_len])
+            header = SnapshotHeader.model_validate_json(raw)
         except ValidationError as exc:
-            raise SnapshotError(f"{name}: malformed header: {exc}") from None
-        pos += header_len
+            raise self.fail(f"malformed header: {exc}") from None
+        self.pos += header_len
         if header.abi_version != ABI_VERSION:
-            raise SnapshotError(
-                f"{name}: made for guest ABI version {header.abi_version}, this runtime "
-                f"speaks {ABI_VERSION}"
+            raise self.fail(
+                f"made for guest ABI version {header.abi_version}, this runtime speaks "
+                f"{ABI_VERSION}"
             )
-        cpu_blobs: dict[str, Any] = {}
-        for blob_name, length in header.blobs.items():
-            ctype = _BLOB_TYPES.get(blob_name)
-            if ctype is None or length != ffi.sizeof(ctype):
-                raise SnapshotError(
-                    f"{name}: vCPU state {blob_name!r} of {length} bytes does not match this "
-                    "machine's KVM structures (made on another kernel or architecture)"
-                )
-            if pos + length > body:
-                raise SnapshotError(f"{name}: truncated vCPU state")
-            value = ffi.new(ctype + " *")
-            ffi.memmove(value, data[pos : pos + length], length)
-            cpu_blobs[blob_name] = value
-            pos += length
-        if "regs" not in cpu_blobs or "sregs" not in cpu_blobs:
-            raise SnapshotError(f"{name}: vCPU registers missing")
+        layout = self._layout(header)
+        functions = self._functions(header)
+        cpu = self._cpu(header)
+        image = self._memory(header, layout)
         try:
-            layout = Layout(**header.layout)
-            functions = {
-                fname: Signature(fname, tuple(Tag(t) for t in params), Tag(ret))
-                for fname, params, ret in header.functions
-            }
-        except (TypeError, ValueError) as exc:
-            raise SnapshotError(f"{name}: malformed header: {exc}") from None
-        mem_size = layout.mem_size
-        if mem_size != header.config.memory_size:
-            raise SnapshotError(f"{name}: memory size does not match its config")
-        pieces: list[tuple[int, bytes | memoryview]] = []
-        try:
-            for _ in range(header.pieces):
-                if pos + _PIECE.size > body:
-                    raise SnapshotError(f"{name}: truncated memory")
-                addr, length = _PIECE.unpack_from(data, pos)
-                pos += _PIECE.size
-                if addr + length > mem_size or pos + length > body:
-                    raise SnapshotError(f"{name}: memory piece outside guest memory")
-                pieces.append((addr, data[pos : pos + length]))
-                pos += length
-            if pos != body:
-                raise SnapshotError(f"{name}: trailing data after the memory")
-            image = MemoryImage(mem_size, pieces, name="sandbox-snapshot")
-        finally:
-            for _, piece in pieces:
-                if isinstance(piece, memoryview):
-                    piece.release()
-        cpu = CpuState(
-            cpu_blobs["regs"], cpu_blobs["sregs"], cpu_blobs.get("xsave"), cpu_blobs.get("xcrs")
-        )
-        return cls(
+            why = layout.check_system_memory(image.read(0, layout.page_tables_end))
+            if why is None:
+                code = (layout.image_base, layout.image_end)
+                why = cpu_setup().check(cpu, layout, code)
+            if why is not None:
+                raise self.fail(f"inconsistent state: {why}")
+        except BaseException:
+            image.close()
+            raise
+        return Snapshot(
             image=image,
             cpu=cpu,
             layout=layout,
@@ -279,3 +288,98 @@ class Snapshot:
             config=header.config,
             guest_path=header.guest_path,
         )
+
+    def _check_trailer(self, version: int) -> None:
+        if version not in (VERSION_CHECKSUM, VERSION_HMAC):
+            raise self.fail(
+                f"snapshot format version {version}, this runtime reads {VERSION_CHECKSUM} "
+                f"and {VERSION_HMAC}"
+            )
+        if self.key is not None and version != VERSION_HMAC:
+            raise self.fail("not authenticated, and a snapshot key is configured")
+        if self.key is None and version == VERSION_HMAC:
+            raise self.fail(f"authenticated with a key: give it (key= or ${KEY_ENVIRONMENT})")
+        digest = _Digest(self.key)
+        digest.update(self.data[: self.body])
+        if not hmac.compare_digest(digest.digest(), bytes(self.data[self.body :])):
+            if self.key is not None:
+                raise self.fail("authentication failed: another key, or a modified file")
+            raise self.fail("checksum mismatch: the file is corrupt or truncated")
+
+    def _layout(self, header: SnapshotHeader) -> Layout:
+        config = header.config
+        try:
+            layout = Layout(**header.layout)
+            expected = Layout.compute(
+                mem_size=config.memory_size,
+                image_size=layout.image_end - layout.image_base,
+                in_size=config.input_buffer_size,
+                out_size=config.output_buffer_size,
+                stack_size=config.stack_size,
+                heap_size=config.heap_size,
+            )
+        except (TypeError, ValueError) as exc:
+            raise self.fail(f"malformed layout: {exc}") from None
+        if layout != expected:
+            raise self.fail("the layout is not the one the runtime computes for its config")
+        return layout
+
+    def _functions(self, header: SnapshotHeader) -> dict[str, Signature]:
+        functions: dict[str, Signature] = {}
+        for fname, params, ret in header.functions:
+            try:
+                sig = Signature(fname, tuple(Tag(t) for t in params), Tag(ret))
+            except ValueError as exc:
+                raise self.fail(f"malformed function {fname!r}: {exc}") from None
+            if not fname or len(fname.encode(errors="replace")) > NAME_MAX or len(params) > 32:
+                raise self.fail(f"malformed function {fname!r}")
+            if Tag.VOID in sig.params or fname in functions:
+                raise self.fail(f"malformed function {fname!r}")
+            functions[fname] = sig
+        return functions
+
+    def _cpu(self, header: SnapshotHeader) -> CpuState:
+        blobs: dict[str, Any] = {}
+        for blob_name, length in header.blobs.items():
+            ctype = _BLOB_TYPES.get(blob_name)
+            if ctype is None or length != ffi.sizeof(ctype):
+                raise self.fail(
+                    f"vCPU state {blob_name!r} of {length} bytes does not match this machine's "
+                    "KVM structures (made on another kernel or architecture)"
+                )
+            if self.pos + length > self.body:
+                raise self.fail("truncated vCPU state")
+            value = ffi.new(ctype + " *")
+            ffi.memmove(value, self.data[self.pos : self.pos + length], length)
+            blobs[blob_name] = value
+            self.pos += length
+        if "regs" not in blobs or "sregs" not in blobs or "xsave" not in blobs:
+            raise self.fail("vCPU registers missing")
+        return CpuState(blobs["regs"], blobs["sregs"], blobs["xsave"], blobs.get("xcrs"))
+
+    def _memory(self, header: SnapshotHeader, layout: Layout) -> MemoryImage:
+        mem_size = layout.mem_size
+        if mem_size != header.config.memory_size:
+            raise self.fail("memory size does not match its config")
+        pieces: list[tuple[int, bytes | memoryview]] = []
+        end_of_last = 0
+        try:
+            for _ in range(header.pieces):
+                if self.pos + _PIECE.size > self.body:
+                    raise self.fail("truncated memory")
+                addr, length = _PIECE.unpack_from(self.data, self.pos)
+                self.pos += _PIECE.size
+                if addr + length > mem_size or self.pos + length > self.body:
+                    raise self.fail("memory piece outside guest memory")
+                if addr < end_of_last:
+                    raise self.fail("memory pieces overlap or are out of order")
+                end_of_last = addr + length
+                pieces.append((addr, self.data[self.pos : self.pos + length]))
+                self.pos += length
+            if self.pos != self.body:
+                raise self.fail("trailing data after the memory")
+            return MemoryImage(mem_size, pieces, name="sandbox-snapshot")
+        finally:
+            for _, piece in pieces:
+                if isinstance(piece, memoryview):
+                    piece.release()

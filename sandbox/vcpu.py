@@ -1,5 +1,12 @@
 """`Vcpu`: one virtual CPU (a vCPU fd and its mmapped kvm_run). Created by
-`Vm.create_vcpu()`. `run()` enters the native run loop with the GIL released."""
+`Vm.create_vcpu()`. `run()` enters the native run loop with the GIL released.
+
+The vCPU owns the one subtle rule of changing its state between runs (KVM's API: an
+exit to user space for I/O or MMIO leaves the instruction for the next KVM_RUN to
+complete, and that completion happens after registers loaded through the sync area are
+applied): `load_state` completes whatever the last exit left pending before it loads
+anything, so a new state is exactly the state given (native/sbx_vcpu.h explains which
+exits leave what)."""
 
 from __future__ import annotations
 
@@ -7,9 +14,14 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ._native import Mapping, check, ffi, ioctl, lib
+from .exits import Exit, ExitKind
 
 if TYPE_CHECKING:
     from .vm import Vm
+
+# Exits by a 32-bit `out`: the instruction is left pending, and its completion skips it
+# only while RIP still points at it.
+_OUT_EXITS = frozenset({ExitKind.RETURN, ExitKind.HOST_CALL, ExitKind.PRINT, ExitKind.TRAP})
 
 
 class Vcpu:
@@ -19,23 +31,66 @@ class Vcpu:
         self._run_map = Mapping(fd, vm.kvm.vcpu_mmap_size, private=False)
         # The pointer is only handed to the run loop while the vCPU is open.
         self.run_ptr = self._run_map.ptr
-        self.exit = ffi.new("struct sbx_exit *")
+        self._exit = ffi.new("struct sbx_exit *")
+        lib.sbx_vcpu_sync_init(self.run_ptr)
+        self._must_complete = False  # the last exit must be completed before a load
+        self._out_pending = False  # the last exit was an `out` (see _OUT_EXITS)
+        self._load_pending = False  # registers wait in the sync area for the next run
 
-    def set_cpuid2(self, cpuid: Any) -> None:
-        ioctl(self.fd, "KVM_SET_CPUID2", cpuid)
+    # -- running -----------------------------------------------------------------------
+
+    def run(self, timeout_ns: int) -> Exit:
+        """Runs until an exit Python must handle (KVM_RUN in the native loop, the GIL
+        released). `timeout_ns` > 0 kicks the run at that deadline."""
+        answer = lib.sbx_vcpu_run(self.fd, self.run_ptr, timeout_ns, self._exit)
+        if answer < 0:
+            check(answer, "KVM_RUN")
+        exit = Exit.decode(answer, self._exit)
+        self._load_pending = False
+        self._out_pending = exit.kind in _OUT_EXITS
+        self._must_complete = exit.pending_io
+        return exit
+
+    def complete_pending(self) -> None:
+        """Completes the last exit and applies registers waiting in the sync area,
+        without running the guest (KVM_RUN with immediate_exit)."""
+        if self._must_complete or self._out_pending or self._load_pending:
+            check(lib.sbx_vcpu_complete_io(self.fd, self.run_ptr), "KVM_RUN (complete I/O)")
+            self._must_complete = self._out_pending = self._load_pending = False
+
+    # -- state -------------------------------------------------------------------------
+
+    def load_state(self, regs: Any, sregs: Any | None) -> None:
+        """Loads general (and, unless None, special) registers, applied at the next
+        run through kvm_run's sync area (no ioctl). Whatever the last exit left for KVM
+        to complete is completed first, so that it cannot act on the new state."""
+        if self._must_complete or (
+            self._out_pending and lib.sbx_vcpu_exit_rip(self.run_ptr) == regs.rip
+        ):
+            self.complete_pending()
+        self._must_complete = self._out_pending = False
+        lib.sbx_vcpu_load_state(self.run_ptr, regs, ffi.NULL if sregs is None else sregs)
+        self._load_pending = True
 
     def get_regs(self) -> Any:
+        self.complete_pending()
         regs = ffi.new("struct kvm_regs *")
         ioctl(self.fd, "KVM_GET_REGS", regs)
         return regs
 
     def set_regs(self, regs: Any) -> None:
+        """KVM_SET_REGS (after completing what the last exit left pending)."""
+        self.complete_pending()
         ioctl(self.fd, "KVM_SET_REGS", regs)
 
     def get_sregs(self) -> Any:
+        self.complete_pending()
         sregs = ffi.new("struct kvm_sregs *")
         ioctl(self.fd, "KVM_GET_SREGS", sregs)
         return sregs
+
+    def set_cpuid2(self, cpuid: Any) -> None:
+        ioctl(self.fd, "KVM_SET_CPUID2", cpuid)
 
     def get_xcrs(self) -> Any:
         xcrs = ffi.new("struct kvm_xcrs *")
@@ -53,11 +108,6 @@ class Vcpu:
 
     def set_xsave(self, xsave: Any) -> None:
         ioctl(self.fd, "KVM_SET_XSAVE", xsave)
-
-    def run(self, timeout_ns: int) -> Any:
-        """Runs until an exit Python must handle; returns the `struct sbx_exit`."""
-        check(lib.sbx_vcpu_run(self.fd, self.run_ptr, timeout_ns, self.exit), "KVM_RUN")
-        return self.exit
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -33,6 +33,28 @@ EFER_NXE = 1 << 11  # execute-disable bit in page tables
 
 # RFLAGS (SDM 2.3): bit 1 is reserved and always 1; IF=0 and IOPL=0.
 RFLAGS_RESERVED = 1 << 1
+# The flags ring-3 code can change itself (POPF, arithmetic, STD/CLD, STAC is ring 0):
+# CF PF AF ZF SF TF DF OF, AC and ID. Anything else set (IF, IOPL, NT, RF, VM, VIF,
+# VIP) is state only ring 0 could have made: a loaded state must not carry it.
+RFLAGS_USER = (
+    (1 << 0)
+    | (1 << 2)
+    | (1 << 4)
+    | (1 << 6)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 10)
+    | (1 << 11)
+    | (1 << 18)
+    | (1 << 21)
+)
+
+# CPUID feature bits the runtime reads (SDM vol. 2A, CPUID): (leaf, register, bit).
+CPUID_XSAVE = (0x1, "ecx", 26)
+CPUID_SMEP = (0x7, "ebx", 7)
+CPUID_SMAP = (0x7, "ebx", 20)
+CPUID_UMIP = (0x7, "ecx", 2)
+CPUID_XSAVE_LEAF = 0xD  # eax: the XCR0 bits the CPU supports
 
 # XCR0 state components (SDM vol. 1, 13.3).
 XCR0_X87 = 1 << 0

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..abi import Signature, Tag
 from ..config import MiB, SandboxConfig
@@ -158,8 +158,8 @@ class WasmFactory:
                     cls=self._cls,
                 )
                 self._snapshot = sb.instantiated
-                return sb
-        return self._cls._from_wasm_snapshot(self._snapshot, reset="per_call")
+                return cast(Sandbox, sb)  # a virtual subclass (registered), not a nominal one
+        return cast(Sandbox, self._snapshot.spawn(reset="per_call", cls=self._cls))
 
 
 _WASM_TAGS = {

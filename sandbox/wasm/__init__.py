@@ -5,8 +5,9 @@ with Sandbox.from_wasm("add.wasm") as sb:
     assert sb.call("add", 1, 2) == 3
 """
 
+from ..errors import WasmModuleError
 from .abi import ValType
-from .module import WasmModule, WasmModuleError
+from .module import WasmModule
 from .sandbox import WasmEngineError, WasmLinkError, WasmSandbox, WasmTrap, from_wasm
 from .wasi import WasiConfig, WasiExit
 

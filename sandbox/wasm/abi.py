@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass
 
 from .._native import ffi, lib
-from ..errors import ArgumentError, GuestProtocolError
+from ..errors import ArgumentError, GuestProtocolError, WasmTrapKind
 
 WINDOW_BASE: int = lib.WASM_WINDOW_BASE
 WINDOW_STRIDE: int = lib.WASM_WINDOW_STRIDE
@@ -42,12 +42,14 @@ class Status(enum.IntEnum):
     LIMIT = lib.WASM_STATUS_LIMIT
 
 
-# Trap kind code -> name ("memory_oob", "div_zero", ...), from the header's WASM_TRAP_*.
-TRAP_KINDS: dict[int, str] = {
-    getattr(lib, name): name[len("WASM_TRAP_") :].lower()
+# Trap kind code -> WasmTrapKind, from the header's WASM_TRAP_* (an unknown name fails
+# here, at import, so the enum and the header cannot drift apart).
+TRAP_KINDS: dict[int, WasmTrapKind] = {
+    getattr(lib, name): WasmTrapKind(name[len("WASM_TRAP_") :].lower())
     for name in dir(lib)
-    if name.startswith("WASM_TRAP_") and name != "WASM_TRAP_COUNT"
+    if name.startswith("WASM_TRAP_") and name not in ("WASM_TRAP_COUNT", "WASM_TRAP_NONE")
 }
+assert len(TRAP_KINDS) == len(WasmTrapKind) == lib.WASM_TRAP_COUNT - 1
 TRAP_MEMORY_OOB: int = lib.WASM_TRAP_MEMORY_OOB
 
 _VALUE = struct.Struct("<BQ")

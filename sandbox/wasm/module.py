@@ -15,20 +15,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ArgumentError, GuestNotFound, SandboxError
+from ..errors import ArgumentError, GuestNotFound, WasmModuleError
 from .abi import ValType
 
 MAX_MODULE_SIZE = 256 << 20  # bytes; larger inputs are refused before validation
-
-
-class WasmModuleError(SandboxError, ValueError):
-    """The bytes are not a Wasm module the engine can run: `kind` is "malformed"
-    (not a well-formed binary), "invalid" (fails validation, or uses a feature beyond
-    Wasm 2.0 such as SIMD), "too_large" or "unreadable" (the file could not be read)."""
-
-    def __init__(self, message: str, *, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,25 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
-from ..config import MiB, SandboxConfig
-from ..errors import ArgumentError, GuestProtocolError, GuestTrap, HostFunctionError, SandboxError
-from ..sandbox import _CLOSED, ResetMode, Sandbox, _check_config
-from ..snapshot import CpuState, Snapshot
+from .. import kinds
+from ..config import MiB, ResetMode, SandboxConfig
+from ..cpu import CpuState
+from ..errors import (
+    ArgumentError,
+    FunctionNotFound,
+    GuestProtocolError,
+    GuestTrap,
+    HostFunctionError,
+    WasmEngineError,
+    WasmLinkError,
+    WasmModuleError,
+    WasmTrap,
+)
+from ..layout import Layout
+from ..sandbox import Sandbox, check_config, check_reset, check_timeout
+from ..snapshot import Snapshot
 from .abi import (
     HOST_GROW,
     HOST_IMPORT,
@@ -41,7 +54,7 @@ from .abi import (
     parse_reply,
     to_python,
 )
-from .module import Export, FuncType, WasmModule, WasmModuleError, load
+from .module import Export, FuncType, WasmModule, load
 from .wasi import WasiConfig, WasiContext, WasiExit
 from .windows import LinearMemory, Windows
 
@@ -51,22 +64,14 @@ HOT_HEAP_PAGES = 64  # engine-heap pages a sandbox made from a snapshot populate
 DEFAULT_CONFIG = SandboxConfig(memory_size=256 * MiB, heap_size=64 * MiB)
 Imports = Mapping[str, Mapping[str, Callable[..., Any]]]
 
-
-class WasmTrap(GuestTrap):
-    """A Wasm trap: `kind` is one of "unreachable", "memory_oob", "div_zero",
-    "int_overflow", "invalid_conversion", "indirect_type_mismatch",
-    "undefined_element", "uninitialized_element", "stack_exhausted", "table_oob",
-    "null_reference"; the message is the spec's text ("integer divide by zero", ...).
-    Unlike other GuestTraps it does not poison the sandbox."""
-
-
-class WasmLinkError(SandboxError, LookupError):
-    """An import could not be bound (missing, or of another type)."""
-
-
-class WasmEngineError(SandboxError):
-    """The engine refused an operation: the module uses something it does not implement,
-    its limits were exceeded, or the call named no such export."""
+__all__ = [
+    "WasmSandbox",
+    "WasmSnapshot",
+    "WasmTrap",
+    "WasmLinkError",
+    "WasmEngineError",
+    "from_wasm",
+]
 
 
 @dataclass(frozen=True)
@@ -100,23 +105,25 @@ class _State:
         )
 
 
-class WasmSnapshot(Snapshot):
-    """A WasmSandbox's snapshot: `Sandbox.from_snapshot` makes a WasmSandbox of it, with
-    the same module instances, imports and WASI configuration (and a fresh WASI context).
-    Kept in memory only: `save` is refused, since the Python callables bound to imports
-    cannot be written to a file."""
+class WasmSnapshot:
+    """A WasmSandbox's snapshot: the engine's `Snapshot` (`base`) and the host's side of
+    the engine state (module instances, imports, WASI configuration). `spawn` (and
+    `Sandbox.from_snapshot`) makes a WasmSandbox of it, with a fresh WASI context. Kept in
+    memory only: `save` is refused, since the Python callables bound to imports cannot
+    be written to a file."""
 
     def __init__(self, base: Snapshot, state: _State) -> None:
-        super().__init__(
-            image=base.image,
-            cpu=base.cpu,
-            layout=base.layout,
-            functions=base.functions,
-            config=base.config,
-            guest_path=base.guest_path,
-        )
+        self.base = base
         self.wasm_state = state
         self.heap_pages = self._heap_pages()
+
+    @property
+    def config(self) -> SandboxConfig:
+        return self.base.config
+
+    @property
+    def layout(self) -> Layout:
+        return self.base.layout
 
     def _heap_pages(self) -> list[tuple[int, int, bool]]:
         """The engine-heap pages that hold data in this snapshot (the engine's instances,
@@ -124,17 +131,31 @@ class WasmSnapshot(Snapshot):
         writable in the host before its first call, so KVM maps each 8-page group with
         one fault instead of one per page (measured: -100 us on a first call, +6 private
         pages for a small module)."""
-        start, end = self.layout.heap_base, self.layout.heap_base + self.layout.heap_size
+        layout = self.base.layout
+        start, end = layout.heap_base, layout.heap_base + layout.heap_size
         pages: list[tuple[int, int, bool]] = []
         budget = HOT_HEAP_PAGES * PAGE
-        for addr, length in self.image.data_ranges():
+        for addr, length in self.base.image.data_ranges():
             if start <= addr < end and budget > 0:
                 length = min(length, end - addr, budget)
                 pages.append((addr, length, True))
                 budget -= length
         return pages
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def spawn(
+        self,
+        *,
+        host_functions: Mapping[str, Callable[..., Any]] | None = None,
+        output: Callable[[str], None] | None = None,
+        reset: ResetMode = "none",
+        cls: type[WasmSandbox] | None = None,
+    ) -> WasmSandbox:
+        """A new WasmSandbox in this state (`cls`: WasmSandbox or a subclass)."""
+        if host_functions:
+            raise ArgumentError("a Wasm sandbox takes imports, not host_functions")
+        return (cls or WasmSandbox)._from_snapshot(self, reset=reset, output=output)
+
+    def save(self, path: str | os.PathLike[str], *, key: bytes | str | None = None) -> None:
         raise WasmEngineError(
             "a Wasm sandbox's snapshot cannot be saved to a file (its imports are Python "
             "callables); keep it in memory, or call Sandbox.from_wasm again"
@@ -144,7 +165,7 @@ class WasmSnapshot(Snapshot):
 def _wasm_config(config: SandboxConfig | None) -> SandboxConfig:
     if config is None:
         return DEFAULT_CONFIG
-    config = _check_config(config)
+    config = check_config(config)
     if config.heap_size is None:
         # The engine's heap (modules, compiled code, tables, stacks); the memory above
         # it is the pool the linear memories are mapped from.
@@ -158,9 +179,13 @@ _started: dict[SandboxConfig, WasmSnapshot] = {}  # by config: a started engine,
 _started_lock = threading.Lock()
 
 
-class WasmSandbox(Sandbox):
-    """The Wasm engine guest in its own micro-VM. Make one with `Sandbox.from_wasm`
-    (one module, instantiated) or `WasmSandbox.engine()` (empty, for several modules)."""
+class WasmSandbox:
+    """Wasm modules in the engine guest, in its own micro-VM: a `Sandbox` running the
+    engine (held, not inherited: `engine_sandbox`) and the host's side of the engine's
+    state. Make one with `Sandbox.from_wasm` (one module, instantiated) or
+    `WasmSandbox.engine()` (empty, for several modules). It offers Sandbox's methods
+    (call, snapshot, restore, cancel, close, ...) with Wasm semantics, and
+    `isinstance(sb, Sandbox)` holds."""
 
     wasi: WasiContext | None
     # What from_wasm made: the snapshot taken right after instantiation, before any call
@@ -177,8 +202,8 @@ class WasmSandbox(Sandbox):
         """A new engine VM with no module, started from scratch (`engine()` is faster).
         `engine` is the engine guest: the bundled one, or a path (the tests use a
         misbehaving one)."""
-        self._setup_wasm(_State(), "none")
-        super().__init__(
+        self._setup(_State(), "none", None)
+        self.engine_sandbox = Sandbox(
             engine,
             config=_wasm_config(config),
             host_functions=self._engine_host_functions(),
@@ -186,50 +211,115 @@ class WasmSandbox(Sandbox):
         )
         self._attach_windows()
 
-    def _setup_wasm(self, state: _State, reset: ResetMode) -> None:
+    def _setup(self, state: _State, reset: ResetMode, wasi: WasiContext | None) -> None:
+        check_reset(reset)
         self._wasm = state
+        self.wasi = wasi
+        self.last_output = ""  # what the last call printed (WASI stdout or engine output)
         self.last_stderr = ""  # what a WASI program wrote to fd 2 in the last call
         self._pending: _Instance | None = None  # being instantiated
-        self._wasm_reset: ResetMode = reset
-        self.wasi = None
+        self.reset_mode: ResetMode = reset
+        self._initial: WasmSnapshot | None = None
+        self._ran = False
+        self._close_pending = False
 
     def _engine_host_functions(self) -> dict[str, Callable[..., Any]]:
         return {HOST_GROW: self._host_grow, HOST_IMPORT: self._host_import}
 
     def _attach_windows(self) -> None:
-        self._windows = Windows(self._memory, self.layout)
-        self._mmu_watch = self._windows.watch
+        engine = self.engine_sandbox
+        self._windows = Windows(engine.memory, engine.layout)
+        engine.watch_page_tables(self._windows.watch)
 
     @classmethod
-    def _from_wasm_snapshot(
+    def _from_snapshot(
         cls,
         snap: WasmSnapshot,
         *,
         reset: ResetMode = "none",
         output: Callable[[str], None] | None = None,
     ) -> WasmSandbox:
-        if reset not in ("none", "per_call"):
-            raise ArgumentError(f"reset must be 'none' or 'per_call', not {reset!r}")
         sb = cls.__new__(cls)
-        sb._state = _CLOSED  # until booted
-        sb._setup_wasm(snap.wasm_state.copy(), reset)
         config = snap.wasm_state.wasi_config
-        sb.wasi = WasiContext(config) if config is not None else None
+        sb._setup(snap.wasm_state.copy(), reset, WasiContext(config) if config else None)
         try:
-            # Fresh state per call is this class's (see call), not the base class's.
-            sb._start_from(snap, sb._engine_host_functions(), output, "none")
+            sb.engine_sandbox = Sandbox.from_snapshot(
+                snap.base, host_functions=sb._engine_host_functions(), output=output
+            )
         except BaseException:
             if sb.wasi is not None:
                 sb.wasi.close()
             raise
+        sb._initial = snap
         sb._attach_windows()
-        sb._memory.prefault(snap.heap_pages)
+        sb.engine_sandbox.memory.prefault(snap.heap_pages)
         return sb
+
+    # -- the Sandbox interface -----------------------------------------------------------
+
+    @property
+    def config(self) -> SandboxConfig:
+        return self.engine_sandbox.config
+
+    @property
+    def layout(self) -> Layout:
+        return self.engine_sandbox.layout
+
+    @property
+    def guest_path(self) -> str:
+        return self.engine_sandbox.guest_path
+
+    @property
+    def closed(self) -> bool:
+        return self.engine_sandbox.closed
+
+    @property
+    def poisoned(self) -> bool:
+        return self.engine_sandbox.poisoned
+
+    @property
+    def last_output_truncated(self) -> bool:
+        return self.engine_sandbox.last_output_truncated
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def cancel(self) -> None:
+        """Stops the call running in another thread (see Sandbox.cancel)."""
+        self.engine_sandbox.cancel()
+
+    def close(self) -> None:
+        """Releases the VM and the WASI context's host descriptors. Idempotent. From
+        inside a call (an import), both are released when the call ends."""
+        self.engine_sandbox.close()
+        if not self.engine_sandbox.closed:
+            self._close_pending = True  # closed from inside a call: see call()
+        elif self.wasi is not None:
+            self.wasi.close()
 
     def snapshot(self) -> WasmSnapshot:
         """Captures the sandbox between calls, with the host's side of the engine state
         (see WasmSnapshot)."""
-        return WasmSnapshot(super().snapshot(), self._wasm.copy())
+        return WasmSnapshot(self.engine_sandbox.snapshot(), self._wasm.copy())
+
+    def restore(self, snapshot: WasmSnapshot | None = None) -> None:
+        """Returns the sandbox to `snapshot` (default: the state from_wasm instantiated,
+        or the engine's start) and clears poisoning (see Sandbox.restore)."""
+        if snapshot is not None and not isinstance(snapshot, WasmSnapshot):
+            raise ArgumentError(
+                f"a Wasm sandbox restores a WasmSnapshot, not {type(snapshot).__name__}"
+            )
+        target = snapshot if snapshot is not None else self._initial
+        if target is None:
+            self.engine_sandbox.restore()
+            self._wasm = _State(wasi_config=self._wasm.wasi_config)
+        else:
+            self.engine_sandbox.restore(target.base)
+            self._wasm = target.wasm_state.copy()
+        self._ran = False
 
     @classmethod
     def engine(
@@ -242,36 +332,35 @@ class WasmSandbox(Sandbox):
         with _started_lock:
             snap = _started.get(config)
             if snap is None:
-                first = cls(config=config)
+                first = WasmSandbox(config=config)
                 try:
-                    Sandbox.call(first, "wasm_alloc", 0)  # the first call starts the SDK
+                    first.engine_sandbox.call("wasm_alloc", 0)  # the first call starts the SDK
                     first._note_rewind()
                     snap = _started[config] = first.snapshot()
                 finally:
                     first.close()
-        return cls._from_wasm_snapshot(snap, output=output)
+        return cls._from_snapshot(snap, output=output)
 
     # -- the engine's operations -----------------------------------------------------
 
     def _engine_call(
         self, what: str, name: str, *args: object, timeout: float | None = None
     ) -> Reply:
+        engine = self.engine_sandbox
         try:
-            data = Sandbox.call(self, name, *args, timeout=timeout)
+            data = engine.call(name, *args, timeout=timeout)
         except GuestTrap as trap:
             if not self._is_window_fault(trap):
                 raise
-            with self._lock:
-                assert self._wasm.rewind is not None
-                self._recover(self._wasm.rewind)
-            data = Sandbox.call(self, "wasm_fault", trap.address)
+            assert self._wasm.rewind is not None
+            engine.recover(self._wasm.rewind)
+            data = engine.call("wasm_fault", trap.address)
         return parse_reply(data, what)
 
     def _note_rewind(self) -> None:
         """Keeps the registers of a state between calls, once (to resume after a fault)."""
         if self._wasm.rewind is None:
-            with self._lock:
-                self._wasm.rewind = self._cpu_state()
+            self._wasm.rewind = self.engine_sandbox.cpu_state()
 
     def _is_window_fault(self, trap: GuestTrap) -> bool:
         return (
@@ -287,14 +376,14 @@ class WasmSandbox(Sandbox):
         if not isinstance(module, WasmModule):
             module = load(module)
         size = len(module.data)
-        addr = Sandbox.call(self, "wasm_alloc", size)
+        addr = self.engine_sandbox.call("wasm_alloc", size)
         self._note_rewind()
         heap = self.layout.heap_base, self.layout.heap_base + self.layout.heap_size
         if not isinstance(addr, int) or addr == 0:
             raise WasmEngineError(f"the engine has no room for a module of {size} bytes")
         if not heap[0] <= addr <= heap[1] - size:
             raise GuestProtocolError(f"wasm_alloc returned 0x{addr:x}, outside the engine heap")
-        self._memory.write(addr, module.data)
+        self.engine_sandbox.memory.write(addr, module.data)
         reply = self._engine_call("wasm_load", "wasm_load", addr, size)
         if reply.status in (Status.MALFORMED, Status.INVALID):
             kind = "malformed" if reply.status == Status.MALFORMED else "invalid"
@@ -379,12 +468,6 @@ class WasmSandbox(Sandbox):
         """Host access to the engine's memory number `window`."""
         return LinearMemory(self._windows, window)
 
-    def close(self) -> None:
-        """Releases the VM and the WASI context's host descriptors. Idempotent."""
-        super().close()
-        if self.wasi is not None:
-            self.wasi.close()
-
     # -- host calls from the engine --------------------------------------------------
 
     def _host_grow(self, window: object, pages: object) -> bool:
@@ -458,13 +541,11 @@ class WasmSandbox(Sandbox):
         wrote to fd 1 and fd 2 (`wasi.stdout`/`wasi.stderr` all of it, except that with
         reset="per_call" each call starts with empty captures)."""
         handle = self._wasm.main
-        if handle is None:
-            return Sandbox.call(self, name, *args, timeout=timeout)
+        if handle is None:  # an engine without a module: the engine's own functions
+            return self.engine_sandbox.call(name, *args, timeout=timeout)
         inst = self._wasm.instances[handle]
         export = inst.module.exports.get(name)
         if export is None or export.kind != "func":
-            from ..errors import FunctionNotFound
-
             funcs = sorted(n for n, e in inst.module.exports.items() if e.kind == "func")
             raise FunctionNotFound(
                 f"the module exports no function {name!r} (it exports: {', '.join(funcs)})"
@@ -473,16 +554,17 @@ class WasmSandbox(Sandbox):
         assert isinstance(ft, FuncType)
         data = encode_values(ft.params, args, name)
         wasi = self.wasi
-        if self._wasm_reset == "per_call":
+        limit = check_timeout(timeout) if timeout is not None else self.config.timeout
+        if self.reset_mode == "per_call":
             if self._ran:
                 self.restore()
             if wasi is not None:
                 wasi.clear_output()  # fresh state: the last call's output is gone too
         marks = wasi.output_marks() if wasi is not None else (0, 0)
-        limit = timeout if timeout is not None else self.config.timeout
         if wasi is not None and limit is not None:
             # A WASI sleep is host code: the call's limit must end it too.
             wasi.set_deadline(time.monotonic_ns() + int(limit * 1e9))
+        self._ran = True
         try:
             reply = self._engine_call(name, "wasm_invoke", handle, name, data, timeout=timeout)
         except HostFunctionError as exc:
@@ -495,6 +577,12 @@ class WasmSandbox(Sandbox):
                 out, err = wasi.output_since(marks)
                 self.last_output = out.decode(errors="replace")
                 self.last_stderr = err.decode(errors="replace")
+            else:
+                self.last_output = self.engine_sandbox.last_output
+            if self._close_pending and self.engine_sandbox.closed:
+                self._close_pending = False
+                if wasi is not None:
+                    wasi.close()
         _check_ok(reply, name)
         values = [to_python(t, b) for t, b in decode_values(reply.payload, f"results of {name}")]
         if len(values) == 0:
@@ -562,8 +650,7 @@ def from_wasm(
 ) -> WasmSandbox:
     """See Sandbox.from_wasm. `cls`: the class of the sandbox, WasmSandbox or a subclass
     that adds behaviour (the function host's WASI http handler)."""
-    if reset not in ("none", "per_call"):
-        raise ArgumentError(f"reset must be 'none' or 'per_call', not {reset!r}")
+    check_reset(reset)
     if wasi is not None and not isinstance(wasi, WasiConfig):
         raise ArgumentError(f"wasi must be a WasiConfig, not {type(wasi).__name__}")
     if imports is not None and not isinstance(imports, Mapping):
@@ -598,7 +685,7 @@ def from_wasm(
         sb._wasm.main = instance
         sb._wasm.wasi_config = context.config if context is not None else None
         sb._initial = sb.instantiated = sb.snapshot()
-        sb._wasm_reset = reset
+        sb.reset_mode = reset
         sb._ran = False
     except BaseException:
         sb.close()
@@ -606,11 +693,5 @@ def from_wasm(
     return sb
 
 
-__all__ = [
-    "WasmSandbox",
-    "WasmSnapshot",
-    "WasmTrap",
-    "WasmLinkError",
-    "WasmEngineError",
-    "from_wasm",
-]
+kinds.register("wasm", from_wasm)
+Sandbox.register(WasmSandbox)

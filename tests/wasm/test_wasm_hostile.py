@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 from support import GUESTS
 
-from sandbox import GuestProtocolError, HostFunctionError, Sandbox
+from sandbox import GuestProtocolError, HostFunctionError
 from sandbox.wasm import WasmSandbox
 from sandbox.wasm.module import load
 
@@ -41,7 +41,7 @@ def liar(guest_build: ModuleType, guest_dir: Path) -> Path:
 def test_lying_loads_are_refused(liar: Path, mode: int, error: type, text: str) -> None:
     module = load(wasmtime.wat2wasm(ADD))
     with WasmSandbox(engine=liar) as sb:
-        Sandbox.call(sb, "set_mode", mode)
+        sb.engine_sandbox.call("set_mode", mode)
         with pytest.raises(error, match=text):
             sb.load(module)
 
@@ -53,9 +53,9 @@ def test_lying_loads_are_refused(liar: Path, mode: int, error: type, text: str) 
 def test_lying_host_calls_are_refused(liar: Path, mode: int, text: str) -> None:
     module = load(wasmtime.wat2wasm(ADD))
     with WasmSandbox(engine=liar) as sb:
-        Sandbox.call(sb, "set_mode", 3)
+        sb.engine_sandbox.call("set_mode", 3)
         handle, _ = sb.load(module)
-        Sandbox.call(sb, "set_mode", mode)
+        sb.engine_sandbox.call("set_mode", mode)
         with pytest.raises(HostFunctionError, match=text):
             sb.instantiate(handle, module)
 
@@ -66,12 +66,12 @@ def test_lying_host_calls_are_refused(liar: Path, mode: int, text: str) -> None:
 def test_lying_results_are_refused(liar: Path, mode: int, text: str) -> None:
     module = load(wasmtime.wat2wasm(ADD))
     with WasmSandbox(engine=liar) as sb:
-        Sandbox.call(sb, "set_mode", 3)
+        sb.engine_sandbox.call("set_mode", 3)
         handle, _ = sb.load(module)
         instance = sb.instantiate(handle, module)
         assert sb.invoke(instance, "add", []) == [(0x7F, 0)]
-        Sandbox.call(sb, "set_mode", mode)
+        sb.engine_sandbox.call("set_mode", mode)
         with pytest.raises(GuestProtocolError, match=text):
             sb.invoke(instance, "add", [])
-        Sandbox.call(sb, "set_mode", 3)  # the host goes on
+        sb.engine_sandbox.call("set_mode", 3)  # the host goes on
         assert sb.invoke(instance, "add", []) == [(0x7F, 0)]

@@ -36,8 +36,8 @@ def sb(windows_guest: Path) -> Iterator[tuple[Sandbox, Windows]]:
         config=CONFIG,
         host_functions={"__wasm_grow": lambda w, p: holder[0].grow(w, p)},
     )
-    holder.append(Windows(box._memory, box.layout))
-    box._mmu_watch = holder[0].watch
+    holder.append(Windows(box.memory, box.layout))
+    box.watch_page_tables(holder[0].watch)
     with box:
         yield box, holder[0]
 

@@ -1,0 +1,37 @@
+"""Guest kinds beyond native guests, and how the `Sandbox` API reaches them.
+
+A native guest (an ELF built with the SDK) runs in a `Sandbox` directly. Other kinds run
+a native engine guest of their own and add their semantics on the host by composition:
+the Wasm kind (sandbox/wasm/) holds a Sandbox running the Wasm engine guest. A kind
+registers a factory here under its name when its package is imported
+(`sandbox/__init__.py` imports the kinds that ship with the runtime), and
+`Sandbox.from_<kind>` calls it; snapshots of a kind make their own sandboxes
+(`SpawnsSandbox.spawn`). So sandbox.py never imports a kind's package, and a new kind
+(an AOT-compiled Wasm tier, a Python guest) plugs in without touching it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .errors import ArgumentError
+
+Factory = Callable[..., Any]
+
+_factories: dict[str, Factory] = {}
+
+
+def register(name: str, factory: Factory) -> None:
+    """Makes `factory` the maker of sandboxes of guest kind `name`."""
+    _factories[name] = factory
+
+
+def factory(name: str) -> Factory:
+    """The factory registered for guest kind `name`. Raises ArgumentError if none is."""
+    try:
+        return _factories[name]
+    except KeyError:
+        raise ArgumentError(
+            f"no guest kind {name!r} is available (known: {', '.join(sorted(_factories))})"
+        ) from None

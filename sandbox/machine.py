@@ -1,0 +1,146 @@
+"""`Machine`: the micro-VM under a sandbox: its memory, its VM and its one vCPU.
+
+A machine boots into a given memory image and CPU state, runs until an exit Python must
+handle, saves its CPU state, and returns to a saved state exactly: `load` completes any
+exit the vCPU left pending before it loads registers (vcpu.py), copies back the written
+pages or maps another image (memory.py), reloads the FPU/SSE/AVX state and XCR0 where
+needed, and gives the guest a new random seed. It keeps no policy: when to reset, what
+a trap means and who may call are the sandbox's (sandbox.py). One owner for each native
+resource: the machine owns the memory, the VM and the vCPU, and closes them in order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from ._native import ffi, init_kick_signal
+from .cpu import CpuState, cpu_setup
+from .exits import Exit
+from .kvm import Kvm
+from .layout import Layout
+from .memory import GuestMemory, MemoryImage
+from .vcpu import Vcpu
+from .vm import Vm
+
+SLOT = 0  # guest memory is one slot at guest-physical 0
+SEED_OFFSET: int = ffi.offsetof("struct sbx_boot_info", "random_seed")
+
+
+def new_seed() -> bytes:
+    """A fresh random seed for the guest (never zero: zero means "no seed")."""
+    while True:
+        seed = os.urandom(8)
+        if any(seed):
+            return seed
+
+
+class Machine:
+    """A VM with one vCPU running in `memory` (see the module docstring)."""
+
+    def __init__(self, image: MemoryImage, cpu: CpuState, layout: Layout) -> None:
+        """Boots: maps `image` copy-on-write, creates the VM and the vCPU, and loads
+        `cpu` for the first run. Raises KvmError/KvmUnavailable."""
+        kvm = Kvm.shared()
+        init_kick_signal()
+        self.layout = layout
+        self.memory = GuestMemory(image)
+        self._vm: Vm | None = None
+        self._vcpu: Vcpu | None = None
+        # Guest ranges through which the host writes page-table entries (the Wasm
+        # windows): when a reset takes them back, KVM's shadow MMU is flushed.
+        self._page_table_watch: tuple[tuple[int, int], ...] = ()
+        try:
+            # Populate first: the seed then goes into a page already copied (no fault).
+            self.memory.prefault(layout.first_call_pages)
+            self.memory.write(layout.boot_info + SEED_OFFSET, new_seed())
+            vm = self._vm = kvm.create_vm()
+            vm.set_user_memory_region(SLOT, 0, layout.mem_size, self.memory.host_address)
+            vcpu = self._vcpu = vm.create_vcpu()
+            vcpu.set_cpuid2(kvm.supported_cpuid)
+            setup = cpu_setup()
+            self._xcr0: int | None = None
+            self._load_xcrs(cpu.xcrs if cpu.xcrs is not None else setup.xcrs)
+            if cpu.xsave is not None and not setup.is_reset_xsave(cpu.xsave):
+                vcpu.set_xsave(cpu.xsave)  # a new vCPU already has the reset state
+            # Registers through kvm_run's sync area: applied by the first KVM_RUN, which
+            # saves the two ioctls of KVM_SET_SREGS and KVM_SET_REGS (~6-8 us each here).
+            vcpu.load_state(cpu.regs, cpu.sregs)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def vcpu(self) -> Vcpu:
+        assert self._vcpu is not None, "the machine is closed"
+        return self._vcpu
+
+    def watch_page_tables(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Names guest ranges the host writes page-table entries through (a guest that
+        maps memory with the host's help, like the Wasm engine's windows): a reset that
+        changes them makes KVM drop its shadow mappings, since KVM tracks only the
+        guest's own writes to page tables."""
+        self._page_table_watch = tuple(ranges)
+
+    # -- running -----------------------------------------------------------------------
+
+    def run(self, timeout_ns: int) -> Exit:
+        """Runs the vCPU until an exit Python must handle."""
+        return self.vcpu.run(timeout_ns)
+
+    def save_cpu(self) -> CpuState:
+        """The vCPU's state, between runs (completes a pending exit first)."""
+        vcpu = self.vcpu
+        return CpuState(
+            vcpu.get_regs(),
+            vcpu.get_sregs(),
+            vcpu.get_xsave(),
+            vcpu.get_xcrs() if cpu_setup().xcrs is not None else None,
+        )
+
+    def load_cpu(self, cpu: CpuState) -> None:
+        """Loads `cpu` exactly for the next run (memory is left as it is): registers,
+        the FPU/SSE/AVX state, and XCR0 if it differs from the vCPU's."""
+        vcpu = self.vcpu
+        vcpu.load_state(cpu.regs, cpu.sregs)
+        vcpu.set_xsave(cpu.xsave if cpu.xsave is not None else cpu_setup().xsave)
+        self._load_xcrs(cpu.xcrs)
+
+    def _load_xcrs(self, xcrs: object) -> None:
+        # Ring 3 cannot change XCR0 (XSETBV is privileged): the vCPU keeps what was
+        # loaded last, so an equal value needs no ioctl.
+        xcr0 = cpu_setup().xcr0(xcrs)
+        if xcrs is not None and xcr0 != self._xcr0:
+            self.vcpu.set_xcrs(xcrs)
+            self._xcr0 = xcr0
+
+    def load(self, image: MemoryImage, cpu: CpuState) -> None:
+        """Returns to the state (`image`, `cpu`) exactly. Restoring the image the memory
+        maps now copies back only the pages written since; another image is mapped
+        afresh. The guest gets a new random seed."""
+        memory = self.memory
+        vm = self._vm
+        assert vm is not None
+        if image is memory.image:
+            flush = memory.differs_from_image(self._page_table_watch)
+            memory.reset()
+            if flush:
+                vm.flush_memory_region(SLOT)
+        else:
+            vm.remove_memory_region(SLOT)
+            memory.remap(image)
+            vm.set_user_memory_region(SLOT, 0, self.layout.mem_size, memory.host_address)
+            memory.prefault(self.layout.first_call_pages)
+        self.load_cpu(cpu)
+        memory.write(self.layout.boot_info + SEED_OFFSET, new_seed())
+
+    def close(self) -> None:
+        """Releases the vCPU, the VM and then the memory (KVM uses it until the VM is
+        gone). Idempotent."""
+        if self._vcpu is not None:
+            self._vcpu.close()
+            self._vcpu = None
+        if self._vm is not None:
+            self._vm.close()
+            self._vm = None
+        self.memory.close()

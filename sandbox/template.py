@@ -1,0 +1,72 @@
+"""`Template`: what every sandbox of one guest and config shares, built once and cached:
+the loaded guest image, its memory layout, the initial memory (system tables, page
+tables, the image and the boot info, in a sealed memfd that sandboxes map
+copy-on-write) and the initial vCPU state."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import SandboxConfig
+from .cpu import CpuState, cpu_setup
+from .elf import GuestImage, load_guest
+from .errors import ConfigError
+from .guests import is_bundled_name, resolve_guest
+from .layout import Layout
+from .memory import MemoryImage
+
+TEMPLATE_CACHE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Template:
+    """A guest file prepared for one config."""
+
+    image: GuestImage
+    layout: Layout
+    memory: MemoryImage  # the initial memory, boot info included (with a zero seed)
+    cpu: CpuState
+
+
+def prepare(guest: str | os.PathLike[str] | None, config: SandboxConfig) -> Template:
+    """The template of `guest` (a path or a bundled guest's name; None: the demo guest)
+    with `config`. Raises GuestNotFound, GuestAbiMismatch, ConfigError."""
+    if guest is None or (isinstance(guest, str) and is_bundled_name(guest)):
+        return _bundled(guest, config)
+    return _file(resolve_guest(guest), config)
+
+
+@functools.lru_cache(maxsize=TEMPLATE_CACHE_SIZE)
+def _bundled(guest: str | None, config: SandboxConfig) -> Template:
+    """Bundled guests are package files that do not change while the process runs."""
+    return _file(resolve_guest(guest), config)
+
+
+def _file(path: Path, config: SandboxConfig) -> Template:
+    st = os.stat(path)
+    return _build(str(path.resolve()), st.st_mtime_ns, st.st_size, config)
+
+
+@functools.lru_cache(maxsize=TEMPLATE_CACHE_SIZE)
+def _build(path: str, mtime_ns: int, size: int, config: SandboxConfig) -> Template:
+    """Keyed by the file's identity, so a rebuilt guest file is loaded again."""
+    image = load_guest(path)
+    try:
+        layout = Layout.compute(
+            mem_size=config.memory_size,
+            image_size=image.span,
+            in_size=config.input_buffer_size,
+            out_size=config.output_buffer_size,
+            stack_size=config.stack_size,
+            heap_size=config.heap_size,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    pieces = layout.build_template(image.load(layout.image_base))
+    pieces.append((layout.boot_info, layout.boot_info_bytes(0)))
+    memory = MemoryImage(layout.mem_size, pieces)
+    cpu = cpu_setup().initial_state(layout, layout.image_base + image.entry)
+    return Template(image, layout, memory, cpu)
