@@ -394,11 +394,60 @@ def test_stdout_and_stderr_are_captured_with_gather() -> None:
     assert g.ctx.stderr == b"oops"
 
 
-def test_capture_limit_gives_a_short_write_then_enospc() -> None:
-    g = Guest(WasiContext(WasiConfig(capture_limit=10)))
-    assert g.write(1, b"0123456789abc") == (0, 10)
-    assert g.write(1, b"x")[0] == Errno.NOSPC
+def test_output_limit_keeps_the_start_and_marks_the_capture_truncated() -> None:
+    g = Guest(WasiContext(WasiConfig(output_limit=10)))
+    assert WasiConfig().output_limit == 1 << 20
+    assert not g.ctx.truncated
+    assert g.write(1, b"0123456789") == (0, 10)  # exactly the limit: nothing dropped
+    assert not g.ctx.truncated
+    marks = g.ctx.output_marks()
+    # Past the limit every write still succeeds in full: the program must not retry.
+    assert g.write(1, b"abc") == (0, 3)
+    assert g.write(1, b"x") == (0, 1)
+    assert g.write(2, b"err") == (0, 3)
     assert g.ctx.stdout == b"0123456789"
+    assert g.ctx.truncated
+    assert g.ctx.output_since(marks) == (b"", b"err")
+    assert g.ctx.output_truncated_since(marks) == (True, False)
+    assert g.ctx.output_truncated_since(g.ctx.output_marks()) == (False, False)
+    g.ctx.clear_output()
+    assert not g.ctx.truncated and g.ctx.stdout == b""
+    assert g.write(1, b"0123456789abc") == (0, 13)
+    assert g.ctx.stdout == b"0123456789" and g.ctx.truncated
+    # The earlier name of the setting is still accepted.
+    assert WasiConfig(capture_limit=5).output_limit == 5
+    assert WasiConfig(capture_limit=5).capture_limit == 5
+
+
+def test_output_flood_is_linear_and_bounded() -> None:
+    """50 MiB written in 4 KiB writes and in 1 MiB writes: every write succeeds in full,
+    the capture keeps the first output_limit bytes, it takes well under a second, and the
+    host allocates about the limit, not the flood."""
+    import tracemalloc
+
+    limit = 1 << 20
+    for chunk in (4096, 1 << 20):
+        g = Guest(WasiContext(WasiConfig(output_limit=limit)), size=(1 << 20) + (1 << 16))
+        iov = g.alloc(8)
+        out = g.alloc(4)
+        buf, n = g.put(bytes(range(256)) * (chunk // 256))
+        struct.pack_into("<II", g.mem.data, iov, buf, n)
+        tracemalloc.start()
+        try:
+            t0 = time.perf_counter()
+            total = 0
+            for _ in range((50 << 20) // chunk):
+                assert g.call("fd_write", 1, iov, 1, out) == 0
+                total += g.u32(out)
+            elapsed = time.perf_counter() - t0
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert total == 50 << 20
+        assert g.ctx.stdout == (bytes(range(256)) * (limit // 256))[:limit]
+        assert g.ctx.truncated
+        assert elapsed < 5.0, f"{chunk}-byte writes: {elapsed:.2f} s"
+        assert peak < 4 * limit, f"{chunk}-byte writes: peak {peak} bytes"
 
 
 def test_discarded_output_and_stdin_bytes_with_scatter() -> None:

@@ -49,7 +49,9 @@ UTF-8 gives EILSEQ (25); a path longer than 4096 bytes ENAMETOOLONG (37); an fd 
 not open EBADF (8); an operation the descriptor has no right for ENOTCAPABLE (76); host
 errors map to the WASI errno of the same name (EIO when there is none). fd_read/fd_write
 move at most 4 MiB per call (a short count, as POSIX allows). Captured stdout/stderr
-hold at most `capture_limit` bytes each; beyond it fd_write returns ENOSPC. More than
+keep the first `output_limit` bytes each (default 1 MiB): what comes after is dropped,
+the capture is marked truncated (`WasiContext.truncated`, `output_truncated_since`), and
+fd_write still reports every byte written, so that a program neither retries nor fails. More than
 `max_open_files` descriptors: EMFILE. Where wasmtime's own WASI differs: it traps on a
 bad pointer or an invalid enum value (here EFAULT / EINVAL) and gives EPERM for a write
 into a read-only directory (here ENOTCAPABLE); otherwise compiled programs behave the

@@ -5,7 +5,7 @@ models."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBytes, field_validator, model_validator
 
@@ -55,8 +55,11 @@ class WasiConfig(BaseModel):
         "capture", description="fd 2: kept in WasiContext.stderr, the host's fd 2, or dropped"
     )
     preopens: list[Preopen] = Field(default_factory=list, description="fds 3, 4, ... in order")
-    capture_limit: int = Field(
-        16 * MiB, description="bytes kept per captured stream; beyond it fd_write gives ENOSPC"
+    output_limit: int = Field(
+        MiB,
+        description="bytes kept per captured stream (stdout, stderr); what the program "
+        "writes beyond it is dropped and the capture marked truncated (the writes still "
+        "succeed)",
     )
     max_open_files: int = Field(1024, description="descriptors open at once (EMFILE beyond)")
     random_seed: int | None = Field(
@@ -70,6 +73,23 @@ class WasiConfig(BaseModel):
     virtual_epoch_ns: int = Field(
         1_700_000_000 * 10**9, description="realtime clock of a virtual clock at the start"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _capture_limit_alias(cls, data: Any) -> Any:
+        # `capture_limit` is the earlier name of output_limit, still accepted.
+        if isinstance(data, dict) and "capture_limit" in data:
+            data = dict(data)
+            limit = data.pop("capture_limit")
+            if "output_limit" in data:
+                raise ValueError("give output_limit or capture_limit (its old name), not both")
+            data["output_limit"] = limit
+        return data
+
+    @property
+    def capture_limit(self) -> int:
+        """The earlier name of output_limit."""
+        return self.output_limit
 
     @field_validator("args")
     @classmethod
@@ -92,9 +112,9 @@ class WasiConfig(BaseModel):
             _check_utf8(value)
         return v
 
-    @field_validator("capture_limit")
+    @field_validator("output_limit")
     @classmethod
-    def _capture_limit(cls, v: int) -> int:
+    def _output_limit(cls, v: int) -> int:
         if v < 0:
             raise ValueError("must be a number of bytes, 0 or more")
         return v

@@ -151,15 +151,30 @@ class WasiContext:
         return self._state.stderr.data
 
     def output_marks(self) -> tuple[int, int]:
-        """Where the captured stdout and stderr end now (see output_since)."""
+        """Where the captured stdout and stderr end now (see output_since): offsets in
+        all the program wrote to each since the captures were last cleared."""
         return self._state.stdout.mark(), self._state.stderr.mark()
 
     def output_since(self, marks: tuple[int, int]) -> tuple[bytes, bytes]:
         """The captured stdout and stderr written after `marks` (from output_marks)."""
         return self._state.stdout.since(marks[0]), self._state.stderr.since(marks[1])
 
+    def output_truncated_since(self, marks: tuple[int, int]) -> tuple[bool, bool]:
+        """Whether some of the stdout and of the stderr written after `marks` was dropped
+        because the capture was full (`WasiConfig.output_limit`)."""
+        return (
+            self._state.stdout.truncated_since(marks[0]),
+            self._state.stderr.truncated_since(marks[1]),
+        )
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the captured stdout or stderr dropped output (it reached
+        `WasiConfig.output_limit`) since the captures were last cleared."""
+        return self._state.stdout.truncated or self._state.stderr.truncated
+
     def clear_output(self) -> None:
-        """Empties the captured stdout and stderr."""
+        """Empties the captured stdout and stderr (and forgets that they were truncated)."""
         self._state.stdout.clear()
         self._state.stderr.clear()
 

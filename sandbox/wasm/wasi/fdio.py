@@ -40,17 +40,22 @@ def _read(s: WasiState, e: Descriptor, n: int, offset: int | None) -> bytes:
 
 
 def _write_stdio(s: WasiState, e: Descriptor, mem: GuardedMemory, vecs: Iovecs) -> int:
+    """Writes to fd 1 or 2. A captured stream reads from the program's memory only what it
+    keeps; past its limit a write still succeeds in full (the program must not retry or
+    fail), and only the capture records the truncation."""
     mode = s.config.stdout if e.kind == "stdout" else s.config.stderr
-    if mode == "discard":
-        probe(mem, vecs)
-        return transfer_size(vecs)
-    data = gather(mem, vecs)
     if mode == "inherit":
+        data = gather(mem, vecs)
         view = memoryview(data)
         while view:
             view = view[os.write(1 if e.kind == "stdout" else 2, view) :]
         return len(data)
-    return (s.stdout if e.kind == "stdout" else s.stderr).write(data)
+    probe(mem, vecs)
+    size = transfer_size(vecs)
+    if mode == "capture":
+        capture = s.stdout if e.kind == "stdout" else s.stderr
+        capture.append(gather(mem, vecs, capture.room), size)
+    return size
 
 
 def _readv(

@@ -49,32 +49,52 @@ class Stdin:
 
 
 class Capture:
-    """A captured output stream (fd 1 or 2), holding at most `limit` bytes: a write that
-    does not fit is short, and one into a full capture gives ENOSPC."""
+    """A captured output stream (fd 1 or 2). Keeps the first `limit` bytes the program
+    writes; the rest is counted and dropped, and the capture is then `truncated`. Bytes
+    are appended in place, so a flood costs time linear in what is written and memory
+    bounded by the limit. Marks are offsets in everything written since the last clear
+    (kept or dropped), so they stay meaningful past the limit."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._kept = bytearray()  # appended in place: linear in what is kept
+        self._kept = bytearray()
+        self._written = 0  # bytes written since the last clear, kept or dropped
 
-    def write(self, data: bytes) -> int:
-        room = self.limit - len(self._kept)
-        if data and room <= 0:
-            raise Fail(Errno.NOSPC)
-        self._kept += data[:room]
-        return min(len(data), room)
+    @property
+    def room(self) -> int:
+        """How many more bytes would be kept."""
+        return max(self.limit - len(self._kept), 0)
+
+    def append(self, head: bytes, size: int) -> None:
+        """Records a write of `size` bytes whose first bytes are `head` (the caller reads
+        at most `room` of them from the program's memory; the rest is only counted)."""
+        self._kept += head[: self.room]
+        self._written += size
 
     @property
     def data(self) -> bytes:
         return bytes(self._kept)
 
+    @property
+    def truncated(self) -> bool:
+        """Whether output was dropped since the last clear."""
+        return self._written > len(self._kept)
+
     def mark(self) -> int:
-        return len(self._kept)
+        return self._written
 
     def since(self, mark: int) -> bytes:
-        return bytes(self._kept[mark:])
+        """What was kept of the output written after `mark`."""
+        return bytes(self._kept[min(mark, len(self._kept)) :])
+
+    def truncated_since(self, mark: int) -> bool:
+        """Whether some of the output written after `mark` was dropped."""
+        kept_since = len(self._kept) - min(mark, len(self._kept))
+        return self._written - mark > kept_since
 
     def clear(self) -> None:
         self._kept.clear()
+        self._written = 0
 
 
 # WASI clock id -> the host clock that serves it. Both CPU-time clocks read the CPU time
@@ -161,8 +181,8 @@ class WasiState:
             config=config,
             fds=DescriptorTable(config.preopens, config.max_open_files),
             stdin=Stdin(config),
-            stdout=Capture(config.capture_limit),
-            stderr=Capture(config.capture_limit),
+            stdout=Capture(config.output_limit),
+            stderr=Capture(config.output_limit),
             clock=Clock(config),
             rng=random.Random(config.random_seed) if config.random_seed is not None else None,
             args=[a.encode() + b"\0" for a in config.args],
