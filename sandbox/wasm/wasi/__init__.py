@@ -55,7 +55,7 @@ fd_write still reports every byte written, so that a program neither retries nor
 `max_open_files` descriptors: EMFILE. Where wasmtime's own WASI differs: it traps on a
 bad pointer or an invalid enum value (here EFAULT / EINVAL) and gives EPERM for a write
 into a read-only directory (here ENOTCAPABLE); otherwise compiled programs behave the
-same (tests/wasm/test_wasi.py runs them under both).
+same (tests/wasm/test_wasi_programs.py runs them under both).
 
 Confinement: every path is resolved by this module one component at a time, starting at
 the directory descriptor the guest names, with O_NOFOLLOW opens; the kernel never follows
