@@ -634,10 +634,10 @@ NOISY_SPREAD = 0.25  # floor readings of one scenario further apart than this: n
 
 
 def _formatters() -> tuple[Callable[[float, str], str], Callable[[float], str]]:
-    """The report's number formats (sandbox/benchmark.py), or plain ones when the package
-    cannot be imported (then every scenario was skipped anyway)."""
+    """The report's number formats (benches/report/), or plain ones when it cannot be
+    imported (it needs the package: then every scenario was skipped anyway)."""
     try:
-        from sandbox.benchmark import format_ratio, format_value
+        from report import format_ratio, format_value
     except ImportError:
         return (lambda value, unit: f"{value:.1f} {unit}"), (lambda ratio: f"{ratio:.2f}")
     return format_value, format_ratio
@@ -724,7 +724,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Writes --bench-rows: every row (skipped ones with their reasons) and the run's
-    settings. The contract with sandbox/benchmark.py's report: ROWS_FORMAT, `themes`
+    settings. The contract with the report (benches/report/): ROWS_FORMAT, `themes`
     (key -> title, in report order), per row the keys of Row.as_dict, and `skipped_tests`
     (test id and reason of every skipped test, rows or not)."""
     config = session.config
