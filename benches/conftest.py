@@ -189,9 +189,7 @@ def _pinned(pytestconfig: pytest.Config, _kvm_usable: None) -> Iterator[int | No
 
 def _run_json(exe: Path, *args: int) -> dict[str, Any]:
     """Runs a floor program and returns the JSON object on its last line of output."""
-    proc = subprocess.run(
-        [str(exe), *map(str, args)], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(
             f"{exe.name} failed (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout}"
@@ -220,9 +218,7 @@ class Floor:
 
 
 def _compile(gcc: str, source: Path, exe: Path) -> None:
-    proc = subprocess.run(
-        [gcc, "-O2", "-o", str(exe), str(source)], capture_output=True, text=True
-    )
+    proc = subprocess.run([gcc, "-O2", "-o", str(exe), str(source)], capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.fail(f"compiling {source} failed:\n{proc.stderr}", pytrace=False)
 
