@@ -13,9 +13,10 @@ SOURCES := pyproject.toml setup.py $(wildcard native/*) $(wildcard guests/*/*.[c
 demo: install
 	$(PY) -m sandbox demo
 
-# The tests, then the benchmark suite in quick mode as a smoke test: it must run and write
-# its report; times are not asserted (machines are shared and noisy).
-test: install
+# The static checks (mypy strict, ruff: `make check`), the tests, then the benchmark suite
+# in quick mode as a smoke test: it must run and write its report; times are not asserted
+# (machines are shared and noisy).
+test: install check
 	$(PY) -m pytest
 	$(PY) -m sandbox bench --quick --out $(BENCH_SMOKE)
 	test -s $(BENCH_SMOKE)/report.md && test -s $(BENCH_SMOKE)/ratios.png
@@ -24,9 +25,14 @@ bench: install
 	$(PY) -m pip install --quiet -e '.[dev,peers]' || echo "bench: optional peers not installed"
 	$(PY) -m sandbox bench
 
+# Everything Python in the repository: the package, the tests, the benchmarks and their
+# report tooling, and the guest build and the Wasm engine's native test tools.
+LINTED := sandbox tests benches guests/build.py $(wildcard guests/wasm/native/*.py)
+
 check: install
 	$(PY) -m mypy
-	$(PY) -m ruff check sandbox tests benches
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
 
 install: $(VENV)/.installed
 

@@ -64,8 +64,14 @@ def _restore_times(sb: Sandbox, snap: Any, rounds: int) -> list[float]:
 def test_restore_cost_independent_of_memory_size(bench):
     s = bench.settings
     rounds = max(200, s.call_rounds // 5)
-    small = Sandbox(config=SandboxConfig(memory_size=2 * MiB, stack_size=64 << 10,
-                                         input_buffer_size=64 << 10, output_buffer_size=64 << 10))
+    small = Sandbox(
+        config=SandboxConfig(
+            memory_size=2 * MiB,
+            stack_size=64 << 10,
+            input_buffer_size=64 << 10,
+            output_buffer_size=64 << 10,
+        )
+    )
     big = Sandbox(config=SandboxConfig(memory_size=256 * MiB))
     try:
         snaps = {}
@@ -83,7 +89,11 @@ def test_restore_cost_independent_of_memory_size(bench):
         bench.benchmark.pedantic(big.restore, args=(snaps[id(big)],), rounds=1, iterations=1)
         bench.report(
             f"restore 256 MiB vs 2 MiB ({DIRTY_PAGES} pages dirty)",
-            big_us, small_us, "restore of a 2 MiB sandbox", 1.3, kind="ours",
+            big_us,
+            small_us,
+            "restore of a 2 MiB sandbox",
+            1.3,
+            kind="ours",
         )
     finally:
         small.close()
@@ -164,11 +174,12 @@ def test_pool_call(bench, threads):
     if bench.benchmark.stats is None:
         return
     per_call = bench.benchmark.stats.stats.median / calls * 1e6
-    floor = statistics.median(
-        [floor_before["exit_roundtrip_us"], floor_after["exit_roundtrip_us"]]
-    )
+    floor = statistics.median([floor_before["exit_roundtrip_us"], floor_after["exit_roundtrip_us"]])
     bench.benchmark.extra_info["calls_per_second"] = 1e6 / per_call
     bench.report(
         f"pool.call, {threads} thread(s): us per call ({1e6 / per_call:,.0f} calls/s)",
-        per_call, floor, "exit_roundtrip_us", 2.0,
+        per_call,
+        floor,
+        "exit_roundtrip_us",
+        2.0,
     )

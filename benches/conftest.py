@@ -189,9 +189,7 @@ def _pinned(pytestconfig: pytest.Config, _kvm_usable: None) -> Iterator[int | No
 
 def _run_json(exe: Path, *args: int) -> dict[str, Any]:
     """Runs a floor program and returns the JSON object on its last line of output."""
-    proc = subprocess.run(
-        [str(exe), *map(str, args)], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(
             f"{exe.name} failed (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout}"
@@ -220,9 +218,7 @@ class Floor:
 
 
 def _compile(gcc: str, source: Path, exe: Path) -> None:
-    proc = subprocess.run(
-        [gcc, "-O2", "-o", str(exe), str(source)], capture_output=True, text=True
-    )
+    proc = subprocess.run([gcc, "-O2", "-o", str(exe), str(source)], capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.fail(f"compiling {source} failed:\n{proc.stderr}", pytrace=False)
 
@@ -634,10 +630,10 @@ NOISY_SPREAD = 0.25  # floor readings of one scenario further apart than this: n
 
 
 def _formatters() -> tuple[Callable[[float, str], str], Callable[[float], str]]:
-    """The report's number formats (sandbox/benchmark.py), or plain ones when the package
-    cannot be imported (then every scenario was skipped anyway)."""
+    """The report's number formats (benches/report/), or plain ones when it cannot be
+    imported (it needs the package: then every scenario was skipped anyway)."""
     try:
-        from sandbox.benchmark import format_ratio, format_value
+        from report import format_ratio, format_value
     except ImportError:
         return (lambda value, unit: f"{value:.1f} {unit}"), (lambda ratio: f"{ratio:.2f}")
     return format_value, format_ratio
@@ -724,7 +720,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Writes --bench-rows: every row (skipped ones with their reasons) and the run's
-    settings. The contract with sandbox/benchmark.py's report: ROWS_FORMAT, `themes`
+    settings. The contract with the report (benches/report/): ROWS_FORMAT, `themes`
     (key -> title, in report order), per row the keys of Row.as_dict, and `skipped_tests`
     (test id and reason of every skipped test, rows or not)."""
     config = session.config

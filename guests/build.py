@@ -47,7 +47,10 @@ LDFLAGS = [
 ]
 
 # The guests bundled with the package: name -> sources relative to GUESTS_DIR.
-BUNDLED = {"demo": ["demo/demo.c"], "wasm": sorted(f"wasm/{p.name}" for p in (GUESTS_DIR / "wasm").glob("*.c"))}
+BUNDLED = {
+    "demo": ["demo/demo.c"],
+    "wasm": sorted(f"wasm/{p.name}" for p in (GUESTS_DIR / "wasm").glob("*.c")),
+}
 
 
 class GuestBuildError(RuntimeError):

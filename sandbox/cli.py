@@ -310,9 +310,22 @@ def cmd_build_guest(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .benchmark import run_bench
+    # The suite and its report tooling are development tools: they live in the source
+    # checkout's benches/ (benches/report/), not in the runtime package.
+    benches = Path(__file__).resolve().parent.parent / "benches"
+    if not (benches / "report" / "__init__.py").is_file():
+        print(
+            f"error: `python -m sandbox bench` runs the benchmark suite of a source checkout "
+            f"and there is none at {benches}: run it from a clone of the repository with the "
+            "package installed in place (pip install -e '.[dev]')",
+            file=sys.stderr,
+        )
+        return 2
+    import importlib
 
-    return run_bench(args.quick, args.out)
+    sys.path.insert(0, str(benches))
+    report = importlib.import_module("report")
+    return int(report.run_bench(args.quick, args.out))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -100,18 +100,44 @@ def _wanted(req: Requirement, extras: Iterable[str], env: dict[str, str] | None)
     return any(req.marker.evaluate({**(env or {}), "extra": extra}) for extra in ("", *extras))
 
 
+def _is_self(req: Requirement) -> bool:
+    return canonicalize_name(req.name) == canonicalize_name(DIST_NAME)
+
+
+def expanded_extras(extras: Sequence[str], env: dict[str, str] | None = None) -> tuple[str, ...]:
+    """`extras` and every extra they pull in through a self-reference (the `host` extra
+    requires `kvm-sandbox[wasm]`: then `wasm` too), sorted."""
+    requires = [Requirement(text) for text in root_distribution().requires or []]
+    chosen = set(extras)
+    grew = True
+    while grew:
+        grew = False
+        for req in requires:
+            if _is_self(req) and _wanted(req, sorted(chosen), env) and not req.extras <= chosen:
+                chosen |= req.extras
+                grew = True
+    return tuple(sorted(chosen))
+
+
 def root_requirements(
     version: str, extras: Sequence[str], extra_requirements: Sequence[str] = ()
 ) -> list[str]:
-    """kvm-sandbox's requirements (base and `extras`) and `extra_requirements` that apply
-    to CPython `version`, as strings without markers (evaluated for the target)."""
+    """kvm-sandbox's requirements (base and `extras`, with the extras those name through
+    a self-reference such as `kvm-sandbox[wasm]`) and `extra_requirements` that apply to
+    CPython `version`, as strings without markers (evaluated for the target). The
+    self-references themselves are not among them: kvm-sandbox is not on any index, it
+    is copied from this installation (copy_sandbox_package)."""
     env = target_environment(version)
+    all_extras = expanded_extras(extras, env)
     out = []
     for text in [*(root_distribution().requires or []), *extra_requirements]:
         req = Requirement(text)
-        if _wanted(req, extras, env):
+        if _is_self(req):
+            continue
+        if _wanted(req, all_extras, env):
             req.marker = None
-            out.append(str(req))
+            if str(req) not in out:
+                out.append(str(req))
     return out
 
 

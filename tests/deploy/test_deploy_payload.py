@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from sandbox.deploy import checks, flatcar, payload
@@ -66,6 +67,19 @@ def test_requirements_for_another_python() -> None:
     reqs = payload.root_requirements("3.13", (), ['tomli; python_version < "3.11"', "anyio"])
     assert "anyio" in reqs and not any(r.startswith("tomli") for r in reqs)
     assert any(r.startswith("pydantic") for r in reqs)
+
+
+def test_self_referencing_extras_are_expanded_not_handed_to_pip() -> None:
+    """The `host` extra requires `kvm-sandbox[wasm]`: pip gets wasm's requirements, never
+    kvm-sandbox itself (it is on no index; the package is copied from here)."""
+    if "host" not in payload.chosen_extras(None):
+        pytest.skip("this kvm-sandbox has no host extra")
+    assert payload.expanded_extras(("host",)) == ("host", "wasm")
+    reqs = payload.root_requirements("3.13", ("host",))
+    names = {canonicalize_name(Requirement(r).name) for r in reqs}
+    assert payload.DIST_NAME not in names
+    assert {"wasmtime", "fastapi", "uvicorn", "pydantic", "cffi"} <= names
+    assert len(reqs) == len(set(reqs))
 
 
 def test_environment_closure_is_complete() -> None:

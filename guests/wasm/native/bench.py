@@ -21,8 +21,20 @@ def main() -> int:
     lib = sys.argv[1] if len(sys.argv) > 1 else "/tmp/wasm-native/libwasmengine.so"
     src = HERE.parents[2] / "benches" / "wasm" / "kernels.c"
     out = Path(tempfile.mkdtemp()) / "kernels.wasm"
-    subprocess.run(["clang", "--target=wasm32", "-O2", "-mbulk-memory", "-nostdlib",
-                    "-Wl,--no-entry", "-o", str(out), str(src)], check=True)
+    subprocess.run(
+        [
+            "clang",
+            "--target=wasm32",
+            "-O2",
+            "-mbulk-memory",
+            "-nostdlib",
+            "-Wl,--no-entry",
+            "-o",
+            str(out),
+            str(src),
+        ],
+        check=True,
+    )
     data = out.read_bytes()
     eng = runner.Engine(lib)
     st, payload = eng.load(data)
@@ -50,8 +62,10 @@ def main() -> int:
             wbest = min(wbest, time.perf_counter() - t)
         mask = (1 << 64) - 1
         same = (ours & mask) == (ref & mask) or (ours & 0xFFFFFFFF) == (ref & 0xFFFFFFFF)
-        print(f"{name:8s} ours {best * 1e3:8.2f} ms  wasmtime {wbest * 1e3:8.2f} ms  "
-              f"ratio {best / wbest:5.2f}x  {'ok' if same else f'MISMATCH {ours} {ref}'}")
+        print(
+            f"{name:8s} ours {best * 1e3:8.2f} ms  wasmtime {wbest * 1e3:8.2f} ms  "
+            f"ratio {best / wbest:5.2f}x  {'ok' if same else f'MISMATCH {ours} {ref}'}"
+        )
     return 0
 
 

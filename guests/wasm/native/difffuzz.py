@@ -19,7 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fuzz  # noqa: E402
 import runner  # noqa: E402
-
 import wasmtime  # noqa: E402
 
 CODES = {"i32": 0x7F, "i64": 0x7E, "f32": 0x7D, "f64": 0x7C, "funcref": 0x70, "externref": 0x6F}
@@ -28,9 +27,17 @@ CODES = {"i32": 0x7F, "i64": 0x7E, "f32": 0x7D, "f64": 0x7C, "funcref": 0x70, "e
 def engine() -> wasmtime.Engine:
     cfg = wasmtime.Config()
     cfg.consume_fuel = True
-    for f in ("wasm_simd", "wasm_relaxed_simd", "wasm_threads", "wasm_multi_memory",
-              "wasm_memory64", "wasm_tail_call", "wasm_gc", "wasm_function_references",
-              "wasm_exceptions"):
+    for f in (
+        "wasm_simd",
+        "wasm_relaxed_simd",
+        "wasm_threads",
+        "wasm_multi_memory",
+        "wasm_memory64",
+        "wasm_tail_call",
+        "wasm_gc",
+        "wasm_function_references",
+        "wasm_exceptions",
+    ):
         try:
             setattr(cfg, f, False)
         except Exception:
@@ -120,13 +127,18 @@ def main() -> int:
                 continue
             args = bytes([len(params)])
             for p in params:
-                args += bytes([CODES[p]]) + struct.pack("<Q", runner.NULL if p.endswith("ref") else 0)
+                args += bytes([CODES[p]]) + struct.pack(
+                    "<Q", runner.NULL if p.endswith("ref") else 0
+                )
             wargs = [None if p.endswith("ref") else (0.0 if p[0] == "f" else 0) for p in params]
             try:
                 wres = exports[e.name](store, *wargs)
                 nres = len(e.type.results)
                 wres = [wres] if nres == 1 else ([] if nres == 0 else list(wres))
-                wout = ("OK", [norm(CODES[str(t)], v) for t, v in zip(e.type.results, wres)])
+                wout = (
+                    "OK",
+                    [norm(CODES[str(t)], v) for t, v in zip(e.type.results, wres, strict=True)],
+                )
             except wasmtime.Trap as exc:
                 msg = str(exc)
                 if "fuel" in msg or "stack" in msg:

@@ -19,7 +19,9 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         op = rng.random()
         if op < 0.5 and b:
             i = rng.randrange(len(b))
-            b[i] = rng.choice([0, 0x7F, 0x80, 0xFF, rng.randrange(256), b[i] ^ (1 << rng.randrange(8))])
+            b[i] = rng.choice(
+                [0, 0x7F, 0x80, 0xFF, rng.randrange(256), b[i] ^ (1 << rng.randrange(8))]
+            )
         elif op < 0.7 and b:
             del b[rng.randrange(len(b)) :]
         elif op < 0.85:

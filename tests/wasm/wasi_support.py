@@ -1,0 +1,246 @@
+"""Helpers of the WASI unit tests (tests/wasm/test_wasi_*.py): a linear memory made of a
+bytearray, a `Guest` that plays the program (allocates in that memory and calls WASI
+functions), the WASI context over the `tree` fixture's directories, and clang for
+wasm32-wasi."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sandbox.wasm.wasi import MemoryOutOfBounds, Preopen, WasiConfig, WasiContext
+
+WASI_HEADER = Path("/usr/include/wasm32-wasi/wasi/api.h")
+ALL_RIGHTS = (1 << 30) - 1
+O_CREAT, O_DIRECTORY, O_EXCL, O_TRUNC = 1, 2, 4, 8
+FOLLOW = 1
+FILESTAT = struct.Struct("<QQBxxxxxxxQQQQQ")
+FDSTAT = struct.Struct("<BxHxxxxQQ")
+DIRENT = struct.Struct("<QQIBxxx")
+
+
+class Memory:
+    """A linear memory: a bytearray with the LinearMemory contract (out of bounds raises
+    MemoryOutOfBounds)."""
+
+    def __init__(self, size: int = 1 << 20) -> None:
+        self.data = bytearray(size)
+
+    def read(self, addr: int, size: int) -> bytes:
+        if addr < 0 or size < 0 or addr + size > len(self.data):
+            raise MemoryOutOfBounds(f"{size} bytes at {addr:#x}")
+        return bytes(self.data[addr : addr + size])
+
+    def write(self, addr: int, data: bytes) -> None:
+        if addr < 0 or addr + len(data) > len(self.data):
+            raise MemoryOutOfBounds(f"{len(data)} bytes at {addr:#x}")
+        self.data[addr : addr + len(data)] = data
+
+
+class Guest:
+    """Plays the program: allocates in its memory and calls WASI functions."""
+
+    def __init__(self, ctx: WasiContext, size: int = 1 << 20) -> None:
+        self.ctx = ctx
+        self.mem = Memory(size)
+        self.top = 1024
+
+    def alloc(self, size: int) -> int:
+        addr = self.top
+        self.top += (size + 7) & ~7
+        assert self.top <= len(self.mem.data)
+        return addr
+
+    def put(self, data: bytes) -> tuple[int, int]:
+        addr = self.alloc(len(data))
+        self.mem.write(addr, data)
+        return addr, len(data)
+
+    def u32(self, addr: int) -> int:
+        return int(struct.unpack_from("<I", self.mem.data, addr)[0])
+
+    def u64(self, addr: int) -> int:
+        return int(struct.unpack_from("<Q", self.mem.data, addr)[0])
+
+    def call(self, name: str, *args: int) -> int:
+        result = self.ctx.functions[name].call(self.mem, *args)
+        assert isinstance(result, int)
+        return result
+
+    def open(
+        self,
+        path: str,
+        dirfd: int = 3,
+        oflags: int = 0,
+        rights: int = ALL_RIGHTS,
+        fdflags: int = 0,
+        lookup: int = FOLLOW,
+    ) -> tuple[int, int]:
+        p, n = self.put(path.encode())
+        out = self.alloc(4)
+        err = self.call("path_open", dirfd, lookup, p, n, oflags, rights, rights, fdflags, out)
+        return err, self.u32(out) if err == 0 else -1
+
+    def write(self, fd: int, *chunks: bytes) -> tuple[int, int]:
+        iovs = self.alloc(8 * len(chunks))
+        for i, chunk in enumerate(chunks):
+            addr, n = self.put(chunk)
+            struct.pack_into("<II", self.mem.data, iovs + 8 * i, addr, n)
+        out = self.alloc(4)
+        err = self.call("fd_write", fd, iovs, len(chunks), out)
+        return err, self.u32(out)
+
+    def read(self, fd: int, *sizes: int) -> tuple[int, list[bytes]]:
+        iovs = self.alloc(8 * len(sizes))
+        bufs = []
+        for i, size in enumerate(sizes):
+            addr = self.alloc(size)
+            bufs.append((addr, size))
+            struct.pack_into("<II", self.mem.data, iovs + 8 * i, addr, size)
+        out = self.alloc(4)
+        err = self.call("fd_read", fd, iovs, len(sizes), out)
+        if err:
+            return err, []
+        left = self.u32(out)
+        pieces = []
+        for addr, size in bufs:
+            take = min(size, left)
+            pieces.append(bytes(self.mem.data[addr : addr + take]))
+            left -= take
+        return 0, pieces
+
+    def path_call(self, name: str, path: str, dirfd: int = 3) -> int:
+        p, n = self.put(path.encode())
+        return self.call(name, dirfd, p, n)
+
+    def filestat(self, path: str, dirfd: int = 3, lookup: int = FOLLOW) -> tuple[int, tuple]:
+        p, n = self.put(path.encode())
+        buf = self.alloc(64)
+        err = self.call("path_filestat_get", dirfd, lookup, p, n, buf)
+        return err, FILESTAT.unpack_from(self.mem.data, buf) if err == 0 else ()
+
+    def readdir(self, fd: int, size: int = 4096, cookie: int = 0) -> tuple[int, bytes]:
+        buf = self.alloc(size)
+        used = self.alloc(4)
+        err = self.call("fd_readdir", fd, buf, size, cookie, used)
+        return err, bytes(self.mem.data[buf : buf + self.u32(used)])
+
+
+def parse_dirents(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    entries = []
+    offset = 0
+    while offset + DIRENT.size <= len(data):
+        cookie, ino, namlen, kind = DIRENT.unpack_from(data, offset)
+        name = data[offset + DIRENT.size : offset + DIRENT.size + namlen]
+        if len(name) < namlen:
+            break
+        entries.append((cookie, ino, kind, name))
+        offset += DIRENT.size + namlen
+    return entries
+
+
+def make(tree: Path, **kwargs: object) -> Guest:
+    config = WasiConfig(
+        preopens=[
+            Preopen(host_path=tree / "data", guest_path="/data", read_only=False),
+            Preopen(host_path=tree / "ro", guest_path="/ro"),
+        ],
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return Guest(WasiContext(config))
+
+
+def snapshot(root: Path) -> dict[str, bytes | str]:
+    out: dict[str, bytes | str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = "-> " + os.readlink(p)
+            elif p.is_file():
+                out[rel] = p.read_bytes()
+            else:
+                out[rel] = "dir"
+    return out
+
+
+WASI_FUNCTIONS = [
+    "args_get",
+    "args_sizes_get",
+    "environ_get",
+    "environ_sizes_get",
+    "clock_res_get",
+    "clock_time_get",
+    "fd_advise",
+    "fd_allocate",
+    "fd_close",
+    "fd_datasync",
+    "fd_fdstat_get",
+    "fd_fdstat_set_flags",
+    "fd_fdstat_set_rights",
+    "fd_filestat_get",
+    "fd_filestat_set_size",
+    "fd_filestat_set_times",
+    "fd_pread",
+    "fd_prestat_get",
+    "fd_prestat_dir_name",
+    "fd_pwrite",
+    "fd_read",
+    "fd_readdir",
+    "fd_renumber",
+    "fd_seek",
+    "fd_sync",
+    "fd_tell",
+    "fd_write",
+    "path_create_directory",
+    "path_filestat_get",
+    "path_filestat_set_times",
+    "path_link",
+    "path_open",
+    "path_readlink",
+    "path_remove_directory",
+    "path_rename",
+    "path_symlink",
+    "path_unlink_file",
+    "poll_oneoff",
+    "proc_exit",
+    "proc_raise",
+    "sched_yield",
+    "random_get",
+    "sock_accept",
+    "sock_recv",
+    "sock_send",
+    "sock_shutdown",
+]
+
+
+def _clang() -> str:
+    clang = shutil.which("clang")
+    if clang is None:
+        pytest.skip("clang is not installed")
+    return clang
+
+
+def compile_c(tmp_path: Path, source: str, name: str = "prog") -> Path:
+    clang = _clang()
+    src = tmp_path / f"{name}.c"
+    src.write_text(source)
+    out = tmp_path / f"{name}.wasm"
+    result = subprocess.run(
+        [clang, "--target=wasm32-wasi", "-O2", str(src), "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        if "wasi" in result.stderr and (
+            "not found" in result.stderr or "cannot find" in result.stderr
+        ):
+            pytest.skip(f"no wasm32-wasi sysroot: {result.stderr.strip()[:200]}")
+        raise AssertionError(result.stderr)
+    return out
