@@ -222,6 +222,7 @@ class WasmSandbox:
         self._initial: WasmSnapshot | None = None
         self._ran = False
         self._close_pending = False
+        self._output_truncated = False
 
     def _engine_host_functions(self) -> dict[str, Callable[..., Any]]:
         return {HOST_GROW: self._host_grow, HOST_IMPORT: self._host_import}
@@ -279,7 +280,9 @@ class WasmSandbox:
 
     @property
     def last_output_truncated(self) -> bool:
-        return self.engine_sandbox.last_output_truncated
+        """Whether the last call's output (WASI stdout/stderr, or the engine's) was cut
+        at its limit."""
+        return self._output_truncated or self.engine_sandbox.last_output_truncated
 
     def __enter__(self) -> Self:
         return self
@@ -577,6 +580,7 @@ class WasmSandbox:
                 out, err = wasi.output_since(marks)
                 self.last_output = out.decode(errors="replace")
                 self.last_stderr = err.decode(errors="replace")
+                self._output_truncated = any(wasi.output_truncated_since(marks))
             else:
                 self.last_output = self.engine_sandbox.last_output
             if self._close_pending and self.engine_sandbox.closed:
