@@ -27,6 +27,7 @@ import resource
 import time
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("sandbox.host")
@@ -87,6 +88,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_at = 0.0
         self._write_timer: asyncio.TimerHandle | None = None
+        self._refusal: _Refused | None = None
 
     # -- connections ---------------------------------------------------------------------
 
@@ -112,9 +114,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        # uvicorn's data_received, with the limits: a callback's refusal comes out of
+        # the parser as an HttpParserError (the original chained), which uvicorn would
+        # answer with a 400.
+        self._unset_keepalive_if_required()
         self._began_here = False
+        self._refusal = None
         try:
-            super().data_received(data)
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._refusal is not None:
+                self._refuse(self._refusal)
+                return
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        try:
             if self._in_head:
                 if not self._began_here:
                     self._head_bytes += len(data)
@@ -145,19 +166,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head, self._began_here = True, True
         self._head_bytes = self._head_fields = 0
 
+    def _stop(self, refusal: _Refused) -> None:
+        self._refusal = refusal
+        raise refusal
+
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
         if len(self.url) > self.limits.max_request_line:
-            raise _Refused(414, "request_line", "the request target is too long")
+            self._stop(_Refused(414, "request_line", "the request target is too long"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         super().on_header(name, value)
         self._head_fields += 1
         self._head_bytes += len(name) + len(value) + 4
         if self._head_fields > self.limits.max_headers:
-            raise _Refused(431, "header_count", "too many header fields")
+            self._stop(_Refused(431, "header_count", "too many header fields"))
         if self._head_bytes > self.limits.max_header_bytes:
-            raise _Refused(431, "header_bytes", "the request's head is too large")
+            self._stop(_Refused(431, "header_bytes", "the request's head is too large"))
 
     def on_headers_complete(self) -> None:
         self._in_head = False

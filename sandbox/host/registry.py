@@ -415,6 +415,13 @@ class Registry:
     async def call(self, dep: Deployment, args: Sequence[object]) -> CallOutcome:
         """Runs the function's entry with `args` in fresh state, on this version to the
         end. Raises ApiError for every failure (errors.TABLE)."""
+        if dep.retired and (dep.pool is None or dep.pool.closed):
+            # Replaced or deleted (and its last call done) while this request's body
+            # arrived: the function as it is now answers it.
+            current = self._deployments.get(dep.name)
+            if current is None:
+                raise not_found(dep.name)
+            dep = current
         pool = dep.pool
         if pool is None:
             raise unavailable("FunctionUnavailable", dep.problem or "the function cannot run")
@@ -426,9 +433,9 @@ class Registry:
             )
         except Exception as exc:  # about the pool: full, waited too long, closed, no sandbox
             self.metrics.invocation(dep.name, dep.version, row_of(exc).outcome, None)
-            error = api_error(exc, function=dep.name)
-            self.metrics.response(dep.name, dep.version, error.status)
-            raise error from None
+            refusal = api_error(exc, function=dep.name)
+            self.metrics.response(dep.name, dep.version, refusal.status)
+            raise refusal from None
         finally:
             dep.active -= 1
             if dep.retired and dep.active == 0 and dep.pool is not None:
