@@ -154,8 +154,9 @@ def test_idle_and_slow_sockets_are_closed_and_connections_capped(host_factory: A
     slow.sendall(b"GET /healthz HTTP/1.1\r\n")
     body = socket.create_connection(("127.0.0.1", port))
     body.sendall(
-        b"PUT /functions/x HTTP/1.1\r\nAuthorization: " + AUTH["Authorization"].encode()
-        + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"en"
+        b"PUT /functions/x HTTP/1.1\r\nAuthorization: "
+        + AUTH["Authorization"].encode()
+        + b'\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"en'
     )
     t0 = time.monotonic()
     for s in idle:
@@ -241,9 +242,11 @@ def test_patch_etag_race_and_rollback(host_factory: Any, guests: Guests) -> None
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         results = list(
             pool.map(
-                lambda q: c.patch(
-                    "/functions/calc", json={"max_queue": q}, headers={**AUTH, "If-Match": etag}
-                ).status_code,
+                lambda q: (
+                    c.patch(
+                        "/functions/calc", json={"max_queue": q}, headers={**AUTH, "If-Match": etag}
+                    ).status_code
+                ),
                 [1, 2],
             )
         )

@@ -322,9 +322,11 @@ def test_metrics_text_format() -> None:
     bucket = 'sandbox_host_invocation_duration_seconds_bucket{function="x\\"y\\\\z\\n",le='
     assert bucket + '"0.05"} 1.0' in text and bucket + '"1.0"} 2.0' in text
     assert bucket + '"+Inf"} 3.0' in text
-    assert 'sandbox_host_function_responses_total{function="f",status="422",version="3"}' in (
-        text
-    ) or 'sandbox_host_function_responses_total{function="f",version="3",status="422"} 1.0' in text
+    assert (
+        'sandbox_host_function_responses_total{function="f",status="422",version="3"}' in (text)
+        or 'sandbox_host_function_responses_total{function="f",version="3",status="422"} 1.0'
+        in text
+    )
     assert text.endswith("\n") and "# TYPE sandbox_host_http_requests_total counter" in text
     assert "process_resident_memory_bytes" in text and "process_open_fds" in text
     assert "sandbox_host_process_threads" in text and "_created{" not in text
