@@ -200,7 +200,7 @@ def _wrk(url: str, connections: int, seconds: float, script: Path) -> tuple[floa
 
 def test_function_host(bench, servers: dict[str, str], tmp_path: Path) -> None:
     quick = bench.settings.quick
-    seconds = 2 if quick else 5
+    seconds = 1 if quick else 5
     rounds = 2 if quick else 3
     scripts = {}
     for name in servers:
