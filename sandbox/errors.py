@@ -214,6 +214,16 @@ class SandboxBusy(SandboxError):
     a Wasm import or WASI. Raised at once, never waited on (it would wait forever)."""
 
 
+class PoolFull(SandboxError):
+    """Every member of a SandboxPool is busy and `max_queue` callers already wait (the
+    function host answers 429). Not raised for a call that waits in a thread."""
+
+
+class PoolTimeout(SandboxError, TimeoutError):
+    """No member of a SandboxPool became free within the caller's `wait` (the function
+    host answers 503)."""
+
+
 # -- Wasm ----------------------------------------------------------------------------------
 
 

@@ -1,19 +1,48 @@
-"""`SandboxPool`: ready micro-VMs of one guest; every call runs in fresh state."""
+"""`SandboxPool`: ready micro-VMs of one guest; every call runs in fresh state.
+
+One pool for threads and for asyncio, used by the runtime's users and by the function
+host alike:
+
+- sized by load: `size` members are made up front (or by `fill()`), more on demand up
+  to `max_size`, and those above `size` that sat idle are closed by `shrink()`;
+- callers beyond `max_size` wait: threads on a condition, asyncio tasks in a queue of at
+  most `max_queue` (beyond it: PoolFull; waiting longer than `wait`: PoolTimeout);
+- "restore a poisoned member or replace it" is written once, here (`_renew`), and runs
+  on the calling thread (sync) or a pool thread (asyncio) before every call;
+- `outcome()` / `acall_outcome()` return a call's value or error with what the guest
+  printed during that call (per-call output);
+- `close(cancel=True)` cancels the calls still running (they end with CallCancelled).
+
+Members are `Sandbox`es, or anything with the `Member` protocol (the function host's
+`Function`s wrap a sandbox of one deployed function). Asyncio calls run on the pool's
+own daemon threads, at most one per call running at once: a job reaches a thread
+through a `SimpleQueue` and its result comes back with one `call_soon_threadsafe`
+(no `concurrent.futures` machinery per call, which cost the host ~5 us a call).
+
+Over ~500 lines for one concept: the thread and the asyncio paths share one state (idle,
+busy, waiters, under one lock) and one renew/release; split into modules, that state
+would be reached across them.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
+import queue
 import resource
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 from . import _reaper
 from .abi import Value
 from .config import SandboxConfig
-from .errors import ArgumentError, KvmError, SandboxClosed
+from .errors import ArgumentError, PoolFull, PoolTimeout, SandboxClosed, SandboxError
 from .sandbox import HostFunction, Sandbox
 from .snapshot import Snapshot
 
@@ -33,16 +62,160 @@ def ensure_fd_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
-class SandboxPool:
-    """`size` sandboxes of one guest (or of one snapshot), created up front and reused.
+class Member(Protocol):
+    """What a pool holds: a `Sandbox`, or a wrapper of one (the host's functions)."""
 
-    Every call runs in fresh state: each sandbox restores its starting state before a
-    call if it ran one before (reset="per_call"), so a sandbox that trapped or timed out
-    is clean again before reuse, and one that cannot be restored is replaced. Safe to use
-    from many threads (a call waits for an idle sandbox) and from asyncio (`acall` runs
-    the call on the pool's threads without blocking the event loop). `close()` releases
-    everything; kernel teardown happens off the caller's path.
+    @property
+    def poisoned(self) -> bool: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def call(self, name: str, *args: Any, timeout: float | None = None) -> Any: ...
+
+    def restore(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+M = TypeVar("M", bound=Member)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """One call's result or error, with what the guest printed during it."""
+
+    value: Any
+    error: Exception | None
+    output: str  # what the guest printed (a WASI program: its stdout)
+    stderr: str  # what a WASI program wrote to fd 2 (native guests: "")
+    truncated: bool  # the output was cut at the sandbox's output limit
+    duration_s: float  # the call, the restore to fresh state included
+
+
+def outcome(
+    member: Member, name: str, args: tuple[object, ...], timeout: float | None
+) -> CallOutcome:
+    """Runs `member.call(name, *args)`; its value or the exception it raised, and its
+    output (`last_output`, `last_stderr`, `last_output_truncated` where the member has
+    them)."""
+    t0 = time.perf_counter()
+    try:
+        value = member.call(name, *args, timeout=timeout)
+        error: Exception | None = None
+    except Exception as exc:
+        value, error = None, exc
+    return CallOutcome(
+        value,
+        error,
+        getattr(member, "last_output", ""),
+        getattr(member, "last_stderr", ""),
+        bool(getattr(member, "last_output_truncated", False)),
+        time.perf_counter() - t0,
+    )
+
+
+class _Job:
+    """`fn(member)` for a pool thread (member None: make one with the factory first).
+    Its outcome is settled on `loop`."""
+
+    __slots__ = ("pool", "fn", "member", "future", "loop")
+
+    def __init__(
+        self,
+        pool: SandboxPool[Any],
+        fn: Callable[[Any], Any] | None,
+        member: Member | None,
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.pool, self.fn, self.member, self.future, self.loop = pool, fn, member, future, loop
+
+    def run(self) -> None:
+        """On a pool thread."""
+        pool = self.pool
+        member = self.member
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            member = pool._renew(member)
+            self.member = member
+            if self.fn is not None:
+                try:
+                    result = self.fn(member)
+                finally:
+                    pool._refresh(member)
+        except BaseException as exc:  # handed to the awaiting task
+            error = exc
+        try:
+            self.loop.call_soon_threadsafe(self._settle, result, error)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            if self.member is not None:
+                self.member.close()
+
+    def _settle(self, result: Any, error: BaseException | None) -> None:
+        """On the event loop's thread: the member goes back first, then the caller
+        (or nobody, if the caller was cancelled) gets the result."""
+        pool, future = self.pool, self.future
+        pool._running -= 1
+        if self.fn is not None or error is not None:  # a call (or a failed creation)
+            pool._release(self.member)
+        if future.cancelled():
+            if self.fn is None and error is None:  # a member made for a cancelled caller
+                pool._release(self.member)
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result if self.fn is not None else self.member)
+
+
+def _worker(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    while (job := jobs.get()) is not None:
+        job.run()
+        del job  # do not keep the last job's arguments and result alive while idle
+
+
+class SandboxPool(Generic[M]):
+    """`size` members of one guest (or one snapshot, or made by `factory`), created up
+    front (`create=False`: by `fill()`) and reused; at most `max_size` (default `size`).
+
+    Every call runs in fresh state: members are `Sandbox(reset="per_call")` (each
+    restores its starting state before a call if it ran one before), and one that
+    trapped or timed out is restored before reuse, or replaced if that fails. Safe to use
+    from many threads (`call`, `use`: a call waits for an idle member) and from asyncio
+    (`acall`, `run`: on the pool's threads, the event loop keeps going; async callers
+    wait in a queue of at most `max_queue`). `close()` releases everything; kernel
+    teardown happens off the caller's path.
     """
+
+    @overload
+    def __init__(
+        self: SandboxPool[Sandbox],
+        guest: str | os.PathLike[str] | None = None,
+        *,
+        size: int = 4,
+        config: SandboxConfig | None = None,
+        host_functions: Mapping[str, HostFunction] | None = None,
+        snapshot: Snapshot | str | os.PathLike[str] | None = None,
+        max_size: int | None = None,
+        max_queue: int | None = None,
+        create: bool = True,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        *,
+        factory: Callable[[], M],
+        size: int = 4,
+        max_size: int | None = None,
+        max_queue: int | None = None,
+        create: bool = True,
+        label: str = "",
+    ) -> None: ...
 
     def __init__(
         self,
@@ -52,103 +225,409 @@ class SandboxPool:
         config: SandboxConfig | None = None,
         host_functions: Mapping[str, HostFunction] | None = None,
         snapshot: Snapshot | str | os.PathLike[str] | None = None,
+        factory: Callable[[], Any] | None = None,
+        max_size: int | None = None,
+        max_queue: int | None = None,
+        create: bool = True,
+        label: str = "",
     ) -> None:
-        if not isinstance(size, int) or size < 1:
-            raise ArgumentError(f"pool size must be a positive int, not {size!r}")
-        if isinstance(snapshot, (str, os.PathLike)):
-            snapshot = Snapshot.load(snapshot)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ArgumentError(f"pool size must be a non-negative int, not {size!r}")
+        if max_size is None:
+            max_size = size
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise ArgumentError(f"max_size must be a positive int, not {max_size!r}")
+        if size > max_size or (size == 0 and factory is None):
+            raise ArgumentError(f"pool size must be 1 to max_size ({max_size}), not {size}")
+        if max_queue is not None and (not isinstance(max_queue, int) or max_queue < 0):
+            raise ArgumentError(f"max_queue must be a non-negative int, not {max_queue!r}")
+        if factory is None:
+            if isinstance(snapshot, (str, os.PathLike)):
+                snapshot = Snapshot.load(snapshot)
+            if snapshot is not None:
+                factory = functools.partial(
+                    Sandbox.from_snapshot,
+                    snapshot,
+                    host_functions=host_functions,
+                    reset="per_call",
+                )
+            else:
+                factory = functools.partial(
+                    Sandbox, guest, config=config, host_functions=host_functions, reset="per_call"
+                )
         self.size = size
-        self._factory: Callable[[], Sandbox]
-        if snapshot is not None:
-            snap = snapshot
-            self._factory = functools.partial(
-                Sandbox.from_snapshot, snap, host_functions=host_functions, reset="per_call"
-            )
-        else:
-            self._factory = functools.partial(
-                Sandbox, guest, config=config, host_functions=host_functions, reset="per_call"
-            )
-        ensure_fd_limit(FDS_PER_SANDBOX * size)
-        self._idle: list[Sandbox] = []
-        self._cond = threading.Condition()
+        self.max_size = max_size
+        self.max_queue = max_queue
+        self._factory: Callable[[], M] = factory  # type: ignore[assignment]
+        self._label = label or "sandbox-pool"
+        ensure_fd_limit(FDS_PER_SANDBOX * max_size)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._idle: list[tuple[M, float]] = []  # (member, when released): LIFO
+        self._busy: set[M] = set()
+        self._creating = 0
+        self._sync_waiting = 0
+        self._waiters: deque[asyncio.Future[M]] = deque()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._running = 0  # async jobs submitted and not yet settled (event loop only)
         self._closed = False
-        self._executor: ThreadPoolExecutor | None = None
-        try:
-            for _ in range(size):
-                self._idle.append(self._factory())
-        except BaseException:
-            self.close()
-            raise
+        if create:
+            try:
+                for _ in range(size):
+                    self._idle.append((self._factory(), time.monotonic()))
+            except BaseException:
+                self.close()
+                raise
 
-    def __enter__(self) -> SandboxPool:
+    def __enter__(self) -> SandboxPool[M]:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- sizes ------------------------------------------------------------------------
+
     @property
     def idle(self) -> int:
-        """How many sandboxes are idle now."""
+        """How many members are idle now."""
         return len(self._idle)
 
-    def _acquire(self) -> Sandbox:
+    @property
+    def busy(self) -> int:
+        """How many members are running a call now."""
+        return len(self._busy)
+
+    @property
+    def queued(self) -> int:
+        """How many callers wait for a member."""
+        return len(self._waiters) + self._sync_waiting
+
+    @property
+    def members(self) -> int:
+        """How many members exist (idle, busy or being made)."""
+        return len(self._idle) + len(self._busy) + self._creating
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def threads(self) -> int:
+        """How many pool threads run asyncio calls (one per call running at once)."""
+        return len(self._threads)
+
+    # -- fresh state: restore or replace, once ----------------------------------------
+
+    def _renew(self, member: M | None) -> M:
+        """A member ready for a call: `member` itself, restored if it is poisoned, or a
+        new one if there is none or it cannot be restored (that one is closed; its
+        kernel teardown runs off this path). A replacement takes the old one's place
+        among the busy. Raises what the factory raises (the old member is then lost)."""
+        if member is not None and member.poisoned and not member.closed:
+            try:
+                member.restore()
+            except SandboxError:
+                member.close()
+        if member is not None and not member.closed:
+            return member
+        new = self._factory()
+        if member is not None:
+            with self._lock:
+                if member in self._busy:
+                    self._busy.discard(member)
+                    self._busy.add(new)
+        return new
+
+    @staticmethod
+    def _refresh(member: M) -> None:
+        """Returns a member to its fresh state right after a call, before it is idle
+        again: the caller's data does not linger in it, and the guest memory the call
+        used beyond a small working set goes back to the host (Machine.load), so an idle
+        pool stays near its baseline. The next call then finds nothing to restore (a
+        member that trapped is restored here too)."""
+        if not member.closed:
+            try:
+                member.restore()
+            except SandboxError:
+                member.close()
+
+    # -- threads: call, use -----------------------------------------------------------
+
+    def _acquire(self) -> M | None:
+        """An idle member, or None when the caller should make one (counted)."""
         with self._cond:
-            while not self._idle:
+            while True:
                 if self._closed:
                     raise SandboxClosed("the pool is closed")
-                self._cond.wait()
-            if self._closed:
-                raise SandboxClosed("the pool is closed")
-            return self._idle.pop()
+                if self._idle:
+                    member = self._idle.pop()[0]
+                    self._busy.add(member)
+                    return member
+                if self.members < self.max_size:
+                    self._creating += 1
+                    return None
+                self._sync_waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._sync_waiting -= 1
 
-    def _release(self, sb: Sandbox) -> None:
-        with self._cond:
-            if self._closed:
-                sb.close()
-                return
-            self._idle.append(sb)
-            self._cond.notify()
+    def use(self, fn: Callable[[M], T]) -> T:
+        """Runs `fn(member)` with a fresh-state member, on this thread."""
+        member = self._acquire()
+        if member is None:
+            try:
+                member = self._factory()
+            finally:
+                with self._lock:
+                    self._creating -= 1
+            with self._lock:
+                self._busy.add(member)
+        try:
+            member = self._renew(member)
+        except BaseException:
+            self._release(None)
+            raise
+        try:
+            return fn(member)
+        finally:
+            self._refresh(member)
+            self._release(member)
 
     def call(self, name: str, *args: object, timeout: float | None = None) -> Value:
         """Runs `name(*args)` in a fresh-state sandbox; raises what `Sandbox.call`
         raises (a trap or timeout leaves the pool usable)."""
-        sb = self._acquire()
-        try:
-            if sb.poisoned or sb.closed:
-                sb = self._renew(sb)
-            return sb.call(name, *args, timeout=timeout)
-        finally:
-            self._release(sb)
+        result: Value = self.use(lambda m: m.call(name, *args, timeout=timeout))
+        return result
 
-    def _renew(self, sb: Sandbox) -> Sandbox:
-        """Restores a poisoned sandbox, or replaces it if that fails."""
-        try:
-            sb.restore()
-            return sb
-        except (KvmError, SandboxClosed):
-            _reaper.defer(sb.close)
-            return self._factory()
+    # -- asyncio: run, acall ----------------------------------------------------------
+
+    def _submit(self, fn: Callable[[M], Any] | None, member: M | None) -> asyncio.Future[Any]:
+        """Runs the job on a pool thread, started as needed: as many as jobs run at once,
+        so that a job never waits for a thread."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._running += 1
+        if len(self._threads) < self._running:
+            thread = threading.Thread(
+                target=_worker,
+                args=(self._jobs,),
+                name=f"{self._label}_{len(self._threads)}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+        self._jobs.put(_Job(self, fn, member, future, loop))
+        return future
+
+    async def run(self, fn: Callable[[M], T], *, wait: float | None = None) -> T:
+        """Runs `fn(member)` with a fresh-state member on a pool thread. Waits at most
+        `wait` seconds for a member (PoolTimeout); PoolFull if `max_queue` callers wait
+        already; SandboxClosed once closed. A caller cancelled while `fn` runs does not
+        stop it: the member comes back to the pool when it ends."""
+        with self._lock:
+            member = self._idle.pop()[0] if self._idle and not self._closed else None
+            if member is not None:
+                self._busy.add(member)
+        if member is None:
+            member = await self._acquire_async(wait)
+        result: T = await self._submit(fn, member)
+        return result
 
     async def acall(self, name: str, *args: object, timeout: float | None = None) -> Value:
         """`call` for asyncio: runs on the pool's threads, the event loop keeps going."""
-        if self._executor is None:
-            with self._cond:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(
-                        max_workers=self.size, thread_name_prefix="sandbox-pool"
-                    )
-        loop = asyncio.get_running_loop()
-        call = functools.partial(self.call, name, *args, timeout=timeout)
-        return await loop.run_in_executor(self._executor, call)
+        result: Value = await self.run(lambda m: m.call(name, *args, timeout=timeout))
+        return result
 
-    def close(self) -> None:
-        """Closes every sandbox (busy ones when their call ends). Idempotent."""
+    async def acall_outcome(
+        self, name: str, *args: object, timeout: float | None = None, wait: float | None = None
+    ) -> CallOutcome:
+        """`acall` that returns the value or the guest's error with the call's output
+        (see `outcome`); raises only what `run` raises about the pool itself."""
+        return await self.run(lambda m: outcome(m, name, args, timeout), wait=wait)
+
+    async def _acquire_async(self, wait: float | None) -> M:
+        with self._lock:
+            if self._closed:
+                raise SandboxClosed("the pool is closed")
+            if self._idle:
+                member = self._idle.pop()[0]
+                self._busy.add(member)
+                return member
+            create = self.members < self.max_size
+            if create:
+                self._creating += 1
+            elif self.max_queue is not None and len(self._waiters) >= self.max_queue:
+                raise PoolFull(
+                    f"all {self.max_size} sandboxes are busy and {self.max_queue} requests wait"
+                )
+            else:
+                fut: asyncio.Future[M] = asyncio.get_running_loop().create_future()
+                self._waiters.append(fut)
+        if create:
+            return await self._create()
+        try:
+            if wait is None:
+                return await fut
+            async with asyncio.timeout(wait):
+                return await fut
+        except BaseException as exc:
+            with self._lock, contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release(fut.result())  # handed over just as we gave up
+            if isinstance(exc, TimeoutError):
+                raise PoolTimeout(f"no sandbox became free within {wait} s") from None
+            raise
+
+    async def _create(self) -> M:
+        """A new member made on a pool thread (`_creating` counted by the caller). If
+        the caller is cancelled, the member goes to the pool when it is made."""
+        future = self._submit(None, None)
+        try:
+            member: M = await future
+        finally:
+            with self._lock:
+                self._creating -= 1
+        with self._lock:
+            self._busy.add(member)
+        return member
+
+    async def fill(self) -> None:
+        """Makes members (on pool threads) until `size` exist. Raises what the factory
+        raises."""
+        while not self._closed and self.members < self.size:
+            with self._lock:
+                self._creating += 1
+            member = await self._create()
+            self._release(member)
+
+    # -- giving back ------------------------------------------------------------------
+
+    def adopt(self, member: M) -> None:
+        """Takes `member` (made like the factory's, e.g. to validate a module) as idle
+        (or hands it to a waiter)."""
+        self._release(member)
+
+    def _release(self, member: M | None) -> None:
+        """A member back from a call (None or closed: it was lost). Hands it to the
+        first asyncio waiter, else keeps it idle (and wakes a waiting thread). Any
+        thread."""
+        hand: asyncio.Future[M] | None = None
+        replace: asyncio.Future[M] | None = None
+        with self._cond:
+            if member is None or member.closed:
+                self._busy.discard(member)
+                if not self._closed:
+                    replace = next((f for f in self._waiters if not f.done()), None)
+                self._cond.notify()
+            elif self._closed:
+                self._busy.discard(member)
+                _reaper.defer(member.close)
+            else:
+                while self._waiters:
+                    fut = self._waiters.popleft()
+                    if not fut.done():
+                        hand = fut  # stays busy: it goes straight to the waiter
+                        break
+                else:
+                    self._busy.discard(member)
+                    self._idle.append((member, time.monotonic()))
+                    self._cond.notify()
+                    return
+        if hand is not None and member is not None:
+            loop = hand.get_loop()
+            if _running_loop() is loop:
+                self._hand(hand, member)
+            else:
+                loop.call_soon_threadsafe(self._hand, hand, member)
+        elif replace is not None:
+            # A member was lost while asyncio callers wait: make another for them.
+            replace.get_loop().call_soon_threadsafe(self._replace_lost)
+
+    def _hand(self, fut: asyncio.Future[M], member: M) -> None:
+        """On the waiter's loop: gives it `member` (or back to the pool if it left)."""
+        if fut.done():
+            with self._lock:
+                self._busy.discard(member)
+            self._release(member)
+        else:
+            fut.set_result(member)
+
+    def _replace_lost(self) -> None:
+        with self._lock:
+            if self._closed or not self._waiters or self.members >= self.max_size:
+                return
+            self._creating += 1
+        task = asyncio.get_running_loop().create_task(self._create())
+        task.add_done_callback(self._replaced)
+
+    def _replaced(self, task: asyncio.Task[M]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            self._release(task.result())
+            return
+        with self._lock:
+            waiter = self._waiters.popleft() if self._waiters else None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    def shrink(self, idle_for: float) -> int:
+        """Closes idle members above `size` that have been idle for `idle_for` seconds
+        or more; returns how many."""
+        cutoff = time.monotonic() - idle_for
+        closing = []
+        with self._lock:
+            while len(self._idle) > self.size and self._idle[0][1] <= cutoff:
+                closing.append(self._idle.pop(0)[0])
+        for member in closing:
+            member.close()
+        return len(closing)
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    async def drain(self, timeout: float) -> bool:
+        """Waits until no call runs or waits, at most `timeout` s; True if so."""
+        deadline = time.monotonic() + timeout
+        while self._busy or self._waiters or self._sync_waiting:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def close(self, *, cancel: bool = False) -> None:
+        """Closes the pool: waiting callers get SandboxClosed, idle members are closed,
+        busy ones when their call ends (with `cancel`, running calls are cancelled
+        first: they end with CallCancelled). Idempotent."""
         with self._cond:
             self._closed = True
             idle, self._idle = self._idle, []
+            waiters, self._waiters = list(self._waiters), deque()
+            busy = list(self._busy)
             self._cond.notify_all()
-            executor, self._executor = self._executor, None
-        for sb in idle:
-            sb.close()
-        if executor is not None:
-            executor.shutdown(wait=False)
+            threads, self._threads = self._threads, []
+        for fut in waiters:
+            if not fut.done():
+                fut.get_loop().call_soon_threadsafe(_fail_closed, fut)
+        for member, _ in idle:
+            member.close()
+        if cancel:
+            for member in busy:
+                member.cancel()
+        for _ in threads:  # each thread ends after the jobs queued before this
+            self._jobs.put(None)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _fail_closed(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(SandboxClosed("the pool is closed"))

@@ -4,7 +4,8 @@ in fresh sandbox state (docs/host.md).
     from sandbox.host import HostConfig, create_app, serve
     serve(HostConfig(port=8080, data_dir="/var/lib/sandbox-host"))
 
-Needs the `host` extra (fastapi, uvicorn[standard], pydantic-settings, python-multipart).
+Needs the `host` extra (fastapi, uvicorn[standard], pydantic-settings, python-multipart,
+prometheus_client).
 The names below are imported on first use, so that `sandbox.host.cli` can say what is
 missing instead of failing at import.
 """

@@ -1,11 +1,16 @@
 """`create_app(config)`: the function host as an ASGI application (FastAPI), separate
 from the server that runs it (server.py). Tests and embedders can run it under any ASGI
-server; the lifespan opens the store and loads the functions, and closes every pool."""
+server. The lifespan starts loading the functions in the background (the server
+accepts at once; /readyz answers 503 "starting" until they are loaded), and at the end
+closes every pool."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from .. import __version__
-from .auth import Guard, load_token
+from .auth import TOKENS_FILE, Guard, load_token
 from .config import HostConfig
 from .errors import ApiError
 from .metrics import Metrics
@@ -33,8 +38,10 @@ log = logging.getLogger("sandbox.host")
 _HTTP_TYPES = {
     400: "BadRequest",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "NotFound",
     405: "MethodNotAllowed",
+    412: "PreconditionFailed",
     413: "BodyTooLarge",
     415: "UnsupportedMediaType",
 }
@@ -89,10 +96,10 @@ class HostApp(FastAPI):
     def __init__(self, host: HostState, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.state.host = host
-        self._front = HostMiddleware(functools.partial(FastAPI.__call__, self), host=host)
+        self.front = HostMiddleware(functools.partial(FastAPI.__call__, self), host=host)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._front(scope, receive, send)
+        await self.front(scope, receive, send)
 
 
 def create_app(config: HostConfig) -> FastAPI:
@@ -101,16 +108,31 @@ def create_app(config: HostConfig) -> FastAPI:
     metrics = Metrics()
     host = HostState(config, metrics, Registry(config, metrics), Guard(load_token(config)))
 
+    async def start() -> None:
+        try:
+            await host.registry.start()
+            store = host.registry.store
+            host.guard.open(store.root / TOKENS_FILE, store.write_file)
+        except Exception as exc:
+            host.start_error = str(exc)
+            log.error("cannot start", extra={"error": str(exc)})
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        log.info("ready", extra={"data_dir": str(config.data_dir)})
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await host.registry.start()
-        log.info("ready", extra={"data_dir": str(config.data_dir)})
+        starting = asyncio.get_running_loop().create_task(start())
         try:
             yield
         finally:
             host.begin_drain()
+            starting.cancel()
             await host.registry.close()
             log.info("pools closed")
+            front = getattr(app, "front", None)
+            if front is not None and front.access is not None:
+                front.access.flush()
 
     app = HostApp(
         host,

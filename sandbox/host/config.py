@@ -41,7 +41,7 @@ class HostConfig(BaseSettings):
     )
     token: SecretStr | None = Field(
         None,
-        description="bearer token of the management API (and of non-public functions); "
+        description="the admin token (more, scoped tokens are made with POST /tokens); "
         "unset: read from token_file, or generated into <data_dir>/token",
     )
     token_file: Path | None = Field(None, description="a file holding the token")
@@ -65,7 +65,54 @@ class HostConfig(BaseSettings):
         60.0, gt=0, description="sandboxes above the warm count idle this long are closed"
     )
     drain_timeout_s: float = Field(
-        10.0, ge=0, description="on shutdown, how long in-flight requests may still run"
+        10.0, ge=0, le=3600, description="on shutdown, how long in-flight requests may still run"
+    )
+    max_output_bytes: int = Field(
+        1 * MiB,
+        ge=1 * KiB,
+        le=64 * MiB,
+        description="guest output (stdout, stderr) kept per call; beyond it is cut",
+    )
+    keep_versions: int = Field(
+        5, ge=0, le=100, description="earlier versions of a function kept for rollback"
+    )
+    log_entries: int = Field(
+        100, ge=0, le=10_000, description="recent calls with output or errors kept per function"
+    )
+    # -- connections (each refusal is logged and counted in /metrics) --
+    max_header_bytes: int = Field(
+        16 * KiB, ge=1 * KiB, le=1 * MiB, description="request line and headers, in all (431)"
+    )
+    max_headers: int = Field(100, ge=8, le=10_000, description="header fields per request (431)")
+    max_request_line: int = Field(
+        8 * KiB, ge=256, le=1 * MiB, description="the request target's length (414)"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="time to send a request's headers (then closed)"
+    )
+    keep_alive_s: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="an idle connection (no request yet or between requests) is closed",
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="longest pause while a request body arrives (then closed)"
+    )
+    write_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="longest wait for a client to read a response (then closed)"
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="open connections at most (and at most the descriptor limit less fd_reserve)",
+    )
+    fd_reserve: int = Field(
+        512,
+        ge=16,
+        le=1_000_000,
+        description="descriptors kept for sandboxes and files, never used for connections",
     )
     warm_on_start: bool = Field(True, description="warm every stored function's pool at start")
     public_metrics: bool = Field(True, description="serve /metrics without the token")

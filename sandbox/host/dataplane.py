@@ -21,7 +21,8 @@ from starlette.types import Receive, Scope
 from ..abi import Signature
 from .deployment import Deployment
 from .errors import ApiError, BodyTooLarge, bad_request, body_too_large
-from .httpmode import request_json, response_from
+from .functions import http_body_limit
+from .httpmode import http_request
 from .manifest import valid_name
 from .reply import Reply, json_reply
 from .state import HostState
@@ -31,7 +32,8 @@ log = logging.getLogger("sandbox.host")
 
 INVOKE_TEMPLATE = "/functions/{name}/invoke"
 HTTP_TEMPLATE = "/functions/{name}/http/{path}"
-HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+HTTP_ALLOW = ", ".join(HTTP_METHODS)
 _INVOKE = re.compile(r"/functions/([^/]*)/invoke")
 _HTTP = re.compile(r"/functions/([^/]*)/http(?:/(.*))?", re.DOTALL)
 
@@ -98,23 +100,44 @@ async def invoke(host: HostState, scope: Scope, read_body: BodyReader, name: str
     sig = _signature(dep, "invoke")
     args = args_from_json(sig, _args(await read_body()))
     outcome = await host.registry.call(dep, args)
+    cut = host.registry.cut
+    stdout, stderr = cut(outcome.output), cut(outcome.stderr)
     doc = {
         "result": result_to_json(outcome.value),
         "type": sig.ret.type_name,
-        "stdout": outcome.output,
-        "stderr": outcome.stderr,
+        "stdout": stdout,
+        "stderr": stderr,
         "duration_ms": round(outcome.duration_s * 1e3, 3),
     }
+    if outcome.truncated or stdout is not outcome.output or stderr is not outcome.stderr:
+        doc["output_truncated"] = True
     return json_reply(200, doc)
 
 
 async def http(host: HostState, scope: Scope, read_body: BodyReader, name: str, path: str) -> Reply:
     """/functions/{name}/http/{path}: the function answers the request. Raises ApiError."""
+    if scope["method"] not in HTTP_METHODS:
+        raise ApiError(
+            405,
+            "MethodNotAllowed",
+            f"{scope['method']} is not passed to functions",
+            headers={"Allow": HTTP_ALLOW},
+        )
     dep = host.invocable(_authorization(scope), check_name(name))
     _signature(dep, "http")
-    arg = request_json(scope, path, await read_body(), strip_auth=not dep.spec.public)
-    outcome = await host.registry.call(dep, [arg])
-    return response_from(name, outcome.value)
+    body = await read_body()
+    limit = http_body_limit(dep.spec, host.config)
+    if len(body) > limit:
+        raise ApiError(
+            413,
+            "BodyTooLarge",
+            f"the request body is over {limit} bytes (what the function's memory allows)",
+            limit=limit,
+        )
+    request = http_request(scope, name, path, body, dep.spec.pass_headers)
+    outcome = await host.registry.call(dep, [request])
+    reply: Reply = outcome.value
+    return reply
 
 
 async def read_all(receive: Receive, limit: int) -> bytes:
@@ -153,7 +176,7 @@ class DataPlane:
         method, path = scope["method"], scope["path"]
         if method == "POST" and (m := _INVOKE.fullmatch(path)):
             return Match(INVOKE_TEMPLATE, m.group(1), None)
-        if method in HTTP_METHODS and (m := _HTTP.fullmatch(path)):
+        if (m := _HTTP.fullmatch(path)) is not None:
             return Match(HTTP_TEMPLATE, m.group(1), m.group(2) or "")
         return None
 
@@ -171,7 +194,7 @@ class DataPlane:
         except ApiError as exc:
             return json_reply(exc.status, exc.body(), exc.headers)
         except BodyTooLarge as exc:
-            return json_reply(413, body_too_large(exc.limit).body())
+            return json_reply(413, body_too_large(exc.limit).body(), {"Connection": "close"})
         except Exception as exc:
             log.error("unhandled error", exc_info=exc, extra={"path": scope["path"]})
             error = {"error": {"type": "InternalError", "message": "internal error"}}

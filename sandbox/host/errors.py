@@ -2,31 +2,38 @@
 
     {"error": {"type": "GuestTrap", "message": "...", "kind": "page_fault", ...}}
 
-and the mapping from runtime exceptions to status codes (docs/host.md says why):
+and ONE table (`TABLE`) from the runtime's exception classes to the HTTP status, the
+error type of the body and the metric outcome (docs/host.md says why each status):
 
     400  the request is malformed: bad JSON, wrong shape, arguments that do not match
          the function's signature, an invalid name or manifest
-    401  management (or a non-public function) without the right bearer token
+    401  missing or wrong token;  403  a token whose scope does not cover the request
     404  no such function;  405 method not allowed;  409 wrong mode for this endpoint
-    413  the body is over the limit
-    422  well-formed but unprocessable: a module that is not a usable guest, a Wasm
-         module, or the function itself failing on this input (trap, abort, invalid
-         HTTP response). Fresh state per call makes that deterministic: retrying the
-         same request gives the same failure, so it is not a server error.
+    412  If-Match does not name the current version;  413 the body is over the limit
+    422  well-formed but unprocessable: a module that is not a usable guest, or the
+         function itself failing on this input (trap, abort, invalid HTTP response).
+         Fresh state per call makes that deterministic: retrying the same request gives
+         the same failure, so it is not a server error.
     429  the function's queue is full (Retry-After)
     500  a fault of the host itself (KVM failed, a bug)
-    503  shutting down, or the function cannot run (its module is missing or corrupt)
+    503  starting, shutting down, or the function cannot run
     504  the function ran past its time limit
+
+Messages never carry the data directory's paths: `scrub()` replaces them.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.exceptions import HTTPException
 
 from .. import errors as sbx
-from ..wasm.wasi import WasiExit
+from ..errors import PoolFull, PoolTimeout
+from ..wasm import WasiExit, WasmLinkError, WasmModuleError
 
 
 class ApiError(Exception):
@@ -66,6 +73,14 @@ def unauthorized(message: str) -> ApiError:
     )
 
 
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, "Forbidden", message)
+
+
+def unavailable(type_: str, message: str, **extra: Any) -> ApiError:
+    return ApiError(503, type_, message, headers={"Retry-After": "1"}, **extra)
+
+
 class BodyTooLarge(HTTPException):
     """Raised while a body is read past its limit; an HTTPException so that body parsers
     pass it through (FastAPI turns other exceptions into 400s)."""
@@ -79,31 +94,118 @@ def body_too_large(limit: int) -> ApiError:
     return ApiError(413, "BodyTooLarge", f"the request body is over {limit} bytes", limit=limit)
 
 
-def from_guest_error(exc: BaseException, function: str, output: str) -> ApiError:
-    """The error for an exception raised by a guest call of `function`."""
-    extra: dict[str, Any] = {"function": function, "stdout": output}
-    if isinstance(exc, sbx.ArgumentError):
-        return ApiError(400, "ArgumentError", str(exc), **extra)
-    if isinstance(exc, sbx.CallTimeout):
-        return ApiError(504, "CallTimeout", str(exc), **extra)
-    if isinstance(exc, sbx.GuestTrap):  # GuestProtocolError included
-        return ApiError(422, "GuestTrap", str(exc), kind=exc.kind, **extra)
+# -- paths out of messages -------------------------------------------------------------
+
+_scrubbed: list[tuple[re.Pattern[str], str]] = []
+
+
+def hide_path(path: str, label: str) -> None:
+    """Messages that mention `path` (the data directory) say `label` instead."""
+    _scrubbed.append((re.compile(re.escape(path.rstrip("/")) + r"[^\s'\"]*"), label))
+
+
+def scrub(message: str) -> str:
+    for pattern, label in _scrubbed:
+        message = pattern.sub(label, message)
+    return message
+
+
+# -- the table --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """What an exception class means to the host: the status and type of the reply to an
+    invocation (`type_` None: the class's name), the `outcome` label of
+    sandbox_host_invocations_total, extra body members, and what it means at deploy
+    time (when a module's first sandbox is made: None: the same as for a call)."""
+
+    status: int
+    type_: str | None
+    outcome: str
+    extra: Callable[[BaseException], dict[str, Any]] | None = None
+    deploy: tuple[int, str, str] | None = None  # status, type, message prefix
+
+
+def _trap_extra(exc: BaseException) -> dict[str, Any]:
+    return {"kind": getattr(exc, "kind", "unknown")}
+
+
+def _exit_extra(exc: BaseException) -> dict[str, Any]:
+    return {"exit_code": getattr(exc, "code", None)}
+
+
+_INVALID = "InvalidModule"
+# Most specific first: the first class an exception is an instance of decides.
+TABLE: tuple[tuple[type[BaseException], Row], ...] = (
+    (ApiError, Row(422, "BadFunctionResponse", "bad_response")),
+    (PoolFull, Row(429, "QueueFull", "rejected")),
+    (PoolTimeout, Row(503, "QueueTimeout", "queue_timeout")),
+    (sbx.ArgumentError, Row(400, "ArgumentError", "bad_args")),
+    (
+        sbx.CallTimeout,
+        Row(504, "CallTimeout", "timeout", deploy=(422, _INVALID, "the module's start-up ran past "
+                                                     "the function's time limit: ")),
+    ),
+    (sbx.CallCancelled, Row(503, "ShuttingDown", "cancelled")),
+    (sbx.SandboxClosed, Row(503, "ShuttingDown", "cancelled")),
+    (
+        sbx.GuestTrap,  # WasmTrap and GuestProtocolError included
+        Row(422, "GuestTrap", "trap", _trap_extra,
+            deploy=(422, _INVALID, "the module traps when instantiated: ")),
+    ),
+    (sbx.GuestAbort, Row(422, "GuestAbort", "abort")),
+    (sbx.FunctionNotFound, Row(422, "FunctionNotFound", "error")),
+    (sbx.HostFunctionError, Row(422, "HostFunctionError", "error")),
+    (WasiExit, Row(422, "WasiExit", "exit", _exit_extra)),
+    (sbx.KvmUnavailable, Row(503, "KvmUnavailable", "error")),
+    (sbx.KvmError, Row(500, "KvmError", "error")),
+    (sbx.GuestAbiMismatch, Row(422, _INVALID, "error",
+                               deploy=(422, _INVALID, "not a usable guest: "))),
+    (sbx.GuestNotFound, Row(503, "FunctionUnavailable", "error",
+                            deploy=(422, _INVALID, "not a usable guest: "))),
+    (sbx.ConfigError, Row(422, _INVALID, "error", deploy=(422, _INVALID, "raise memory_mib: "))),
+    (WasmModuleError, Row(422, _INVALID, "error",
+                          deploy=(422, _INVALID, "not a usable Wasm module: "))),
+    (WasmLinkError, Row(422, _INVALID, "error",
+                        deploy=(422, _INVALID, "the module cannot be linked (the host offers "
+                                               "WASI preview1): "))),
+)  # fmt: skip
+_DEFAULT = Row(500, "InternalError", "error", deploy=(422, _INVALID, "not a usable guest: "))
+
+
+def row_of(exc: BaseException) -> Row:
+    for cls, row in TABLE:
+        if isinstance(exc, cls):
+            return row
+    return _DEFAULT
+
+
+def api_error(
+    exc: BaseException, *, function: str, output: str | None = None, deploy: bool = False
+) -> ApiError:
+    """The reply to `exc`, raised by a call of `function` (with `output` printed before
+    it) or, with `deploy`, while its module's first sandbox was made."""
+    if isinstance(exc, ApiError):  # the host's own (a function's invalid HTTP response)
+        return exc
+    row = row_of(exc)
+    message = scrub(str(exc) or type(exc).__name__)
+    if deploy and row.deploy is not None:
+        status, type_, prefix = row.deploy
+        return ApiError(status, type_, prefix + message, function=function)
+    if row is _DEFAULT:
+        message = "internal error"
+    extra: dict[str, Any] = {"function": function}
+    if row.extra is not None:
+        extra.update(row.extra(exc))
     if isinstance(exc, sbx.GuestAbort):
-        return ApiError(422, "GuestAbort", exc.guest_message, **extra)
-    if isinstance(exc, sbx.FunctionNotFound):
-        return ApiError(422, "FunctionNotFound", str(exc), **extra)
-    if isinstance(exc, sbx.HostFunctionError):  # the guest called a host function wrongly
-        return ApiError(422, "HostFunctionError", str(exc), **extra)
-    if isinstance(exc, sbx.CallCancelled | sbx.SandboxClosed):
-        return ApiError(503, "ShuttingDown", "the host is shutting down", **extra)
-    if isinstance(exc, WasiExit):  # a Wasm function called proc_exit outside http mode
-        return ApiError(
-            422,
-            "WasiExit",
-            f"the program exited with status {exc.code}",
-            exit_code=exc.code,
-            **extra,
-        )
-    if isinstance(exc, sbx.KvmUnavailable):
-        return ApiError(503, "KvmUnavailable", str(exc), **extra)
-    return ApiError(500, type(exc).__name__, str(exc) or type(exc).__name__, **extra)
+        message = scrub(exc.guest_message)
+    if output is not None:
+        extra["stdout"] = output
+    headers = {"Retry-After": "1"} if row.status in (429, 503) else None
+    return ApiError(row.status, row.type_ or type(exc).__name__, message, headers=headers, **extra)
+
+
+def from_guest_error(exc: BaseException, function: str, output: str) -> ApiError:
+    """The error for an exception raised by a guest call of `function` (see TABLE)."""
+    return api_error(exc, function=function, output=output)

@@ -3,8 +3,10 @@ own records and uvicorn's. Fields passed with `extra={...}` become keys of the o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -62,3 +64,70 @@ def configure_logging(level: str, *, json_lines: bool) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+
+
+class AccessLog:
+    """One `request` record per HTTP request, in the same format as the other records
+    (logger sandbox.host.access), written without the logging machinery: lines are
+    formatted directly and written to stderr in batches (at the latest 50 ms later,
+    or at 64 KiB), which costs a request ~2 us instead of ~15 us (a LogRecord, the
+    handler's lock, a write per line). Event loop only."""
+
+    FLUSH_S = 0.05
+    FLUSH_BYTES = 64 * 1024
+
+    def __init__(self, json_lines: bool) -> None:
+        self.json_lines = json_lines
+        self._lines: list[str] = []
+        self._size = 0
+        self._timer: Any = None
+        self._enabled = logging.getLogger("sandbox.host.access").isEnabledFor(logging.INFO)
+
+    def request(self, scope: Any, status: int, elapsed: float) -> None:
+        if not self._enabled:
+            return
+        now = time.time()
+        ts = (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+        )
+        client = scope.get("client")
+        fields = {
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": round(elapsed * 1e3, 3),
+            "client": f"{client[0]}:{client[1]}" if client else None,
+        }
+        if self.json_lines:
+            doc = {"ts": ts, "level": "info", "logger": "sandbox.host.access", "msg": "request"}
+            doc.update(fields)
+            line = json.dumps(doc, ensure_ascii=False) + "\n"
+        else:
+            extra = " ".join(f"{k}={v}" for k, v in fields.items())
+            line = f"{ts} INFO sandbox.host.access: request {extra}\n"
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= self.FLUSH_BYTES:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._timer = loop.call_later(self.FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._lines:
+            return
+        data = "".join(self._lines).encode("utf-8", "replace")
+        self._lines.clear()
+        self._size = 0
+        try:
+            sys.stderr.flush()
+            os.write(sys.stderr.fileno(), data)
+        except (OSError, ValueError):
+            pass

@@ -4,7 +4,6 @@ goes on to FastAPI). Pure ASGI (no BaseHTTPMiddleware): a few microseconds a req
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -13,10 +12,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .config import HostConfig
 from .dataplane import DataPlane, Match
 from .errors import BodyTooLarge
+from .logs import AccessLog
 from .reply import send_reply
 from .state import HostState
-
-access = logging.getLogger("sandbox.host.access")
 
 
 def _limit_for(scope: Scope, config: HostConfig) -> int:
@@ -33,6 +31,7 @@ class HostMiddleware:
         self.config = host.config
         self.metrics = host.metrics
         self.dataplane = DataPlane(host)
+        self.access = AccessLog(host.config.log_json) if host.config.access_log else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,20 +92,9 @@ class HostMiddleware:
             self._record(scope, match.template, status, time.perf_counter() - start)
 
     def _record(self, scope: Scope, template: str, status: int, elapsed: float) -> None:
-        self.metrics.requests.inc(scope["method"], template, str(status))
-        self.metrics.request_latency.observe(elapsed, template)
-        if self.config.access_log:
-            client = scope.get("client")
-            access.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round(elapsed * 1e3, 3),
-                    "client": f"{client[0]}:{client[1]}" if client else None,
-                },
-            )
+        self.metrics.request(scope["method"], template, status, elapsed)
+        if self.access is not None:
+            self.access.request(scope, status, elapsed)
 
 
 def _content_length(scope: Scope) -> int | None:

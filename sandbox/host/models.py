@@ -7,8 +7,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from .manifest import FunctionSpec
-
 
 class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -35,6 +33,8 @@ class InvokeRequest(BaseModel):
 
 
 class InvokeResponse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     result: JsonValue = Field(description="the result (bytes as base64; null for void)")
     type: str = Field(description="the declared result type: i32, u64, f64, str, bytes, ...")
     stdout: str = Field(description="what the guest printed during the call")
@@ -42,6 +42,9 @@ class InvokeResponse(BaseModel):
         description="what a Wasm program wrote to fd 2; always empty for native guests"
     )
     duration_ms: float = Field(description="the guest call, fresh-state restore included")
+    output_truncated: bool = Field(
+        False, description="present (true) when stdout or stderr was cut at the output limit"
+    )
 
 
 class PoolInfo(BaseModel):
@@ -65,7 +68,9 @@ class FunctionInfo(BaseModel):
     size: int
     created_at: float
     updated_at: float
-    spec: FunctionSpec
+    spec: dict[str, JsonValue] = Field(
+        description="the manifest (FunctionSpec), with `secrets` as a list of names"
+    )
     signature: str | None
     params: list[str] | None
     returns: str | None
@@ -73,6 +78,7 @@ class FunctionInfo(BaseModel):
     state: str = Field(description="ready, or failed (see problem)")
     problem: str | None
     pool: PoolInfo
+    previous_versions: list[int] = Field(description="versions kept for rollback, newest first")
 
 
 class FunctionList(BaseModel):
@@ -83,18 +89,51 @@ class Status(BaseModel):
     status: str
 
 
+class LogEntry(BaseModel):
+    ts: float
+    version: int
+    outcome: str = Field(description="ok, trap, abort, timeout, ...")
+    error: str | None
+    stdout: str = Field(description="the end of what the call printed")
+    stderr: str
+
+
+class LogList(BaseModel):
+    function: str
+    entries: list[LogEntry]
+
+
+class TokenInfo(BaseModel):
+    id: str
+    scope: str
+    function: str | None
+    description: str
+    created_at: float
+
+
+class NewToken(TokenInfo):
+    token: str = Field(description="the token; only in this reply")
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenInfo]
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for the error statuses an operation can answer."""
     what = {
         400: "malformed request (JSON, shape, arguments, name, manifest)",
         401: "missing or wrong bearer token",
+        403: "the token's scope does not allow this",
+        412: "If-Match does not name the current version",
         404: "no such function",
+        405: "the method is not passed to functions (Allow lists those that are)",
         409: "the function is deployed in the other mode",
         413: "request body over the limit",
         422: "well-formed but unprocessable: bad module, or the function failed (trap, "
         "abort, invalid response)",
         429: "the function's queue is full",
-        503: "shutting down, or the function cannot run",
+        503: "starting, shutting down, or the function cannot run",
         504: "the function ran past its time limit",
     }
     return {code: {"model": ErrorBody, "description": what[code]} for code in codes}

@@ -1,5 +1,10 @@
 """`Registry`: the deployed functions of a running host. It keeps the store (disk) and
-the deployments (pools) in step, and runs invocations."""
+the deployments (versions and their pools) in step, and runs invocations.
+
+Every change of a function (deploy, PATCH, rollback, delete) holds that function's lock
+and may name the version it expects (If-Match: 412 if another change came first). A
+change makes a new version (deployment.py: invocations on the old one run to their end).
+"""
 
 from __future__ import annotations
 
@@ -7,43 +12,77 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, BinaryIO
 
-from .. import errors as sbx
+from pydantic import ValidationError
+
 from ..abi import Signature
 from ..elf import load_guest
+from ..pool import CallOutcome
 from ..wasm.module import load as load_wasm
 from .config import HostConfig
-from .deployment import (
-    Deployment,
-    Limits,
-    check_entry,
-    make_factory,
-    new_pool,
-    open_sandbox,
-    wasm_entry,
+from .deployment import LOG_TAIL, Deployment, Limits, in_daemon_thread, new_pool
+from .errors import (
+    ApiError,
+    api_error,
+    bad_request,
+    body_too_large,
+    hide_path,
+    not_found,
+    row_of,
+    scrub,
+    unavailable,
 )
-from .errors import ApiError, bad_request, body_too_large, from_guest_error, not_found
-from .manifest import FunctionRecord, FunctionSpec
-from .metrics import Gauge, Labels, Metrics
-from .pool import CallOutcome, PoolClosed, QueueFull
+from .functions import Function, kind_for, native_entry, wasm_entry
+from .manifest import FunctionRecord, FunctionSpec, Revision
+from .metrics import Metrics
 from .store import Blob, FunctionStore, Loaded, StoredTooLarge, StoreError
 
 log = logging.getLogger("sandbox.host")
+DEPLOY_GRACE_S = 5.0  # beyond a start-up's time limit, before the deploy stops waiting
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch: objects merge member by member, null removes a
+    member, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def spec_from(doc: object) -> FunctionSpec:
+    """Raises ApiError 400 for a manifest that is not a FunctionSpec (strict)."""
+    try:
+        if isinstance(doc, str | bytes | bytearray):
+            return FunctionSpec.model_validate_json(doc)
+        return FunctionSpec.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "manifest"
+        raise bad_request(f"invalid manifest: {where}: {first['msg']}", "InvalidManifest") from None
 
 
 class Registry:
     def __init__(self, config: HostConfig, metrics: Metrics) -> None:
         self.config = config
         self.store = FunctionStore(config.data_dir)
+        hide_path(str(config.data_dir.resolve()), "<data dir>")
+        hide_path(str(config.data_dir), "<data dir>")
         self.metrics = metrics
         self._deployments: dict[str, Deployment] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._retiring: set[Deployment] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = False
-        metrics.gauges.extend(self._gauges())
+        self.closing = False
+        metrics.watch(self)
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -52,7 +91,7 @@ class Registry:
         configured). Raises StoreError if the data directory is unusable."""
         loaded, warnings = await asyncio.to_thread(self.store.open)
         for warning in warnings:
-            log.warning(warning)
+            log.warning(scrub(warning))
         for item in loaded:
             dep = await self._load(item)
             self._deployments[dep.name] = dep
@@ -77,29 +116,32 @@ class Registry:
                 sig = wasm_entry(module, record.spec)
             else:
                 image = await asyncio.to_thread(load_guest, blob)
-                sig = image.functions.get(record.spec.entry)
+                sig = native_entry(image.functions, record.spec)
         except ApiError as exc:
             return Deployment(record, limits, problem=exc.message)
         except Exception as exc:
-            return Deployment(record, limits, problem=f"module does not load: {exc}")
-        if sig is None:
-            return Deployment(record, limits, problem=f"no entry {record.spec.entry!r}")
-        pool = new_pool(record.name, limits, make_factory(blob, record.spec, self.config))
+            return Deployment(record, limits, problem=f"module does not load: {scrub(str(exc))}")
+        kind = kind_for(record.name, blob, record.spec, self.config, limits.timeout_s)
+        pool = new_pool(record.name, limits, kind, self.metrics.created_counter(record.name))
         dep = Deployment(record, limits, sig, pool)
+        dep.logs = self._log_ring()
         if self.config.warm_on_start:
             try:
                 await pool.fill()
             except Exception as exc:
-                await pool.close()
-                return Deployment(record, limits, problem=f"cannot start sandboxes: {exc}")
+                pool.close()
+                problem = f"cannot start sandboxes: {scrub(str(exc))}"
+                return Deployment(record, limits, problem=problem)
         return dep
 
     async def close(self) -> None:
         """Closes every pool, cancelling calls still running. Idempotent."""
+        self.closing = True
         for task in list(self._tasks):
             task.cancel()
         deps = [*self._deployments.values(), *self._retiring]
-        await asyncio.gather(*(d.pool.close(cancel=True) for d in deps if d.pool is not None))
+        pools = [d.pool for d in deps if d.pool is not None]
+        await asyncio.gather(*(asyncio.to_thread(p.close, cancel=True) for p in pools))
         self.store.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -120,22 +162,41 @@ class Registry:
                 if dep.pool is not None:
                     dep.pool.shrink(self.config.pool_idle_s)
 
-    def _retire(self, dep: Deployment) -> None:
-        """Lets a replaced or deleted deployment finish its calls, then closes it."""
-        dep.retired = True
-        if dep.pool is None:
-            return
+    def _fill(self, dep: Deployment) -> None:
         pool = dep.pool
-        self._retiring.add(dep)
+        if pool is None:
+            return
 
-        async def retire() -> None:
+        async def fill() -> None:
             try:
-                await pool.drain(self.config.max_timeout_s + 1)
-                await pool.close(cancel=True)
-            finally:
-                self._retiring.discard(dep)
+                await pool.fill()
+            except Exception as exc:  # the next invocations retry (and answer the error)
+                log.warning(
+                    "cannot warm the pool",
+                    extra={"function": dep.name, "error": scrub(str(exc))},
+                )
 
-        self._spawn(retire())
+        self._spawn(fill())
+
+    def _install(self, dep: Deployment) -> None:
+        old = self._deployments.get(dep.name)
+        self._deployments[dep.name] = dep
+        if old is not None:
+            self._retire(old)
+
+    def _retire(self, dep: Deployment) -> None:
+        """A replaced or deleted version: its pool closes when its last invocation ends."""
+        dep.retired = True
+        if dep.pool is not None:
+            if dep.active == 0:
+                dep.pool.close()
+            else:
+                self._retiring.add(dep)
+
+    def _log_ring(self) -> Any:
+        from collections import deque
+
+        return deque(maxlen=self.config.log_entries)
 
     # -- lookups ------------------------------------------------------------------------
 
@@ -145,61 +206,175 @@ class Registry:
     def all(self) -> list[Deployment]:
         return [self._deployments[n] for n in sorted(self._deployments)]
 
+    def busy(self) -> int:
+        """Invocations running or waiting, on every version."""
+        return sum(d.active for d in self._deployments.values()) + sum(
+            d.active for d in self._retiring
+        )
+
     @contextlib.asynccontextmanager
     async def _locked(self, name: str) -> AsyncIterator[None]:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             yield
 
-    # -- deploy and delete --------------------------------------------------------------
+    def _check_version(
+        self, name: str, record: FunctionRecord | None, if_match: str | None
+    ) -> None:
+        """Raises ApiError 412 unless If-Match names the current version (or is *)."""
+        if if_match is None:
+            return
+        tags = {t.strip() for t in if_match.split(",")}
+        if record is None:
+            if "*" in tags:
+                raise ApiError(412, "PreconditionFailed", f"function {name!r} does not exist")
+            raise ApiError(412, "PreconditionFailed", f"function {name!r} does not exist")
+        if "*" not in tags and record.etag not in tags and f"W/{record.etag}" not in tags:
+            raise ApiError(
+                412,
+                "PreconditionFailed",
+                f"function {name!r} is at version {record.version} (ETag {record.etag}), "
+                f"not {if_match}",
+                version=record.version,
+            )
+
+    # -- deploy, patch, rollback, delete --------------------------------------------------
 
     async def deploy(
-        self, name: str, spec: FunctionSpec, module: BinaryIO | None
+        self,
+        name: str,
+        spec: FunctionSpec,
+        module: BinaryIO | None,
+        *,
+        if_match: str | None = None,
     ) -> tuple[Deployment, bool]:
         """Stores and starts `name` (module None: keep the current module). Returns
         the deployment and whether it is new. Raises ApiError: 400 (limits, no module
-        for a new function), 413, 422 (not a usable module, no such entry, wasm), 500."""
-        limits = Limits.resolve(spec, self.config)
+        for a new function), 412, 413, 422 (not a usable module, no such entry), 500."""
+        Limits.resolve(spec, self.config)  # 400 before anything is read or stored
         async with self._locked(name):
             existing = self.store.get(name)
+            self._check_version(name, existing, if_match)
             blob = await self._blob_for(name, existing, module)
+            return await self._commit(name, spec, blob, existing), existing is None
+
+    async def patch(self, name: str, patch: object, *, if_match: str | None = None) -> Deployment:
+        """Applies a JSON merge patch to the manifest (RFC 7396); keeps the module."""
+        if not isinstance(patch, dict):
+            raise bad_request("a PATCH body is a JSON object (a merge patch of the manifest)")
+        async with self._locked(name):
+            existing = self.store.get(name)
+            if existing is None:
+                raise not_found(name)
+            self._check_version(name, existing, if_match)
+            current = existing.spec.model_dump()
+            spec = spec_from(merge_patch(current, patch))
+            Limits.resolve(spec, self.config)
+            blob = await asyncio.to_thread(self.store.pin, existing.sha256, existing.size)
+            return await self._commit(name, spec, blob, existing)
+
+    async def rollback(
+        self, name: str, version: int | None, *, if_match: str | None = None
+    ) -> Deployment:
+        """Makes a kept earlier version (default: the one before the current) current
+        again, as a new version (like a Knative revision). Raises ApiError 404, 412."""
+        async with self._locked(name):
+            existing = self.store.get(name)
+            if existing is None:
+                raise not_found(name)
+            self._check_version(name, existing, if_match)
+            revs = existing.previous
+            rev = revs[0] if version is None and revs else None
+            if version is not None:
+                rev = next((r for r in revs if r.version == version), None)
+            if rev is None:
+                kept = ", ".join(str(r.version) for r in revs) or "none"
+                raise ApiError(
+                    404,
+                    "VersionNotFound",
+                    f"function {name!r} keeps no version {version if version else 'before '}"
+                    f"{'' if version else str(existing.version)} (kept: {kept})",
+                    function=name,
+                )
+            Limits.resolve(rev.spec, self.config)
+            blob = await asyncio.to_thread(self.store.pin, rev.sha256, rev.size)
+            return await self._commit(name, rev.spec, blob, existing, dropped=rev)
+
+    async def _commit(
+        self,
+        name: str,
+        spec: FunctionSpec,
+        blob: Blob,
+        existing: FunctionRecord | None,
+        *,
+        dropped: Revision | None = None,
+    ) -> Deployment:
+        """With the lock held and `blob` pinned: validates the module by making its first
+        sandbox (under the function's time limit), stores the record (the commit
+        point), and installs the new version."""
+        limits = Limits.resolve(spec, self.config)
+        try:
+            kind = kind_for(name, blob.path, spec, self.config, limits.timeout_s)
+            fn = await self._first(name, kind, limits.timeout_s)
             try:
-                factory = make_factory(blob.path, spec, self.config)
-                sb = await open_sandbox(factory)
-                try:
-                    sig = check_entry(sb, spec)
-                    now = time.time()
-                    record = FunctionRecord(
-                        name=name,
-                        spec=spec,
-                        sha256=blob.sha256,
-                        size=blob.size,
-                        version=existing.version + 1 if existing else 1,
-                        created_at=existing.created_at if existing else now,
-                        updated_at=now,
-                    )
-                    await asyncio.to_thread(self.store.commit, record)
-                except BaseException:
-                    sb.close()
-                    raise
-            except StoreError as exc:
-                log.error("store failed", extra={"function": name, "error": str(exc)})
-                raise ApiError(500, "StoreError", str(exc)) from exc
-            finally:
-                await asyncio.to_thread(self.store.unpin, blob.sha256)
-            pool = new_pool(name, limits, factory)
-            pool.adopt(sb)
-            dep = Deployment(record, limits, sig, pool)
-            old = self._deployments.get(name)
-            self._deployments[name] = dep
-            if old is not None:
-                self._retire(old)
-            self._spawn(pool.fill())
+                now = time.time()
+                previous: list[Revision] = []
+                if existing is not None:
+                    older = [r for r in existing.previous if r is not dropped]
+                    previous = [existing.revision(), *older][: self.config.keep_versions]
+                record = FunctionRecord(
+                    name=name,
+                    spec=spec,
+                    sha256=blob.sha256,
+                    size=blob.size,
+                    version=existing.version + 1 if existing else 1,
+                    created_at=existing.created_at if existing else now,
+                    updated_at=now,
+                    previous=previous,
+                )
+                await asyncio.to_thread(self.store.commit, record)
+            except BaseException:
+                fn[0].close()
+                raise
+        except StoreError as exc:
+            log.error("store failed", extra={"function": name, "error": scrub(str(exc))})
+            raise ApiError(500, "StoreError", scrub(str(exc))) from exc
+        finally:
+            await asyncio.to_thread(self.store.unpin, blob.sha256)
+        first, sig = fn
+        pool = new_pool(name, limits, kind, self.metrics.created_counter(name))
+        self.metrics.created_counter(name)()
+        pool.adopt(first)
+        dep = Deployment(record, limits, sig, pool)
+        dep.logs = self._log_ring()
+        self._install(dep)
+        self._fill(dep)
         log.info(
             "function deployed",
             extra={"function": name, "version": record.version, "sha256": blob.sha256},
         )
-        return dep, existing is None
+        return dep
+
+    async def _first(self, name: str, kind: Any, limit: float) -> tuple[Function, Signature]:
+        """The module's first sandbox, on a daemon thread, within its time limit."""
+        try:
+            async with asyncio.timeout(limit + DEPLOY_GRACE_S):
+                result: tuple[Function, Signature] = await in_daemon_thread(kind.first)
+                return result
+        except ApiError:
+            raise
+        except TimeoutError as exc:
+            raise ApiError(
+                422,
+                "InvalidModule",
+                f"the module's start-up did not end within the function's time limit ({limit} s)",
+                function=name,
+            ) from exc
+        except Exception as exc:
+            error = api_error(exc, function=name, deploy=True)
+            if error.status >= 500:
+                log.error("deploy failed", extra={"function": name, "error": error.message})
+            raise error from exc
 
     async def _blob_for(
         self, name: str, existing: FunctionRecord | None, module: BinaryIO | None
@@ -216,16 +391,18 @@ class Registry:
         except StoredTooLarge:
             raise body_too_large(self.config.max_upload_bytes) from None
         except StoreError as exc:
-            log.error("store failed", extra={"function": name, "error": str(exc)})
-            raise ApiError(500, "StoreError", str(exc)) from exc
+            log.error("store failed", extra={"function": name, "error": scrub(str(exc))})
+            raise ApiError(500, "StoreError", scrub(str(exc))) from exc
 
-    async def delete(self, name: str) -> None:
-        """Removes `name` durably; its running calls finish first. Raises ApiError 404."""
+    async def delete(self, name: str, *, if_match: str | None = None) -> None:
+        """Removes `name` durably; its running calls finish first. Raises ApiError 404,
+        412."""
         async with self._locked(name):
+            self._check_version(name, self.store.get(name), if_match)
             try:
                 removed = await asyncio.to_thread(self.store.remove, name)
             except StoreError as exc:
-                raise ApiError(500, "StoreError", str(exc)) from exc
+                raise ApiError(500, "StoreError", scrub(str(exc))) from exc
             if not removed:
                 raise not_found(name)
             dep = self._deployments.pop(name, None)
@@ -236,92 +413,66 @@ class Registry:
     # -- invocation ---------------------------------------------------------------------
 
     async def call(self, dep: Deployment, args: Sequence[object]) -> CallOutcome:
-        """Runs the function's entry with `args` in fresh state. Raises ApiError for
-        every failure (see errors.py for the status codes)."""
-        for _ in range(3):
-            pool = dep.pool
-            if pool is None:
-                raise ApiError(503, "FunctionUnavailable", dep.problem or "cannot run")
-            limits = dep.limits
-            try:
-                outcome = await pool.call(
-                    dep.spec.entry, args, timeout=limits.timeout_s, wait=limits.timeout_s
-                )
-                break
-            except PoolClosed:
-                current = self._deployments.get(dep.name)
-                if not dep.retired or current is None:
-                    raise ApiError(
-                        503,
-                        "ShuttingDown",
-                        "the host is shutting down",
-                        headers={"Retry-After": "1"},
-                    ) from None
-                dep = current  # replaced while we waited: run the new version
-            except QueueFull as exc:
-                self.metrics.rejected.inc(dep.name)
-                self.metrics.invocations.inc(dep.name, "rejected")
-                raise ApiError(
-                    429, "QueueFull", str(exc), headers={"Retry-After": "1"}, function=dep.name
-                ) from None
-            except TimeoutError:
-                self.metrics.invocations.inc(dep.name, "queue_timeout")
-                raise ApiError(
-                    503,
-                    "QueueTimeout",
-                    f"no sandbox of {dep.name!r} became free within {limits.timeout_s} s",
-                    headers={"Retry-After": "1"},
-                ) from None
-            except ApiError:
-                raise
-            except Exception as exc:  # creating a sandbox failed
-                self.metrics.invocations.inc(dep.name, "error")
-                raise from_guest_error(exc, dep.name, "") from exc
-        else:
-            raise ApiError(503, "ShuttingDown", "the function was replaced repeatedly")
-        self._account(dep.name, outcome)
-        if outcome.error is not None:
-            raise from_guest_error(outcome.error, dep.name, outcome.output)
+        """Runs the function's entry with `args` in fresh state, on this version to the
+        end. Raises ApiError for every failure (errors.TABLE)."""
+        if dep.retired and (dep.pool is None or dep.pool.closed):
+            # Replaced or deleted (and its last call done) while this request's body
+            # arrived: the function as it is now answers it.
+            current = self._deployments.get(dep.name)
+            if current is None:
+                raise not_found(dep.name)
+            dep = current
+        pool = dep.pool
+        if pool is None:
+            raise unavailable("FunctionUnavailable", dep.problem or "the function cannot run")
+        limits = dep.limits
+        dep.active += 1
+        try:
+            outcome = await pool.acall_outcome(
+                dep.spec.entry, *args, timeout=limits.timeout_s, wait=limits.timeout_s
+            )
+        except Exception as exc:  # about the pool: full, waited too long, closed, no sandbox
+            self.metrics.invocation(dep.name, dep.version, row_of(exc).outcome, None)
+            refusal = api_error(exc, function=dep.name)
+            self.metrics.response(dep.name, dep.version, refusal.status)
+            raise refusal from None
+        finally:
+            dep.active -= 1
+            if dep.retired and dep.active == 0 and dep.pool is not None:
+                self._retiring.discard(dep)
+                dep.pool.close()
+        error = outcome.error
+        self.metrics.invocation(
+            dep.name,
+            dep.version,
+            "ok" if error is None else row_of(error).outcome,
+            outcome.duration_s,
+            trap=getattr(error, "kind", None) if error is not None else None,
+        )
+        if error is not None or outcome.output or outcome.stderr:
+            dep.log(
+                {
+                    "ts": time.time(),
+                    "version": dep.version,
+                    "outcome": "ok" if error is None else row_of(error).outcome,
+                    "error": None if error is None else scrub(str(error))[:LOG_TAIL],
+                    "stdout": outcome.output[-LOG_TAIL:],
+                    "stderr": outcome.stderr[-LOG_TAIL:],
+                }
+            )
+        if error is not None:
+            failure = api_error(error, function=dep.name, output=self.cut(outcome.output))
+            self.metrics.response(dep.name, dep.version, failure.status)
+            raise failure
+        self.metrics.response(dep.name, dep.version, getattr(outcome.value, "status", 200))
         return outcome
 
-    def _account(self, name: str, outcome: CallOutcome) -> None:
-        m = self.metrics
-        m.invocation_latency.observe(outcome.duration_s, name)
-        err = outcome.error
-        if err is None:
-            m.invocations.inc(name, "ok")
-        elif isinstance(err, sbx.CallTimeout):
-            m.invocations.inc(name, "timeout")
-            m.timeouts.inc(name)
-        elif isinstance(err, sbx.GuestTrap):
-            m.invocations.inc(name, "trap")
-            m.traps.inc(name, err.kind)
-        elif isinstance(err, sbx.GuestAbort):
-            m.invocations.inc(name, "abort")
-        elif isinstance(err, sbx.ArgumentError):
-            m.invocations.inc(name, "bad_args")
-        else:
-            m.invocations.inc(name, "error")
-
-    # -- metrics ------------------------------------------------------------------------
-
-    def _gauges(self) -> Iterable[Gauge]:
-        def pools(attr: str) -> Iterable[tuple[Labels, float]]:
-            for dep in self._deployments.values():
-                if dep.pool is not None:
-                    yield (dep.name,), float(getattr(dep.pool, attr))
-
-        p = "sandbox_host_"
-        yield Gauge(
-            p + "functions", "deployed functions", (), lambda: [((), len(self._deployments))]
-        )
-        yield Gauge(
-            p + "pool_size", "sandboxes of a function", ("function",), lambda: pools("size")
-        )
-        yield Gauge(p + "pool_idle", "idle sandboxes", ("function",), lambda: pools("idle"))
-        yield Gauge(
-            p + "pool_busy", "sandboxes running a call", ("function",), lambda: pools("busy")
-        )
-        yield Gauge(
-            p + "queued", "requests waiting for a sandbox", ("function",), lambda: pools("queued")
-        )
+    def cut(self, output: str) -> str:
+        """At most max_output_bytes of a call's output go into a reply."""
+        limit = self.config.max_output_bytes
+        if len(output) <= limit // 4:  # surely under the limit in UTF-8
+            return output
+        data = output.encode("utf-8", "surrogatepass")
+        if len(data) <= limit:
+            return output
+        return data[:limit].decode("utf-8", "ignore")

@@ -1,20 +1,33 @@
-"""The management API: deploy (PUT), list and describe (GET), delete (DELETE). Every
-endpoint needs the bearer token; it is checked before the body is read."""
+"""The management API: deploy (PUT), change settings (PATCH), roll back, list and
+describe (GET, with an ETag), delete (DELETE), recent logs, and the scoped tokens. Every
+endpoint needs a token of the deploy scope (tokens: admin); it is checked before the
+body is read. PUT, PATCH, rollback and DELETE honour If-Match (412 on a lost race)."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, BinaryIO
 
-from fastapi import APIRouter, Path, Request, Security
+from fastapi import APIRouter, Path, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from .auth import TokenSpec
+from .deployment import Deployment
 from .errors import ApiError, bad_request, not_found
 from .manifest import NAME_PATTERN, FunctionSpec
-from .models import ErrorBody, FunctionInfo, FunctionList, error_responses
-from .state import host_state
+from .models import (
+    ErrorBody,
+    FunctionInfo,
+    FunctionList,
+    LogList,
+    NewToken,
+    TokenList,
+    error_responses,
+)
+from .registry import spec_from
+from .state import HostState, host_state
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -63,12 +76,24 @@ _UPLOAD_BODY: dict[str, Any] = {
 
 def _spec_from(raw: object) -> FunctionSpec:
     """Raises ApiError 400 for a manifest that is not valid JSON or not a FunctionSpec."""
-    try:
-        return FunctionSpec.model_validate_json(raw)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "manifest"
-        raise bad_request(f"invalid manifest: {where}: {first['msg']}", "InvalidManifest") from None
+    if isinstance(raw, str | bytes | bytearray):
+        try:
+            json.loads(raw)
+        except ValueError as exc:
+            raise bad_request(f"invalid manifest: not JSON: {exc}", "InvalidManifest") from None
+    return spec_from(raw)
+
+
+def _manage(request: Request) -> HostState:
+    """The host, once it is started and the request's token has the deploy scope."""
+    host = host_state(request)
+    host.authorize(request, "deploy")
+    host.require_started()
+    return host
+
+
+def _described(dep: Deployment, status: int = 200) -> Response:
+    return JSONResponse(dep.info(), status_code=status, headers={"ETag": dep.record.etag})
 
 
 async def _read_upload(request: Request) -> tuple[FunctionSpec, BinaryIO | None]:
@@ -101,32 +126,103 @@ async def _read_upload(request: Request) -> tuple[FunctionSpec, BinaryIO | None]
     response_model=FunctionInfo,
     status_code=200,
     openapi_extra=_UPLOAD_BODY,
+    operation_id="deploy_function",
     responses={
         201: {"model": FunctionInfo, "description": "created"},
-        **error_responses(400, 401, 413, 422, 503),
+        **error_responses(400, 401, 403, 412, 413, 422, 503),
         415: {"model": ErrorBody, "description": "neither multipart/form-data nor JSON"},
     },
 )
 async def put_function(request: Request, name: Name, _: Token = None) -> Response:
-    host = host_state(request)
-    host.authorize(request)
+    """A multipart upload (manifest + module), or a JSON manifest alone: it replaces
+    the whole manifest (omitted fields take their defaults) and keeps the module."""
+    host = _manage(request)
     try:
         spec, module = await _read_upload(request)
-        dep, created = await host.registry.deploy(name, spec, module)
+        dep, created = await host.registry.deploy(
+            name, spec, module, if_match=request.headers.get("if-match")
+        )
     finally:
         await request.close()  # the uploaded file's spool
-    return JSONResponse(dep.info(), status_code=201 if created else 200)
+    return _described(dep, 201 if created else 200)
+
+
+@router.patch(
+    "/functions/{name}",
+    summary="Change some settings of a function (JSON merge patch of its manifest)",
+    response_model=FunctionInfo,
+    operation_id="patch_function",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/merge-patch+json": {"schema": {"type": "object"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+        }
+    },
+    responses=error_responses(400, 401, 403, 404, 412, 413, 422, 503),
+)
+async def patch_function(request: Request, name: Name, _: Token = None) -> Response:
+    """RFC 7396: members given replace the manifest's, null resets one to its default,
+    the rest is kept; the module is kept."""
+    host = _manage(request)
+    try:
+        patch = json.loads(await request.body())
+    except (ValueError, RecursionError) as exc:
+        raise bad_request(f"the body is not valid JSON: {exc}", "InvalidJson") from None
+    dep = await host.registry.patch(name, patch, if_match=request.headers.get("if-match"))
+    return _described(dep)
+
+
+@router.post(
+    "/functions/{name}/rollback",
+    summary="Make an earlier version current again (as a new version)",
+    response_model=FunctionInfo,
+    operation_id="rollback_function",
+    responses=error_responses(400, 401, 403, 404, 412, 422, 503),
+)
+async def rollback_function(
+    request: Request,
+    name: Name,
+    version: Annotated[int | None, Query(ge=1, description="default: the one before")] = None,
+    _: Token = None,
+) -> Response:
+    host = _manage(request)
+    dep = await host.registry.rollback(name, version, if_match=request.headers.get("if-match"))
+    return _described(dep)
+
+
+@router.get(
+    "/functions/{name}/logs",
+    summary="Recent calls of a function that printed or failed (newest last)",
+    response_model=LogList,
+    operation_id="function_logs",
+    responses=error_responses(400, 401, 403, 404, 503),
+)
+async def function_logs(
+    request: Request,
+    name: Name,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    _: Token = None,
+) -> Response:
+    host = _manage(request)
+    dep = host.registry.get(name)
+    if dep is None:
+        raise not_found(name)
+    entries = list(dep.logs)[-limit:]
+    return JSONResponse({"function": name, "entries": entries})
 
 
 @router.get(
     "/functions",
     summary="List the deployed functions",
     response_model=FunctionList,
-    responses=error_responses(401),
+    operation_id="list_functions",
+    responses=error_responses(401, 403, 503),
 )
 async def list_functions(request: Request, _: Token = None) -> Response:
-    host = host_state(request)
-    host.authorize(request)
+    host = _manage(request)
     return JSONResponse({"functions": [d.info() for d in host.registry.all()]})
 
 
@@ -134,15 +230,15 @@ async def list_functions(request: Request, _: Token = None) -> Response:
     "/functions/{name}",
     summary="Describe a function",
     response_model=FunctionInfo,
-    responses=error_responses(400, 401, 404),
+    operation_id="get_function",
+    responses=error_responses(400, 401, 403, 404, 503),
 )
 async def get_function(request: Request, name: Name, _: Token = None) -> Response:
-    host = host_state(request)
-    host.authorize(request)
+    host = _manage(request)
     dep = host.registry.get(name)
     if dep is None:
         raise not_found(name)
-    return JSONResponse(dep.info())
+    return _described(dep)
 
 
 @router.delete(
@@ -150,10 +246,67 @@ async def get_function(request: Request, name: Name, _: Token = None) -> Respons
     summary="Delete a function (its running calls finish first)",
     status_code=204,
     response_class=Response,
-    responses=error_responses(400, 401, 404),
+    operation_id="delete_function",
+    responses=error_responses(400, 401, 403, 404, 412, 503),
 )
 async def delete_function(request: Request, name: Name, _: Token = None) -> Response:
+    host = _manage(request)
+    await host.registry.delete(name, if_match=request.headers.get("if-match"))
+    return Response(status_code=204)
+
+
+# -- tokens -------------------------------------------------------------------------------
+
+
+@router.post(
+    "/tokens",
+    summary="Make a scoped token (admin, deploy, or invoke one function)",
+    response_model=NewToken,
+    status_code=201,
+    operation_id="create_token",
+    tags=["tokens"],
+    responses=error_responses(400, 401, 403, 503),
+)
+async def create_token(request: Request, spec: TokenSpec, _: Token = None) -> Response:
+    """The token is in the reply only: the host keeps its SHA-256."""
     host = host_state(request)
-    host.authorize(request)
-    await host.registry.delete(name)
+    host.authorize(request, "admin")
+    host.require_started()
+    record, token = host.guard.create(spec)
+    return JSONResponse({**record.public(), "token": token}, status_code=201)
+
+
+@router.get(
+    "/tokens",
+    summary="List the scoped tokens (never their values)",
+    response_model=TokenList,
+    operation_id="list_tokens",
+    tags=["tokens"],
+    responses=error_responses(401, 403, 503),
+)
+async def list_tokens(request: Request, _: Token = None) -> Response:
+    host = host_state(request)
+    host.authorize(request, "admin")
+    return JSONResponse({"tokens": [r.public() for r in host.guard.list()]})
+
+
+@router.delete(
+    "/tokens/{token_id}",
+    summary="Revoke a scoped token",
+    status_code=204,
+    response_class=Response,
+    operation_id="revoke_token",
+    tags=["tokens"],
+    responses=error_responses(400, 401, 403, 404, 503),
+)
+async def revoke_token(
+    request: Request,
+    token_id: Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")],
+    _: Token = None,
+) -> Response:
+    host = host_state(request)
+    host.authorize(request, "admin")
+    host.require_started()
+    if not host.guard.revoke(token_id):
+        raise ApiError(404, "TokenNotFound", f"no token {token_id!r}")
     return Response(status_code=204)

@@ -48,7 +48,7 @@ _INVOKE_BODY: dict[str, Any] = {
 }
 _HTTP_RESPONSES: dict[int | str, dict[str, Any]] = {
     "default": {"description": "the function's response (any status, headers, body)"},
-    **error_responses(400, 401, 404, 409, 413, 422, 429, 503, 504),
+    **error_responses(400, 401, 403, 404, 405, 409, 413, 422, 429, 503, 504),
 }
 
 
@@ -61,9 +61,10 @@ def _response(reply: Reply) -> Response:
 @router.post(
     "/functions/{name}/invoke",
     summary="Invoke a function with JSON arguments, in fresh state",
+    operation_id="invoke_function",
     response_model=InvokeResponse,
     openapi_extra={**_INVOKE_BODY, "parameters": [_NAME_PARAM], **_SECURITY},
-    responses=error_responses(400, 401, 404, 409, 413, 422, 429, 503, 504),
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503, 504),
 )
 async def invoke(request: Request) -> Response:
     name = request.path_params["name"]
@@ -91,7 +92,7 @@ for _method in dataplane.HTTP_METHODS:
             _path,
             _endpoint,
             methods=[_method],
-            operation_id=f"http_{_where}_{_method.lower()}",
+            operation_id=f"http_{_method.lower()}" + ("" if _where == "root" else "_path"),
             summary=f"{_method} to a function in http mode"
             + (" (path /)" if _where == "root" else ""),
             responses=_HTTP_RESPONSES,

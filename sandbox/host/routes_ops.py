@@ -12,7 +12,12 @@ from .state import host_state
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=Status, summary="Liveness: the process serves HTTP")
+@router.get(
+    "/healthz",
+    response_model=Status,
+    summary="Liveness: the process serves HTTP",
+    operation_id="healthz",
+)
 async def healthz() -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
@@ -21,6 +26,7 @@ async def healthz() -> Response:
     "/readyz",
     response_model=Status,
     summary="Readiness: functions loaded and not shutting down",
+    operation_id="readyz",
     responses={503: {"model": Status, "description": "starting or draining"}},
 )
 async def readyz(request: Request) -> Response:
@@ -37,14 +43,15 @@ async def readyz(request: Request) -> Response:
 @router.get(
     "/metrics",
     summary="Prometheus metrics (text format 0.0.4)",
+    operation_id="metrics",
     response_class=Response,
     responses={
         200: {"content": {prom.CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}},
-        **error_responses(401),
+        **error_responses(401, 403),
     },
 )
 async def metrics(request: Request) -> Response:
     host = host_state(request)
     if not host.config.public_metrics:
-        host.authorize(request)
+        host.authorize(request, "deploy")
     return Response(host.metrics.render(), media_type=prom.CONTENT_TYPE)

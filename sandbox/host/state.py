@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from .auth import Guard
+from .auth import Caller, Guard, Scope
 from .config import HostConfig
 from .deployment import Deployment
-from .errors import ApiError, not_found, unauthorized
+from .errors import ApiError, forbidden, not_found, unauthorized, unavailable
 from .metrics import Metrics
 from .registry import Registry
 
@@ -21,42 +21,56 @@ class HostState:
     registry: Registry
     guard: Guard
     draining: bool = False
+    start_error: str | None = None
 
     @property
     def ready(self) -> bool:
         return self.registry.started and not self.draining
 
     def begin_drain(self) -> None:
-        """The server stops accepting: /readyz answers 503, new invocations too."""
+        """/readyz answers 503, new invocations too (the socket still accepts)."""
         self.draining = True
 
-    def authorize(self, request: Request) -> None:
-        """Raises ApiError 401 unless the request carries the token."""
-        self.guard.check(request.headers.get("authorization"))
+    def require_started(self) -> None:
+        """Raises ApiError 503 while the functions are being loaded."""
+        if not self.registry.started:
+            raise unavailable("Starting", "the host is starting: its functions are loading")
+
+    def authorize(
+        self, request: Request, need: Scope = "deploy", function: str | None = None
+    ) -> Caller:
+        """Raises ApiError 401/403 unless the request's token allows `need`."""
+        return self.guard.check(request.headers.get("authorization"), need, function)
 
     def invocable(self, authorization: str | None, name: str) -> Deployment:
         """The deployment `name` if a request with this Authorization header may invoke
-        it. Raises ApiError: 401 without the token for a non-public or unknown function
-        (so that existence does not leak), 404, 503 while draining."""
+        it. Raises ApiError: 401 without a valid token for a non-public or unknown
+        function (so that existence does not leak), 403 for a token of another
+        function, 404, 503 while starting or draining."""
+        if not self.registry.started:
+            self.require_started()
         dep = self.registry.get(name)
         if dep is None or not dep.spec.public:
-            header = authorization
-            if not self.guard.allows(header):
+            caller = self.guard.identify(authorization)
+            if caller is None:
                 raise unauthorized(
                     "the bearer token is wrong"
-                    if header
+                    if authorization
                     else "this function is not public: "
-                    "invoking it needs the bearer token (Authorization: Bearer ...)"
+                    "invoking it needs a token (Authorization: Bearer ...)"
                 )
+            if not caller.may("invoke", name):
+                raise forbidden(f"the token may not invoke {name!r}")
         if dep is None:
             raise not_found(name)
         if self.draining:
-            raise ApiError(
-                503, "ShuttingDown", "the host is shutting down", headers={"Retry-After": "1"}
-            )
+            raise unavailable("ShuttingDown", "the host is shutting down")
         return dep
 
 
 def host_state(request: Request) -> HostState:
     state: HostState = request.app.state.host
     return state
+
+
+__all__ = ["ApiError", "HostState", "host_state"]

@@ -195,7 +195,7 @@ class FunctionStore:
                         os.rename(path, final)
                         fsync_dir(self.blobs)
         except OSError as exc:
-            raise StoreError(f"cannot store the module: {exc}") from exc
+            raise StoreError(f"cannot store the module: {exc.strerror}") from exc
         return Blob(sha, size, final)
 
     def pin(self, sha256: str, size: int) -> Blob:
@@ -213,7 +213,10 @@ class FunctionStore:
             self._gc_locked()
 
     def _gc_locked(self) -> None:
-        used = {r.sha256 for r in self._records.values()} | set(self._pinned)
+        used = set(self._pinned)
+        for r in self._records.values():
+            used.add(r.sha256)
+            used.update(rev.sha256 for rev in r.previous)
         removed = False
         for blob in self.blobs.iterdir():
             if blob.name not in used:
@@ -234,17 +237,22 @@ class FunctionStore:
         removes blobs nothing refers to any more. Raises StoreError."""
         data = json.dumps(record.model_dump(mode="json"), indent=1).encode() + b"\n"
         try:
-            with self._temporary() as (path, f):
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-                with self._lock:
-                    os.rename(path, self.functions / f"{record.name}.json")
-                    fsync_dir(self.functions)
-                    self._records[record.name] = record
-                    self._gc_locked()
+            self.write_file(self.functions / f"{record.name}.json", data)
+            with self._lock:
+                self._records[record.name] = record
+                self._gc_locked()
         except OSError as exc:
-            raise StoreError(f"cannot store function {record.name!r}: {exc}") from exc
+            raise StoreError(f"cannot store function {record.name!r}: {exc.strerror}") from exc
+
+    def write_file(self, final: Path, data: bytes) -> None:
+        """Writes `final` durably and atomically (tmp/, fsync, rename, fsync of its
+        directory), mode 0600 (records hold secrets). Raises OSError."""
+        with self._temporary() as (path, f):
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            os.rename(path, final)
+            fsync_dir(final.parent)
 
     def remove(self, name: str) -> bool:
         """Deletes a function durably; False if there was none. Raises StoreError."""
@@ -257,7 +265,7 @@ class FunctionStore:
                 del self._records[name]
                 self._gc_locked()
         except OSError as exc:
-            raise StoreError(f"cannot delete function {name!r}: {exc}") from exc
+            raise StoreError(f"cannot delete function {name!r}: {exc.strerror}") from exc
         return True
 
 

@@ -19,7 +19,12 @@ from collections.abc import Sequence
 from ..abi import Signature, Tag, Value
 from .errors import ApiError, bad_request
 
-_INTS = (Tag.I32, Tag.U32, Tag.I64, Tag.U64)
+_INTS = {
+    Tag.I32: (-(1 << 31), (1 << 31) - 1),
+    Tag.U32: (0, (1 << 32) - 1),
+    Tag.I64: (-(1 << 63), (1 << 63) - 1),
+    Tag.U64: (0, (1 << 64) - 1),
+}
 _FLOATS = (Tag.F32, Tag.F64)
 _SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -31,9 +36,16 @@ def _arg(sig: Signature, i: int, tag: Tag, value: object) -> object:
             f"{sig} argument {i + 1}: expected {expected}, got {got}", "ArgumentError"
         )
 
-    if tag in _INTS:
+    bounds = _INTS.get(tag)
+    if bounds is not None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong(f"{tag.type_name} (a JSON integer)")
+        if not bounds[0] <= value <= bounds[1]:
+            raise bad_request(
+                f"{sig} argument {i + 1}: {value} is out of range for {tag.type_name} "
+                f"({bounds[0]} to {bounds[1]})",
+                "ArgumentError",
+            )
         return value
     if tag in _FLOATS:
         if isinstance(value, str) and value in _SPECIAL_FLOATS:
@@ -62,8 +74,9 @@ def _arg(sig: Signature, i: int, tag: Tag, value: object) -> object:
 
 
 def args_from_json(sig: Signature, args: Sequence[object]) -> list[object]:
-    """Python values for a call of `sig`; raises ApiError (400) on a wrong count or
-    type. Ranges and sizes are checked by the call itself (ArgumentError)."""
+    """Python values for a call of `sig`; raises ApiError (400) on a wrong count, type
+    or integer range (arguments are numbered from 1). Sizes are checked by the call
+    itself (ArgumentError)."""
     if len(args) != len(sig.params):
         raise bad_request(
             f"{sig} takes {len(sig.params)} argument(s), got {len(args)}", "ArgumentError"

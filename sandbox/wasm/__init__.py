@@ -7,8 +7,9 @@ with Sandbox.from_wasm("add.wasm") as sb:
 
 from ..errors import WasmModuleError
 from .abi import ValType
+from .factory import from_wasm
 from .module import WasmModule
-from .sandbox import WasmEngineError, WasmLinkError, WasmSandbox, WasmTrap, from_wasm
+from .sandbox import WasmEngineError, WasmLinkError, WasmSandbox, WasmTrap
 from .wasi import WasiConfig, WasiExit
 
 __all__ = [

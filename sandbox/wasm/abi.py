@@ -9,7 +9,15 @@ import struct
 from dataclasses import dataclass
 
 from .._native import ffi, lib
-from ..errors import ArgumentError, GuestProtocolError, WasmTrapKind
+from ..errors import (
+    ArgumentError,
+    GuestProtocolError,
+    WasmEngineError,
+    WasmLinkError,
+    WasmModuleError,
+    WasmTrap,
+    WasmTrapKind,
+)
 
 WINDOW_BASE: int = lib.WASM_WINDOW_BASE
 WINDOW_STRIDE: int = lib.WASM_WINDOW_STRIDE
@@ -151,3 +159,27 @@ def to_python(t: ValType, bits: int) -> object:
     if t == ValType.F64:
         return struct.unpack("<d", bits.to_bytes(8, "little"))[0]
     return None if bits == NULL_REF else bits
+
+
+def reply_u32(reply: Reply, what: str) -> int:
+    """The u32 payload of an OK reply (a handle)."""
+    if len(reply.payload) != 4:
+        raise GuestProtocolError(f"{what}: reply payload of {len(reply.payload)} bytes")
+    return int.from_bytes(reply.payload, "little")
+
+
+def check_ok(reply: Reply, what: str) -> None:
+    """Raises the error a reply that is not OK stands for: WasmTrap, ArgumentError,
+    WasmModuleError, WasmLinkError or WasmEngineError."""
+    if reply.status == Status.OK:
+        return
+    if reply.status == Status.TRAP:
+        kind = TRAP_KINDS.get(reply.trap_kind, f"trap_{reply.trap_kind}")
+        raise WasmTrap(f"{what}: wasm trap: {reply.message}", kind=kind)
+    if reply.status == Status.BAD_CALL:
+        raise ArgumentError(f"{what}: {reply.message}")
+    if reply.status in (Status.MALFORMED, Status.INVALID):
+        raise WasmModuleError(reply.message, kind=reply.status.name.lower())
+    if reply.status == Status.UNLINKABLE:
+        raise WasmLinkError(reply.message)
+    raise WasmEngineError(f"{what}: {reply.message}")

@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from .. import kinds
 from ..config import MiB, ResetMode, SandboxConfig
 from ..cpu import CpuState
 from ..errors import (
@@ -43,15 +42,16 @@ from .abi import (
     HOST_IMPORT,
     MAX_MEMORIES,
     NO_MEMORY,
-    TRAP_KINDS,
     WINDOW_BASE,
     WINDOW_STRIDE,
     Reply,
     Status,
     ValType,
+    check_ok,
     decode_values,
     encode_values,
     parse_reply,
+    reply_u32,
     to_python,
 )
 from .module import Export, FuncType, WasmModule, load
@@ -70,7 +70,6 @@ __all__ = [
     "WasmTrap",
     "WasmLinkError",
     "WasmEngineError",
-    "from_wasm",
 ]
 
 
@@ -391,8 +390,8 @@ class WasmSandbox:
         if reply.status in (Status.MALFORMED, Status.INVALID):
             kind = "malformed" if reply.status == Status.MALFORMED else "invalid"
             raise WasmModuleError(f"{kind} module: {reply.message}", kind=kind)
-        _check_ok(reply, "wasm_load")
-        return _u32(reply, "wasm_load"), module
+        check_ok(reply, "wasm_load")
+        return reply_u32(reply, "wasm_load"), module
 
     def instantiate(
         self,
@@ -430,14 +429,14 @@ class WasmSandbox:
             self._pending = None
         if reply.status == Status.UNLINKABLE:
             raise WasmLinkError(reply.message)
-        _check_ok(reply, "wasm_instantiate")
-        handle = _u32(reply, "wasm_instantiate")
+        check_ok(reply, "wasm_instantiate")
+        handle = reply_u32(reply, "wasm_instantiate")
         self._wasm.instances[handle] = instance
         return handle
 
     def register(self, instance: int, name: str) -> None:
         """Makes an instance's exports importable under module name `name`."""
-        _check_ok(
+        check_ok(
             self._engine_call("wasm_register", "wasm_register", instance, name), "wasm_register"
         )
         self._wasm.registered.add(name)
@@ -455,13 +454,13 @@ class WasmSandbox:
         for t, bits in args:
             data += bytes([t]) + bits.to_bytes(8, "little")
         reply = self._engine_call(name, "wasm_invoke", instance, name, bytes(data), timeout=timeout)
-        _check_ok(reply, name)
+        check_ok(reply, name)
         return decode_values(reply.payload, f"results of {name}")
 
     def get(self, instance: int, name: str) -> tuple[ValType, int]:
         """The value of an exported global."""
         reply = self._engine_call(name, "wasm_get", instance, name)
-        _check_ok(reply, name)
+        check_ok(reply, name)
         values = decode_values(reply.payload, f"global {name}")
         if len(values) != 1:
             raise GuestProtocolError(f"global {name}: {len(values)} values")
@@ -587,7 +586,7 @@ class WasmSandbox:
                 self._close_pending = False
                 if wasi is not None:
                     wasi.close()
-        _check_ok(reply, name)
+        check_ok(reply, name)
         values = [to_python(t, b) for t, b in decode_values(reply.payload, f"results of {name}")]
         if len(values) == 0:
             return None
@@ -603,99 +602,4 @@ class WasmSandbox:
         return 0
 
 
-def _u32(reply: Reply, what: str) -> int:
-    if len(reply.payload) != 4:
-        raise GuestProtocolError(f"{what}: reply payload of {len(reply.payload)} bytes")
-    return int.from_bytes(reply.payload, "little")
-
-
-def _check_ok(reply: Reply, what: str) -> None:
-    if reply.status == Status.OK:
-        return
-    if reply.status == Status.TRAP:
-        kind = TRAP_KINDS.get(reply.trap_kind, f"trap_{reply.trap_kind}")
-        raise WasmTrap(f"{what}: wasm trap: {reply.message}", kind=kind)
-    if reply.status == Status.BAD_CALL:
-        raise ArgumentError(f"{what}: {reply.message}")
-    if reply.status in (Status.MALFORMED, Status.INVALID):
-        raise WasmModuleError(reply.message, kind=reply.status.name.lower())
-    if reply.status == Status.UNLINKABLE:
-        raise WasmLinkError(reply.message)
-    raise WasmEngineError(f"{what}: {reply.message}")
-
-
-def _check_wasi_imports(mod: WasmModule, context: WasiContext) -> None:
-    """Raises WasmLinkError for a WASI import that does not exist or has another type."""
-    for imp in mod.func_imports:
-        if imp.module != WASI_MODULE:
-            continue
-        entry = context.functions.get(imp.name)
-        if entry is None:
-            raise WasmLinkError(f"unknown import: {WASI_MODULE}.{imp.name}")
-        ft = imp.type
-        if not isinstance(ft, FuncType) or (ft.params, ft.results) != (
-            entry.params,
-            entry.results,
-        ):
-            raise WasmLinkError(
-                f"incompatible import type: {WASI_MODULE}.{imp.name} is imported as {ft}"
-            )
-
-
-def from_wasm(
-    module: bytes | str | os.PathLike[str] | WasmModule,
-    *,
-    imports: Imports | None = None,
-    wasi: WasiConfig | None = None,
-    config: SandboxConfig | None = None,
-    reset: ResetMode = "none",
-    output: Callable[[str], None] | None = None,
-    cls: type[WasmSandbox] | None = None,
-) -> WasmSandbox:
-    """See Sandbox.from_wasm. `cls`: the class of the sandbox, WasmSandbox or a subclass
-    that adds behaviour (the function host's WASI http handler)."""
-    check_reset(reset)
-    if wasi is not None and not isinstance(wasi, WasiConfig):
-        raise ArgumentError(f"wasi must be a WasiConfig, not {type(wasi).__name__}")
-    if imports is not None and not isinstance(imports, Mapping):
-        raise ArgumentError(f"imports must map module names to mappings, not {imports!r}")
-    mod = module if isinstance(module, WasmModule) else load(module)
-    host: dict[tuple[str, str], Callable[..., Any]] = {}
-    for mod_name, funcs in (imports or {}).items():
-        if not isinstance(funcs, Mapping):
-            raise ArgumentError(f"imports[{mod_name!r}] must map names to callables")
-        for name, fn in funcs.items():
-            if not callable(fn):
-                raise ArgumentError(f"import {mod_name}.{name} is not callable")
-            host[(mod_name, name)] = fn
-    context: WasiContext | None = None
-    if any(imp.module == WASI_MODULE for imp in mod.imports):
-        context = WasiContext(wasi if wasi is not None else WasiConfig())
-        try:
-            _check_wasi_imports(mod, context)
-        except BaseException:
-            context.close()
-            raise
-    try:
-        sb = (cls or WasmSandbox).engine(config=config, output=output)
-    except BaseException:
-        if context is not None:
-            context.close()
-        raise
-    try:
-        sb.wasi = context
-        handle, mod = sb.load(mod)
-        instance = sb.instantiate(handle, mod, host)
-        sb._wasm.main = instance
-        sb._wasm.wasi_config = context.config if context is not None else None
-        sb._initial = sb.instantiated = sb.snapshot()
-        sb.reset_mode = reset
-        sb._ran = False
-    except BaseException:
-        sb.close()
-        raise
-    return sb
-
-
-kinds.register("wasm", from_wasm)
 Sandbox.register(WasmSandbox)

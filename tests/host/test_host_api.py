@@ -39,6 +39,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
         max_body_bytes=MAX_BODY,
         max_upload_bytes=MAX_UPLOAD,
         default_warm=1,
+        keep_versions=0,  # no earlier versions kept: an update's old blob goes at once
     )
     yield server
     server.stop()

@@ -30,15 +30,20 @@ pytestmark = pytest.mark.requires_kvm
 
 
 def check_consistent(data_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every record is whole and refers to a blob of the right content; no blob is
-    unreferenced; tmp/ is empty (checked with the host stopped, after a restart)."""
+    """Every record is whole and refers to a blob of the right content (its earlier
+    versions, kept for rollback, too); no blob is unreferenced; tmp/ is empty (checked
+    with the host stopped, after a restart)."""
     records, blobs, tmp = stored_state(data_dir)
     assert tmp == []
+    referenced = set()
     for name, rec in records.items():
         assert rec["name"] == name
-        blob = (data_dir / "blobs" / rec["sha256"]).read_bytes()
-        assert hashlib.sha256(blob).hexdigest() == rec["sha256"] and len(blob) == rec["size"]
-    assert blobs == {rec["sha256"] for rec in records.values()}
+        for version in [rec, *rec.get("previous", [])]:
+            blob = (data_dir / "blobs" / version["sha256"]).read_bytes()
+            assert hashlib.sha256(blob).hexdigest() == version["sha256"]
+            assert len(blob) == version["size"]
+            referenced.add(version["sha256"])
+    assert blobs == referenced
     return records
 
 

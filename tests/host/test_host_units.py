@@ -19,7 +19,7 @@ from sandbox.host.config import ConfigFileError, HostConfig, load_config
 from sandbox.host.errors import ApiError
 from sandbox.host.httpmode import request_json, response_from
 from sandbox.host.manifest import FunctionRecord, FunctionSpec, valid_name
-from sandbox.host.metrics import Counter, Histogram, Metrics
+from sandbox.host.metrics import Metrics
 from sandbox.host.store import FunctionStore, StoredTooLarge, StoreError
 from sandbox.host.values import args_from_json, result_to_json
 
@@ -310,21 +310,26 @@ def test_response_from() -> None:
 
 
 def test_metrics_text_format() -> None:
-    c = Counter("c_total", "help", ("a",))
-    c.inc('x"y\\z\n')
-    c.inc('x"y\\z\n', amount=2)
-    assert list(c.render())[-1] == 'c_total{a="x\\"y\\\\z\\n"} 3'
-    h = Histogram("h_seconds", "help", ("f",), buckets=(0.1, 1.0))
-    h.observe(0.05, "f1")
-    h.observe(0.5, "f1")
-    h.observe(5, "f1")
-    lines = list(h.render())
-    assert 'h_seconds_bucket{f="f1",le="0.1"} 1' in lines
-    assert 'h_seconds_bucket{f="f1",le="1"} 2' in lines
-    assert 'h_seconds_bucket{f="f1",le="+Inf"} 3' in lines
-    assert 'h_seconds_count{f="f1"} 3' in lines and 'h_seconds_sum{f="f1"} 5.55' in lines
-    text = Metrics().render()
+    """The exposition (prometheus_client's writer) of the host's own families: label
+    escaping, cumulative histogram buckets, the process collector, no _created series."""
+    m = Metrics()
+    m.invocation('x"y\\z\n', 3, "trap", 0.05, trap="page_fault")
+    m.invocation('x"y\\z\n', 3, "trap", 0.5, trap="page_fault")
+    m.invocation('x"y\\z\n', 3, "ok", 5)
+    m.response("f", 3, 422)
+    text = m.render().decode()
+    assert 'sandbox_host_traps_total{function="x\\"y\\\\z\\n",kind="page_fault"} 2.0' in text
+    bucket = 'sandbox_host_invocation_duration_seconds_bucket{function="x\\"y\\\\z\\n",le='
+    assert bucket + '"0.05"} 1.0' in text and bucket + '"1.0"} 2.0' in text
+    assert bucket + '"+Inf"} 3.0' in text
+    assert (
+        'sandbox_host_function_responses_total{function="f",status="422",version="3"}' in (text)
+        or 'sandbox_host_function_responses_total{function="f",version="3",status="422"} 1.0'
+        in text
+    )
     assert text.endswith("\n") and "# TYPE sandbox_host_http_requests_total counter" in text
+    assert "process_resident_memory_bytes" in text and "process_open_fds" in text
+    assert "sandbox_host_process_threads" in text and "_created{" not in text
 
 
 # -- error mapping ------------------------------------------------------------------------

@@ -1,0 +1,253 @@
+"""Connection hygiene: uvicorn's httptools protocol with the limits it lacks.
+
+uvicorn bounds what it can (keep-alive timeout, `limit_concurrency`, the listen
+backlog) and the server sets those; httptools has no bound on header size or count and
+uvicorn no header, body or write timeout, so this subclass adds them through the
+protocol's own hooks (the parser's callbacks and asyncio's protocol methods):
+
+- the request line (414), each header and all of them (431), and the bytes a request's
+  head may take while it is still arriving (431: httptools buffers an unfinished header
+  whole);
+- an idle connection (before its first request, or between requests: uvicorn's
+  keep-alive timer, armed at connection time too), a head that takes longer than
+  header_timeout_s, a body that pauses longer than body_timeout_s, and a client that
+  does not read a response for write_timeout_s are closed;
+- at most `max_connections` connections (and never so many that fewer than fd_reserve
+  descriptors stay free for sandboxes and files): beyond, a 503 and close.
+
+Each refusal is logged (at most once a second per reason, with a count) and counted in
+sandbox_host_connections_refused_total{reason}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("sandbox.host")
+
+_REASONS = {
+    414: b"414 URI Too Long",
+    431: b"431 Request Header Fields Too Large",
+    503: b"503 Service Unavailable",
+}
+
+
+class Limits:
+    """The limits (from HostConfig) and the refusal counter, shared by connections."""
+
+    def __init__(self, config: Any, count: Any) -> None:
+        self.max_header_bytes: int = config.max_header_bytes
+        self.max_headers: int = config.max_headers
+        self.max_request_line: int = config.max_request_line
+        self.header_timeout: float = config.header_timeout_s
+        self.body_timeout: float = config.body_timeout_s
+        self.write_timeout: float = config.write_timeout_s
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        by_fds = soft - config.fd_reserve if soft != resource.RLIM_INFINITY else 1 << 30
+        self.max_connections: int = max(1, min(config.max_connections, by_fds))
+        self._count = count
+        self._logged: dict[str, tuple[float, int]] = {}
+
+    def refused(self, reason: str, client: Any) -> None:
+        self._count(reason)
+        now = time.monotonic()
+        last, suppressed = self._logged.get(reason, (0.0, 0))
+        if now - last >= 1.0:
+            log.warning(
+                "connection refused",
+                extra={"reason": reason, "client": str(client), "suppressed": suppressed},
+            )
+            self._logged[reason] = (now, 0)
+        else:
+            self._logged[reason] = (last, suppressed + 1)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    limits: Limits  # set on a subclass made by `protocol_class`
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_bytes = 0  # bytes of the request head seen so far
+        self._head_fields = 0
+        self._in_head = False
+        self._began_here = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_at = 0.0
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._refusal: _Refused | None = None
+
+    # -- connections ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.limits.max_connections:
+            self.limits.refused("max_connections", transport.get_extra_info("peername"))
+            transport.write(_response(503, "too many connections"))
+            transport.close()
+            return
+        super().connection_made(transport)
+        # uvicorn arms its keep-alive timer only after a response: a connection that
+        # never sends a request would stay open for ever.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._head_timer, self._body_timer, self._write_timer):
+            if timer is not None:
+                timer.cancel()
+        if self.transport is None:  # refused in connection_made
+            return
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's data_received, with the limits: a callback's refusal comes out of
+        # the parser as an HttpParserError (the original chained), which uvicorn would
+        # answer with a 400.
+        self._unset_keepalive_if_required()
+        self._began_here = False
+        self._refusal = None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._refusal is not None:
+                self._refuse(self._refusal)
+                return
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        try:
+            if self._in_head:
+                if not self._began_here:
+                    self._head_bytes += len(data)
+                if self._head_bytes > self.limits.max_header_bytes:
+                    raise _Refused(431, "header_bytes", "the request's head is too large")
+                if self._head_timer is None and not self.transport.is_closing():
+                    self._head_timer = self.loop.call_later(
+                        self.limits.header_timeout, self._head_timeout
+                    )
+            elif self.cycle is not None and self.cycle.more_body and self._body_timer is None:
+                self._body_at = self.loop.time()
+                self._body_timer = self.loop.call_later(
+                    self.limits.body_timeout, self._body_timeout
+                )
+        except _Refused as refused:
+            self._refuse(refused)
+
+    def _refuse(self, refused: _Refused) -> None:
+        self.limits.refused(refused.reason, self.client)
+        if not self.transport.is_closing():
+            self.transport.write(_response(refused.status, refused.message))
+            self.transport.close()
+
+    # -- the parser's callbacks ---------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._began_here = True, True
+        self._head_bytes = self._head_fields = 0
+
+    def _stop(self, refusal: _Refused) -> None:
+        self._refusal = refusal
+        raise refusal
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.limits.max_request_line:
+            self._stop(_Refused(414, "request_line", "the request target is too long"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self._head_fields += 1
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_fields > self.limits.max_headers:
+            self._stop(_Refused(431, "header_count", "too many header fields"))
+        if self._head_bytes > self.limits.max_header_bytes:
+            self._stop(_Refused(431, "header_bytes", "the request's head is too large"))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_at = self.loop.time() if self._body_timer is not None else 0.0
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        super().on_message_complete()
+
+    # -- timers -------------------------------------------------------------------------
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            self.limits.refused("header_timeout", self.client)
+            self.transport.close()
+
+    def _body_timeout(self) -> None:
+        self._body_timer = None
+        if self.cycle is None or not self.cycle.more_body or self.transport.is_closing():
+            return
+        idle = self.loop.time() - self._body_at
+        if idle < self.limits.body_timeout:
+            self._body_timer = self.loop.call_later(
+                self.limits.body_timeout - idle, self._body_timeout
+            )
+            return
+        self.limits.refused("body_timeout", self.client)
+        self.transport.close()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.limits.write_timeout, self._write_stuck)
+
+    def resume_writing(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        super().resume_writing()
+
+    def _write_stuck(self) -> None:
+        self._write_timer = None
+        if not self.transport.is_closing():
+            self.limits.refused("write_timeout", self.client)
+            self.transport.abort()
+
+
+def protocol_class(limits: Limits) -> type[GuardedHttpToolsProtocol]:
+    """The protocol class for uvicorn's `http=` setting, with `limits`."""
+    return type("HostHttpProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+
+
+def _response(status: int, message: str) -> bytes:
+    body = b'{"error":{"type":"ConnectionRefused","message":"' + message.encode("ascii") + b'"}}'
+    return (
+        b"HTTP/1.1 " + _REASONS[status] + b"\r\ncontent-type: application/json\r\n"
+        b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )

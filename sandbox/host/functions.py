@@ -1,0 +1,408 @@
+"""`Function`: what the host runs a request in. One protocol, one implementation per
+kind of function, so that nothing else in the host asks what kind a sandbox is:
+
+    NativeFunction     a guest ELF's entry (invoke mode, or http mode's (str) -> str)
+    WasmFunction       a Wasm module's export (invoke mode)
+    WasiHttpFunction   a WASI command answering one HTTP request (http mode), in the
+                       json or the WAGI convention
+
+A `Function` is a `sandbox.pool.Member` (call, restore, poisoned, cancel, close), so
+the function's `SandboxPool` restores or replaces it like any sandbox, plus the output of
+its last call. A `FunctionKind` makes them: `first()` builds and checks the first
+one (the module's validation at deploy time, under the function's time limit), and
+`new()` the others, from the first one's snapshot (no file is read again, so a version
+keeps running after its module's blob was deleted).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..abi import Signature, Tag
+from ..config import MiB, SandboxConfig
+from ..errors import ArgumentError, GuestAbort
+from ..sandbox import Sandbox
+from ..snapshot import Snapshot
+from ..wasm import ValType, WasiConfig, WasiExit, WasmSandbox
+from ..wasm.module import FuncType, WasmModule
+from ..wasm.sandbox import WasmSnapshot
+from ..wasm.wasi import WasiContext
+from .config import HostConfig
+from .errors import ApiError
+from .httpmode import HttpRequest, response_from, response_from_cgi, to_json, wagi_environment
+from .manifest import FunctionSpec
+
+MIN_BUFFER = 64 * 1024
+WASI_MODULE = "wasi_snapshot_preview1"
+
+
+class Function(Protocol):
+    """A sandbox of one deployed function (see the module docstring)."""
+
+    @property
+    def poisoned(self) -> bool: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def last_output(self) -> str: ...
+
+    @property
+    def last_stderr(self) -> str: ...
+
+    @property
+    def last_output_truncated(self) -> bool: ...
+
+    def call(self, name: str, *args: Any, timeout: float | None = None) -> Any: ...
+
+    def restore(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _Wrapper:
+    """The parts every Function shares: it holds one sandbox."""
+
+    __slots__ = ("sb",)
+
+    def __init__(self, sb: Sandbox | WasmSandbox) -> None:
+        self.sb = sb
+
+    @property
+    def poisoned(self) -> bool:
+        return self.sb.poisoned
+
+    @property
+    def closed(self) -> bool:
+        return self.sb.closed
+
+    @property
+    def last_output(self) -> str:
+        return self.sb.last_output
+
+    @property
+    def last_stderr(self) -> str:
+        return ""
+
+    @property
+    def last_output_truncated(self) -> bool:
+        # SandboxConfig.output_limit and this flag come with the core's output bound.
+        return bool(getattr(self.sb, "last_output_truncated", False))
+
+    def restore(self) -> None:
+        self.sb.restore()
+
+    def cancel(self) -> None:
+        self.sb.cancel()
+
+    def close(self) -> None:
+        self.sb.close()
+
+
+class NativeFunction(_Wrapper):
+    """A guest ELF: `call` is `Sandbox.call`; in http mode it takes an HttpRequest,
+    passes its JSON document to the entry and returns the Reply it describes."""
+
+    __slots__ = ("http", "function")
+
+    def __init__(self, sb: Sandbox, *, http: bool = False, function: str = "") -> None:
+        super().__init__(sb)
+        self.http, self.function = http, function
+
+    def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        if not self.http:
+            return self.sb.call(name, *args, timeout=timeout)
+        (request,) = args
+        text = self.sb.call(name, to_json(request), timeout=timeout)
+        return response_from(self.function, text)
+
+
+class WasmFunction(_Wrapper):
+    """A Wasm module's export: `call` converts numbers by the export's type; what it
+    wrote to fd 1 and 2 is its output."""
+
+    __slots__ = ("wasm",)
+
+    def __init__(self, sb: WasmSandbox) -> None:
+        super().__init__(sb)
+        self.wasm = sb
+
+    @property
+    def last_stderr(self) -> str:
+        return self.wasm.last_stderr
+
+    def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        return self.wasm.call(name, *args, timeout=timeout)
+
+
+class WasiHttpFunction(WasmFunction):
+    """A WASI command that answers one HTTP request per run: `call(entry, HttpRequest)`
+    gives it the request (json: the request document on stdin; wagi: the CGI variables
+    as its environment and the body on stdin), runs it and returns the Reply its stdout
+    describes. A non-zero exit status is a GuestAbort with the end of its stderr."""
+
+    __slots__ = ("base_env", "args", "wagi", "function")
+
+    def __init__(self, sb: WasmSandbox, spec: FunctionSpec, args: list[str], function: str) -> None:
+        super().__init__(sb)
+        self.base_env, self.args = spec.variables(), args
+        self.wagi = spec.http_interface == "wagi"
+        self.function = function
+
+    def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        if len(args) != 1 or not isinstance(args[0], HttpRequest):
+            raise ArgumentError("an http-mode Wasm function takes one request")
+        request: HttpRequest = args[0]
+        wasm = self.wasm
+        stdin = request.body if self.wagi else to_json(request).encode()
+        if self.wagi:
+            # A fresh WASI context holds this request's environment (the environment is
+            # read through environ_get, served by the context).
+            old = wasm.wasi
+            env = {**self.base_env, **wagi_environment(request)}
+            wasm.wasi = WasiContext(WasiConfig(args=self.args, env=env, stdin=b""))
+            if old is not None:
+                old.close()
+        wasi = wasm.wasi
+        if wasi is None:
+            raise ArgumentError("an http-mode Wasm function must import WASI")
+        wasi.set_stdin(stdin)
+        try:
+            wasm.call(name, timeout=timeout)
+        except WasiExit as exit:
+            if exit.code != 0:
+                tail = wasm.last_stderr[-2000:]
+                raise GuestAbort(f"the handler exited with status {exit.code}: {tail}") from None
+        if self.wagi:
+            return response_from_cgi(self.function, wasi.stdout)
+        return response_from(self.function, wasi.stdout)
+
+
+# -- kinds -------------------------------------------------------------------------------
+
+
+def _output_limit(config: HostConfig) -> dict[str, int]:
+    """SandboxConfig's output_limit, where the core has it."""
+    if "output_limit" in SandboxConfig.model_fields:
+        return {"output_limit": config.max_output_bytes}
+    return {}
+
+
+def native_config(spec: FunctionSpec, config: HostConfig, timeout: float) -> SandboxConfig:
+    """Guest memory from the manifest; buffers big enough for the largest request body
+    (4/3 of it: base64, or text no longer than that) and, in http mode, its headers
+    (JSON escapes: at most 6 bytes a byte), but at most 1/8 of memory each."""
+    memory = spec.memory_mib * MiB
+    wanted = config.max_body_bytes * 4 // 3 + 64 * 1024
+    if spec.mode == "http":
+        wanted += 6 * config.max_header_bytes
+    size = max(MIN_BUFFER, min(wanted, memory // 8))
+    size = (size + 4095) // 4096 * 4096
+    return SandboxConfig(
+        memory_size=memory,
+        input_buffer_size=size,
+        output_buffer_size=size,
+        timeout=timeout,
+        **_output_limit(config),
+    )
+
+
+def wasm_config(spec: FunctionSpec, config: HostConfig, timeout: float) -> SandboxConfig:
+    """A Wasm function's VM: `memory_mib` in all, a quarter of it (at least 8 MiB) the
+    engine's heap, the rest (less buffers and stack) its linear memory. Arguments and
+    results are numbers and an http request goes through WASI stdin, so the buffers
+    stay small. `timeout` bounds the module's compilation and start function too."""
+    memory = spec.memory_mib * MiB
+    heap = max(8 * MiB, memory // 4)
+    return SandboxConfig(
+        memory_size=memory,
+        heap_size=heap,
+        input_buffer_size=MIN_BUFFER,
+        output_buffer_size=MIN_BUFFER,
+        timeout=timeout,
+        **_output_limit(config),
+    )
+
+
+def http_body_limit(spec: FunctionSpec, config: HostConfig) -> int:
+    """The largest http-mode request body a native function's buffers take (at most
+    max_body_bytes): 413 beyond it."""
+    if spec.kind != "native":
+        return config.max_body_bytes
+    room = native_config(spec, config, 1.0).input_buffer_size - 6 * config.max_header_bytes - 4096
+    return max(0, min(config.max_body_bytes, room * 3 // 4))
+
+
+class FunctionKind(Protocol):
+    def first(self) -> tuple[Function, Signature]:
+        """The first Function of the module, and its entry's signature. Raises the
+        runtime's errors (a module that is no usable guest...) or ApiError 422."""
+        ...
+
+    def new(self) -> Function:
+        """Another Function, made from the first one's snapshot. Thread-safe."""
+        ...
+
+
+def _getenv_for(spec: FunctionSpec) -> Callable[..., str | None]:
+    env = spec.variables()
+
+    def getenv(*args: object) -> str | None:
+        """Host function `getenv(name) -> str`; void if the variable is not set."""
+        if len(args) == 1 and isinstance(args[0], str):
+            return env.get(args[0])
+        return None
+
+    return getenv
+
+
+class NativeKind:
+    def __init__(
+        self, name: str, blob: Path, spec: FunctionSpec, config: HostConfig, timeout: float
+    ) -> None:
+        self.name, self.blob, self.spec = name, blob, spec
+        self.config = native_config(spec, config, timeout)
+        self.host_functions = {"getenv": _getenv_for(spec)}
+        self._snapshot: Snapshot | None = None
+        self._lock = threading.Lock()
+
+    def first(self) -> tuple[Function, Signature]:
+        sb = Sandbox(
+            str(self.blob),
+            config=self.config,
+            host_functions=self.host_functions,
+            reset="per_call",
+        )
+        try:
+            sig = native_entry(sb.functions, self.spec)
+            with self._lock:
+                if self._snapshot is None:
+                    self._snapshot = sb.snapshot()
+        except BaseException:
+            sb.close()
+            raise
+        return self._wrap(sb), sig
+
+    def _wrap(self, sb: Sandbox) -> Function:
+        return NativeFunction(sb, http=self.spec.mode == "http", function=self.name)
+
+    def new(self) -> Function:
+        snap = self._snapshot
+        if snap is None:
+            return self.first()[0]
+        sb = Sandbox.from_snapshot(snap, host_functions=self.host_functions, reset="per_call")
+        return self._wrap(sb)
+
+
+class WasmKind:
+    def __init__(
+        self, name: str, blob: Path, spec: FunctionSpec, config: HostConfig, timeout: float
+    ) -> None:
+        self.name, self.blob, self.spec = name, blob, spec
+        self.config = wasm_config(spec, config, timeout)
+        self.args = [spec.entry]
+        self._snapshot: WasmSnapshot | None = None
+        self._lock = threading.Lock()
+
+    def _wrap(self, sb: WasmSandbox) -> Function:
+        if self.spec.mode == "http":
+            return WasiHttpFunction(sb, self.spec, self.args, self.name)
+        return WasmFunction(sb)
+
+    def first(self) -> tuple[Function, Signature]:
+        wasi = WasiConfig(args=self.args, env=self.spec.variables(), stdin=b"")
+        sb = Sandbox.from_wasm(self.blob, wasi=wasi, config=self.config, reset="per_call")
+        try:
+            sig = wasm_entry(sb.module, self.spec)
+            with self._lock:
+                if self._snapshot is None:
+                    self._snapshot = sb.instantiated
+        except BaseException:
+            sb.close()
+            raise
+        return self._wrap(sb), sig
+
+    def new(self) -> Function:
+        snap = self._snapshot
+        if snap is None:
+            return self.first()[0]
+        return self._wrap(snap.spawn(reset="per_call"))
+
+
+def kind_for(
+    name: str, blob: Path, spec: FunctionSpec, config: HostConfig, timeout: float
+) -> FunctionKind:
+    if spec.kind == "wasm":
+        return WasmKind(name, blob, spec, config, timeout)
+    return NativeKind(name, blob, spec, config, timeout)
+
+
+# -- entries -----------------------------------------------------------------------------
+
+
+def native_entry(functions: Any, spec: FunctionSpec) -> Signature:
+    """The entry's signature among a guest's `functions`; raises ApiError (422) if it
+    does not export it or (http mode) it is not `(str) -> str`."""
+    sig = functions.get(spec.entry)
+    if not isinstance(sig, Signature):
+        exports = ", ".join(sorted(functions)) or "none"
+        raise ApiError(
+            422,
+            "EntryNotFound",
+            f"the module exports no function {spec.entry!r} (it exports: {exports})",
+        )
+    if spec.mode == "http" and (sig.params != (Tag.STR,) or sig.ret is not Tag.STR):
+        raise ApiError(
+            422,
+            "BadEntrySignature",
+            f"in http mode the entry must be (str) -> str, but it is {sig}",
+        )
+    return sig
+
+
+_WASM_TAGS = {
+    ValType.I32: Tag.I32,
+    ValType.I64: Tag.I64,
+    ValType.F32: Tag.F32,
+    ValType.F64: Tag.F64,
+}
+
+
+def wasm_entry(module: WasmModule, spec: FunctionSpec) -> Signature:
+    """The signature the host gives a Wasm function's entry; raises ApiError (422) if
+    the module does not export it or the host cannot pass its types."""
+    exports = module.exports
+    export = exports.get(spec.entry)
+    if export is None or not isinstance(export.type, FuncType):
+        funcs = ", ".join(sorted(n for n, e in exports.items() if e.kind == "func"))
+        raise ApiError(
+            422,
+            "EntryNotFound",
+            f"the module exports no function {spec.entry!r} (it exports: {funcs or 'none'})",
+        )
+    ft = export.type
+    if spec.mode == "http":
+        if ft.params or ft.results or not any(i.module == WASI_MODULE for i in module.imports):
+            raise ApiError(
+                422,
+                "BadEntrySignature",
+                "in http mode a Wasm function is a WASI command: its entry takes and returns "
+                f"nothing (normally _start), but {spec.entry} is {ft}",
+            )
+        return Signature(spec.entry, (Tag.STR,), Tag.STR)
+    bad = [t for t in (*ft.params, *ft.results) if t not in _WASM_TAGS]
+    if bad or len(ft.results) > 1:
+        raise ApiError(
+            422,
+            "BadEntrySignature",
+            f"{spec.entry} is {ft}: the host passes and returns i32, i64, f32 and f64 "
+            "values, and at most one result",
+        )
+    ret = _WASM_TAGS[ft.results[0]] if ft.results else Tag.VOID
+    return Signature(spec.entry, tuple(_WASM_TAGS[t] for t in ft.params), ret)
