@@ -281,6 +281,16 @@ def test_planted_code_never_sees_the_next_callers_record(
     assert harness.leaked == []
 
 
+def test_one_hostile_call_does_not_break_a_pool_slot_for_good(
+    subject_for: Callable[[str], Subject], harness: Harness
+) -> None:
+    """A pending `rep ins` that every reset leaves pending again would make each later
+    call of that pool slot trap: one hostile caller would take the slot for good."""
+    subject = subject_for("pool")
+    stop_mid_instruction(subject, harness, "rep_insb")
+    assert [subject.call("ok", timeout=10) for _ in range(5)] == [42] * 5
+
+
 REG_NAMES = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp"]
 REG_NAMES += [f"r{i}" for i in range(8, 16)] + ["rip", "rflags"]
 XSAVE_FIELDS = {"fcw": (0, 2), "mxcsr": (24, 4), "xmm": (160, 256)}
