@@ -116,6 +116,20 @@ def hostile_guest(guest_build: ModuleType, guest_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def pending_guest(guest_build: ModuleType, guest_dir: Path) -> Path:
+    """guests/testing/pending_io.c: stops mid-instruction on purpose (reset tests)."""
+    return guest_build.build_guest(
+        [GUESTS / "testing" / "pending_io.c"], guest_dir / "pending_io.elf"
+    )
+
+
+@pytest.fixture(scope="session")
+def flood_guest(guest_build: ModuleType, guest_dir: Path) -> Path:
+    """guests/testing/flood.c: prints as much as it is asked to (output tests)."""
+    return guest_build.build_guest([GUESTS / "testing" / "flood.c"], guest_dir / "flood.elf")
+
+
+@pytest.fixture(scope="session")
 def abi99_guest(guest_build: ModuleType, guest_dir: Path) -> Path:
     """The demo guest built as if for guest ABI version 99."""
     return guest_build.build_guest(
