@@ -47,6 +47,7 @@ __all__ = [
     "init_kick_signal",
     "kick_thread",
     "watch_signals",
+    "block_signals_in_this_thread",
     "Mapping",
 ]
 
@@ -100,6 +101,13 @@ def watch_signals() -> None:
     for signo in _PYTHON_SIGNALS:
         if callable(signal.getsignal(signo)) and not lib.sbx_signal_watched(signo):
             lib.sbx_signal_watch(signo)  # -EINVAL for a C handler that is not Python's
+
+
+def block_signals_in_this_thread() -> None:
+    """Blocks, in the calling thread, the signals Python turns into exceptions: for the
+    runtime's own threads (teardown, pool workers), so that the kernel delivers a
+    process-directed Ctrl-C to a thread that can act on it. The kick signal stays open."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _PYTHON_SIGNALS)
 
 
 # The catchable signals a Python handler may be installed for (the kick signal and the

@@ -8,12 +8,15 @@ import sys
 import threading
 from collections.abc import Callable
 
+from ._native import block_signals_in_this_thread
+
 _queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
 _thread: threading.Thread | None = None
 _lock = threading.Lock()
 
 
 def _worker() -> None:
+    block_signals_in_this_thread()
     while True:
         job = _queue.get()
         try:
@@ -22,6 +25,7 @@ def _worker() -> None:
         except Exception:  # pragma: no cover - closing fds does not raise in practice
             pass
         finally:
+            del job  # keep nothing of the last sandbox while waiting for the next
             _queue.task_done()
 
 

@@ -251,13 +251,14 @@ def record_view(
     return buf[offset : offset + size], size
 
 
-def decode_print(rec: memoryview, size: int, off: int, length: int) -> str:
-    """The buffered guest output carried by a record (best effort text)."""
+def decode_print(rec: memoryview, size: int, off: int, length: int) -> bytes:
+    """The buffered guest output carried by a record (UTF-8 text, possibly cut in the
+    middle of a character at a flush: the caller decodes it incrementally)."""
     if length == 0:
-        return ""
+        return b""
     if length > size or off > size - length:
         raise GuestProtocolError(f"print data at offset {off} length {length} overruns its record")
-    return bytes(rec[off : off + length]).decode("utf-8", errors="replace")
+    return bytes(rec[off : off + length])
 
 
 @dataclass
@@ -265,7 +266,7 @@ class Result:
     status: int
     tag: int
     value: Value
-    output: str
+    output: bytes
 
 
 def decode_result(buf: memoryview, offset: int, what: str) -> Result:
@@ -281,7 +282,7 @@ def decode_result(buf: memoryview, offset: int, what: str) -> Result:
 class HostCall:
     name: str
     args: list[Value]
-    output: str
+    output: bytes
 
 
 def decode_call(buf: memoryview, offset: int) -> HostCall:
@@ -304,3 +305,28 @@ def decode_call(buf: memoryview, offset: int) -> HostCall:
             decode_value(rec, size, tag, length, bits, f"host call {name!r} argument {i + 1}")
         )
     return HostCall(name, args, output)
+
+
+def parse_function_table(table: bytes) -> dict[str, Signature]:
+    """The signatures in a guest's function table (`struct sbx_func_desc` entries, the
+    sbx_funcs section). Raises ValueError naming a malformed entry."""
+    if len(table) % FUNC_DESC.size:
+        raise ValueError("malformed sbx_funcs section")
+    functions = {}
+    for i in range(len(table) // FUNC_DESC.size):
+        raw_name, ret, nparams, params, _, _ = FUNC_DESC.unpack_from(table, i * FUNC_DESC.size)
+        name_bytes = raw_name.split(b"\0", 1)[0]
+        try:
+            name = name_bytes.decode("ascii")
+            if nparams > MAX_ARGS:
+                raise ValueError(f"{nparams} parameters")
+            ret_tag = Tag(ret)
+            param_tags = tuple(Tag(t) for t in params[:nparams])
+            if Tag.VOID in param_tags or not name:
+                raise ValueError("void parameter or empty name")
+            if name in functions:
+                raise ValueError(f"{name!r} twice")
+        except ValueError as exc:
+            raise ValueError(f"malformed function descriptor {i}: {exc}") from None
+        functions[name] = Signature(name, param_tags, ret_tag)
+    return functions

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._native import lib
-from .abi import ABI_VERSION, FUNC_DESC, MAX_ARGS, Signature, Tag
+from .abi import ABI_VERSION, FUNC_DESC, Signature, parse_function_table
 from .errors import GuestAbiMismatch
 from .layout import PAGE, Segment, page_align_up
 
@@ -64,6 +64,7 @@ class GuestImage:
     segments: tuple[tuple[int, bytes, int, int], ...]  # (vaddr, file bytes, memsz, flags)
     relocations: tuple[tuple[int, int], ...]  # (vaddr, addend)
     functions: dict[str, Signature]
+    functions_addr: int  # the function table (sbx_funcs section), relative to the base
 
     def load(self, base: int) -> list[Segment]:
         """The segments relocated to `base`, ready to be copied into guest memory."""
@@ -192,8 +193,10 @@ def parse_guest(data: bytes, path: str = "<guest>") -> GuestImage:
         raise r.fail(f"entry point 0x{e_entry:x} is not in an executable segment")
 
     relocations = _relocations(r, dynamic, loads) if dynamic else ()
-    functions = _functions(r, e_shoff, e_shentsize, e_shnum, e_shstrndx)
-    return GuestImage(path, span, e_entry, tuple(loads), relocations, functions)
+    functions, functions_addr = _functions(r, e_shoff, e_shentsize, e_shnum, e_shstrndx)
+    if functions_addr + len(functions) * FUNC_DESC.size > span:
+        raise r.fail("the sbx_funcs section lies outside the loaded image")
+    return GuestImage(path, span, e_entry, tuple(loads), relocations, functions, functions_addr)
 
 
 def _find_abi_note(r: _Reader, offset: int, size: int) -> int | None:
@@ -264,7 +267,8 @@ def _relocations(
 
 def _functions(
     r: _Reader, shoff: int, shentsize: int, shnum: int, shstrndx: int
-) -> dict[str, Signature]:
+) -> tuple[dict[str, Signature], int]:
+    """The exported functions and the address of their table."""
     if shoff == 0 or shnum == 0 or shentsize != SHDR.size or shstrndx >= shnum:
         raise r.fail("no section headers: cannot find the exported functions (do not strip guests)")
     if shnum > MAX_SECTIONS:
@@ -272,29 +276,12 @@ def _functions(
     headers = [r.unpack(SHDR, shoff + i * SHDR.size, "section header") for i in range(shnum)]
     names = headers[shstrndx]
     strtab = r.slice(names[4], names[5], "section names")
-    for sh_name, _, _, _, sh_offset, sh_size, *_ in headers:
+    for sh_name, _, _, sh_addr, sh_offset, sh_size, *_ in headers:
         end = strtab.find(b"\0", sh_name)
         if strtab[sh_name:end] == FUNCS_SECTION:
-            return _parse_functions(r, r.slice(sh_offset, sh_size, "sbx_funcs section"))
+            table = r.slice(sh_offset, sh_size, "sbx_funcs section")
+            try:
+                return parse_function_table(table), sh_addr
+            except ValueError as exc:
+                raise r.fail(str(exc)) from None
     raise r.fail("exports no functions (no sbx_funcs section; use SBX_EXPORT)")
-
-
-def _parse_functions(r: _Reader, table: bytes) -> dict[str, Signature]:
-    if len(table) % FUNC_DESC.size:
-        raise r.fail("malformed sbx_funcs section")
-    functions = {}
-    for i in range(len(table) // FUNC_DESC.size):
-        raw_name, ret, nparams, params, _, _ = FUNC_DESC.unpack_from(table, i * FUNC_DESC.size)
-        name_bytes = raw_name.split(b"\0", 1)[0]
-        try:
-            name = name_bytes.decode("ascii")
-            if nparams > MAX_ARGS:
-                raise ValueError(f"{nparams} parameters")
-            ret_tag = Tag(ret)
-            param_tags = tuple(Tag(t) for t in params[:nparams])
-            if Tag.VOID in param_tags or not name:
-                raise ValueError("void parameter or empty name")
-        except ValueError as exc:
-            raise r.fail(f"malformed function descriptor {i}: {exc}") from None
-        functions[name] = Signature(name, param_tags, ret_tag)
-    return functions

@@ -276,6 +276,26 @@ class Layout:
             (self.image_base, bytes(mem[self.image_base : self.image_end])),
         ]
 
+    def overlapping_regions(self) -> tuple[str, str] | None:
+        """Two regions of this layout that overlap (None if none do): a layout read from
+        a file is untrusted."""
+        regions = sorted(
+            (start, start + size, name)
+            for start, size, name in (
+                (PML4, self.page_tables_end - PML4, "system area"),
+                (self.stack_base, self.stack_top - self.stack_base, "stack"),
+                (self.boot_info, BOOT_INFO_SIZE + self.in_size, "boot info and input buffer"),
+                (self.image_base, self.image_end - self.image_base, "guest image"),
+                (self.out_buf, self.out_size, "output buffer"),
+                (self.reply_buf, self.reply_size, "reply buffer"),
+                (self.heap_base, self.heap_size, "heap"),
+            )
+        )
+        for (_, end, first), (start, _, second) in zip(regions, regions[1:], strict=False):
+            if start < end:
+                return first, second
+        return None
+
     def check_system_memory(self, memory: bytes) -> str | None:
         """Why `memory`, the first `page_tables_end` bytes of a guest's memory, are not
         the system area this runtime builds for this layout (None if they are): the

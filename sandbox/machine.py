@@ -121,6 +121,7 @@ class Machine:
         memory = self.memory
         vm = self._vm
         assert vm is not None
+        self.vcpu.settle(cpu.rip)  # before memory: a pending string `in` writes to it
         if image is memory.image:
             flush = memory.differs_from_image(self._page_table_watch)
             memory.reset()

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, overload
 
 from . import _reaper
+from ._native import block_signals_in_this_thread
 from .abi import Value
 from .config import SandboxConfig
 from .errors import ArgumentError, PoolFull, PoolTimeout, SandboxClosed, SandboxError
@@ -173,6 +174,7 @@ class _Job:
 
 
 def _worker(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    block_signals_in_this_thread()
     while (job := jobs.get()) is not None:
         job.run()
         del job  # do not keep the last job's arguments and result alive while idle

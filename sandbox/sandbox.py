@@ -14,6 +14,7 @@ registered as virtual subclasses) and which offer the same methods.
 from __future__ import annotations
 
 import abc
+import codecs
 import math
 import os
 import threading
@@ -97,6 +98,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
             cpu=template.cpu,
             layout=template.layout,
             functions=template.image.functions,
+            functions_table=template.layout.image_base + template.image.functions_addr,
             config=config,
             guest_path=template.image.path,
         )
@@ -127,6 +129,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         self._output_parts: list[str] = []
         self._output_bytes = 0
         self._output_text: str | None = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.last_output_truncated = False
         self._machine = Machine(initial.image, initial.cpu, initial.layout)
         self._state = _READY
@@ -273,6 +276,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
                 cpu=machine.save_cpu(),
                 layout=self.layout,
                 functions=dict(self.functions),
+                functions_table=self._initial.functions_table,
                 config=self.config,
                 guest_path=self.guest_path,
             )
@@ -381,6 +385,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
             self._output_parts = []
             self._output_bytes = 0
             self._output_text = ""
+            self._decoder.reset()
             self.last_output_truncated = False
             self._in_call = True
             try:
@@ -413,8 +418,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
             if kind == ExitKind.RETURN:
                 self._in_call = False  # the guest is back in its loop
                 result = decode_result(out, exit.value, f"result of {sig.name}")
-                if result.output:
-                    self._emit(result.output)
+                self._emit(result.output, final=True)
                 break
             if kind == ExitKind.HOST_CALL:
                 host_error = self._host_call(out, exit.value) or host_error
@@ -450,22 +454,25 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
             raise ArgumentError(f"the guest rejected the arguments of {sig}")
         raise GuestProtocolError(f"{sig.name}: the guest answered with status {status}")
 
-    def _emit(self, text: str) -> None:
-        """Keeps the guest's output (linear in its size, at most output_limit bytes per
-        call) and passes it on."""
-        if not text or self.last_output_truncated:
+    def _emit(self, data: bytes, *, final: bool = False) -> None:
+        """Keeps the guest's output (UTF-8, decoded incrementally: a character cut by a
+        flush is not lost; linear in its size; at most output_limit bytes per call) and
+        passes it on."""
+        if self.last_output_truncated:
             return
         room = self.config.output_limit - self._output_bytes
-        size = len(text) if text.isascii() else len(text.encode())
-        if size > room:
-            text = text.encode()[:room].decode(errors="ignore")
-            size = room
+        if len(data) > room:
+            # Cut at the limit; a character the cut splits is dropped, not replaced.
+            data = data[:room]
             self.last_output_truncated = True
-        self._output_parts.append(text)
-        self._output_bytes += size
-        self._output_text = None
-        if self._output is not None and text:
-            self._output(text)
+            final = False
+        self._output_bytes += len(data)
+        text = self._decoder.decode(data, final)
+        if text:
+            self._output_parts.append(text)
+            self._output_text = None
+            if self._output is not None:
+                self._output(text)
 
     def _host_call(self, out: memoryview, offset: int) -> BaseException | None:
         """Runs the host function the guest asked for and writes the reply. Returns the
@@ -525,7 +532,7 @@ def check_timeout(timeout: object) -> float:
     """A call's time limit: a finite number of seconds, > 0 and at most MAX_TIMEOUT."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise ArgumentError(f"timeout must be a number of seconds, not {timeout!r}")
-    if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
+    if not (0 < timeout <= MAX_TIMEOUT and math.isfinite(timeout)):
         raise ArgumentError(
             f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds, not {timeout!r}"
         )

@@ -7,13 +7,14 @@ special registers, the XSAVE area and XCR0).
 File format, all integers little-endian:
 
     magic      8 bytes   b"SBXSNAP\\0"
-    version    u32       1: checksummed; 2: authenticated (HMAC-SHA256 with a key)
+    version    u32       1: checksummed; 2: checksummed and authenticated (with a key)
     hdr_len    u32       length of the header
     header     JSON      SnapshotHeader (below)
     blobs                the vCPU state structs, in the order and sizes of header.blobs
     pieces               header.pieces times: u64 address, u64 length, data
-    trailer    32 bytes  version 1: SHA-256 of everything before it;
-                         version 2: HMAC-SHA256 of everything before it
+    trailer              version 1: SHA-256 of everything before it (32 bytes);
+                         version 2: the same SHA-256, then HMAC-SHA256 of everything
+                         before the trailer (32 + 32 bytes)
 
 A file is untrusted input: it is refused with a SnapshotError saying why if it is
 truncated, corrupt, not authenticated with the configured key, of another format or ABI
@@ -22,7 +23,10 @@ one the runtime computes for its config, memory pieces that overlap or leave gue
 memory, a system area (page tables, descriptor tables, stubs) other than the runtime's,
 or CPU state the runtime could not have produced (see CpuSetup.check). With a key
 (`key=` or the environment variable SANDBOX_SNAPSHOT_KEY, its UTF-8 bytes), files are
-written authenticated and only files authenticated with that key are read.
+written authenticated and only files authenticated with that key are read; without one,
+an authenticated file is read like a checksummed one. The HMAC key is SHA-256 of the
+given key (HMAC itself would treat a key and the same key with trailing zero bytes as
+one).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel, ValidationError
 
 from ._native import ffi
-from .abi import ABI_VERSION, NAME_MAX, Signature, Tag
+from .abi import ABI_VERSION, FUNC_DESC, NAME_MAX, Signature, Tag, parse_function_table
 from .config import ResetMode, SandboxConfig
 from .cpu import CpuState, cpu_setup
 from .errors import SnapshotError
@@ -57,7 +61,8 @@ FORMAT_VERSION = VERSION_CHECKSUM
 KEY_ENVIRONMENT = "SANDBOX_SNAPSHOT_KEY"
 _PREFIX = struct.Struct("<8sII")
 _PIECE = struct.Struct("<QQ")
-_TRAILER_SIZE = 32
+_DIGEST_SIZE = 32
+_TRAILER_SIZES = {VERSION_CHECKSUM: _DIGEST_SIZE, VERSION_HMAC: 2 * _DIGEST_SIZE}
 MAX_HEADER = 1 << 20
 
 
@@ -86,6 +91,7 @@ class SnapshotHeader(BaseModel):
     config: SandboxConfig
     layout: dict[str, int]
     functions: list[tuple[str, list[int], int]]
+    functions_table: int  # guest address of the guest's own function table
     blobs: dict[str, int]
     pieces: int
 
@@ -109,17 +115,24 @@ def _key(key: bytes | str | None) -> bytes | None:
     return key
 
 
-class _Digest:
-    """SHA-256 (unauthenticated files) or HMAC-SHA256 (with a key)."""
+class _Trailer:
+    """The trailer of a file being written: SHA-256, and HMAC-SHA256 with a key."""
 
     def __init__(self, key: bytes | None) -> None:
-        self._hash: Any = hmac.new(key, digestmod="sha256") if key else hashlib.sha256()
+        self._sha = hashlib.sha256()
+        self._hmac = hmac.new(_hmac_key(key), digestmod="sha256") if key else None
 
     def update(self, data: bytes | memoryview) -> None:
-        self._hash.update(data)
+        self._sha.update(data)
+        if self._hmac is not None:
+            self._hmac.update(data)
 
     def digest(self) -> bytes:
-        return bytes(self._hash.digest())
+        return self._sha.digest() + (self._hmac.digest() if self._hmac is not None else b"")
+
+
+def _hmac_key(key: bytes) -> bytes:
+    return hashlib.sha256(b"sandbox snapshot key\0" + key).digest()
 
 
 class Snapshot:
@@ -133,6 +146,7 @@ class Snapshot:
         cpu: CpuState,
         layout: Layout,
         functions: Mapping[str, Signature],
+        functions_table: int,
         config: SandboxConfig,
         guest_path: str,
     ) -> None:
@@ -140,6 +154,7 @@ class Snapshot:
         self.cpu = cpu
         self.layout = layout
         self.functions = functions
+        self.functions_table = functions_table  # where the guest's dispatch finds them
         self.config = config
         self.guest_path = guest_path
 
@@ -168,6 +183,7 @@ class Snapshot:
                     (s.name, [int(t) for t in s.params], int(s.ret))
                     for s in self.functions.values()
                 ],
+                functions_table=self.functions_table,
                 blobs={name: len(data) for name, data in blobs.items()},
                 pieces=len(ranges),
             )
@@ -176,7 +192,7 @@ class Snapshot:
         )
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        digest = _Digest(key)
+        digest = _Trailer(key)
         version = VERSION_HMAC if key else VERSION_CHECKSUM
         with open(tmp, "wb") as f:
 
@@ -225,7 +241,7 @@ class Snapshot:
         name = str(path)
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            if size < _PREFIX.size + _TRAILER_SIZE:
+            if size < _PREFIX.size + _DIGEST_SIZE:
                 raise SnapshotError(f"{name}: not a snapshot file (too short)")
             with mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as data:
                 view = memoryview(data)
@@ -239,19 +255,20 @@ class _Reader:
     """Parses and checks one snapshot file (see the module docstring)."""
 
     def __init__(self, data: memoryview, size: int, name: str, key: bytes | None) -> None:
-        self.data, self.name, self.key = data, name, key
-        self.body = size - _TRAILER_SIZE
+        self.data, self.name, self.key, self.size = data, name, key, size
+        self.body = size
         self.pos = 0
 
     def fail(self, why: str) -> SnapshotError:
         return SnapshotError(f"{self.name}: {why}")
 
     def read(self) -> Snapshot:
-        data, body = self.data, self.body
+        data = self.data
         magic, version, header_len = _PREFIX.unpack_from(data, 0)
         if magic != MAGIC:
             raise self.fail("not a snapshot file (bad magic)")
         self._check_trailer(version)
+        body = self.body
         self.pos = _PREFIX.size
         if header_len > MAX_HEADER or self.pos + header_len > body:
             raise self.fail("malformed header length")
@@ -273,6 +290,8 @@ class _Reader:
         try:
             why = layout.check_system_memory(image.read(0, layout.page_tables_end))
             if why is None:
+                why = self._check_function_table(header, layout, image, functions)
+            if why is None:
                 code = (layout.image_base, layout.image_end)
                 why = cpu_setup().check(cpu, layout, code)
             if why is not None:
@@ -285,26 +304,31 @@ class _Reader:
             cpu=cpu,
             layout=layout,
             functions=functions,
+            functions_table=header.functions_table,
             config=header.config,
             guest_path=header.guest_path,
         )
 
     def _check_trailer(self, version: int) -> None:
-        if version not in (VERSION_CHECKSUM, VERSION_HMAC):
+        trailer = _TRAILER_SIZES.get(version)
+        if trailer is None:
             raise self.fail(
                 f"snapshot format version {version}, this runtime reads {VERSION_CHECKSUM} "
                 f"and {VERSION_HMAC}"
             )
+        if self.size < _PREFIX.size + trailer:
+            raise self.fail("not a snapshot file (too short)")
         if self.key is not None and version != VERSION_HMAC:
             raise self.fail("not authenticated, and a snapshot key is configured")
-        if self.key is None and version == VERSION_HMAC:
-            raise self.fail(f"authenticated with a key: give it (key= or ${KEY_ENVIRONMENT})")
-        digest = _Digest(self.key)
-        digest.update(self.data[: self.body])
-        if not hmac.compare_digest(digest.digest(), bytes(self.data[self.body :])):
-            if self.key is not None:
-                raise self.fail("authentication failed: another key, or a modified file")
+        self.body = body = self.size - trailer
+        data = self.data
+        checksum = hashlib.sha256(data[:body]).digest()
+        if not hmac.compare_digest(checksum, bytes(data[body : body + _DIGEST_SIZE])):
             raise self.fail("checksum mismatch: the file is corrupt or truncated")
+        if self.key is not None:
+            mac = hmac.new(_hmac_key(self.key), data[:body], "sha256").digest()
+            if not hmac.compare_digest(mac, bytes(data[body + _DIGEST_SIZE :])):
+                raise self.fail("authentication failed: another key, or a modified file")
 
     def _layout(self, header: SnapshotHeader) -> Layout:
         config = header.config
@@ -320,8 +344,18 @@ class _Reader:
             )
         except (TypeError, ValueError) as exc:
             raise self.fail(f"malformed layout: {exc}") from None
+        overlap = layout.overlapping_regions()
+        if overlap is not None:
+            raise self.fail(f"malformed layout: the {overlap[0]} and the {overlap[1]} overlap")
         if layout != expected:
-            raise self.fail("the layout is not the one the runtime computes for its config")
+            wrong = [
+                f"{name} is 0x{value:x}, not 0x{getattr(expected, name):x}"
+                for name, value in dataclasses.asdict(layout).items()
+                if value != getattr(expected, name)
+            ]
+            raise self.fail(
+                "the layout is not the one the runtime computes for its config: " + "; ".join(wrong)
+            )
         return layout
 
     def _functions(self, header: SnapshotHeader) -> dict[str, Signature]:
@@ -337,6 +371,31 @@ class _Reader:
                 raise self.fail(f"malformed function {fname!r}")
             functions[fname] = sig
         return functions
+
+    @staticmethod
+    def _check_function_table(
+        header: SnapshotHeader,
+        layout: Layout,
+        image: MemoryImage,
+        functions: dict[str, Signature],
+    ) -> str | None:
+        """The functions the header lists must be those of the guest's own table in its
+        memory (what its dispatch calls), exactly."""
+        start, size = header.functions_table, len(functions) * FUNC_DESC.size
+        if not layout.image_base <= start <= layout.image_end - size:
+            return "the function table lies outside the guest image"
+        try:
+            table = parse_function_table(image.read(start, size))
+        except ValueError as exc:
+            return f"the guest's function table is malformed: {exc}"
+        if table != functions:
+            wrong = sorted(
+                name
+                for name in table.keys() | functions.keys()
+                if table.get(name) != functions.get(name)
+            )
+            return f"the functions listed are not the guest's ({', '.join(wrong)})"
+        return None
 
     def _cpu(self, header: SnapshotHeader) -> CpuState:
         blobs: dict[str, Any] = {}

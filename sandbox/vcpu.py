@@ -60,15 +60,21 @@ class Vcpu:
 
     # -- state -------------------------------------------------------------------------
 
-    def load_state(self, regs: Any, sregs: Any | None) -> None:
-        """Loads general (and, unless None, special) registers, applied at the next
-        run through kvm_run's sync area (no ioctl). Whatever the last exit left for KVM
-        to complete is completed first, so that it cannot act on the new state."""
+    def settle(self, rip: int) -> None:
+        """Completes what the last exit left for KVM to complete, if a new state with
+        this RIP would not cancel it (native/sbx_vcpu.h). Call it before changing guest
+        memory too: a pending string `in` writes to memory when completed."""
         if self._must_complete or (
-            self._out_pending and lib.sbx_vcpu_exit_rip(self.run_ptr) == regs.rip
+            self._out_pending and lib.sbx_vcpu_exit_rip(self.run_ptr) == rip
         ):
             self.complete_pending()
         self._must_complete = self._out_pending = False
+
+    def load_state(self, regs: Any, sregs: Any | None) -> None:
+        """Loads general (and, unless None, special) registers, applied at the next
+        run through kvm_run's sync area (no ioctl). Whatever the last exit left for KVM
+        to complete is completed first (settle), so that it cannot act on the new state."""
+        self.settle(regs.rip)
         lib.sbx_vcpu_load_state(self.run_ptr, regs, ffi.NULL if sregs is None else sregs)
         self._load_pending = True
 

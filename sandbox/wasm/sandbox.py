@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from ..abi import Signature
 from ..config import MiB, ResetMode, SandboxConfig
 from ..cpu import CpuState
 from ..errors import (
@@ -268,6 +269,11 @@ class WasmSandbox:
     @property
     def guest_path(self) -> str:
         return self.engine_sandbox.guest_path
+
+    @property
+    def functions(self) -> Mapping[str, Signature]:
+        """The engine guest's functions (the module's are in `exports`)."""
+        return self.engine_sandbox.functions
 
     @property
     def closed(self) -> bool:

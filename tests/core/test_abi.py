@@ -209,7 +209,7 @@ def test_decode_data_and_output() -> None:
         result_record(Tag.STR, data="día ☀".encode(), output=b"printed\n"), 0, "test"
     )
     assert result.value == "día ☀"
-    assert result.output == "printed\n"
+    assert result.output == b"printed\n"
     raw = decode_result(result_record(Tag.BYTES, data=b"\x00\x01\xff"), 0, "test")
     assert raw.value == b"\x00\x01\xff"
 
@@ -306,7 +306,7 @@ def test_decode_host_call() -> None:
     call = decode_call(buf, 0)
     assert call.name == "notify"
     assert call.args == ["hello", -2]
-    assert call.output == ""
+    assert call.output == b""
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from support import GUESTS
 
 from sandbox import CallTimeout, GuestTrap, Sandbox, SandboxPool, Snapshot
 from sandbox._native import ffi
-from sandbox.sandbox import BOOT_INFO_SEED_OFFSET
+from sandbox.machine import SEED_OFFSET as BOOT_INFO_SEED_OFFSET
 
 pytestmark = pytest.mark.requires_kvm
 
