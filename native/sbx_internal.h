@@ -11,6 +11,9 @@
  * must not enter KVM_RUN (it calls sbx_run_leave and reports an interruption). */
 int sbx_run_enter(struct kvm_run *run);
 
+/* This thread's id (cached). */
+int sbx_run_tid(void);
+
 /* Unregisters the current run. */
 void sbx_run_leave(void);
 

@@ -27,10 +27,21 @@ static int python_signal_pending;
 /* Python's handler of each watched signal (written before ours is installed). */
 static struct sigaction python_action[MAX_SIGNAL];
 
+/* The process id (the main thread's tid), cached: glibc's getpid() is a system call.
+ * Reset in a forked child, as is the forking thread's cached tid. */
+static pid_t process_id;
+
+static void after_fork_in_child(void) {
+    process_id = getpid();
+    tls_tid = 0;
+}
+
 static pid_t this_tid(void) {
     if (!tls_tid) tls_tid = (pid_t)syscall(SYS_gettid);
     return tls_tid;
 }
+
+static int on_main_thread(void) { return this_tid() == process_id; }
 
 static void on_kick(int signo) {
     (void)signo;
@@ -52,7 +63,7 @@ static void on_watched(int signo, siginfo_t *info, void *context) {
     struct kvm_run *run = __atomic_load_n(&main_run, __ATOMIC_SEQ_CST);
     if (run) {
         run->immediate_exit = 1; /* the main thread is about to enter, or in, KVM_RUN */
-        pid_t pid = getpid();   /* the main thread's tid is the process id */
+        pid_t pid = getpid(); /* the main thread's tid is the process id */
         if (this_tid() != pid) syscall(SYS_tgkill, pid, pid, kick_signo);
     }
     errno = saved_errno;
@@ -65,7 +76,9 @@ int sbx_signal_init(int signo) {
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = 0; /* no SA_RESTART: KVM_RUN must return EINTR */
     if (sigaction(signo, &sa, NULL) != 0) return -errno;
+    if (!kick_signo) pthread_atfork(NULL, NULL, after_fork_in_child);
     kick_signo = signo;
+    process_id = getpid();
     return 0;
 }
 
@@ -102,18 +115,27 @@ int sbx_signal_watch(int signo) {
 
 /* Python's signal.signal() puts Python's own handler back (asyncio.run does, for
  * SIGINT): watch SIGINT again when its handler is Python's, not ours. One sigaction
- * read per run of the main thread. */
+ * read, at most every 10 ms, on the main thread's runs. */
 static void rewatch_sigint(void) {
+    static int64_t next_check_ns;
+    struct timespec now;
     struct sigaction cur;
-    if (!python_action[SIGINT].sa_handler || sigaction(SIGINT, NULL, &cur) != 0) return;
+    if (!python_action[SIGINT].sa_handler) return;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+    int64_t now_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+    if (now_ns < next_check_ns) return;
+    next_check_ns = now_ns + 10000000;
+    if (sigaction(SIGINT, NULL, &cur) != 0) return;
     if (is_ours(&cur) || (cur.sa_flags & SA_SIGINFO)) return;
     if (cur.sa_handler == python_action[SIGINT].sa_handler) sbx_signal_watch(SIGINT);
 }
 
+int sbx_run_tid(void) { return this_tid(); }
+
 int sbx_run_enter(struct kvm_run *run) {
     tls_kicked = 0;
     tls_run = run;
-    if (this_tid() != getpid()) return 0;
+    if (!on_main_thread()) return 0;
     rewatch_sigint();
     __atomic_store_n(&main_run, run, __ATOMIC_SEQ_CST);
     /* A watched signal that came before main_run was published did not set
@@ -122,14 +144,14 @@ int sbx_run_enter(struct kvm_run *run) {
 }
 
 void sbx_run_leave(void) {
-    if (tls_run && this_tid() == getpid()) __atomic_store_n(&main_run, NULL, __ATOMIC_SEQ_CST);
+    if (tls_run && on_main_thread()) __atomic_store_n(&main_run, NULL, __ATOMIC_SEQ_CST);
     tls_run = NULL;
 }
 
 int sbx_run_kicked(void) {
     /* A watched signal counts as an interruption, not a kick, even when the main thread
      * was kicked to see it. */
-    if (this_tid() == getpid() && __atomic_exchange_n(&python_signal_pending, 0, __ATOMIC_SEQ_CST))
+    if (on_main_thread() && __atomic_exchange_n(&python_signal_pending, 0, __ATOMIC_SEQ_CST))
         return 0;
     return tls_kicked;
 }

@@ -85,6 +85,7 @@ int64_t sbx_vcpu_run(int vcpu_fd, void *run_area, int64_t timeout_ns, struct sbx
 
     memset(exit, 0, sizeof *exit);
     run->immediate_exit = 0;
+    __atomic_store_n(&exit->thread, sbx_run_tid(), __ATOMIC_SEQ_CST); /* for cancel() */
     if (sbx_run_enter(run)) {
         exit->kind = SBX_EXIT_INTERRUPTED;
         goto out;
@@ -136,6 +137,7 @@ int64_t sbx_vcpu_run(int vcpu_fd, void *run_area, int64_t timeout_ns, struct sbx
 out:
     if (armed) sbx_timer_disarm();
     sbx_run_leave();
+    __atomic_store_n(&exit->thread, 0, __ATOMIC_SEQ_CST);
     run->immediate_exit = 0;
     if (err) return err;
     return ((int64_t)exit->kind << 32) | exit->value;

@@ -27,7 +27,7 @@ struct sbx_exit {
     uint64_t rsp;             /* TRAP: guest RSP at the fault */
     uint64_t detail;          /* INTERNAL: suberror; BAD_PORT: size | direction << 8 */
     uint32_t pending_io;      /* the exit left KVM an instruction to complete (below) */
-    uint32_t reserved;
+    int32_t thread;           /* while a run is under way: the tid of its thread, else 0 */
 };
 
 /* Runs the vCPU until an exit that needs Python (see SBX_EXIT_*). `run` is the vCPU's

@@ -6,6 +6,7 @@ wrappers. C returns 0 or a negative errno; the wording of errors happens in Pyth
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal.getsignal without the enum conversion
 import errno as errno_mod
 import fcntl
 import os
@@ -93,13 +94,14 @@ def init_kick_signal() -> None:
 def watch_signals() -> None:
     """Makes every signal with a Python handler (SIGINT's KeyboardInterrupt first) stop
     a call running on the main thread, whichever thread the kernel delivers it to and
-    whenever it lands (native/sbx_signal.h). Called when a sandbox is made; the run loop
+    whenever it lands (native/sbx_signal.h). Called when a sandbox is made (a few us:
+    `_signal.getsignal` without the enum conversion of `signal.getsignal`); the run loop
     itself re-watches SIGINT when signal.signal() has put Python's handler back (as
     asyncio.run does). Only the main thread installs handlers."""
-    if threading.current_thread() is not threading.main_thread():
+    if threading.get_ident() != _MAIN_THREAD:
         return
     for signo in _PYTHON_SIGNALS:
-        if callable(signal.getsignal(signo)) and not lib.sbx_signal_watched(signo):
+        if callable(_signal.getsignal(signo)) and not lib.sbx_signal_watched(signo):
             lib.sbx_signal_watch(signo)  # -EINVAL for a C handler that is not Python's
 
 
@@ -110,10 +112,12 @@ def block_signals_in_this_thread() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, _PYTHON_SIGNALS)
 
 
+_MAIN_THREAD = threading.main_thread().ident
+
 # The catchable signals a Python handler may be installed for (the kick signal and the
 # synchronous faults Python never handles are left out).
 _PYTHON_SIGNALS = tuple(
-    s
+    int(s)
     for s in sorted(signal.valid_signals())
     if s
     not in (

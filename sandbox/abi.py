@@ -12,6 +12,7 @@ import enum
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._native import ffi, lib
 from .errors import ArgumentError, GuestProtocolError
@@ -167,6 +168,77 @@ def encode_call(buf: memoryview, sig: Signature, args: Sequence[object]) -> int:
     return pos
 
 
+# Per scalar tag: the struct code of `bits` and, for 32-bit integers (which 'q'/'Q'
+# would not range-check), the range. Packing straight from Python values gives the same
+# bytes as _encode_scalar: integers sign- or zero-extended, floats as IEEE bits.
+_FAST_CODES = {
+    Tag.I32: "q",
+    Tag.U32: "Q",
+    Tag.I64: "q",
+    Tag.U64: "Q",
+    Tag.BOOL: "Q",
+    Tag.F64: "d",
+    Tag.F32: "f4x",
+}
+_NAME_OFFSET = ARGS_OFFSET + MAX_ARGS * VALUE.size
+
+
+class CallEncoder:
+    """Writes call records for one signature. Signatures of scalars only (the common
+    case) take a fast path: one exact-type check of all arguments, the range checks of
+    32-bit integers, one struct.pack_into. Anything else, and any argument the fast path
+    does not take as it is (an int for a float parameter, a value out of range), goes
+    through encode_call, which converts it or raises the precise ArgumentError."""
+
+    __slots__ = ("sig", "what", "_struct", "_types", "_name", "_template", "_ranges")
+
+    def __init__(self, sig: Signature) -> None:
+        self.sig = sig
+        self.what = f"result of {sig.name}"  # for messages about its result record
+        self._struct: struct.Struct | None = None
+        params = sig.params
+        if all(tag in _FAST_CODES for tag in params):
+            name = sig.name.encode()
+            self._name = name + b"\0"
+            header: list[object] = [
+                _NAME_OFFSET + len(self._name),
+                len(params),
+                _NAME_OFFSET,
+                len(name),
+                0,
+                0,
+            ]
+            self._template: list[object] = header + [x for tag in params for x in (tag, 0, 0)]
+            self._struct = struct.Struct("<6I" + "".join("II" + _FAST_CODES[t] for t in params))
+            self._types = tuple(
+                bool if tag is Tag.BOOL else float if tag in (Tag.F32, Tag.F64) else int
+                for tag in params
+            )
+            self._ranges = tuple(
+                (i, *_INT_RANGES[tag]) for i, tag in enumerate(params) if tag in (Tag.I32, Tag.U32)
+            )
+
+    def encode(self, buf: memoryview, args: Sequence[object]) -> None:
+        """Writes the record for `args` at the start of `buf` (ArgumentError if they do
+        not fit the signature)."""
+        packer = self._struct
+        if packer is not None and tuple(map(type, args)) == self._types:
+            for i, low, high in self._ranges:
+                if not low <= args[i] <= high:  # type: ignore[operator]
+                    break
+            else:
+                values = self._template[:]
+                values[8::3] = args
+                try:
+                    packer.pack_into(buf, 0, *values)
+                except (struct.error, OverflowError):
+                    pass  # out of range for its type: the slow path says how
+                else:
+                    buf[_NAME_OFFSET : _NAME_OFFSET + len(self._name)] = self._name
+                    return
+        encode_call(buf, self.sig, args)
+
+
 def encode_result(buf: memoryview, status: Status, value: object) -> None:
     """Writes a `struct sbx_result` carrying a host function's return value (its tag
     inferred from the Python type) into `buf`. Raises ArgumentError if the value has no
@@ -261,21 +333,50 @@ def decode_print(rec: memoryview, size: int, off: int, length: int) -> bytes:
     return bytes(rec[off : off + length])
 
 
-@dataclass
-class Result:
+class Result(NamedTuple):
     status: int
     tag: int
     value: Value
     output: bytes
 
 
+_SCALAR_RESULT = {
+    Tag.I32: lambda bits: ((bits & 0xFFFF_FFFF) ^ 0x8000_0000) - 0x8000_0000,
+    Tag.U32: lambda bits: bits & 0xFFFF_FFFF,
+    Tag.I64: lambda bits: (bits ^ (1 << 63)) - (1 << 63),
+    Tag.U64: lambda bits: bits,
+}
+
+
 def decode_result(buf: memoryview, offset: int, what: str) -> Result:
     """Decodes the untrusted `struct sbx_result` at `offset` of the output buffer."""
-    rec, size = record_view(buf, offset, RESULT.size, what)
-    _, status, print_off, print_len, tag, length, bits = RESULT.unpack_from(rec, 0)
-    output = decode_print(rec, size, print_off, print_len)
-    value = decode_value(rec, size, tag, length, bits, what)
-    return Result(status, tag, value, output)
+    return Result._make(decode_return(buf, offset, what))
+
+
+def decode_return(buf: memoryview, offset: int, what: str) -> tuple[int, int, Value, bytes]:
+    """decode_result as a plain (status, tag, value, output) tuple: the hot path of
+    every call (one unpack, no copy of the record)."""
+    limit = len(buf) - offset
+    if offset < 0 or limit < RESULT.size:
+        raise GuestProtocolError(f"{what}: record offset {offset} is outside its buffer")
+    size, status, print_off, print_len, tag, length, bits = RESULT.unpack_from(buf, offset)
+    if size < RESULT.size or size > limit:
+        raise GuestProtocolError(f"{what}: record size {size} is outside its buffer")
+    output = b""
+    if print_len:
+        if print_len > size or print_off > size - print_len:
+            raise GuestProtocolError(
+                f"print data at offset {print_off} length {print_len} overruns its record"
+            )
+        output = bytes(buf[offset + print_off : offset + print_off + print_len])
+    scalar = _SCALAR_RESULT.get(tag)
+    if scalar is not None:
+        return status, tag, scalar(bits), output
+    rec = buf[offset : offset + size]
+    try:
+        return status, tag, decode_value(rec, size, tag, length, bits, what), output
+    finally:
+        rec.release()
 
 
 @dataclass

@@ -25,7 +25,7 @@ from .kvm import Kvm
 from .layout import GDT, GDT_LIMIT, IDT, IDT_LIMIT, PML4, TSS, Layout
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CpuState:
     """The vCPU state a snapshot restores (cffi structs, owned by this object)."""
 
@@ -50,6 +50,7 @@ class CpuSetup:
     sregs: Any  # struct kvm_sregs *
     xcrs: Any | None  # struct kvm_xcrs *, None without XSAVE
     xsave: Any  # struct kvm_xsave *: the FPU/SSE state of a vCPU after reset
+    xsave_size: int  # bytes of the XSAVE area (standard form) for XCR0's components
     _reset_xsave_memo: weakref.WeakKeyDictionary[Any, bool] = field(
         default_factory=weakref.WeakKeyDictionary, compare=False, repr=False
     )
@@ -161,13 +162,19 @@ def cpu_setup() -> CpuSetup:
 def _build(kvm: Kvm, sregs: Any, xsave: Any) -> CpuSetup:
     cr4 = x86.CR4_PAE | x86.CR4_OSFXSR | x86.CR4_OSXMMEXCPT
     xcrs = None
+    xsave_size = x86.XSAVE_LEGACY_SIZE + x86.XSAVE_HEADER_SIZE
     xsave_leaf = kvm.cpuid_entry(x86.CPUID_XSAVE_LEAF)
     if kvm.has_cpu_feature(x86.CPUID_XSAVE) and xsave_leaf is not None:
         cr4 |= x86.CR4_OSXSAVE
+        xcr0 = x86.XCR0_X87 | x86.XCR0_SSE | (xsave_leaf.eax & x86.XCR0_AVX)
         xcrs = ffi.new("struct kvm_xcrs *")
         xcrs.nr_xcrs = 1
         xcrs.xcrs[0].xcr = 0
-        xcrs.xcrs[0].value = x86.XCR0_X87 | x86.XCR0_SSE | (xsave_leaf.eax & x86.XCR0_AVX)
+        xcrs.xcrs[0].value = xcr0
+        if xcr0 & x86.XCR0_AVX:  # sub-leaf 2: size (eax) and offset (ebx) of the AVX state
+            avx = kvm.cpuid_entry(x86.CPUID_XSAVE_LEAF, 2)
+            if avx is not None:
+                xsave_size = max(xsave_size, avx.ebx + avx.eax)
     for feature, bit in (
         (x86.CPUID_SMEP, x86.CR4_SMEP),
         (x86.CPUID_SMAP, x86.CR4_SMAP),
@@ -205,4 +212,4 @@ def _build(kvm: Kvm, sregs: Any, xsave: Any) -> CpuSetup:
     )
     sregs.gdt.base, sregs.gdt.limit = GDT, GDT_LIMIT
     sregs.idt.base, sregs.idt.limit = IDT, IDT_LIMIT
-    return CpuSetup(sregs, xcrs, xsave)
+    return CpuSetup(sregs, xcrs, xsave, xsave_size)

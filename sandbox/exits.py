@@ -63,12 +63,19 @@ class Exit(NamedTuple):
     @classmethod
     def decode(cls, answer: int, raw: Any) -> Exit:
         """The Exit for the run loop's non-negative `answer` ((kind << 32) | value);
-        `raw` is the `struct sbx_exit` it filled."""
+        `raw` is the `struct sbx_exit` it filled. The exits of a call repeat (the same
+        kind at the same record offset), so those without details are made once."""
+        exit = _COMMON.get(answer)
+        if exit is not None:
+            return exit
         kind = _KINDS[answer >> 32]
         if kind is None:  # pragma: no cover - the C code returns only SBX_EXIT_* kinds
             raise ValueError(f"unknown exit kind {answer >> 32}")
         if kind not in _DETAILED:
-            return cls(kind, answer & 0xFFFF_FFFF)
+            exit = cls(kind, answer & 0xFFFF_FFFF)
+            if len(_COMMON) < _COMMON_MAX:
+                _COMMON[answer] = exit
+            return exit
         return cls(
             kind,
             int(raw.value),
@@ -82,3 +89,8 @@ class Exit(NamedTuple):
             int(raw.detail),
             bool(raw.pending_io),
         )
+
+
+# Exits without details, by the run loop's answer (immutable, so shared).
+_COMMON: dict[int, Exit] = {}
+_COMMON_MAX = 4096

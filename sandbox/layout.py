@@ -13,6 +13,7 @@ guest physical), with 4 KiB pages so that every region gets its own permissions:
     0x0000_6000  | exception stubs     S  R  X   |  report vector/RIP/CR2, one exit
     0x0000_7000  | ring-0 stack        S  RW NX  |  2 pages, RSP0 = 0x9000
     0x0000_9000  | page tables (PT)    S  RW NX  |  one page per 2 MiB of memory
+                 | restore trampoline  U  R  X   |  host-written (trampoline.py)
                  | stack guard 64 KiB  unmapped  |  stack overflow faults here
                  | stack               U  RW NX  |  grows down towards the guard
                  | boot info           U  R  NX  |  struct sbx_boot_info, and in the
@@ -120,6 +121,7 @@ class Layout:
 
     mem_size: int
     page_tables_end: int
+    trampoline: int
     boot_info: int
     image_base: int
     image_end: int
@@ -151,7 +153,8 @@ class Layout:
             raise ValueError("memory size must be a multiple of 2 MiB, at most 1 GiB")
         n_pt = mem_size // (2 << 20)
         page_tables_end = PAGE_TABLES + n_pt * PAGE
-        guard_page = page_tables_end
+        trampoline = page_tables_end
+        guard_page = trampoline + PAGE
         stack_base = guard_page + STACK_GUARD_SIZE
         stack_top = stack_base + stack_size
         boot_info = stack_top
@@ -176,6 +179,7 @@ class Layout:
         return cls(
             mem_size=mem_size,
             page_tables_end=page_tables_end,
+            trampoline=trampoline,
             boot_info=boot_info,
             image_base=image_base,
             image_end=image_end,
@@ -201,6 +205,7 @@ class Layout:
             (STUBS, RING0_STACK, "exception stubs"),
             (RING0_STACK, RING0_STACK_TOP, "ring-0 stack"),
             (PAGE_TABLES, self.page_tables_end, "page tables"),
+            (self.trampoline, self.trampoline + PAGE, "restore trampoline"),
             (self.guard_page, self.stack_base, "stack guard page"),
             (self.stack_base, self.stack_top, "stack"),
             (self.boot_info, self.in_buf, "boot info"),
@@ -237,6 +242,7 @@ class Layout:
         map_range(PML4, STUBS, sup_data)
         map_range(STUBS, RING0_STACK, leaf)  # supervisor, read-only, executable
         map_range(RING0_STACK, self.page_tables_end, sup_data)
+        map_range(self.trampoline, self.trampoline + PAGE, leaf | x86.PTE_USER)  # R-X
         map_range(self.stack_base, self.stack_top, user_rw)  # the guard page stays unmapped
         map_range(self.boot_info, self.image_end, user_ro)  # boot info, input, image gaps
         for seg in segments:
@@ -283,6 +289,7 @@ class Layout:
             (start, start + size, name)
             for start, size, name in (
                 (PML4, self.page_tables_end - PML4, "system area"),
+                (self.trampoline, PAGE, "restore trampoline"),
                 (self.stack_base, self.stack_top - self.stack_base, "stack"),
                 (self.boot_info, BOOT_INFO_SIZE + self.in_size, "boot info and input buffer"),
                 (self.image_base, self.image_end - self.image_base, "guest image"),

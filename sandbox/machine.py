@@ -12,14 +12,15 @@ resource: the machine owns the memory, the VM and the vCPU, and closes them in o
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ._native import ffi, init_kick_signal
 from .cpu import CpuState, cpu_setup
 from .exits import Exit
 from .kvm import Kvm
-from .layout import Layout
+from .layout import PAGE, Layout
 from .memory import GuestMemory, MemoryImage
+from .trampoline import Trampoline
 from .vcpu import Vcpu
 from .vm import Vm
 
@@ -27,10 +28,21 @@ SLOT = 0  # guest memory is one slot at guest-physical 0
 SEED_OFFSET: int = ffi.offsetof("struct sbx_boot_info", "random_seed")
 
 
+_SEEDS_PER_DRAW = 512
+_seeds: list[bytes] = []
+
+
 def new_seed() -> bytes:
-    """A fresh random seed for the guest (never zero: zero means "no seed")."""
+    """A fresh random seed for the guest (never zero: zero means "no seed"). Drawn from
+    the OS's CSPRNG 512 at a time (one getrandom call, not one per restore); each seed
+    is used once. Thread-safe: list.pop and list.extend are atomic under the GIL."""
     while True:
-        seed = os.urandom(8)
+        try:
+            seed = _seeds.pop()
+        except IndexError:
+            data = os.urandom(8 * _SEEDS_PER_DRAW)
+            _seeds.extend(data[i : i + 8] for i in range(0, len(data), 8))
+            continue
         if any(seed):
             return seed
 
@@ -59,7 +71,10 @@ class Machine:
             vcpu = self._vcpu = vm.create_vcpu()
             vcpu.set_cpuid2(kvm.supported_cpuid)
             setup = cpu_setup()
+            self._trampoline = Trampoline(layout.trampoline, setup, setup.xsave_size)
+            self._loaded: CpuState | None = None
             self._xcr0: int | None = None
+            self._xcrs: object = None
             self._load_xcrs(cpu.xcrs if cpu.xcrs is not None else setup.xcrs)
             if cpu.xsave is not None and not setup.is_reset_xsave(cpu.xsave):
                 vcpu.set_xsave(cpu.xsave)  # a new vCPU already has the reset state
@@ -69,6 +84,9 @@ class Machine:
         except BaseException:
             self.close()
             raise
+        # Runs the vCPU until an exit Python must handle (the vCPU's own method: the
+        # call path pays no extra frame for it).
+        self.run: Callable[[int], Exit] = vcpu.run
 
     @property
     def vcpu(self) -> Vcpu:
@@ -82,15 +100,12 @@ class Machine:
         guest's own writes to page tables."""
         self._page_table_watch = tuple(ranges)
 
-    # -- running -----------------------------------------------------------------------
-
-    def run(self, timeout_ns: int) -> Exit:
-        """Runs the vCPU until an exit Python must handle."""
-        return self.vcpu.run(timeout_ns)
-
     def save_cpu(self) -> CpuState:
-        """The vCPU's state, between runs (completes a pending exit first)."""
+        """The vCPU's state, between runs (completes a pending exit first); right after
+        a load, the state loaded (the trampoline has yet to run)."""
         vcpu = self.vcpu
+        if vcpu.load_pending and self._loaded is not None:
+            return self._loaded
         return CpuState(
             vcpu.get_regs(),
             vcpu.get_sregs(),
@@ -98,13 +113,27 @@ class Machine:
             vcpu.get_xcrs() if cpu_setup().xcrs is not None else None,
         )
 
+    def snapshot_image(self) -> MemoryImage:
+        """The memory as a new image (the trampoline page as the host left it in the
+        image: it is the host's scratch, not the guest's state)."""
+        return self.memory.snapshot_image([(self.layout.trampoline, PAGE)])
+
     def load_cpu(self, cpu: CpuState) -> None:
-        """Loads `cpu` exactly for the next run (memory is left as it is): registers,
-        the FPU/SSE/AVX state, and XCR0 if it differs from the vCPU's."""
+        """Loads `cpu` exactly for the next run (memory is left as it is): registers
+        through the sync area, the FPU/SSE/AVX state through the restore trampoline
+        (trampoline.py; KVM_SET_XSAVE where it cannot), XCR0 if it differs from the
+        vCPU's. Until the next run, `save_cpu` answers `cpu`."""
         vcpu = self.vcpu
-        vcpu.load_state(cpu.regs, cpu.sregs)
-        vcpu.set_xsave(cpu.xsave if cpu.xsave is not None else cpu_setup().xsave)
-        self._load_xcrs(cpu.xcrs)
+        regs = self._trampoline.load(self.memory, cpu)
+        if regs is None:
+            vcpu.load_state(cpu.regs, cpu.sregs)
+            vcpu.set_xsave(cpu.xsave if cpu.xsave is not None else cpu_setup().xsave)
+        else:
+            vcpu.settle(cpu.rip)
+            vcpu.load_state(regs, cpu.sregs)
+        self._loaded = cpu
+        if cpu.xcrs is not self._xcrs:
+            self._load_xcrs(cpu.xcrs)
 
     def _load_xcrs(self, xcrs: object) -> None:
         # Ring 3 cannot change XCR0 (XSETBV is privileged): the vCPU keeps what was
@@ -113,17 +142,21 @@ class Machine:
         if xcrs is not None and xcr0 != self._xcr0:
             self.vcpu.set_xcrs(xcrs)
             self._xcr0 = xcr0
+        self._xcrs = xcrs
 
-    def load(self, image: MemoryImage, cpu: CpuState) -> None:
+    def load(self, image: MemoryImage, cpu: CpuState) -> bool:
         """Returns to the state (`image`, `cpu`) exactly. Restoring the image the memory
         maps now copies back only the pages written since; another image is mapped
-        afresh. The guest gets a new random seed."""
+        afresh (at a new address: views of the old mapping are released; returns True
+        then). The guest gets a new random seed."""
         memory = self.memory
         vm = self._vm
         assert vm is not None
         self.vcpu.settle(cpu.rip)  # before memory: a pending string `in` writes to it
-        if image is memory.image:
-            flush = memory.differs_from_image(self._page_table_watch)
+        remapped = image is not memory.image
+        if not remapped:
+            watch = self._page_table_watch
+            flush = bool(watch) and memory.differs_from_image(watch)
             memory.reset()
             if flush:
                 vm.flush_memory_region(SLOT)
@@ -133,7 +166,9 @@ class Machine:
             vm.set_user_memory_region(SLOT, 0, self.layout.mem_size, memory.host_address)
             memory.prefault(self.layout.first_call_pages)
         self.load_cpu(cpu)
-        memory.write(self.layout.boot_info + SEED_OFFSET, new_seed())
+        seed = self.layout.boot_info + SEED_OFFSET
+        memory.region(seed, 8)[:] = new_seed()
+        return remapped
 
     def close(self) -> None:
         """Releases the vCPU, the VM and then the memory (KVM uses it until the VM is

@@ -255,12 +255,15 @@ class GuestMemory:
         self.check_range(addr, len(data))
         self.view[addr : addr + len(data)] = data
 
-    def snapshot_image(self) -> MemoryImage:
+    def snapshot_image(self, host_owned: Sequence[tuple[int, int]] = ()) -> MemoryImage:
         """A new MemoryImage with this memory's current contents: the image's data plus
-        the written pages (holes stay holes, so the copy costs what is in use)."""
+        the written pages (holes stay holes, so the copy costs what is in use). The
+        `host_owned` ranges (scratch the host writes, like the restore trampoline) keep
+        the image's contents."""
         pieces: list[tuple[int, bytes | memoryview]] = []
         for addr, length in _merge(list(self.image.extents) + self.written_ranges()):
             pieces.append((addr, self.view[addr : addr + length]))
+        pieces += [(addr, self.image.read(addr, length)) for addr, length in host_owned]
         try:
             return MemoryImage(self.size, pieces, name="sandbox-snapshot")
         finally:

@@ -377,6 +377,26 @@ class SandboxPool(Generic[M]):
 
     def use(self, fn: Callable[[M], T]) -> T:
         """Runs `fn(member)` with a fresh-state member, on this thread."""
+        member = self._checkout()
+        try:
+            return fn(member)
+        finally:
+            self._refresh(member)
+            self._release(member)
+
+    def call(self, name: str, *args: object, timeout: float | None = None) -> Value:
+        """Runs `name(*args)` in a fresh-state sandbox; raises what `Sandbox.call`
+        raises (a trap or timeout leaves the pool usable)."""
+        member = self._checkout()  # `use` without its extra frame: the hot path
+        try:
+            result: Value = member.call(name, *args, timeout=timeout)
+            return result
+        finally:
+            self._refresh(member)
+            self._release(member)
+
+    def _checkout(self) -> M:
+        """A fresh-state member for a call on this thread (made if none is idle)."""
         member = self._acquire()
         if member is None:
             try:
@@ -387,21 +407,10 @@ class SandboxPool(Generic[M]):
             with self._lock:
                 self._busy.add(member)
         try:
-            member = self._renew(member)
+            return self._renew(member)
         except BaseException:
             self._release(None)
             raise
-        try:
-            return fn(member)
-        finally:
-            self._refresh(member)
-            self._release(member)
-
-    def call(self, name: str, *args: object, timeout: float | None = None) -> Value:
-        """Runs `name(*args)` in a fresh-state sandbox; raises what `Sandbox.call`
-        raises (a trap or timeout leaves the pool usable)."""
-        result: Value = self.use(lambda m: m.call(name, *args, timeout=timeout))
-        return result
 
     # -- asyncio: run, acall ----------------------------------------------------------
 
@@ -536,7 +545,8 @@ class SandboxPool(Generic[M]):
                 else:
                     self._busy.discard(member)
                     self._idle.append((member, time.monotonic()))
-                    self._cond.notify()
+                    if self._sync_waiting:
+                        self._cond.notify()
                     return
         if hand is not None and member is not None:
             loop = hand.get_loop()

@@ -24,7 +24,16 @@ from typing import TYPE_CHECKING, Any, Self
 
 from . import _reaper, kinds
 from ._native import kick_thread
-from .abi import Signature, Status, Value, decode_call, decode_result, encode_call, encode_result
+from .abi import (
+    CallEncoder,
+    Signature,
+    Status,
+    Value,
+    decode_call,
+    decode_result,
+    decode_return,
+    encode_result,
+)
 from .config import MAX_TIMEOUT, ResetMode, SandboxConfig
 from .cpu import CpuState
 from .errors import (
@@ -120,7 +129,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         self._host_functions = host_functions
         self._output = output
         self._lock = threading.Lock()
-        self._caller: int | None = None  # native thread id inside call()
+        self._caller: int | None = None  # threading.get_ident() of the thread in call()
         self._cancel_requested = False
         self._poison_reason = ""
         self._ran = False  # the guest ran since the last (re)start
@@ -131,7 +140,10 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         self._output_text: str | None = ""
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.last_output_truncated = False
+        self._encoders: dict[str, CallEncoder] = {}
+        self._default_timeout = self.config.timeout
         self._machine = Machine(initial.image, initial.cpu, initial.layout)
+        self._map_views()
         self._state = _READY
 
     @classmethod
@@ -233,7 +245,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         thread."""
         if self._state == _CLOSED:
             return
-        if self._caller == threading.get_native_id():
+        if self._caller == threading.get_ident():
             self._close_requested = True  # the call holds the lock: close when it ends
             return
         if self._caller is not None:
@@ -252,14 +264,20 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
             machine.close()
 
     def cancel(self) -> None:
-        """Stops the call running in another thread (it raises CallCancelled); the
-        sandbox is poisoned. Does nothing if no call is running."""
+        """Stops the running call (it raises CallCancelled); the sandbox is poisoned.
+        From inside the call (a host function), the call ends when that returns. Does
+        nothing if no call is running."""
         self._cancel_requested = True
+        if self._caller == threading.get_ident():
+            return
         deadline = time.monotonic() + 1.0
+        vcpu = self._machine.vcpu
         # A kick that lands just before KVM_RUN starts is absorbed by immediate_exit,
         # but one that lands before the run loop is entered is lost: kick until out.
-        while (tid := self._caller) is not None and time.monotonic() < deadline:
-            kick_thread(tid)
+        while self._caller is not None and time.monotonic() < deadline:
+            tid = vcpu.running_thread
+            if tid:
+                kick_thread(tid)
             time.sleep(0.001)
 
     # -- snapshot and restore --------------------------------------------------------
@@ -272,7 +290,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
             self._check_ready()
             machine = self._machine
             return Snapshot(
-                image=machine.memory.snapshot_image(),
+                image=machine.snapshot_image(),
                 cpu=machine.save_cpu(),
                 layout=self.layout,
                 functions=dict(self.functions),
@@ -309,8 +327,11 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         # Poisoned until the restore completes: a failure half-way leaves no usable state.
         self._state = _POISONED
         self._poison_reason = "failed restore"
-        self._machine.load(target.image, target.cpu)
-        self.functions = target.functions
+        if self._machine.load(target.image, target.cpu):
+            self._map_views()
+        if target.functions is not self.functions:
+            self.functions = target.functions
+            self._encoders = {}
         self._ran = False
         self._state = _READY
 
@@ -333,7 +354,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
     def _between_calls(self) -> threading.Lock:
         """The call lock, refused at once (SandboxBusy) to a thread inside one of this
         sandbox's calls: it would wait for itself."""
-        if self._caller == threading.get_native_id():
+        if self._caller == threading.get_ident():
             raise SandboxBusy(
                 "the sandbox is in a call on this thread (a host function, output callback "
                 "or import called back into its own sandbox)"
@@ -364,32 +385,25 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         (poisons), HostFunctionError (a host function raised), SandboxPoisoned,
         SandboxClosed, SandboxBusy (a call from inside one of its own calls).
         """
-        limit = check_timeout(timeout) if timeout is not None else self.config.timeout
-        sig = self.functions.get(name)
-        if sig is None:
-            if self._state == _CLOSED:
-                raise SandboxClosed("the sandbox is closed")
-            raise FunctionNotFound(
-                f"the guest has no function {name!r} "
-                f"(it exports: {', '.join(sorted(self.functions))})"
-            )
-        with self._between_calls():
-            if self.reset_mode == "per_call" and self._ran and self._state != _CLOSED:
-                self._restore(None)
-            self._check_ready()
-            machine = self._machine
-            layout = self.layout
-            encode_call(machine.memory.region(layout.in_buf, layout.in_size), sig, args)
-            self._caller = threading.get_native_id()
+        # The hot path of the runtime: every line here is paid on every call.
+        limit = check_timeout(timeout) if timeout is not None else self._default_timeout
+        encoder = self._encoders.get(name) or self._encoder(name)
+        me = threading.get_ident()
+        if self._caller == me:
+            self._between_calls()  # raises SandboxBusy
+        with self._lock:
+            if self._state is not _READY or (self._ran and self.reset_mode == "per_call"):
+                if self._state is not _CLOSED and self.reset_mode == "per_call" and self._ran:
+                    self._restore(None)
+                self._check_ready()
+            encoder.encode(self._in_view, args)
+            self._caller = me
             self._cancel_requested = False
-            self._output_parts = []
-            self._output_bytes = 0
-            self._output_text = ""
-            self._decoder.reset()
-            self.last_output_truncated = False
+            if self._output_bytes or self.last_output_truncated:
+                self._clear_output()
             self._in_call = True
             try:
-                return self._run(machine, sig, limit)
+                return self._run(encoder, limit)
             except BaseException as exc:
                 # A trap, a timeout, or anything that left the guest mid-call (an
                 # exception from the output callback, Ctrl-C...): the guest cannot go on.
@@ -403,51 +417,82 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
                 if self._close_requested:
                     self._release(deferred=True)
 
-    def _run(self, machine: Machine, sig: Signature, limit: float | None) -> Value:
+    def _encoder(self, name: str) -> CallEncoder:
+        """The record encoder of function `name` (made once per signature in use)."""
+        sig = self.functions.get(name)
+        if sig is None:
+            if self._state == _CLOSED:
+                raise SandboxClosed("the sandbox is closed")
+            raise FunctionNotFound(
+                f"the guest has no function {name!r} "
+                f"(it exports: {', '.join(sorted(self.functions))})"
+            )
+        encoder = self._encoders[name] = CallEncoder(sig)
+        return encoder
+
+    def _map_views(self) -> None:
+        """The views of the call buffers, again after the memory was mapped anew."""
+        memory, layout = self._machine.memory, self.layout
+        self._in_view = memory.region(layout.in_buf, layout.in_size)
+        self._out_view = memory.region(layout.out_buf, layout.out_size)
+        self._reply_view = memory.region(layout.reply_buf, layout.reply_size)
+
+    def _clear_output(self) -> None:
+        self._output_parts = []
+        self._output_bytes = 0
+        self._output_text = ""
+        self._decoder.reset()
+        self.last_output_truncated = False
+
+    def _run(self, encoder: CallEncoder, limit: float | None) -> Value:
+        sig = encoder.sig
+        run = self._machine.run
+        out = self._out_view
         deadline = None if limit is None else time.monotonic() + limit
         host_error: BaseException | None = None
-        layout = self.layout
-        out = machine.memory.region(layout.out_buf, layout.out_size)
         while True:
             timeout_ns = 0
             if deadline is not None:
                 timeout_ns = max(1, int((deadline - time.monotonic()) * 1e9))
-            exit = machine.run(timeout_ns)
+            exit = run(timeout_ns)
             self._ran = True
             kind = exit.kind
-            if kind == ExitKind.RETURN:
+            if kind is ExitKind.RETURN:
                 self._in_call = False  # the guest is back in its loop
-                result = decode_result(out, exit.value, f"result of {sig.name}")
-                self._emit(result.output, final=True)
+                status, tag, value, output = decode_return(out, exit.value, encoder.what)
+                if output or self._output_bytes:
+                    self._emit(output, final=True)
+                if status == Status.OK and tag == sig.ret and host_error is None:
+                    return value
                 break
-            if kind == ExitKind.HOST_CALL:
-                host_error = self._host_call(out, exit.value) or host_error
-            elif kind == ExitKind.PRINT:
-                self._emit(decode_result(out, exit.value, "print flush").output)
-            elif kind == ExitKind.INTERRUPTED:
+            if kind is ExitKind.HOST_CALL or kind is ExitKind.PRINT:
+                if kind is ExitKind.HOST_CALL:
+                    host_error = self._host_call(out, exit.value) or host_error
+                else:
+                    self._emit(decode_result(out, exit.value, "print flush").output)
+                if self._cancel_requested:  # by a host function or the output callback
+                    raise CallCancelled(f"{sig.name} was cancelled")
+            elif kind is ExitKind.INTERRUPTED:
                 continue  # Python's signal handlers ran (or will raise here)
-            elif kind == ExitKind.KICKED:
+            elif kind is ExitKind.KICKED:
                 if self._cancel_requested:
                     raise CallCancelled(f"{sig.name} was cancelled")
                 raise CallTimeout(f"{sig.name} did not finish within {limit} s")
             else:
-                raise decode_trap(exit, layout)
+                raise decode_trap(exit, self.layout)
 
-        status = result.status
         if status == Status.OK:
             if host_error is not None:
                 raise HostFunctionError(
                     f"a host function called by {sig.name} raised: {describe(host_error)}"
                 ) from host_error
-            if result.tag != sig.ret:
-                raise GuestProtocolError(f"{sig.name} returned tag {result.tag}, declared {sig}")
-            return result.value
+            raise GuestProtocolError(f"{sig.name} returned tag {tag}, declared {sig}")
         if status == Status.HOST_ERROR and host_error is not None:
             raise HostFunctionError(
                 f"a host function called by {sig.name} raised: {describe(host_error)}"
             ) from host_error
         if status == Status.ABORT:
-            raise GuestAbort(str(result.value))
+            raise GuestAbort(str(value))
         if status == Status.NOT_FOUND:
             raise FunctionNotFound(f"the guest did not find its function {sig.name!r}")
         if status == Status.BAD_ARGS:
@@ -481,8 +526,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         if call.output:
             self._emit(call.output)
         fn = self._host_functions.get(call.name)
-        layout = self.layout
-        reply = self._machine.memory.region(layout.reply_buf, layout.reply_size)
+        reply = self._reply_view
         try:
             if fn is None:
                 raise LookupError(

@@ -33,8 +33,7 @@ class Vcpu:
         self.run_ptr = self._run_map.ptr
         self._exit = ffi.new("struct sbx_exit *")
         lib.sbx_vcpu_sync_init(self.run_ptr)
-        self._must_complete = False  # the last exit must be completed before a load
-        self._out_pending = False  # the last exit was an `out` (see _OUT_EXITS)
+        self._last: Exit | None = None  # the last exit, until completed or superseded
         self._load_pending = False  # registers wait in the sync area for the next run
 
     # -- running -----------------------------------------------------------------------
@@ -45,18 +44,27 @@ class Vcpu:
         answer = lib.sbx_vcpu_run(self.fd, self.run_ptr, timeout_ns, self._exit)
         if answer < 0:
             check(answer, "KVM_RUN")
-        exit = Exit.decode(answer, self._exit)
+        self._last = exit = Exit.decode(answer, self._exit)
         self._load_pending = False
-        self._out_pending = exit.kind in _OUT_EXITS
-        self._must_complete = exit.pending_io
         return exit
+
+    @property
+    def load_pending(self) -> bool:
+        """Whether registers loaded with load_state wait for the next run."""
+        return self._load_pending
+
+    @property
+    def running_thread(self) -> int:
+        """The native id of the thread in `run` now (0 if none): whom to kick."""
+        return int(self._exit.thread)
 
     def complete_pending(self) -> None:
         """Completes the last exit and applies registers waiting in the sync area,
         without running the guest (KVM_RUN with immediate_exit)."""
-        if self._must_complete or self._out_pending or self._load_pending:
+        if self._last is not None or self._load_pending:
             check(lib.sbx_vcpu_complete_io(self.fd, self.run_ptr), "KVM_RUN (complete I/O)")
-            self._must_complete = self._out_pending = self._load_pending = False
+            self._last = None
+            self._load_pending = False
 
     # -- state -------------------------------------------------------------------------
 
@@ -64,11 +72,13 @@ class Vcpu:
         """Completes what the last exit left for KVM to complete, if a new state with
         this RIP would not cancel it (native/sbx_vcpu.h). Call it before changing guest
         memory too: a pending string `in` writes to memory when completed."""
-        if self._must_complete or (
-            self._out_pending and lib.sbx_vcpu_exit_rip(self.run_ptr) == rip
+        last = self._last
+        if last is not None and (
+            last.pending_io
+            or (last.kind in _OUT_EXITS and lib.sbx_vcpu_exit_rip(self.run_ptr) == rip)
         ):
             self.complete_pending()
-        self._must_complete = self._out_pending = False
+        self._last = None
 
     def load_state(self, regs: Any, sregs: Any | None) -> None:
         """Loads general (and, unless None, special) registers, applied at the next

@@ -56,6 +56,11 @@ CPUID_SMAP = (0x7, "ebx", 20)
 CPUID_UMIP = (0x7, "ecx", 2)
 CPUID_XSAVE_LEAF = 0xD  # eax: the XCR0 bits the CPU supports
 
+# The XSAVE area in standard form (SDM vol. 1, 13.4): the legacy FXSAVE region, then the
+# XSAVE header; the extended components follow at the offsets CPUID leaf 0xD gives.
+XSAVE_LEGACY_SIZE = 512
+XSAVE_HEADER_SIZE = 64
+
 # XCR0 state components (SDM vol. 1, 13.3).
 XCR0_X87 = 1 << 0
 XCR0_SSE = 1 << 1
