@@ -20,11 +20,22 @@ from .errors import ArgumentError
 Factory = Callable[..., Any]
 
 _factories: dict[str, Factory] = {}
+_constructors: set[str] = set()
 
 
-def register(name: str, factory: Factory) -> None:
-    """Makes `factory` the maker of sandboxes of guest kind `name`."""
+def register(name: str, factory: Factory, *, constructor: bool = False) -> None:
+    """Makes `factory` the maker of sandboxes of guest kind `name`. With `constructor`,
+    `Sandbox(name, **options)` calls it too (a kind whose sandbox takes no module, like
+    a language runtime: `Sandbox("python")`)."""
     _factories[name] = factory
+    if constructor:
+        _constructors.add(name)
+
+
+def is_kind(name: str) -> bool:
+    """Whether `name` names a guest kind with its own sandbox class. (`Sandbox(name)`
+    gives that class's sandbox: `kinds.register(name, factory, constructor=True)`.)"""
+    return name in _constructors
 
 
 def factory(name: str) -> Factory:

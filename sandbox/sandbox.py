@@ -87,6 +87,14 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
     config, KvmError if a KVM ioctl fails. Use as a context manager or call `close()`.
     """
 
+    def __new__(cls, guest: object = None, *args: Any, **kwargs: Any) -> Any:
+        # Sandbox("wasm"), Sandbox("python"): the name of a guest kind (kinds.py) makes
+        # a sandbox of that kind, which is not a Sandbox by inheritance, so Python does
+        # not call __init__ on it.
+        if cls is Sandbox and isinstance(guest, str) and kinds.is_kind(guest):
+            return kinds.factory(guest)(*args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(
         self,
         guest: str | os.PathLike[str] | None = None,
@@ -171,7 +179,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
             return sb
         check_reset(reset)
         functions = check_host_functions(host_functions)
-        new = cls.__new__(cls)
+        new: Sandbox = object.__new__(cls)
         new._state = _CLOSED
         new._start(snapshot, functions, output, reset)
         return new

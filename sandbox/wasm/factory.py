@@ -43,9 +43,11 @@ def from_wasm(
     reset: ResetMode = "none",
     output: Callable[[str], None] | None = None,
     cls: type[WasmSandbox] | None = None,
+    timeout: float | None = None,
 ) -> WasmSandbox:
     """See Sandbox.from_wasm. `cls`: the class of the sandbox, WasmSandbox or a subclass
-    that adds behaviour (the function host's WASI http handler)."""
+    that adds behaviour (the function host's WASI http handler). `timeout`: the limit
+    of the module's start function (default: the config's call limit)."""
     check_reset(reset)
     if wasi is not None and not isinstance(wasi, WasiConfig):
         raise ArgumentError(f"wasi must be a WasiConfig, not {type(wasi).__name__}")
@@ -77,12 +79,7 @@ def from_wasm(
     try:
         sb.wasi = context
         handle, mod = sb.load(mod)
-        instance = sb.instantiate(handle, mod, host)
-        sb._wasm.main = instance
-        sb._wasm.wasi_config = context.config if context is not None else None
-        sb._initial = sb.instantiated = sb.snapshot()
-        sb.reset_mode = reset
-        sb._ran = False
+        sb.make_main(sb.instantiate(handle, mod, host, timeout=timeout), reset)
     except BaseException:
         sb.close()
         raise

@@ -404,11 +404,14 @@ class WasmSandbox:
         handle: int,
         module: WasmModule,
         host_imports: Mapping[tuple[str, str], Callable[..., Any]] | None = None,
+        *,
+        timeout: float | None = None,
     ) -> int:
         """Instantiates a loaded module. Function imports of modules the engine does not
         know (not registered, not "spectest") are bound to `host_imports[(module, name)]`.
-        Raises WasmLinkError, WasmTrap (from the start function or segment
-        initialisation), WasmEngineError."""
+        `timeout` bounds the start function (default: the config's). Raises
+        WasmLinkError, WasmTrap (from the start function or segment initialisation),
+        WasmEngineError, CallTimeout."""
         bound: list[Callable[..., Any] | _Wasi | None] = []
         for imp in module.func_imports:
             if imp.module in self._wasm.registered:
@@ -430,7 +433,9 @@ class WasmSandbox:
         instance = _Instance(module, tuple(bound))
         self._pending = instance
         try:
-            reply = self._engine_call("wasm_instantiate", "wasm_instantiate", handle)
+            reply = self._engine_call(
+                "wasm_instantiate", "wasm_instantiate", handle, timeout=timeout
+            )
         finally:
             self._pending = None
         if reply.status == Status.UNLINKABLE:
@@ -439,6 +444,15 @@ class WasmSandbox:
         handle = reply_u32(reply, "wasm_instantiate")
         self._wasm.instances[handle] = instance
         return handle
+
+    def make_main(self, instance: int, reset: ResetMode) -> None:
+        """Makes `instance` the one `call` reaches, takes the state now as the one
+        restore() returns to (`instantiated`), and sets the reset mode (from_wasm)."""
+        self._wasm.main = instance
+        self._wasm.wasi_config = self.wasi.config if self.wasi is not None else None
+        self._initial = self.instantiated = self.snapshot()
+        self.reset_mode = reset
+        self._ran = False
 
     def register(self, instance: int, name: str) -> None:
         """Makes an instance's exports importable under module name `name`."""
