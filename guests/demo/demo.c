@@ -122,8 +122,8 @@ SBX_EXPORT(heap_byte, SBX_TAG_U32, SBX_TAG_U32) {
 }
 
 /* CPU state that outlives a call unless the host restores it (restore tests): MXCSR and
- * an SSE register nothing else uses. (FS/GS bases cannot change in ring 3: CR4.FSGSBASE
- * is clear and wrmsr is privileged.) */
+ * an SSE register nothing else uses. (The FS/GS bases and segment selectors, which ring
+ * 3 can change too: guests/testing/segments.c.) */
 SBX_EXPORT(set_mxcsr, SBX_TAG_VOID, SBX_TAG_U32) {
     uint32_t v = sbx_arg_u32(args, 0);
     __asm__ volatile("ldmxcsr %0" : : "m"(v));
