@@ -348,6 +348,9 @@ _SCALAR_RESULT = {
 }
 
 
+_I32, _VOID = int(Tag.I32), int(Tag.VOID)
+
+
 def decode_result(buf: memoryview, offset: int, what: str) -> Result:
     """Decodes the untrusted `struct sbx_result` at `offset` of the output buffer."""
     return Result._make(decode_return(buf, offset, what))
@@ -369,6 +372,10 @@ def decode_return(buf: memoryview, offset: int, what: str) -> tuple[int, int, Va
                 f"print data at offset {print_off} length {print_len} overruns its record"
             )
         output = bytes(buf[offset + print_off : offset + print_off + print_len])
+    if tag == _I32:
+        return status, tag, ((bits & 0xFFFF_FFFF) ^ 0x8000_0000) - 0x8000_0000, output
+    if tag == _VOID:
+        return status, tag, None, output
     scalar = _SCALAR_RESULT.get(tag)
     if scalar is not None:
         return status, tag, scalar(bits), output

@@ -65,7 +65,7 @@ class Exit(NamedTuple):
         """The Exit for the run loop's non-negative `answer` ((kind << 32) | value);
         `raw` is the `struct sbx_exit` it filled. The exits of a call repeat (the same
         kind at the same record offset), so those without details are made once."""
-        exit = _COMMON.get(answer)
+        exit = COMMON_EXITS.get(answer)
         if exit is not None:
             return exit
         kind = _KINDS[answer >> 32]
@@ -73,8 +73,8 @@ class Exit(NamedTuple):
             raise ValueError(f"unknown exit kind {answer >> 32}")
         if kind not in _DETAILED:
             exit = cls(kind, answer & 0xFFFF_FFFF)
-            if len(_COMMON) < _COMMON_MAX:
-                _COMMON[answer] = exit
+            if len(COMMON_EXITS) < _COMMON_MAX:
+                COMMON_EXITS[answer] = exit
             return exit
         return cls(
             kind,
@@ -91,6 +91,7 @@ class Exit(NamedTuple):
         )
 
 
-# Exits without details, by the run loop's answer (immutable, so shared).
-_COMMON: dict[int, Exit] = {}
+# Exits without details, by the run loop's answer (immutable, so shared; the hot path
+# looks them up here before calling Exit.decode).
+COMMON_EXITS: dict[int, Exit] = {}
 _COMMON_MAX = 4096

@@ -56,6 +56,7 @@ class Machine:
         kvm = Kvm.shared()
         init_kick_signal()
         self.layout = layout
+        self._seed_at = layout.boot_info + SEED_OFFSET
         self.memory = GuestMemory(image)
         self._vm: Vm | None = None
         self._vcpu: Vcpu | None = None
@@ -128,8 +129,7 @@ class Machine:
         if regs is None:
             vcpu.load_state(cpu.regs, cpu.sregs)
             vcpu.set_xsave(cpu.xsave if cpu.xsave is not None else cpu_setup().xsave)
-        else:
-            vcpu.settle(cpu.rip)
+        else:  # RIP is the trampoline's: a pending `out` is cancelled, not completed
             vcpu.load_state(regs, cpu.sregs)
         self._loaded = cpu
         if cpu.xcrs is not self._xcrs:
@@ -149,10 +149,9 @@ class Machine:
         maps now copies back only the pages written since; another image is mapped
         afresh (at a new address: views of the old mapping are released; returns True
         then). The guest gets a new random seed."""
-        memory = self.memory
-        vm = self._vm
-        assert vm is not None
-        self.vcpu.settle(cpu.rip)  # before memory: a pending string `in` writes to it
+        memory, vm, vcpu = self.memory, self._vm, self._vcpu
+        assert vm is not None and vcpu is not None, "the machine is closed"
+        vcpu.settle(None)  # before memory: a pending string `in` writes to it
         remapped = image is not memory.image
         if not remapped:
             watch = self._page_table_watch
@@ -166,8 +165,7 @@ class Machine:
             vm.set_user_memory_region(SLOT, 0, self.layout.mem_size, memory.host_address)
             memory.prefault(self.layout.first_call_pages)
         self.load_cpu(cpu)
-        seed = self.layout.boot_info + SEED_OFFSET
-        memory.region(seed, 8)[:] = new_seed()
+        memory.region(self._seed_at, 8)[:] = new_seed()
         return remapped
 
     def close(self) -> None:

@@ -39,13 +39,14 @@ PAGE = 4096
 # call does not fault it in again), a memory-hungry call's pages do not stay resident.
 RESET_KEEP_BYTES = 4 << 20
 # Holes of at most this size between two extents of an image are filled with zeros.
-HOLE_FILL_BYTES = 64 << 10
+HOLE_FILL_BYTES = 1 << 20
 
 # madvise(2) advice values (Linux 5.14+), not yet named by Python 3.11's mmap module.
 _POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 _POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 _SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 _SCAN_BATCH = 256  # (offset, length) pairs per native scan
+_memory_reset = lib.sbx_memory_reset
 
 
 class _Pagemap:
@@ -173,6 +174,8 @@ class GuestMemory:
 
     def _map(self, image: MemoryImage) -> None:
         self.image = image
+        # sbx_memory_reset's arguments but `keep`, made on the first reset of a mapping.
+        self._reset_args: tuple[Any, ...] | None = None
         self._regions: dict[tuple[int, int], memoryview] = {}
         # The address is given to KVM as the memslot's backing: it is unmapped only after
         # the VM that uses it is closed (or its slot removed).
@@ -216,19 +219,21 @@ class GuestMemory:
         """Makes the memory equal to its image again: written pages are copied back (in
         the image's extents) or zeroed (in its holes) up to `keep` bytes, and given back
         to the host beyond that. Returns the bytes of written pages found."""
-        image = self.image
-        return check(
-            lib.sbx_memory_reset(
+        args = self._reset_args
+        if args is None:
+            image = self.image
+            args = self._reset_args = (
                 _Pagemap.fd(),
                 self._ptr(),
                 image._readonly_mapping().ptr,
                 self.size,
                 image._extents_array,
                 len(image.extents),
-                keep,
-            ),
-            "guest memory reset",
-        )
+            )
+        found = int(_memory_reset(*args, keep))
+        if found < 0:
+            check(found, "guest memory reset")
+        return found
 
     def differs_from_image(self, ranges: Sequence[tuple[int, int]]) -> bool:
         """Whether any of the guest ranges differs from the image."""

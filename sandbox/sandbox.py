@@ -65,6 +65,8 @@ HostFunction = Callable[..., Any]
 HOST_ERROR_MESSAGE_MAX = 1000  # bytes of a host exception's text passed to the guest
 
 _READY, _POISONED, _CLOSED = "ready", "poisoned", "closed"
+_get_ident = threading.get_ident
+_RETURN = ExitKind.RETURN
 _DEFAULT_CONFIG = SandboxConfig()
 
 
@@ -396,7 +398,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         # The hot path of the runtime: every line here is paid on every call.
         limit = check_timeout(timeout) if timeout is not None else self._default_timeout
         encoder = self._encoders.get(name) or self._encoder(name)
-        me = threading.get_ident()
+        me = _get_ident()
         if self._caller == me:
             self._between_calls()  # raises SandboxBusy
         with self._lock:
@@ -458,14 +460,14 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         out = self._out_view
         deadline = None if limit is None else time.monotonic() + limit
         host_error: BaseException | None = None
+        timeout_ns = 0
         while True:
-            timeout_ns = 0
             if deadline is not None:
                 timeout_ns = max(1, int((deadline - time.monotonic()) * 1e9))
             exit = run(timeout_ns)
             self._ran = True
             kind = exit.kind
-            if kind is ExitKind.RETURN:
+            if kind is _RETURN:
                 self._in_call = False  # the guest is back in its loop
                 status, tag, value, output = decode_return(out, exit.value, encoder.what)
                 if output or self._output_bytes:

@@ -14,7 +14,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ._native import Mapping, check, ffi, ioctl, lib
-from .exits import Exit, ExitKind
+from .exits import COMMON_EXITS, Exit, ExitKind
 
 if TYPE_CHECKING:
     from .vm import Vm
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # Exits by a 32-bit `out`: the instruction is left pending, and its completion skips it
 # only while RIP still points at it.
 _OUT_EXITS = frozenset({ExitKind.RETURN, ExitKind.HOST_CALL, ExitKind.PRINT, ExitKind.TRAP})
+_run = lib.sbx_vcpu_run  # bound once: the hot path
+_common_exits = COMMON_EXITS
 
 
 class Vcpu:
@@ -41,10 +43,13 @@ class Vcpu:
     def run(self, timeout_ns: int) -> Exit:
         """Runs until an exit Python must handle (KVM_RUN in the native loop, the GIL
         released). `timeout_ns` > 0 kicks the run at that deadline."""
-        answer = lib.sbx_vcpu_run(self.fd, self.run_ptr, timeout_ns, self._exit)
-        if answer < 0:
-            check(answer, "KVM_RUN")
-        self._last = exit = Exit.decode(answer, self._exit)
+        answer = _run(self.fd, self.run_ptr, timeout_ns, self._exit)
+        exit = _common_exits.get(answer)
+        if exit is None:
+            if answer < 0:
+                check(answer, "KVM_RUN")
+            exit = Exit.decode(answer, self._exit)
+        self._last = exit
         self._load_pending = False
         return exit
 
@@ -68,17 +73,22 @@ class Vcpu:
 
     # -- state -------------------------------------------------------------------------
 
-    def settle(self, rip: int) -> None:
+    def settle(self, rip: int | None) -> None:
         """Completes what the last exit left for KVM to complete, if a new state with
-        this RIP would not cancel it (native/sbx_vcpu.h). Call it before changing guest
-        memory too: a pending string `in` writes to memory when completed."""
+        this RIP would not cancel it (native/sbx_vcpu.h); with None, only what no new
+        state cancels (call it so before changing guest memory: a pending string `in`
+        writes to memory when completed)."""
         last = self._last
-        if last is not None and (
-            last.pending_io
-            or (last.kind in _OUT_EXITS and lib.sbx_vcpu_exit_rip(self.run_ptr) == rip)
+        if last is None:
+            return
+        if last.pending_io or (
+            rip is not None
+            and last.kind in _OUT_EXITS
+            and lib.sbx_vcpu_exit_rip(self.run_ptr) == rip
         ):
             self.complete_pending()
-        self._last = None
+        elif rip is not None:
+            self._last = None  # the new state cancels it
 
     def load_state(self, regs: Any, sregs: Any | None) -> None:
         """Loads general (and, unless None, special) registers, applied at the next
