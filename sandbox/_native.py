@@ -12,6 +12,7 @@ import fcntl
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 from .errors import KvmError
@@ -91,15 +92,21 @@ def init_kick_signal() -> None:
     watch_signals()
 
 
+WATCH_INTERVAL = 1.0  # seconds between two scans of the signal handlers
+_next_watch = 0.0
+
+
 def watch_signals() -> None:
     """Makes every signal with a Python handler (SIGINT's KeyboardInterrupt first) stop
     a call running on the main thread, whichever thread the kernel delivers it to and
-    whenever it lands (native/sbx_signal.h). Called when a sandbox is made (a few us:
-    `_signal.getsignal` without the enum conversion of `signal.getsignal`); the run loop
-    itself re-watches SIGINT when signal.signal() has put Python's handler back (as
-    asyncio.run does). Only the main thread installs handlers."""
-    if threading.get_ident() != _MAIN_THREAD:
+    whenever it lands (native/sbx_signal.h). Called when a sandbox is made, at most once
+    a second (a scan costs ~7 us: `_signal.getsignal` of every signal); the run loop
+    itself re-watches SIGINT within 10 ms when signal.signal() has put Python's handler
+    back (as asyncio.run does). Only the main thread installs handlers."""
+    global _next_watch
+    if threading.get_ident() != _MAIN_THREAD or time.monotonic() < _next_watch:
         return
+    _next_watch = time.monotonic() + WATCH_INTERVAL
     for signo in _PYTHON_SIGNALS:
         if callable(_signal.getsignal(signo)) and not lib.sbx_signal_watched(signo):
             lib.sbx_signal_watch(signo)  # -EINVAL for a C handler that is not Python's

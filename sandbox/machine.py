@@ -20,7 +20,7 @@ from .exits import Exit
 from .kvm import Kvm
 from .layout import PAGE, Layout
 from .memory import GuestMemory, MemoryImage
-from .trampoline import Trampoline
+from .trampoline import trampoline_for
 from .vcpu import Vcpu
 from .vm import Vm
 
@@ -56,6 +56,7 @@ class Machine:
         kvm = Kvm.shared()
         init_kick_signal()
         self.layout = layout
+        self._pid = os.getpid()  # a VM cannot be used from a forked child
         self._seed_at = layout.boot_info + SEED_OFFSET
         self.memory = GuestMemory(image)
         self._vm: Vm | None = None
@@ -72,7 +73,7 @@ class Machine:
             vcpu = self._vcpu = vm.create_vcpu()
             vcpu.set_cpuid2(kvm.supported_cpuid)
             setup = cpu_setup()
-            self._trampoline = Trampoline(layout.trampoline, setup, setup.xsave_size)
+            self._trampoline = trampoline_for(layout.trampoline, setup)
             self._loaded: CpuState | None = None
             self._xcr0: int | None = None
             self._xcrs: object = None
@@ -167,6 +168,29 @@ class Machine:
         self.load_cpu(cpu)
         memory.region(self._seed_at, 8)[:] = new_seed()
         return remapped
+
+    @property
+    def recyclable(self) -> bool:
+        """Whether another sandbox may take this machine over (machines.py): open, in
+        this process, and its vCPU never shut down or failed in KVM."""
+        vcpu = self._vcpu
+        return vcpu is not None and not vcpu.damaged and self._pid == os.getpid()
+
+    def park(self) -> None:
+        """Readies the machine to wait for another sandbox: completes a pending exit,
+        resets the memory to its image (keeping a call's working set mapped, as a
+        restore does, so that the next owner's first call does not fault it in again),
+        flushes KVM's mappings if the host-written page tables changed, and forgets the
+        page-table watch (the next owner sets its own)."""
+        vcpu, vm = self.vcpu, self._vm
+        assert vm is not None
+        vcpu.settle(None)
+        watch = self._page_table_watch
+        flush = bool(watch) and self.memory.differs_from_image(watch)
+        self.memory.reset()
+        if flush:
+            vm.flush_memory_region(SLOT)
+        self._page_table_watch = ()
 
     def close(self) -> None:
         """Releases the vCPU, the VM and then the memory (KVM uses it until the VM is

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import codecs
+import functools
 import math
 import os
 import threading
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
-from . import _reaper, kinds
+from . import _reaper, kinds, machines
 from ._native import kick_thread
 from .abi import (
     CallEncoder,
@@ -51,7 +52,6 @@ from .errors import (
 )
 from .exits import ExitKind
 from .layout import Layout
-from .machine import Machine
 from .memory import GuestMemory
 from .snapshot import Snapshot, SpawnsSandbox
 from .template import prepare
@@ -152,7 +152,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         self.last_output_truncated = False
         self._encoders: dict[str, CallEncoder] = {}
         self._default_timeout = self.config.timeout
-        self._machine = Machine(initial.image, initial.cpu, initial.layout)
+        self._machine = machines.obtain(initial.image, initial.cpu, initial.layout)
         self._map_views()
         self._state = _READY
 
@@ -269,7 +269,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         self._state = _CLOSED
         machine = self._machine
         if deferred:
-            _reaper.defer(machine.close)
+            _reaper.defer(functools.partial(machines.park, machine))
         else:
             machine.close()
 

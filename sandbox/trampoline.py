@@ -54,6 +54,19 @@ def trampoline_code(xsave: bool) -> bytes:
     return code
 
 
+_shared: dict[tuple[int, int], Trampoline] = {}
+
+
+def trampoline_for(page: int, setup: CpuSetup) -> Trampoline:
+    """The Trampoline of `page` for vCPUs set up by `setup` (one per process and page:
+    what it prepares for a saved state serves every sandbox)."""
+    key = (page, id(setup))
+    found = _shared.get(key)
+    if found is None:
+        found = _shared[key] = Trampoline(page, setup, setup.xsave_size)
+    return found
+
+
 class Trampoline:
     """The trampoline page at guest address `page` for vCPUs set up by `setup`."""
 

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 # Exits by a 32-bit `out`: the instruction is left pending, and its completion skips it
 # only while RIP still points at it.
 _OUT_EXITS = frozenset({ExitKind.RETURN, ExitKind.HOST_CALL, ExitKind.PRINT, ExitKind.TRAP})
+# Exits after which KVM's own vCPU state may be off (a shutdown, an emulation failure):
+# such a vCPU is not given to another sandbox (machines.py), though a restore works.
+_DAMAGING = frozenset({ExitKind.SHUTDOWN, ExitKind.INTERNAL, ExitKind.UNKNOWN})
 _run = lib.sbx_vcpu_run  # bound once: the hot path
 _common_exits = COMMON_EXITS
 
@@ -36,6 +39,7 @@ class Vcpu:
         self._exit = ffi.new("struct sbx_exit *")
         lib.sbx_vcpu_sync_init(self.run_ptr)
         self._last: Exit | None = None  # the last exit, until completed or superseded
+        self.damaged = False  # see _DAMAGING
         self._load_pending = False  # registers wait in the sync area for the next run
 
     # -- running -----------------------------------------------------------------------
@@ -47,8 +51,11 @@ class Vcpu:
         exit = _common_exits.get(answer)
         if exit is None:
             if answer < 0:
+                self.damaged = True
                 check(answer, "KVM_RUN")
             exit = Exit.decode(answer, self._exit)
+            if exit.kind in _DAMAGING:
+                self.damaged = True
         self._last = exit
         self._load_pending = False
         return exit

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sandbox import _reaper
+from sandbox import _reaper, machines
 
 ROOT = Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "guests"
@@ -17,9 +17,11 @@ SHARED = ROOT.parent / "shared"
 
 
 def drain() -> None:
-    """Waits for every deferred teardown (close() hands it to a background thread)."""
+    """Waits for every deferred teardown (close() hands it to a background thread) and
+    closes the machines kept for reuse, so that nothing of closed sandboxes remains."""
     gc.collect()
     _reaper.drain()
+    machines.release_idle()
 
 
 def fd_count() -> int:

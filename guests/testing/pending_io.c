@@ -159,6 +159,10 @@ PENDING(outsb, "\tlea io_buffer(%rip), %rsi\n\tmov " ABI_PORT ", %dx\n\toutsb")
 PENDING(outsl, "\tlea io_buffer(%rip), %rsi\n\tmov " FREE_PORT ", %dx\n\toutsl")
 PENDING(rep_outsb, "\tlea io_buffer(%rip), %rsi\n\tmov " ABI_PORT ", %dx\n"
                    "\tmov $64, %ecx\n\trep outsb")
+/* Single-stepping set just before an `out` to the return port (POPF's TF takes effect
+ * after the next instruction): the #DB it raises is left pending in KVM at the exit. */
+PENDING(tf_out, "\tpushf\n\torq $0x100, (%rsp)\n\tmov " ABI_PORT ", %dx\n"
+                "\tmov $0x7ffffff0, %eax\n\tpopf\n\toutl %eax, %dx")
 
 /* ---- The planted code ----------------------------------------------------------------- */
 
