@@ -42,9 +42,10 @@ from typing import Any, Generic, Protocol, TypeVar, overload
 from . import _reaper
 from ._native import block_signals_in_this_thread
 from .abi import Value
+from .arguments import HostFunction
 from .config import SandboxConfig
 from .errors import ArgumentError, PoolFull, PoolTimeout, SandboxClosed, SandboxError
-from .sandbox import HostFunction, Sandbox
+from .sandbox import Sandbox
 from .snapshot import Snapshot
 
 # Each sandbox holds two file descriptors: the VM and the vCPU (its mappings are made

@@ -14,9 +14,7 @@ registered as virtual subclasses) and which offer the same methods.
 from __future__ import annotations
 
 import abc
-import codecs
 import functools
-import math
 import os
 import threading
 import time
@@ -35,7 +33,16 @@ from .abi import (
     decode_return,
     encode_result,
 )
-from .config import MAX_TIMEOUT, ResetMode, SandboxConfig
+from .arguments import (
+    HostFunction,
+    check_config,
+    check_host_functions,
+    check_path,
+    check_reset,
+    check_timeout,
+    describe,
+)
+from .config import ResetMode, SandboxConfig
 from .cpu import CpuState
 from .errors import (
     ArgumentError,
@@ -53,6 +60,7 @@ from .errors import (
 from .exits import ExitKind
 from .layout import Layout
 from .memory import GuestMemory
+from .output import OutputCapture
 from .snapshot import Snapshot, SpawnsSandbox
 from .template import prepare
 from .traps import decode_trap
@@ -61,13 +69,11 @@ if TYPE_CHECKING:
     from .wasm.sandbox import WasmSandbox
     from .wasm.wasi import WasiConfig
 
-HostFunction = Callable[..., Any]
 HOST_ERROR_MESSAGE_MAX = 1000  # bytes of a host exception's text passed to the guest
 
 _READY, _POISONED, _CLOSED = "ready", "poisoned", "closed"
 _get_ident = threading.get_ident
 _RETURN = ExitKind.RETURN
-_DEFAULT_CONFIG = SandboxConfig()
 
 
 # An ABC with no abstract methods: only so that other guest kinds register as virtual
@@ -137,7 +143,6 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         self.reset_mode: ResetMode = reset
         self._initial = initial
         self._host_functions = host_functions
-        self._output = output
         self._lock = threading.Lock()
         self._caller: int | None = None  # threading.get_ident() of the thread in call()
         self._cancel_requested = False
@@ -145,11 +150,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         self._ran = False  # the guest ran since the last (re)start
         self._in_call = False  # the guest is inside a call (between entry and RETURN)
         self._close_requested = False
-        self._output_parts: list[str] = []
-        self._output_bytes = 0
-        self._output_text: str | None = ""
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.last_output_truncated = False
+        self._capture = OutputCapture(self.config.output_limit, output)
         self._encoders: dict[str, CallEncoder] = {}
         self._default_timeout = self.config.timeout
         self._machine = machines.obtain(initial.image, initial.cpu, initial.layout)
@@ -243,10 +244,13 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
     def last_output(self) -> str:
         """What the guest printed during the last call (at most config.output_limit
         bytes of it)."""
-        if self._output_text is None:
-            self._output_text = "".join(self._output_parts)
-            self._output_parts = [self._output_text]
-        return self._output_text
+        return self._capture.text
+
+    @property
+    def last_output_truncated(self) -> bool:
+        """Whether the guest printed more than config.output_limit bytes in the last
+        call (the rest was dropped)."""
+        return self._capture.truncated
 
     def close(self) -> None:
         """Releases the VM. Idempotent. A call running in another thread is cancelled
@@ -409,8 +413,8 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
             encoder.encode(self._in_view, args)
             self._caller = me
             self._cancel_requested = False
-            if self._output_bytes or self.last_output_truncated:
-                self._clear_output()
+            if self._capture.used:
+                self._capture.clear()
             self._in_call = True
             try:
                 return self._run(encoder, limit)
@@ -447,13 +451,6 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         self._out_view = memory.region(layout.out_buf, layout.out_size)
         self._reply_view = memory.region(layout.reply_buf, layout.reply_size)
 
-    def _clear_output(self) -> None:
-        self._output_parts = []
-        self._output_bytes = 0
-        self._output_text = ""
-        self._decoder.reset()
-        self.last_output_truncated = False
-
     def _run(self, encoder: CallEncoder, limit: float | None) -> Value:
         sig = encoder.sig
         run = self._machine.run
@@ -470,8 +467,8 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
             if kind is _RETURN:
                 self._in_call = False  # the guest is back in its loop
                 status, tag, value, output = decode_return(out, exit.value, encoder.what)
-                if output or self._output_bytes:
-                    self._emit(output, final=True)
+                if output or self._capture.size:
+                    self._capture.add(output, final=True)
                 if status == Status.OK and tag == sig.ret and host_error is None:
                     return value
                 break
@@ -479,7 +476,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
                 if kind is ExitKind.HOST_CALL:
                     host_error = self._host_call(out, exit.value) or host_error
                 else:
-                    self._emit(decode_result(out, exit.value, "print flush").output)
+                    self._capture.add(decode_result(out, exit.value, "print flush").output)
                 if self._cancel_requested:  # by a host function or the output callback
                     raise CallCancelled(f"{sig.name} was cancelled")
             elif kind is ExitKind.INTERRUPTED:
@@ -509,32 +506,12 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
             raise ArgumentError(f"the guest rejected the arguments of {sig}")
         raise GuestProtocolError(f"{sig.name}: the guest answered with status {status}")
 
-    def _emit(self, data: bytes, *, final: bool = False) -> None:
-        """Keeps the guest's output (UTF-8, decoded incrementally: a character cut by a
-        flush is not lost; linear in its size; at most output_limit bytes per call) and
-        passes it on."""
-        if self.last_output_truncated:
-            return
-        room = self.config.output_limit - self._output_bytes
-        if len(data) > room:
-            # Cut at the limit; a character the cut splits is dropped, not replaced.
-            data = data[:room]
-            self.last_output_truncated = True
-            final = False
-        self._output_bytes += len(data)
-        text = self._decoder.decode(data, final)
-        if text:
-            self._output_parts.append(text)
-            self._output_text = None
-            if self._output is not None:
-                self._output(text)
-
     def _host_call(self, out: memoryview, offset: int) -> BaseException | None:
         """Runs the host function the guest asked for and writes the reply. Returns the
         exception it raised (the guest is told to unwind), or None."""
         call = decode_call(out, offset)
         if call.output:
-            self._emit(call.output)
+            self._capture.add(call.output)
         fn = self._host_functions.get(call.name)
         reply = self._reply_view
         try:
@@ -549,58 +526,3 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
             message = describe(exc).encode()[:HOST_ERROR_MESSAGE_MAX]
             encode_result(reply, Status.HOST_ERROR, message.decode(errors="ignore"))
             return exc
-
-
-def describe(exc: BaseException) -> str:
-    """`Type: message` of an exception, safe to encode (lone surrogates escaped) and
-    safe to compute (an exception whose __str__ raises is described by its type)."""
-    try:
-        text = f"{type(exc).__name__}: {exc}"
-    except Exception:
-        text = f"{type(exc).__name__}: <unprintable message>"
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def check_config(config: object) -> SandboxConfig:
-    if config is None:
-        return _DEFAULT_CONFIG
-    if not isinstance(config, SandboxConfig):
-        raise ArgumentError(
-            f"config must be a SandboxConfig, not {type(config).__name__} "
-            "(build one with SandboxConfig(**values))"
-        )
-    return config
-
-
-def check_path(what: str, value: object) -> None:
-    if value is not None and not isinstance(value, (str, os.PathLike)):
-        raise ArgumentError(f"{what} must be a path or a name, not {type(value).__name__}")
-
-
-def check_reset(reset: object) -> None:
-    if reset not in ("none", "per_call"):
-        raise ArgumentError(f"reset must be 'none' or 'per_call', not {reset!r}")
-
-
-def check_timeout(timeout: object) -> float:
-    """A call's time limit: a finite number of seconds, > 0 and at most MAX_TIMEOUT."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise ArgumentError(f"timeout must be a number of seconds, not {timeout!r}")
-    if not (0 < timeout <= MAX_TIMEOUT and math.isfinite(timeout)):
-        raise ArgumentError(
-            f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds, not {timeout!r}"
-        )
-    return float(timeout)
-
-
-def check_host_functions(funcs: Mapping[str, HostFunction] | None) -> dict[str, HostFunction]:
-    out: dict[str, HostFunction] = {}
-    if funcs is not None and not isinstance(funcs, Mapping):
-        raise ArgumentError(f"host_functions must map names to callables, not {funcs!r}")
-    for name, fn in (funcs or {}).items():
-        if not isinstance(name, str) or not name or len(name.encode(errors="replace")) > 47:
-            raise ArgumentError(f"host function name {name!r} must be a str of 1 to 47 bytes")
-        if not callable(fn):
-            raise ArgumentError(f"host function {name!r} is not callable")
-        out[name] = fn
-    return out

@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import kinds
+from ..arguments import check_reset
 from ..config import ResetMode, SandboxConfig
 from ..errors import ArgumentError, WasmLinkError
-from ..sandbox import check_reset
 from .module import FuncType, WasmModule, load
 from .sandbox import WASI_MODULE, Imports, WasmSandbox
 from .wasi import WasiConfig, WasiContext

@@ -18,12 +18,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Self
 
 from ..abi import Signature
+from ..arguments import check_config, check_reset, check_timeout
 from ..config import MiB, ResetMode, SandboxConfig
-from ..cpu import CpuState
 from ..errors import (
     ArgumentError,
     FunctionNotFound,
@@ -36,8 +35,7 @@ from ..errors import (
     WasmTrap,
 )
 from ..layout import Layout
-from ..sandbox import Sandbox, check_config, check_reset, check_timeout
-from ..snapshot import Snapshot
+from ..sandbox import Sandbox
 from .abi import (
     HOST_GROW,
     HOST_IMPORT,
@@ -56,12 +54,11 @@ from .abi import (
     to_python,
 )
 from .module import Export, FuncType, WasmModule, load
-from .wasi import WasiConfig, WasiContext, WasiExit
+from .state import WASI, EngineState, Instance, WasiImport, WasmSnapshot
+from .wasi import WasiContext, WasiExit
 from .windows import LinearMemory, Windows
 
 WASI_MODULE = "wasi_snapshot_preview1"
-PAGE = 4096
-HOT_HEAP_PAGES = 64  # engine-heap pages a sandbox made from a snapshot populates
 DEFAULT_CONFIG = SandboxConfig(memory_size=256 * MiB, heap_size=64 * MiB)
 Imports = Mapping[str, Mapping[str, Callable[..., Any]]]
 
@@ -72,94 +69,6 @@ __all__ = [
     "WasmLinkError",
     "WasmEngineError",
 ]
-
-
-@dataclass(frozen=True)
-class _Instance:
-    module: WasmModule
-    # Per function import index: the Python callable, WASI (served by the sandbox's
-    # WasiContext), or None (linked inside the engine).
-    host_imports: tuple[Callable[..., Any] | _Wasi | None, ...]
-
-
-class _Wasi:
-    """Marks a function import served by the sandbox's WasiContext."""
-
-
-WASI = _Wasi()
-
-
-@dataclass
-class _State:
-    """The host's side of an engine's state, copied into WasmSnapshots."""
-
-    instances: dict[int, _Instance] = field(default_factory=dict)
-    registered: set[str] = field(default_factory=lambda: {"spectest"})
-    main: int | None = None  # the instance from_wasm made
-    rewind: CpuState | None = None  # registers between calls, to resume after a fault
-    wasi_config: WasiConfig | None = None
-
-    def copy(self) -> _State:
-        return _State(
-            dict(self.instances), set(self.registered), self.main, self.rewind, self.wasi_config
-        )
-
-
-class WasmSnapshot:
-    """A WasmSandbox's snapshot: the engine's `Snapshot` (`base`) and the host's side of
-    the engine state (module instances, imports, WASI configuration). `spawn` (and
-    `Sandbox.from_snapshot`) makes a WasmSandbox of it, with a fresh WASI context. Kept in
-    memory only: `save` is refused, since the Python callables bound to imports cannot
-    be written to a file."""
-
-    def __init__(self, base: Snapshot, state: _State) -> None:
-        self.base = base
-        self.wasm_state = state
-        self.heap_pages = self._heap_pages()
-
-    @property
-    def config(self) -> SandboxConfig:
-        return self.base.config
-
-    @property
-    def layout(self) -> Layout:
-        return self.base.layout
-
-    def _heap_pages(self) -> list[tuple[int, int, bool]]:
-        """The engine-heap pages that hold data in this snapshot (the engine's instances,
-        compiled code...), at most HOT_HEAP_PAGES of them: a new sandbox populates them
-        writable in the host before its first call, so KVM maps each 8-page group with
-        one fault instead of one per page (measured: -100 us on a first call, +6 private
-        pages for a small module)."""
-        layout = self.base.layout
-        start, end = layout.heap_base, layout.heap_base + layout.heap_size
-        pages: list[tuple[int, int, bool]] = []
-        budget = HOT_HEAP_PAGES * PAGE
-        for addr, length in self.base.image.data_ranges():
-            if start <= addr < end and budget > 0:
-                length = min(length, end - addr, budget)
-                pages.append((addr, length, True))
-                budget -= length
-        return pages
-
-    def spawn(
-        self,
-        *,
-        host_functions: Mapping[str, Callable[..., Any]] | None = None,
-        output: Callable[[str], None] | None = None,
-        reset: ResetMode = "none",
-        cls: type[WasmSandbox] | None = None,
-    ) -> WasmSandbox:
-        """A new WasmSandbox in this state (`cls`: WasmSandbox or a subclass)."""
-        if host_functions:
-            raise ArgumentError("a Wasm sandbox takes imports, not host_functions")
-        return (cls or WasmSandbox)._from_snapshot(self, reset=reset, output=output)
-
-    def save(self, path: str | os.PathLike[str], *, key: bytes | str | None = None) -> None:
-        raise WasmEngineError(
-            "a Wasm sandbox's snapshot cannot be saved to a file (its imports are Python "
-            "callables); keep it in memory, or call Sandbox.from_wasm again"
-        )
 
 
 def _wasm_config(config: SandboxConfig | None) -> SandboxConfig:
@@ -202,7 +111,7 @@ class WasmSandbox:
         """A new engine VM with no module, started from scratch (`engine()` is faster).
         `engine` is the engine guest: the bundled one, or a path (the tests use a
         misbehaving one)."""
-        self._setup(_State(), "none", None)
+        self._setup(EngineState(), "none", None)
         self.engine_sandbox = Sandbox(
             engine,
             config=_wasm_config(config),
@@ -211,13 +120,13 @@ class WasmSandbox:
         )
         self._attach_windows()
 
-    def _setup(self, state: _State, reset: ResetMode, wasi: WasiContext | None) -> None:
+    def _setup(self, state: EngineState, reset: ResetMode, wasi: WasiContext | None) -> None:
         check_reset(reset)
         self._wasm = state
         self.wasi = wasi
         self.last_output = ""  # what the last call printed (WASI stdout or engine output)
         self.last_stderr = ""  # what a WASI program wrote to fd 2 in the last call
-        self._pending: _Instance | None = None  # being instantiated
+        self._pending: Instance | None = None  # being instantiated
         self.reset_mode: ResetMode = reset
         self._initial: WasmSnapshot | None = None
         self._ran = False
@@ -233,7 +142,7 @@ class WasmSandbox:
         engine.watch_page_tables(self._windows.watch)
 
     @classmethod
-    def _from_snapshot(
+    def from_wasm_snapshot(
         cls,
         snap: WasmSnapshot,
         *,
@@ -311,7 +220,7 @@ class WasmSandbox:
     def snapshot(self) -> WasmSnapshot:
         """Captures the sandbox between calls, with the host's side of the engine state
         (see WasmSnapshot)."""
-        return WasmSnapshot(self.engine_sandbox.snapshot(), self._wasm.copy())
+        return WasmSnapshot(self.engine_sandbox.snapshot(), self._wasm.copy(), type(self))
 
     def restore(self, snapshot: WasmSnapshot | None = None) -> None:
         """Returns the sandbox to `snapshot` (default: the state from_wasm instantiated,
@@ -323,7 +232,7 @@ class WasmSandbox:
         target = snapshot if snapshot is not None else self._initial
         if target is None:
             self.engine_sandbox.restore()
-            self._wasm = _State(wasi_config=self._wasm.wasi_config)
+            self._wasm = EngineState(wasi_config=self._wasm.wasi_config)
         else:
             self.engine_sandbox.restore(target.base)
             self._wasm = target.wasm_state.copy()
@@ -347,7 +256,7 @@ class WasmSandbox:
                     snap = _started[config] = first.snapshot()
                 finally:
                     first.close()
-        return cls._from_snapshot(snap, output=output)
+        return cls.from_wasm_snapshot(snap, output=output)
 
     # -- the engine's operations -----------------------------------------------------
 
@@ -412,7 +321,7 @@ class WasmSandbox:
         `timeout` bounds the start function (default: the config's). Raises
         WasmLinkError, WasmTrap (from the start function or segment initialisation),
         WasmEngineError, CallTimeout."""
-        bound: list[Callable[..., Any] | _Wasi | None] = []
+        bound: list[Callable[..., Any] | WasiImport | None] = []
         for imp in module.func_imports:
             if imp.module in self._wasm.registered:
                 bound.append(None)
@@ -430,7 +339,7 @@ class WasmSandbox:
                     f"unknown import: {imp.module}.{imp.name} ({imp.kind}); only functions "
                     "can be imported from the host"
                 )
-        instance = _Instance(module, tuple(bound))
+        instance = Instance(module, tuple(bound))
         self._pending = instance
         try:
             reply = self._engine_call(
@@ -515,7 +424,7 @@ class WasmSandbox:
         if [t for t, _ in values] != list(ft.params):
             raise GuestProtocolError(f"{imp.module}.{imp.name} called with wrong argument types")
         result: Any
-        if isinstance(fn, _Wasi):
+        if isinstance(fn, WasiImport):
             if self.wasi is None:
                 raise GuestProtocolError(f"{imp.module}.{imp.name}: the sandbox has no WASI")
             memory = (

@@ -1,0 +1,65 @@
+"""`OutputCapture`: what a guest prints during one call, kept within a limit.
+
+The guest flushes its print buffer in 4 KiB records (with a result, with a host call, or
+when full), so a UTF-8 character can be cut between two records: the text is decoded
+incrementally, and a character cut by a flush survives. Keeping it is linear in its size
+(parts joined once, when asked for). At most `limit` bytes are kept per call; past it the
+text is cut at the limit (a character the cut splits is dropped, not replaced), the rest
+is dropped and `truncated` is set. Each kept piece also goes to the `output` callback.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable
+
+
+class OutputCapture:
+    __slots__ = ("limit", "callback", "truncated", "size", "_parts", "_text", "_decoder")
+
+    def __init__(self, limit: int, callback: Callable[[str], None] | None) -> None:
+        self.limit = limit
+        self.callback = callback
+        self.truncated = False
+        self.size = 0  # bytes kept in this call
+        self._parts: list[str] = []
+        self._text: str | None = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = "".join(self._parts)
+            self._parts = [self._text]
+        return self._text
+
+    @property
+    def used(self) -> bool:
+        """Whether anything was printed (or cut) since the last clear."""
+        return bool(self.size) or self.truncated
+
+    def clear(self) -> None:
+        """Starts a new call."""
+        self._parts = []
+        self.size = 0
+        self._text = ""
+        self._decoder.reset()
+        self.truncated = False
+
+    def add(self, data: bytes, *, final: bool = False) -> None:
+        """Keeps `data` (UTF-8 bytes the guest printed); `final` at the end of a call
+        (an incomplete character left then becomes U+FFFD)."""
+        if self.truncated:
+            return
+        room = self.limit - self.size
+        if len(data) > room:
+            data = data[:room]
+            self.truncated = True
+            final = False
+        self.size += len(data)
+        text = self._decoder.decode(data, final)
+        if text:
+            self._parts.append(text)
+            self._text = None
+            if self.callback is not None:
+                self.callback(text)
