@@ -30,8 +30,9 @@ class ExitKind(enum.IntEnum):
 
 
 # ExitKind by value, as a tuple: the run loop's answer is decoded by indexing.
+_VALUES = {int(kind) for kind in ExitKind}
 _KINDS: tuple[ExitKind | None, ...] = tuple(
-    ExitKind(k) if k in ExitKind._value2member_map_ else None for k in range(max(ExitKind) + 1)
+    ExitKind(k) if k in _VALUES else None for k in range(max(ExitKind) + 1)
 )
 # Exits whose struct fields say more than kind and value.
 _DETAILED = frozenset(

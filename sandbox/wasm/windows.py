@@ -19,7 +19,7 @@ heap, which the identity map leaves unmapped (ring 3 reaches it only through win
 All of this state lives in guest memory, not in Python, so snapshots and restores carry
 it with the rest. Windows only grow; a restore that takes a window back to fewer pages
 rewrites page tables KVM's shadow MMU has already used, so the sandbox flushes it then
-(see Sandbox._mmu_watch).
+(see Sandbox.watch_page_tables).
 """
 
 from __future__ import annotations
