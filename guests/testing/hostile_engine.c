@@ -10,6 +10,11 @@ static uint8_t reply[64];
 
 SBX_EXPORT(set_mode, SBX_TAG_VOID, SBX_TAG_U32) { mode = sbx_arg_u32(args, 0); }
 
+#ifndef LIE_ABI_VERSION
+#define LIE_ABI_VERSION WASM_ABI_VERSION
+#endif
+SBX_EXPORT(wasm_abi_version, SBX_TAG_U32) { sbx_ret_u32(ret, LIE_ABI_VERSION); }
+
 SBX_EXPORT(wasm_alloc, SBX_TAG_U64, SBX_TAG_U64) {
     static uint8_t buffer[65536];
     uint64_t addr = (uint64_t)(uintptr_t)buffer;  /* in .bss: not the heap */

@@ -4,6 +4,9 @@
 
 #include "engine.h"
 
+/* The host refuses an engine of another ABI (sandbox/wasm/sandbox.py). */
+SBX_EXPORT(wasm_abi_version, SBX_TAG_U32) { sbx_ret_u32(ret, WASM_ABI_VERSION); }
+
 static void ret_reply(sbx_value *ret) {
     size_t len;
     const uint8_t *r = eng_reply(&len);

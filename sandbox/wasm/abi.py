@@ -28,6 +28,7 @@ NULL_REF: int = lib.WASM_NULL_REF
 HOST_GROW: str = ffi.string(lib.WASM_HOST_GROW).decode()
 HOST_IMPORT: str = ffi.string(lib.WASM_HOST_IMPORT).decode()
 NO_MEMORY = 0xFFFFFFFF
+ENGINE_ABI_VERSION: int = lib.WASM_ABI_VERSION
 
 
 class ValType(enum.IntEnum):

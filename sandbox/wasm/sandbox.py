@@ -26,6 +26,7 @@ from ..config import MiB, ResetMode, SandboxConfig
 from ..errors import (
     ArgumentError,
     FunctionNotFound,
+    GuestAbiMismatch,
     GuestProtocolError,
     GuestTrap,
     HostFunctionError,
@@ -37,6 +38,7 @@ from ..errors import (
 from ..layout import Layout
 from ..sandbox import Sandbox
 from .abi import (
+    ENGINE_ABI_VERSION,
     HOST_GROW,
     HOST_IMPORT,
     MAX_MEMORIES,
@@ -118,7 +120,23 @@ class WasmSandbox:
             host_functions=self._engine_host_functions(),
             output=output,
         )
+        try:
+            self._check_abi()  # the first call also starts the engine's SDK
+        except BaseException:
+            self.engine_sandbox.close()
+            raise
         self._attach_windows()
+
+    def _check_abi(self) -> None:
+        """Raises GuestAbiMismatch unless the engine speaks this host's engine ABI."""
+        engine = self.engine_sandbox
+        sig = engine.functions.get("wasm_abi_version")
+        version = engine.call("wasm_abi_version") if sig is not None and not sig.params else None
+        if version != ENGINE_ABI_VERSION:
+            raise GuestAbiMismatch(
+                f"{engine.guest_path} is not a Wasm engine of ABI version "
+                f"{ENGINE_ABI_VERSION} (it reports {version!r})"
+            )
 
     def _setup(self, state: EngineState, reset: ResetMode, wasi: WasiContext | None) -> None:
         check_reset(reset)
@@ -251,7 +269,6 @@ class WasmSandbox:
             if snap is None:
                 first = WasmSandbox(config=config)
                 try:
-                    first.engine_sandbox.call("wasm_alloc", 0)  # the first call starts the SDK
                     first._note_rewind()
                     snap = _started[config] = first.snapshot()
                 finally:

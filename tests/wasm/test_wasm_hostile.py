@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 from support import GUESTS
 
-from sandbox import GuestProtocolError, HostFunctionError
+from sandbox import GuestAbiMismatch, GuestProtocolError, HostFunctionError
 from sandbox.wasm import WasmSandbox
 from sandbox.wasm.module import load
 
@@ -75,3 +75,15 @@ def test_lying_results_are_refused(liar: Path, mode: int, text: str) -> None:
             sb.invoke(instance, "add", [])
         sb.engine_sandbox.call("set_mode", 3)  # the host goes on
         assert sb.invoke(instance, "add", []) == [(0x7F, 0)]
+
+
+def test_an_engine_of_another_abi_is_refused(guest_build: ModuleType, guest_dir: Path) -> None:
+    other = guest_build.build_guest(
+        [GUESTS / "testing" / "hostile_engine.c"],
+        guest_dir / "engine_abi99.elf",
+        extra_cflags=["-DLIE_ABI_VERSION=99"],
+    )
+    with pytest.raises(GuestAbiMismatch, match="ABI version"):
+        WasmSandbox(engine=other)
+    with pytest.raises(GuestAbiMismatch, match="ABI version"):
+        WasmSandbox(engine=GUESTS.parent / "sandbox" / "_guests" / "demo.elf")  # not an engine
