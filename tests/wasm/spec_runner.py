@@ -26,9 +26,7 @@ prints (or writes) the per-file table; tests/wasm/test_wasm_spec.py runs the sam
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-SUITE = ROOT.parent / "shared" / "wasm-spec-testsuite"
+from spec_common import ROOT, convert, matches, spec_files, value_bits
+
 ASSERTIONS = (
     "assert_return",
     "assert_trap",
@@ -49,11 +47,6 @@ ASSERTIONS = (
     "assert_uninstantiable",
 )
 CALL_TIMEOUT = 10.0  # seconds per command; the suite's slowest take milliseconds
-
-
-def spec_files() -> list[Path]:
-    """The suite's non-SIMD .wast files, sorted."""
-    return sorted(p for p in SUITE.glob("*.wast") if not p.name.startswith("simd_"))
 
 
 @dataclass
@@ -73,18 +66,6 @@ class FileResult:
     @property
     def rate(self) -> float:
         return self.passed / self.total if self.total else 1.0 if not self.error else 0.0
-
-
-def convert(wast: Path, out_dir: Path) -> dict[str, Any]:
-    """Runs wast2json on `wast` into `out_dir`; returns the parsed JSON."""
-    target = out_dir / (wast.stem + ".json")
-    proc = subprocess.run(
-        ["wast2json", str(wast), "-o", str(target)], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"wast2json failed: {proc.stderr.strip()[:300]}")
-    data: dict[str, Any] = json.loads(target.read_text())
-    return data
 
 
 class _Runner:
@@ -132,45 +113,8 @@ class _Runner:
         assert instance is not None, "no module instantiated"
         if action["type"] == "get":
             return [self.engine.get(instance, action["field"])]
-        args = [_value_bits(a) for a in action["args"]]
+        args = [value_bits(a) for a in action["args"]]
         return self.engine.invoke(instance, action["field"], args, timeout=CALL_TIMEOUT)  # type: ignore[arg-type]
-
-
-def _value_bits(v: dict[str, Any]) -> tuple[int, int]:
-    from sandbox.wasm.abi import NULL_REF, ValType
-
-    t = ValType[v["type"].upper()]
-    value = v.get("value")
-    if t in (ValType.FUNCREF, ValType.EXTERNREF):
-        return t, NULL_REF if value == "null" else int(value)
-    return t, int(value)
-
-
-def _matches(expected: dict[str, Any], got: tuple[int, int]) -> bool:
-    from sandbox.wasm.abi import NULL_REF, ValType
-
-    t = ValType[expected["type"].upper()]
-    got_type, bits = got
-    if got_type != t:
-        return False
-    value = expected.get("value")
-    if t in (ValType.F32, ValType.F64) and isinstance(value, str) and value.startswith("nan:"):
-        width, mantissa = (32, 23) if t == ValType.F32 else (64, 52)
-        bits &= (1 << width) - 1
-        exp_all_ones = ((bits >> mantissa) & ((1 << (width - 1 - mantissa)) - 1)) == (
-            1 << (width - 1 - mantissa)
-        ) - 1
-        frac = bits & ((1 << mantissa) - 1)
-        quiet = 1 << (mantissa - 1)
-        if value == "nan:canonical":
-            return exp_all_ones and frac == quiet
-        return exp_all_ones and bool(frac & quiet)
-    if t in (ValType.FUNCREF, ValType.EXTERNREF):
-        if value is None:
-            return bits != NULL_REF
-        return bits == (NULL_REF if value == "null" else int(value))
-    width = 32 if t in (ValType.I32, ValType.F32) else 64
-    return (bits & ((1 << width) - 1)) == int(value) & ((1 << width) - 1)
 
 
 def run_file(wast: Path, work: Path) -> FileResult:
@@ -227,7 +171,7 @@ def run_file(wast: Path, work: Path) -> FileResult:
                     got = runner.action(cmd["action"])
                     expected = cmd["expected"]
                     if len(got) != len(expected) or not all(
-                        _matches(e, g) for e, g in zip(expected, got, strict=True)
+                        matches(e, g) for e, g in zip(expected, got, strict=True)
                     ):
                         ok, why = False, f"got {got}, expected {expected}"
                 else:  # assert_trap, assert_exhaustion

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 import spec_runner as wasm_spec
+from spec_common import SUITE, spec_files
 
 pytestmark = [
     pytest.mark.requires_kvm,
     pytest.mark.skipif(shutil.which("wast2json") is None, reason="wast2json (wabt) not installed"),
-    pytest.mark.skipif(not wasm_spec.SUITE.is_dir(), reason=f"{wasm_spec.SUITE} not found"),
+    pytest.mark.skipif(not SUITE.is_dir(), reason=f"{SUITE} not found"),
 ]
 
 
-@pytest.mark.parametrize("wast", wasm_spec.spec_files(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("wast", spec_files(), ids=lambda p: p.stem)
 def test_spec_file(wast: Path, tmp_path: Path) -> None:
     result = wasm_spec.run_file(wast, tmp_path)
     assert not result.error, result.error

@@ -20,6 +20,10 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# The value reading and comparison the in-VM runner uses too (tests/wasm/spec_common.py).
+sys.path.insert(0, str(HERE.parents[2] / "tests" / "wasm"))
+from spec_common import convert, matches, value_bits  # noqa: E402
+
 STATUS = {
     0: "OK",
     1: "TRAP",
@@ -29,8 +33,6 @@ STATUS = {
     5: "BAD_CALL",
     6: "LIMIT",
 }
-TYPES = {"i32": 0x7F, "i64": 0x7E, "f32": 0x7D, "f64": 0x7C, "funcref": 0x70, "externref": 0x6F}
-NULL = 0xFFFFFFFFFFFFFFFF
 
 
 class Engine:
@@ -111,11 +113,9 @@ class Engine:
 def encode_values(vals) -> bytes:
     out = bytearray([len(vals)])
     for v in vals:
-        t = v["type"]
-        raw = v.get("value")
-        bits = NULL if raw in (None, "null") else int(raw)
-        out.append(TYPES[t])
-        out += struct.pack("<Q", bits & 0xFFFFFFFFFFFFFFFF)
+        t, bits = value_bits(v)
+        out.append(t)
+        out += struct.pack("<Q", bits)
     return bytes(out)
 
 
@@ -126,51 +126,6 @@ def decode_values(payload: bytes):
         t, bits = struct.unpack_from("<BQ", payload, 1 + 9 * i)
         vals.append((t, bits))
     return vals
-
-
-def is_canonical_nan(t, bits):
-    if t == 0x7D:
-        return bits & 0x7FFFFFFF == 0x7FC00000
-    return bits & 0x7FFFFFFFFFFFFFFF == 0x7FF8000000000000
-
-
-def is_arith_nan(t, bits):
-    if t == 0x7D:
-        return bits & 0x7FC00000 == 0x7FC00000
-    return bits & 0x7FF8000000000000 == 0x7FF8000000000000
-
-
-def matches(expected, got) -> bool:
-    t, bits = got
-    if TYPES.get(expected["type"]) != t:
-        return False
-    raw = expected.get("value")
-    if raw == "nan:canonical":
-        return is_canonical_nan(t, bits)
-    if raw == "nan:arithmetic":
-        return is_arith_nan(t, bits)
-    if expected["type"] in ("funcref", "externref"):
-        if raw == "null":
-            return bits == NULL
-        if raw is None:
-            return bits != NULL
-        return bits == int(raw)
-    mask = 0xFFFFFFFF if expected["type"] in ("i32", "f32") else 0xFFFFFFFFFFFFFFFF
-    return bits == int(raw) & mask
-
-
-TRAP_TEXT = {
-    1: "unreachable",
-    2: "out of bounds memory access",
-    3: "integer divide by zero",
-    4: "integer overflow",
-    5: "invalid conversion to integer",
-    6: "indirect call type mismatch",
-    7: "undefined element",
-    8: "uninitialized element",
-    9: "call stack exhausted",
-    10: "out of bounds table access",
-}
 
 
 def run_json(engine: Engine, path: Path, verbose: bool) -> tuple[int, int, list[str]]:
@@ -265,12 +220,12 @@ def run_json(engine: Engine, path: Path, verbose: bool) -> tuple[int, int, list[
     return passed, total, fails
 
 
-def convert(wast: Path, tmp: Path) -> Path:
+def convert_to(wast: Path, tmp: Path) -> Path:
+    """The wast2json output of `wast`, in its own directory under `tmp`."""
     out = tmp / wast.stem
     out.mkdir(parents=True, exist_ok=True)
-    js = out / (wast.stem + ".json")
-    subprocess.run(["wast2json", str(wast), "-o", str(js)], check=True, capture_output=True)
-    return js
+    convert(wast, out)
+    return out / (wast.stem + ".json")
 
 
 def main() -> int:
@@ -301,7 +256,7 @@ def main() -> int:
     grand_p = grand_t = 0
     rows = []
     for wast in files:
-        js = convert(wast, tmp)
+        js = convert_to(wast, tmp)
         proc = subprocess.run(
             [sys.executable, __file__, "--lib", lib, "--one", str(js)],
             capture_output=True,

@@ -1,0 +1,72 @@
+"""What both spec-suite runners share (tests/wasm/spec_runner.py in the VM, and the
+native developer runner guests/wasm/native/runner.py): the suite's files, the wast2json
+conversion, and how a command's expected values are read and compared. Values are the
+engine ABI's (type code, u64 bits) pairs; type codes are Wasm's binary ones
+(guests/wasm/wasm_abi.h WASM_TYPE_*)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+SUITE = ROOT.parent / "shared" / "wasm-spec-testsuite"
+TYPES = {"i32": 0x7F, "i64": 0x7E, "f32": 0x7D, "f64": 0x7C, "funcref": 0x70, "externref": 0x6F}
+NULL_REF = 0xFFFF_FFFF_FFFF_FFFF
+_FLOATS = {0x7D: (32, 23), 0x7C: (64, 52)}  # type -> (width, mantissa bits)
+_REFS = (0x70, 0x6F)
+
+
+def spec_files() -> list[Path]:
+    """The suite's non-SIMD .wast files, sorted."""
+    return sorted(p for p in SUITE.glob("*.wast") if not p.name.startswith("simd_"))
+
+
+def convert(wast: Path, out_dir: Path) -> dict[str, Any]:
+    """Runs wast2json on `wast` into `out_dir`; returns the parsed JSON (its module files
+    are beside it)."""
+    target = out_dir / (wast.stem + ".json")
+    proc = subprocess.run(
+        ["wast2json", str(wast), "-o", str(target)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"wast2json failed: {proc.stderr.strip()[:300]}")
+    data: dict[str, Any] = json.loads(target.read_text())
+    return data
+
+
+def value_bits(v: dict[str, Any]) -> tuple[int, int]:
+    """A command's argument as (type code, bits)."""
+    t = TYPES[v["type"]]
+    value = v.get("value")
+    if t in _REFS:
+        return t, NULL_REF if value in (None, "null") else int(value)
+    return t, int(value) & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def matches(expected: dict[str, Any], got: tuple[int, int]) -> bool:
+    """Whether a result (type code, bits) is what the command expects (NaN patterns
+    "nan:canonical"/"nan:arithmetic" included)."""
+    t = TYPES[expected["type"]]
+    got_type, bits = got
+    if got_type != t:
+        return False
+    value = expected.get("value")
+    if t in _FLOATS and isinstance(value, str) and value.startswith("nan:"):
+        width, mantissa = _FLOATS[t]
+        bits &= (1 << width) - 1
+        exponent_ones = (1 << (width - 1 - mantissa)) - 1
+        all_ones = (bits >> mantissa) & exponent_ones == exponent_ones
+        fraction = bits & ((1 << mantissa) - 1)
+        quiet = 1 << (mantissa - 1)
+        if value == "nan:canonical":
+            return all_ones and fraction == quiet
+        return all_ones and bool(fraction & quiet)
+    if t in _REFS:
+        if value is None:
+            return bits != NULL_REF
+        return bits == (NULL_REF if value == "null" else int(value))
+    width = 32 if t in (0x7F, 0x7D) else 64
+    return (bits & ((1 << width) - 1)) == int(value) & ((1 << width) - 1)
