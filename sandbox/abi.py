@@ -93,9 +93,10 @@ class Signature:
         return f"{self.name}({params}) -> {self.ret.type_name}"
 
 
-def _encode_scalar(tag: Tag, value: object) -> int:
+def scalar_bits(tag: Tag, value: object) -> int:
     """The 64-bit `bits` of a scalar value, or ArgumentError (without context: callers
-    add it, so the common path builds no strings)."""
+    add it, so the common path builds no strings). Also the Wasm engine's values'
+    codec for floats."""
     if tag in _INT_RANGES:
         if not isinstance(value, int) or isinstance(value, bool):
             raise ArgumentError(f"expected {tag.type_name} (int), got {type(value).__name__}")
@@ -161,7 +162,7 @@ def encode_call(buf: memoryview, sig: Signature, args: Sequence[object]) -> int:
                 VALUE.pack_into(buf, slot, tag, len(data), pos)
                 pos = end
             else:
-                VALUE.pack_into(buf, slot, tag, 0, _encode_scalar(tag, value))
+                VALUE.pack_into(buf, slot, tag, 0, scalar_bits(tag, value))
         except ArgumentError as exc:
             raise ArgumentError(f"{sig} argument {i + 1}: {exc}") from None
     CALL_HEADER.pack_into(buf, 0, pos, len(args), name_off, len(name), 0, 0)
@@ -254,7 +255,7 @@ def encode_result(buf: memoryview, status: Status, value: object) -> None:
             raise ArgumentError(f"host function result {value} does not fit 64 bits")
         length, bits = 0, value & 0xFFFF_FFFF_FFFF_FFFF
     elif isinstance(value, float):
-        tag, length, bits = Tag.F64, 0, _encode_scalar(Tag.F64, value)
+        tag, length, bits = Tag.F64, 0, scalar_bits(Tag.F64, value)
     elif isinstance(value, (str, bytes, bytearray, memoryview)):
         tag = Tag.STR if isinstance(value, str) else Tag.BYTES
         try:
@@ -277,6 +278,27 @@ def encode_result(buf: memoryview, status: Status, value: object) -> None:
     RESULT.pack_into(buf, 0, pos, status, 0, 0, tag, length, bits)
 
 
+_SCALARS = frozenset({Tag.I32, Tag.U32, Tag.I64, Tag.U64, Tag.BOOL, Tag.F32, Tag.F64})
+
+
+def scalar_value(tag: Tag, bits: int) -> int | float | bool:
+    """The Python value of a scalar's 64 `bits` (integers sign- or zero-extended from
+    their width, floats from their IEEE bits). Also the Wasm engine's values' codec."""
+    if tag is Tag.I32:
+        return ((bits & 0xFFFF_FFFF) ^ 0x8000_0000) - 0x8000_0000
+    if tag is Tag.U32:
+        return bits & 0xFFFF_FFFF
+    if tag is Tag.I64:
+        return ((bits & 0xFFFF_FFFF_FFFF_FFFF) ^ (1 << 63)) - (1 << 63)
+    if tag is Tag.U64:
+        return bits
+    if tag is Tag.BOOL:
+        return bits != 0
+    if tag is Tag.F64:
+        return float(_F64.unpack(_U64.pack(bits))[0])
+    return float(_F32.unpack(_U32.pack(bits & 0xFFFF_FFFF))[0])
+
+
 def decode_value(rec: memoryview, size: int, tag: int, length: int, bits: int, what: str) -> Value:
     """Converts one untrusted `struct sbx_value` of the record `rec` (of `size` bytes)
     to Python."""
@@ -294,20 +316,8 @@ def decode_value(rec: memoryview, size: int, tag: int, length: int, bits: int, w
             return data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise GuestProtocolError(f"{what}: string is not valid UTF-8 ({exc.reason})") from None
-    if tag == Tag.I32:
-        return ((bits & 0xFFFF_FFFF) ^ 0x8000_0000) - 0x8000_0000
-    if tag == Tag.U32:
-        return bits & 0xFFFF_FFFF
-    if tag == Tag.I64:
-        return (bits ^ (1 << 63)) - (1 << 63)
-    if tag == Tag.U64:
-        return bits
-    if tag == Tag.BOOL:
-        return bits != 0
-    if tag == Tag.F64:
-        return float(_F64.unpack(_U64.pack(bits))[0])
-    if tag == Tag.F32:
-        return float(_F32.unpack(_U32.pack(bits & 0xFFFF_FFFF))[0])
+    if tag in _SCALARS:
+        return scalar_value(Tag(tag), bits)
     raise GuestProtocolError(f"{what}: unknown value tag {tag}")
 
 

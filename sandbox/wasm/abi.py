@@ -4,11 +4,11 @@ cffi, nothing restated), value lists and replies."""
 from __future__ import annotations
 
 import enum
-import math
 import struct
 from dataclasses import dataclass
 
 from .._native import ffi, lib
+from ..abi import Tag, scalar_bits, scalar_value
 from ..errors import (
     ArgumentError,
     GuestProtocolError,
@@ -62,6 +62,14 @@ assert len(TRAP_KINDS) == len(WasmTrapKind) == lib.WASM_TRAP_COUNT - 1
 TRAP_MEMORY_OOB: int = lib.WASM_TRAP_MEMORY_OOB
 
 _VALUE = struct.Struct("<BQ")
+# The Wasm types whose values are the native ABI's scalars (one codec for both).
+_SCALAR_TAGS = {
+    ValType.I32: Tag.I32,
+    ValType.I64: Tag.I64,
+    ValType.F32: Tag.F32,
+    ValType.F64: Tag.F64,
+}
+_FLOAT_TAGS = {ValType.F32: Tag.F32, ValType.F64: Tag.F64}
 
 
 @dataclass(frozen=True)
@@ -116,12 +124,10 @@ def _to_bits(t: ValType, v: object, what: str) -> int:
             raise ArgumentError(
                 f"{what}: expected a float for {t.name.lower()}, got {type(v).__name__}"
             )
-        if t == ValType.F64:
-            return int.from_bytes(struct.pack("<d", float(v)), "little")
-        f = float(v)
-        if math.isfinite(f) and abs(f) > 3.4028234663852886e38:
-            raise ArgumentError(f"{what}: {v} overflows f32")
-        return int.from_bytes(struct.pack("<f", f), "little")
+        try:
+            return scalar_bits(_FLOAT_TAGS[t], v)
+        except ArgumentError:
+            raise ArgumentError(f"{what}: {v} overflows {t.name.lower()}") from None
     if t in (ValType.FUNCREF, ValType.EXTERNREF):
         if v is None:
             return NULL_REF
@@ -150,15 +156,9 @@ def decode_values(payload: bytes, what: str) -> list[tuple[ValType, int]]:
 
 def to_python(t: ValType, bits: int) -> object:
     """The Python value of raw bits: int (signed) for i32/i64, float, None or int for refs."""
-    if t == ValType.I32:
-        bits &= 0xFFFFFFFF
-        return bits - (1 << 32) if bits >= 1 << 31 else bits
-    if t == ValType.I64:
-        return bits - (1 << 64) if bits >= 1 << 63 else bits
-    if t == ValType.F32:
-        return struct.unpack("<f", (bits & 0xFFFFFFFF).to_bytes(4, "little"))[0]
-    if t == ValType.F64:
-        return struct.unpack("<d", bits.to_bytes(8, "little"))[0]
+    tag = _SCALAR_TAGS.get(t)
+    if tag is not None:
+        return scalar_value(tag, bits)
     return None if bits == NULL_REF else bits
 
 
