@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-from ._native import ffi, init_kick_signal
+from ._native import ffi
 from .cpu import CpuState, cpu_setup
 from .exits import Exit
 from .kvm import Kvm
@@ -54,7 +54,6 @@ class Machine:
         """Boots: maps `image` copy-on-write, creates the VM and the vCPU, and loads
         `cpu` for the first run. Raises KvmError/KvmUnavailable."""
         kvm = Kvm.shared()
-        init_kick_signal()
         self.layout = layout
         self._pid = os.getpid()  # a VM cannot be used from a forked child
         self._seed_at = layout.boot_info + SEED_OFFSET

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
 from . import _reaper, kinds, machines
-from ._native import kick_thread
 from .abi import (
     CallEncoder,
     Signature,
@@ -289,9 +288,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         # A kick that lands just before KVM_RUN starts is absorbed by immediate_exit,
         # but one that lands before the run loop is entered is lost: kick until out.
         while self._caller is not None and time.monotonic() < deadline:
-            tid = vcpu.running_thread
-            if tid:
-                kick_thread(tid)
+            vcpu.kick()
             time.sleep(0.001)
 
     # -- snapshot and restore --------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from ._native import Mapping, check, ffi, ioctl, lib
+from ._native import Mapping, check, ffi, init_kick_signal, ioctl, kick_thread, lib
 from .exits import COMMON_EXITS, Exit, ExitKind
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ class Vcpu:
     def __init__(self, vm: Vm, fd: int) -> None:
         self.vm = vm
         self.fd = fd
+        init_kick_signal()
         self._run_map = Mapping(fd, vm.kvm.vcpu_mmap_size, private=False)
         # The pointer is only handed to the run loop while the vCPU is open.
         self.run_ptr = self._run_map.ptr
@@ -65,10 +66,13 @@ class Vcpu:
         """Whether registers loaded with load_state wait for the next run."""
         return self._load_pending
 
-    @property
-    def running_thread(self) -> int:
-        """The native id of the thread in `run` now (0 if none): whom to kick."""
-        return int(self._exit.thread)
+    def kick(self) -> bool:
+        """Kicks the thread in `run` now out of KVM_RUN (its run ends with KICKED);
+        False if no thread is in `run`. Any thread may call it."""
+        tid = int(self._exit.thread)
+        if tid:
+            kick_thread(tid)
+        return bool(tid)
 
     def complete_pending(self) -> None:
         """Completes the last exit and applies registers waiting in the sync area,
