@@ -41,17 +41,35 @@ void *sbx_map(int fd, size_t length, int private_, int writable) {
     return p == MAP_FAILED ? NULL : p;
 }
 
-void *sbx_memory_map(int fd, uint64_t size, const uint64_t *extents, uint32_t n) {
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+/* Maps [off, off+len) of the guest memory at `at` (NULL: anywhere): from the file if
+ * `file`, else anonymous. With `at`, only where nothing is mapped yet. */
+static char *map_segment(char *at, int fd, uint64_t off, uint64_t len, int file) {
+    int prot = PROT_READ | PROT_WRITE;
+    int flags = MAP_PRIVATE | (file ? 0 : MAP_ANONYMOUS | MAP_NORESERVE);
+    if (at) flags |= MAP_FIXED_NOREPLACE;
+    char *p = mmap(at, len, prot, flags, file ? fd : -1, file ? (off_t)off : 0);
+    if (p == MAP_FAILED) return NULL;
+    if (at && p != at) { /* an old kernel took MAP_FIXED_NOREPLACE as a hint */
+        munmap(p, len);
+        errno = EEXIST;
+        return NULL;
+    }
+    return p;
+}
+
+/* The simple way: anonymous memory, the extents mapped over it with MAP_FIXED. Each
+ * replacement is an unmap, which every VM of the process hears about (KVM's MMU
+ * notifier): costly with many sandboxes alive, so used only when the other way fails. */
+static void *map_over(int fd, uint64_t size, const uint64_t *extents, uint32_t n) {
     int prot = PROT_READ | PROT_WRITE;
     char *base = mmap(NULL, size, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (base == MAP_FAILED) return NULL;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t off = extents[2 * i], len = extents[2 * i + 1];
-        if (off % PAGE || len % PAGE || off > size || len > size - off) {
-            munmap(base, size);
-            errno = EINVAL;
-            return NULL;
-        }
         if (mmap(base + off, len, prot, MAP_PRIVATE | MAP_FIXED, fd, (off_t)off) == MAP_FAILED) {
             int err = errno;
             munmap(base, size);
@@ -60,6 +78,38 @@ void *sbx_memory_map(int fd, uint64_t size, const uint64_t *extents, uint32_t n)
         }
     }
     return base;
+}
+
+void *sbx_memory_map(int fd, uint64_t size, const uint64_t *extents, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t off = extents[2 * i], len = extents[2 * i + 1];
+        if (off % PAGE || len % PAGE || len == 0 || off > size || len > size - off ||
+            (i && off < extents[2 * i - 2] + extents[2 * i - 1])) {
+            errno = EINVAL;
+            return NULL;
+        }
+    }
+    /* Segment by segment from the top: the last wherever the kernel puts it, each one
+     * before it just below (where the kernel's top-down placement leaves room), so that
+     * nothing is ever replaced. */
+    char *low = NULL;
+    uint64_t end = size;
+    for (int64_t i = (int64_t)n - 1; i >= -1 && end > 0; i--) {
+        uint64_t ext_off = i >= 0 ? extents[2 * i] : 0, ext_end = i >= 0 ? ext_off + extents[2 * i + 1] : 0;
+        /* the hole above this extent, then the extent itself */
+        for (int part = 0; part < 2; part++) {
+            uint64_t start = part == 0 ? ext_end : ext_off;
+            if (start >= end) continue;
+            char *p = map_segment(low ? low - (end - start) : NULL, fd, start, end - start, part == 1);
+            if (!p) {
+                if (low) munmap(low, size - end);
+                return map_over(fd, size, extents, n);
+            }
+            low = p;
+            end = start;
+        }
+    }
+    return low;
 }
 
 int sbx_unmap(void *addr, size_t length) { return munmap(addr, length) == 0 ? 0 : -errno; }
