@@ -32,6 +32,7 @@ from .pool import SandboxPool
 from .sandbox import Sandbox
 from .snapshot import Snapshot, SnapshotError
 from .wasm import WasmSandbox  # registers the Wasm guest kind (Sandbox.from_wasm)
+from .python import PythonSandbox  # registers the Python guest kind (Sandbox("python"))
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,7 @@ __all__ = [
     "HostFunctionError",
     "KvmError",
     "KvmUnavailable",
+    "PythonSandbox",
     "PoolFull",
     "PoolTimeout",
     "Sandbox",
