@@ -35,7 +35,7 @@ from .errors import PythonStartError
 from .packages import PACKAGES_GUEST_PATH, PackageSet
 
 MAILBOX_SIZE = 4 * MiB  # request and reply; values are bounded by it
-HOST_FD = 0x3FFF0001
+HOST_SEEK = 0x5342585048434C4C  # the guest's lseek(0, HOST_SEEK): a host call
 BOOT_TIMEOUT = 120.0
 HEAP_SIZE = 64 * MiB  # the engine heap: CPython's compiled code takes ~40 MiB of it
 DEFAULT_CONFIG = SandboxConfig(memory_size=256 * MiB, heap_size=HEAP_SIZE)

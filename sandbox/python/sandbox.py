@@ -5,8 +5,8 @@ A PythonSandbox holds a `WasmSandbox` spawned from the snapshot of an initialise
 interpreter (interpreter.py) and uses only its public API: it writes a request into the
 guest runtime's mailbox in linear memory, makes one engine call (the trampoline's
 `call`, which runs the runtime's `_serve`), and reads the reply from the same place.
-Host functions reach the host through one intercepted WASI call (fd_read of a
-descriptor the runtime reserves) with their data in the mailbox, and output streams out
+Host functions reach the host through one intercepted WASI call (fd_seek of stdin to a
+reserved offset) with their data in the mailbox, and output streams out
 through fd_write when the guest flushes it (the rest comes with the reply).
 
 Errors: what guest code raises is a PythonError (not poisoning); a Wasm trap inside the
@@ -43,7 +43,7 @@ from ..wasm.wasi import Preopen, WasiFunction
 from . import codec
 from .errors import PythonCrash, PythonError, PythonExit
 from .interpreter import (
-    HOST_FD,
+    HOST_SEEK,
     Addresses,
     Template,
     python_config,
@@ -176,18 +176,18 @@ class PythonSandbox:
         self._hook_wasi()
 
     def _hook_wasi(self) -> None:
-        """Serves the runtime's host calls and streams output: the WASI context's fd_read
+        """Serves the runtime's host calls and streams output: the WASI context's fd_seek
         and fd_write, wrapped (the rest of WASI is untouched)."""
         wasi = self._engine.wasi
         assert wasi is not None
         table = dict(wasi.functions)
-        read, write = table["fd_read"], table["fd_write"]
+        seek, write = table["fd_seek"], table["fd_write"]
 
-        def fd_read(memory: Any, fd: int, iovs: int, count: int, nread: int) -> int:
-            if fd & 0xFFFFFFFF != HOST_FD:
-                return read.call(memory, fd, iovs, count, nread)
+        def fd_seek(memory: Any, fd: int, offset: int, whence: int, result: int) -> int:
+            if fd & 0xFFFFFFFF != 0 or offset & 0xFFFFFFFFFFFFFFFF != HOST_SEEK:
+                return seek.call(memory, fd, offset, whence, result)
             self._serve_host_call()
-            return write_u32(memory, nread, 0)
+            return write_u64(memory, result, 0)
 
         def fd_write(memory: Any, fd: int, iovs: int, count: int, nwritten: int) -> int:
             if self._output is None or fd & 0xFFFFFFFF not in (1, 2):
@@ -199,7 +199,7 @@ class PythonSandbox:
             self._stream(err, 1)
             return errno
 
-        table["fd_read"] = WasiFunction(read.params, read.results, fd_read)
+        table["fd_seek"] = WasiFunction(seek.params, seek.results, fd_seek)
         table["fd_write"] = WasiFunction(write.params, write.results, fd_write)
         wasi.functions = table
 
@@ -578,10 +578,10 @@ def _is_unknown(reply: tuple[Any, ...]) -> bool:
     return reply[0] == 1 and isinstance(reply[1], list) and reply[1][:2] == ["Unknown", "sandbox"]
 
 
-def write_u32(memory: Any, addr: int, value: int) -> int:
+def write_u64(memory: Any, addr: int, value: int) -> int:
     """Writes a WASI result; the errno (0, or EFAULT for an address outside memory)."""
     try:
-        memory.write(addr, struct.pack("<I", value))
+        memory.write(addr, struct.pack("<Q", value))
     except Exception:
         return 21  # EFAULT
     return 0
