@@ -28,7 +28,10 @@ def make_wheel(directory: Path, name: str, version: str, files: dict[str, str]) 
     with zipfile.ZipFile(path, "w") as whl:
         for rel, text in files.items():
             whl.writestr(rel, text)
-        whl.writestr(f"{dist}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        whl.writestr(
+            f"{dist}.dist-info/METADATA",
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        )
         whl.writestr(
             f"{dist}.dist-info/WHEEL",
             "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
