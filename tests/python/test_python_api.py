@@ -23,8 +23,8 @@ from sandbox import (
     FunctionNotFound,
     HostFunctionError,
     Sandbox,
-    SandboxPool,
     SandboxPoisoned,
+    SandboxPool,
 )
 from sandbox.python import PythonError, PythonExit, PythonSandbox, sandboxed
 from sandbox.wasm.wasi import Preopen
@@ -216,7 +216,7 @@ def test_output_captured_per_call_and_streamed() -> None:
         assert sb.last_output == "" and sb.last_stderr == ""
 
         def big():
-            for i in range(3000):
+            for _ in range(3000):
                 print("x" * 99)
 
         sb.call(big)
@@ -370,11 +370,11 @@ def test_preopened_directories(tmp_path: Path) -> None:
     (ro / "in.txt").write_text("input")
 
     def work():
-        text = open("/in/in.txt").read()
+        text = open("/in/in.txt").read()  # noqa: SIM115
         with open("/out/result.txt", "w") as f:
             f.write(text.upper())
         try:
-            open("/in/new.txt", "w")
+            open("/in/new.txt", "w")  # noqa: SIM115
         except OSError as exc:
             return type(exc).__name__
         return "written"
@@ -408,7 +408,7 @@ def test_packages_from_a_local_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert sb.run("import sys; 'greeter' in sys.modules")  # imported into the snapshot
 
     def writes():
-        open("/packages/x.py", "w")
+        open("/packages/x.py", "w")  # noqa: SIM115
 
     with Sandbox("python", packages=[wheel]) as sb, pytest.raises(PythonError):
         sb.call(writes)

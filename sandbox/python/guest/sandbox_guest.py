@@ -21,7 +21,8 @@ Replies: (0, value[, out, err]) or (1, [type, module, message, traceback, exit c
 out, err). A host function call from guest code writes (name, args, kwargs) the same
 way and seeks fd 0 (stdin) to HOST_SEEK: the host intercepts that fd_seek and answers
 (0, value) or (1, message) at offset 0. (A descriptor of our own would not do: wasi-vfs,
-linked into the build, refuses descriptors it did not see opened.) The guest trusts the host; the host trusts nothing it reads.
+linked into the build, refuses descriptors it did not see opened.) The guest trusts
+the host; the host trusts nothing it reads.
 Every line of `_serve` is paid on every call, at about a microsecond per bytecode.
 """
 
