@@ -14,7 +14,7 @@ from math import sqrt
 from pathlib import Path
 
 import pytest
-from conftest import make_wheel
+from python_support import make_wheel
 
 from sandbox import (
     ArgumentError,
