@@ -29,10 +29,10 @@ from .errors import (
     SandboxPoisoned,
 )
 from .pool import SandboxPool
+from .python import PythonSandbox  # registers the Python guest kind (Sandbox("python"))
 from .sandbox import Sandbox
 from .snapshot import Snapshot, SnapshotError
 from .wasm import WasmSandbox  # registers the Wasm guest kind (Sandbox.from_wasm)
-from .python import PythonSandbox  # registers the Python guest kind (Sandbox("python"))
 
 __version__ = "0.1.0"
 

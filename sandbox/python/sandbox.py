@@ -14,6 +14,10 @@ interpreter, os._exit, a protocol violation are a PythonCrash/PythonExit that po
 time limits and cancels are the core's CallTimeout/CallCancelled (poisoning). A poisoned
 sandbox is restored by `restore()`, and by itself before the next call with
 reset="per_call".
+
+Over ~500 lines for one concept: the request path, its error mapping, output capture and
+host calls all read and write one call's state (the mailbox, the host error, the
+outputs, the poisoning), which split into modules would be reached across them.
 """
 
 from __future__ import annotations
