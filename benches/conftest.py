@@ -281,6 +281,7 @@ THEMES = {
     "snapshots": "Snapshots, restore and pools",
     "compute": "Compute",
     "wasm": "Wasm modules in the engine guest",
+    "python": "Python functions in the engine guest",
     "function-host": "Function host",
     "density": "Memory and density",
 }

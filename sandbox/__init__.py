@@ -29,6 +29,7 @@ from .errors import (
     SandboxPoisoned,
 )
 from .pool import SandboxPool
+from .python import PythonSandbox  # registers the Python guest kind (Sandbox("python"))
 from .sandbox import Sandbox
 from .snapshot import Snapshot, SnapshotError
 from .wasm import WasmSandbox  # registers the Wasm guest kind (Sandbox.from_wasm)
@@ -49,6 +50,7 @@ __all__ = [
     "HostFunctionError",
     "KvmError",
     "KvmUnavailable",
+    "PythonSandbox",
     "PoolFull",
     "PoolTimeout",
     "Sandbox",

@@ -19,6 +19,7 @@ from pathlib import Path
 from .abi import Signature, Tag, Value
 from .deploy.cli import add_deploy_parser
 from .host.cli import add_serve_parser
+from .python.cli import add_python_parser
 from .wasm.cli import add_wasm_parser
 
 
@@ -251,6 +252,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             fresh = [pool.call("counter") for _ in range(3)]
             print(f"SandboxPool: counter() x3 = {fresh} (every call in fresh state)")
 
+        step("A Python function, sent as source, runs in CPython inside a micro-VM")
+        from .python.cli import demo as python_demo
+
+        python_demo()
+
         step("How long things take here (medians)")
         n = 20 if args.quick else 200
         warm = _median_us(lambda: sb.call("add", 1, 2), n * 5)
@@ -383,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     add_wasm_parser(sub)
+    add_python_parser(sub)
     add_serve_parser(sub)
     add_deploy_parser(sub)
     return parser

@@ -98,13 +98,15 @@ async def invoke(host: HostState, scope: Scope, read_body: BodyReader, name: str
     """POST /functions/{name}/invoke. Raises ApiError."""
     dep = host.invocable(_authorization(scope), check_name(name))
     sig = _signature(dep, "invoke")
-    args = args_from_json(sig, _args(await read_body()))
+    python = dep.spec.kind == "python"  # JSON in, JSON out (PythonFunction converts)
+    body_args = _args(await read_body())
+    args = body_args if python else args_from_json(sig, body_args)
     outcome = await host.registry.call(dep, args)
     cut = host.registry.cut
     stdout, stderr = cut(outcome.output), cut(outcome.stderr)
     doc = {
         "result": result_to_json(outcome.value),
-        "type": sig.ret.type_name,
+        "type": "json" if python else sig.ret.type_name,
         "stdout": stdout,
         "stderr": stderr,
         "duration_ms": round(outcome.duration_s * 1e3, 3),

@@ -28,6 +28,7 @@ HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}$")
 MAX_ENV_ENTRIES = 64
 MAX_ENV_VALUE = 4096
 MAX_PASS_HEADERS = 32
+MAX_PACKAGES = 32
 # The largest values a manifest may give (the host's config may allow less: its
 # max_timeout_s and max_concurrency_limit).
 MAX_TIMEOUT_S = 86_400.0
@@ -63,10 +64,13 @@ class FunctionSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    kind: Literal["native", "wasm"] = Field(
+    kind: Literal["native", "wasm", "python"] = Field(
         "native",
         description="native: a guest ELF built with the guest SDK; wasm: a Wasm "
-        "module (run by the Wasm engine guest; WASI preview1 with the environment below)",
+        "module (run by the Wasm engine guest; WASI preview1 with the environment below); "
+        "python: a .py module (UTF-8) run by CPython 3.12 in the engine guest: invoke mode "
+        "calls `entry` with the JSON args and returns its JSON result, http mode calls it "
+        "with a request dict and expects {status, headers, body}",
     )
     mode: Literal["invoke", "http"] = Field(
         "invoke",
@@ -111,6 +115,12 @@ class FunctionSpec(BaseModel):
         max_length=MAX_PASS_HEADERS,
         description="http mode: credential headers (Authorization, Cookie, "
         "Proxy-Authorization) passed to the function anyway; hop-by-hop headers never are",
+    )
+    packages: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_PACKAGES,
+        description="python: pure-Python requirements installed on the host (pip) and "
+        "imported into the function's snapshot",
     )
     http_interface: Literal["json", "wagi"] = Field(
         "json",

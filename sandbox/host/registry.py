@@ -34,7 +34,7 @@ from .errors import (
     scrub,
     unavailable,
 )
-from .functions import Function, kind_for, native_entry, wasm_entry
+from .functions import Function, kind_for, native_entry, python_entry, wasm_entry
 from .manifest import FunctionRecord, FunctionSpec, Revision
 from .metrics import Metrics
 from .store import Blob, FunctionStore, Loaded, StoredTooLarge, StoreError
@@ -114,6 +114,8 @@ class Registry:
             if record.spec.kind == "wasm":
                 module = await asyncio.to_thread(load_wasm, blob)
                 sig = wasm_entry(module, record.spec)
+            elif record.spec.kind == "python":
+                sig = await asyncio.to_thread(python_entry, blob, record.spec)
             else:
                 image = await asyncio.to_thread(load_guest, blob)
                 sig = native_entry(image.functions, record.spec)

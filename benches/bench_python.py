@@ -1,0 +1,298 @@
+"""Python sandboxes (issue 14): CPython 3.12 for WASI in the Wasm engine guest.
+
+Against budgets (the issue's acceptance, absolute: ratio <= 1): a sandbox from the
+initialised interpreter's snapshot to the first result of a trivial function (3 ms), a
+fresh-state call of a two-int function (1 ms), a warm call (0.3 ms), RSS per idle
+sandbox from one snapshot (2 MiB), 100 live sandboxes. Against the floor: the warm call
+and the one exit it costs. Against a peer: the same CPython build under wasmtime's JIT on
+a pure-Python workload (a pystone-like loop, json round trips, regex), timed inside the
+interpreter in both. pyeryx, the other pre-initialised CPython peer, ships cp312 wheels
+only and this machine's Python is 3.11: skipped with that reason (its published
+figures are quoted in docs/python.md).
+"""
+
+from __future__ import annotations
+
+import ast
+import gc
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox import Sandbox, SandboxPool, _reaper
+from sandbox.pool import ensure_fd_limit
+
+pytestmark = pytest.mark.requires_kvm
+THEME = "python"
+
+WORKLOAD = r"""
+def workload():
+    import json, re, time
+    t0 = time.perf_counter()
+    # pystone-like: records, attribute access, arithmetic, branches, calls
+    class Record:
+        __slots__ = ("a", "b", "c")
+        def __init__(self, a, b, c):
+            self.a, self.b, self.c = a, b, c
+    def proc(r, i):
+        if i % 3 == 0:
+            r.a += i
+        elif i % 3 == 1:
+            r.b = r.a - i
+        else:
+            r.c = (r.a * 7 + r.b) % 1009
+        return r.c
+    r = Record(1, 2, 3)
+    acc = 0
+    for i in range(60000):
+        acc += proc(r, i)
+    doc = {"items": [{"id": i, "name": f"n{i}", "tags": ["a", "b"], "v": i / 3} for i in range(50)]}
+    for _ in range(60):
+        doc = json.loads(json.dumps(doc))
+    pat = re.compile(r"(\w+)@(\w+)\.com")
+    text = " ".join(f"user{i}@host{i % 7}.com" for i in range(300))
+    hits = 0
+    for _ in range(30):
+        hits += len(pat.findall(text))
+    return acc, len(doc["items"]), hits, time.perf_counter() - t0
+"""
+
+
+def add(a, b):
+    return a + b
+
+
+def _rss_kib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return float(line.split()[1])
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def defined() -> Any:
+    """The interpreter's snapshot with `add` defined (what a pool member restores to)."""
+    with Sandbox("python", reset="per_call") as sb:
+        assert sb.call(add, 1, 2) == 3
+        return sb.snapshot()
+
+
+def test_python_spawn_to_first_result(bench_nofloor: Any, defined: Any) -> None:
+    s = bench_nofloor.settings
+    holder: list[Any] = []
+
+    def close(*_: Any) -> None:
+        for sb in holder:
+            sb.close()
+        holder.clear()
+        _reaper.drain()
+
+    def from_defined() -> Any:
+        sb = defined.spawn()
+        holder.append(sb)
+        return sb.call(add, 1, 2)
+
+    def fresh_interpreter() -> Any:
+        sb = Sandbox("python")  # the initialised interpreter: add is sent and compiled
+        holder.append(sb)
+        return sb.call(add, 1, 2)
+
+    result = bench_nofloor.benchmark.pedantic(
+        from_defined, teardown=close, rounds=5 if s.quick else 40, warmup_rounds=2, iterations=1
+    )
+    assert result == 3
+    if bench_nofloor.benchmark.stats is None:
+        return
+    ours = bench_nofloor.benchmark.stats.stats.median * 1e6
+    bench_nofloor.report(
+        "python: snapshot of the initialised interpreter -> new sandbox -> first result",
+        ours,
+        3000.0,
+        "3 ms (issue 14)",
+        1.0,
+        kind="budget",
+    )
+    times = []
+    for _ in range(3 if s.quick else 15):
+        t0 = time.perf_counter()
+        fresh_interpreter()
+        times.append((time.perf_counter() - t0) * 1e6)
+        close()
+    times.sort()
+    bench_nofloor.report(
+        "python: Sandbox('python') -> call(add) (add's source sent and compiled)",
+        times[len(times) // 2],
+        3000.0,
+        "3 ms (issue 14)",
+        1.0,
+        key="with_compile",
+        kind="budget",
+        readings=times,
+    )
+
+
+def test_python_warm_call(bench: Any) -> None:
+    s = bench.settings
+    with Sandbox("python") as sb:
+        sb.call(add, 1, 2)
+        result, m = bench.measure(
+            lambda: sb.call(add, 1, 2),
+            floor_value=lambda r: r["exit_roundtrip_us"],
+            floor_args={"roundtrips": s.call_floor_roundtrips},
+            rounds=s.call_rounds // 5,
+            warmup_rounds=s.warmup_rounds,
+        )
+    assert result == 3
+    if m is not None:
+        bench.report_measurement(
+            "python: warm call add(1, 2) vs one exit", m, "exit_roundtrip_us", None
+        )
+        bench.report(
+            "python: warm call add(1, 2)",
+            m.ours_us,
+            300.0,
+            "0.3 ms (issue 14)",
+            1.0,
+            key="budget",
+            kind="budget",
+        )
+
+
+def test_python_fresh_state_call(bench_nofloor: Any, defined: Any) -> None:
+    s = bench_nofloor.settings
+    with Sandbox("python", reset="per_call") as sb:
+        sb.call(add, 1, 2)
+        result = bench_nofloor.benchmark.pedantic(
+            lambda: sb.call(add, 1, 2),
+            rounds=s.call_rounds // 5,
+            warmup_rounds=s.warmup_rounds,
+            iterations=1,
+        )
+    assert result == 3
+    if bench_nofloor.benchmark.stats is None:
+        return
+    bench_nofloor.report(
+        "python: fresh-state call add(1, 2) (reset='per_call': restore + call)",
+        bench_nofloor.benchmark.stats.stats.median * 1e6,
+        1000.0,
+        "1 ms (issue 14)",
+        1.0,
+        kind="budget",
+    )
+    with SandboxPool("python", size=1) as pool:
+        pool.call(add, 1, 2)
+        times = []
+        for _ in range(20 if s.quick else 200):
+            t0 = time.perf_counter()
+            pool.call(add, 1, 2)
+            times.append((time.perf_counter() - t0) * 1e6)
+    times.sort()
+    bench_nofloor.report(
+        "python: SandboxPool('python').call(add, 1, 2) (call + restore)",
+        times[len(times) // 2],
+        1000.0,
+        "1 ms (issue 14)",
+        1.0,
+        key="pool",
+        kind="budget",
+    )
+
+
+def test_python_density(bench_nofloor: Any, defined: Any) -> None:
+    n = 100
+    ensure_fd_limit(4 * n)
+    holder: list[Any] = []
+    rss: list[float] = []
+
+    def setup() -> None:
+        gc.collect()
+        _reaper.drain()
+        rss.append(_rss_kib())
+
+    def create_all() -> None:
+        holder.extend(defined.spawn() for _ in range(n))
+
+    def teardown(*_: Any) -> None:
+        rss.append(_rss_kib())
+        assert [sb.call(add, i, 1) for i, sb in enumerate(holder)] == [i + 1 for i in range(n)]
+        rss.append(_rss_kib())
+        for sb in holder:
+            sb.close()
+        holder.clear()
+        _reaper.drain()
+
+    bench_nofloor.benchmark.pedantic(create_all, setup=setup, teardown=teardown, rounds=1)
+    if bench_nofloor.benchmark.stats is None:
+        return
+    bench_nofloor.report(
+        f"python: RSS per idle sandbox ({n} from one snapshot, never called)",
+        (rss[1] - rss[0]) / n,
+        2048.0,
+        "2 MiB (issue 14)",
+        1.0,
+        unit="KiB",
+        kind="budget",
+    )
+    bench_nofloor.report(
+        f"python: RSS per sandbox, {n} alive, each called once",
+        (rss[2] - rss[0]) / n,
+        2048.0,
+        "2 MiB",
+        None,
+        key="called",
+        unit="KiB",
+        kind="budget",
+    )
+
+
+def test_python_compute_vs_wasmtime(bench_nofloor: Any, tmp_path: Path) -> None:
+    wasmtime = pytest.importorskip("wasmtime")
+    from sandbox.python.build import default_build
+
+    with Sandbox("python") as sb:
+        sb.run(WORKLOAD)
+        ours = sb.call("workload", timeout=600)
+    engine = wasmtime.Engine()
+    module = wasmtime.Module(engine, default_build().module)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    store = wasmtime.Store(engine)
+    wasi = wasmtime.WasiConfig()
+    code = WORKLOAD + "\nimport os\nos.write(1, repr(workload()).encode())\n"
+    wasi.argv = ["python", "-I", "-c", code]
+    out = tmp_path / "stdout"
+    wasi.stdout_file = str(out)
+    store.set_wasi(wasi)
+    instance = linker.instantiate(store, module)
+    try:
+        instance.exports(store)["_start"](store)
+    except wasmtime.ExitTrap:
+        pass
+    theirs = ast.literal_eval(out.read_text())
+    assert ours[:3] == theirs[:3]
+    bench_nofloor.report(
+        "python: pure-Python workload (pystone-like, json, regex): engine guest / wasmtime",
+        ours[3] * 1e6,
+        theirs[3] * 1e6,
+        "the same CPython build under wasmtime (Cranelift JIT), timed inside the interpreter",
+        None,
+        kind="peer",
+    )
+
+
+def test_python_vs_pyeryx(bench_nofloor: Any) -> None:
+    if sys.version_info < (3, 12):
+        bench_nofloor.skip(
+            "python: spawn + call vs pyeryx",
+            f"pyeryx ships cp312-abi3 wheels only; this host's Python is "
+            f"{sys.version_info.major}.{sys.version_info.minor} (published: 1-5 ms create, "
+            "~1.3 ms per fresh run; see docs/python.md)",
+            baseline_what="pyeryx",
+            kind="peer",
+        )
+        return
+    pytest.skip("pyeryx comparison not implemented for Python >= 3.12 hosts")

@@ -1,0 +1,209 @@
+"""Starting the interpreter once: a Wasm engine sandbox runs CPython's `_start` with the
+guest runtime (guest/sandbox_guest.py), which ends the program with os._exit(0) once it
+is initialised; the host reads the addresses the runtime reported, checks them against
+the interpreter's memory, links the trampoline, and snapshots the result. Every Python
+sandbox is spawned from such a snapshot (cached per process, by build, config,
+packages and directories).
+
+The addresses are read from CPython 3.12's wasm32 object layouts (checked, not
+trusted): `PyTypeObject.tp_call` at offset 64 (after the var-object header, tp_name,
+tp_basicsize, tp_itemsize, tp_dealloc, tp_vectorcall_offset, tp_getattr, tp_setattr,
+tp_as_async, tp_repr, tp_as_number, tp_as_sequence, tp_as_mapping, tp_hash: 16 fields of
+4 bytes), and `PyByteArrayObject.ob_alloc`/`ob_start` at offsets 12 and 20. The
+mailbox's start must hold the random token the host gave the runtime, and a ping
+through the trampoline must answer, or the build is refused (PythonStartError).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import MiB, SandboxConfig
+from ..errors import ConfigError, HostFunctionError
+from ..wasm import WasiConfig, WasiExit, WasmSandbox
+from ..wasm.module import WasmModule, load
+from ..wasm.sandbox import WasmSnapshot
+from ..wasm.wasi import Preopen, WasiContext
+from ..wasm.windows import PAGE, Windows
+from .build import PYTHON_MODULE, Build, default_build, trampoline
+from .errors import PythonStartError
+from .packages import PACKAGES_GUEST_PATH, PackageSet
+
+MAILBOX_SIZE = 4 * MiB  # request and reply; values are bounded by it
+HOST_SEEK = 0x5342585048434C4C  # the guest's lseek(0, HOST_SEEK): a host call
+BOOT_TIMEOUT = 120.0
+HEAP_SIZE = 64 * MiB  # the engine heap: CPython's compiled code takes ~40 MiB of it
+DEFAULT_CONFIG = SandboxConfig(memory_size=256 * MiB, heap_size=HEAP_SIZE)
+TP_CALL_OFFSET = 64
+BYTEARRAY_ALLOC_OFFSET = 12
+RUNTIME_FILE = "<sandbox_guest>"
+RUNTIME_SOURCE = Path(__file__).with_name("guest") / "sandbox_guest.py"
+BOOT = (
+    "import sys,types;m=types.ModuleType('sandbox_guest');m.__file__='" + RUNTIME_FILE + "';"
+    "sys.modules['sandbox_guest']=m;"
+    "exec(compile(sys.argv[1],'" + RUNTIME_FILE + "','exec'),m.__dict__);m._boot(sys.argv[2:])"
+)
+_HANDSHAKE = re.compile(rb"SBXPY1 (\d+) (\d+) (\d+) (\d+) (\d+)\n")
+
+
+def python_config(config: SandboxConfig | None) -> SandboxConfig:
+    """The VM of a Python sandbox: 256 MiB by default, 64 MiB of it the engine's heap
+    (CPython's compiled form); the rest, less 8 KiB, is the most linear memory the
+    interpreter can grow to (its memory limit: beyond it, MemoryError)."""
+    if config is None:
+        return DEFAULT_CONFIG
+    if not isinstance(config, SandboxConfig):
+        raise ConfigError(f"config must be a SandboxConfig, not {type(config).__name__}")
+    if config.heap_size is None:
+        config = SandboxConfig.model_validate({**config.model_dump(), "heap_size": HEAP_SIZE})
+    heap = config.heap_size or 0
+    if heap < 48 * MiB:
+        raise ConfigError("a Python sandbox needs heap_size of at least 48 MiB")
+    if config.memory_size < heap + 48 * MiB:
+        raise ConfigError(
+            f"a Python sandbox needs memory_size of at least heap_size + 48 MiB "
+            f"({(heap + 48 * MiB) // MiB} MiB)"
+        )
+    return config
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Where things are in the interpreter's linear memory (see the module docstring)."""
+
+    call: int  # PyVectorcall_Call's table index
+    serve: int  # the runtime's _serve function object
+    empty_tuple: int
+    none: int  # Py_None: what _serve returns
+    mailbox: int  # the mailbox bytearray's buffer
+    mailbox_size: int
+    mailbox_guest: int | None  # its guest-physical address, if its pages are contiguous
+    trampoline: int  # the trampoline's instance in the engine
+
+
+@dataclass(frozen=True)
+class Template:
+    """An initialised interpreter: the engine snapshot and where things are in it."""
+
+    wasm: WasmSnapshot
+    addresses: Addresses
+    build: Build
+    packages: PackageSet | None
+    preopens: tuple[Preopen, ...]
+
+
+_templates: dict[tuple[object, ...], Template] = {}
+_lock = threading.Lock()
+_modules: dict[str, WasmModule] = {}
+
+
+def _module(build: Build) -> WasmModule:
+    mod = _modules.get(build.sha256)
+    if mod is None:
+        mod = _modules[build.sha256] = load(build.module)
+    return mod
+
+
+def template(
+    config: SandboxConfig, packages: PackageSet | None, preopens: tuple[Preopen, ...]
+) -> Template:
+    """The initialised interpreter for these settings: made on first use (about a
+    second), then cached for the process."""
+    build = default_build()
+    key = (build.sha256, config, packages.key if packages else "", preopens, MAILBOX_SIZE)
+    with _lock:
+        found = _templates.get(key)
+        if found is None:
+            found = _templates[key] = _start(build, config, packages, preopens)
+        return found
+
+
+def _start(
+    build: Build, config: SandboxConfig, packages: PackageSet | None, preopens: tuple[Preopen, ...]
+) -> Template:
+    token = os.urandom(16)
+    all_preopens = list(preopens)
+    if packages is not None:
+        all_preopens.insert(
+            0, Preopen(host_path=packages.directory, guest_path=PACKAGES_GUEST_PATH)
+        )
+    wasi = WasiConfig(
+        args=[
+            "python",
+            "-I",
+            "-c",
+            BOOT,
+            RUNTIME_SOURCE.read_text(),
+            str(MAILBOX_SIZE),
+            token.hex(),
+            ",".join(packages.modules) if packages else "",
+        ],
+        preopens=all_preopens,
+        output_limit=max(config.output_limit, 64 * 1024),
+    )
+    sb = WasmSandbox.engine(config=config)
+    try:
+        sb.wasi = WasiContext(wasi)
+        handle, mod = sb.load(_module(build))
+        python = sb.instantiate(handle, mod)
+        sb.register(python, PYTHON_MODULE)
+        try:
+            sb.invoke(python, "_start", [], timeout=BOOT_TIMEOUT)
+        except HostFunctionError as exc:
+            if not isinstance(exc.__cause__, WasiExit) or exc.__cause__.code != 0:
+                raise
+        handle, mod = sb.load(trampoline())
+        instance = sb.instantiate(handle, mod)
+        addresses = _addresses(sb, token, instance)
+        sb.make_main(instance, "none")
+        snap = sb.instantiated
+        assert snap is not None
+    finally:
+        sb.close()
+    return Template(snap, addresses, build, packages, preopens)
+
+
+def _addresses(sb: WasmSandbox, token: bytes, instance: int) -> Addresses:
+    assert sb.wasi is not None
+    found = _HANDSHAKE.search(sb.wasi.stdout[-4096:])
+    if found is None:
+        tail = sb.wasi.stderr[-3000:].decode(errors="replace")
+        raise PythonStartError(f"the Python interpreter did not start:\n{tail}")
+    func_type, serve, empty_tuple, mailbox_obj, none = (int(g) for g in found.groups())
+    memory = sb.memory(0)
+    try:
+        (call,) = struct.unpack("<I", memory.read(func_type + TP_CALL_OFFSET, 4))
+        alloc, _bytes, start = struct.unpack(
+            "<III", memory.read(mailbox_obj + BYTEARRAY_ALLOC_OFFSET, 12)
+        )
+        mark = memory.read(start, len(token))
+    except Exception as exc:
+        raise PythonStartError(f"the interpreter's objects are not where expected: {exc}") from exc
+    if mark != token or alloc < MAILBOX_SIZE or call == 0:
+        raise PythonStartError(
+            "this CPython build's object layout is not the one this runtime knows "
+            "(the mailbox or the call slot is not where CPython 3.12 on wasm32 has them)"
+        )
+    return Addresses(
+        call, serve, empty_tuple, none, start, MAILBOX_SIZE, _contiguous(sb, start), instance
+    )
+
+
+def _contiguous(sb: WasmSandbox, start: int) -> int | None:
+    """The guest-physical address of the mailbox if its pages are one run (the usual
+    case: grown at once), so that the host reaches it as one slice of guest memory.
+    Linear pages never move once mapped, in this sandbox or any made from its
+    snapshot."""
+    windows = Windows(sb.engine_sandbox.memory, sb.layout)
+    first = windows.translate(0, start)
+    for offset in range(0, MAILBOX_SIZE, PAGE):
+        if windows.translate(0, start + offset) != first + offset:
+            return None
+    if windows.translate(0, start + MAILBOX_SIZE - 1) != first + MAILBOX_SIZE - 1:
+        return None
+    return first

@@ -1,0 +1,79 @@
+"""Python functions in the function host, over HTTP on loopback: deploy a .py module,
+invoke its entry with JSON arguments in fresh state, an http-mode handler, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from host_support import AUTH, Host, deploy, error_of, invoke, start_host
+
+pytestmark = pytest.mark.requires_kvm
+
+MODULE = b"""
+import json
+
+CALLS = []
+
+def total(items, scale=1):
+    CALLS.append(1)
+    return {"sum": sum(items) * scale, "calls": len(CALLS), "raw": b"ok", "pair": (1, 2)}
+
+def boom():
+    raise KeyError("missing")
+
+def spin():
+    while True:
+        pass
+
+def handle(request):
+    doc = {"method": request["method"], "path": request["path"], "len": len(request["body"])}
+    return {"status": 201, "headers": {"content-type": "application/json"},
+            "body": json.dumps(doc)}
+"""
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
+    root = tmp_path_factory.mktemp("host-python")
+    server = start_host(root / "data", root / "host.log", default_warm=1)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(host: Host) -> httpx.Client:
+    return host.client()
+
+
+def test_invoke_python_function_in_fresh_state(client: httpx.Client) -> None:
+    r = deploy(client, "py-total", MODULE, kind="python", entry="total", memory_mib=256)
+    assert r.status_code in (200, 201), r.text
+    for _ in range(3):
+        r = invoke(client, "py-total", [1, 2, 3])
+        assert r.status_code == 200, r.text
+        assert r.json()["result"] == {"sum": 6, "calls": 1, "raw": "b2s=", "pair": [1, 2]}
+        assert r.json()["type"] == "json"
+
+
+def test_python_errors_are_typed(client: httpx.Client) -> None:
+    assert deploy(client, "py-boom", MODULE, kind="python", entry="boom").status_code in (200, 201)
+    r = invoke(client, "py-boom")
+    assert r.status_code == 422 and "KeyError" in error_of(r)["message"]
+    r = deploy(client, "py-spin", MODULE, kind="python", entry="spin", timeout_s=0.5)
+    assert r.status_code in (200, 201), r.text
+    r = invoke(client, "py-spin")
+    assert r.status_code == 504, r.text
+    r = deploy(client, "py-none", MODULE, kind="python", entry="absent")
+    assert r.status_code == 422 and error_of(r)["type"] == "EntryNotFound"
+    r = deploy(client, "py-bad", b"def (:", kind="python", entry="x")
+    assert r.status_code == 422 and error_of(r)["type"] == "BadModule"
+
+
+def test_http_mode_handler(client: httpx.Client) -> None:
+    r = deploy(client, "py-http", MODULE, kind="python", entry="handle", mode="http")
+    assert r.status_code in (200, 201), r.text
+    r = client.post("/functions/py-http/http/some/where", content=b"12345", headers=AUTH)
+    assert r.status_code == 201, r.text
+    assert r.json() == {"method": "POST", "path": "/some/where", "len": 5}

@@ -1,0 +1,30 @@
+"""Helpers of the Python-guest tests."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+
+def make_wheel(directory: Path, name: str, version: str, files: dict[str, str]) -> Path:
+    """A pure-Python wheel built here (no index needed): `files` maps paths to source."""
+    dist = f"{name}-{version}"
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as whl:
+        for rel, text in files.items():
+            whl.writestr(rel, text)
+        whl.writestr(
+            f"{dist}.dist-info/METADATA",
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        )
+        whl.writestr(
+            f"{dist}.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        record = [f"{rel},," for rel in files] + [
+            f"{dist}.dist-info/METADATA,,",
+            f"{dist}.dist-info/WHEEL,,",
+            f"{dist}.dist-info/RECORD,,",
+        ]
+        whl.writestr(f"{dist}.dist-info/RECORD", "\n".join(record) + "\n")
+    return path

@@ -1,0 +1,43 @@
+"""`python -m sandbox python` and the demo's Python step, as a user runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.requires_kvm
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sandbox", "python", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_code_and_file(tmp_path: Path) -> None:
+    done = run("-c", "import sys; print(sum(range(10)), sys.argv)", "a")
+    assert done.returncode == 0 and done.stdout == "45 ['-c', 'a']\n"
+    script = tmp_path / "prog.py"
+    script.write_text("import sys\nprint('hi', sys.argv[1:])\nsys.exit(3)\n")
+    done = run(str(script), "x")
+    assert done.returncode == 3 and done.stdout == "hi ['x']\n"
+    done = run("-c", "1/0")
+    assert done.returncode == 1 and "ZeroDivisionError" in done.stderr
+    (tmp_path / "data.txt").write_text("seen")
+    done = run("--dir-ro", f"{tmp_path}::/data", "-c", "print(open('/data/data.txt').read())")
+    assert done.returncode == 0 and done.stdout == "seen\n"
+
+
+def test_demo_step(capsys: pytest.CaptureFixture[str]) -> None:
+    from sandbox.python.cli import demo
+
+    demo()
+    out = capsys.readouterr().out
+    assert "{'mean': 2.8, 'max': 5}" in out and "ZeroDivisionError" in out
