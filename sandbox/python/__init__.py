@@ -13,8 +13,8 @@ once per process and settings, at the first `Sandbox("python")`.
 """
 
 from .. import kinds
+from ..errors import PythonCrash, PythonError, PythonExit, PythonStartError
 from .decorator import sandboxed
-from .errors import PythonCrash, PythonError, PythonExit, PythonStartError
 from .sandbox import PythonSandbox, PythonSnapshot
 
 kinds.register("python", PythonSandbox, constructor=True)

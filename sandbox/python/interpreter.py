@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import MiB, SandboxConfig
-from ..errors import ConfigError, HostFunctionError
+from ..errors import ConfigError, HostFunctionError, PythonStartError
 from ..wasm import WasiConfig, WasiExit, WasmSandbox
 from ..wasm.module import WasmModule, load
 from ..wasm.sandbox import WasmSnapshot
 from ..wasm.wasi import Preopen, WasiContext
 from ..wasm.windows import PAGE, Windows
 from .build import PYTHON_MODULE, Build, default_build, trampoline
-from .errors import PythonStartError
 from .packages import PACKAGES_GUEST_PATH, PackageSet
 
 MAILBOX_SIZE = 4 * MiB  # request and reply; values are bounded by it

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
+from ..arguments import check_host_functions, check_reset, check_timeout, describe
 from ..config import ResetMode, SandboxConfig
 from ..errors import (
     ArgumentError,
@@ -36,16 +37,18 @@ from ..errors import (
     FunctionNotFound,
     GuestProtocolError,
     HostFunctionError,
+    PythonCrash,
+    PythonError,
+    PythonExit,
     SandboxBusy,
     SandboxClosed,
     SandboxPoisoned,
     WasmTrap,
 )
-from ..sandbox import Sandbox, check_host_functions, check_reset, check_timeout, describe
+from ..sandbox import Sandbox
 from ..wasm import ValType, WasiExit, WasmSandbox
 from ..wasm.wasi import Preopen, WasiFunction
 from . import codec
-from .errors import PythonCrash, PythonError, PythonExit
 from .interpreter import (
     HOST_SEEK,
     Addresses,
