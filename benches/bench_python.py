@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import Sandbox, SandboxPool, _reaper
+from sandbox import Sandbox, SandboxPool, _reaper, machines
 from sandbox.pool import ensure_fd_limit
 
 pytestmark = pytest.mark.requires_kvm
@@ -81,8 +81,16 @@ def defined() -> Any:
         return sb.snapshot()
 
 
-def test_python_spawn_to_first_result(bench_nofloor: Any, defined: Any) -> None:
+@pytest.mark.parametrize("vm", ["new", "reused"])
+def test_python_spawn_to_first_result(
+    bench_nofloor: Any, defined: Any, vm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a new VM every time (machine reuse off), and as an application that closes
+    and makes sandboxes gets it (the closed sandbox's VM reset and reused)."""
     s = bench_nofloor.settings
+    if vm == "new":
+        monkeypatch.setattr(machines, "MAX_IDLE", 0)
+        machines.release_idle()
     holder: list[Any] = []
 
     def close(*_: Any) -> None:
@@ -109,7 +117,8 @@ def test_python_spawn_to_first_result(bench_nofloor: Any, defined: Any) -> None:
         return
     ours = bench_nofloor.benchmark.stats.stats.median * 1e6
     bench_nofloor.report(
-        "python: snapshot of the initialised interpreter -> new sandbox -> first result",
+        f"python: snapshot of the initialised interpreter -> new sandbox -> first result, "
+        f"a {vm} VM",
         ours,
         3000.0,
         "3 ms (issue 14)",
@@ -124,12 +133,12 @@ def test_python_spawn_to_first_result(bench_nofloor: Any, defined: Any) -> None:
         close()
     times.sort()
     bench_nofloor.report(
-        "python: Sandbox('python') -> call(add) (add's source sent and compiled)",
+        f"python: Sandbox('python') -> call(add) (add's source sent and compiled), a {vm} VM",
         times[len(times) // 2],
         3000.0,
         "3 ms (issue 14)",
         1.0,
-        key="with_compile",
+        key=f"with_compile_{vm}",
         kind="budget",
         readings=times,
     )
