@@ -223,11 +223,35 @@ static int reset_piece(char *mem, const char *image, uint64_t off, uint64_t len,
     return 0;
 }
 
+/* Resets [off, end) of written pages, split at the image's extents. */
+static int reset_range(char *mem, const char *image, uint64_t off, uint64_t end,
+                       const uint64_t *extents, uint32_t n, uint32_t *e, uint64_t *kept,
+                       uint64_t keep) {
+    while (off < end) {
+        while (*e < n && extents[2 * *e] + extents[2 * *e + 1] <= off) (*e)++;
+        uint64_t piece_end;
+        int in_extent;
+        if (*e < n && extents[2 * *e] <= off) {
+            in_extent = 1;
+            piece_end = extents[2 * *e] + extents[2 * *e + 1];
+        } else {
+            in_extent = 0;
+            piece_end = *e < n ? extents[2 * *e] : end;
+        }
+        if (piece_end > end) piece_end = end;
+        int rc = reset_piece(mem, image, off, piece_end - off, in_extent, kept, keep);
+        if (rc) return rc;
+        off = piece_end;
+    }
+    return 0;
+}
+
 int64_t sbx_memory_reset(int pagemap_fd, void *mem, const void *image, uint64_t size,
-                         const uint64_t *extents, uint32_t n, uint64_t keep) {
+                         const uint64_t *extents, uint32_t n, const uint64_t *stable,
+                         uint32_t n_stable, uint64_t keep) {
     uint64_t ranges[2 * 64], from = 0, kept = 0;
     int64_t found = 0;
-    uint32_t e = 0; /* the first extent that may overlap the current range */
+    uint32_t e = 0, s = 0; /* the first extent / stable range that may overlap */
     while (from < size) {
         uint64_t next;
         int64_t count = sbx_memory_written(pagemap_fd, mem, size, from, ranges, 64, &next);
@@ -235,21 +259,20 @@ int64_t sbx_memory_reset(int pagemap_fd, void *mem, const void *image, uint64_t 
         for (int64_t i = 0; i < count; i++) {
             uint64_t off = ranges[2 * i], end = off + ranges[2 * i + 1];
             found += (int64_t)(end - off);
+            /* Leave out the stable ranges: private copies equal to the image. */
             while (off < end) {
-                while (e < n && extents[2 * e] + extents[2 * e + 1] <= off) e++;
-                uint64_t piece_end;
-                int in_extent;
-                if (e < n && extents[2 * e] <= off) {
-                    in_extent = 1;
-                    piece_end = extents[2 * e] + extents[2 * e + 1];
-                } else {
-                    in_extent = 0;
-                    piece_end = e < n ? extents[2 * e] : end;
+                while (s < n_stable && stable[2 * s] + stable[2 * s + 1] <= off) s++;
+                uint64_t cut = end;
+                if (s < n_stable && stable[2 * s] < end) {
+                    if (stable[2 * s] <= off) {
+                        off = stable[2 * s] + stable[2 * s + 1]; /* skip it */
+                        continue;
+                    }
+                    cut = stable[2 * s];
                 }
-                if (piece_end > end) piece_end = end;
-                int rc = reset_piece(mem, image, off, piece_end - off, in_extent, &kept, keep);
+                int rc = reset_range(mem, image, off, cut, extents, n, &e, &kept, keep);
                 if (rc) return rc;
-                off = piece_end;
+                off = cut;
             }
         }
         from = next;

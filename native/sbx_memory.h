@@ -37,7 +37,11 @@ int64_t sbx_memory_written(int pagemap_fd, const void *mem, uint64_t size, uint6
 void sbx_memory_use_pagemap_entries(int on);
 
 /* Makes `mem` equal to its image again. `image` is a shared read-only mapping of the
- * image file (all `size` bytes; only its extents are ever read). Every written page in
+ * image file (all `size` bytes; only its extents are ever read). The `n_stable`
+ * `stable` ranges (sorted, page-aligned) hold pages nobody writes once mapped (read-only
+ * to the guest and never written by the host): a private copy there (made by a
+ * populate-for-write, so that KVM maps it at once) equals the image and is left as it
+ * is. Every written page in
  * an extent is copied back from `image`, every written page in a hole is zeroed; once
  * `keep` bytes have been reset that way, the remaining written pages are dropped
  * (MADV_DONTNEED: an extent page then maps the file again, a hole page the zero page),
@@ -45,4 +49,5 @@ void sbx_memory_use_pagemap_entries(int on);
  * kept stay mapped in the VM (no fault on the next call). Returns the bytes of written
  * pages found, or -errno. Releases the GIL (cffi). */
 int64_t sbx_memory_reset(int pagemap_fd, void *mem, const void *image, uint64_t size,
-                         const uint64_t *extents, uint32_t n, uint64_t keep);
+                         const uint64_t *extents, uint32_t n, const uint64_t *stable,
+                         uint32_t n_stable, uint64_t keep);

@@ -44,6 +44,7 @@ from __future__ import annotations
 import functools
 import struct
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import x86_64 as x86
@@ -302,6 +303,23 @@ class Layout:
             if start < end:
                 return first, second
         return None
+
+    def stable_ranges(self, read: Callable[[int, int], bytes]) -> list[tuple[int, int]]:
+        """(address, length) of the pages nobody writes once the memory is mapped: the
+        system tables but the PML4 (the Wasm windows' host code adds entries to it) and
+        the ring-0 stack (a trap writes there), the identity page tables, and the guest
+        image's pages its page-table entries make read-only (`read(address, length)`
+        reads the memory's image)."""
+        ranges = [(PDPT, RING0_STACK - PDPT), (PAGE_TABLES, self.page_tables_end - PAGE_TABLES)]
+        first, last = self.image_base // PAGE, self.image_end // PAGE
+        entries = array("Q", read(PAGE_TABLES + 8 * first, 8 * (last - first)))
+        for page, entry in enumerate(entries, first):
+            if entry & x86.PTE_PRESENT and not entry & x86.PTE_WRITABLE:
+                if ranges and ranges[-1][0] + ranges[-1][1] == page * PAGE:
+                    ranges[-1] = (ranges[-1][0], ranges[-1][1] + PAGE)
+                else:
+                    ranges.append((page * PAGE, PAGE))
+        return ranges
 
     def check_system_memory(self, memory: bytes) -> str | None:
         """Why `memory`, the first `page_tables_end` bytes of a guest's memory, are not

@@ -64,6 +64,7 @@ class Machine:
         # windows): when a reset takes them back, KVM's shadow MMU is flushed.
         self._page_table_watch: tuple[tuple[int, int], ...] = ()
         try:
+            self.memory.set_stable(layout.stable_ranges(image.read))
             # Populate first: the seed then goes into a page already copied (no fault).
             self.memory.prefault(layout.first_call_pages)
             self.memory.write(layout.boot_info + SEED_OFFSET, new_seed())
@@ -162,6 +163,7 @@ class Machine:
         else:
             vm.remove_memory_region(SLOT)
             memory.remap(image)
+            memory.set_stable(self.layout.stable_ranges(image.read))
             vm.set_user_memory_region(SLOT, 0, self.layout.mem_size, memory.host_address)
             memory.prefault(self.layout.first_call_pages)
         self.load_cpu(cpu)

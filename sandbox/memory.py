@@ -176,6 +176,8 @@ class GuestMemory:
         self.image = image
         # sbx_memory_reset's arguments but `keep`, made on the first reset of a mapping.
         self._reset_args: tuple[Any, ...] | None = None
+        self._stable: Any = ffi.new("uint64_t[]", 1)
+        self._n_stable = 0
         self._regions: dict[tuple[int, int], memoryview] = {}
         # The address is given to KVM as the memslot's backing: it is unmapped only after
         # the VM that uses it is closed (or its slot removed).
@@ -184,6 +186,15 @@ class GuestMemory:
         )
         self.host_address = self._mapping.address
         self.view = self._mapping.view
+
+    def set_stable(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Names the pages nobody writes once mapped (read-only to the guest, never
+        written by the host: Layout.stable_ranges): a reset leaves their private copies
+        (made by a populate-for-write) as they are. For this mapping only."""
+        flat = [n for pair in sorted(ranges) for n in pair]
+        self._stable = ffi.new("uint64_t[]", flat or [0])
+        self._n_stable = len(ranges)
+        self._reset_args = None
 
     def region(self, addr: int, length: int) -> memoryview:
         """A view of guest memory [addr, addr+length), kept (and released) with the
@@ -229,6 +240,8 @@ class GuestMemory:
                 self.size,
                 image._extents_array,
                 len(image.extents),
+                self._stable,
+                self._n_stable,
             )
         found = int(_memory_reset(*args, keep))
         if found < 0:
@@ -238,7 +251,8 @@ class GuestMemory:
     def differs_from_image(self, ranges: Sequence[tuple[int, int]]) -> bool:
         """Whether any of the guest ranges differs from the image."""
         view = self.view
-        return any(view[a : a + n] != self.image.read(a, n) for a, n in ranges)
+        # bytes compare by memcmp; a memoryview compares element by element
+        return any(view[a : a + n].tobytes() != self.image.read(a, n) for a, n in ranges)
 
     def prefault(self, ranges: Sequence[tuple[int, int, bool]]) -> None:
         """Populates the host pages of `ranges` (address, size, write) in one system call
