@@ -67,7 +67,7 @@ def _parse_arg(t: Any, text: str) -> object:
 
 
 def cmd_wasm_run(args: argparse.Namespace) -> int:
-    from ..cli import _print_error
+    from ..console import print_error
     from ..errors import SandboxError
     from . import WasiConfig, WasmTrap, from_wasm
     from .module import FuncType
@@ -115,5 +115,5 @@ def cmd_wasm_run(args: argparse.Namespace) -> int:
         print(f"error: {trap} ({trap.kind})", file=sys.stderr)
         return 134
     except (SandboxError, ValueError, OSError) as exc:
-        _print_error(exc)
+        print_error(exc)
         return 1

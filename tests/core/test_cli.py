@@ -132,7 +132,8 @@ def test_demo_runs() -> None:
         "GuestTrap(page_fault)",
         "CallTimeout",
         "every call in fresh state",
-        "cold spawn",
+        "spawn (Sandbox() to first result)",
+        "the same with a new VM",
     ):
         assert words in proc.stdout
 
