@@ -133,9 +133,10 @@ def _encode_data(tag: Tag, value: object) -> bytes:
     return bytes(value)
 
 
-def encode_call(buf: memoryview, sig: Signature, args: Sequence[object]) -> int:
+def encode_call(buf: memoryview, sig: Signature, args: Sequence[object], hint: int = 0) -> int:
     """Writes a `struct sbx_call` for `sig.name(*args)` at the start of `buf`; returns
-    its size. Raises ArgumentError for a wrong count, a wrong type or a record too large."""
+    its size. `hint`: 1 + the function's index in the guest's table, or 0. Raises
+    ArgumentError for a wrong count, a wrong type or a record too large."""
     params = sig.params
     if len(args) != len(params):
         raise ArgumentError(f"{sig} takes {len(params)} arguments, got {len(args)}")
@@ -165,7 +166,7 @@ def encode_call(buf: memoryview, sig: Signature, args: Sequence[object]) -> int:
                 VALUE.pack_into(buf, slot, tag, 0, scalar_bits(tag, value))
         except ArgumentError as exc:
             raise ArgumentError(f"{sig} argument {i + 1}: {exc}") from None
-    CALL_HEADER.pack_into(buf, 0, pos, len(args), name_off, len(name), 0, 0)
+    CALL_HEADER.pack_into(buf, 0, pos, len(args), name_off, len(name), hint, 0)
     return pos
 
 
@@ -191,10 +192,13 @@ class CallEncoder:
     does not take as it is (an int for a float parameter, a value out of range), goes
     through encode_call, which converts it or raises the precise ArgumentError."""
 
-    __slots__ = ("sig", "what", "_struct", "_types", "_name", "_template", "_ranges")
+    __slots__ = ("sig", "what", "hint", "_struct", "_types", "_name", "_template", "_ranges")
 
-    def __init__(self, sig: Signature) -> None:
+    def __init__(self, sig: Signature, index: int | None = None) -> None:
+        """`index`: the function's place in the guest's table, passed as a hint that
+        saves the guest its search by name (None: no hint)."""
         self.sig = sig
+        self.hint = 0 if index is None else index + 1
         self.what = f"result of {sig.name}"  # for messages about its result record
         self._struct: struct.Struct | None = None
         params = sig.params
@@ -237,7 +241,7 @@ class CallEncoder:
                 else:
                     buf[_NAME_OFFSET : _NAME_OFFSET + len(self._name)] = self._name
                     return
-        encode_call(buf, self.sig, args)
+        encode_call(buf, self.sig, args, self.hint)
 
 
 def encode_result(buf: memoryview, status: Status, value: object) -> None:

@@ -438,7 +438,8 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
                 f"the guest has no function {name!r} "
                 f"(it exports: {', '.join(sorted(self.functions))})"
             )
-        encoder = self._encoders[name] = CallEncoder(sig)
+        index = list(self.functions).index(name)  # the guest's table order (elf.py)
+        encoder = self._encoders[name] = CallEncoder(sig, index)
         return encoder
 
     def _map_views(self) -> None:

@@ -93,7 +93,9 @@ struct sbx_call {
     uint32_t argc;
     uint32_t name_off;
     uint32_t name_len;
-    /* Guest -> host only: buffered sbx_print output flushed with the call. */
+    /* Guest -> host: buffered sbx_print output flushed with the call. Host -> guest:
+     * print_off may carry 1 + the function's index in the guest's sbx_funcs table, a
+     * hint the guest checks against the name before it searches (0: no hint). */
     uint32_t print_off;
     uint32_t print_len;
     struct sbx_value args[32];

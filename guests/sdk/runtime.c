@@ -308,10 +308,19 @@ void sbx_abort(const char *fmt, ...) {
 
 /* ---- Dispatch ---------------------------------------------------------------------------- */
 
-HOT static const struct sbx_func_desc *find_function(const char *name, size_t len) {
+HOT static int name_is(const struct sbx_func_desc *d, const char *name, size_t len) {
+    return strnlen(d->name, sizeof d->name) == len && memcmp(d->name, name, len) == 0;
+}
+
+/* `hint`: 1 + the index the host expects the function at (0: none); checked, never
+ * trusted: the name decides. */
+HOT static const struct sbx_func_desc *find_function(const char *name, size_t len,
+                                                     uint32_t hint) {
+    if (hint && hint <= (size_t)(__stop_sbx_funcs - __start_sbx_funcs) &&
+        name_is(&__start_sbx_funcs[hint - 1], name, len))
+        return &__start_sbx_funcs[hint - 1];
     for (const struct sbx_func_desc *d = __start_sbx_funcs; d < __stop_sbx_funcs; d++) {
-        if (strnlen(d->name, sizeof d->name) == len && memcmp(d->name, name, len) == 0)
-            return d;
+        if (name_is(d, name, len)) return d;
     }
     return 0;
 }
@@ -332,7 +341,8 @@ HOT static void dispatch(void) {
     if (c->size < sizeof(*c) || c->size > boot->in_size || c->argc > SBX_MAX_ARGS ||
         c->name_len > c->size || c->name_off > c->size - c->name_len)
         return fail(SBX_STATUS_BAD_RECORD);
-    const struct sbx_func_desc *d = find_function((const char *)in + c->name_off, c->name_len);
+    const struct sbx_func_desc *d =
+        find_function((const char *)in + c->name_off, c->name_len, c->print_off);
     if (!d) return fail(SBX_STATUS_NOT_FOUND);
     if (c->argc != d->nparams) return fail(SBX_STATUS_BAD_ARGS);
 
