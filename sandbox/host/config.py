@@ -114,6 +114,17 @@ class HostConfig(BaseSettings):
         le=1_000_000,
         description="descriptors kept for sandboxes and files, never used for connections",
     )
+    inline_calls: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="run short guest calls on the event loop's thread instead of a pool "
+        "thread; auto: when the process may use only one CPU",
+    )
+    inline_budget_ms: float = Field(
+        5.0,
+        gt=0,
+        le=100,
+        description="an inline call that runs longer is stopped and run again on a pool thread",
+    )
     warm_on_start: bool = Field(True, description="warm every stored function's pool at start")
     public_metrics: bool = Field(True, description="serve /metrics without the token")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, BinaryIO
@@ -69,6 +70,17 @@ def spec_from(doc: object) -> FunctionSpec:
         raise bad_request(f"invalid manifest: {where}: {first['msg']}", "InvalidManifest") from None
 
 
+def inline_budget(config: HostConfig) -> float | None:
+    """The inline budget of guest calls (SandboxPool.acall_outcome), or None for calls
+    on pool threads only. With one CPU a pool thread cannot run beside the event loop,
+    so handing a call to it only adds two thread switches; with more, pool threads run
+    calls in parallel and the event loop stays free for HTTP."""
+    mode = config.inline_calls
+    if mode == "auto":
+        mode = "on" if len(os.sched_getaffinity(0)) == 1 else "off"
+    return config.inline_budget_ms / 1e3 if mode == "on" else None
+
+
 class Registry:
     def __init__(self, config: HostConfig, metrics: Metrics) -> None:
         self.config = config
@@ -82,6 +94,7 @@ class Registry:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = False
         self.closing = False
+        self.inline = inline_budget(config)
         metrics.watch(self)
 
     # -- start and stop -----------------------------------------------------------------
@@ -429,7 +442,11 @@ class Registry:
         dep.active += 1
         try:
             outcome = await pool.acall_outcome(
-                dep.spec.entry, *args, timeout=limits.timeout_s, wait=limits.timeout_s
+                dep.spec.entry,
+                *args,
+                timeout=limits.timeout_s,
+                wait=limits.timeout_s,
+                inline=self.inline,
             )
         except Exception as exc:  # about the pool: full, waited too long, closed, no sandbox
             self.metrics.invocation(dep.name, dep.version, row_of(exc).outcome, None)
