@@ -583,8 +583,10 @@ class SandboxPool(Generic[M]):
         `inline` (seconds): run the call on the calling thread, the event loop's, while
         this pool's calls are shorter than that, instead of handing it to a pool thread
         and back (two thread switches). Calls queued in the same loop iteration run
-        back to back (`_InlineBatch`). A call that reaches the budget is stopped and run
-        again from fresh state on a pool thread with its full `timeout`, and the next
+        back to back (`_InlineBatch`). A call that reaches the budget is stopped and made
+        again inline (the loop's thread may have been preempted: the budget is wall
+        time); if that reaches it too, it is run from fresh state on a pool thread with
+        its full `timeout`, and the next
         16, 32, ... 4096 calls (doubling with each overrun) go to pool threads; one of
         those that takes longer than the budget keeps it so. The event loop is thus
         blocked at most `inline` seconds by a call, rarely by a pool whose calls are
@@ -635,6 +637,11 @@ class SandboxPool(Generic[M]):
         try:
             result = outcome(member, job.name, job.args, job.budget)
             self._refresh(member)
+            if isinstance(result.error, CallTimeout):
+                # Once more: the loop's thread may have been preempted (the budget is
+                # wall time), e.g. by a thread spinning in another function's call.
+                result = outcome(member, job.name, job.args, job.budget)
+                self._refresh(member)
         except BaseException as exc:  # not the guest's error (outcome keeps those)
             self._refresh(member)
             self._release(member)
@@ -642,7 +649,7 @@ class SandboxPool(Generic[M]):
             return
         self._release(member)
         if isinstance(result.error, CallTimeout):
-            # The budget ran out, not the call's time limit: again, on a pool thread.
+            # The budget ran out twice, not the call's time limit: on a pool thread.
             self._inline_penalty = min(max(16, self._inline_penalty * 2), 4096)
             self._inline_skip = self._inline_penalty
             future.set_result(_QUEUE)

@@ -114,6 +114,13 @@ class HostConfig(BaseSettings):
         le=1_000_000,
         description="descriptors kept for sandboxes and files, never used for connections",
     )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="guest calls running on threads at once, host-wide, shared fairly among "
+        "the active functions; unset: twice the CPUs the process may use, at least 2",
+    )
     inline_calls: Literal["auto", "on", "off"] = Field(
         "auto",
         description="run short guest calls on the event loop's thread instead of a pool "

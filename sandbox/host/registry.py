@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, BinaryIO
@@ -35,9 +36,10 @@ from .errors import (
     scrub,
     unavailable,
 )
-from .functions import Function, kind_for, native_entry, wasm_entry
+from .functions import Function, Startups, kind_for, native_entry, wasm_entry
 from .manifest import FunctionRecord, FunctionSpec, Revision
 from .metrics import Metrics
+from .shares import WorkerShares
 from .store import Blob, FunctionStore, Loaded, StoredTooLarge, StoreError
 
 log = logging.getLogger("sandbox.host")
@@ -95,6 +97,8 @@ class Registry:
         self.started = False
         self.closing = False
         self.inline = inline_budget(config)
+        self.startups = Startups()
+        self.shares = WorkerShares(config.workers or max(2, 2 * len(os.sched_getaffinity(0))))
         metrics.watch(self)
 
     # -- start and stop -----------------------------------------------------------------
@@ -134,8 +138,12 @@ class Registry:
             return Deployment(record, limits, problem=exc.message)
         except Exception as exc:
             return Deployment(record, limits, problem=f"module does not load: {scrub(str(exc))}")
-        kind = kind_for(record.name, blob, record.spec, self.config, limits.timeout_s)
-        pool = new_pool(record.name, limits, kind, self.metrics.created_counter(record.name))
+        kind = kind_for(
+            record.name, blob, record.spec, self.config, limits.timeout_s, self.startups
+        )
+        pool = new_pool(
+            record.name, limits, kind, self.metrics.created_counter(record.name), self.shares
+        )
         dep = Deployment(record, limits, sig, pool)
         dep.logs = self._log_ring()
         if self.config.warm_on_start:
@@ -147,9 +155,18 @@ class Registry:
                 return Deployment(record, limits, problem=problem)
         return dep
 
+    def cancel_startups(self) -> None:
+        """Stops the Wasm start-ups of deploys in progress (they answer 503) and refuses
+        new ones, on a thread of its own (it may wait for a start function to stop)."""
+        if not self.startups.cancelled:
+            threading.Thread(
+                target=self.startups.cancel_all, name="cancel-startups", daemon=True
+            ).start()
+
     async def close(self) -> None:
         """Closes every pool, cancelling calls still running. Idempotent."""
         self.closing = True
+        await asyncio.to_thread(self.startups.cancel_all)
         for task in list(self._tasks):
             task.cancel()
         deps = [*self._deployments.values(), *self._retiring]
@@ -327,7 +344,7 @@ class Registry:
         point), and installs the new version."""
         limits = Limits.resolve(spec, self.config)
         try:
-            kind = kind_for(name, blob.path, spec, self.config, limits.timeout_s)
+            kind = kind_for(name, blob.path, spec, self.config, limits.timeout_s, self.startups)
             fn = await self._first(name, kind, limits.timeout_s)
             try:
                 now = time.time()
@@ -355,7 +372,7 @@ class Registry:
         finally:
             await asyncio.to_thread(self.store.unpin, blob.sha256)
         first, sig = fn
-        pool = new_pool(name, limits, kind, self.metrics.created_counter(name))
+        pool = new_pool(name, limits, kind, self.metrics.created_counter(name), self.shares)
         self.metrics.created_counter(name)()
         pool.adopt(first)
         dep = Deployment(record, limits, sig, pool)
