@@ -119,7 +119,7 @@ class HostConfig(BaseSettings):
         ge=1,
         le=4096,
         description="guest calls running on threads at once, host-wide, shared fairly among "
-        "the active functions; unset: twice the CPUs the process may use, at least 2",
+        "the active functions; unset: the CPUs the process may use, at least 2",
     )
     inline_calls: Literal["auto", "on", "off"] = Field(
         "auto",

@@ -167,7 +167,7 @@ class WasiHttpFunction(WasmFunction):
         if self.wagi:  # this request's CGI variables over the manifest's environment
             try:
                 wasi.set_env({**self.base_env, **wagi_environment(request)})
-            except ValueError as exc:  # a NUL (%00 in the path or query) has no CGI form
+            except ValueError as exc:  # not expected: wagi_environment drops NULs
                 raise ApiError(400, "BadRequest", f"the request has no CGI form: {exc}") from None
         wasi.set_stdin(stdin)
         try:

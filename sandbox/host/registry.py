@@ -98,7 +98,7 @@ class Registry:
         self.closing = False
         self.inline = inline_budget(config)
         self.startups = Startups()
-        self.shares = WorkerShares(config.workers or max(2, 2 * len(os.sched_getaffinity(0))))
+        self.shares = WorkerShares(config.workers or max(2, len(os.sched_getaffinity(0))))
         metrics.watch(self)
 
     # -- start and stop -----------------------------------------------------------------
