@@ -17,10 +17,11 @@ Members are `Sandbox`es, or anything with the `Member` protocol (the function ho
 `Function`s wrap a sandbox of one deployed function). Asyncio calls run on the pool's
 own daemon threads, at most one per call running at once: a job reaches a thread
 through a `SimpleQueue` and its result comes back with one `call_soon_threadsafe`
-(no `concurrent.futures` machinery per call, which cost the host ~5 us a call). Or,
-with an `inline` budget, short calls run on the event loop's own thread, in batches
-(`_InlineBatch`: no thread switch, and guest calls back to back); and a `Gate` shared
-by several pools may bound how many calls each runs on threads (the host's fair shares).
+(no `concurrent.futures` machinery per call, which cost the host ~5 us a call). A call
+`budget` sorts a pool's calls into short and long ones: a `Gate` shared by several pools
+may bound how many long calls each runs on threads (the host's fair shares), and short
+calls may run `inline` on the event loop's own thread, in batches (`_InlineBatch`: no
+thread switch, and guest calls back to back).
 
 Over ~500 lines for one concept: the thread and the asyncio paths share one state (idle,
 busy, waiters, under one lock) and one renew/release; split into modules, that state
@@ -131,10 +132,10 @@ def outcome(
 
 class Gate(Protocol):
     """Admission of calls to pool threads, shared by several pools (the function
-    host's fair shares: host/shares.py). A pool enters before a call goes to one of its
-    threads and leaves when that call has ended (its caller may have left before);
-    `touch` tells it that the pool runs calls inline (they count as activity too).
-    Event loop thread only."""
+    host's fair shares: host/shares.py). A pool enters before a long call goes to one
+    of its threads and leaves when that call has ended (its caller may have left
+    before); `touch` tells it that the pool runs a short call, which does not enter
+    (it counts as activity all the same). Event loop thread only."""
 
     async def enter(self, pool: object) -> None:
         """Waits until `pool` may run one more call on a thread."""
@@ -354,8 +355,9 @@ class SandboxPool(Generic[M]):
         self._gate_waiting = 0  # callers waiting at the gate (event loop only)
         self._batch: _InlineBatch | None = None
         self._inline_pending = 0  # calls waiting in the inline batch (event loop only)
-        self._inline_skip = 0  # calls to run on threads before trying inline again
-        self._inline_penalty = 0  # what the next overrun sets _inline_skip to (doubling)
+        self._long_left = 0  # calls still taken as long (see acall_outcome)
+        self._penalty = 0  # what the next long call sets _long_left to (doubling)
+        self._probing = False  # a short call runs while _penalty > 0: the others wait
         self._closed = False
         if create:
             try:
@@ -523,7 +525,10 @@ class SandboxPool(Generic[M]):
         already; SandboxClosed once closed. A caller cancelled while `fn` runs does not
         stop it: the member comes back to the pool when it ends. With a gate, the call
         first waits for the gate (within the same `wait`; it counts in `max_queue`)."""
-        gate = self._gate
+        return await self._run(fn, wait, gated=True)
+
+    async def _run(self, fn: Callable[[M], T], wait: float | None, *, gated: bool) -> T:
+        gate = self._gate if gated else None
         if gate is not None:
             start = time.monotonic()
             await self._enter_gate(gate, wait)
@@ -575,60 +580,71 @@ class SandboxPool(Generic[M]):
         *args: object,
         timeout: float | None = None,
         wait: float | None = None,
-        inline: float | None = None,
+        budget: float | None = None,
+        inline: bool = False,
     ) -> CallOutcome:
         """`acall` that returns the value or the guest's error with the call's output
         (see `outcome`); raises only what `run` raises about the pool itself.
 
-        `inline` (seconds): run the call on the calling thread, the event loop's, while
-        this pool's calls are shorter than that, instead of handing it to a pool thread
-        and back (two thread switches). Calls queued in the same loop iteration run
-        back to back (`_InlineBatch`). A call that reaches the budget is stopped and made
-        again inline (the loop's thread may have been preempted: the budget is wall
-        time); if that reaches it too, it is run from fresh state on a pool thread with
-        its full `timeout`, and the next
-        16, 32, ... 4096 calls (doubling with each overrun) go to pool threads; one of
-        those that takes longer than the budget keeps it so. The event loop is thus
-        blocked at most `inline` seconds by a call, rarely by a pool whose calls are
-        long. Only for members whose calls have no effect outside the sandbox (the
-        function host's: fresh state, no files, no network): an attempt cut short is
-        made again. Without an idle member the call goes the ordinary way."""
+        `budget` (seconds) sorts the pool's calls into short and long ones. A call that
+        takes longer (CPU time on a pool thread; wall time inline) makes the next 16,
+        32, ... 4096 calls long (doubling with each such call; then one call at a time
+        checks that they are short again). Long calls pass the pool's gate (the host's
+        fair shares); short ones do not, and with `inline` they run on the calling
+        thread, the event loop's, instead of being handed to a pool thread and back
+        (two thread switches): calls queued in the same loop iteration run back to
+        back (`_InlineBatch`). An inline call that reaches the budget is stopped and
+        made again inline (the loop's thread may have been preempted: the budget is
+        wall time); if that reaches it too, it is made from fresh state on a pool thread
+        with its full `timeout`. So the event loop is blocked at most 2 x `budget` by a
+        call, and rarely by a pool whose calls are long. Inline calls are only for
+        members whose calls have no effect outside the sandbox (the function host's:
+        fresh state, no files, no network): an attempt cut short is made again. Without
+        `budget`, every call is long."""
         fn: Callable[[M], CallOutcome] = functools.partial(
             outcome, name=name, args=args, timeout=timeout
         )
-        if inline is None or (timeout is not None and timeout <= inline):
-            return await self.run(fn, wait=wait)
-        if self._inline_skip:
-            self._inline_skip -= 1
-            return await self.run(functools.partial(self._timed, fn, inline), wait=wait)
-        if not self._idle or self._closed:
-            return await self.run(fn, wait=wait)
+        if budget is None:
+            return await self._run(fn, wait, gated=True)
+        if timeout is not None and timeout <= budget:  # short by its own limit
+            return await self._run(fn, wait, gated=False)
+        gate = self._gate
+        if self._long_left or (self._penalty and self._probing):
+            if self._long_left:
+                self._long_left -= 1
+            timed = functools.partial(self._timed, fn, budget, False)
+            return await self._run(timed, wait, gated=True)
+        if gate is not None:
+            gate.touch(self)
+        if not inline or not self._idle or self._closed:
+            probe = self._penalty > 0
+            self._probing = self._probing or probe
+            timed = functools.partial(self._timed, fn, budget, probe)
+            return await self._run(timed, wait, gated=False)
         loop = asyncio.get_running_loop()
         batch = self._batch
         if batch is None or batch.loop is not loop:
             batch = self._batch = _InlineBatch(loop)
-        job = _Inline(self, name, args, inline, loop.create_future())
+        job = _Inline(self, name, args, budget, loop.create_future())
         self._inline_pending += 1
         batch.add(job)
-        if self._gate is not None:
-            self._gate.touch(self)
         verdict = await job.future
         if verdict is _QUEUE:
-            return await self.run(fn, wait=wait)
+            return await self._run(fn, wait, gated=True)
         result: CallOutcome = verdict
         return result
 
     def _run_inline(self, job: _Inline) -> None:
         """Makes one call of the inline batch (on the event loop's thread) and settles
-        its future: the outcome, or _QUEUE when the caller should go the ordinary way
-        (no idle member now, inline calls off meanwhile, or the budget ran out)."""
+        its future: the outcome, or _QUEUE when the caller should go to a pool thread
+        (no idle member now, calls became long meanwhile, or the budget ran out)."""
         self._inline_pending -= 1
         future = job.future
         if future.cancelled():
             return
         with self._lock:
             member = None
-            if self._idle and not self._closed and not self._inline_skip:
+            if self._idle and not self._closed and not self._long_left:
                 member = self._idle.pop()[0]
                 self._busy.add(member)
         if member is None:
@@ -650,22 +666,36 @@ class SandboxPool(Generic[M]):
         self._release(member)
         if isinstance(result.error, CallTimeout):
             # The budget ran out twice, not the call's time limit: on a pool thread.
-            self._inline_penalty = min(max(16, self._inline_penalty * 2), 4096)
-            self._inline_skip = self._inline_penalty
+            self._overrun()
             future.set_result(_QUEUE)
             return
-        if self._inline_penalty:
-            self._inline_penalty -= 1
+        if self._penalty:
+            self._penalty -= 1
         future.set_result(result)
 
-    def _timed(self, fn: Callable[[M], CallOutcome], budget: float, member: M) -> CallOutcome:
-        """`fn(member)` on a pool thread while inline calls are off: one that used more
-        CPU time than the budget keeps them off (CPU time, not wall time, which threads
-        sharing a CPU stretch; an int stored from a pool thread)."""
+    def _overrun(self) -> None:
+        """A call took longer than the budget: the next calls are long (ints stored
+        from any thread: a lost update only shifts the count)."""
+        if not self._long_left:
+            self._penalty = min(max(16, self._penalty * 2), 4096)
+        self._long_left = max(self._long_left, self._penalty)
+
+    def _timed(
+        self, fn: Callable[[M], CallOutcome], budget: float, probe: bool, member: M
+    ) -> CallOutcome:
+        """`fn(member)` on a pool thread, timed in CPU time (not wall time, which
+        threads sharing a CPU stretch): one over the budget makes the next calls long;
+        a short probe counts towards short calls again."""
         start = time.thread_time()
-        result = fn(member)
+        try:
+            result = fn(member)
+        finally:
+            if probe:
+                self._probing = False
         if time.thread_time() - start > budget:
-            self._inline_skip = max(self._inline_skip, self._inline_penalty or 16)
+            self._overrun()
+        elif probe and self._penalty:
+            self._penalty -= 1
         return result
 
     async def _acquire_async(self, wait: float | None) -> M:

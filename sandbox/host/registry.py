@@ -72,15 +72,16 @@ def spec_from(doc: object) -> FunctionSpec:
         raise bad_request(f"invalid manifest: {where}: {first['msg']}", "InvalidManifest") from None
 
 
-def inline_budget(config: HostConfig) -> float | None:
-    """The inline budget of guest calls (SandboxPool.acall_outcome), or None for calls
-    on pool threads only. With one CPU a pool thread cannot run beside the event loop,
-    so handing a call to it only adds two thread switches; with more, pool threads run
-    calls in parallel and the event loop stays free for HTTP."""
+def inline_calls(config: HostConfig) -> bool:
+    """Whether short guest calls run on the event loop's thread
+    (SandboxPool.acall_outcome). With one CPU a pool thread cannot run beside the event
+    loop, so handing a call to it only adds two thread switches (which cost most when
+    other processes compete for the CPU); with more, pool threads run calls in parallel
+    and the event loop stays free for HTTP."""
     mode = config.inline_calls
     if mode == "auto":
-        mode = "on" if len(os.sched_getaffinity(0)) == 1 else "off"
-    return config.inline_budget_ms / 1e3 if mode == "on" else None
+        return len(os.sched_getaffinity(0)) == 1
+    return mode == "on"
 
 
 class Registry:
@@ -96,7 +97,8 @@ class Registry:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = False
         self.closing = False
-        self.inline = inline_budget(config)
+        self.inline = inline_calls(config)
+        self.budget = config.long_call_ms / 1e3
         self.startups = Startups()
         self.shares = WorkerShares(config.workers or max(2, len(os.sched_getaffinity(0))))
         metrics.watch(self)
@@ -463,6 +465,7 @@ class Registry:
                 *args,
                 timeout=limits.timeout_s,
                 wait=limits.timeout_s,
+                budget=self.budget,
                 inline=self.inline,
             )
         except Exception as exc:  # about the pool: full, waited too long, closed, no sandbox

@@ -1,8 +1,9 @@
 """`WorkerShares`: fair shares of the host's worker threads among its functions.
 
-Every function's calls that run on pool threads (all of them with inline calls off; with
-them on, the ones that outgrew the inline budget: spinning, flooding output, long
-computations) pass this gate (`sandbox.pool.Gate`). At most `workers` such calls run at
+Every function's long calls pass this gate (`sandbox.pool.Gate`): those of a function
+whose calls lately took longer than `long_call_ms` (spinning, flooding output, long
+computations; see SandboxPool.acall_outcome's `budget`). Short calls do not wait here:
+they end soon anyway, in arrival order. At most `workers` such calls run at
 once in the whole host (plus one for each active function that runs none: a function
 is never kept waiting only because others hold every worker), and while `n` functions
 are active (a call running or waiting here, or an inline call within the last

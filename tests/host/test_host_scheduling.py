@@ -131,7 +131,7 @@ def test_an_inline_call_over_budget_is_made_again_on_a_thread(
     """With inline calls on and a 1 ms budget, calls that take longer are stopped and
     made again from fresh state on a pool thread: right result, output once, and
     short calls keep working."""
-    host = host_factory(cpus=ONE_CPU, inline_calls="on", inline_budget_ms=1)
+    host = host_factory(cpus=ONE_CPU, inline_calls="on", long_call_ms=1)
     c = host.client()
     for name, entry in [("spin", "spin"), ("lines", "print_lines"), ("add", "add")]:
         assert deploy(c, name, guests.demo, entry=entry, timeout_s=10).status_code == 201
