@@ -284,3 +284,42 @@ def test_worker_shares_admission() -> None:
     asyncio.run(scenario())
     with pytest.raises(ValueError):
         WorkerShares(0)
+
+
+# -- SandboxPool's short, long and inline calls, on their own ------------------------------
+
+
+@pytest.mark.requires_kvm
+def test_pool_inline_short_and_long_calls() -> None:
+    """Short calls with `inline` run on the event loop's thread (no pool thread is ever
+    started); a call over the budget is made again on a pool thread (right result);
+    the next calls are long (on threads) for a while; a caller cancelled while its
+    inline call waits for the batch takes no sandbox."""
+    from sandbox.guests import BUNDLED_DIR
+    from sandbox.pool import SandboxPool
+
+    async def scenario() -> None:
+        with SandboxPool(BUNDLED_DIR / "demo.elf", size=2) as pool:
+            for _ in range(50):
+                out = await pool.acall_outcome("add", 2, 3, timeout=5, budget=0.005, inline=True)
+                assert out.value == 5 and out.error is None
+            assert pool.threads == 0 and pool.idle == 2
+            n = 3_000_000
+            out = await pool.acall_outcome("spin", n, timeout=5, budget=0.001, inline=True)
+            assert out.error is None and out.value == _spin(n)
+            assert pool.threads == 1  # made again on a pool thread
+            for _ in range(5):  # long now: on threads
+                out = await pool.acall_outcome("add", 1, 1, timeout=5, budget=0.001, inline=True)
+                assert out.value == 2
+            assert pool.threads >= 1 and pool.idle == 2
+            task = asyncio.ensure_future(
+                pool.acall_outcome("add", 1, 2, timeout=5, budget=1.0, inline=True)
+            )
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.01)
+            assert pool.idle == 2 and pool.busy == 0 and await pool.drain(1)
+
+    asyncio.run(scenario())
