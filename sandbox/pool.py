@@ -24,8 +24,8 @@ calls may run `inline` on the event loop's own thread, in batches (`_InlineBatch
 thread switch, and guest calls back to back).
 
 Over ~500 lines for one concept: the thread and the asyncio paths share one state (idle,
-busy, waiters, under one lock) and one renew/release; split into modules, that state
-would be reached across them.
+busy, waiters, under one lock) and one renew/release, and the inline batches and the
+gate act on that same state; split into modules, it would be reached across them.
 """
 
 from __future__ import annotations

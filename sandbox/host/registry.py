@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
@@ -39,7 +38,7 @@ from .errors import (
 from .functions import Function, Startups, kind_for, native_entry, wasm_entry
 from .manifest import FunctionRecord, FunctionSpec, Revision
 from .metrics import Metrics
-from .shares import WorkerShares
+from .shares import WorkerShares, inline_calls
 from .store import Blob, FunctionStore, Loaded, StoredTooLarge, StoreError
 
 log = logging.getLogger("sandbox.host")
@@ -72,18 +71,6 @@ def spec_from(doc: object) -> FunctionSpec:
         raise bad_request(f"invalid manifest: {where}: {first['msg']}", "InvalidManifest") from None
 
 
-def inline_calls(config: HostConfig) -> bool:
-    """Whether short guest calls run on the event loop's thread
-    (SandboxPool.acall_outcome). With one CPU a pool thread cannot run beside the event
-    loop, so handing a call to it only adds two thread switches (which cost most when
-    other processes compete for the CPU); with more, pool threads run calls in parallel
-    and the event loop stays free for HTTP."""
-    mode = config.inline_calls
-    if mode == "auto":
-        return len(os.sched_getaffinity(0)) == 1
-    return mode == "on"
-
-
 class Registry:
     def __init__(self, config: HostConfig, metrics: Metrics) -> None:
         self.config = config
@@ -100,7 +87,7 @@ class Registry:
         self.inline = inline_calls(config)
         self.budget = config.long_call_ms / 1e3
         self.startups = Startups()
-        self.shares = WorkerShares(config.workers or max(2, len(os.sched_getaffinity(0))))
+        self.shares = WorkerShares.for_config(config)
         metrics.watch(self)
 
     # -- start and stop -----------------------------------------------------------------

@@ -18,14 +18,34 @@ skipping those whose function is at its share. Event loop thread only.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import deque
+
+from .config import HostConfig
 
 LINGER_S = 0.5  # a function that ran a call this recently still counts as active
 _RECOUNT_S = 0.05  # how often the functions that are active only by recent calls are counted
 
 
+def inline_calls(config: HostConfig) -> bool:
+    """Whether short guest calls run on the event loop's thread
+    (SandboxPool.acall_outcome). With one CPU a pool thread cannot run beside the event
+    loop, so handing a call to it only adds two thread switches (which cost most when
+    other processes compete for the CPU); with more, pool threads run calls in parallel
+    and the event loop stays free for HTTP."""
+    mode = config.inline_calls
+    if mode == "auto":
+        return len(os.sched_getaffinity(0)) == 1
+    return mode == "on"
+
+
 class WorkerShares:
+    @classmethod
+    def for_config(cls, config: HostConfig) -> WorkerShares:
+        """`workers` from the config; unset: the CPUs this process may use, at least 2."""
+        return cls(config.workers or max(2, len(os.sched_getaffinity(0))))
+
     def __init__(self, workers: int) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
