@@ -114,6 +114,25 @@ class HostConfig(BaseSettings):
         le=1_000_000,
         description="descriptors kept for sandboxes and files, never used for connections",
     )
+    long_call_ms: float = Field(
+        5.0,
+        gt=0,
+        le=1000,
+        description="a guest call that takes longer makes its function's next calls long "
+        "(fair shares of `workers`, never inline) for a while",
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="long guest calls running at once, host-wide, shared fairly among the "
+        "active functions; unset: the CPUs the process may use, at least 2",
+    )
+    inline_calls: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="run short guest calls on the event loop's thread instead of a pool "
+        "thread; auto: when the process may use only one CPU",
+    )
     warm_on_start: bool = Field(True, description="warm every stored function's pool at start")
     public_metrics: bool = Field(True, description="serve /metrics without the token")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -17,6 +17,10 @@ protocol's own hooks (the parser's callbacks and asyncio's protocol methods):
 
 Each refusal is logged (at most once a second per reason, with a count) and counted in
 sandbox_host_connections_refused_total{reason}.
+
+It also sends a response's head and (first) body in one write (`_HeadHolder`): uvicorn
+writes them separately, and uvloop sends each write at once, so every response would
+cost two send syscalls and two TCP segments (~6-10 us a request here).
 """
 
 from __future__ import annotations
@@ -69,6 +73,51 @@ class Limits:
             self._logged[reason] = (last, suppressed + 1)
 
 
+class _HeadHolder:
+    """A connection's transport that holds back the first write after `arm()` (a
+    response's status line and headers) and sends it with the next write (the body)
+    or at `flush()` (the response ended without a body; the connection closes). An
+    interim `100 Continue` is never held. Everything else is the transport's."""
+
+    __slots__ = ("transport", "_head", "_armed")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._head: bytes | None = None
+        self._armed = False
+
+    def arm(self) -> None:
+        self._armed = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self.transport.write(head + bytes(data))
+        elif self._armed and bytes(data[:13]) != b"HTTP/1.1 100 ":
+            self._armed = False
+            self._head = bytes(data)
+        else:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        self._armed = False
+        head, self._head = self._head, None
+        if head is not None:
+            self.transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self._head = None
+        self.transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 class _Refused(Exception):
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(message)
@@ -89,6 +138,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_at = 0.0
         self._write_timer: asyncio.TimerHandle | None = None
         self._refusal: _Refused | None = None
+        self._holder = _HeadHolder(None)  # type: ignore[arg-type]  # set in connection_made
 
     # -- connections ---------------------------------------------------------------------
 
@@ -98,7 +148,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             transport.write(_response(503, "too many connections"))
             transport.close()
             return
-        super().connection_made(transport)
+        self._holder = _HeadHolder(transport)
+        super().connection_made(self._holder)  # type: ignore[arg-type]
         # uvicorn arms its keep-alive timer only after a response: a connection that
         # never sends a request would stay open for ever.
         self.timeout_keep_alive_task = self.loop.call_later(
@@ -185,6 +236,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._stop(_Refused(431, "header_bytes", "the request's head is too large"))
 
     def on_headers_complete(self) -> None:
+        self._holder.arm()
         self._in_head = False
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -194,6 +246,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         self._body_at = self.loop.time() if self._body_timer is not None else 0.0
         super().on_body(body)
+
+    def on_response_complete(self) -> None:
+        self._holder.flush()
+        super().on_response_complete()
 
     def on_message_complete(self) -> None:
         if self._body_timer is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..abi import Signature
-from ..pool import SandboxPool
+from ..pool import Gate, SandboxPool
 from .config import HostConfig
 from .errors import bad_request
 from .functions import Function, FunctionKind
@@ -123,11 +123,16 @@ class Deployment:
 
 
 def new_pool(
-    name: str, limits: Limits, kind: FunctionKind, created: Callable[[], None]
+    name: str,
+    limits: Limits,
+    kind: FunctionKind,
+    created: Callable[[], None],
+    gate: Gate | None = None,
 ) -> SandboxPool[Function]:
     """The pool of one version: `warm` sandboxes made by `fill()`, up to
     max_concurrency on demand, max_queue requests waiting; `created` is called for
-    every sandbox made (the cold-start counter)."""
+    every sandbox made (the cold-start counter); `gate`: the host's fair shares of
+    worker threads (shares.py)."""
 
     def factory() -> Function:
         fn = kind.new()
@@ -141,6 +146,7 @@ def new_pool(
         max_queue=limits.max_queue,
         create=False,
         label=f"fn-{name[:10]}",
+        gate=gate,
     )
 
 

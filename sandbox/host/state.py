@@ -28,8 +28,10 @@ class HostState:
         return self.registry.started and not self.draining
 
     def begin_drain(self) -> None:
-        """/readyz answers 503, new invocations too (the socket still accepts)."""
+        """/readyz answers 503, new invocations too (the socket still accepts); module
+        start-ups of deploys in progress are stopped (those deploys answer 503)."""
         self.draining = True
+        self.registry.cancel_startups()
 
     def require_started(self) -> None:
         """Raises ApiError 503 while the functions are being loaded."""

@@ -343,7 +343,7 @@ def merged_host(built: SysextBuild, tmp_path: Path) -> Iterator[tuple[str, str, 
         while True:
             assert proc.poll() is None, (tmp_path / "host.log").read_text()[-3000:]
             try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
                     if resp.status == 200:
                         break
             except OSError:

@@ -33,8 +33,12 @@ def host_factory_fixture(tmp_path: Path) -> Iterator[Any]:
     """Starts hosts for one test (same data dir unless given) and stops them after."""
     started: list[Host] = []
 
-    def start(data_dir: Path | None = None, **settings: object) -> Host:
-        host = start_host(data_dir or tmp_path / "data", tmp_path / "host.log", **settings)
+    def start(
+        data_dir: Path | None = None, *, cpus: set[int] | None = None, **settings: object
+    ) -> Host:
+        host = start_host(
+            data_dir or tmp_path / "data", tmp_path / "host.log", cpus=cpus, **settings
+        )
         started.append(host)
         return host
 

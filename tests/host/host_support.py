@@ -98,9 +98,12 @@ class Host:
                 self.kill9()
 
 
-def start_host(data_dir: Path, log_path: Path, **settings: object) -> Host:
+def start_host(
+    data_dir: Path, log_path: Path, *, cpus: set[int] | None = None, **settings: object
+) -> Host:
     """Starts `python -m sandbox.host` on a free loopback port (settings become
-    SANDBOX_HOST_* variables) and waits until /readyz answers 200."""
+    SANDBOX_HOST_* variables; `cpus`: the CPUs it may run on) and waits until /readyz
+    answers 200."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_HOST_")}
     env.update({"SANDBOX_HOST_TOKEN": TOKEN, "SANDBOX_HOST_LOG_JSON": "true"})
     for key, value in settings.items():
@@ -115,6 +118,7 @@ def start_host(data_dir: Path, log_path: Path, **settings: object) -> Host:
             stderr=log,
             env=env,
             start_new_session=True,  # signals to the test run do not reach it
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
         )
     host = Host(proc, data_dir, log_path)
     deadline = time.monotonic() + 30

@@ -183,6 +183,28 @@ class WasiContext:
         configured stdin."""
         self._state.stdin.set(data)
 
+    def set_env(self, env: Mapping[str, str]) -> None:
+        """The environment the program reads from now on (environ_get), instead of the
+        configured one (e.g. one request's CGI variables); `config.env` follows. Raises
+        ValueError for a name that is empty or holds '=' or NUL, a value holding NUL, or
+        text that is not UTF-8 (the rules of WasiConfig.env), and TypeError for keys or
+        values that are not str; the environment is then unchanged."""
+        encoded = []
+        for key, value in env.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise TypeError(f"environment names and values must be str, not {key!r}")
+            if not key or "=" in key or "\0" in key:
+                raise ValueError(f"variable name {key!r} is empty or contains '=' or NUL")
+            if "\0" in value:
+                raise ValueError(f"the value of {key} contains a NUL character")
+            try:
+                encoded.append(f"{key}={value}".encode() + b"\0")
+            except UnicodeEncodeError:
+                raise ValueError(f"the variable {key!r} cannot be encoded as UTF-8") from None
+        self._state.environ = encoded
+        self.config = self.config.model_copy(update={"env": dict(env)})
+        self._state.config = self.config
+
     def set_deadline(self, deadline_ns: int | None) -> None:
         """A poll_oneoff sleep ends at this time.monotonic_ns() value with EINTR (the
         running call's time limit; None: no limit)."""
