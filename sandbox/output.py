@@ -15,13 +15,14 @@ from collections.abc import Callable
 
 
 class OutputCapture:
-    __slots__ = ("limit", "callback", "truncated", "size", "_parts", "_text", "_decoder")
+    __slots__ = ("limit", "callback", "truncated", "size", "used", "_parts", "_text", "_decoder")
 
     def __init__(self, limit: int, callback: Callable[[str], None] | None) -> None:
         self.limit = limit
         self.callback = callback
         self.truncated = False
         self.size = 0  # bytes kept in this call
+        self.used = False  # anything printed (or cut) since the last clear
         self._parts: list[str] = []
         self._text: str | None = ""
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -33,11 +34,6 @@ class OutputCapture:
             self._parts = [self._text]
         return self._text
 
-    @property
-    def used(self) -> bool:
-        """Whether anything was printed (or cut) since the last clear."""
-        return bool(self.size) or self.truncated
-
     def clear(self) -> None:
         """Starts a new call."""
         self._parts = []
@@ -45,12 +41,14 @@ class OutputCapture:
         self._text = ""
         self._decoder.reset()
         self.truncated = False
+        self.used = False
 
     def add(self, data: bytes, *, final: bool = False) -> None:
         """Keeps `data` (UTF-8 bytes the guest printed); `final` at the end of a call
         (an incomplete character left then becomes U+FFFD)."""
         if self.truncated:
             return
+        self.used = True
         room = self.limit - self.size
         if len(data) > room:
             data = data[:room]

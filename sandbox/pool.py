@@ -473,7 +473,16 @@ class SandboxPool(Generic[M]):
     def call(self, name: str, *args: object, timeout: float | None = None) -> Value:
         """Runs `name(*args)` in a fresh-state sandbox; raises what `Sandbox.call`
         raises (a trap or timeout leaves the pool usable)."""
-        member = self._checkout()  # `use` without its extra frame: the hot path
+        # `use` without its frames, and an idle healthy member taken at once: the hot path.
+        member: M | None = None
+        with self._cond:
+            if self._idle and not self._closed:
+                member = self._idle.pop()[0]
+                self._busy.add(member)
+        if member is None or member.poisoned or member.closed:
+            if member is not None:
+                self._release(member)
+            member = self._checkout()
         try:
             result: Value = member.call(name, *args, timeout=timeout)
             return result

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, NoReturn, Self
 
 from . import _reaper, kinds, machines
 from .abi import (
@@ -56,7 +56,7 @@ from .errors import (
     SandboxError,
     SandboxPoisoned,
 )
-from .exits import ExitKind
+from .exits import Exit, ExitKind
 from .layout import Layout
 from .memory import GuestMemory
 from .output import OutputCapture
@@ -73,6 +73,7 @@ HOST_ERROR_MESSAGE_MAX = 1000  # bytes of a host exception's text passed to the 
 _READY, _POISONED, _CLOSED = "ready", "poisoned", "closed"
 _get_ident = threading.get_ident
 _RETURN = ExitKind.RETURN
+_OK = int(Status.OK)
 
 
 # An ABC with no abstract methods: only so that other guest kinds register as virtual
@@ -153,6 +154,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         self._encoders: dict[str, CallEncoder] = {}
         self._default_timeout = self.config.timeout
         self._machine = machines.obtain(initial.image, initial.cpu, initial.layout)
+        self._run_vcpu = self._machine.run
         self._map_views()
         self._state = _READY
 
@@ -410,11 +412,30 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
             encoder.encode(self._in_view, args)
             self._caller = me
             self._cancel_requested = False
-            if self._capture.used:
-                self._capture.clear()
+            capture = self._capture
+            if capture.used:
+                capture.clear()
             self._in_call = True
             try:
-                return self._run(encoder, limit)
+                # The common case inline (one run, one RETURN, an OK result of the
+                # declared type); _finish_call does everything else.
+                if limit is None:
+                    deadline, exit = None, self._run_vcpu(0)
+                else:
+                    deadline = time.monotonic() + limit
+                    exit = self._run_vcpu(max(1, int(limit * 1e9)))
+                self._ran = True
+                if exit.kind is _RETURN:
+                    self._in_call = False  # the guest is back in its loop
+                    status, tag, value, output = decode_return(
+                        self._out_view, exit.value, encoder.what
+                    )
+                    if output or capture.size:
+                        capture.add(output, final=True)
+                    if status == _OK and tag == encoder.ret:
+                        return value
+                    return self._result_error(encoder.sig, status, tag, value, None)
+                return self._finish_call(encoder, limit, deadline, exit)
             except BaseException as exc:
                 # A trap, a timeout, or anything that left the guest mid-call (an
                 # exception from the output callback, Ctrl-C...): the guest cannot go on.
@@ -449,27 +470,24 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         self._out_view = memory.region(layout.out_buf, layout.out_size)
         self._reply_view = memory.region(layout.reply_buf, layout.reply_size)
 
-    def _run(self, encoder: CallEncoder, limit: float | None) -> Value:
+    def _finish_call(
+        self, encoder: CallEncoder, limit: float | None, deadline: float | None, exit: Exit
+    ) -> Value:
+        """The rest of a call whose first exit was not its result: host calls, output
+        flushes, signals, the time limit, traps."""
         sig = encoder.sig
-        run = self._machine.run
         out = self._out_view
-        deadline = None if limit is None else time.monotonic() + limit
         host_error: BaseException | None = None
-        timeout_ns = 0
         while True:
-            if deadline is not None:
-                timeout_ns = max(1, int((deadline - time.monotonic()) * 1e9))
-            exit = run(timeout_ns)
-            self._ran = True
             kind = exit.kind
             if kind is _RETURN:
                 self._in_call = False  # the guest is back in its loop
                 status, tag, value, output = decode_return(out, exit.value, encoder.what)
                 if output or self._capture.size:
                     self._capture.add(output, final=True)
-                if status == Status.OK and tag == sig.ret and host_error is None:
+                if status == _OK and tag == sig.ret and host_error is None:
                     return value
-                break
+                return self._result_error(sig, status, tag, value, host_error)
             if kind is ExitKind.HOST_CALL or kind is ExitKind.PRINT:
                 if kind is ExitKind.HOST_CALL:
                     host_error = self._host_call(out, exit.value) or host_error
@@ -477,15 +495,22 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
                     self._capture.add(decode_result(out, exit.value, "print flush").output)
                 if self._cancel_requested:  # by a host function or the output callback
                     raise CallCancelled(f"{sig.name} was cancelled")
-            elif kind is ExitKind.INTERRUPTED:
-                continue  # Python's signal handlers ran (or will raise here)
             elif kind is ExitKind.KICKED:
                 if self._cancel_requested:
                     raise CallCancelled(f"{sig.name} was cancelled")
                 raise CallTimeout(f"{sig.name} did not finish within {limit} s")
-            else:
+            elif kind is not ExitKind.INTERRUPTED:  # signals: Python's handlers ran
                 raise decode_trap(exit, self.layout)
+            timeout_ns = 0
+            if deadline is not None:
+                timeout_ns = max(1, int((deadline - time.monotonic()) * 1e9))
+            exit = self._run_vcpu(timeout_ns)
 
+    @staticmethod
+    def _result_error(
+        sig: Signature, status: int, tag: int, value: Value, host_error: BaseException | None
+    ) -> NoReturn:
+        """Raises what a result other than an OK value of the declared type means."""
         if status == Status.OK:
             if host_error is not None:
                 raise HostFunctionError(
