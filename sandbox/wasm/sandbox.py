@@ -32,7 +32,6 @@ from ..errors import (
     HostFunctionError,
     WasmEngineError,
     WasmLinkError,
-    WasmModuleError,
     WasmTrap,
 )
 from ..layout import Layout
@@ -46,7 +45,6 @@ from .abi import (
     WINDOW_BASE,
     WINDOW_STRIDE,
     Reply,
-    Status,
     ValType,
     check_ok,
     decode_values,
@@ -319,9 +317,6 @@ class WasmSandbox:
             raise GuestProtocolError(f"wasm_alloc returned 0x{addr:x}, outside the engine heap")
         self.engine_sandbox.memory.write(addr, module.data)
         reply = self._engine_call("wasm_load", "wasm_load", addr, size)
-        if reply.status in (Status.MALFORMED, Status.INVALID):
-            kind = "malformed" if reply.status == Status.MALFORMED else "invalid"
-            raise WasmModuleError(f"{kind} module: {reply.message}", kind=kind)
         check_ok(reply, "wasm_load")
         return reply_u32(reply, "wasm_load"), module
 
@@ -364,8 +359,6 @@ class WasmSandbox:
             )
         finally:
             self._pending = None
-        if reply.status == Status.UNLINKABLE:
-            raise WasmLinkError(reply.message)
         check_ok(reply, "wasm_instantiate")
         handle = reply_u32(reply, "wasm_instantiate")
         self._wasm.instances[handle] = instance
