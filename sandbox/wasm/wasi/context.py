@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 
 from . import env, fd, fdio, path, poll
-from .config import WasiConfig
+from .config import WasiConfig, encode_env
 from .memory import GuardedMemory
 from .state import WasiState
 from .types import (
@@ -189,19 +189,7 @@ class WasiContext:
         ValueError for a name that is empty or holds '=' or NUL, a value holding NUL, or
         text that is not UTF-8 (the rules of WasiConfig.env), and TypeError for keys or
         values that are not str; the environment is then unchanged."""
-        encoded = []
-        for key, value in env.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise TypeError(f"environment names and values must be str, not {key!r}")
-            if not key or "=" in key or "\0" in key:
-                raise ValueError(f"variable name {key!r} is empty or contains '=' or NUL")
-            if "\0" in value:
-                raise ValueError(f"the value of {key} contains a NUL character")
-            try:
-                encoded.append(f"{key}={value}".encode() + b"\0")
-            except UnicodeEncodeError:
-                raise ValueError(f"the variable {key!r} cannot be encoded as UTF-8") from None
-        self._state.environ = encoded
+        self._state.environ = encode_env(env)
         self.config = self.config.model_copy(update={"env": dict(env)})
         self._state.config = self.config
 

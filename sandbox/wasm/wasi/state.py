@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .config import WasiConfig
+from .config import WasiConfig, encode_env
 from .fdtable import DescriptorTable
 from .types import (
     CLOCK_MONOTONIC,
@@ -186,5 +186,5 @@ class WasiState:
             clock=Clock(config),
             rng=random.Random(config.random_seed) if config.random_seed is not None else None,
             args=[a.encode() + b"\0" for a in config.args],
-            environ=[f"{k}={v}".encode() + b"\0" for k, v in config.env.items()],
+            environ=encode_env(config.env),
         )
