@@ -254,8 +254,6 @@ class PythonSandbox:
     def cancel(self) -> None:
         """Stops the call running in another thread (CallCancelled; poisons)."""
         if self._wasm is not None:
-            if self._wasm.wasi is not None:
-                self._wasm.wasi.interrupt()
             self._wasm.cancel()
 
     def snapshot(self) -> PythonSnapshot:
@@ -421,8 +419,7 @@ class PythonSandbox:
         self._write(data)
         self._host_error = None
         self._ran = True
-        if limit is not None:
-            wasi.set_deadline(time.monotonic_ns() + int(limit * 1e9))
+        wasi.set_deadline(None if limit is None else time.monotonic_ns() + int(limit * 1e9))
         try:
             result = wasm.invoke(addr.trampoline, "call", self._call_args, timeout=limit)
         except HostFunctionError as exc:
@@ -442,8 +439,7 @@ class PythonSandbox:
             self._collect(())
             raise
         finally:
-            if limit is not None:
-                wasi.set_deadline(None)
+            wasi.set_deadline(None)
         if len(result) != 1 or result[0][1] & 0xFFFFFFFF != addr.none:
             self._broken = "a broken interpreter"
             raise PythonCrash(

@@ -221,7 +221,10 @@ class WasmSandbox:
         self.close()
 
     def cancel(self) -> None:
-        """Stops the call running in another thread (see Sandbox.cancel)."""
+        """Stops the call running in another thread (see Sandbox.cancel), a WASI sleep
+        in it included (that runs on the host, where the vCPU kick does not reach)."""
+        if self.wasi is not None:
+            self.wasi.interrupt()
         self.engine_sandbox.cancel()
 
     def close(self) -> None:
@@ -502,9 +505,9 @@ class WasmSandbox:
             if wasi is not None:
                 wasi.clear_output()  # fresh state: the last call's output is gone too
         marks = wasi.output_marks() if wasi is not None else (0, 0)
-        if wasi is not None and limit is not None:
+        if wasi is not None:
             # A WASI sleep is host code: the call's limit must end it too.
-            wasi.set_deadline(time.monotonic_ns() + int(limit * 1e9))
+            wasi.set_deadline(None if limit is None else time.monotonic_ns() + int(limit * 1e9))
         self._ran = True
         try:
             reply = self._engine_call(name, "wasm_invoke", handle, name, data, timeout=timeout)

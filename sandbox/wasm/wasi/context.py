@@ -195,12 +195,15 @@ class WasiContext:
 
     def set_deadline(self, deadline_ns: int | None) -> None:
         """A poll_oneoff sleep ends at this time.monotonic_ns() value with EINTR (the
-        running call's time limit; None: no limit)."""
-        self._state.clock.deadline_ns = deadline_ns
+        running call's time limit; None: no limit). Set at the start and the end of
+        each call, it also drops an interrupt() that no sleep consumed: an interrupt is
+        meant for the call it was given during."""
+        self._state.clock.set_deadline(deadline_ns)
 
     def interrupt(self) -> None:
-        """Ends a poll_oneoff sleep in progress (and the next one) with EINTR: call it from
-        another thread when the program's call times out or is cancelled."""
+        """Ends a poll_oneoff sleep in progress, or else the call's next one (see
+        set_deadline), with EINTR: call it from another thread when the program's call
+        times out or is cancelled (WasmSandbox.cancel does)."""
         self._state.clock.interrupt()
 
     def close(self) -> None:

@@ -140,6 +140,12 @@ class Clock:
     def interrupt(self) -> None:
         self._interrupt.set()
 
+    def set_deadline(self, deadline_ns: int | None) -> None:
+        """The deadline of the call that starts or ends now; a pending interrupt is
+        dropped."""
+        self.deadline_ns = deadline_ns
+        self._interrupt.clear()
+
     def sleep(self, ns: int) -> None:
         """Sleeps `ns` (a virtual clock just advances); EINTR when cut short."""
         if self.virtual:
