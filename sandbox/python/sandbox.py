@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ..sandbox import Sandbox
 from ..wasm import ValType, WasiExit, WasmSandbox
-from ..wasm.wasi import Preopen, WasiFunction
+from ..wasm.wasi import Errno, Preopen, WasiFunction
 from . import codec
 from .interpreter import (
     HOST_SEEK,
@@ -586,7 +586,7 @@ def write_u64(memory: Any, addr: int, value: int) -> int:
     try:
         memory.write(addr, struct.pack("<Q", value))
     except Exception:
-        return 21  # EFAULT
+        return Errno.FAULT
     return 0
 
 
