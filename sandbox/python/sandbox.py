@@ -47,6 +47,7 @@ from ..errors import (
 )
 from ..sandbox import Sandbox
 from ..wasm import ValType, WasiExit, WasmSandbox
+from ..wasm.state import WasmSnapshot
 from ..wasm.wasi import Errno, Preopen, WasiFunction
 from . import codec
 from .interpreter import (
@@ -70,15 +71,14 @@ class PythonSnapshot:
     host knows of the interpreter. In memory only (like every WasmSnapshot). `spawn`
     (and `Sandbox.from_snapshot`) makes new sandboxes in this state."""
 
-    def __init__(self, wasm: Any, tmpl: Template, known: frozenset[str]) -> None:
+    def __init__(self, wasm: WasmSnapshot, tmpl: Template, known: frozenset[str]) -> None:
         self.wasm = wasm
         self.template = tmpl
         self.known = known  # keys of the shipped functions defined in this state
 
     @property
     def config(self) -> SandboxConfig:
-        config: SandboxConfig = self.wasm.config
-        return config
+        return self.wasm.config
 
     def spawn(
         self,
