@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..wasm.cli import add_dir_options, preopens
+
 
 def add_python_parser(sub: Any) -> None:
     run = sub.add_parser(
@@ -27,26 +29,12 @@ def add_python_parser(sub: Any) -> None:
     )
     run.add_argument("-c", dest="code", metavar="CODE", help="program passed in as a string")
     run.add_argument("--timeout", type=float, help="time limit in seconds")
-    run.add_argument(
-        "--dir", action="append", default=[], metavar="HOST[::GUEST]", help="read-write"
-    )
-    run.add_argument(
-        "--dir-ro", action="append", default=[], metavar="HOST[::GUEST]", help="read-only"
-    )
+    add_dir_options(run)
     run.add_argument(
         "--package", action="append", default=[], metavar="SPEC", help="wheel or requirement"
     )
     run.add_argument("args", nargs="*", help="FILE.py (without -c) and its arguments")
     run.set_defaults(func=cmd_python)
-
-
-def _preopen(spec: str, read_only: bool) -> Any:
-    from ..wasm.wasi import Preopen
-
-    host, _, guest = spec.partition("::")
-    if not Path(host).is_dir():
-        raise ValueError(f"--dir {spec}: {host!r} is not a directory")
-    return Preopen(host_path=host, guest_path=guest or host, read_only=read_only)
 
 
 def cmd_python(args: argparse.Namespace) -> int:
@@ -63,8 +51,7 @@ def cmd_python(args: argparse.Namespace) -> int:
         else:
             print("error: give -c CODE or FILE.py", file=sys.stderr)
             return 2
-        preopens = [_preopen(d, False) for d in args.dir] + [_preopen(d, True) for d in args.dir_ro]
-        with PythonSandbox(preopens=preopens, packages=args.package or None) as sb:
+        with PythonSandbox(preopens=preopens(args), packages=args.package or None) as sb:
             sb.run(f"import sys\nsys.argv[:] = {argv!r}")
             try:
                 sb.run(code, timeout=args.timeout, filename=filename)

@@ -47,7 +47,8 @@ from ..errors import (
 )
 from ..sandbox import Sandbox
 from ..wasm import ValType, WasiExit, WasmSandbox
-from ..wasm.wasi import Preopen, WasiFunction
+from ..wasm.state import WasmSnapshot
+from ..wasm.wasi import Errno, Preopen, WasiFunction
 from . import codec
 from .interpreter import (
     HOST_SEEK,
@@ -70,15 +71,14 @@ class PythonSnapshot:
     host knows of the interpreter. In memory only (like every WasmSnapshot). `spawn`
     (and `Sandbox.from_snapshot`) makes new sandboxes in this state."""
 
-    def __init__(self, wasm: Any, tmpl: Template, known: frozenset[str]) -> None:
+    def __init__(self, wasm: WasmSnapshot, tmpl: Template, known: frozenset[str]) -> None:
         self.wasm = wasm
         self.template = tmpl
         self.known = known  # keys of the shipped functions defined in this state
 
     @property
     def config(self) -> SandboxConfig:
-        config: SandboxConfig = self.wasm.config
-        return config
+        return self.wasm.config
 
     def spawn(
         self,
@@ -254,8 +254,6 @@ class PythonSandbox:
     def cancel(self) -> None:
         """Stops the call running in another thread (CallCancelled; poisons)."""
         if self._wasm is not None:
-            if self._wasm.wasi is not None:
-                self._wasm.wasi.interrupt()
             self._wasm.cancel()
 
     def snapshot(self) -> PythonSnapshot:
@@ -421,8 +419,7 @@ class PythonSandbox:
         self._write(data)
         self._host_error = None
         self._ran = True
-        if limit is not None:
-            wasi.set_deadline(time.monotonic_ns() + int(limit * 1e9))
+        wasi.set_deadline(None if limit is None else time.monotonic_ns() + int(limit * 1e9))
         try:
             result = wasm.invoke(addr.trampoline, "call", self._call_args, timeout=limit)
         except HostFunctionError as exc:
@@ -442,8 +439,7 @@ class PythonSandbox:
             self._collect(())
             raise
         finally:
-            if limit is not None:
-                wasi.set_deadline(None)
+            wasi.set_deadline(None)
         if len(result) != 1 or result[0][1] & 0xFFFFFFFF != addr.none:
             self._broken = "a broken interpreter"
             raise PythonCrash(
@@ -590,7 +586,7 @@ def write_u64(memory: Any, addr: int, value: int) -> int:
     try:
         memory.write(addr, struct.pack("<Q", value))
     except Exception:
-        return 21  # EFAULT
+        return Errno.FAULT
     return 0
 
 

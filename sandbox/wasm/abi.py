@@ -180,7 +180,8 @@ def check_ok(reply: Reply, what: str) -> None:
     if reply.status == Status.BAD_CALL:
         raise ArgumentError(f"{what}: {reply.message}")
     if reply.status in (Status.MALFORMED, Status.INVALID):
-        raise WasmModuleError(reply.message, kind=reply.status.name.lower())
+        kind = reply.status.name.lower()
+        raise WasmModuleError(f"{kind} module: {reply.message}", kind=kind)
     if reply.status == Status.UNLINKABLE:
         raise WasmLinkError(reply.message)
     raise WasmEngineError(f"{what}: {reply.message}")

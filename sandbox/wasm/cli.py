@@ -18,7 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .wasi import Preopen
 
 
 def add_wasm_parser(sub: Any) -> None:
@@ -30,16 +33,7 @@ def add_wasm_parser(sub: Any) -> None:
         description=__doc__.split("\n\n")[2].replace("\n", " "),
     )
     run.add_argument("module", type=Path, help="the .wasm file")
-    run.add_argument(
-        "--dir",
-        action="append",
-        default=[],
-        metavar="HOST[::GUEST]",
-        help="preopen HOST as GUEST (default: the same path), read-write",
-    )
-    run.add_argument(
-        "--dir-ro", action="append", default=[], metavar="HOST[::GUEST]", help="read-only"
-    )
+    add_dir_options(run)
     run.add_argument("--env", action="append", default=[], metavar="K=V", help="set a variable")
     run.add_argument("--invoke", metavar="NAME", help="call this export instead of _start")
     run.add_argument("--timeout", type=float, help="time limit in seconds")
@@ -47,13 +41,32 @@ def add_wasm_parser(sub: Any) -> None:
     run.set_defaults(func=cmd_wasm_run)
 
 
-def _preopen(spec: str, read_only: bool) -> Any:
+def add_dir_options(parser: Any) -> None:
+    """--dir and --dir-ro, read by `preopens` (the python command has them too)."""
+    parser.add_argument(
+        "--dir",
+        action="append",
+        default=[],
+        metavar="HOST[::GUEST]",
+        help="preopen HOST as GUEST (default: the same path), read-write",
+    )
+    parser.add_argument(
+        "--dir-ro", action="append", default=[], metavar="HOST[::GUEST]", help="read-only"
+    )
+
+
+def preopens(args: argparse.Namespace) -> list[Preopen]:
+    """The directories of --dir (read-write) and --dir-ro (read-only); ValueError for a
+    HOST that is not a directory."""
     from .wasi import Preopen
 
-    host, _, guest = spec.partition("::")
-    if not Path(host).is_dir():
-        raise ValueError(f"--dir {spec}: {host!r} is not a directory")
-    return Preopen(host_path=host, guest_path=guest or host, read_only=read_only)
+    def preopen(spec: str, read_only: bool) -> Preopen:
+        host, _, guest = spec.partition("::")
+        if not Path(host).is_dir():
+            raise ValueError(f"--dir {spec}: {host!r} is not a directory")
+        return Preopen(host_path=host, guest_path=guest or host, read_only=read_only)
+
+    return [preopen(d, False) for d in args.dir] + [preopen(d, True) for d in args.dir_ro]
 
 
 def _parse_arg(t: Any, text: str) -> object:
@@ -79,14 +92,13 @@ def cmd_wasm_run(args: argparse.Namespace) -> int:
             if not eq or not key:
                 raise ValueError(f"--env {item!r}: expected K=V")
             env[key] = value
-        preopens = [_preopen(d, False) for d in args.dir] + [_preopen(d, True) for d in args.dir_ro]
         wasi = WasiConfig(
             args=[args.module.name, *args.args] if not args.invoke else [args.module.name],
             env=env,
             stdin="inherit",
             stdout="inherit",
             stderr="inherit",
-            preopens=preopens,
+            preopens=preopens(args),
         )
         with from_wasm(args.module, wasi=wasi) as sb:
             if args.invoke:

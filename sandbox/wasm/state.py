@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import ResetMode, SandboxConfig
 from ..cpu import CpuState
 from ..errors import ArgumentError, WasmEngineError
-from ..layout import Layout
+from ..layout import PAGE, Layout
 from ..snapshot import Snapshot
 from .module import WasmModule
 from .wasi import WasiConfig
@@ -19,7 +19,6 @@ from .wasi import WasiConfig
 if TYPE_CHECKING:
     from .sandbox import WasmSandbox
 
-PAGE = 4096
 HOT_HEAP_PAGES = 64  # engine-heap pages a sandbox made from a snapshot populates
 
 

@@ -236,6 +236,41 @@ def test_call_timeout_ends_a_wasi_sleep() -> None:
         assert time.monotonic() - t0 < 2.0
 
 
+def test_cancel_ends_a_wasi_sleep() -> None:
+    """cancel() ends a WASI sleep at once (it runs on the host, where no vCPU kick
+    reaches it); a cancel while no call runs does not cut the next call's sleep short."""
+    import threading
+    import time
+
+    from sandbox import CallCancelled
+
+    with Sandbox.from_wasm(wat(SLEEPER)) as sb:
+        errors: list[BaseException] = []
+
+        def nap() -> None:
+            try:
+                sb.call("nap", timeout=30)
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=nap)
+        t0 = time.monotonic()
+        thread.start()
+        time.sleep(0.3)
+        sb.cancel()
+        thread.join(10)
+        assert time.monotonic() - t0 < 3.0
+        assert len(errors) == 1 and isinstance(errors[0], CallCancelled)
+        sb.restore()
+        sb.cancel()  # no call running: nothing to stop
+        t0 = time.monotonic()
+        try:
+            sb.call("nap", timeout=0.5)
+        except CallTimeout:
+            pass
+        assert time.monotonic() - t0 >= 0.4
+
+
 def test_wrong_argument_types_to_from_wasm(module_bytes: bytes) -> None:
     for kwargs in ({"wasi": {"args": []}}, {"imports": ["host"]}, {"reset": "always"}):
         with pytest.raises(ArgumentError):

@@ -35,7 +35,9 @@ def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def run_ours(program: Path, data_dir: Path, args: list[str]) -> tuple[int, bytes, bytes]:
+def run_ours(
+    program: Path, data_dir: Path, args: list[str], dir_option: str = "--dir"
+) -> tuple[int, bytes, bytes]:
     proc = subprocess.run(
         [
             sys.executable,
@@ -44,7 +46,7 @@ def run_ours(program: Path, data_dir: Path, args: list[str]) -> tuple[int, bytes
             "wasm",
             "run",
             str(program),
-            "--dir",
+            dir_option,
             f"{data_dir}::/data",
             "--env",
             "GREETING=hello from the host",
@@ -126,28 +128,12 @@ def test_same_behaviour_as_wasmtime(program: Path, tmp_path: Path, args: list[st
 
 def test_read_only_directory_refuses_writes(program: Path, tmp_path: Path) -> None:
     data = fresh_dir(tmp_path, "ro")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sandbox",
-            "wasm",
-            "run",
-            str(program),
-            "--dir-ro",
-            f"{data}::/data",
-            "--",
-            "/data/input.txt",
-            "0",
-            "/data/out.txt",
-        ],
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
+    code, _, stderr = run_ours(
+        program, data, ["/data/input.txt", "0", "/data/out.txt"], dir_option="--dir-ro"
     )
-    assert proc.returncode == 4, proc.stderr
+    assert code == 4, stderr
     assert not (data / "out.txt").exists()
-    assert b"/data/out.txt" in proc.stderr
+    assert b"/data/out.txt" in stderr
 
 
 FLOOD = """

@@ -4,6 +4,7 @@ models."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,26 @@ def _check_utf8(text: str) -> None:
         text.encode()
     except UnicodeEncodeError:
         raise ValueError(f"{text!r} cannot be encoded as UTF-8") from None
+
+
+def encode_env(env: Mapping[str, str]) -> list[bytes]:
+    """The environment as environ_get serves it: "KEY=VALUE" entries, UTF-8 and
+    NUL-terminated. Raises ValueError for a name that is empty or holds '=' or NUL, a
+    value holding NUL, or text that is not UTF-8, and TypeError for a name or value that
+    is not str (the rules of WasiConfig.env and WasiContext.set_env)."""
+    encoded = []
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"environment names and values must be str, not {key!r}")
+        if not key or "=" in key or "\0" in key:
+            raise ValueError(f"variable name {key!r} is empty or contains '=' or NUL")
+        if "\0" in value:
+            raise ValueError(f"the value of {key} contains a NUL character")
+        try:
+            encoded.append(f"{key}={value}".encode() + b"\0")
+        except UnicodeEncodeError:
+            raise ValueError(f"the variable {key!r} cannot be encoded as UTF-8") from None
+    return encoded
 
 
 class Preopen(BaseModel):
@@ -103,13 +124,7 @@ class WasiConfig(BaseModel):
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        for key, value in v.items():
-            if not key or "=" in key or "\0" in key:
-                raise ValueError(f"variable name {key!r} is empty or contains '=' or NUL")
-            if "\0" in value:
-                raise ValueError(f"the value of {key} contains a NUL character")
-            _check_utf8(key)
-            _check_utf8(value)
+        encode_env(v)
         return v
 
     @field_validator("output_limit")

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 
 from . import env, fd, fdio, path, poll
-from .config import WasiConfig
+from .config import WasiConfig, encode_env
 from .memory import GuardedMemory
 from .state import WasiState
 from .types import (
@@ -189,30 +189,21 @@ class WasiContext:
         ValueError for a name that is empty or holds '=' or NUL, a value holding NUL, or
         text that is not UTF-8 (the rules of WasiConfig.env), and TypeError for keys or
         values that are not str; the environment is then unchanged."""
-        encoded = []
-        for key, value in env.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise TypeError(f"environment names and values must be str, not {key!r}")
-            if not key or "=" in key or "\0" in key:
-                raise ValueError(f"variable name {key!r} is empty or contains '=' or NUL")
-            if "\0" in value:
-                raise ValueError(f"the value of {key} contains a NUL character")
-            try:
-                encoded.append(f"{key}={value}".encode() + b"\0")
-            except UnicodeEncodeError:
-                raise ValueError(f"the variable {key!r} cannot be encoded as UTF-8") from None
-        self._state.environ = encoded
+        self._state.environ = encode_env(env)
         self.config = self.config.model_copy(update={"env": dict(env)})
         self._state.config = self.config
 
     def set_deadline(self, deadline_ns: int | None) -> None:
         """A poll_oneoff sleep ends at this time.monotonic_ns() value with EINTR (the
-        running call's time limit; None: no limit)."""
-        self._state.clock.deadline_ns = deadline_ns
+        running call's time limit; None: no limit). Set at the start and the end of
+        each call, it also drops an interrupt() that no sleep consumed: an interrupt is
+        meant for the call it was given during."""
+        self._state.clock.set_deadline(deadline_ns)
 
     def interrupt(self) -> None:
-        """Ends a poll_oneoff sleep in progress (and the next one) with EINTR: call it from
-        another thread when the program's call times out or is cancelled."""
+        """Ends a poll_oneoff sleep in progress, or else the call's next one (see
+        set_deadline), with EINTR: call it from another thread when the program's call
+        times out or is cancelled (WasmSandbox.cancel does)."""
         self._state.clock.interrupt()
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from .fdtable import Descriptor
 from .memory import GuardedMemory
 from .state import WasiState
 from .types import (
+    ADDRESS_SPACE,
     DIRENT,
     FDFLAGS_APPEND,
     FDFLAGS_DSYNC,
@@ -230,7 +231,7 @@ def fd_readdir(
         raise Fail(Errno.NOTDIR)
     if not e.base & Rights.FD_READDIR:
         raise Fail(Errno.NOTCAPABLE)
-    if buf + length > 1 << 32:
+    if buf + length > ADDRESS_SPACE:
         raise Fail(Errno.FAULT)
     mem.read(used_ptr, 4)
     if cookie == 0 or e.listing is None:

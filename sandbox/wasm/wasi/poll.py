@@ -15,6 +15,7 @@ from typing import NoReturn
 from .memory import GuardedMemory
 from .state import WasiState
 from .types import (
+    ADDRESS_SPACE,
     CLOCK_MONOTONIC,
     CLOCK_REALTIME,
     EVENT,
@@ -38,7 +39,7 @@ def poll_oneoff(
     if count == 0 or count > MAX_SUBSCRIPTIONS:
         raise Fail(Errno.INVAL)
     raw = mem.read(in_ptr, count * SUBSCRIPTION.size)
-    if out_ptr + count * EVENT.size > 1 << 32:
+    if out_ptr + count * EVENT.size > ADDRESS_SPACE:
         raise Fail(Errno.FAULT)
     mem.read(n_ptr, 4)
     events: list[bytes] = []

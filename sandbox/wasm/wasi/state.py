@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .config import WasiConfig
+from .config import WasiConfig, encode_env
 from .fdtable import DescriptorTable
 from .types import (
     CLOCK_MONOTONIC,
@@ -140,6 +140,12 @@ class Clock:
     def interrupt(self) -> None:
         self._interrupt.set()
 
+    def set_deadline(self, deadline_ns: int | None) -> None:
+        """The deadline of the call that starts or ends now; a pending interrupt is
+        dropped."""
+        self.deadline_ns = deadline_ns
+        self._interrupt.clear()
+
     def sleep(self, ns: int) -> None:
         """Sleeps `ns` (a virtual clock just advances); EINTR when cut short."""
         if self.virtual:
@@ -186,5 +192,5 @@ class WasiState:
             clock=Clock(config),
             rng=random.Random(config.random_seed) if config.random_seed is not None else None,
             args=[a.encode() + b"\0" for a in config.args],
-            environ=[f"{k}={v}".encode() + b"\0" for k, v in config.env.items()],
+            environ=encode_env(config.env),
         )
