@@ -469,7 +469,7 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
     raise ApiError(422, "BadResult", f"the result ({type(value).__name__}) is not JSON")
 
 
-def python_config(spec: FunctionSpec, timeout: float) -> SandboxConfig:
+def python_config(spec: FunctionSpec, config: HostConfig, timeout: float) -> SandboxConfig:
     """A Python function's VM: `memory_mib`, at least 128 MiB (64 MiB of it the engine
     heap that holds CPython's compiled code; the rest bounds the interpreter's memory)."""
     return SandboxConfig(
@@ -478,6 +478,7 @@ def python_config(spec: FunctionSpec, timeout: float) -> SandboxConfig:
         input_buffer_size=MIN_BUFFER,
         output_buffer_size=MIN_BUFFER,
         timeout=timeout,
+        output_limit=config.max_output_bytes,
     )
 
 
@@ -507,7 +508,7 @@ class PythonKind:
         self, name: str, blob: Path, spec: FunctionSpec, config: HostConfig, timeout: float
     ) -> None:
         self.name, self.blob, self.spec = name, blob, spec
-        self.config = python_config(spec, timeout)
+        self.config = python_config(spec, config, timeout)
         self._snapshot: Any = None
         self._lock = threading.Lock()
 
