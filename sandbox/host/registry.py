@@ -247,8 +247,6 @@ class Registry:
             return
         tags = {t.strip() for t in if_match.split(",")}
         if record is None:
-            if "*" in tags:
-                raise ApiError(412, "PreconditionFailed", f"function {name!r} does not exist")
             raise ApiError(412, "PreconditionFailed", f"function {name!r} does not exist")
         if "*" not in tags and record.etag not in tags and f"W/{record.etag}" not in tags:
             raise ApiError(
