@@ -150,19 +150,18 @@ def new_pool(
     )
 
 
-async def in_daemon_thread(fn: Callable[[], T]) -> T:
+async def in_daemon_thread(fn: Callable[[], T], discard: Callable[[T], None]) -> T:
     """`fn()` on a daemon thread of its own: a module's start-up that runs until its
     time limit does not keep the process alive at shutdown (asyncio.to_thread's
-    threads are joined at exit)."""
+    threads are joined at exit). If the caller has left (cancelled, timed out) when
+    `fn` returns, its result goes to `discard` instead (to close what was made)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
     def settle(result: Any, error: BaseException | None) -> None:
         if future.cancelled():
-            if error is None and hasattr(result, "__getitem__"):
-                first = result[0]
-                if hasattr(first, "close"):
-                    first.close()  # the caller left: close what was made for it
+            if error is None:
+                discard(result)
             return
         if error is not None:
             future.set_exception(error)

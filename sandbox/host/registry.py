@@ -35,7 +35,15 @@ from .errors import (
     scrub,
     unavailable,
 )
-from .functions import Function, Startups, kind_for, native_entry, python_entry, wasm_entry
+from .functions import (
+    Function,
+    FunctionKind,
+    Startups,
+    kind_for,
+    native_entry,
+    python_entry,
+    wasm_entry,
+)
 from .manifest import FunctionRecord, FunctionSpec, Revision
 from .metrics import Metrics
 from .shares import WorkerShares, inline_calls
@@ -374,12 +382,13 @@ class Registry:
         )
         return dep
 
-    async def _first(self, name: str, kind: Any, limit: float) -> tuple[Function, Signature]:
+    async def _first(
+        self, name: str, kind: FunctionKind, limit: float
+    ) -> tuple[Function, Signature]:
         """The module's first sandbox, on a daemon thread, within its time limit."""
         try:
             async with asyncio.timeout(limit + DEPLOY_GRACE_S):
-                result: tuple[Function, Signature] = await in_daemon_thread(kind.first)
-                return result
+                return await in_daemon_thread(kind.first, lambda made: made[0].close())
         except ApiError:
             raise
         except TimeoutError as exc:
