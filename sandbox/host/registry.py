@@ -13,6 +13,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, BinaryIO
 
@@ -143,8 +144,7 @@ class Registry:
         pool = new_pool(
             record.name, limits, kind, self.metrics.created_counter(record.name), self.shares
         )
-        dep = Deployment(record, limits, sig, pool)
-        dep.logs = self._log_ring()
+        dep = Deployment(record, limits, sig, pool, logs=self._log_ring())
         if self.config.warm_on_start:
             try:
                 await pool.fill()
@@ -222,9 +222,7 @@ class Registry:
             else:
                 self._retiring.add(dep)
 
-    def _log_ring(self) -> Any:
-        from collections import deque
-
+    def _log_ring(self) -> deque[dict[str, Any]]:
         return deque(maxlen=self.config.log_entries)
 
     # -- lookups ------------------------------------------------------------------------
@@ -372,8 +370,7 @@ class Registry:
         pool = new_pool(name, limits, kind, self.metrics.created_counter(name), self.shares)
         self.metrics.created_counter(name)()
         pool.adopt(first)
-        dep = Deployment(record, limits, sig, pool)
-        dep.logs = self._log_ring()
+        dep = Deployment(record, limits, sig, pool, logs=self._log_ring())
         self._install(dep)
         self._fill(dep)
         log.info(
