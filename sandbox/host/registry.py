@@ -462,7 +462,7 @@ class Registry:
                 inline=self.inline,
             )
         except Exception as exc:  # about the pool: full, waited too long, closed, no sandbox
-            self.metrics.invocation(dep.name, dep.version, row_of(exc).outcome, None)
+            self.metrics.invocation(dep.name, row_of(exc).outcome, None)
             refusal = api_error(exc, function=dep.name)
             self.metrics.response(dep.name, dep.version, refusal.status)
             raise refusal from None
@@ -472,19 +472,15 @@ class Registry:
                 self._retiring.discard(dep)
                 dep.pool.close()
         error = outcome.error
-        self.metrics.invocation(
-            dep.name,
-            dep.version,
-            "ok" if error is None else row_of(error).outcome,
-            outcome.duration_s,
-            trap=getattr(error, "kind", None) if error is not None else None,
-        )
+        label = "ok" if error is None else row_of(error).outcome
+        trap = getattr(error, "kind", None)
+        self.metrics.invocation(dep.name, label, outcome.duration_s, trap=trap)
         if error is not None or outcome.output or outcome.stderr:
             dep.log(
                 {
                     "ts": time.time(),
                     "version": dep.version,
-                    "outcome": "ok" if error is None else row_of(error).outcome,
+                    "outcome": label,
                     "error": None if error is None else scrub(str(error))[:LOG_TAIL],
                     "stdout": outcome.output[-LOG_TAIL:],
                     "stderr": outcome.stderr[-LOG_TAIL:],

@@ -313,9 +313,9 @@ def test_metrics_text_format() -> None:
     """The exposition (prometheus_client's writer) of the host's own families: label
     escaping, cumulative histogram buckets, the process collector, no _created series."""
     m = Metrics()
-    m.invocation('x"y\\z\n', 3, "trap", 0.05, trap="page_fault")
-    m.invocation('x"y\\z\n', 3, "trap", 0.5, trap="page_fault")
-    m.invocation('x"y\\z\n', 3, "ok", 5)
+    m.invocation('x"y\\z\n', "trap", 0.05, trap="page_fault")
+    m.invocation('x"y\\z\n', "trap", 0.5, trap="page_fault")
+    m.invocation('x"y\\z\n', "ok", 5)
     m.response("f", 3, 422)
     text = m.render().decode()
     assert 'sandbox_host_traps_total{function="x\\"y\\\\z\\n",kind="page_fault"} 2.0' in text
