@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import HostConfig
 from .dataplane import DataPlane, Match
-from .errors import BodyTooLarge
+from .errors import BodyTooLarge, body_too_large
 from .logs import AccessLog
 from .reply import Reply, json_reply, send_reply
 from .state import HostState
@@ -136,22 +136,4 @@ def _content_length(scope: Scope) -> int | None:
 async def _reject_too_large(limit: int, send: Send) -> None:
     """413 before reading any of the body; the connection is closed afterwards, so the
     unread body does not have to be drained."""
-    body = (
-        b'{"error":{"type":"BodyTooLarge","message":"the request body is over '
-        + str(limit).encode()
-        + b' bytes","limit":'
-        + str(limit).encode()
-        + b"}}"
-    )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_reply(send, json_reply(413, body_too_large(limit).body(), {"Connection": "close"}))
