@@ -337,7 +337,7 @@ def test_metrics_text_format() -> None:
 
 def test_guest_errors_map_to_documented_statuses() -> None:
     from sandbox import errors as sbx
-    from sandbox.host.errors import from_guest_error
+    from sandbox.host.errors import api_error
 
     cases = [
         (sbx.ArgumentError("x"), 400, "ArgumentError"),
@@ -352,12 +352,11 @@ def test_guest_errors_map_to_documented_statuses() -> None:
         (sbx.KvmError("KVM_RUN", 5, "x"), 500, "KvmError"),
     ]
     for exc, status, kind in cases:
-        error = from_guest_error(exc, "f", "printed")
+        error = api_error(exc, function="f", output="printed")
         assert (error.status, error.type) == (status, kind), exc
         assert error.body()["error"]["stdout"] == "printed"
-    assert from_guest_error(sbx.GuestTrap("x", kind="divide_error"), "f", "").extra["kind"] == (
-        "divide_error"
-    )
+    trap = api_error(sbx.GuestTrap("x", kind="divide_error"), function="f", output="")
+    assert trap.extra["kind"] == "divide_error"
 
 
 # -- the command line ---------------------------------------------------------------------
