@@ -51,7 +51,7 @@ class HostMiddleware:
             return
         path = scope["path"]
         if path in _PROBES and scope["method"] in ("GET", "HEAD"):
-            reply = self._probe(path)
+            reply = probe(self.host, path)
             await send_reply(send, reply)
             self._record(scope, path, reply.status, time.perf_counter() - start)
             return
@@ -104,23 +104,22 @@ class HostMiddleware:
         finally:
             self._record(scope, match.template, status, time.perf_counter() - start)
 
-    def _probe(self, path: str) -> Reply:
-        """/healthz: the process serves HTTP; /readyz: functions loaded and not
-        draining (the FastAPI routes in routes_ops.py describe them in OpenAPI)."""
-        if path == "/healthz":
-            return _HEALTHY
-        if self.host.ready:
-            return _READY
-        return json_reply(
-            503,
-            {"status": "draining" if self.host.draining else "starting"},
-            {"Retry-After": "1"},
-        )
-
     def _record(self, scope: Scope, template: str, status: int, elapsed: float) -> None:
         self.metrics.request(scope["method"], template, status, elapsed)
         if self.access is not None:
             self.access.request(scope, status, elapsed)
+
+
+def probe(host: HostState, path: str) -> Reply:
+    """/healthz: the process serves HTTP; /readyz: functions loaded and not draining
+    (the FastAPI routes in routes_ops.py describe them in OpenAPI and answer the same)."""
+    if path == "/healthz":
+        return _HEALTHY
+    if host.ready:
+        return _READY
+    return json_reply(
+        503, {"status": "draining" if host.draining else "starting"}, {"Retry-After": "1"}
+    )
 
 
 def _content_length(scope: Scope) -> int | None:
