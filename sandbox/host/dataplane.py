@@ -21,7 +21,6 @@ from starlette.types import Receive, Scope
 from ..abi import Signature
 from .deployment import Deployment
 from .errors import ApiError, BodyTooLarge, bad_request, body_too_large
-from .functions import http_body_limit
 from .httpmode import http_request
 from .manifest import INVALID_NAME, valid_name
 from .reply import Reply, json_reply
@@ -124,7 +123,7 @@ async def http(host: HostState, scope: Scope, read_body: BodyReader, name: str, 
     dep = host.invocable(_authorization(scope), check_name(name))
     _signature(dep, "http")
     body = await read_body()
-    limit = http_body_limit(dep.spec, host.config)
+    limit = dep.limits.http_body_bytes
     if len(body) > limit:
         raise ApiError(
             413,

@@ -21,7 +21,7 @@ from ..abi import Signature
 from ..pool import Gate, SandboxPool
 from .config import HostConfig
 from .errors import bad_request
-from .functions import Function, FunctionKind
+from .functions import Function, FunctionKind, http_body_limit
 from .manifest import FunctionRecord, FunctionSpec
 
 T = TypeVar("T")
@@ -36,6 +36,7 @@ class Limits:
     max_concurrency: int
     max_queue: int
     warm: int
+    http_body_bytes: int  # http mode: the largest request body (functions.http_body_limit)
 
     @classmethod
     def resolve(cls, spec: FunctionSpec, config: HostConfig, *, strict: bool = True) -> Limits:
@@ -56,7 +57,8 @@ class Limits:
         concurrency = min(concurrency, config.max_concurrency_limit)
         queue = spec.max_queue if spec.max_queue is not None else config.default_max_queue
         warm = spec.warm if spec.warm is not None else config.default_warm
-        return cls(timeout, concurrency, queue, min(warm, concurrency))
+        body = http_body_limit(spec, config)
+        return cls(timeout, concurrency, queue, min(warm, concurrency), body)
 
 
 @dataclass(eq=False)

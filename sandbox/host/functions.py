@@ -270,7 +270,7 @@ def wasm_config(spec: FunctionSpec, config: HostConfig, timeout: float) -> Sandb
 
 def http_body_limit(spec: FunctionSpec, config: HostConfig) -> int:
     """The largest http-mode request body a native function's buffers take (at most
-    max_body_bytes): 413 beyond it."""
+    max_body_bytes): 413 beyond it. Worked out once per version (Limits.resolve)."""
     if spec.kind != "native":
         return config.max_body_bytes
     room = native_config(spec, config, 1.0).input_buffer_size - 6 * config.max_header_bytes - 4096
