@@ -458,9 +458,7 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
         return base64.b64encode(value).decode("ascii")
     if depth > 100:
         raise ApiError(422, "BadResult", "the result is nested too deeply for JSON")
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, depth + 1) for v in value]
-    if isinstance(value, (set, frozenset)):
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [_jsonable(v, depth + 1) for v in value]
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
