@@ -26,6 +26,7 @@ from .. import __version__
 from .auth import TOKENS_FILE, Guard, load_token
 from .config import HostConfig
 from .errors import ApiError
+from .manifest import INVALID_NAME
 from .metrics import Metrics
 from .middleware import HostMiddleware
 from .registry import Registry
@@ -70,11 +71,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     loc = tuple(first.get("loc", ()))
     if loc == ("path", "name"):
-        body = {
-            "type": "InvalidName",
-            "message": "invalid function name: use 1-63 characters of a-z, 0-9, '_' and "
-            "'-', starting with a letter or digit",
-        }
+        body = {"type": "InvalidName", "message": INVALID_NAME}
     else:
         where = ".".join(str(p) for p in loc) or "request"
         body = {"type": "BadRequest", "message": f"{where}: {first.get('msg')}"}

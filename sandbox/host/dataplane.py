@@ -21,9 +21,8 @@ from starlette.types import Receive, Scope
 from ..abi import Signature
 from .deployment import Deployment
 from .errors import ApiError, BodyTooLarge, bad_request, body_too_large
-from .functions import http_body_limit
 from .httpmode import http_request
-from .manifest import valid_name
+from .manifest import INVALID_NAME, valid_name
 from .reply import Reply, json_reply
 from .state import HostState
 from .values import args_from_json, result_to_json
@@ -43,11 +42,7 @@ BodyReader = Callable[[], Awaitable[bytes]]
 def check_name(name: str) -> str:
     """Raises ApiError 400 for an invalid function name."""
     if not valid_name(name):
-        raise bad_request(
-            "invalid function name: use 1-63 characters of a-z, 0-9, '_' and '-', "
-            "starting with a letter or digit",
-            "InvalidName",
-        )
+        raise bad_request(INVALID_NAME, "InvalidName")
     return name
 
 
@@ -128,7 +123,7 @@ async def http(host: HostState, scope: Scope, read_body: BodyReader, name: str, 
     dep = host.invocable(_authorization(scope), check_name(name))
     _signature(dep, "http")
     body = await read_body()
-    limit = http_body_limit(dep.spec, host.config)
+    limit = dep.limits.http_body_bytes
     if len(body) > limit:
         raise ApiError(
             413,

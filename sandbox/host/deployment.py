@@ -21,7 +21,7 @@ from ..abi import Signature
 from ..pool import Gate, SandboxPool
 from .config import HostConfig
 from .errors import bad_request
-from .functions import Function, FunctionKind
+from .functions import Function, FunctionKind, http_body_limit
 from .manifest import FunctionRecord, FunctionSpec
 
 T = TypeVar("T")
@@ -36,6 +36,7 @@ class Limits:
     max_concurrency: int
     max_queue: int
     warm: int
+    http_body_bytes: int  # http mode: the largest request body (functions.http_body_limit)
 
     @classmethod
     def resolve(cls, spec: FunctionSpec, config: HostConfig, *, strict: bool = True) -> Limits:
@@ -56,7 +57,8 @@ class Limits:
         concurrency = min(concurrency, config.max_concurrency_limit)
         queue = spec.max_queue if spec.max_queue is not None else config.default_max_queue
         warm = spec.warm if spec.warm is not None else config.default_warm
-        return cls(timeout, concurrency, queue, min(warm, concurrency))
+        body = http_body_limit(spec, config)
+        return cls(timeout, concurrency, queue, min(warm, concurrency), body)
 
 
 @dataclass(eq=False)
@@ -150,19 +152,18 @@ def new_pool(
     )
 
 
-async def in_daemon_thread(fn: Callable[[], T]) -> T:
+async def in_daemon_thread(fn: Callable[[], T], discard: Callable[[T], None]) -> T:
     """`fn()` on a daemon thread of its own: a module's start-up that runs until its
     time limit does not keep the process alive at shutdown (asyncio.to_thread's
-    threads are joined at exit)."""
+    threads are joined at exit). If the caller has left (cancelled, timed out) when
+    `fn` returns, its result goes to `discard` instead (to close what was made)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
     def settle(result: Any, error: BaseException | None) -> None:
         if future.cancelled():
-            if error is None and hasattr(result, "__getitem__"):
-                first = result[0]
-                if hasattr(first, "close"):
-                    first.close()  # the caller left: close what was made for it
+            if error is None:
+                discard(result)
             return
         if error is not None:
             future.set_exception(error)

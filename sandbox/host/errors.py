@@ -204,8 +204,3 @@ def api_error(
         extra["stdout"] = output
     headers = {"Retry-After": "1"} if row.status in (429, 503) else None
     return ApiError(row.status, row.type_ or type(exc).__name__, message, headers=headers, **extra)
-
-
-def from_guest_error(exc: BaseException, function: str, output: str) -> ApiError:
-    """The error for an exception raised by a guest call of `function` (see TABLE)."""
-    return api_error(exc, function=function, output=output)

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from ..abi import Signature, Tag
 from ..config import MiB, SandboxConfig
 from ..errors import ArgumentError, GuestAbort, SandboxClosed
+from ..pool import Member
 from ..sandbox import Sandbox
 from ..snapshot import Snapshot
 from ..wasm import ValType, WasiConfig, WasiExit, WasmSandbox
@@ -44,14 +45,9 @@ MIN_BUFFER = 64 * 1024
 WASI_MODULE = "wasi_snapshot_preview1"
 
 
-class Function(Protocol):
-    """A sandbox of one deployed function (see the module docstring)."""
-
-    @property
-    def poisoned(self) -> bool: ...
-
-    @property
-    def closed(self) -> bool: ...
+class Function(Member, Protocol):
+    """A sandbox of one deployed function (see the module docstring): a pool `Member`
+    that also tells what its last call printed."""
 
     @property
     def last_output(self) -> str: ...
@@ -61,14 +57,6 @@ class Function(Protocol):
 
     @property
     def last_output_truncated(self) -> bool: ...
-
-    def call(self, name: str, *args: Any, timeout: float | None = None) -> Any: ...
-
-    def restore(self) -> None: ...
-
-    def cancel(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class _Wrapper:
@@ -97,8 +85,7 @@ class _Wrapper:
 
     @property
     def last_output_truncated(self) -> bool:
-        # SandboxConfig.output_limit and this flag come with the core's output bound.
-        return bool(getattr(self.sb, "last_output_truncated", False))
+        return self.sb.last_output_truncated
 
     def restore(self) -> None:
         self.sb.restore()
@@ -245,13 +232,6 @@ class Startups:
 # -- kinds -------------------------------------------------------------------------------
 
 
-def _output_limit(config: HostConfig) -> dict[str, int]:
-    """SandboxConfig's output_limit, where the core has it."""
-    if "output_limit" in SandboxConfig.model_fields:
-        return {"output_limit": config.max_output_bytes}
-    return {}
-
-
 def native_config(spec: FunctionSpec, config: HostConfig, timeout: float) -> SandboxConfig:
     """Guest memory from the manifest; buffers big enough for the largest request body
     (4/3 of it: base64, or text no longer than that) and, in http mode, its headers
@@ -267,7 +247,7 @@ def native_config(spec: FunctionSpec, config: HostConfig, timeout: float) -> San
         input_buffer_size=size,
         output_buffer_size=size,
         timeout=timeout,
-        **_output_limit(config),
+        output_limit=config.max_output_bytes,
     )
 
 
@@ -284,13 +264,13 @@ def wasm_config(spec: FunctionSpec, config: HostConfig, timeout: float) -> Sandb
         input_buffer_size=MIN_BUFFER,
         output_buffer_size=MIN_BUFFER,
         timeout=timeout,
-        **_output_limit(config),
+        output_limit=config.max_output_bytes,
     )
 
 
 def http_body_limit(spec: FunctionSpec, config: HostConfig) -> int:
     """The largest http-mode request body a native function's buffers take (at most
-    max_body_bytes): 413 beyond it."""
+    max_body_bytes): 413 beyond it. Worked out once per version (Limits.resolve)."""
     if spec.kind != "native":
         return config.max_body_bytes
     room = native_config(spec, config, 1.0).input_buffer_size - 6 * config.max_header_bytes - 4096
@@ -478,9 +458,7 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
         return base64.b64encode(value).decode("ascii")
     if depth > 100:
         raise ApiError(422, "BadResult", "the result is nested too deeply for JSON")
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, depth + 1) for v in value]
-    if isinstance(value, (set, frozenset)):
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [_jsonable(v, depth + 1) for v in value]
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
@@ -489,7 +467,7 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
     raise ApiError(422, "BadResult", f"the result ({type(value).__name__}) is not JSON")
 
 
-def python_config(spec: FunctionSpec, timeout: float) -> SandboxConfig:
+def python_config(spec: FunctionSpec, config: HostConfig, timeout: float) -> SandboxConfig:
     """A Python function's VM: `memory_mib`, at least 128 MiB (64 MiB of it the engine
     heap that holds CPython's compiled code; the rest bounds the interpreter's memory)."""
     return SandboxConfig(
@@ -498,6 +476,7 @@ def python_config(spec: FunctionSpec, timeout: float) -> SandboxConfig:
         input_buffer_size=MIN_BUFFER,
         output_buffer_size=MIN_BUFFER,
         timeout=timeout,
+        output_limit=config.max_output_bytes,
     )
 
 
@@ -527,7 +506,7 @@ class PythonKind:
         self, name: str, blob: Path, spec: FunctionSpec, config: HostConfig, timeout: float
     ) -> None:
         self.name, self.blob, self.spec = name, blob, spec
-        self.config = python_config(spec, timeout)
+        self.config = python_config(spec, config, timeout)
         self._snapshot: Any = None
         self._lock = threading.Lock()
 

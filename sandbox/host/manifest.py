@@ -22,6 +22,8 @@ HOP_BY_HOP_HEADERS = frozenset(
 # letters, digits, '-' and '_', starting with a letter or digit; never '/', '.' or '..'.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 NAME_RE = re.compile(NAME_PATTERN)
+NAME_RULE = "1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+INVALID_NAME = f"invalid function name: use {NAME_RULE}"
 ENTRY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,46}$"
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}$")

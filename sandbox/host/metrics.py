@@ -216,13 +216,7 @@ class Metrics:
         self.request_latency.observe((route,), elapsed)
 
     def invocation(
-        self,
-        function: str,
-        version: int,
-        outcome: str,
-        duration: float | None,
-        *,
-        trap: str | None = None,
+        self, function: str, outcome: str, duration: float | None, *, trap: str | None = None
     ) -> None:
         self.invocations.inc((function, outcome))
         if duration is not None:

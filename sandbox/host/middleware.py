@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import HostConfig
 from .dataplane import DataPlane, Match
-from .errors import BodyTooLarge
+from .errors import BodyTooLarge, body_too_large
 from .logs import AccessLog
 from .reply import Reply, json_reply, send_reply
 from .state import HostState
@@ -51,7 +51,7 @@ class HostMiddleware:
             return
         path = scope["path"]
         if path in _PROBES and scope["method"] in ("GET", "HEAD"):
-            reply = self._probe(path)
+            reply = probe(self.host, path)
             await send_reply(send, reply)
             self._record(scope, path, reply.status, time.perf_counter() - start)
             return
@@ -104,23 +104,22 @@ class HostMiddleware:
         finally:
             self._record(scope, match.template, status, time.perf_counter() - start)
 
-    def _probe(self, path: str) -> Reply:
-        """/healthz: the process serves HTTP; /readyz: functions loaded and not
-        draining (the FastAPI routes in routes_ops.py describe them in OpenAPI)."""
-        if path == "/healthz":
-            return _HEALTHY
-        if self.host.ready:
-            return _READY
-        return json_reply(
-            503,
-            {"status": "draining" if self.host.draining else "starting"},
-            {"Retry-After": "1"},
-        )
-
     def _record(self, scope: Scope, template: str, status: int, elapsed: float) -> None:
         self.metrics.request(scope["method"], template, status, elapsed)
         if self.access is not None:
             self.access.request(scope, status, elapsed)
+
+
+def probe(host: HostState, path: str) -> Reply:
+    """/healthz: the process serves HTTP; /readyz: functions loaded and not draining
+    (the FastAPI routes in routes_ops.py describe them in OpenAPI and answer the same)."""
+    if path == "/healthz":
+        return _HEALTHY
+    if host.ready:
+        return _READY
+    return json_reply(
+        503, {"status": "draining" if host.draining else "starting"}, {"Retry-After": "1"}
+    )
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -136,22 +135,4 @@ def _content_length(scope: Scope) -> int | None:
 async def _reject_too_large(limit: int, send: Send) -> None:
     """413 before reading any of the body; the connection is closed afterwards, so the
     unread body does not have to be drained."""
-    body = (
-        b'{"error":{"type":"BodyTooLarge","message":"the request body is over '
-        + str(limit).encode()
-        + b' bytes","limit":'
-        + str(limit).encode()
-        + b"}}"
-    )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_reply(send, json_reply(413, body_too_large(limit).body(), {"Connection": "close"}))

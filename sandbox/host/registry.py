@@ -13,6 +13,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, BinaryIO
 
@@ -35,7 +36,15 @@ from .errors import (
     scrub,
     unavailable,
 )
-from .functions import Function, Startups, kind_for, native_entry, python_entry, wasm_entry
+from .functions import (
+    Function,
+    FunctionKind,
+    Startups,
+    kind_for,
+    native_entry,
+    python_entry,
+    wasm_entry,
+)
 from .manifest import FunctionRecord, FunctionSpec, Revision
 from .metrics import Metrics
 from .shares import WorkerShares, inline_calls
@@ -135,8 +144,7 @@ class Registry:
         pool = new_pool(
             record.name, limits, kind, self.metrics.created_counter(record.name), self.shares
         )
-        dep = Deployment(record, limits, sig, pool)
-        dep.logs = self._log_ring()
+        dep = Deployment(record, limits, sig, pool, logs=self._log_ring())
         if self.config.warm_on_start:
             try:
                 await pool.fill()
@@ -214,9 +222,7 @@ class Registry:
             else:
                 self._retiring.add(dep)
 
-    def _log_ring(self) -> Any:
-        from collections import deque
-
+    def _log_ring(self) -> deque[dict[str, Any]]:
         return deque(maxlen=self.config.log_entries)
 
     # -- lookups ------------------------------------------------------------------------
@@ -247,8 +253,6 @@ class Registry:
             return
         tags = {t.strip() for t in if_match.split(",")}
         if record is None:
-            if "*" in tags:
-                raise ApiError(412, "PreconditionFailed", f"function {name!r} does not exist")
             raise ApiError(412, "PreconditionFailed", f"function {name!r} does not exist")
         if "*" not in tags and record.etag not in tags and f"W/{record.etag}" not in tags:
             raise ApiError(
@@ -366,8 +370,7 @@ class Registry:
         pool = new_pool(name, limits, kind, self.metrics.created_counter(name), self.shares)
         self.metrics.created_counter(name)()
         pool.adopt(first)
-        dep = Deployment(record, limits, sig, pool)
-        dep.logs = self._log_ring()
+        dep = Deployment(record, limits, sig, pool, logs=self._log_ring())
         self._install(dep)
         self._fill(dep)
         log.info(
@@ -376,12 +379,13 @@ class Registry:
         )
         return dep
 
-    async def _first(self, name: str, kind: Any, limit: float) -> tuple[Function, Signature]:
+    async def _first(
+        self, name: str, kind: FunctionKind, limit: float
+    ) -> tuple[Function, Signature]:
         """The module's first sandbox, on a daemon thread, within its time limit."""
         try:
             async with asyncio.timeout(limit + DEPLOY_GRACE_S):
-                result: tuple[Function, Signature] = await in_daemon_thread(kind.first)
-                return result
+                return await in_daemon_thread(kind.first, lambda made: made[0].close())
         except ApiError:
             raise
         except TimeoutError as exc:
@@ -458,7 +462,7 @@ class Registry:
                 inline=self.inline,
             )
         except Exception as exc:  # about the pool: full, waited too long, closed, no sandbox
-            self.metrics.invocation(dep.name, dep.version, row_of(exc).outcome, None)
+            self.metrics.invocation(dep.name, row_of(exc).outcome, None)
             refusal = api_error(exc, function=dep.name)
             self.metrics.response(dep.name, dep.version, refusal.status)
             raise refusal from None
@@ -468,19 +472,15 @@ class Registry:
                 self._retiring.discard(dep)
                 dep.pool.close()
         error = outcome.error
-        self.metrics.invocation(
-            dep.name,
-            dep.version,
-            "ok" if error is None else row_of(error).outcome,
-            outcome.duration_s,
-            trap=getattr(error, "kind", None) if error is not None else None,
-        )
+        label = "ok" if error is None else row_of(error).outcome
+        trap = getattr(error, "kind", None)
+        self.metrics.invocation(dep.name, label, outcome.duration_s, trap=trap)
         if error is not None or outcome.output or outcome.stderr:
             dep.log(
                 {
                     "ts": time.time(),
                     "version": dep.version,
-                    "outcome": "ok" if error is None else row_of(error).outcome,
+                    "outcome": label,
                     "error": None if error is None else scrub(str(error))[:LOG_TAIL],
                     "stdout": outcome.output[-LOG_TAIL:],
                     "stderr": outcome.stderr[-LOG_TAIL:],

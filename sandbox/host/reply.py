@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import NamedTuple
 
+from starlette.responses import Response
 from starlette.types import Send
 
 _JSON = [(b"content-type", b"application/json")]
@@ -29,3 +30,10 @@ async def send_reply(send: Send, reply: Reply) -> None:
     headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
+
+
+def as_response(reply: Reply) -> Response:
+    """`reply` as a Starlette response, for a FastAPI route."""
+    response = Response(reply.body, status_code=reply.status)
+    response.raw_headers.extend(reply.headers)
+    return response

@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 from .auth import TokenSpec
 from .deployment import Deployment
 from .errors import ApiError, bad_request, not_found
-from .manifest import NAME_PATTERN, FunctionSpec
+from .manifest import NAME_PATTERN, NAME_RULE, FunctionSpec
 from .models import (
     ErrorBody,
     FunctionInfo,
@@ -38,7 +38,7 @@ Name = Annotated[
     str,
     Path(
         pattern=NAME_PATTERN,
-        description="1-63 characters: a-z, 0-9, '_' and '-', starting with a letter or digit",
+        description=NAME_RULE,
         examples=["add"],
     ),
 ]

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from . import dataplane
 from .manifest import NAME_PATTERN
 from .models import InvokeRequest, InvokeResponse, error_responses
-from .reply import Reply
+from .reply import as_response
 from .state import host_state
 
 router = APIRouter(tags=["invocation"])
@@ -52,12 +52,6 @@ _HTTP_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _response(reply: Reply) -> Response:
-    response = Response(reply.body, status_code=reply.status)
-    response.raw_headers.extend(reply.headers)
-    return response
-
-
 @router.post(
     "/functions/{name}/invoke",
     summary="Invoke a function with JSON arguments, in fresh state",
@@ -68,18 +62,20 @@ def _response(reply: Reply) -> Response:
 )
 async def invoke(request: Request) -> Response:
     name = request.path_params["name"]
-    return _response(await dataplane.invoke(host_state(request), request.scope, request.body, name))
+    return as_response(
+        await dataplane.invoke(host_state(request), request.scope, request.body, name)
+    )
 
 
 async def http_root(request: Request) -> Response:
     host, name = host_state(request), request.path_params["name"]
-    return _response(await dataplane.http(host, request.scope, request.body, name, "/"))
+    return as_response(await dataplane.http(host, request.scope, request.body, name, "/"))
 
 
 async def http_path(request: Request) -> Response:
     host, name = host_state(request), request.path_params["name"]
     path = request.path_params["path"]
-    return _response(await dataplane.http(host, request.scope, request.body, name, path))
+    return as_response(await dataplane.http(host, request.scope, request.body, name, path))
 
 
 # One route per method, so that each operation has its own operationId.

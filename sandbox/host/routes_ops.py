@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from . import metrics as prom
+from .middleware import probe
 from .models import Status, error_responses
+from .reply import as_response
 from .state import host_state
 
 router = APIRouter(tags=["operations"])
@@ -18,8 +20,8 @@ router = APIRouter(tags=["operations"])
     summary="Liveness: the process serves HTTP",
     operation_id="healthz",
 )
-async def healthz() -> Response:
-    return Response(b'{"status":"ok"}', media_type="application/json")
+async def healthz(request: Request) -> Response:
+    return as_response(probe(host_state(request), "/healthz"))
 
 
 @router.get(
@@ -30,14 +32,7 @@ async def healthz() -> Response:
     responses={503: {"model": Status, "description": "starting or draining"}},
 )
 async def readyz(request: Request) -> Response:
-    host = host_state(request)
-    if host.ready:
-        return JSONResponse({"status": "ready"})
-    return JSONResponse(
-        {"status": "draining" if host.draining else "starting"},
-        status_code=503,
-        headers={"Retry-After": "1"},
-    )
+    return as_response(probe(host_state(request), "/readyz"))
 
 
 @router.get(

@@ -4,18 +4,13 @@ namespace, so nothing is ever mounted on this machine's own /usr."""
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import os
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
-from packaging.requirements import Requirement
-
-from sandbox.deploy import payload
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
@@ -33,10 +28,6 @@ TOOL_PACKAGES = {
     "mount": "mount",
     "ignition-validate": "ignition",
 }
-
-# The function host's dependencies, bundled explicitly while kvm-sandbox has no `host`
-# extra yet (sandbox/host/__init__.py names them); with the extra, it is used instead.
-HOST_REQUIREMENTS = ("fastapi", "uvicorn[standard]", "pydantic-settings", "python-multipart")
 
 FLATCAR_OS_RELEASE = """\
 NAME="Flatcar Container Linux by Kinvolk"
@@ -67,21 +58,6 @@ def require_mounts() -> None:
         pytest.skip(f"cannot create a mount namespace here: {probe.stderr.strip()}")
     if not Path("/dev/loop-control").exists():
         pytest.skip("no /dev/loop-control: systemd-sysext cannot attach an image")
-
-
-def host_extension_args() -> dict[str, Any]:
-    """SysextOptions fields that bundle the host's dependencies (those installed here:
-    without them the host cannot run here either, and its test skips)."""
-    if "host" in payload.chosen_extras(None):
-        return {}
-    installed = []
-    for text in HOST_REQUIREMENTS:
-        try:
-            md.distribution(Requirement(text).name)
-        except md.PackageNotFoundError:
-            continue
-        installed.append(text)
-    return {"requirements": tuple(installed)}
 
 
 def flatcar_root(path: Path, os_release: str = FLATCAR_OS_RELEASE) -> Path:

@@ -60,6 +60,14 @@ def files_by_path(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {f["path"]: f for f in doc["storage"]["files"]}
 
 
+def ignition_cli(image: Path, token_file: Path, *more: str) -> int:
+    """`deploy ignition` for `image` with the test's base URL and `token_file`."""
+    return main(
+        ["ignition", "--image", str(image), "--base-url", BASE_URL,
+         "--token-file", str(token_file), *more]
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("sysupdate", [False, True])
 def test_valid_against_the_schema(image: Path, schema_validator: Any, sysupdate: bool) -> None:
     doc = ignition_config(provisioning(image, sysupdate=sysupdate, ssh_keys=())).to_dict()
@@ -189,25 +197,11 @@ def test_ignition_validate(image: Path, tmp_path: Path) -> None:
 def test_cli_writes_config_and_butane(image: Path, tmp_path: Path, schema_validator: Any) -> None:
     token_file = tmp_path / "token"
     out, bu = tmp_path / "machine.ign", tmp_path / "machine.bu"
-    status = main(
-        [
-            "ignition",
-            "--image",
-            str(image.parent),
-            "--base-url",
-            BASE_URL,
-            "--token-file",
-            str(token_file),
-            "--listen",
-            "[::]:9000",
-            "--settings",
-            str(EXAMPLES / "examples" / "host-settings.toml"),
-            "-o",
-            str(out),
-            "--butane",
-            str(bu),
-        ]
-    )
+    settings = EXAMPLES / "examples" / "host-settings.toml"
+    status = ignition_cli(
+        image.parent, token_file, "--listen", "[::]:9000", "--settings", str(settings),
+        "-o", str(out), "--butane", str(bu),
+    )  # fmt: skip
     assert status == 0
     # A new token, private; so are the configs that carry it.
     for path in (token_file, out, bu):
@@ -222,22 +216,7 @@ def test_cli_writes_config_and_butane(image: Path, tmp_path: Path, schema_valida
     assert settings["public_metrics"] is False  # from the settings file
     assert bu.read_text().startswith("# Butane config for")
     # A second run reuses the token.
-    assert (
-        main(
-            [
-                "ignition",
-                "--image",
-                str(image),
-                "--base-url",
-                BASE_URL,
-                "--token-file",
-                str(token_file),
-                "-o",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert ignition_cli(image, token_file, "-o", str(out)) == 0
     assert token_file.read_text().strip() == token
 
 
@@ -252,18 +231,7 @@ def test_cli_writes_config_and_butane(image: Path, tmp_path: Path, schema_valida
 def test_cli_refuses(
     image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
-    base = [
-        "ignition",
-        "--image",
-        str(image),
-        "--base-url",
-        BASE_URL,
-        "--token-file",
-        str(tmp_path / "token"),
-        "-o",
-        str(tmp_path / "x.ign"),
-    ]
-    assert main([*base, *args]) == 2
+    assert ignition_cli(image, tmp_path / "token", "-o", str(tmp_path / "x.ign"), *args) == 2
     assert message in capsys.readouterr().err
 
 
@@ -278,19 +246,7 @@ def test_cli_checks_settings_with_the_host(
         ("data_dir = '/x'\n", "set by the unit"),
     ]:
         settings.write_text(text)
-        status = main(
-            [
-                "ignition",
-                "--image",
-                str(image),
-                "--base-url",
-                BASE_URL,
-                "--token-file",
-                str(tmp_path / "token"),
-                "--settings",
-                str(settings),
-            ]
-        )
+        status = ignition_cli(image, tmp_path / "token", "--settings", str(settings))
         assert status == 2
         assert message in capsys.readouterr().err
 
@@ -298,17 +254,4 @@ def test_cli_checks_settings_with_the_host(
 def test_cli_refuses_a_short_token(image: Path, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("short\n")
-    assert (
-        main(
-            [
-                "ignition",
-                "--image",
-                str(image),
-                "--base-url",
-                BASE_URL,
-                "--token-file",
-                str(token_file),
-            ]
-        )
-        == 2
-    )
+    assert ignition_cli(image, token_file) == 2

@@ -25,7 +25,6 @@ import pytest
 from deploy_support import (
     IGNITION_SCHEMA,
     flatcar_root,
-    host_extension_args,
     merge_script,
     require_mounts,
     require_tools,
@@ -49,7 +48,6 @@ def options(out_dir: Path) -> SysextOptions:
         deps_from="environment",
         base_url=BASE_URL,
         source_date_epoch=EPOCH,
-        **host_extension_args(),
     )
 
 

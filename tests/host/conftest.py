@@ -1,5 +1,5 @@
-"""Fixtures of the function-host tests: the guests they deploy and hosts started per
-test (the machinery is in host_support.py)."""
+"""Fixtures of the function-host tests: the guests they deploy, a host per test module
+(`host`, `client`) and hosts started per test (the machinery is in host_support.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from host_support import ADD_K_SOURCE, HTTP_EXAMPLE, Guests, Host, start_host
 
@@ -26,6 +27,25 @@ def guests_fixture(tmp_path_factory: pytest.TempPathFactory) -> Guests:
         add_k0=build_guest([source], out / "add_k0.elf", extra_cflags=["-DK=0"]),
         add_k1=build_guest([source], out / "add_k1.elf", extra_cflags=["-DK=1"]),
     )
+
+
+@pytest.fixture(scope="module")
+def host(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Host]:
+    """One host shared by the tests of a module, started with the module's
+    HOST_SETTINGS (SANDBOX_HOST_* settings; none if it has none)."""
+    settings: dict[str, object] = getattr(request.module, "HOST_SETTINGS", {})
+    root = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    server = start_host(root / "data", root / "host.log", **settings)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(host: Host) -> httpx.Client:
+    """A client of the module's host."""
+    return host.client()
 
 
 @pytest.fixture(name="host_factory")

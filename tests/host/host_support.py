@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-6f1c2a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HTTP_EXAMPLE = ROOT / "sandbox" / "host" / "examples" / "http_echo.c"
@@ -98,12 +98,12 @@ class Host:
                 self.kill9()
 
 
-def start_host(
+def launch_host(
     data_dir: Path, log_path: Path, *, cpus: set[int] | None = None, **settings: object
 ) -> Host:
     """Starts `python -m sandbox.host` on a free loopback port (settings become
-    SANDBOX_HOST_* variables; `cpus`: the CPUs it may run on) and waits until /readyz
-    answers 200."""
+    SANDBOX_HOST_* variables; `cpus`: the CPUs it may run on) and returns it as soon as
+    it listens (its functions may still be loading: /readyz 503)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_HOST_")}
     env.update({"SANDBOX_HOST_TOKEN": TOKEN, "SANDBOX_HOST_LOG_JSON": "true"})
     for key, value in settings.items():
@@ -130,11 +130,28 @@ def start_host(
         ]
         if listening:
             host.port = int(listening[-1]["port"])
-            try:
-                if httpx.get(host.url + "/readyz", timeout=2).status_code == 200:
-                    return host
-            except httpx.TransportError:
-                pass
+            return host
+        time.sleep(0.01)
+    host.kill9()
+    raise RuntimeError(f"the host did not listen:\n{log_path.read_text()}")
+
+
+def start_host(
+    data_dir: Path, log_path: Path, *, cpus: set[int] | None = None, **settings: object
+) -> Host:
+    """`launch_host`, then waits until /readyz answers 200."""
+    host = launch_host(data_dir, log_path, cpus=cpus, **settings)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if host.proc.poll() is not None:
+            raise RuntimeError(
+                f"the host exited with {host.proc.returncode}:\n{log_path.read_text()}"
+            )
+        try:
+            if httpx.get(host.url + "/readyz", timeout=2).status_code == 200:
+                return host
+        except httpx.TransportError:
+            pass
         time.sleep(0.05)
     host.kill9()
     raise RuntimeError(f"the host did not become ready:\n{log_path.read_text()}")

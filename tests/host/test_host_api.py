@@ -19,7 +19,6 @@ from host_support import (
     deploy,
     error_of,
     invoke,
-    start_host,
     stored_state,
     wait_for_pool,
 )
@@ -30,24 +29,12 @@ MAX_BODY = 64 * 1024
 MAX_UPLOAD = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
-    root = tmp_path_factory.mktemp("host-api")
-    server = start_host(
-        root / "data",
-        root / "host.log",
-        max_body_bytes=MAX_BODY,
-        max_upload_bytes=MAX_UPLOAD,
-        default_warm=1,
-        keep_versions=0,  # no earlier versions kept: an update's old blob goes at once
-    )
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(host: Host) -> httpx.Client:
-    return host.client()
+HOST_SETTINGS = {  # the module's host (conftest.py)
+    "max_body_bytes": MAX_BODY,
+    "max_upload_bytes": MAX_UPLOAD,
+    "default_warm": 1,
+    "keep_versions": 0,  # no earlier versions kept: an update's old blob goes at once
+}
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from host_support import AUTH, Guests, deploy, error_of, invoke, wait_for_pool
+from host_support import AUTH, Guests, deploy, error_of, invoke, launch_host, wait_for_pool
 
 pytestmark = pytest.mark.requires_kvm
 
@@ -437,7 +437,7 @@ def test_readiness_while_starting_and_draining(host_factory: Any, guests: Guests
     host.stop()
     assert time.monotonic() - started > 0
     # Restarted: the socket accepts at once, /readyz says 503 until "slow" is loaded.
-    restarted = _start_unready(host.data_dir, host.log_path)
+    restarted = launch_host(host.data_dir, host.log_path)
     try:
         seen = []
         deadline = time.monotonic() + 30
@@ -468,38 +468,6 @@ def test_readiness_while_starting_and_draining(host_factory: Any, guests: Guests
         assert restarted.wait(10) == 0
     finally:
         restarted.stop()
-
-
-def _start_unready(data_dir: Path, log_path: Path) -> Any:
-    """A host process, returned as soon as it listens (not when ready)."""
-    import os
-    import sys
-
-    from host_support import TOKEN, Host
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_HOST_")}
-    env.update({"SANDBOX_HOST_TOKEN": TOKEN, "SANDBOX_HOST_LOG_JSON": "true"})
-    log = open(log_path, "ab")  # noqa: SIM115 - the process keeps it
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sandbox.host", "--port", "0", "--data-dir", str(data_dir)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        env=env,
-        start_new_session=True,
-    )
-    host = Host(proc, data_dir, log_path)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        listening = [
-            r for r in host.logs() if r.get("msg") == "listening" and r.get("pid") == proc.pid
-        ]
-        if listening:
-            host.port = int(listening[-1]["port"])
-            return host
-        time.sleep(0.01)
-    host.kill9()
-    raise AssertionError("the host did not listen")
 
 
 # -- Wasm ---------------------------------------------------------------------------------

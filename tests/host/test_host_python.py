@@ -3,11 +3,9 @@ invoke its entry with JSON arguments in fresh state, an http-mode handler, error
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
-from host_support import AUTH, Host, deploy, error_of, invoke, start_host
+from host_support import AUTH, deploy, error_of, invoke
 
 pytestmark = pytest.mark.requires_kvm
 
@@ -34,17 +32,7 @@ def handle(request):
 """
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
-    root = tmp_path_factory.mktemp("host-python")
-    server = start_host(root / "data", root / "host.log", default_warm=1)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(host: Host) -> httpx.Client:
-    return host.client()
+HOST_SETTINGS = {"default_warm": 1}  # the module's host (conftest.py)
 
 
 def test_invoke_python_function_in_fresh_state(client: httpx.Client) -> None:

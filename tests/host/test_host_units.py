@@ -313,9 +313,9 @@ def test_metrics_text_format() -> None:
     """The exposition (prometheus_client's writer) of the host's own families: label
     escaping, cumulative histogram buckets, the process collector, no _created series."""
     m = Metrics()
-    m.invocation('x"y\\z\n', 3, "trap", 0.05, trap="page_fault")
-    m.invocation('x"y\\z\n', 3, "trap", 0.5, trap="page_fault")
-    m.invocation('x"y\\z\n', 3, "ok", 5)
+    m.invocation('x"y\\z\n', "trap", 0.05, trap="page_fault")
+    m.invocation('x"y\\z\n', "trap", 0.5, trap="page_fault")
+    m.invocation('x"y\\z\n', "ok", 5)
     m.response("f", 3, 422)
     text = m.render().decode()
     assert 'sandbox_host_traps_total{function="x\\"y\\\\z\\n",kind="page_fault"} 2.0' in text
@@ -337,7 +337,7 @@ def test_metrics_text_format() -> None:
 
 def test_guest_errors_map_to_documented_statuses() -> None:
     from sandbox import errors as sbx
-    from sandbox.host.errors import from_guest_error
+    from sandbox.host.errors import api_error
 
     cases = [
         (sbx.ArgumentError("x"), 400, "ArgumentError"),
@@ -352,12 +352,11 @@ def test_guest_errors_map_to_documented_statuses() -> None:
         (sbx.KvmError("KVM_RUN", 5, "x"), 500, "KvmError"),
     ]
     for exc, status, kind in cases:
-        error = from_guest_error(exc, "f", "printed")
+        error = api_error(exc, function="f", output="printed")
         assert (error.status, error.type) == (status, kind), exc
         assert error.body()["error"]["stdout"] == "printed"
-    assert from_guest_error(sbx.GuestTrap("x", kind="divide_error"), "f", "").extra["kind"] == (
-        "divide_error"
-    )
+    trap = api_error(sbx.GuestTrap("x", kind="divide_error"), function="f", output="")
+    assert trap.extra["kind"] == "divide_error"
 
 
 # -- the command line ---------------------------------------------------------------------

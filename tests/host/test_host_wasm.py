@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from host_support import AUTH, ROOT, Host, deploy, error_of, invoke, start_host
+from host_support import AUTH, ROOT, deploy, error_of, invoke, start_host
 
 wasmtime = pytest.importorskip("wasmtime")
 pytestmark = pytest.mark.requires_kvm
@@ -28,17 +27,7 @@ MODULE = """(module
   (func (export "pair") (result i32 i32) (i32.const 1) (i32.const 2)))"""
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
-    root = tmp_path_factory.mktemp("host-wasm")
-    server = start_host(root / "data", root / "host.log", default_warm=1)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(host: Host) -> httpx.Client:
-    return host.client()
+HOST_SETTINGS = {"default_warm": 1}  # the module's host (conftest.py)
 
 
 @pytest.fixture(scope="module")
