@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from deploy_support import (
     IGNITION_SCHEMA,
+    REPO,
     flatcar_root,
     merge_script,
     require_mounts,
@@ -377,4 +378,4 @@ def test_host_from_the_merged_tree_deploys_and_invokes(
     # the native module mapped from the merged /usr), not this checkout's.
     maps = Path(f"/proc/{pid}/maps").read_text()
     assert f"{root}/{SITE}/sandbox/_sbx_native.abi3.so" in maps
-    assert str(Path(__file__).parents[2] / "sandbox") not in maps
+    assert str(REPO / "sandbox") not in maps

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from deploy_support import flatcar_root, require_tools
+from deploy_support import REPO, flatcar_root, require_tools
 
 from sandbox.deploy import flatcar, units
 
@@ -233,7 +233,7 @@ def test_container_unit_verifies(tmp_path: Path) -> None:
     require_tools("systemd-analyze")
     root = flatcar_root(tmp_path / "root")
     name = "sandbox-host-container.service"
-    text = (Path(__file__).parents[2] / "deploy/flatcar/units" / name).read_text()
+    text = (REPO / "deploy/flatcar/units" / name).read_text()
     (root / "usr/lib/systemd/system" / name).write_text(text)
     for tool in ("docker", "install", "chown", "sh"):
         stub = root / "usr/bin" / tool
