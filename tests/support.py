@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from sandbox import _reaper, machines
 
@@ -50,3 +53,31 @@ def spin_reference(n: int) -> int:
     for i in range(n):
         x = (x + (i ^ (x >> 3))) & U64
     return x
+
+
+def _clang() -> str:
+    clang = shutil.which("clang")
+    if clang is None:
+        pytest.skip("clang is not installed")
+    return clang
+
+
+def compile_wasi(tmp_path: Path, source: str, name: str = "prog") -> Path:
+    """`source` (C) built for wasm32-wasi with clang; skips where clang or its WASI
+    sysroot is missing, fails on any other compiler error."""
+    clang = _clang()
+    src = tmp_path / f"{name}.c"
+    src.write_text(source)
+    out = tmp_path / f"{name}.wasm"
+    result = subprocess.run(
+        [clang, "--target=wasm32-wasi", "-O2", str(src), "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        if "wasi" in result.stderr and (
+            "not found" in result.stderr or "cannot find" in result.stderr
+        ):
+            pytest.skip(f"no wasm32-wasi sysroot: {result.stderr.strip()[:200]}")
+        raise AssertionError(result.stderr)
+    return out

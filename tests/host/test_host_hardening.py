@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from host_support import AUTH, Guests, deploy, error_of, invoke, launch_host, wait_for_pool
+from support import compile_wasi
 
 pytestmark = pytest.mark.requires_kvm
 
@@ -485,18 +484,8 @@ def test_wasm_integer_arguments_are_range_checked(host_factory: Any) -> None:
     assert invoke(c, "w-add", 2147483647, 0).json()["result"] == 2147483647
 
 
-@pytest.mark.skipif(shutil.which("clang") is None, reason="clang is needed for wasm32-wasi")
 def test_wagi_module(host_factory: Any, tmp_path: Path) -> None:
-    source = tmp_path / "wagi.c"
-    source.write_text(WAGI_SOURCE)
-    wasm = tmp_path / "wagi.wasm"
-    proc = subprocess.run(
-        ["clang", "--target=wasm32-wasi", "-O2", str(source), "-o", str(wasm)],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"clang cannot build for wasm32-wasi: {proc.stderr[:200]}")
+    wasm = compile_wasi(tmp_path, WAGI_SOURCE, "wagi")
     host = host_factory()
     c = host.client()
     r = deploy(c, "wagi", wasm, kind="wasm", mode="http", entry="_start", memory_mib=64,

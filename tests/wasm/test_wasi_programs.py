@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support import compile_wasi
 from wasi_support import (
-    compile_c,
     snapshot,
 )
 
@@ -150,7 +150,7 @@ int main(void) {
 
 
 def test_layout_and_errnos_match_wasmtime(tree: Path, tmp_path: Path) -> None:
-    wasm = compile_c(tmp_path, LAYOUT_PROGRAM, "layout")
+    wasm = compile_wasi(tmp_path, LAYOUT_PROGRAM, "layout")
     args = ["prog", "", "two words", "ünïcode"]
     env = {"HOME": "/data", "EMPTY": "", "EQ": "a=b=c"}
     ours = run_with_this_wasi(
@@ -238,7 +238,7 @@ int main(int argc, char **argv) {
 
 
 def test_libc_program_matches_wasmtime(tree: Path, tmp_path: Path) -> None:
-    wasm = compile_c(tmp_path, LIBC_PROGRAM, "libc")
+    wasm = compile_wasi(tmp_path, LIBC_PROGRAM, "libc")
     args = ["libc", "x y"]
     env = {"HOME": "/data"}
     reference = tmp_path / "reference"

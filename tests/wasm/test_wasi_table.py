@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from support import compile_wasi
 from wasi_support import (
     WASI_FUNCTIONS,
     WASI_HEADER,
-    compile_c,
 )
 
 from sandbox.errors import ConfigError
@@ -69,7 +69,7 @@ def test_signatures_match_what_wasi_libc_imports(tmp_path: Path) -> None:
         f"void *volatile table[] = {{{table}}};\n"
         "int main(int argc, char **argv) { return (int)(long)table[argc]; }\n"
     )
-    module = wasmtime.Module.from_file(wasmtime.Engine(), str(compile_c(tmp_path, source)))
+    module = wasmtime.Module.from_file(wasmtime.Engine(), str(compile_wasi(tmp_path, source)))
     codes = {"i32": I32, "i64": I64}
     imported = {}
     for imp in module.imports:

@@ -6,12 +6,8 @@ wasm32-wasi."""
 from __future__ import annotations
 
 import os
-import shutil
 import struct
-import subprocess
 from pathlib import Path
-
-import pytest
 
 from sandbox.wasm.wasi import MemoryOutOfBounds, Preopen, WasiConfig, WasiContext
 
@@ -218,29 +214,3 @@ WASI_FUNCTIONS = [
     "sock_send",
     "sock_shutdown",
 ]
-
-
-def _clang() -> str:
-    clang = shutil.which("clang")
-    if clang is None:
-        pytest.skip("clang is not installed")
-    return clang
-
-
-def compile_c(tmp_path: Path, source: str, name: str = "prog") -> Path:
-    clang = _clang()
-    src = tmp_path / f"{name}.c"
-    src.write_text(source)
-    out = tmp_path / f"{name}.wasm"
-    result = subprocess.run(
-        [clang, "--target=wasm32-wasi", "-O2", str(src), "-o", str(out)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        if "wasi" in result.stderr and (
-            "not found" in result.stderr or "cannot find" in result.stderr
-        ):
-            pytest.skip(f"no wasm32-wasi sysroot: {result.stderr.strip()[:200]}")
-        raise AssertionError(result.stderr)
-    return out
