@@ -43,7 +43,7 @@ _REASONS = {
 }
 
 
-class Limits:
+class ConnectionLimits:
     """The limits (from HostConfig) and the refusal counter, shared by connections."""
 
     def __init__(self, config: Any, count: Any) -> None:
@@ -125,7 +125,7 @@ class _Refused(Exception):
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    limits: Limits  # set on a subclass made by `protocol_class`
+    limits: ConnectionLimits  # set on a subclass made by `protocol_class`
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -296,7 +296,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.abort()
 
 
-def protocol_class(limits: Limits) -> type[GuardedHttpToolsProtocol]:
+def protocol_class(limits: ConnectionLimits) -> type[GuardedHttpToolsProtocol]:
     """The protocol class for uvicorn's `http=` setting, with `limits`."""
     return type("HostHttpProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
 

@@ -26,7 +26,7 @@ import uvicorn
 
 from .app import create_app
 from .config import HostConfig
-from .connections import Limits, protocol_class
+from .connections import ConnectionLimits, protocol_class
 from .logs import configure_logging
 from .state import HostState
 
@@ -83,7 +83,7 @@ def serve(config: HostConfig) -> int:
     app = create_app(config)
     app.state.host.registry.store.lock()  # before listening: fail fast, with a clear error
     sock = bind(config.host, config.port)
-    limits = Limits(config, app.state.host.metrics.refused)
+    limits = ConnectionLimits(config, app.state.host.metrics.refused)
     uv_config = uvicorn.Config(
         app,
         loop="uvloop",
