@@ -331,17 +331,9 @@ class _Reader:
                 raise self.fail("authentication failed: another key, or a modified file")
 
     def _layout(self, header: SnapshotHeader) -> Layout:
-        config = header.config
         try:
             layout = Layout(**header.layout)
-            expected = Layout.compute(
-                mem_size=config.memory_size,
-                image_size=layout.image_end - layout.image_base,
-                in_size=config.input_buffer_size,
-                out_size=config.output_buffer_size,
-                stack_size=config.stack_size,
-                heap_size=config.heap_size,
-            )
+            expected = Layout.for_config(header.config, layout.image_end - layout.image_base)
         except (TypeError, ValueError) as exc:
             raise self.fail(f"malformed layout: {exc}") from None
         overlap = layout.overlapping_regions()
