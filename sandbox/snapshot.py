@@ -45,7 +45,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel, ValidationError
 
 from ._native import ffi
-from .abi import ABI_VERSION, FUNC_DESC, NAME_MAX, Signature, Tag, parse_function_table
+from .abi import ABI_VERSION, FUNC_DESC, MAX_ARGS, NAME_MAX, Signature, Tag, parse_function_table
 from .config import ResetMode, SandboxConfig
 from .cpu import CpuState, cpu_setup
 from .errors import SnapshotError
@@ -357,9 +357,13 @@ class _Reader:
                 sig = Signature(fname, tuple(Tag(t) for t in params), Tag(ret))
             except ValueError as exc:
                 raise self.fail(f"malformed function {fname!r}: {exc}") from None
-            if not fname or len(fname.encode(errors="replace")) > NAME_MAX or len(params) > 32:
-                raise self.fail(f"malformed function {fname!r}")
-            if Tag.VOID in sig.params or fname in functions:
+            if (
+                not fname
+                or len(fname.encode(errors="replace")) > NAME_MAX
+                or len(params) > MAX_ARGS
+                or Tag.VOID in sig.params
+                or fname in functions
+            ):
                 raise self.fail(f"malformed function {fname!r}")
             functions[fname] = sig
         return functions
