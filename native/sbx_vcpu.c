@@ -95,44 +95,44 @@ int64_t sbx_vcpu_run(int vcpu_fd, void *run_area, int64_t timeout_ns, struct sbx
         if (err) goto out;
         armed = 1;
     }
-    for (;;) {
-        if (ioctl(vcpu_fd, KVM_RUN, 0) != 0) {
-            if (errno != EINTR && errno != EAGAIN) {
-                err = -errno;
-                break;
-            }
-            /* Kicked, or another signal (Ctrl-C): Python decides (its signal handlers
-             * run when this returns; the call resumes if none of them raises). */
-            exit->kind = sbx_run_kicked() ? SBX_EXIT_KICKED : SBX_EXIT_INTERRUPTED;
-            break;
-        }
-        exit->kvm_exit_reason = run->exit_reason;
-        switch (run->exit_reason) {
-        case KVM_EXIT_IO:
-            err = decode_io(vcpu_fd, run, exit);
-            goto out;
-        case KVM_EXIT_INTR:
-            exit->kind = sbx_run_kicked() ? SBX_EXIT_KICKED : SBX_EXIT_INTERRUPTED;
-            goto out;
-        case KVM_EXIT_SHUTDOWN:
-            exit->kind = SBX_EXIT_SHUTDOWN;
-            goto out;
-        case KVM_EXIT_INTERNAL_ERROR:
-            exit->kind = SBX_EXIT_INTERNAL;
-            exit->detail = run->internal.suberror;
-            goto out;
-        case KVM_EXIT_FAIL_ENTRY:
-            exit->kind = SBX_EXIT_INTERNAL;
-            exit->detail = run->fail_entry.hardware_entry_failure_reason;
-            goto out;
-        case KVM_EXIT_MMIO:
-            exit->kind = SBX_EXIT_UNKNOWN;
-            exit->pending_io = 1; /* completed by the emulator, like string I/O */
-            goto out;
-        default:
-            exit->kind = SBX_EXIT_UNKNOWN;
+    /* One KVM_RUN: every exit ends the run, since each needs Python (the guest's own
+     * exits are `out`s to the ABI's ports; the others are faults or signals). */
+    if (ioctl(vcpu_fd, KVM_RUN, 0) != 0) {
+        if (errno != EINTR && errno != EAGAIN) {
+            err = -errno;
             goto out;
         }
+        /* Kicked, or another signal (Ctrl-C): Python decides (its signal handlers run
+         * when this returns; the call resumes if none of them raises). */
+        exit->kind = sbx_run_kicked() ? SBX_EXIT_KICKED : SBX_EXIT_INTERRUPTED;
+        goto out;
+    }
+    exit->kvm_exit_reason = run->exit_reason;
+    switch (run->exit_reason) {
+    case KVM_EXIT_IO:
+        err = decode_io(vcpu_fd, run, exit);
+        break;
+    case KVM_EXIT_INTR:
+        exit->kind = sbx_run_kicked() ? SBX_EXIT_KICKED : SBX_EXIT_INTERRUPTED;
+        break;
+    case KVM_EXIT_SHUTDOWN:
+        exit->kind = SBX_EXIT_SHUTDOWN;
+        break;
+    case KVM_EXIT_INTERNAL_ERROR:
+        exit->kind = SBX_EXIT_INTERNAL;
+        exit->detail = run->internal.suberror;
+        break;
+    case KVM_EXIT_FAIL_ENTRY:
+        exit->kind = SBX_EXIT_INTERNAL;
+        exit->detail = run->fail_entry.hardware_entry_failure_reason;
+        break;
+    case KVM_EXIT_MMIO:
+        exit->kind = SBX_EXIT_UNKNOWN;
+        exit->pending_io = 1; /* completed by the emulator, like string I/O */
+        break;
+    default:
+        exit->kind = SBX_EXIT_UNKNOWN;
+        break;
     }
 out:
     if (armed) sbx_timer_disarm();

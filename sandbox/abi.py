@@ -211,7 +211,7 @@ class CallEncoder:
                 len(params),
                 _NAME_OFFSET,
                 len(name),
-                0,
+                self.hint,
                 0,
             ]
             self._template: list[object] = header + [x for tag in params for x in (tag, 0, 0)]

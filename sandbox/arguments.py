@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .abi import NAME_MAX
 from .config import MAX_TIMEOUT, SandboxConfig
 from .errors import ArgumentError
 
@@ -62,8 +63,10 @@ def check_host_functions(funcs: Mapping[str, HostFunction] | None) -> dict[str, 
     if funcs is not None and not isinstance(funcs, Mapping):
         raise ArgumentError(f"host_functions must map names to callables, not {funcs!r}")
     for name, fn in (funcs or {}).items():
-        if not isinstance(name, str) or not name or len(name.encode(errors="replace")) > 47:
-            raise ArgumentError(f"host function name {name!r} must be a str of 1 to 47 bytes")
+        if not isinstance(name, str) or not name or len(name.encode(errors="replace")) > NAME_MAX:
+            raise ArgumentError(
+                f"host function name {name!r} must be a str of 1 to {NAME_MAX} bytes"
+            )
         if not callable(fn):
             raise ArgumentError(f"host function {name!r} is not callable")
         out[name] = fn

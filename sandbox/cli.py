@@ -63,7 +63,7 @@ def cmd_call(args: argparse.Namespace) -> int:
     from . import Sandbox, SandboxConfig, SandboxError
 
     try:
-        config = SandboxConfig(timeout=args.timeout) if args.timeout else None
+        config = SandboxConfig(timeout=args.timeout) if args.timeout is not None else None
         with Sandbox(args.guest, config=config, output=_to_stderr) as sb:
             sig: Signature | None = sb.functions.get(args.function)
             if sig is not None and len(args.args) != len(sig.params):
@@ -82,7 +82,7 @@ def cmd_call(args: argparse.Namespace) -> int:
                 print(f"error: bad argument for {sig}: {exc}", file=sys.stderr)
                 return 2
             result = sb.call(args.function, *values)
-    except (SandboxError, ValueError) as exc:
+    except (SandboxError, ValueError, OSError) as exc:  # OSError: an unreadable guest file
         print_error(exc)
         return 1
     print(json.dumps(to_json(result)))

@@ -2,12 +2,13 @@
 
 A native guest (an ELF built with the SDK) runs in a `Sandbox` directly. Other kinds run
 a native engine guest of their own and add their semantics on the host by composition:
-the Wasm kind (sandbox/wasm/) holds a Sandbox running the Wasm engine guest. A kind
-registers a factory here under its name when its package is imported
-(`sandbox/__init__.py` imports the kinds that ship with the runtime), and
-`Sandbox.from_<kind>` calls it; snapshots of a kind make their own sandboxes
+the Wasm kind (sandbox/wasm/) holds a Sandbox running the Wasm engine guest, the Python
+kind (sandbox/python/) a Wasm sandbox running CPython. A kind registers a factory here
+under its name when its package is imported (`sandbox/__init__.py` imports the kinds
+that ship with the runtime), and `Sandbox.from_<kind>` calls it (or `Sandbox(name)`, for
+a kind registered as a constructor); snapshots of a kind make their own sandboxes
 (`SpawnsSandbox.spawn`). So sandbox.py never imports a kind's package, and a new kind
-(an AOT-compiled Wasm tier, a Python guest) plugs in without touching it.
+(an AOT-compiled Wasm tier) plugs in without touching it.
 """
 
 from __future__ import annotations

@@ -46,9 +46,13 @@ import struct
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import x86_64 as x86
 from ._native import ffi, lib
+
+if TYPE_CHECKING:
+    from .config import SandboxConfig
 
 PAGE = x86.PAGE_SIZE
 
@@ -195,6 +199,20 @@ class Layout:
             guard_page=guard_page,
             stack_base=stack_base,
             stack_top=stack_top,
+        )
+
+    @classmethod
+    def for_config(cls, config: SandboxConfig, image_size: int) -> Layout:
+        """The layout of a guest image of `image_size` bytes with `config`'s sizes (what
+        a template builds and what a snapshot file must hold). Raises ValueError if it
+        does not fit."""
+        return cls.compute(
+            mem_size=config.memory_size,
+            image_size=image_size,
+            in_size=config.input_buffer_size,
+            out_size=config.output_buffer_size,
+            stack_size=config.stack_size,
+            heap_size=config.heap_size,
         )
 
     def region_of(self, addr: int) -> str:

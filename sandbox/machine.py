@@ -155,11 +155,7 @@ class Machine:
         vcpu.settle(None)  # before memory: a pending string `in` writes to it
         remapped = image is not memory.image
         if not remapped:
-            watch = self._page_table_watch
-            flush = bool(watch) and memory.differs_from_image(watch)
-            memory.reset()
-            if flush:
-                vm.flush_memory_region(SLOT)
+            self._reset_memory(vm)
         else:
             vm.remove_memory_region(SLOT)
             memory.remap(image)
@@ -183,15 +179,21 @@ class Machine:
         restore does, so that the next owner's first call does not fault it in again),
         flushes KVM's mappings if the host-written page tables changed, and forgets the
         page-table watch (the next owner sets its own)."""
-        vcpu, vm = self.vcpu, self._vm
-        assert vm is not None
-        vcpu.settle(None)
+        vm = self._vm
+        assert vm is not None, "the machine is closed"
+        self.vcpu.settle(None)
+        self._reset_memory(vm)
+        self._page_table_watch = ()
+
+    def _reset_memory(self, vm: Vm) -> None:
+        """Resets the memory to its image (the vCPU settled first), and makes KVM drop
+        its mappings if the reset changes the host-written page tables
+        (watch_page_tables)."""
         watch = self._page_table_watch
         flush = bool(watch) and self.memory.differs_from_image(watch)
         self.memory.reset()
         if flush:
             vm.flush_memory_region(SLOT)
-        self._page_table_watch = ()
 
     def close(self) -> None:
         """Releases the vCPU, the VM and then the memory (KVM uses it until the VM is

@@ -412,11 +412,8 @@ class SandboxPool(Generic[M]):
         new one if there is none or it cannot be restored (that one is closed; its
         kernel teardown runs off this path). A replacement takes the old one's place
         among the busy. Raises what the factory raises (the old member is then lost)."""
-        if member is not None and member.poisoned and not member.closed:
-            try:
-                member.restore()
-            except SandboxError:
-                member.close()
+        if member is not None and member.poisoned:
+            self._refresh(member)
         if member is not None and not member.closed:
             return member
         new = self._factory()

@@ -5,10 +5,11 @@ poisoned, closed), the lock that serializes calls, the exit loop of a call, host
 dispatch, the guest's output, the reset mode, poisoning and cancellation. The machine
 does everything that touches KVM.
 
-Other guest kinds (Wasm modules, sandbox/wasm/) are built on top of it by composition
-and reached through `kinds`: `Sandbox.from_wasm` and `Sandbox.from_snapshot` of their
-snapshots return their sandboxes, which `isinstance(x, Sandbox)` recognises (they are
-registered as virtual subclasses) and which offer the same methods.
+Other guest kinds (Wasm modules, sandbox/wasm/; Python functions, sandbox/python/) are
+built on top of it by composition and reached through `kinds`: `Sandbox.from_wasm`,
+`Sandbox("python")` and `Sandbox.from_snapshot` of their snapshots return their
+sandboxes, which `isinstance(x, Sandbox)` recognises (they are registered as virtual
+subclasses) and which offer the same methods.
 """
 
 from __future__ import annotations
@@ -96,9 +97,10 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
     """
 
     def __new__(cls, guest: object = None, *args: Any, **kwargs: Any) -> Any:
-        # Sandbox("wasm"), Sandbox("python"): the name of a guest kind (kinds.py) makes
-        # a sandbox of that kind, which is not a Sandbox by inheritance, so Python does
-        # not call __init__ on it.
+        # Sandbox("python"): the name of a guest kind registered as a constructor
+        # (kinds.py) makes a sandbox of that kind, which is not a Sandbox by inheritance,
+        # so Python does not call __init__ on it. (Sandbox("wasm") is the bundled Wasm
+        # engine guest itself; Wasm modules go through Sandbox.from_wasm.)
         if cls is Sandbox and isinstance(guest, str) and kinds.is_kind(guest):
             return kinds.factory(guest)(*args, **kwargs)
         return super().__new__(cls)
@@ -511,16 +513,12 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         sig: Signature, status: int, tag: int, value: Value, host_error: BaseException | None
     ) -> NoReturn:
         """Raises what a result other than an OK value of the declared type means."""
-        if status == Status.OK:
-            if host_error is not None:
-                raise HostFunctionError(
-                    f"a host function called by {sig.name} raised: {describe(host_error)}"
-                ) from host_error
-            raise GuestProtocolError(f"{sig.name} returned tag {tag}, declared {sig}")
-        if status == Status.HOST_ERROR and host_error is not None:
+        if host_error is not None and status in (Status.OK, Status.HOST_ERROR):
             raise HostFunctionError(
                 f"a host function called by {sig.name} raised: {describe(host_error)}"
             ) from host_error
+        if status == Status.OK:
+            raise GuestProtocolError(f"{sig.name} returned tag {tag}, declared {sig}")
         if status == Status.ABORT:
             raise GuestAbort(str(value))
         if status == Status.NOT_FOUND:

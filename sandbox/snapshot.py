@@ -45,7 +45,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel, ValidationError
 
 from ._native import ffi
-from .abi import ABI_VERSION, FUNC_DESC, NAME_MAX, Signature, Tag, parse_function_table
+from .abi import ABI_VERSION, FUNC_DESC, MAX_ARGS, NAME_MAX, Signature, Tag, parse_function_table
 from .config import ResetMode, SandboxConfig
 from .cpu import CpuState, cpu_setup
 from .errors import SnapshotError
@@ -331,17 +331,9 @@ class _Reader:
                 raise self.fail("authentication failed: another key, or a modified file")
 
     def _layout(self, header: SnapshotHeader) -> Layout:
-        config = header.config
         try:
             layout = Layout(**header.layout)
-            expected = Layout.compute(
-                mem_size=config.memory_size,
-                image_size=layout.image_end - layout.image_base,
-                in_size=config.input_buffer_size,
-                out_size=config.output_buffer_size,
-                stack_size=config.stack_size,
-                heap_size=config.heap_size,
-            )
+            expected = Layout.for_config(header.config, layout.image_end - layout.image_base)
         except (TypeError, ValueError) as exc:
             raise self.fail(f"malformed layout: {exc}") from None
         overlap = layout.overlapping_regions()
@@ -365,9 +357,13 @@ class _Reader:
                 sig = Signature(fname, tuple(Tag(t) for t in params), Tag(ret))
             except ValueError as exc:
                 raise self.fail(f"malformed function {fname!r}: {exc}") from None
-            if not fname or len(fname.encode(errors="replace")) > NAME_MAX or len(params) > 32:
-                raise self.fail(f"malformed function {fname!r}")
-            if Tag.VOID in sig.params or fname in functions:
+            if (
+                not fname
+                or len(fname.encode(errors="replace")) > NAME_MAX
+                or len(params) > MAX_ARGS
+                or Tag.VOID in sig.params
+                or fname in functions
+            ):
                 raise self.fail(f"malformed function {fname!r}")
             functions[fname] = sig
         return functions

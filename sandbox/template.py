@@ -55,14 +55,7 @@ def _build(path: str, mtime_ns: int, size: int, config: SandboxConfig) -> Templa
     """Keyed by the file's identity, so a rebuilt guest file is loaded again."""
     image = load_guest(path)
     try:
-        layout = Layout.compute(
-            mem_size=config.memory_size,
-            image_size=image.span,
-            in_size=config.input_buffer_size,
-            out_size=config.output_buffer_size,
-            stack_size=config.stack_size,
-            heap_size=config.heap_size,
-        )
+        layout = Layout.for_config(config, image.span)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     pieces = layout.build_template(image.load(layout.image_base))

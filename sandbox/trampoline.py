@@ -34,8 +34,10 @@ SAVED = 0x040  # u64 rip, rax, rdx
 AREA = 0x100
 _SAVED = struct.Struct("<QQQ")
 _RFLAGS_TF = 1 << 8
-_XSTATE_BV, _XCOMP_BV, _HEADER_END = 512, 520, 576
-_LEGACY_AREA = 512
+# The XSAVE header (SDM vol. 1, 13.4.2): XSTATE_BV, then XCOMP_BV, then reserved bytes.
+_XSTATE_BV = x86.XSAVE_LEGACY_SIZE
+_XCOMP_BV = _XSTATE_BV + 8
+_HEADER_END = x86.XSAVE_LEGACY_SIZE + x86.XSAVE_HEADER_SIZE
 
 
 def _rel(target: int, next_instruction: int) -> bytes:
@@ -63,18 +65,19 @@ def trampoline_for(page: int, setup: CpuSetup) -> Trampoline:
     key = (page, id(setup))
     found = _shared.get(key)
     if found is None:
-        found = _shared[key] = Trampoline(page, setup, setup.xsave_size)
+        found = _shared[key] = Trampoline(page, setup)
     return found
 
 
 class Trampoline:
     """The trampoline page at guest address `page` for vCPUs set up by `setup`."""
 
-    def __init__(self, page: int, setup: CpuSetup, area_size: int) -> None:
+    def __init__(self, page: int, setup: CpuSetup) -> None:
         self.page = page
         self._xcr0 = setup.xcr0(setup.xcrs)
         self._code = trampoline_code(self._xcr0 is not None)
-        self._area_size = area_size if self._xcr0 is not None else _LEGACY_AREA
+        # FXRSTOR64 reads the legacy area only; XRSTOR64 the components of XCR0.
+        self._area_size = setup.xsave_size if self._xcr0 is not None else x86.XSAVE_LEGACY_SIZE
         # Per saved state (immutable): the registers to load and the page's data.
         self._prepared: weakref.WeakKeyDictionary[CpuState, tuple[Any, bytes] | None] = (
             weakref.WeakKeyDictionary()

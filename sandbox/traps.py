@@ -55,18 +55,13 @@ def _exception(exit: Exit, layout: Layout) -> GuestTrap:
         # The stack pointer itself below the stack (or the fault in the guard): a frame
         # past the stack's end, whatever the address written.
         if region == "stack guard page" or exit.rsp < layout.stack_base:
-            return GuestTrap(
-                f"stack overflow: {access} of 0x{cr2:x} ({region}) {where}",
-                kind=TrapKind.STACK_OVERFLOW,
-                vector=vector,
-                rip=rip,
-                address=cr2,
-                error_code=err,
-            )
-        why = "protection violation" if err & x86.PF_PRESENT else "not mapped"
+            kind, what, detail = TrapKind.STACK_OVERFLOW, "stack overflow", region
+        else:
+            why = "protection violation" if err & x86.PF_PRESENT else "not mapped"
+            kind, what, detail = TrapKind.PAGE_FAULT, "page fault", f"{region}, {why}"
         return GuestTrap(
-            f"page fault: {access} of 0x{cr2:x} ({region}, {why}) {where}",
-            kind=TrapKind.PAGE_FAULT,
+            f"{what}: {access} of 0x{cr2:x} ({detail}) {where}",
+            kind=kind,
             vector=vector,
             rip=rip,
             address=cr2,

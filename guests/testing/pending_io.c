@@ -137,8 +137,11 @@ SBX_EXPORT(print_flood, SBX_TAG_U32) {
         pend_asm_##name();                                                             \
     }
 
-#define ABI_PORT "$224"  /* SBX_PORT_RETURN */
-#define FREE_PORT "$240" /* SBX_PORT_UNASSIGNED */
+/* Port numbers from the ABI header, as assembler immediates ("$224"). */
+#define ASM_IMMEDIATE_(n) "$" #n
+#define ASM_IMMEDIATE(n) ASM_IMMEDIATE_(n)
+#define ABI_PORT ASM_IMMEDIATE(SBX_PORT_RETURN)
+#define FREE_PORT ASM_IMMEDIATE(SBX_PORT_UNASSIGNED)
 
 PENDING(in8, "\tmov " ABI_PORT ", %dx\n\tinb %dx, %al")
 PENDING(in16, "\tmov " ABI_PORT ", %dx\n\tinw %dx, %ax")

@@ -19,6 +19,7 @@ from sandbox.abi import (
     MAX_ARGS,
     RESULT,
     VALUE,
+    CallEncoder,
     Status,
     decode_call,
     decode_result,
@@ -104,6 +105,30 @@ def test_encode_data_is_in_bounds_aligned_and_nul_terminated() -> None:
         assert offset + length < size
         assert bytes(buf[offset : offset + length]) == expected
         assert buf[offset + length] == 0
+
+
+@pytest.mark.parametrize(
+    ("params", "args"),
+    [
+        (
+            (Tag.I32, Tag.U32, Tag.I64, Tag.U64, Tag.BOOL),
+            (-1, 2**32 - 1, -(2**63), 2**64 - 1, True),
+        ),
+        ((Tag.F32, Tag.F64), (0.1, -2.5)),  # the fast path
+        ((Tag.F64,), (3,)),  # an int for a float: the slow path converts it
+        ((Tag.STR, Tag.I32), ("héllo", 7)),  # data: the slow path
+    ],
+)
+def test_call_encoder_writes_what_encode_call_writes(
+    params: tuple[Tag, ...], args: tuple[object, ...]
+) -> None:
+    """Fast path or not, the record is encode_call's, the table-index hint included."""
+    sig = Signature("fn", params, Tag.VOID)
+    fast, slow = buffer(), buffer()
+    CallEncoder(sig, index=4).encode(fast, args)
+    size = encode_call(slow, sig, args, hint=5)
+    assert CALL_HEADER.unpack_from(fast, 0)[4] == 5
+    assert bytes(fast[:size]) == bytes(slow[:size])
 
 
 @pytest.mark.parametrize(

@@ -78,6 +78,8 @@ def test_call_guest_output_goes_to_stderr() -> None:
         (["--guest", "/no/such.elf", "add", "1", "2"], 1, "GuestNotFound"),
         (["--timeout", "0.05", "fault", "spin_forever"], 1, "CallTimeout"),
         (["--timeout", "-1", "add", "1", "2"], 1, "invalid configuration: timeout"),
+        (["--timeout", "0", "add", "1", "2"], 1, "invalid configuration: timeout"),
+        (["--guest", "/proc/self/mem", "add", "1", "2"], 1, "OSError"),  # unreadable
     ],
 )
 def test_call_errors_are_one_line(args: list[str], status: int, words: str) -> None:

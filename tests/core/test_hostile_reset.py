@@ -234,17 +234,18 @@ def stop_mid_instruction(subject: Subject, harness: Harness, kind: str) -> None:
         harness.armed = False
 
 
-def applicable(path: str, kind: str) -> bool:
-    # A pool takes no output callback.
-    return not (path.startswith("pool") and kind == "output_escapes")
+def matrix(paths: list[str]) -> list[Any]:
+    """Every way to stop mid-instruction, on every path (a pool takes no output
+    callback)."""
+    return [
+        pytest.param(path, kind, id=f"{kind}-{path}")
+        for kind in KINDS
+        for path in paths
+        if not (path.startswith("pool") and kind == "output_escapes")
+    ]
 
 
-MATRIX = [
-    pytest.param(path, kind, id=f"{kind}-{path}")
-    for kind in KINDS
-    for path in PATHS
-    if applicable(path, kind)
-]
+MATRIX = matrix(PATHS)
 
 
 @pytest.mark.parametrize(("path", "kind"), MATRIX)
@@ -334,12 +335,7 @@ def memory_differences(got: Snapshot, want: Snapshot) -> list[int]:
     return pages
 
 
-RESTORE_MATRIX = [
-    pytest.param(path, kind, id=f"{kind}-{path}")
-    for kind in KINDS
-    for path in RESTORE_PATHS
-    if applicable(path, kind)
-]
+RESTORE_MATRIX = matrix(RESTORE_PATHS)
 
 
 @pytest.mark.parametrize(("path", "kind"), RESTORE_MATRIX)

@@ -54,14 +54,7 @@ class Page:
 
 def build(guest: Path, config: SandboxConfig) -> Template:
     image = load_guest(guest)
-    layout = Layout.compute(
-        mem_size=config.memory_size,
-        image_size=image.span,
-        in_size=config.input_buffer_size,
-        out_size=config.output_buffer_size,
-        stack_size=config.stack_size,
-        heap_size=config.heap_size,
-    )
+    layout = Layout.for_config(config, image.span)
     segments = image.load(layout.image_base)
     mem = bytearray(layout.image_end)
     for addr, data in layout.build_template(segments):
