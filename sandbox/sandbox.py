@@ -205,7 +205,8 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         guest, instantiated, with `call` reaching its exported functions by name.
         `imports` binds function imports to Python callables ({"module": {"name": fn}});
         WASI preview1 imports are served by a WasiContext made from `wasi` (default:
-        no arguments, no environment, no directories, output captured). The module is
+        no arguments, no environment, no directories, output captured; a module that
+        imports nothing from WASI has no context, and `wasi` is unused). The module is
         validated on the host (wasmtime) first. Raises WasmModuleError, WasmLinkError,
         WasmTrap (a trap while instantiating), plus what Sandbox() raises. See
         sandbox.wasm."""
