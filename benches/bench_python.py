@@ -81,23 +81,34 @@ def defined() -> Any:
         return sb.snapshot()
 
 
-@pytest.mark.parametrize("vm", ["new", "reused"])
+@pytest.mark.parametrize("vm", ["new", "spare", "reused"])
 def test_python_spawn_to_first_result(
-    bench_nofloor: Any, defined: Any, vm: str, monkeypatch: pytest.MonkeyPatch
+    bench_nofloor: Any,
+    defined: Any,
+    vm: str,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
-    """With a new VM every time (machine reuse off), and as an application that closes
-    and makes sandboxes gets it (the closed sandbox's VM reset and reused)."""
+    """With a new VM every time (machine reuse off); with every sandbox kept open, each
+    taking the spare VM made and warmed in the background after the previous spawn
+    (sandbox/machines.py); and as an application that closes and makes sandboxes gets
+    it (the closed sandbox's VM reset and reused)."""
     s = bench_nofloor.settings
     if vm == "new":
         monkeypatch.setattr(machines, "MAX_IDLE", 0)
         machines.release_idle()
     holder: list[Any] = []
+    kept: list[Any] = []
+    request.addfinalizer(lambda: [sb.close() for sb in kept])
 
     def close(*_: Any) -> None:
-        for sb in holder:
-            sb.close()
+        if vm == "spare":
+            kept.extend(holder)  # left open: the next spawn cannot reuse its VM
+        else:
+            for sb in holder:
+                sb.close()
         holder.clear()
-        _reaper.drain()
+        _reaper.drain()  # a spare is made (untimed)
 
     def from_defined() -> Any:
         sb = defined.spawn()

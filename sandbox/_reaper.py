@@ -1,8 +1,10 @@
 """Teardown off the caller's path: closing a VM costs ~0.3-0.5 ms of kernel time, so
-`Sandbox.close()` hands its resources to one background thread that releases them."""
+`Sandbox.close()` hands its resources to one background thread that releases them. The
+same thread makes spare machines (machines.py), so that `drain()` waits for both."""
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
@@ -42,6 +44,23 @@ def defer(job: Callable[[], None]) -> None:
                 _thread = threading.Thread(target=_worker, name="sandbox-reaper", daemon=True)
                 _thread.start()
     _queue.put(job)
+
+
+def _forget_in_child() -> None:
+    """A forked child has no reaper thread (only the forking thread survives a fork):
+    its first deferred job starts its own, on a queue of its own."""
+    global _queue, _thread, _lock
+    _queue = queue.Queue()
+    _thread = None
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def on_reaper_thread() -> bool:
+    """Whether the caller runs on the reaper thread (where `drain` would wait forever)."""
+    return _thread is not None and threading.current_thread() is _thread
 
 
 def drain() -> None:

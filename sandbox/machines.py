@@ -10,15 +10,31 @@ nothing of the previous sandbox reaches the next (the promise of restore and of 
 At most MAX_IDLE machines wait, each at most IDLE_SECONDS; a machine whose vCPU shut
 down or failed in KVM is closed, never parked. `release_idle()` closes them all (tests
 that count descriptors, embedders that want the memory back now).
+
+Spares: when a sandbox takes the last idle machine of its memory image, or finds none and
+gets a new one, the background thread makes one more machine of the same state and parks
+it (at most one in the making per image; none while SPARES is False or MAX_IDLE is 0),
+so that a program that keeps its sandboxes open and makes more finds one ready. A new
+VM's first call is slow for a reason the VM's creation does not show: KVM builds its
+shadow mappings of guest memory page by page as the guest touches it (~19 us a page
+under nested KVM; a Python call touches ~400 pages, ~7 ms). A layer whose guest touches
+that much registers a `warm` job for its image (`warm_spares_with`): the spare is then
+made by a sandbox that runs one call and closes, and the spare's mappings survive the
+reset that parks it (a reset copies the written pages back in place). An idle machine
+still mapping the image asked for is taken before one that must map another.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
+import weakref
 from collections import deque
+from collections.abc import Callable
 
+from . import _reaper
 from .cpu import CpuState
 from .layout import Layout
 from .machine import Machine
@@ -26,6 +42,11 @@ from .memory import MemoryImage
 
 MAX_IDLE = 8
 IDLE_SECONDS = 30.0
+SPARES = True
+
+# image -> the job that makes a warmed spare of it (see warm_spares_with)
+_warmers: weakref.WeakKeyDictionary[MemoryImage, Callable[[], None]] = weakref.WeakKeyDictionary()
+_ordered: set[int] = set()  # id() of the images a spare is being made of
 
 _idle: dict[Layout, deque[tuple[Machine, float]]] = {}
 _count = 0
@@ -36,28 +57,77 @@ _lock = threading.Lock()
 def obtain(image: MemoryImage, cpu: CpuState, layout: Layout) -> Machine:
     """A machine in the state (`image`, `cpu`): an idle one of this layout, loaded, or a
     new one."""
-    while (machine := _take(layout)) is not None:
+    while (machine := _take(layout, image)) is not None:
         try:
             machine.load(image, cpu)
-            return machine
+            break
         except Exception:  # this VM cannot be reused: try the next, or a new one
             machine.close()
-    return Machine(image, cpu, layout)
+    else:
+        machine = Machine(image, cpu, layout)
+    _order_spare(image, cpu, layout)
+    return machine
 
 
-def _take(layout: Layout) -> Machine | None:
+def _take(layout: Layout, image: MemoryImage) -> Machine | None:
+    """An idle machine of `layout`, one still mapping `image` if there is one."""
     global _count, _pid
     with _lock:
         if _pid != os.getpid():  # forked: the parent's VMs are not ours to use
             _idle.clear()
+            _ordered.clear()
             _count, _pid = 0, os.getpid()
             return None
         waiting = _idle.get(layout)
         if not waiting:
             return None
-        machine, _ = waiting.pop()
+        for i in range(len(waiting) - 1, -1, -1):
+            if waiting[i][0].memory.image is image:
+                machine = waiting[i][0]
+                del waiting[i]
+                break
+        else:
+            machine = waiting.pop()[0]
         _count -= 1
         return machine
+
+
+def warm_spares_with(image: MemoryImage, warm: Callable[[], None]) -> None:
+    """Spares of `image` are made by `warm` instead of as plain machines: `warm` makes a
+    sandbox in the state of `image`, runs a call that touches what calls touch, and
+    closes the sandbox (which parks its machine). It runs on the background thread, must
+    bound its own time (a call timeout), and its failure only means no spare. Forgotten
+    with `image`."""
+    _warmers[image] = warm
+
+
+def _order_spare(image: MemoryImage, cpu: CpuState, layout: Layout) -> None:
+    """Orders a spare of `image` unless one is idle or being made."""
+    if not SPARES or MAX_IDLE <= 0:
+        return
+    with _lock:
+        if id(image) in _ordered or _pid != os.getpid():
+            return
+        if any(m.memory.image is image for m, _ in _idle.get(layout, ())):
+            return
+        _ordered.add(id(image))
+    _reaper.defer(functools.partial(_make_spare, image, cpu, layout))
+
+
+def _make_spare(image: MemoryImage, cpu: CpuState, layout: Layout) -> None:
+    """Runs on the background thread: a machine of this state, parked for the next
+    sandbox (a sandbox made by a warm job asks for no spare: this image's is ordered)."""
+    try:
+        warm = _warmers.get(image)
+        if warm is not None:
+            warm()
+        else:
+            park(Machine(image, cpu, layout))
+    except Exception:  # a spare saves time only: the next sandbox makes its own machine
+        pass
+    finally:
+        with _lock:
+            _ordered.discard(id(image))
 
 
 def park(machine: Machine) -> None:
@@ -95,9 +165,18 @@ def _expire(now: float) -> list[Machine]:
     return expired
 
 
+def idle_count() -> int:
+    """How many machines wait for a sandbox now (spares included)."""
+    with _lock:
+        return _count
+
+
 def release_idle() -> int:
-    """Closes every idle machine now; returns how many."""
+    """Closes every idle machine now, spares in the making included (it waits for the
+    background thread, unless called from it); returns how many."""
     global _count
+    if not _reaper.on_reaper_thread():
+        _reaper.drain()
     with _lock:
         machines = [m for waiting in _idle.values() for m, _ in waiting]
         _idle.clear()

@@ -1,0 +1,97 @@
+"""Spare machines (sandbox/machines.py): made on the background thread after a spawn,
+taken by the next spawn of the same snapshot, and never a way for what ran on a machine
+before (a warm job, hostile or not) to reach the sandbox that takes it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from support import drain
+
+from sandbox import CallTimeout, GuestTrap, Sandbox, Snapshot, _reaper, machines
+
+pytestmark = pytest.mark.requires_kvm
+
+
+@pytest.fixture
+def snap() -> Iterator[Snapshot]:
+    with Sandbox() as sb:
+        sb.call("counter")
+        taken = sb.snapshot()
+    drain()  # no idle machine: the tests count them
+    yield taken
+    drain()
+
+
+def test_a_spawn_leaves_a_spare_that_the_next_spawn_takes(snap: Snapshot) -> None:
+    first = Sandbox.from_snapshot(snap)
+    _reaper.drain()
+    assert machines.idle_count() == 1  # the spare
+    second = Sandbox.from_snapshot(snap)  # takes it...
+    assert machines.idle_count() == 0
+    _reaper.drain()
+    assert machines.idle_count() == 1  # ...and orders the next
+    assert first.call("counter") == second.call("counter") == 2
+    first.close()
+    second.close()
+
+
+@pytest.mark.parametrize("setting", ["SPARES", "MAX_IDLE"])
+def test_no_spare_when_turned_off(
+    snap: Snapshot, setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(machines, setting, 0)
+    with Sandbox.from_snapshot(snap):
+        _reaper.drain()
+        assert machines.idle_count() == 0
+
+
+def test_a_hostile_warm_job_leaves_nothing_to_the_sandbox_on_its_spare(
+    snap: Snapshot,
+) -> None:
+    """The warm job runs guest code on the spare before it is parked: counters, MXCSR, a
+    vector register left by a trap, dirtied heap pages and a call stopped mid-way must
+    all be gone for the sandbox that takes the spare."""
+    ran: list[str] = []
+
+    def hostile() -> None:
+        sb = Sandbox.from_snapshot(snap)
+        for _ in range(5):
+            sb.call("counter")
+        sb.call("set_mxcsr", 0x1F80 ^ 0x6000)  # round toward zero
+        sb.call("dirty_pages", 64)
+        with pytest.raises(GuestTrap):
+            sb.call("set_xmm15_then_trap", 0x5EC12E7)
+        sb.restore()  # the trap poisoned the sandbox: restore, then stop a call
+        sb.call("counter")
+        with pytest.raises(CallTimeout):
+            sb.call("spin", 1 << 60, timeout=0.05)
+        sb.close()
+        ran.append("hostile")
+
+    machines.warm_spares_with(snap.image, hostile)
+    with Sandbox.from_snapshot(snap) as reference:
+        _reaper.drain()
+        assert ran == ["hostile"] and machines.idle_count() == 1
+        with Sandbox.from_snapshot(snap) as taker:
+            assert machines.idle_count() == 0  # it runs on the spare
+            for sb in (reference, taker):
+                assert sb.call("get_xmm15") == 0
+                assert sb.call("get_mxcsr") == 0x1F80
+                assert sb.call("heap_byte", 3) == 0
+                assert sb.call("counter") == 2
+                assert sb.call("add", 2, 3) == 5
+
+
+def test_a_failing_warm_job_means_no_spare_and_nothing_else(snap: Snapshot) -> None:
+    def broken() -> None:
+        raise RuntimeError("warm job failed")
+
+    machines.warm_spares_with(snap.image, broken)
+    with Sandbox.from_snapshot(snap) as sb:
+        _reaper.drain()
+        assert machines.idle_count() == 0
+        assert sb.call("counter") == 2
+    with Sandbox.from_snapshot(snap) as sb:  # and spawning goes on as before
+        assert sb.call("counter") == 2
