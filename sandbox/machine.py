@@ -12,11 +12,12 @@ resource: the machine owns the memory, the VM and the vCPU, and closes them in o
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable, Sequence
 
-from ._native import ffi
+from ._native import ffi, lib
 from .cpu import CpuState, cpu_setup
-from .exits import Exit
+from .exits import Exit, ExitKind
 from .kvm import Kvm
 from .layout import PAGE, Layout
 from .memory import GuestMemory, MemoryImage
@@ -26,6 +27,7 @@ from .vm import Vm
 
 SLOT = 0  # guest memory is one slot at guest-physical 0
 SEED_OFFSET: int = ffi.offsetof("struct sbx_boot_info", "random_seed")
+WARM_TIMEOUT_NS = 100_000_000  # the warm-up stub reads a few pages: 100 ms is generous
 
 
 _SEEDS_PER_DRAW = 512
@@ -165,6 +167,34 @@ class Machine:
         self.load_cpu(cpu)
         memory.region(self._seed_at, 8)[:] = new_seed()
         return remapped
+
+    def warm(self, cpu: CpuState) -> None:
+        """Readies a new machine for its first call off the caller's path (machines.py's
+        spares): runs, in ring 3 with `cpu`'s segments and page tables, a stub in the
+        trampoline page that reads one byte of each page a first call touches
+        (Layout.first_call_pages) and returns to the host. KVM then holds its shadow
+        mappings of them and the vCPU has run once, so the first call on the machine
+        costs what one on a reused machine does. No guest code runs. `load` must come
+        next: it cancels the stub's exit and rewrites the trampoline page. Raises
+        RuntimeError if the stub does not come back as planned."""
+        layout, vcpu = self.layout, self.vcpu
+        code = bytearray()
+        for start, size, _ in layout.first_call_pages:
+            for page in range(start, start + size, PAGE):
+                code += b"\xa0" + struct.pack("<Q", page)  # mov al, [page]
+        code += bytes((0xE7, lib.SBX_PORT_RETURN))  # out SBX_PORT_RETURN, eax
+        if len(code) > PAGE:
+            raise RuntimeError("the warm-up stub does not fit in the trampoline page")
+        self.memory.region(layout.trampoline, len(code))[:] = code
+        regs = ffi.new("struct kvm_regs *")
+        regs.rip = layout.trampoline
+        regs.rsp = cpu.regs.rsp
+        regs.rflags = 0x2  # interrupts and single-stepping off
+        vcpu.load_state(regs, cpu.sregs)
+        self._loaded = None
+        exit = vcpu.run(WARM_TIMEOUT_NS)
+        if exit.kind is not ExitKind.RETURN:
+            raise RuntimeError(f"the warm-up stub ended with {exit.kind.name}")
 
     @property
     def recyclable(self) -> bool:

@@ -122,7 +122,13 @@ def _make_spare(image: MemoryImage, cpu: CpuState, layout: Layout) -> None:
         if warm is not None:
             warm()
         else:
-            park(Machine(image, cpu, layout))
+            machine = Machine(image, cpu, layout)
+            try:
+                machine.warm(cpu)
+            except BaseException:
+                machine.close()
+                raise
+            park(machine)
     except Exception:  # a spare saves time only: the next sandbox makes its own machine
         pass
     finally:
