@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 import time
 import weakref
@@ -103,7 +104,7 @@ def warm_spares_with(image: MemoryImage, warm: Callable[[], None]) -> None:
 
 def _order_spare(image: MemoryImage, cpu: CpuState, layout: Layout) -> None:
     """Orders a spare of `image` unless one is idle or being made."""
-    if not SPARES or MAX_IDLE <= 0:
+    if not SPARES or MAX_IDLE <= 0 or sys.is_finalizing():
         return
     with _lock:
         if id(image) in _ordered or _pid != os.getpid():
