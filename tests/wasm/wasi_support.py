@@ -13,6 +13,8 @@ from sandbox.wasm.wasi import MemoryOutOfBounds, Preopen, WasiConfig, WasiContex
 
 WASI_HEADER = Path("/usr/include/wasm32-wasi/wasi/api.h")
 ALL_RIGHTS = (1 << 30) - 1
+# Every right but FD_WRITE: what opening a directory may ask (FD_WRITE there is EISDIR).
+DIR_RIGHTS = ALL_RIGHTS & ~(1 << 6)
 O_CREAT, O_DIRECTORY, O_EXCL, O_TRUNC = 1, 2, 4, 8
 FOLLOW = 1
 FILESTAT = struct.Struct("<QQBxxxxxxxQQQQQ")
@@ -76,10 +78,12 @@ class Guest:
         rights: int = ALL_RIGHTS,
         fdflags: int = 0,
         lookup: int = FOLLOW,
+        inheriting: int | None = None,
     ) -> tuple[int, int]:
         p, n = self.put(path.encode())
         out = self.alloc(4)
-        err = self.call("path_open", dirfd, lookup, p, n, oflags, rights, rights, fdflags, out)
+        inherit = rights if inheriting is None else inheriting
+        err = self.call("path_open", dirfd, lookup, p, n, oflags, rights, inherit, fdflags, out)
         return err, self.u32(out) if err == 0 else -1
 
     def write(self, fd: int, *chunks: bytes) -> tuple[int, int]:
