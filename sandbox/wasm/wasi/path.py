@@ -111,10 +111,12 @@ def path_open(
     path = read_path(mem, path_ptr, path_len)
     mem.read(fd_ptr, 4)
     flags = _host_flags(oflags, fdflags)
-    with lookup(d, path, bool(lookupflags & LOOKUP_SYMLINK_FOLLOW)) as at:
+    follow = bool(lookupflags & LOOKUP_SYMLINK_FOLLOW)
+    creating = bool(oflags & OFLAGS_CREAT)
+    with lookup(d, path, follow, slash="create" if creating else "follow") as at:
         if at.trailing_slash:
-            if oflags & OFLAGS_CREAT:
-                raise Fail(Errno.ISDIR)  # Linux: O_CREAT never makes a directory
+            if creating:
+                raise Fail(Errno.ISDIR)  # Linux: O_CREAT with "name/" never makes a directory
             flags |= os.O_DIRECTORY
         if write:
             # On a directory (the preopen itself too) Linux refuses both: EISDIR.
