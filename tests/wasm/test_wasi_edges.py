@@ -101,6 +101,12 @@ int main(void) {
     T(open("/data/newfile/", O_CREAT | O_WRONLY, 0644));
     T(open("/data/link_dir/", O_CREAT | O_WRONLY, 0644));
     T(open("/data/a.txt/", O_CREAT | O_WRONLY, 0644));
+    T(open("/data/a.txt/", O_CREAT | O_EXCL | O_WRONLY, 0644));
+    T(open("/data/sub/", O_CREAT | O_EXCL | O_WRONLY, 0644));
+    T(open("/data/newfile/", O_CREAT | O_EXCL | O_WRONLY, 0644));
+    T(open("/data/link_dir/", O_CREAT | O_EXCL | O_WRONLY, 0644));
+    T(open("/data/dangling/", O_CREAT | O_EXCL | O_WRONLY, 0644));
+    T(open("/data/dangling/", O_CREAT | O_WRONLY, 0644));
     T(rmdir("/data/newdir/"));
     /* path_link. */
     T(link("/data/a.txt", "/data/hard"));
@@ -132,6 +138,10 @@ int main(void) {
     T(__wasi_path_open(3, 0, ".", __WASI_OFLAGS_CREAT, dir, 0, 0, &fd));
     T(__wasi_path_open(3, 0, ".", __WASI_OFLAGS_CREAT | __WASI_OFLAGS_EXCL, dir, 0, 0, &fd));
     T(__wasi_path_open(3, 0, ".", __WASI_OFLAGS_TRUNC, dir, 0, 0, &fd));
+    T(__wasi_path_open(3, 0, "./", __WASI_OFLAGS_CREAT | __WASI_OFLAGS_EXCL, dir, 0, 0, &fd));
+    T(__wasi_path_open(3, 0, "sub/..", __WASI_OFLAGS_CREAT | __WASI_OFLAGS_EXCL, dir, 0, 0, &fd));
+    T(__wasi_path_open(3, 0, "link_dir/..", __WASI_OFLAGS_CREAT, dir, 0, 0, &fd));
+    T(__wasi_path_open(3, 0, "sub/..", __WASI_OFLAGS_TRUNC, dir, 0, 0, &fd));
     /* Renumbering: a preopen moves with its name; one replaced is closed. */
     __wasi_prestat_t pre;
     int f = open("/data/a.txt", O_RDONLY);

@@ -114,9 +114,9 @@ def path_open(
     follow = bool(lookupflags & LOOKUP_SYMLINK_FOLLOW)
     creating = bool(oflags & OFLAGS_CREAT)
     with lookup(d, path, follow, slash="create" if creating else "follow") as at:
-        if at.trailing_slash:
+        if at.trailing_slash and at.name != ".":  # "." is a directory anyway
             if creating:
-                raise Fail(Errno.ISDIR)  # Linux: O_CREAT with "name/" never makes a directory
+                raise Fail(Errno.ISDIR)  # O_CREAT of "name/" never makes a directory
             flags |= os.O_DIRECTORY
         if write:
             # On a directory (the preopen itself too) Linux refuses both: EISDIR.
