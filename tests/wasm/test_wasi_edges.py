@@ -350,3 +350,71 @@ def test_captured_and_given_stdio_are_not_terminals() -> None:
             assert g.call("fd_fdstat_get", fd, buf) == 0
             expected = 2 if config.stdin == "inherit" and os.isatty(fd) else 0
             assert FDSTAT.unpack_from(g.mem.data, buf)[0] == expected, (config, fd)
+
+
+# -- stack overflows ---------------------------------------------------------------------
+
+STACK = r"""
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((noinline)) int huge_frame(int n) {
+    volatile char buf[1 << 20];  /* 1 MiB: __stack_pointer goes below address 0 */
+    buf[0] = n;
+    buf[sizeof buf - 1] = n;
+    return buf[n];
+}
+int deep(int n);
+static int (*volatile again)(int) = deep;  /* an indirect call: no loop made of it */
+int deep(int n) { return n == 0 ? 0 : again(n - 1) + 1; }
+int main(int argc, char **argv) {
+    int n = atoi(argv[2]);
+    printf("%d\n", argv[1][0] == 'h' ? huge_frame(n) : deep(n));
+    return 0;
+}
+"""
+
+
+@pytest.mark.requires_kvm
+@pytest.mark.parametrize("stack_first", [False, True], ids=["data-first", "stack-first"])
+@pytest.mark.parametrize(
+    ("args", "kind"),
+    [
+        (["huge", "1"], "memory_oob"),  # the program's own stack (linear memory) overflows
+        (["deep", "100000"], "stack_exhausted"),  # the engine's call stack runs out
+        (["deep", "5000"], None),
+    ],
+    ids=["huge-frame", "deep-recursion", "recursion"],
+)
+def test_stack_overflows_trap_as_in_wasmtime(
+    tmp_path: Path, stack_first: bool, args: list[str], kind: str | None
+) -> None:
+    """A C-stack overflow is an out-of-bounds access in both engines (the stack is in
+    linear memory, below the data or at address 0 with --stack-first); deep recursion
+    exhausts the engine's own call stack in both (wasmtime: STACK_OVERFLOW)."""
+    import wasmtime
+
+    flags = ("-Wl,--stack-first",) if stack_first else ()
+    wasm = compile_wasi(tmp_path, STACK, "stack", flags)
+    codes = {"memory_oob": wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS}
+    codes["stack_exhausted"] = wasmtime.TrapCode.STACK_OVERFLOW
+    engine = wasmtime.Engine()
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    store = wasmtime.Store(engine)
+    wasi = wasmtime.WasiConfig()
+    wasi.argv = ["stack", *args]
+    store.set_wasi(wasi)
+    start = linker.instantiate(store, wasmtime.Module.from_file(engine, str(wasm)))
+    theirs = None
+    try:
+        start.exports(store)["_start"](store)
+    except wasmtime.Trap as trap:
+        theirs = trap.trap_code
+    proc = subprocess.run(
+        [*ours_cmd(wasm), "--", *args], capture_output=True, timeout=120, cwd=ROOT
+    )
+    if kind is None:
+        assert theirs is None and proc.returncode == 0, proc.stderr
+    else:
+        assert theirs == codes[kind]
+        assert proc.returncode == 134 and proc.stderr.endswith(f"({kind})\n".encode())
