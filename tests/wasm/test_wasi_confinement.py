@@ -10,12 +10,17 @@ import os
 from pathlib import Path
 
 import pytest
+from support import fd_count
 from wasi_support import (
     ALL_RIGHTS,
+    DIR_RIGHTS,
     FDSTAT,
     FOLLOW,
     O_CREAT,
+    O_DIRECTORY,
+    O_EXCL,
     O_TRUNC,
+    Guest,
     make,
     snapshot,
 )
@@ -56,9 +61,114 @@ def test_path_escapes_are_refused(tree: Path, path: str) -> None:
     assert snapshot(tree) == before
 
 
+ESCAPING_LINKS = ["link_out/", "sub/up/", "link_abs/", "link_etc/", "chain_out1/", "sub/up//"]
+
+
+def two(g: Guest, name: str, old: str, new: str, lookup: int = 0) -> int:
+    """path_link (with `lookup`) or path_rename of `old` to `new`, both under fd 3."""
+    o, on = g.put(old.encode())
+    n, nn = g.put(new.encode())
+    if name == "path_link":
+        return g.call(name, 3, lookup, o, on, 3, n, nn)
+    return g.call(name, 3, o, on, 3, n, nn)
+
+
+@pytest.mark.parametrize("path", ESCAPING_LINKS)
+def test_a_trailing_slash_never_follows_a_link_out(tree: Path, path: str) -> None:
+    """ "link/" names the link's target (POSIX): where that is outside, every operation
+    that resolves it is refused, with or without SYMLINK_FOLLOW; those that act on the
+    name itself fail without touching the target."""
+    g = make(tree)
+    before = snapshot(tree)
+    nc = Errno.NOTCAPABLE
+    for lookup in (0, FOLLOW):
+        assert g.open(path, lookup=lookup, rights=DIR_RIGHTS)[0] == nc
+        assert g.open(path, lookup=lookup, oflags=O_DIRECTORY, rights=DIR_RIGHTS)[0] == nc
+        assert g.filestat(path, lookup=lookup)[0] == nc
+        p, n = g.put(path.encode())
+        assert g.call("path_filestat_set_times", 3, lookup, p, n, 0, 0, 10) == nc
+        assert two(g, "path_link", path, "copy", lookup) == nc
+    assert g.path_call("path_unlink_file", path) == nc
+    p, n = g.put(path.encode())
+    assert g.call("path_readlink", 3, p, n, g.alloc(64), 64, g.alloc(4)) == nc
+    assert g.path_call("path_remove_directory", path) == Errno.NOTDIR  # the link is no dir
+    assert two(g, "path_rename", path, "moved") == Errno.NOTDIR
+    assert two(g, "path_rename", "sub/deep", path) == Errno.NOTDIR
+    assert g.path_call("path_create_directory", path) == Errno.EXIST  # the name is taken
+    assert g.open(path, oflags=O_CREAT, lookup=0)[0] == Errno.ISDIR  # "name/": EISDIR
+    assert g.open(path, oflags=O_CREAT)[0] == nc  # following the link
+    t, tn = g.put(b"sub")
+    assert g.call("path_symlink", t, tn, 3, p, n) == Errno.EXIST
+    assert two(g, "path_link", "a.txt", path) == Errno.EXIST
+    assert snapshot(tree) == before
+
+
+def test_hard_links_and_moves_never_leave_a_link_pointing_out(tree: Path) -> None:
+    """A hard link to a symlink is a symlink: from a shallower directory its relative
+    target may climb out, and a host tool walking the tree would follow it there."""
+    (tree / "data" / "sub" / "inner").symlink_to("../a.txt")  # inside from sub/ only
+    g = make(tree)
+    before = snapshot(tree)
+    nc = Errno.NOTCAPABLE
+    for name in ("path_link", "path_rename"):
+        assert two(g, name, "link_out", "copy") == nc  # already points out
+        assert two(g, name, "sub/up", "sub/deep/../up2") == nc
+        assert two(g, name, "sub/inner", "inner") == nc  # one level up: ../a.txt escapes
+        assert two(g, name, "link_etc", "sub/etc") == nc  # absolute
+        assert two(g, name, "a.txt", "../outside/copy") == nc
+        assert two(g, name, "a.txt", "sub/up/copy") == nc
+        assert two(g, name, "a.txt", "link_abs/tmp/copy") == nc
+    assert two(g, "path_link", "chain_out1", "copy", FOLLOW) == nc
+    assert snapshot(tree) == before
+    # The same links where their targets stay inside are fine.
+    assert two(g, "path_link", "sub/inner", "sub/deep/../inner2") == 0
+    assert os.readlink(tree / "data" / "sub" / "inner2") == "../a.txt"
+    assert two(g, "path_rename", "sub/inner", "sub/deep/inner") == 0  # ../a.txt -> sub/a.txt
+    assert two(g, "path_link", "link_in", "sub/deep/../../copy") == 0
+
+
+def test_renumbered_preopens_stay_confined_and_are_closed_when_replaced(tree: Path) -> None:
+    g = make(tree)
+    opened = fd_count()
+    err, fd = g.open("a.txt", rights=int(Rights.FD_READ))
+    assert err == 0 and fd_count() == opened + 1
+    assert g.call("fd_renumber", 3, fd) == 0  # the preopen moves onto the file's number
+    assert fd_count() == opened  # the file it replaced is closed on the host
+    assert g.call("fd_fdstat_get", 3, g.alloc(24)) == Errno.BADF
+    assert g.open("../outside/secret.txt", dirfd=fd)[0] == Errno.NOTCAPABLE
+    assert g.open("sub/up/secret.txt", dirfd=fd)[0] == Errno.NOTCAPABLE
+    assert g.open("a.txt", dirfd=fd)[0] == 0
+    # The read-only preopen moved onto the read-write one's number keeps its own rights.
+    assert g.call("fd_renumber", 4, fd) == 0
+    assert g.open("r.txt", dirfd=fd, oflags=O_TRUNC)[0] == Errno.NOTCAPABLE
+    assert g.open("new.txt", dirfd=fd, oflags=O_CREAT)[0] == Errno.NOTCAPABLE
+    assert g.call("fd_renumber", fd, 0xFFFFFFFF) == Errno.BADF
+    assert g.call("fd_renumber", 0xFFFFFFFF, fd) == Errno.BADF
+    g.ctx.close()
+    assert fd_count() < opened
+
+
+def test_opening_the_preopen_itself(tree: Path) -> None:
+    g = make(tree)
+    before = snapshot(tree)
+    for path in (".", "./", "sub/..", "link_dir/.."):
+        err, fd = g.open(path, rights=DIR_RIGHTS)
+        assert err == 0, path
+        assert g.call("fd_prestat_get", fd, g.alloc(8)) == Errno.BADF  # not a preopen
+        assert g.open("../outside/secret.txt", dirfd=fd)[0] == Errno.NOTCAPABLE
+        assert g.open(path)[0] == Errno.ISDIR  # FD_WRITE asked
+        assert g.open(path, oflags=O_TRUNC)[0] == Errno.ISDIR
+        assert g.open(path, oflags=O_CREAT | O_EXCL)[0] == Errno.EXIST
+        assert g.open(path, oflags=O_CREAT)[0] == Errno.ISDIR
+    assert g.open(".", dirfd=4, rights=DIR_RIGHTS & ~Rights.PATH_OPEN)[0] == 0
+    assert g.open(".", dirfd=4, oflags=O_CREAT)[0] == Errno.NOTCAPABLE  # read-only
+    assert snapshot(tree) == before
+
+
 def test_escape_from_an_opened_subdirectory_is_refused(tree: Path) -> None:
     g = make(tree)
-    err, sub = g.open("sub")
+    assert g.open("sub")[0] == Errno.ISDIR  # all rights: FD_WRITE on a directory
+    err, sub = g.open("sub", rights=DIR_RIGHTS, inheriting=ALL_RIGHTS)
     assert err == 0
     # Still inside the preopen, but above the descriptor the path is relative to.
     assert g.open("../a.txt", dirfd=sub)[0] == Errno.NOTCAPABLE
@@ -68,13 +178,14 @@ def test_escape_from_an_opened_subdirectory_is_refused(tree: Path) -> None:
 def test_symlinks_inside_the_tree_are_followed(tree: Path) -> None:
     g = make(tree)
     for path in ("link_in", "chain1", "link_dir/b.txt", "sub/./deep/../b.txt", "link_dir/"):
-        assert g.open(path)[0] == 0, path
+        assert g.open(path, rights=DIR_RIGHTS)[0] == 0, path
     err, fd = g.open("chain1")
     assert g.read(fd, 10) == (0, [b"bee"])
     assert g.open("link_in", lookup=0)[0] == Errno.LOOP  # O_NOFOLLOW on a symlink
     assert g.open("loop1")[0] == Errno.LOOP
     assert g.path_call("path_remove_directory", "link_dir/") == Errno.NOTDIR  # not sub
-    assert g.path_call("path_unlink_file", "link_dir/") == Errno.NOTDIR
+    # "link_dir/" names sub (POSIX, wasmtime): a directory, which unlink refuses.
+    assert g.path_call("path_unlink_file", "link_dir/") == Errno.ISDIR
     assert (tree / "data" / "sub").is_dir() and (tree / "data" / "link_dir").is_symlink()
     assert g.filestat("link_out", lookup=0)[0] == 0  # the link itself is inside
     assert g.path_call("path_unlink_file", "link_out") == 0  # removes the link only

@@ -8,101 +8,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
 from support import compile_wasi
-from wasi_support import (
-    snapshot,
-)
+from wasi_support import run_with_this_wasi, run_with_wasmtime_wasi, snapshot
 
-from sandbox.wasm.wasi import (
-    I32,
-    I64,
-    MemoryOutOfBounds,
-    Preopen,
-    WasiConfig,
-    WasiContext,
-    WasiExit,
-)
-
-# -- compiled programs: wasmtime executes, this module handles WASI --------------------------
-
-
-class WasmtimeMemory:
-    def __init__(self, store: object, memory: object) -> None:
-        self.store = store
-        self.memory = memory
-
-    def read(self, addr: int, size: int) -> bytes:
-        if addr < 0 or size < 0 or addr + size > self.memory.data_len(self.store):  # type: ignore[attr-defined]
-            raise MemoryOutOfBounds("out of bounds")
-        return bytes(self.memory.read(self.store, addr, addr + size))  # type: ignore[attr-defined]
-
-    def write(self, addr: int, data: bytes) -> None:
-        if addr < 0 or addr + len(data) > self.memory.data_len(self.store):  # type: ignore[attr-defined]
-            raise MemoryOutOfBounds("out of bounds")
-        self.memory.write(self.store, data, addr)  # type: ignore[attr-defined]
-
-
-def run_with_this_wasi(wasm: Path, config: WasiConfig) -> tuple[int, bytes, bytes]:
-    wasmtime = pytest.importorskip("wasmtime")
-    engine = wasmtime.Engine()
-    store = wasmtime.Store(engine)
-    module = wasmtime.Module.from_file(engine, str(wasm))
-    ctx = WasiContext(config)
-    linker = wasmtime.Linker(engine)
-    types = {I32: wasmtime.ValType.i32(), I64: wasmtime.ValType.i64()}
-    for imp in module.imports:
-        fn = ctx.functions[imp.name]
-        ty = wasmtime.FuncType([types[p] for p in fn.params], [types[r] for r in fn.results])
-
-        def host(caller: object, *args: int, _fn: object = fn) -> int:
-            memory = caller.get("memory")  # type: ignore[attr-defined]
-            return _fn.call(WasmtimeMemory(caller, memory) if memory else None, *args)  # type: ignore[attr-defined]
-
-        linker.define_func(imp.module, imp.name, ty, host, access_caller=True)
-    instance = linker.instantiate(store, module)
-    code = 0
-    try:
-        instance.exports(store)["_start"](store)
-    except WasiExit as exit:
-        code = exit.code
-    except wasmtime.Trap as trap:
-        if not isinstance(trap.__cause__, WasiExit):
-            raise
-        code = trap.__cause__.code
-    with ctx:
-        return code, ctx.stdout, ctx.stderr
-
-
-def run_with_wasmtime_wasi(
-    wasm: Path,
-    args: list[str],
-    env: dict[str, str],
-    preopens: list[tuple[Path, str, bool]],
-    tmp_path: Path,
-) -> tuple[int, bytes, bytes]:
-    wasmtime = pytest.importorskip("wasmtime")
-    engine = wasmtime.Engine()
-    store = wasmtime.Store(engine)
-    module = wasmtime.Module.from_file(engine, str(wasm))
-    config = wasmtime.WasiConfig()
-    config.argv = args
-    config.env = list(env.items())
-    config.stdout_file = str(tmp_path / "ref-stdout")
-    config.stderr_file = str(tmp_path / "ref-stderr")
-    for host, guest, mutable in preopens:
-        config.preopen_dir(str(host), guest, mutable)
-    store.set_wasi(config)
-    linker = wasmtime.Linker(engine)
-    linker.define_wasi()
-    instance = linker.instantiate(store, module)
-    code = 0
-    try:
-        instance.exports(store)["_start"](store)
-    except wasmtime.ExitTrap as exit:
-        code = exit.code
-    return code, (tmp_path / "ref-stdout").read_bytes(), (tmp_path / "ref-stderr").read_bytes()
-
+from sandbox.wasm.wasi import Preopen, WasiConfig
 
 LAYOUT_PROGRAM = r"""
 #include <stdio.h>

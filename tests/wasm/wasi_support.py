@@ -1,7 +1,8 @@
 """Helpers of the WASI unit tests (tests/wasm/test_wasi_*.py): a linear memory made of a
 bytearray, a `Guest` that plays the program (allocates in that memory and calls WASI
-functions), the WASI context over the `tree` fixture's directories, and clang for
-wasm32-wasi."""
+functions), the WASI context over the `tree` fixture's directories, and the two ways of
+running a compiled wasm32-wasi program under wasmtime: with this package's WASI
+(`run_with_this_wasi`) and with wasmtime's own (`run_with_wasmtime_wasi`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,22 @@ import os
 import struct
 from pathlib import Path
 
-from sandbox.wasm.wasi import MemoryOutOfBounds, Preopen, WasiConfig, WasiContext
+import pytest
+
+from sandbox.wasm.wasi import (
+    I32,
+    I64,
+    MemoryOutOfBounds,
+    Preopen,
+    WasiConfig,
+    WasiContext,
+    WasiExit,
+)
 
 WASI_HEADER = Path("/usr/include/wasm32-wasi/wasi/api.h")
 ALL_RIGHTS = (1 << 30) - 1
+# Every right but FD_WRITE: what opening a directory may ask (FD_WRITE there is EISDIR).
+DIR_RIGHTS = ALL_RIGHTS & ~(1 << 6)
 O_CREAT, O_DIRECTORY, O_EXCL, O_TRUNC = 1, 2, 4, 8
 FOLLOW = 1
 FILESTAT = struct.Struct("<QQBxxxxxxxQQQQQ")
@@ -76,10 +89,12 @@ class Guest:
         rights: int = ALL_RIGHTS,
         fdflags: int = 0,
         lookup: int = FOLLOW,
+        inheriting: int | None = None,
     ) -> tuple[int, int]:
         p, n = self.put(path.encode())
         out = self.alloc(4)
-        err = self.call("path_open", dirfd, lookup, p, n, oflags, rights, rights, fdflags, out)
+        inherit = rights if inheriting is None else inheriting
+        err = self.call("path_open", dirfd, lookup, p, n, oflags, rights, inherit, fdflags, out)
         return err, self.u32(out) if err == 0 else -1
 
     def write(self, fd: int, *chunks: bytes) -> tuple[int, int]:
@@ -138,6 +153,86 @@ def parse_dirents(data: bytes) -> list[tuple[int, int, int, bytes]]:
         entries.append((cookie, ino, kind, name))
         offset += DIRENT.size + namlen
     return entries
+
+
+# -- compiled programs: wasmtime executes, this package handles WASI ----------------------
+
+
+class WasmtimeMemory:
+    def __init__(self, store: object, memory: object) -> None:
+        self.store = store
+        self.memory = memory
+
+    def read(self, addr: int, size: int) -> bytes:
+        if addr < 0 or size < 0 or addr + size > self.memory.data_len(self.store):  # type: ignore[attr-defined]
+            raise MemoryOutOfBounds("out of bounds")
+        return bytes(self.memory.read(self.store, addr, addr + size))  # type: ignore[attr-defined]
+
+    def write(self, addr: int, data: bytes) -> None:
+        if addr < 0 or addr + len(data) > self.memory.data_len(self.store):  # type: ignore[attr-defined]
+            raise MemoryOutOfBounds("out of bounds")
+        self.memory.write(self.store, data, addr)  # type: ignore[attr-defined]
+
+
+def run_with_this_wasi(wasm: Path, config: WasiConfig) -> tuple[int, bytes, bytes]:
+    wasmtime = pytest.importorskip("wasmtime")
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    module = wasmtime.Module.from_file(engine, str(wasm))
+    ctx = WasiContext(config)
+    linker = wasmtime.Linker(engine)
+    types = {I32: wasmtime.ValType.i32(), I64: wasmtime.ValType.i64()}
+    for imp in module.imports:
+        fn = ctx.functions[imp.name]
+        ty = wasmtime.FuncType([types[p] for p in fn.params], [types[r] for r in fn.results])
+
+        def host(caller: object, *args: int, _fn: object = fn) -> int:
+            memory = caller.get("memory")  # type: ignore[attr-defined]
+            return _fn.call(WasmtimeMemory(caller, memory) if memory else None, *args)  # type: ignore[attr-defined]
+
+        linker.define_func(imp.module, imp.name, ty, host, access_caller=True)
+    instance = linker.instantiate(store, module)
+    code = 0
+    try:
+        instance.exports(store)["_start"](store)
+    except WasiExit as exit:
+        code = exit.code
+    except wasmtime.Trap as trap:
+        if not isinstance(trap.__cause__, WasiExit):
+            raise
+        code = trap.__cause__.code
+    with ctx:
+        return code, ctx.stdout, ctx.stderr
+
+
+def run_with_wasmtime_wasi(
+    wasm: Path,
+    args: list[str],
+    env: dict[str, str],
+    preopens: list[tuple[Path, str, bool]],
+    tmp_path: Path,
+) -> tuple[int, bytes, bytes]:
+    wasmtime = pytest.importorskip("wasmtime")
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    module = wasmtime.Module.from_file(engine, str(wasm))
+    config = wasmtime.WasiConfig()
+    config.argv = args
+    config.env = list(env.items())
+    config.stdout_file = str(tmp_path / "ref-stdout")
+    config.stderr_file = str(tmp_path / "ref-stderr")
+    for host, guest, mutable in preopens:
+        config.preopen_dir(str(host), guest, mutable)
+    store.set_wasi(config)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    instance = linker.instantiate(store, module)
+    code = 0
+    try:
+        instance.exports(store)["_start"](store)
+    except wasmtime.ExitTrap as exit:
+        code = exit.code
+    return code, (tmp_path / "ref-stdout").read_bytes(), (tmp_path / "ref-stderr").read_bytes()
 
 
 def make(tree: Path, **kwargs: object) -> Guest:

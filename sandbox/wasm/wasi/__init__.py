@@ -14,20 +14,25 @@ anything a guest can pass; see "Failures" below):
   value and advances only when poll_oneoff sleeps (deterministic runs).
 - random_get: os.urandom, or a seeded generator with `WasiConfig(random_seed=...)`.
 - fd_*: stdio (fd 0 reads `WasiConfig.stdin` or the host's stdin; fds 1 and 2 are
-  captured, written to the host's fds 1 and 2, or discarded; all three are character
-  devices without seek/tell rights, so wasi-libc's isatty() is true and stdout is line
-  buffered), preopened directories from fd 3 in configuration order, and files and
+  captured, written to the host's fds 1 and 2, or discarded; none has seek/tell rights;
+  each is a character device, so that wasi-libc's isatty() is true, only where it is the
+  host's own descriptor and that is a terminal, and UNKNOWN otherwise, as wasmtime
+  reports a pipe or a file), preopened directories from fd 3 in configuration order,
+  and files and
   directories opened with path_open: read, write, pread, pwrite (iovec scatter/gather),
   seek, tell, advise, allocate, sync, datasync, fdstat get/set_flags (APPEND,
   NONBLOCK)/set_rights (only dropping rights), filestat get/set_size/set_times, readdir
-  (dirents with cookies, "." and ".." included), renumber, close, prestat get/dir_name.
+  (dirents with cookies, "." and ".." included), renumber (any descriptor onto any
+  open one, preopens and stdio included: a preopen keeps its name at its new number, and
+  the one replaced is closed), close, prestat get/dir_name.
 - path_*: open (oflags CREAT, DIRECTORY, EXCL, TRUNC; fdflags APPEND, DSYNC, NONBLOCK,
   RSYNC, SYNC; lookupflags SYMLINK_FOLLOW), create_directory, remove_directory,
   unlink_file, rename, link, symlink, readlink, filestat_get, filestat_set_times.
   path_open gives the new descriptor the rights asked for, intersected with the
   directory's inheriting rights and with those that apply to a file or a directory
-  (asking for FD_WRITE where the directory cannot grant it is ENOTCAPABLE; a directory
-  opened with write rights opens read-only). FIFOs open without blocking.
+  (asking for FD_WRITE where the directory cannot grant it is ENOTCAPABLE; asking for it
+  on a directory, the preopen itself included, is EISDIR, as in wasmtime). FIFOs open
+  without blocking.
 - poll_oneoff: clock subscriptions (relative or absolute, realtime or monotonic) sleep;
   fd_read/fd_write subscriptions are reported ready at once (regular files and stdio
   never block). A sleep ends early with EINTR when `WasiContext.interrupt()` is called
@@ -35,10 +40,9 @@ anything a guest can pass; see "Failures" below):
 - proc_exit raises `WasiExit(code)` (and records `exit_code`); sched_yield succeeds.
 
 Not supported: sockets (sock_accept/recv/send/shutdown return EBADF for a closed fd and
-ENOTSOCK otherwise: no descriptor is ever a socket), proc_raise (ENOSYS), fd_renumber to
-or from a preopened directory (ENOTSUP), fd_fdstat_set_flags with DSYNC/RSYNC/SYNC
-(ENOTSUP, Linux cannot change them on an open file), CPU-time clocks in poll_oneoff (the
-event carries EINVAL).
+ENOTSOCK otherwise: no descriptor is ever a socket), proc_raise (ENOSYS),
+fd_fdstat_set_flags with DSYNC/RSYNC/SYNC (ENOTSUP, Linux cannot change them on an open
+file), CPU-time clocks in poll_oneoff (the event carries EINVAL).
 
 Failures: an address or length outside linear memory (or past 4 GiB) gives EFAULT (21),
 checked before anything happens (a failed fd_read consumes no input, a failed fd_write
@@ -53,20 +57,24 @@ keep the first `output_limit` bytes each (default 1 MiB): what comes after is dr
 the capture is marked truncated (`WasiContext.truncated`, `output_truncated_since`), and
 fd_write still reports every byte written, so that a program neither retries nor fails. More than
 `max_open_files` descriptors: EMFILE. Where wasmtime's own WASI differs: it traps on a
-bad pointer or an invalid enum value (here EFAULT / EINVAL) and gives EPERM for a write
-into a read-only directory (here ENOTCAPABLE); otherwise compiled programs behave the
-same (tests/wasm/test_wasi_programs.py runs them under both).
+bad pointer or an invalid enum value (here EFAULT / EINVAL), gives EPERM for a write
+into a read-only directory and for a path that leaves the preopen (here ENOTCAPABLE),
+refuses SYMLINK_FOLLOW in path_link (EINVAL; here a link inside is followed) and lets
+path_link and path_rename place a symlink whose target climbs out (here ENOTCAPABLE, see
+below); otherwise compiled programs behave the same (tests/wasm/test_wasi_programs.py
+and test_wasi_edges.py run them under both).
 
 Confinement: every path is resolved by this module one component at a time, starting at
 the directory descriptor the guest names, with O_NOFOLLOW opens; the kernel never follows
 a symlink on the guest's behalf. An absolute path, a ".." above the starting directory,
 an absolute symlink target or a relative target that climbs above it gives ENOTCAPABLE;
 a symlink inside the tree that points inside is followed (at most 32 per lookup, then
-ELOOP). A trailing slash requires a directory; on a lookup that does not follow symlinks
-(unlink, rmdir, rename, O_NOFOLLOW), "link/" gives ENOTDIR rather than acting on the
-link's target. path_symlink refuses (ENOTCAPABLE) to create a link whose target is absolute or
-climbs out of the preopened directory, so host tools that later walk the directory are
-not led out of it either.
+ELOOP). A trailing slash requires a directory and, after a symlink, names the link's
+target as POSIX says ("link/" is confined like any symlink), except for rmdir and rename,
+which act on the name and give ENOTDIR (see `confine` and `path`). path_symlink refuses
+(ENOTCAPABLE) to create a link whose target is absolute or climbs out of the preopened
+directory, and path_link and path_rename to put an existing one where its target would
+climb out, so host tools that later walk the directory are not led out of it either.
 
 Read-only preopens (`Preopen(read_only=True)`, the default) are enforced through rights:
 their descriptors and everything opened under them lack every write right (FD_WRITE,

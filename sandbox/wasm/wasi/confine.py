@@ -4,11 +4,20 @@ follows a symlink or a ".." on the program's behalf.
 
 An absolute path, a ".." above the starting directory, an absolute symlink target or a
 relative target that climbs above it gives ENOTCAPABLE; a symlink inside the tree that
-points inside is followed (at most MAX_SYMLINKS per lookup, then ELOOP). A trailing slash
-requires a directory; on a lookup that does not follow symlinks (unlink, rmdir, rename,
-O_NOFOLLOW), "link/" gives ENOTDIR rather than acting on the link's target. If the tree
+points inside is followed (at most MAX_SYMLINKS per lookup, then ELOOP). If the tree
 is moved while a ".." is being resolved (a directory renamed under the lookup), the
-identity check on the way up catches it (ENOTCAPABLE)."""
+identity check on the way up catches it (ENOTCAPABLE).
+
+A trailing slash requires a directory (ENOTDIR otherwise). On a lookup that does not
+follow a final symlink, what "link/" means is the caller's `slash` (POSIX path
+resolution, as Linux and wasmtime do it):
+- "follow" (stat, open with O_NOFOLLOW, unlink, readlink, set_times, the source of a
+  link): "link/" names the link's target, which must be a directory; resolving it is
+  confined like any other symlink.
+- "notdir" (rmdir, rename): the operation acts on names, and a link is not a directory:
+  ENOTDIR, never the target.
+- "create" (mkdir, symlink, the new name of a link): the final name is taken as it is;
+  the operation itself fails with EEXIST when something (a link too) has that name."""
 
 from __future__ import annotations
 
@@ -19,12 +28,15 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 from .fdtable import Descriptor, ident
 from .memory import GuardedMemory
 from .types import MAX_PATH, MAX_SYMLINKS, Errno, Fail
 
 _PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+Slash = Literal["follow", "notdir", "create"]
 
 
 @dataclass
@@ -49,9 +61,10 @@ def read_path(mem: GuardedMemory, ptr: int, length: int) -> str:
 
 
 @contextmanager
-def lookup(base: Descriptor, path: str, follow: bool) -> Iterator[Lookup]:
-    """Resolves `path` beneath directory `base` (see the module docstring). Yields the
-    final component and its parent directory's host fd, valid inside the `with`."""
+def lookup(base: Descriptor, path: str, follow: bool, slash: Slash = "follow") -> Iterator[Lookup]:
+    """Resolves `path` beneath directory `base` (see the module docstring): `follow`
+    follows a final symlink, `slash` says what a trailing slash after one means. Yields
+    the final component and its parent directory's host fd, valid inside the `with`."""
     if not path:
         raise Fail(Errno.NOENT)
     if path.startswith("/"):
@@ -92,8 +105,10 @@ def lookup(base: Descriptor, path: str, follow: bool) -> Iterator[Lookup]:
                     break
                 if not stat.S_ISLNK(st.st_mode):
                     break
-                if not follow:  # "link/" where the link itself is meant
+                if not follow and slash == "notdir":  # "link/" where the link is meant
                     raise Fail(Errno.NOTDIR)
+                if not follow and slash == "create":  # the name itself: EEXIST follows
+                    break
             else:
                 try:
                     down = os.open(part, _PATH_FLAGS, dir_fd=current)
@@ -121,7 +136,7 @@ def lookup(base: Descriptor, path: str, follow: bool) -> Iterator[Lookup]:
                 trailing = True
             parts.extendleft(reversed([p for p in target.split("/") if p]))
             name = "."
-        if trailing and name != ".":
+        if trailing and name != "." and slash != "create":
             try:
                 st = os.stat(name, dir_fd=current, follow_symlinks=False)
             except FileNotFoundError:

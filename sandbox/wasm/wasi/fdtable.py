@@ -27,6 +27,17 @@ Kind = Literal["stdin", "stdout", "stderr", "file", "dir"]
 STDIO: tuple[Kind, ...] = ("stdin", "stdout", "stderr")
 
 
+def stdio_terminals(stdin: bool, stdout: bool, stderr: bool) -> tuple[bool, bool, bool]:
+    """Which of fds 0-2 are terminals, given which are the host's own (inherited): only
+    an inherited one whose host descriptor is a terminal (os.isatty). Captured, discarded
+    or given output and given input are never terminals."""
+    return (
+        stdin and os.isatty(0),
+        stdout and os.isatty(1),
+        stderr and os.isatty(2),
+    )
+
+
 def ident(st: os.stat_result) -> tuple[int, int]:
     """What identifies a host directory: (st_dev, st_ino)."""
     return (st.st_dev, st.st_ino)
@@ -61,14 +72,25 @@ class Descriptor:
 
 class DescriptorTable:
     """fds 0-2 (stdio), the preopened directories from fd 3 in configuration order, then
-    whatever path_open adds (the lowest free number). Owns every host descriptor in it."""
+    whatever path_open adds (the lowest free number). Owns every host descriptor in it.
 
-    def __init__(self, preopens: list[Preopen], max_open: int) -> None:
+    `terminals` says which of fds 0-2 are terminals: those have the filetype
+    CHARACTER_DEVICE (wasi-libc's isatty() is then true), the others UNKNOWN, as wasmtime
+    reports a pipe or a file (see `stdio_terminals`)."""
+
+    def __init__(
+        self,
+        preopens: list[Preopen],
+        max_open: int,
+        terminals: tuple[bool, bool, bool] = (False, False, False),
+    ) -> None:
         self.max_open = max_open
+        kinds = (Filetype.CHARACTER_DEVICE if tty else Filetype.UNKNOWN for tty in terminals)
+        stdin, stdout, stderr = kinds
         self._fds: dict[int, Descriptor] = {
-            0: Descriptor("stdin", Filetype.CHARACTER_DEVICE, STDIN_RIGHTS, 0),
-            1: Descriptor("stdout", Filetype.CHARACTER_DEVICE, STDOUT_RIGHTS, 0),
-            2: Descriptor("stderr", Filetype.CHARACTER_DEVICE, STDOUT_RIGHTS, 0),
+            0: Descriptor("stdin", stdin, STDIN_RIGHTS, 0),
+            1: Descriptor("stdout", stdout, STDOUT_RIGHTS, 0),
+            2: Descriptor("stderr", stderr, STDOUT_RIGHTS, 0),
         }
         try:
             for number, pre in enumerate(preopens, start=3):
@@ -156,16 +178,18 @@ class DescriptorTable:
             os.close(entry.host_fd)
 
     def renumber(self, fd: int, to: int) -> None:
-        """Moves `fd` to `to`, closing what `to` held; preopens cannot move (ENOTSUP)."""
-        entry = self.get(fd)
+        """Moves `fd` to `to`, closing what `to` held (EBADF when either is not open).
+        As in wasmtime, any descriptor moves and any is replaced, stdio and preopens
+        included: a preopen keeps its name (fd_prestat_*) at its new number, and one that
+        is replaced is closed like any other descriptor."""
+        self.get(fd)
         target = self.get(to)
-        if entry.preopen is not None or target.preopen is not None:
-            raise Fail(Errno.NOTSUP)
         if fd == to:
             return
+        del self._fds[to]
+        self._fds[to] = self._fds.pop(fd)
         if target.host_fd >= 0:
             os.close(target.host_fd)
-        self._fds[to] = self._fds.pop(fd)
 
     def close(self) -> None:
         """Closes every host descriptor; the table is empty afterwards."""

@@ -5,10 +5,21 @@ that the lookup holds, never through a host path string.
 
 path_open gives the new descriptor the rights asked for, intersected with the
 directory's inheriting rights and with those that apply to a file or a directory (asking
-for FD_WRITE where the directory cannot grant it is ENOTCAPABLE; a directory opened with
-write rights opens read-only). FIFOs open without blocking. path_symlink refuses
-(ENOTCAPABLE) a target that is absolute or climbs out of the preopened directory, so host
-tools that later walk the directory are not led out of it either."""
+for FD_WRITE where the directory cannot grant it is ENOTCAPABLE; asking for it on a
+directory, the preopen itself included, is EISDIR, as in Linux and wasmtime). FIFOs open
+without blocking.
+
+No operation leaves a symlink behind that points out of the preopened directory, so host
+tools that later walk the directory are not led out of it either: path_symlink refuses
+(ENOTCAPABLE) a target that is absolute or climbs out, and path_link and path_rename
+refuse to put an existing symlink where its relative target would climb out (a hard link
+or a move to a shallower directory). A directory moved by path_rename takes the links
+inside it along unchecked; the lookups here never follow them out all the same.
+
+Trailing slashes follow POSIX (see `confine`): "name/" must be a directory; path_open
+with O_CREAT of "name/" is EISDIR; a new name with a trailing slash for path_symlink or
+path_link is EEXIST when taken and ENOENT when not; path_rename of a non-directory with a
+trailing slash on either side is ENOTDIR."""
 
 from __future__ import annotations
 
@@ -17,7 +28,7 @@ import os
 import stat
 from collections.abc import Callable
 
-from .confine import depth_below_root, lookup, read_path, symlink_stays_inside
+from .confine import Lookup, depth_below_root, lookup, read_path, symlink_stays_inside
 from .fd import new_times
 from .fdtable import Descriptor
 from .memory import GuardedMemory
@@ -100,21 +111,19 @@ def path_open(
     path = read_path(mem, path_ptr, path_len)
     mem.read(fd_ptr, 4)
     flags = _host_flags(oflags, fdflags)
-    with lookup(d, path, bool(lookupflags & LOOKUP_SYMLINK_FOLLOW)) as at:
-        if at.trailing_slash:
+    follow = bool(lookupflags & LOOKUP_SYMLINK_FOLLOW)
+    creating = bool(oflags & OFLAGS_CREAT)
+    with lookup(d, path, follow, slash="create" if creating else "follow") as at:
+        if at.trailing_slash and at.name != ".":  # "." is a directory anyway
+            if creating:
+                raise Fail(Errno.ISDIR)  # O_CREAT of "name/" never makes a directory
             flags |= os.O_DIRECTORY
-        if write and not flags & os.O_DIRECTORY:
+        if write:
+            # On a directory (the preopen itself too) Linux refuses both: EISDIR.
             flags |= os.O_RDWR if read else os.O_WRONLY
         try:
             # O_NONBLOCK so that opening a FIFO never blocks; cleared again below.
             host = os.open(at.name, flags | os.O_NONBLOCK, 0o666, dir_fd=at.parent)
-        except IsADirectoryError:
-            # Write rights asked for a directory (e.g. "all rights"): it opens as a
-            # directory, whose rights never include FD_WRITE.
-            if flags & (os.O_CREAT | os.O_TRUNC):
-                raise
-            flags &= ~(os.O_RDWR | os.O_WRONLY | os.O_APPEND)
-            host = os.open(at.name, flags | os.O_DIRECTORY, dir_fd=at.parent)
         except PermissionError:
             if write or read or flags & (os.O_CREAT | os.O_TRUNC):
                 raise
@@ -154,14 +163,14 @@ def path_open(
 
 def path_create_directory(s: WasiState, mem: GuardedMemory, fd: int, ptr: int, n: int) -> int:
     d = s.fds.directory(fd, Rights.PATH_CREATE_DIRECTORY)
-    with lookup(d, read_path(mem, ptr, n), False) as at:
+    with lookup(d, read_path(mem, ptr, n), False, slash="create") as at:
         os.mkdir(at.name, 0o777, dir_fd=at.parent)
     return 0
 
 
 def path_remove_directory(s: WasiState, mem: GuardedMemory, fd: int, ptr: int, n: int) -> int:
     d = s.fds.directory(fd, Rights.PATH_REMOVE_DIRECTORY)
-    with lookup(d, read_path(mem, ptr, n), False) as at:
+    with lookup(d, read_path(mem, ptr, n), False, slash="notdir") as at:
         os.rmdir(at.name, dir_fd=at.parent)
     return 0
 
@@ -241,9 +250,40 @@ def path_rename(
     dst = s.fds.directory(new_fd, Rights.PATH_RENAME_TARGET)
     old_path = read_path(mem, old, old_len)
     new_path = read_path(mem, new, new_len)
-    with lookup(src, old_path, False) as a, lookup(dst, new_path, False) as b:
+    with (
+        lookup(src, old_path, False, slash="notdir") as a,
+        lookup(dst, new_path, False, slash="notdir") as b,
+    ):
+        st = os.stat(a.name, dir_fd=a.parent, follow_symlinks=False)
+        if (a.trailing_slash or b.trailing_slash) and not stat.S_ISDIR(st.st_mode):
+            raise Fail(Errno.NOTDIR)
+        _check_moved_link(st, a, b, dst)
         os.rename(a.name, b.name, src_dir_fd=a.parent, dst_dir_fd=b.parent)
     return 0
+
+
+def _check_new_name(at: Lookup) -> None:
+    """A new name given with a trailing slash (path_symlink, path_link): EEXIST when the
+    name is taken, ENOENT when not (as Linux does: the slash asks for a directory that
+    these calls never make)."""
+    if at.trailing_slash:
+        try:
+            os.stat(at.name, dir_fd=at.parent, follow_symlinks=False)
+        except FileNotFoundError:
+            raise Fail(Errno.NOENT) from None
+        raise Fail(Errno.EXIST)
+
+
+def _check_moved_link(st: os.stat_result, a: Lookup, b: Lookup, dst: Descriptor) -> None:
+    """ENOTCAPABLE when `a` is a symlink whose target, read from where `b` puts it,
+    climbs out of dst's preopen (a hard link or a move to a shallower directory)."""
+    if not stat.S_ISLNK(st.st_mode):
+        return
+    target = os.readlink(a.name, dir_fd=a.parent)
+    if target.startswith("/") or not symlink_stays_inside(
+        target, depth_below_root(b.parent, dst.root)
+    ):
+        raise Fail(Errno.NOTCAPABLE)
 
 
 def path_link(
@@ -262,7 +302,12 @@ def path_link(
     old_path = read_path(mem, old, old_len)
     new_path = read_path(mem, new, new_len)
     follow = bool(lookupflags & LOOKUP_SYMLINK_FOLLOW)
-    with lookup(src, old_path, follow) as a, lookup(dst, new_path, False) as b:
+    with lookup(src, old_path, follow) as a, lookup(dst, new_path, False, slash="create") as b:
+        _check_new_name(b)
+        st = os.stat(a.name, dir_fd=a.parent, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            raise Fail(Errno.PERM)  # Linux: no hard links to directories
+        _check_moved_link(st, a, b, dst)
         os.link(a.name, b.name, src_dir_fd=a.parent, dst_dir_fd=b.parent, follow_symlinks=False)
     return 0
 
@@ -277,7 +322,8 @@ def path_symlink(
         raise Fail(Errno.NOENT)
     if target.startswith("/"):
         raise Fail(Errno.NOTCAPABLE)
-    with lookup(d, new_path, False) as at:
+    with lookup(d, new_path, False, slash="create") as at:
+        _check_new_name(at)
         if not symlink_stays_inside(target, depth_below_root(at.parent, d.root)):
             raise Fail(Errno.NOTCAPABLE)
         os.symlink(target, at.name, dir_fd=at.parent)

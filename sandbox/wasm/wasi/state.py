@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from .config import WasiConfig, encode_env
-from .fdtable import DescriptorTable
+from .fdtable import DescriptorTable, stdio_terminals
 from .types import (
     CLOCK_MONOTONIC,
     CLOCK_PROCESS_CPUTIME,
@@ -185,7 +185,15 @@ class WasiState:
         """Opens the preopened directories (ConfigError when one cannot be opened)."""
         return cls(
             config=config,
-            fds=DescriptorTable(config.preopens, config.max_open_files),
+            fds=DescriptorTable(
+                config.preopens,
+                config.max_open_files,
+                stdio_terminals(
+                    config.stdin == "inherit",
+                    config.stdout == "inherit",
+                    config.stderr == "inherit",
+                ),
+            ),
             stdin=Stdin(config),
             stdout=Capture(config.output_limit),
             stderr=Capture(config.output_limit),
