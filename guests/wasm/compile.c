@@ -19,7 +19,7 @@ enum { SV_STACK, SV_LOCAL, SV_CONST };
 
 typedef struct sval {
     uint8_t kind;
-    uint32_t local;
+    uint32_t local; /* SV_LOCAL: the local's slot (local_slot) */
     uint64_t k;
 } sval;
 
@@ -105,7 +105,9 @@ static uint32_t emit_op(comp *c, int op) {
     return pos;
 }
 
-static inline uint32_t slot(comp *c, uint32_t h) { return c->nlocals + h; }
+/* The first value-stack word of operand height h / local x (see ENG_SLOT_WORDS). */
+static inline uint32_t slot(comp *c, uint32_t h) { return (c->nlocals + h) * ENG_SLOT_WORDS; }
+static inline uint32_t local_slot(uint32_t x) { return x * ENG_SLOT_WORDS; }
 static inline ctl *top_ctl(comp *c) { return &c->ctls[c->nctl - 1]; }
 
 static void materialize_all(comp *c);
@@ -287,7 +289,7 @@ static void emit_branch(comp *c, ctl *t) {
             emit_op(c, OP_RET1);
             emit(c, slot(c, c->sh - 1));
         } else {
-            for (uint32_t i = 0; i < n; i++) emit_mov(c, i, slot(c, c->sh - n + i));
+            for (uint32_t i = 0; i < n; i++) emit_mov(c, local_slot(i), slot(c, c->sh - n + i));
             emit_op(c, OP_RETURN);
         }
         return;
@@ -308,8 +310,7 @@ static void block_type(comp *c, uint32_t *np, uint32_t *nr) {
     if (b == 0x40) {
         c->r.p++;
         *np = *nr = 0;
-    } else if (b == WASM_TYPE_I32 || b == WASM_TYPE_I64 || b == WASM_TYPE_F32 ||
-               b == WASM_TYPE_F64 || b == WASM_TYPE_FUNCREF || b == WASM_TYPE_EXTERNREF) {
+    } else if (eng_is_valtype(b)) {
         c->r.p++;
         *np = 0;
         *nr = 1;
@@ -530,8 +531,9 @@ static bool refs_local(comp *c, uint32_t x, uint32_t below) {
     return false;
 }
 
-static void local_set(comp *c, uint32_t x, bool tee) {
-    if (x >= c->nlocals) invalid("unknown local");
+static void local_set(comp *c, uint32_t index, bool tee) {
+    if (index >= c->nlocals) invalid("unknown local");
+    uint32_t x = local_slot(index);
     need(c, 1);
     if (c->nvirt && c->sh - c->virt_lo > VIRT_SPAN) materialize_all(c);
     uint32_t h = c->sh - 1;
@@ -873,7 +875,7 @@ static void body(comp *c) {
         case 0x20:
             x = rd_u32(r);
             if (x >= c->nlocals) invalid("unknown local");
-            push(c, SV_LOCAL, x, 0);
+            push(c, SV_LOCAL, local_slot(x), 0);
             break;
         case 0x21: local_set(c, rd_u32(r), false); break;
         case 0x22: local_set(c, rd_u32(r), true); break;
@@ -1052,9 +1054,7 @@ void compile_function(module *m, uint32_t defined, const uint8_t *code, uint32_t
     for (uint32_t i = 0; i < groups; i++) {
         nlocals += rd_u32(&c->r);
         uint8_t t = rd_u8(&c->r);
-        if (t != WASM_TYPE_I32 && t != WASM_TYPE_I64 && t != WASM_TYPE_F32 && t != WASM_TYPE_F64 &&
-            t != WASM_TYPE_FUNCREF && t != WASM_TYPE_EXTERNREF)
-            eng_malformed("malformed value type");
+        if (!eng_is_valtype(t)) eng_malformed("malformed value type");
         if (nlocals > MAX_LOCALS) eng_malformed("too many locals");
     }
     c->nlocals = (uint32_t)nlocals;
@@ -1065,6 +1065,6 @@ void compile_function(module *m, uint32_t defined, const uint8_t *code, uint32_t
     cd->code = mod_alloc(m, (size_t)c->len * sizeof(uint32_t));
     memcpy(cd->code, c->code, (size_t)c->len * sizeof(uint32_t));
     cd->code_len = c->len;
-    cd->nlocals = c->nlocals;
-    cd->frame_size = c->nlocals + c->maxh + 2;
+    cd->nlocals = c->nlocals * ENG_SLOT_WORDS;
+    cd->frame_size = (c->nlocals + c->maxh + 2) * ENG_SLOT_WORDS;
 }

@@ -4,6 +4,8 @@
 #include "internal.h"
 
 typedef void *hptr __attribute__((aligned(4), may_alias));
+/* A 16-byte value slot as one SSE register (slots are 8-byte aligned). */
+typedef int64_t vslot __attribute__((vector_size(16), aligned(8), may_alias));
 
 void **interp_handlers;
 uint64_t *eng_stack, *eng_stack_end;
@@ -250,6 +252,8 @@ static void prof(const void *h) {
 #define NEXT() goto **(const hptr *)ip
 #endif
 #define S(i) fp[ip[i]]
+/* A whole 16-byte slot (moves copy it all: the compiler does not track types). */
+#define W(i) (*(vslot *)&fp[ip[i]])
 #define U32(i) ((uint32_t)S(i))
 #define I32(i) ((int32_t)S(i))
 #define I64(i) ((int64_t)S(i))
@@ -418,7 +422,7 @@ L_RET_ADD_I:
     fp[0] = (uint32_t)(U32(2) + ip[3]);
     goto L_RETURN;
 L_RET1:
-    fp[0] = S(2);
+    *(vslot *)fp = W(2);
     /* fallthrough */
 L_RETURN:
     csp--;
@@ -445,12 +449,12 @@ L_CALL_INDIRECT: {
     goto do_call;
 }
 L_MOV:
-    S(2) = S(3);
+    W(2) = W(3);
     ip += 4;
     NEXT();
 L_MOV2:
-    S(2) = S(3);
-    S(4) = S(5);
+    W(2) = W(3);
+    W(4) = W(5);
     ip += 6;
     NEXT();
 L_CONST32:
@@ -462,15 +466,23 @@ L_CONST64:
     ip += 5;
     NEXT();
 L_SELECT:
-    S(2) = U32(5) ? S(3) : S(4);
+    W(2) = U32(5) ? W(3) : W(4);
     ip += 6;
     NEXT();
-L_GLOBAL_GET:
-    S(2) = inst->globals[ip[3]]->value;
+L_GLOBAL_GET: {
+    const wglobal *g = inst->globals[ip[3]];
+    S(2) = g->value;
+    fp[ip[2] + 1] = g->value_hi;
     ip += 4;
     NEXT();
-L_GLOBAL_SET:
-    inst->globals[ip[3]]->value = S(2);
+}
+L_GLOBAL_SET: {
+    wglobal *g = inst->globals[ip[3]];
+    g->value = S(2);
+    g->value_hi = fp[ip[2] + 1];
+    ip += 4;
+    NEXT();
+}
     ip += 4;
     NEXT();
 L_MEM_SIZE:

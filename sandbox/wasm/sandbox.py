@@ -49,6 +49,7 @@ from .abi import (
     check_ok,
     decode_values,
     encode_values,
+    pack_values,
     parse_reply,
     reply_u32,
     to_python,
@@ -392,10 +393,8 @@ class WasmSandbox:
         timeout: float | None = None,
     ) -> list[tuple[ValType, int]]:
         """Calls an export with raw (type, bits) arguments; returns raw results."""
-        data = bytearray([len(args)])
-        for t, bits in args:
-            data += bytes([t]) + bits.to_bytes(8, "little")
-        reply = self._engine_call(name, "wasm_invoke", instance, name, bytes(data), timeout=timeout)
+        data = pack_values(args)
+        reply = self._engine_call(name, "wasm_invoke", instance, name, data, timeout=timeout)
         check_ok(reply, name)
         return decode_values(reply.payload, f"results of {name}")
 
