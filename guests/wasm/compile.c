@@ -689,6 +689,126 @@ static void prefixed(comp *c) {
     }
 }
 
+/* ---- Fixed-width SIMD (0xFD) -------------------------------------------------------- */
+
+enum { SH_UN, SH_BIN, SH_TERN, SH_LOAD, SH_STORE, SH_CONST, SH_SHUF, SH_EXTRACT, SH_REPLACE,
+       SH_LOADLANE, SH_STORELANE };
+
+static const struct simd_info {
+    uint16_t op1; /* OP_x + 1; 0: no such instruction */
+    uint8_t shape, k;
+} simd_info[256] = {
+#define SIMD_INFO(code, n, shape, k) [code] = {OP_##n + 1, SH_##shape, k},
+    SIMD_LIST(SIMD_INFO)
+#undef SIMD_INFO
+};
+
+/* A SIMD memarg: the alignment may not exceed the access's natural one. */
+static uint32_t simd_memarg(comp *c, uint32_t max_align) {
+    uint32_t align = rd_u32(&c->r);
+    if (align >= 32) eng_malformed("malformed memop flags");
+    if (align > max_align) invalid("alignment must not be larger than natural");
+    uint32_t off = rd_u32(&c->r);
+    if (c->m->nmems == 0) invalid("unknown memory 0");
+    return off;
+}
+
+static uint32_t lane_idx(comp *c, uint32_t lanes) {
+    uint8_t lane = rd_u8(&c->r);
+    if (lane >= lanes) invalid("invalid lane index");
+    return lane;
+}
+
+static uint32_t log2_of(uint32_t n) { return (uint32_t)__builtin_ctz(n); }
+
+static void simd(comp *c) {
+    uint32_t sub = rd_u32(&c->r);
+    const struct simd_info *si = sub < 256 ? &simd_info[sub] : 0;
+    if (!si || !si->op1) eng_malformed("illegal opcode");
+    int op = si->op1 - 1;
+    uint32_t o[3], f[8], n = 0, d, pos;
+    bool result = true;
+    switch (si->shape) {
+    case SH_UN: o[0] = pop_slot(c); f[n++] = o[0]; break;
+    case SH_BIN:
+        pop_n(c, o, 2);
+        f[n++] = o[0];
+        f[n++] = o[1];
+        break;
+    case SH_TERN:
+        pop_n(c, o, 3);
+        f[n++] = o[0];
+        f[n++] = o[1];
+        f[n++] = o[2];
+        break;
+    case SH_LOAD: {
+        uint32_t off = simd_memarg(c, si->k);
+        f[n++] = pop_slot(c);
+        f[n++] = off;
+        break;
+    }
+    case SH_STORE: {
+        uint32_t off = simd_memarg(c, si->k);
+        pop_n(c, o, 2);
+        f[n++] = o[0];
+        f[n++] = o[1];
+        f[n++] = off;
+        result = false;
+        break;
+    }
+    case SH_CONST: {
+        const uint8_t *p = rd_bytes(&c->r, 16);
+        for (uint32_t i = 0; i < 4; i++) memcpy(&f[n++], p + 4 * i, 4);
+        break;
+    }
+    case SH_SHUF: {
+        const uint8_t *p = rd_bytes(&c->r, 16);
+        for (uint32_t i = 0; i < 16; i++)
+            if (p[i] >= 32) invalid("invalid lane index");
+        pop_n(c, o, 2);
+        f[n++] = o[0];
+        f[n++] = o[1];
+        for (uint32_t i = 0; i < 4; i++) memcpy(&f[n++], p + 4 * i, 4);
+        break;
+    }
+    case SH_EXTRACT: {
+        uint32_t lane = lane_idx(c, si->k);
+        f[n++] = pop_slot(c);
+        f[n++] = lane;
+        break;
+    }
+    case SH_REPLACE: {
+        uint32_t lane = lane_idx(c, si->k);
+        pop_n(c, o, 2);
+        f[n++] = o[0];
+        f[n++] = o[1];
+        f[n++] = lane;
+        break;
+    }
+    case SH_LOADLANE:
+    case SH_STORELANE: {
+        uint32_t off = simd_memarg(c, log2_of(16 / si->k));
+        uint32_t lane = lane_idx(c, si->k);
+        pop_n(c, o, 2);
+        f[n++] = o[0];
+        f[n++] = o[1];
+        f[n++] = off;
+        f[n++] = lane;
+        result = si->shape == SH_LOADLANE;
+        break;
+    }
+    }
+    if (!result) {
+        emit_fields(c, op, f, n);
+        return;
+    }
+    d = slot(c, c->sh);
+    pos = emit_op(c, op);
+    emit(c, d);
+    for (uint32_t i = 0; i < n; i++) emit(c, f[i]);
+    push_result(c, op, pos, pos + 2);
+}
+
 /* ---- The function body -------------------------------------------------------------- */
 
 static void body(comp *c) {
@@ -1025,6 +1145,7 @@ static void body(comp *c) {
             push_result(c, OP_REF_FUNC, pos, pos + 2);
             break;
         case 0xfc: prefixed(c); break;
+        case 0xfd: simd(c); break;
         default:
             if (opc >= 0x45 && opc <= 0xc4) {
                 numeric(c, opc, OP_I32_EQZ + (opc - 0x45));

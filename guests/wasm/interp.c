@@ -165,6 +165,10 @@ TRUNC_SAT(i64_sat_f64_s, double, int64_t, x >= -9223372036854775808.0, 922337203
           INT64_MIN, INT64_MAX)
 TRUNC_SAT(i64_sat_f64_u, double, uint64_t, x > -1.0, 18446744073709551616.0, 0, UINT64_MAX)
 
+#define SIMD_HELPERS
+#include "simd.h"
+#undef SIMD_HELPERS
+
 /* ---- Integer helpers ---------------------------------------------------------------- */
 
 static inline uint32_t i32_div_s(uint32_t a, uint32_t b) {
@@ -333,8 +337,10 @@ __attribute__((optimize("no-tree-loop-distribute-patterns")))
 #endif
 void interp_call(wfunc *f, uint64_t *sp) {
 #define OP_LABEL(n) &&L_##n,
-    static void *table[] = {OPS_ALL(OP_LABEL)};
+#define OP_LABEL_SIMD(code, n, shape, k) &&L_##n,
+    static void *table[] = {OPS_ALL(OP_LABEL) SIMD_LIST(OP_LABEL_SIMD)};
 #undef OP_LABEL
+#undef OP_LABEL_SIMD
     if (!f) {
         interp_handlers = table;
         uint64_t h = (uint64_t)(uintptr_t)&&L_HALT;
@@ -885,4 +891,8 @@ L_BR_UNLESS64:
     else
         ip += 4;
     NEXT();
+
+#define SIMD_HANDLERS
+#include "simd.h"
+#undef SIMD_HANDLERS
 }
