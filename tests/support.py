@@ -62,15 +62,17 @@ def _clang() -> str:
     return clang
 
 
-def compile_wasi(tmp_path: Path, source: str, name: str = "prog") -> Path:
-    """`source` (C) built for wasm32-wasi with clang; skips where clang or its WASI
-    sysroot is missing, fails on any other compiler error."""
+def compile_wasi(
+    tmp_path: Path, source: str, name: str = "prog", flags: tuple[str, ...] = ()
+) -> Path:
+    """`source` (C) built for wasm32-wasi with clang (-O2 and `flags`, e.g. -msimd128);
+    skips where clang or its WASI sysroot is missing, fails on any other compiler error."""
     clang = _clang()
     src = tmp_path / f"{name}.c"
     src.write_text(source)
     out = tmp_path / f"{name}.wasm"
     result = subprocess.run(
-        [clang, "--target=wasm32-wasi", "-O2", str(src), "-o", str(out)],
+        [clang, "--target=wasm32-wasi", "-O2", *flags, str(src), "-o", str(out)],
         capture_output=True,
         text=True,
     )

@@ -476,7 +476,8 @@ class WasmSandbox:
 
     def call(self, name: str, *args: object, timeout: float | None = None) -> Any:
         """Calls an exported function of the module: arguments are converted by its
-        signature (int for i32/i64, float for f32/f64, None or int for references);
+        signature (int for i32/i64, float for f32/f64, None or int for references, an
+        unsigned 128-bit int for v128, lane 0 in the low bits);
         returns None, the one result, or a tuple of results. Raises WasmTrap (does not
         poison), FunctionNotFound, ArgumentError, HostFunctionError (an import raised),
         WasiExit (the program called proc_exit), CallTimeout (poisons), SandboxClosed.
