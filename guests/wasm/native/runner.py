@@ -235,7 +235,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("files", nargs="*", type=Path)
     ap.add_argument("--all", type=Path, help="run every non-SIMD .wast file in this directory")
-    ap.add_argument("--simd", type=Path, help="run every SIMD (simd_*) .wast file in this directory")
+    ap.add_argument(
+        "--simd", type=Path, help="run every SIMD (simd_*) .wast file in this directory"
+    )
     ap.add_argument("--lib", default=None)
     ap.add_argument("--one", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("-v", "--verbose", action="store_true")
