@@ -444,6 +444,8 @@ static int imm_form(int op, uint64_t k) {
 static int binbin_op(int outer, int inner) {
     if (outer == OP_F64_ADD) return inner == OP_F64_MUL ? OP_F64_ADD_MUL : -1;
     if (outer == OP_F32_ADD) return inner == OP_F32_MUL ? OP_F32_ADD_MUL : -1;
+    if (outer == OP_F32X4_ADD) return inner == OP_F32X4_MUL ? OP_F32X4_ADD_MUL : -1;
+    if (outer == OP_F64X2_ADD) return inner == OP_F64X2_MUL ? OP_F64X2_ADD_MUL : -1;
     static const int outers[4] = {OP_I32_ADD, OP_I32_XOR, OP_I32_AND, OP_I32_OR};
     static const int inners[11] = {OP_I32_ADD, OP_I32_SUB, OP_I32_XOR, OP_I32_AND, OP_I32_OR, OP_I32_ROTL_I, OP_I32_ROTR_I, OP_I32_SHL_I, OP_I32_SHR_U_I, OP_I32_ADD_I, OP_I32_AND_I};
     static const int fused[4][11] = {
@@ -730,11 +732,9 @@ static void simd(comp *c) {
     bool result = true;
     switch (si->shape) {
     case SH_UN: o[0] = pop_slot(c); f[n++] = o[0]; break;
-    case SH_BIN:
-        pop_n(c, o, 2);
-        f[n++] = o[0];
-        f[n++] = o[1];
-        break;
+    case SH_BIN: /* d a b, through numeric() for the fused multiply-add */
+        numeric(c, 0x6a /* any binary opcode */, op);
+        return;
     case SH_TERN:
         pop_n(c, o, 3);
         f[n++] = o[0];
@@ -743,7 +743,19 @@ static void simd(comp *c) {
         break;
     case SH_LOAD: {
         uint32_t off = simd_memarg(c, si->k);
-        f[n++] = pop_slot(c);
+        need(c, 1);
+        if (op == OP_V128_LOAD && c->st[c->sh - 1].kind == SV_STACK && c->last_dfield &&
+            c->last_dh == c->sh - 1 && c->last_end == c->len &&
+            (c->last_op == OP_I32_ADD || c->last_op == OP_I32_ADD_I)) {
+            /* The address is an i32.add just computed: fold it into the load. */
+            f[n++] = c->code[c->last_pos + 3];
+            f[n++] = c->code[c->last_pos + 4];
+            op = c->last_op == OP_I32_ADD ? OP_V128_LOAD_RR : OP_V128_LOAD_RI;
+            c->len = c->last_pos;
+            truncate(c, c->sh - 1);
+        } else {
+            f[n++] = pop_slot(c);
+        }
         f[n++] = off;
         break;
     }

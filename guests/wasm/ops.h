@@ -340,8 +340,12 @@
     Y(0xfe, F64X2_CONVERT_LOW_I32X4_S, UN, 0) \
     Y(0xff, F64X2_CONVERT_LOW_I32X4_U, UN, 0)
 
+/* SIMD super-instructions: v128.load addressed by an i32.add (d x y off / d x k off), and
+ * float lanes multiply then add (two roundings): d = a + x * y. */
+#define OPS_SIMDFUSED(X) X(V128_LOAD_RR) X(V128_LOAD_RI) X(F32X4_ADD_MUL) X(F64X2_ADD_MUL)
+
 #define OPS_ALL(X) OPS_CONTROL(X) OPS_MEMORY(X) OPS_NUMERIC(X) OPS_IMM(X) OPS_FUSED(X) OPS_MEMFUSED(X) \
-    OPS_BINBIN(X) OPS_FMULADD(X)
+    OPS_BINBIN(X) OPS_FMULADD(X) OPS_SIMDFUSED(X)
 
 enum {
 #define OP_ENUM(n) OP_##n,

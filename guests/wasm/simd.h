@@ -25,6 +25,99 @@ static inline int32_t sat_u8(int32_t x) { return x < 0 ? 0 : x > 255 ? 255 : x; 
 static inline int32_t sat_s16(int32_t x) { return x < -32768 ? -32768 : x > 32767 ? 32767 : x; }
 static inline int32_t sat_u16(int32_t x) { return x < 0 ? 0 : x > 65535 ? 65535 : x; }
 
+/* SSE2 builtins' own vector types (x86-64 baseline: no -msse4.1 needed). */
+typedef char v16qi __attribute__((vector_size(16)));
+typedef short v8hi __attribute__((vector_size(16)));
+typedef int v4si __attribute__((vector_size(16)));
+typedef float v4sf __attribute__((vector_size(16)));
+typedef double v2df __attribute__((vector_size(16)));
+
+/* Lane-wise select of integer vectors of one type: m's lanes are all ones or zeros. */
+#define VSEL(m, x, y) (((x) & (m)) | ((y) & ~(m)))
+
+/* Interleaving masks: lanes h.. of a with lanes h.. of b (b: zeros or a's signs), which
+ * widens the low (h = 0) or high half of a by zero or sign extension. */
+#define ZIP8(h)                                                                        \
+    (u8x16) {                                                                          \
+        h + 0, h + 16, h + 1, h + 17, h + 2, h + 18, h + 3, h + 19, h + 4, h + 20, h + 5, \
+            h + 21, h + 6, h + 22, h + 7, h + 23                                       \
+    }
+#define ZIP16(h) (u16x8){h + 0, h + 8, h + 1, h + 9, h + 2, h + 10, h + 3, h + 11}
+#define ZIP32(h) (u32x4){h + 0, h + 4, h + 1, h + 5}
+
+static inline u16x8 ext8(i8x16 a, bool sign, bool high) {
+    i8x16 s = sign ? (i8x16)(a < (i8x16){0}) : (i8x16){0};
+    return (u16x8)(high ? __builtin_shuffle(a, s, ZIP8(8)) : __builtin_shuffle(a, s, ZIP8(0)));
+}
+static inline u32x4 ext16(i16x8 a, bool sign, bool high) {
+    i16x8 s = sign ? (i16x8)(a < (i16x8){0}) : (i16x8){0};
+    return (u32x4)(high ? __builtin_shuffle(a, s, ZIP16(4)) : __builtin_shuffle(a, s, ZIP16(0)));
+}
+static inline u64x2 ext32(i32x4 a, bool sign, bool high) {
+    i32x4 s = sign ? (i32x4)(a < (i32x4){0}) : (i32x4){0};
+    return (u64x2)(high ? __builtin_shuffle(a, s, ZIP32(2)) : __builtin_shuffle(a, s, ZIP32(0)));
+}
+
+/* Whether no lane of a (of any width, as bytes after a lane compare) is zero. */
+static inline uint32_t no_zero_lane(v16qi zero_mask) {
+    return __builtin_ia32_pmovmskb128(zero_mask) == 0;
+}
+
+/* Wasm float min/max: NaN if either is NaN, -0 < +0, else the IEEE order. */
+static inline u32x4 f32x4_min(f32x4 a, f32x4 b) {
+    u32x4 ua = (u32x4)a, ub = (u32x4)b;
+    u32x4 r = VSEL((u32x4)(a < b), ua, ub);
+    r = VSEL((u32x4)(a == b), ua | ub, r);
+    return VSEL((u32x4)((a != a) | (b != b)), (u32x4)(a + b), r);
+}
+static inline u32x4 f32x4_max(f32x4 a, f32x4 b) {
+    u32x4 ua = (u32x4)a, ub = (u32x4)b;
+    u32x4 r = VSEL((u32x4)(a > b), ua, ub);
+    r = VSEL((u32x4)(a == b), ua & ub, r);
+    return VSEL((u32x4)((a != a) | (b != b)), (u32x4)(a + b), r);
+}
+static inline u64x2 f64x2_min(f64x2 a, f64x2 b) {
+    u64x2 ua = (u64x2)a, ub = (u64x2)b;
+    u64x2 r = VSEL((u64x2)(a < b), ua, ub);
+    r = VSEL((u64x2)(a == b), ua | ub, r);
+    return VSEL((u64x2)((a != a) | (b != b)), (u64x2)(a + b), r);
+}
+static inline u64x2 f64x2_max(f64x2 a, f64x2 b) {
+    u64x2 ua = (u64x2)a, ub = (u64x2)b;
+    u64x2 r = VSEL((u64x2)(a > b), ua, ub);
+    r = VSEL((u64x2)(a == b), ua & ub, r);
+    return VSEL((u64x2)((a != a) | (b != b)), (u64x2)(a + b), r);
+}
+
+/* i32x4.trunc_sat_f32x4_s: cvttps2dq gives INT32_MIN for NaN and out of range. */
+static inline i32x4 f32x4_trunc_sat_s(f32x4 a) {
+    i32x4 r = (i32x4)__builtin_ia32_cvttps2dq((v4sf)a);
+    r = VSEL((i32x4)(a >= 2147483648.0f), (i32x4){0} + INT32_MAX, r);
+    return r & (i32x4)(a == a);
+}
+
+/* i16x8.narrow_i32x4_u without SSE4.1's packusdw: clamp to [0, 65535], then a signed
+ * pack of the values biased by -32768, unbiased again. */
+static inline i16x8 narrow32_u(i32x4 a, i32x4 b) {
+    a = VSEL((i32x4)(a < 0), (i32x4){0}, a);
+    a = VSEL((i32x4)(a > 65535), (i32x4){0} + 65535, a);
+    b = VSEL((i32x4)(b < 0), (i32x4){0}, b);
+    b = VSEL((i32x4)(b > 65535), (i32x4){0} + 65535, b);
+    v8hi r = __builtin_ia32_packssdw128((v4si)(a - 32768), (v4si)(b - 32768));
+    return (i16x8)r ^ ((i16x8){0} + (int16_t)0x8000);
+}
+
+/* r[i] = t[k[i] & mask], gathered in two registers (byte stores into a vector in memory
+ * would stall the 16-byte load that follows). */
+static inline u64x2 gather16(const uint8_t *t, const uint8_t *k, uint8_t mask) {
+    uint64_t lo = 0, hi = 0;
+    for (int i = 7; i >= 0; i--) {
+        lo = lo << 8 | t[k[i] & mask];
+        hi = hi << 8 | t[k[i + 8] & mask];
+    }
+    return (u64x2){lo, hi};
+}
+
 /* Float lanes by their bits (so that NaN payloads pass through untouched). */
 static inline float lane_f32(uint32_t b) { return f32_of(b); }
 static inline double lane_f64(uint64_t b) { return f64_of(b); }
@@ -104,6 +197,20 @@ L_V128_LOAD: {
     ip += 5;
     NEXT();
 }
+L_V128_LOAD_RR: { /* d x y off: address x + y */
+    vslot v;
+    __builtin_memcpy(&v, mem + (uint64_t)(uint32_t)(U32(3) + U32(4)) + ip[5], 16);
+    W(2) = v;
+    ip += 6;
+    NEXT();
+}
+L_V128_LOAD_RI: { /* d x k off: address x + k */
+    vslot v;
+    __builtin_memcpy(&v, mem + (uint64_t)(uint32_t)(U32(3) + ip[4]) + ip[5], 16);
+    W(2) = v;
+    ip += 6;
+    NEXT();
+}
 #define V_LOAD_EXT(name, ST, R, N)                                                     \
     L_##name : {                                                                       \
         ST v[N];                                                                       \
@@ -171,24 +278,32 @@ L_V128_STORE: { /* a v off: one 16-byte store (no partial write before a fault) 
 
     /* Constants, shuffles, splats, lanes. */
 L_V128_CONST: {
-    u32x4 r = {ip[3], ip[4], ip[5], ip[6]};
-    VSET(r);
+    vslot v;
+    __builtin_memcpy(&v, ip + 3, 16);
+    W(2) = v;
     ip += 7;
     NEXT();
 }
-L_I8X16_SHUFFLE: {
+L_I8X16_SHUFFLE: { /* d a b k0..k3: the 16 lane indices (< 32) as bytes */
     uint8_t t[32], k[16];
-    u8x16 r;
     vslot a = W(3), b = W(4);
     __builtin_memcpy(t, &a, 16);
     __builtin_memcpy(t + 16, &b, 16);
     __builtin_memcpy(k, ip + 5, 16);
-    for (int i = 0; i < 16; i++) r[i] = t[k[i] & 31];
-    VSET(r);
+    VSET(gather16(t, k, 31));
     ip += 9;
     NEXT();
 }
-    V_BINL(I8X16_SWIZZLE, u8x16, u8x16, 16, b[i] < 16 ? a[b[i] & 15] : 0)
+L_I8X16_SWIZZLE: {
+    uint8_t t[32] = {0}, k[16];
+    vslot a = W(3), b = W(4);
+    __builtin_memcpy(t, &a, 16);
+    __builtin_memcpy(k, &b, 16);
+    for (int i = 0; i < 16; i++) k[i] = k[i] < 16 ? k[i] : 16; /* t[16] is a zero */
+    VSET(gather16(t, k, 31));
+    ip += 5;
+    NEXT();
+}
 L_I8X16_SPLAT:
     VSET((u8x16){0} + (uint8_t)S(3));
     ip += 4;
@@ -308,7 +423,7 @@ L_V128_ANY_TRUE: {
 }
 
     /* Integer lanes: unsigned arithmetic wraps; signed forms widen first. */
-    V_UNL(I8X16_ABS, i8x16, u8x16, 16, (uint8_t)(a[i] < 0 ? -a[i] : a[i]))
+    V_UN(I8X16_ABS, i8x16, u8x16, ((u8x16)a ^ (u8x16)(a < 0)) - (u8x16)(a < 0))
     V_UN(I8X16_NEG, u8x16, u8x16, (u8x16){0} - a)
 L_I8X16_POPCNT: {
     u8x16 x = VA(u8x16, 3);
@@ -319,18 +434,22 @@ L_I8X16_POPCNT: {
     ip += 4;
     NEXT();
 }
-    V_REDUCE(I8X16_ALL_TRUE, u8x16, 16, 1, s &= a[i] != 0)
-    V_REDUCE(I8X16_BITMASK, u8x16, 16, 0, s |= (uint32_t)(a[i] >> 7) << i)
-    V_REDUCE(I16X8_ALL_TRUE, u16x8, 8, 1, s &= a[i] != 0)
-    V_REDUCE(I16X8_BITMASK, u16x8, 8, 0, s |= (uint32_t)(a[i] >> 15) << i)
-    V_REDUCE(I32X4_ALL_TRUE, u32x4, 4, 1, s &= a[i] != 0)
-    V_REDUCE(I32X4_BITMASK, u32x4, 4, 0, s |= (a[i] >> 31) << i)
-    V_REDUCE(I64X2_ALL_TRUE, u64x2, 2, 1, s &= a[i] != 0)
-    V_REDUCE(I64X2_BITMASK, u64x2, 2, 0, s |= (uint32_t)(a[i] >> 63) << i)
-    V_BINL(I8X16_NARROW_I16X8_S, i16x8, i8x16, 16, (int8_t)sat_s8(i < 8 ? a[i] : b[i - 8]))
-    V_BINL(I8X16_NARROW_I16X8_U, i16x8, u8x16, 16, (uint8_t)sat_u8(i < 8 ? a[i] : b[i - 8]))
-    V_BINL(I16X8_NARROW_I32X4_S, i32x4, i16x8, 8, (int16_t)sat_s16(i < 4 ? a[i] : b[i - 4]))
-    V_BINL(I16X8_NARROW_I32X4_U, i32x4, u16x8, 8, (uint16_t)sat_u16(i < 4 ? a[i] : b[i - 4]))
+    /* Scalar results from the sign bits (pmovmskb/movmskps/movmskpd). */
+    V_REDUCE(I8X16_ALL_TRUE, i8x16, 0, no_zero_lane((v16qi)(a == 0)), (void)0)
+    V_REDUCE(I16X8_ALL_TRUE, i16x8, 0, no_zero_lane((v16qi)(a == 0)), (void)0)
+    V_REDUCE(I32X4_ALL_TRUE, i32x4, 0, no_zero_lane((v16qi)(a == 0)), (void)0)
+    V_REDUCE(I64X2_ALL_TRUE, i64x2, 0, no_zero_lane((v16qi)(a == 0)), (void)0)
+    V_REDUCE(I8X16_BITMASK, i8x16, 0, (uint32_t)__builtin_ia32_pmovmskb128((v16qi)a), (void)0)
+    V_REDUCE(I16X8_BITMASK, i16x8, 0,
+             (uint32_t)__builtin_ia32_pmovmskb128(__builtin_ia32_packsswb128((v8hi)a, (v8hi)a)) & 0xff,
+             (void)0)
+    V_REDUCE(I32X4_BITMASK, i32x4, 0, (uint32_t)__builtin_ia32_movmskps((v4sf)a), (void)0)
+    V_REDUCE(I64X2_BITMASK, i64x2, 0, (uint32_t)__builtin_ia32_movmskpd((v2df)a), (void)0)
+    /* Saturating narrowing: packsswb/packuswb/packssdw are exactly Wasm's. */
+    V_BIN(I8X16_NARROW_I16X8_S, i16x8, v16qi, __builtin_ia32_packsswb128((v8hi)a, (v8hi)b))
+    V_BIN(I8X16_NARROW_I16X8_U, i16x8, v16qi, __builtin_ia32_packuswb128((v8hi)a, (v8hi)b))
+    V_BIN(I16X8_NARROW_I32X4_S, i32x4, v8hi, __builtin_ia32_packssdw128((v4si)a, (v4si)b))
+    V_BIN(I16X8_NARROW_I32X4_U, i32x4, i16x8, narrow32_u(a, b))
     V_SHIFT(I8X16_SHL, u8x16, 8, <<)
     V_SHIFT(I8X16_SHR_S, i8x16, 8, >>)
     V_SHIFT(I8X16_SHR_U, u8x16, 8, >>)
@@ -344,49 +463,51 @@ L_I8X16_POPCNT: {
     V_SHIFT(I64X2_SHR_S, i64x2, 64, >>)
     V_SHIFT(I64X2_SHR_U, u64x2, 64, >>)
     V_BIN(I8X16_ADD, u8x16, u8x16, a + b)
-    V_BINL(I8X16_ADD_SAT_S, i8x16, i8x16, 16, (int8_t)sat_s8(a[i] + b[i]))
-    V_BINL(I8X16_ADD_SAT_U, u8x16, u8x16, 16, (uint8_t)sat_u8(a[i] + b[i]))
+    V_BIN(I8X16_ADD_SAT_S, v16qi, v16qi, __builtin_ia32_paddsb128(a, b))
+    V_BIN(I8X16_ADD_SAT_U, v16qi, v16qi, __builtin_ia32_paddusb128(a, b))
     V_BIN(I8X16_SUB, u8x16, u8x16, a - b)
-    V_BINL(I8X16_SUB_SAT_S, i8x16, i8x16, 16, (int8_t)sat_s8(a[i] - b[i]))
-    V_BINL(I8X16_SUB_SAT_U, u8x16, u8x16, 16, (uint8_t)sat_u8(a[i] - b[i]))
+    V_BIN(I8X16_SUB_SAT_S, v16qi, v16qi, __builtin_ia32_psubsb128(a, b))
+    V_BIN(I8X16_SUB_SAT_U, v16qi, v16qi, __builtin_ia32_psubusb128(a, b))
     V_BINL(I8X16_MIN_S, i8x16, i8x16, 16, a[i] < b[i] ? a[i] : b[i])
     V_BINL(I8X16_MIN_U, u8x16, u8x16, 16, a[i] < b[i] ? a[i] : b[i])
     V_BINL(I8X16_MAX_S, i8x16, i8x16, 16, a[i] > b[i] ? a[i] : b[i])
     V_BINL(I8X16_MAX_U, u8x16, u8x16, 16, a[i] > b[i] ? a[i] : b[i])
     V_BINL(I8X16_AVGR_U, u8x16, u8x16, 16, (uint8_t)((a[i] + b[i] + 1) >> 1))
-    V_UNL(I16X8_EXTADD_PAIRWISE_I8X16_S, i8x16, i16x8, 8, (int16_t)(a[2 * i] + a[2 * i + 1]))
-    V_UNL(I16X8_EXTADD_PAIRWISE_I8X16_U, u8x16, u16x8, 8, (uint16_t)(a[2 * i] + a[2 * i + 1]))
-    V_UNL(I32X4_EXTADD_PAIRWISE_I16X8_S, i16x8, i32x4, 4, a[2 * i] + a[2 * i + 1])
-    V_UNL(I32X4_EXTADD_PAIRWISE_I16X8_U, u16x8, u32x4, 4, (uint32_t)a[2 * i] + a[2 * i + 1])
-    V_UNL(I16X8_ABS, i16x8, u16x8, 8, (uint16_t)(a[i] < 0 ? -a[i] : a[i]))
+    /* Pairwise: the even lanes (low halves of the wide lanes) plus the odd ones. */
+    V_UN(I16X8_EXTADD_PAIRWISE_I8X16_S, i16x8, u16x8, (u16x8)(((i16x8)((u16x8)a << 8) >> 8) + (a >> 8)))
+    V_UN(I16X8_EXTADD_PAIRWISE_I8X16_U, u16x8, u16x8, (a & 0xff) + (a >> 8))
+    V_UN(I32X4_EXTADD_PAIRWISE_I16X8_S, i32x4, u32x4, (u32x4)(((i32x4)((u32x4)a << 16) >> 16) + (a >> 16)))
+    V_UN(I32X4_EXTADD_PAIRWISE_I16X8_U, u32x4, u32x4, (a & 0xffff) + (a >> 16))
+    V_UN(I16X8_ABS, i16x8, u16x8, ((u16x8)a ^ (u16x8)(a < 0)) - (u16x8)(a < 0))
     V_UN(I16X8_NEG, u16x8, u16x8, (u16x8){0} - a)
     V_BINL(I16X8_Q15MULR_SAT_S, i16x8, i16x8, 8, (int16_t)sat_s16((a[i] * b[i] + 0x4000) >> 15))
-    V_UNL(I16X8_EXTEND_LOW_I8X16_S, i8x16, i16x8, 8, a[i])
-    V_UNL(I16X8_EXTEND_HIGH_I8X16_S, i8x16, i16x8, 8, a[i + 8])
-    V_UNL(I16X8_EXTEND_LOW_I8X16_U, u8x16, u16x8, 8, a[i])
-    V_UNL(I16X8_EXTEND_HIGH_I8X16_U, u8x16, u16x8, 8, a[i + 8])
+    V_UN(I16X8_EXTEND_LOW_I8X16_S, i8x16, u16x8, ext8(a, 1, 0))
+    V_UN(I16X8_EXTEND_HIGH_I8X16_S, i8x16, u16x8, ext8(a, 1, 1))
+    V_UN(I16X8_EXTEND_LOW_I8X16_U, i8x16, u16x8, ext8(a, 0, 0))
+    V_UN(I16X8_EXTEND_HIGH_I8X16_U, i8x16, u16x8, ext8(a, 0, 1))
     V_BIN(I16X8_ADD, u16x8, u16x8, a + b)
-    V_BINL(I16X8_ADD_SAT_S, i16x8, i16x8, 8, (int16_t)sat_s16(a[i] + b[i]))
-    V_BINL(I16X8_ADD_SAT_U, u16x8, u16x8, 8, (uint16_t)sat_u16(a[i] + b[i]))
+    V_BIN(I16X8_ADD_SAT_S, v8hi, v8hi, __builtin_ia32_paddsw128(a, b))
+    V_BIN(I16X8_ADD_SAT_U, v8hi, v8hi, __builtin_ia32_paddusw128(a, b))
     V_BIN(I16X8_SUB, u16x8, u16x8, a - b)
-    V_BINL(I16X8_SUB_SAT_S, i16x8, i16x8, 8, (int16_t)sat_s16(a[i] - b[i]))
-    V_BINL(I16X8_SUB_SAT_U, u16x8, u16x8, 8, (uint16_t)sat_u16(a[i] - b[i]))
+    V_BIN(I16X8_SUB_SAT_S, v8hi, v8hi, __builtin_ia32_psubsw128(a, b))
+    V_BIN(I16X8_SUB_SAT_U, v8hi, v8hi, __builtin_ia32_psubusw128(a, b))
     V_BIN(I16X8_MUL, u16x8, u16x8, a * b)
     V_BINL(I16X8_MIN_S, i16x8, i16x8, 8, a[i] < b[i] ? a[i] : b[i])
     V_BINL(I16X8_MIN_U, u16x8, u16x8, 8, a[i] < b[i] ? a[i] : b[i])
     V_BINL(I16X8_MAX_S, i16x8, i16x8, 8, a[i] > b[i] ? a[i] : b[i])
     V_BINL(I16X8_MAX_U, u16x8, u16x8, 8, a[i] > b[i] ? a[i] : b[i])
     V_BINL(I16X8_AVGR_U, u16x8, u16x8, 8, (uint16_t)(((uint32_t)a[i] + b[i] + 1) >> 1))
-    V_BINL(I16X8_EXTMUL_LOW_I8X16_S, i8x16, i16x8, 8, (int16_t)(a[i] * b[i]))
-    V_BINL(I16X8_EXTMUL_HIGH_I8X16_S, i8x16, i16x8, 8, (int16_t)(a[i + 8] * b[i + 8]))
-    V_BINL(I16X8_EXTMUL_LOW_I8X16_U, u8x16, u16x8, 8, (uint16_t)(a[i] * b[i]))
-    V_BINL(I16X8_EXTMUL_HIGH_I8X16_U, u8x16, u16x8, 8, (uint16_t)(a[i + 8] * b[i + 8]))
-    V_UNL(I32X4_ABS, i32x4, u32x4, 4, a[i] < 0 ? 0u - (uint32_t)a[i] : (uint32_t)a[i])
+    /* Extended multiplies: the wrapped product of the widened lanes is exact. */
+    V_BIN(I16X8_EXTMUL_LOW_I8X16_S, i8x16, u16x8, ext8(a, 1, 0) * ext8(b, 1, 0))
+    V_BIN(I16X8_EXTMUL_HIGH_I8X16_S, i8x16, u16x8, ext8(a, 1, 1) * ext8(b, 1, 1))
+    V_BIN(I16X8_EXTMUL_LOW_I8X16_U, i8x16, u16x8, ext8(a, 0, 0) * ext8(b, 0, 0))
+    V_BIN(I16X8_EXTMUL_HIGH_I8X16_U, i8x16, u16x8, ext8(a, 0, 1) * ext8(b, 0, 1))
+    V_UN(I32X4_ABS, i32x4, u32x4, ((u32x4)a ^ (u32x4)(a < 0)) - (u32x4)(a < 0))
     V_UN(I32X4_NEG, u32x4, u32x4, (u32x4){0} - a)
-    V_UNL(I32X4_EXTEND_LOW_I16X8_S, i16x8, i32x4, 4, a[i])
-    V_UNL(I32X4_EXTEND_HIGH_I16X8_S, i16x8, i32x4, 4, a[i + 4])
-    V_UNL(I32X4_EXTEND_LOW_I16X8_U, u16x8, u32x4, 4, a[i])
-    V_UNL(I32X4_EXTEND_HIGH_I16X8_U, u16x8, u32x4, 4, a[i + 4])
+    V_UN(I32X4_EXTEND_LOW_I16X8_S, i16x8, u32x4, ext16(a, 1, 0))
+    V_UN(I32X4_EXTEND_HIGH_I16X8_S, i16x8, u32x4, ext16(a, 1, 1))
+    V_UN(I32X4_EXTEND_LOW_I16X8_U, i16x8, u32x4, ext16(a, 0, 0))
+    V_UN(I32X4_EXTEND_HIGH_I16X8_U, i16x8, u32x4, ext16(a, 0, 1))
     V_BIN(I32X4_ADD, u32x4, u32x4, a + b)
     V_BIN(I32X4_SUB, u32x4, u32x4, a - b)
     V_BIN(I32X4_MUL, u32x4, u32x4, a * b)
@@ -394,25 +515,25 @@ L_I8X16_POPCNT: {
     V_BINL(I32X4_MIN_U, u32x4, u32x4, 4, a[i] < b[i] ? a[i] : b[i])
     V_BINL(I32X4_MAX_S, i32x4, i32x4, 4, a[i] > b[i] ? a[i] : b[i])
     V_BINL(I32X4_MAX_U, u32x4, u32x4, 4, a[i] > b[i] ? a[i] : b[i])
-    V_BINL(I32X4_DOT_I16X8_S, i16x8, u32x4, 4,
-           (uint32_t)((int64_t)a[2 * i] * b[2 * i] + (int64_t)a[2 * i + 1] * b[2 * i + 1]))
-    V_BINL(I32X4_EXTMUL_LOW_I16X8_S, i16x8, i32x4, 4, a[i] * b[i])
-    V_BINL(I32X4_EXTMUL_HIGH_I16X8_S, i16x8, i32x4, 4, a[i + 4] * b[i + 4])
-    V_BINL(I32X4_EXTMUL_LOW_I16X8_U, u16x8, u32x4, 4, (uint32_t)a[i] * b[i])
-    V_BINL(I32X4_EXTMUL_HIGH_I16X8_U, u16x8, u32x4, 4, (uint32_t)a[i + 4] * b[i + 4])
-    V_UNL(I64X2_ABS, i64x2, u64x2, 2, a[i] < 0 ? 0ull - (uint64_t)a[i] : (uint64_t)a[i])
+    /* pmaddwd: the sum of the two products wraps to 0x80000000 as Wasm's does. */
+    V_BIN(I32X4_DOT_I16X8_S, v8hi, v4si, __builtin_ia32_pmaddwd128(a, b))
+    V_BIN(I32X4_EXTMUL_LOW_I16X8_S, i16x8, u32x4, ext16(a, 1, 0) * ext16(b, 1, 0))
+    V_BIN(I32X4_EXTMUL_HIGH_I16X8_S, i16x8, u32x4, ext16(a, 1, 1) * ext16(b, 1, 1))
+    V_BIN(I32X4_EXTMUL_LOW_I16X8_U, i16x8, u32x4, ext16(a, 0, 0) * ext16(b, 0, 0))
+    V_BIN(I32X4_EXTMUL_HIGH_I16X8_U, i16x8, u32x4, ext16(a, 0, 1) * ext16(b, 0, 1))
+    V_UN(I64X2_ABS, i64x2, u64x2, ((u64x2)a ^ (u64x2)(a < 0)) - (u64x2)(a < 0))
     V_UN(I64X2_NEG, u64x2, u64x2, (u64x2){0} - a)
-    V_UNL(I64X2_EXTEND_LOW_I32X4_S, i32x4, i64x2, 2, a[i])
-    V_UNL(I64X2_EXTEND_HIGH_I32X4_S, i32x4, i64x2, 2, a[i + 2])
-    V_UNL(I64X2_EXTEND_LOW_I32X4_U, u32x4, u64x2, 2, a[i])
-    V_UNL(I64X2_EXTEND_HIGH_I32X4_U, u32x4, u64x2, 2, a[i + 2])
+    V_UN(I64X2_EXTEND_LOW_I32X4_S, i32x4, u64x2, ext32(a, 1, 0))
+    V_UN(I64X2_EXTEND_HIGH_I32X4_S, i32x4, u64x2, ext32(a, 1, 1))
+    V_UN(I64X2_EXTEND_LOW_I32X4_U, i32x4, u64x2, ext32(a, 0, 0))
+    V_UN(I64X2_EXTEND_HIGH_I32X4_U, i32x4, u64x2, ext32(a, 0, 1))
     V_BIN(I64X2_ADD, u64x2, u64x2, a + b)
     V_BIN(I64X2_SUB, u64x2, u64x2, a - b)
     V_BIN(I64X2_MUL, u64x2, u64x2, a * b)
-    V_BINL(I64X2_EXTMUL_LOW_I32X4_S, i32x4, i64x2, 2, (int64_t)a[i] * b[i])
-    V_BINL(I64X2_EXTMUL_HIGH_I32X4_S, i32x4, i64x2, 2, (int64_t)a[i + 2] * b[i + 2])
-    V_BINL(I64X2_EXTMUL_LOW_I32X4_U, u32x4, u64x2, 2, (uint64_t)a[i] * b[i])
-    V_BINL(I64X2_EXTMUL_HIGH_I32X4_U, u32x4, u64x2, 2, (uint64_t)a[i + 2] * b[i + 2])
+    V_BIN(I64X2_EXTMUL_LOW_I32X4_S, i32x4, u64x2, ext32(a, 1, 0) * ext32(b, 1, 0))
+    V_BIN(I64X2_EXTMUL_HIGH_I32X4_S, i32x4, u64x2, ext32(a, 1, 1) * ext32(b, 1, 1))
+    V_BIN(I64X2_EXTMUL_LOW_I32X4_U, i32x4, u64x2, ext32(a, 0, 0) * ext32(b, 0, 0))
+    V_BIN(I64X2_EXTMUL_HIGH_I32X4_U, i32x4, u64x2, ext32(a, 0, 1) * ext32(b, 0, 1))
 
     /* Float lanes. */
     V_UN(F32X4_ABS, u32x4, u32x4, a & 0x7fffffffu)
@@ -437,18 +558,34 @@ L_I8X16_POPCNT: {
     V_BIN(F64X2_SUB, f64x2, f64x2, a - b)
     V_BIN(F64X2_MUL, f64x2, f64x2, a * b)
     V_BIN(F64X2_DIV, f64x2, f64x2, a / b)
-    V_BINL(F32X4_MIN, u32x4, u32x4, 4, (uint32_t)of_f32(f32_min(lane_f32(a[i]), lane_f32(b[i]))))
-    V_BINL(F32X4_MAX, u32x4, u32x4, 4, (uint32_t)of_f32(f32_max(lane_f32(a[i]), lane_f32(b[i]))))
-    V_BINL(F64X2_MIN, u64x2, u64x2, 2, of_f64(f64_min(lane_f64(a[i]), lane_f64(b[i]))))
-    V_BINL(F64X2_MAX, u64x2, u64x2, 2, of_f64(f64_max(lane_f64(a[i]), lane_f64(b[i]))))
+    V_BIN(F32X4_MIN, f32x4, u32x4, f32x4_min(a, b))
+    V_BIN(F32X4_MAX, f32x4, u32x4, f32x4_max(a, b))
+    V_BIN(F64X2_MIN, f64x2, u64x2, f64x2_min(a, b))
+    V_BIN(F64X2_MAX, f64x2, u64x2, f64x2_max(a, b))
     /* pmin: b < a ? b : a; pmax: a < b ? b : a (operands' bits returned as they are). */
-    V_BINL(F32X4_PMIN, u32x4, u32x4, 4, lane_f32(b[i]) < lane_f32(a[i]) ? b[i] : a[i])
-    V_BINL(F32X4_PMAX, u32x4, u32x4, 4, lane_f32(a[i]) < lane_f32(b[i]) ? b[i] : a[i])
-    V_BINL(F64X2_PMIN, u64x2, u64x2, 2, lane_f64(b[i]) < lane_f64(a[i]) ? b[i] : a[i])
-    V_BINL(F64X2_PMAX, u64x2, u64x2, 2, lane_f64(a[i]) < lane_f64(b[i]) ? b[i] : a[i])
+    V_BIN(F32X4_PMIN, f32x4, u32x4, VSEL((u32x4)(b < a), (u32x4)b, (u32x4)a))
+    V_BIN(F32X4_PMAX, f32x4, u32x4, VSEL((u32x4)(a < b), (u32x4)b, (u32x4)a))
+    V_BIN(F64X2_PMIN, f64x2, u64x2, VSEL((u64x2)(b < a), (u64x2)b, (u64x2)a))
+    V_BIN(F64X2_PMAX, f64x2, u64x2, VSEL((u64x2)(a < b), (u64x2)b, (u64x2)a))
+
+    /* d = a + x * y, rounded twice as in Wasm (no contraction into an FMA). */
+L_F32X4_ADD_MUL: {
+    f32x4 t = VA(f32x4, 4) * VA(f32x4, 5);
+    __asm__("" : "+x"(t));
+    VSET(VA(f32x4, 3) + t);
+    ip += 6;
+    NEXT();
+}
+L_F64X2_ADD_MUL: {
+    f64x2 t = VA(f64x2, 4) * VA(f64x2, 5);
+    __asm__("" : "+x"(t));
+    VSET(VA(f64x2, 3) + t);
+    ip += 6;
+    NEXT();
+}
 
     /* Conversions. */
-    V_UNL(I32X4_TRUNC_SAT_F32X4_S, u32x4, i32x4, 4, i32_sat_f32_s(lane_f32(a[i])))
+    V_UN(I32X4_TRUNC_SAT_F32X4_S, f32x4, i32x4, f32x4_trunc_sat_s(a))
     V_UNL(I32X4_TRUNC_SAT_F32X4_U, u32x4, u32x4, 4, i32_sat_f32_u(lane_f32(a[i])))
     V_UNL(I32X4_TRUNC_SAT_F64X2_S_ZERO, u64x2, i32x4, 2, i32_sat_f64_s(lane_f64(a[i])))
     V_UNL(I32X4_TRUNC_SAT_F64X2_U_ZERO, u64x2, u32x4, 2, i32_sat_f64_u(lane_f64(a[i])))
