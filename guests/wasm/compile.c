@@ -435,6 +435,18 @@ static int imm_form(int op, uint64_t k) {
     case OP_I64_MUL: return fits ? OP_I64_MUL_I : -1;
     case OP_I64_OR: return fits ? OP_I64_OR_I : -1;
     case OP_I64_XOR: return fits ? OP_I64_XOR_I : -1;
+    case OP_I8X16_SHL: return OP_I8X16_SHL_I;
+    case OP_I8X16_SHR_S: return OP_I8X16_SHR_S_I;
+    case OP_I8X16_SHR_U: return OP_I8X16_SHR_U_I;
+    case OP_I16X8_SHL: return OP_I16X8_SHL_I;
+    case OP_I16X8_SHR_S: return OP_I16X8_SHR_S_I;
+    case OP_I16X8_SHR_U: return OP_I16X8_SHR_U_I;
+    case OP_I32X4_SHL: return OP_I32X4_SHL_I;
+    case OP_I32X4_SHR_S: return OP_I32X4_SHR_S_I;
+    case OP_I32X4_SHR_U: return OP_I32X4_SHR_U_I;
+    case OP_I64X2_SHL: return OP_I64X2_SHL_I;
+    case OP_I64X2_SHR_S: return OP_I64X2_SHR_S_I;
+    case OP_I64X2_SHR_U: return OP_I64X2_SHR_U_I;
     default: return -1;
     }
 }
@@ -728,7 +740,7 @@ static void simd(comp *c) {
     const struct simd_info *si = sub < 256 ? &simd_info[sub] : 0;
     if (!si || !si->op1) eng_malformed("illegal opcode");
     int op = si->op1 - 1;
-    uint32_t o[3], f[8], n = 0, d, pos;
+    uint32_t o[3], f[12], n = 0, d, pos;
     bool result = true;
     switch (si->shape) {
     case SH_UN: o[0] = pop_slot(c); f[n++] = o[0]; break;
@@ -775,12 +787,16 @@ static void simd(comp *c) {
     }
     case SH_SHUF: {
         const uint8_t *p = rd_bytes(&c->r, 16);
-        for (uint32_t i = 0; i < 16; i++)
+        uint8_t m[32]; /* pshufb masks: lanes from a, then lanes from b */
+        for (uint32_t i = 0; i < 16; i++) {
             if (p[i] >= 32) invalid("invalid lane index");
+            m[i] = p[i] < 16 ? p[i] : 0x80;
+            m[16 + i] = p[i] < 16 ? 0x80 : (uint8_t)(p[i] - 16);
+        }
         pop_n(c, o, 2);
         f[n++] = o[0];
         f[n++] = o[1];
-        for (uint32_t i = 0; i < 4; i++) memcpy(&f[n++], p + 4 * i, 4);
+        for (uint32_t i = 0; i < 8; i++) memcpy(&f[n++], m + 4 * i, 4);
         break;
     }
     case SH_EXTRACT: {

@@ -343,6 +343,7 @@ void interp_call(wfunc *f, uint64_t *sp) {
 #undef OP_LABEL_SIMD
     if (!f) {
         interp_handlers = table;
+        simd_init();
         uint64_t h = (uint64_t)(uintptr_t)&&L_HALT;
         halt_code[0] = (uint32_t)h;
         halt_code[1] = (uint32_t)(h >> 32);

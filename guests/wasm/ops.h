@@ -100,7 +100,8 @@
 /* Fixed-width SIMD (0xFD prefix): Y(opcode, name, shape, k), in opcode order. Shapes and
  * their fields (k: the lane count, or for memory accesses the log2 of the natural
  * alignment): UN d a; BIN d a b; TERN d a b c; LOAD d a off; STORE a v off;
- * CONST d k0 k1 k2 k3; SHUF d a b k0 k1 k2 k3 (lane bytes); EXTRACT d a lane;
+ * CONST d k0 k1 k2 k3; SHUF d a b m0..m3 n0..n3 (lane bytes: m picks from a, n from b,
+ * 0x80 where the other does); EXTRACT d a lane;
  * REPLACE d a x lane; LOADLANE d a v off lane; STORELANE a v off lane. */
 #define SIMD_LIST(Y) \
     Y(0x00, V128_LOAD, LOAD, 4) \
@@ -340,9 +341,14 @@
     Y(0xfe, F64X2_CONVERT_LOW_I32X4_S, UN, 0) \
     Y(0xff, F64X2_CONVERT_LOW_I32X4_U, UN, 0)
 
-/* SIMD super-instructions: v128.load addressed by an i32.add (d x y off / d x k off), and
- * float lanes multiply then add (two roundings): d = a + x * y. */
-#define OPS_SIMDFUSED(X) X(V128_LOAD_RR) X(V128_LOAD_RI) X(F32X4_ADD_MUL) X(F64X2_ADD_MUL)
+/* SIMD super-instructions: v128.load addressed by an i32.add (d x y off / d x k off),
+ * float lanes multiply then add (two roundings): d = a + x * y, and shifts by a constant
+ * count (d a k). */
+#define OPS_SIMDFUSED(X)                                                                \
+    X(V128_LOAD_RR) X(V128_LOAD_RI) X(F32X4_ADD_MUL) X(F64X2_ADD_MUL) X(I8X16_SHL_I)   \
+    X(I8X16_SHR_S_I) X(I8X16_SHR_U_I) X(I16X8_SHL_I) X(I16X8_SHR_S_I) X(I16X8_SHR_U_I) \
+    X(I32X4_SHL_I) X(I32X4_SHR_S_I) X(I32X4_SHR_U_I) X(I64X2_SHL_I) X(I64X2_SHR_S_I)    \
+    X(I64X2_SHR_U_I)
 
 #define OPS_ALL(X) OPS_CONTROL(X) OPS_MEMORY(X) OPS_NUMERIC(X) OPS_IMM(X) OPS_FUSED(X) OPS_MEMFUSED(X) \
     OPS_BINBIN(X) OPS_FMULADD(X) OPS_SIMDFUSED(X)

@@ -107,6 +107,24 @@ static inline i16x8 narrow32_u(i32x4 a, i32x4 b) {
     return (i16x8)r ^ ((i16x8){0} + (int16_t)0x8000);
 }
 
+/* SSSE3's pshufb where the CPU has it (CPUID, checked once by simd_init: the guest image
+ * is built for baseline x86-64), for shuffles and swizzles; a gather otherwise. */
+static bool have_ssse3;
+
+static void simd_init(void) {
+    uint32_t a, b, c, d;
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+    have_ssse3 = (c >> 9) & 1;
+#ifdef ENG_NO_SSSE3 /* native builds: test the fallback */
+    have_ssse3 = false;
+#endif
+}
+
+__attribute__((target("ssse3"))) static u8x16 pshufb2(u8x16 a, u8x16 ma, u8x16 b, u8x16 mb) {
+    return (u8x16)__builtin_ia32_pshufb128((v16qi)a, (v16qi)ma) |
+           (u8x16)__builtin_ia32_pshufb128((v16qi)b, (v16qi)mb);
+}
+
 /* r[i] = t[k[i] & mask], gathered in two registers (byte stores into a vector in memory
  * would stall the 16-byte load that follows). */
 static inline u64x2 gather16(const uint8_t *t, const uint8_t *k, uint8_t mask) {
@@ -183,6 +201,14 @@ static inline double lane_f64(uint64_t b) { return f64_of(b); }
     L_##name : {                                                                       \
         T a = VA(T, 3);                                                                \
         T r = a op(int)(U32(4) & ((bits) - 1));                                        \
+        VSET(r);                                                                       \
+        ip += 5;                                                                       \
+        NEXT();                                                                        \
+    }
+#define V_SHIFT_I(name, T, bits, op)                                                   \
+    L_##name##_I : {                                                                   \
+        T a = VA(T, 3);                                                                \
+        T r = a op(int)(ip[4] & ((bits) - 1));                                         \
         VSET(r);                                                                       \
         ip += 5;                                                                       \
         NEXT();                                                                        \
@@ -284,23 +310,39 @@ L_V128_CONST: {
     ip += 7;
     NEXT();
 }
-L_I8X16_SHUFFLE: { /* d a b k0..k3: the 16 lane indices (< 32) as bytes */
-    uint8_t t[32], k[16];
-    vslot a = W(3), b = W(4);
-    __builtin_memcpy(t, &a, 16);
-    __builtin_memcpy(t + 16, &b, 16);
-    __builtin_memcpy(k, ip + 5, 16);
-    VSET(gather16(t, k, 31));
-    ip += 9;
+L_I8X16_SHUFFLE: { /* d a b ma mb: pshufb masks (0x80: the lane comes from the other) */
+    u8x16 ma, mb;
+    __builtin_memcpy(&ma, ip + 5, 16);
+    __builtin_memcpy(&mb, ip + 9, 16);
+    if (LIKELY(have_ssse3)) {
+        VSET(pshufb2(VA(u8x16, 3), ma, VA(u8x16, 4), mb));
+    } else {
+        uint8_t t[32], k[16];
+        vslot a = W(3), b = W(4);
+        __builtin_memcpy(t, &a, 16);
+        __builtin_memcpy(t + 16, &b, 16);
+        for (int i = 0; i < 16; i++) k[i] = ma[i] < 16 ? ma[i] : 16 + mb[i];
+        VSET(gather16(t, k, 31));
+    }
+    ip += 13;
     NEXT();
 }
 L_I8X16_SWIZZLE: {
-    uint8_t t[32] = {0}, k[16];
-    vslot a = W(3), b = W(4);
-    __builtin_memcpy(t, &a, 16);
-    __builtin_memcpy(k, &b, 16);
-    for (int i = 0; i < 16; i++) k[i] = k[i] < 16 ? k[i] : 16; /* t[16] is a zero */
-    VSET(gather16(t, k, 31));
+    u8x16 k = VA(u8x16, 4);
+    if (LIKELY(have_ssse3)) {
+        /* Lanes >= 16 get bit 7 (pshufb's zero) by a saturating add; the rest keep their
+         * low 4 bits. */
+        u8x16 m = (u8x16)__builtin_ia32_paddusb128((v16qi)k, (v16qi)((u8x16){0} + 0x70));
+        VSET(pshufb2(VA(u8x16, 3), m, (u8x16){0}, (u8x16){0}));
+    } else {
+        uint8_t t[32] = {0};
+        vslot a = W(3);
+        __builtin_memcpy(t, &a, 16);
+        k = VSEL((u8x16)(k > 15), (u8x16){0} + 16, k); /* t[16] is a zero */
+        uint8_t kb[16];
+        __builtin_memcpy(kb, &k, 16);
+        VSET(gather16(t, kb, 31));
+    }
     ip += 5;
     NEXT();
 }
@@ -462,6 +504,18 @@ L_I8X16_POPCNT: {
     V_SHIFT(I64X2_SHL, u64x2, 64, <<)
     V_SHIFT(I64X2_SHR_S, i64x2, 64, >>)
     V_SHIFT(I64X2_SHR_U, u64x2, 64, >>)
+    V_SHIFT_I(I8X16_SHL, u8x16, 8, <<)
+    V_SHIFT_I(I8X16_SHR_S, i8x16, 8, >>)
+    V_SHIFT_I(I8X16_SHR_U, u8x16, 8, >>)
+    V_SHIFT_I(I16X8_SHL, u16x8, 16, <<)
+    V_SHIFT_I(I16X8_SHR_S, i16x8, 16, >>)
+    V_SHIFT_I(I16X8_SHR_U, u16x8, 16, >>)
+    V_SHIFT_I(I32X4_SHL, u32x4, 32, <<)
+    V_SHIFT_I(I32X4_SHR_S, i32x4, 32, >>)
+    V_SHIFT_I(I32X4_SHR_U, u32x4, 32, >>)
+    V_SHIFT_I(I64X2_SHL, u64x2, 64, <<)
+    V_SHIFT_I(I64X2_SHR_S, i64x2, 64, >>)
+    V_SHIFT_I(I64X2_SHR_U, u64x2, 64, >>)
     V_BIN(I8X16_ADD, u8x16, u8x16, a + b)
     V_BIN(I8X16_ADD_SAT_S, v16qi, v16qi, __builtin_ia32_paddsb128(a, b))
     V_BIN(I8X16_ADD_SAT_U, v16qi, v16qi, __builtin_ia32_paddusb128(a, b))
@@ -605,6 +659,7 @@ L_F64X2_ADD_MUL: {
 #undef V_BINL
 #undef V_REDUCE
 #undef V_SHIFT
+#undef V_SHIFT_I
 #undef ADDR
 #undef V_LOAD_EXT
 #undef V_LOAD_SPLAT
