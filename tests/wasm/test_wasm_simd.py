@@ -79,7 +79,29 @@ def test_v128_values_cross_the_call_boundary() -> None:
                 sb.call("add32", bad, 0)
 
 
-def test_relaxed_simd_and_threads_are_refused() -> None:
+def test_exported_v128_global_reads_all_16_bytes() -> None:
+    from sandbox.wasm import WasmSandbox
+    from sandbox.wasm.abi import ValType
+
+    module = wat(
+        '(module (global (export "g") v128 (v128.const i64x2 -1 0x1122334455667788))'
+        ' (global (export "h") (mut v128)'
+        "  (v128.const i8x16 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)))"
+    )
+    engine = WasmSandbox.engine()
+    try:
+        handle, parsed = engine.load(module)
+        instance = engine.instantiate(handle, parsed)
+        assert engine.get(instance, "g") == (ValType.V128, 0x1122334455667788 << 64 | (1 << 64) - 1)
+        assert engine.get(instance, "h") == (
+            ValType.V128,
+            LANES + 0x01010101010101010101010101010101,
+        )
+    finally:
+        engine.close()
+
+
+def test_relaxed_simd_is_refused() -> None:
     relaxed = wat(
         "(module (func (param v128) (result v128) (i32x4.relaxed_trunc_f32x4_s (local.get 0))))"
     )
