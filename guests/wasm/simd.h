@@ -96,6 +96,44 @@ static inline i32x4 f32x4_trunc_sat_s(f32x4 a) {
     return r & (i32x4)(a == a);
 }
 
+/* Rounding without SSE4.1's roundps/roundpd. For |x| < 2^23 (2^52 for f64), adding and
+ * subtracting that power of two rounds |x| to the nearest integer, ties to even (the
+ * default MXCSR rounding); trunc steps back where that went up; floor and ceil step from
+ * trunc; the sign is put back by OR, so that -0.5 gives -0. Larger magnitudes are already
+ * integers, kept as they are; a NaN is quieted (x + x), as the scalar helpers do. */
+enum { RND_NEAREST, RND_TRUNC, RND_FLOOR, RND_CEIL };
+#define V_ROUND(name, F, U, sign, big)                                                 \
+    static inline U name(F x, int mode) {                                              \
+        U bits = (U)x, s = bits & (sign);                                              \
+        F a = (F)(bits & ~(sign));                                                     \
+        F n = (a + (big)) - (big);                                                     \
+        __asm__("" : "+x"(n));                                                         \
+        F r;                                                                           \
+        if (mode == RND_NEAREST) {                                                     \
+            r = (F)((U)n | s);                                                         \
+        } else {                                                                       \
+            F t = (F)VSEL((U)(n > a), (U)(n - 1), (U)n);                               \
+            t = (F)((U)t | s);                                                         \
+            if (mode == RND_TRUNC) r = t;                                              \
+            else if (mode == RND_FLOOR) r = (F)VSEL((U)(t > x), (U)(t - 1), (U)t);     \
+            else r = (F)VSEL((U)(t < x), (U)(t + 1), (U)t);                            \
+        }                                                                              \
+        U keep = VSEL((U)(x != x), (U)(x + x), bits);                                  \
+        return VSEL((U)(a < (big)), (U)r, keep);                                       \
+    }
+V_ROUND(f32x4_round, f32x4, u32x4, 0x80000000u, 8388608.0f)
+V_ROUND(f64x2_round, f64x2, u64x2, 0x8000000000000000ull, 4503599627370496.0)
+#undef V_ROUND
+
+/* i32x4.trunc_sat_f32x4_u: values from 2^31 on through a bias of -2^31. */
+static inline u32x4 f32x4_trunc_sat_u(f32x4 a) {
+    u32x4 lo = (u32x4)__builtin_ia32_cvttps2dq((v4sf)a);
+    u32x4 hi = (u32x4)__builtin_ia32_cvttps2dq((v4sf)(a - 2147483648.0f)) ^ 0x80000000u;
+    u32x4 r = VSEL((u32x4)(a >= 2147483648.0f), hi, lo);
+    r = VSEL((u32x4)(a >= 4294967296.0f), (u32x4){0} + UINT32_MAX, r);
+    return r & (u32x4)(a > 0); /* NaN and negatives: 0 */
+}
+
 /* i16x8.narrow_i32x4_u without SSE4.1's packusdw: clamp to [0, 65535], then a signed
  * pack of the values biased by -32768, unbiased again. */
 static inline i16x8 narrow32_u(i32x4 a, i32x4 b) {
@@ -596,14 +634,14 @@ L_I8X16_POPCNT: {
     V_UN(F64X2_NEG, u64x2, u64x2, a ^ 0x8000000000000000ull)
     V_UNL(F32X4_SQRT, u32x4, u32x4, 4, (uint32_t)of_f32(f32_sqrt(lane_f32(a[i]))))
     V_UNL(F64X2_SQRT, u64x2, u64x2, 2, of_f64(f64_sqrt(lane_f64(a[i]))))
-    V_UNL(F32X4_CEIL, u32x4, u32x4, 4, (uint32_t)of_f32(f32_ceil(lane_f32(a[i]))))
-    V_UNL(F32X4_FLOOR, u32x4, u32x4, 4, (uint32_t)of_f32(f32_floor(lane_f32(a[i]))))
-    V_UNL(F32X4_TRUNC, u32x4, u32x4, 4, (uint32_t)of_f32(f32_trunc(lane_f32(a[i]))))
-    V_UNL(F32X4_NEAREST, u32x4, u32x4, 4, (uint32_t)of_f32(f32_nearest(lane_f32(a[i]))))
-    V_UNL(F64X2_CEIL, u64x2, u64x2, 2, of_f64(f64_ceil(lane_f64(a[i]))))
-    V_UNL(F64X2_FLOOR, u64x2, u64x2, 2, of_f64(f64_floor(lane_f64(a[i]))))
-    V_UNL(F64X2_TRUNC, u64x2, u64x2, 2, of_f64(f64_trunc(lane_f64(a[i]))))
-    V_UNL(F64X2_NEAREST, u64x2, u64x2, 2, of_f64(f64_nearest(lane_f64(a[i]))))
+    V_UN(F32X4_CEIL, f32x4, u32x4, f32x4_round(a, RND_CEIL))
+    V_UN(F32X4_FLOOR, f32x4, u32x4, f32x4_round(a, RND_FLOOR))
+    V_UN(F32X4_TRUNC, f32x4, u32x4, f32x4_round(a, RND_TRUNC))
+    V_UN(F32X4_NEAREST, f32x4, u32x4, f32x4_round(a, RND_NEAREST))
+    V_UN(F64X2_CEIL, f64x2, u64x2, f64x2_round(a, RND_CEIL))
+    V_UN(F64X2_FLOOR, f64x2, u64x2, f64x2_round(a, RND_FLOOR))
+    V_UN(F64X2_TRUNC, f64x2, u64x2, f64x2_round(a, RND_TRUNC))
+    V_UN(F64X2_NEAREST, f64x2, u64x2, f64x2_round(a, RND_NEAREST))
     V_BIN(F32X4_ADD, f32x4, f32x4, a + b)
     V_BIN(F32X4_SUB, f32x4, f32x4, a - b)
     V_BIN(F32X4_MUL, f32x4, f32x4, a * b)
@@ -640,7 +678,7 @@ L_F64X2_ADD_MUL: {
 
     /* Conversions. */
     V_UN(I32X4_TRUNC_SAT_F32X4_S, f32x4, i32x4, f32x4_trunc_sat_s(a))
-    V_UNL(I32X4_TRUNC_SAT_F32X4_U, u32x4, u32x4, 4, i32_sat_f32_u(lane_f32(a[i])))
+    V_UN(I32X4_TRUNC_SAT_F32X4_U, f32x4, u32x4, f32x4_trunc_sat_u(a))
     V_UNL(I32X4_TRUNC_SAT_F64X2_S_ZERO, u64x2, i32x4, 2, i32_sat_f64_s(lane_f64(a[i])))
     V_UNL(I32X4_TRUNC_SAT_F64X2_U_ZERO, u64x2, u32x4, 2, i32_sat_f64_u(lane_f64(a[i])))
     V_UNL(F32X4_CONVERT_I32X4_S, i32x4, f32x4, 4, (float)a[i])
