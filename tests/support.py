@@ -65,8 +65,8 @@ def _clang() -> str:
 def compile_wasi(
     tmp_path: Path, source: str, name: str = "prog", flags: tuple[str, ...] = ()
 ) -> Path:
-    """`source` (C) built for wasm32-wasi with clang (-O2 and `flags`, e.g. -msimd128);
-    skips where clang or its WASI sysroot is missing, fails on any other compiler error."""
+    """`source` (C) built for wasm32-wasi with clang (-O2 and `flags`); skips where clang
+    or its WASI sysroot is missing, fails on any other compiler error."""
     clang = _clang()
     src = tmp_path / f"{name}.c"
     src.write_text(source)
