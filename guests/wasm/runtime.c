@@ -381,11 +381,14 @@ static void builtin_nop(uint64_t *sp) { (void)sp; }
 static void engine_init(void) {
     if (interp_handlers && eng_stack) return;
     interp_call(0, 0);
-    if (!eng_stack) {
-        eng_stack = plat_malloc((size_t)ENG_VALUE_STACK_SLOTS * sizeof(uint64_t));
-        if (!eng_stack) eng_fail(WASM_STATUS_LIMIT, "engine heap exhausted");
-        eng_stack_end = eng_stack + ENG_VALUE_STACK_SLOTS;
+    /* ENG_VALUE_STACK_SLOTS values of ENG_SLOT_WORDS words (4 MiB); a small engine heap
+     * gets a smaller stack, down to a quarter of that, rather than no engine at all. */
+    for (size_t words = (size_t)ENG_VALUE_STACK_SLOTS * ENG_SLOT_WORDS;
+         !eng_stack && words >= (size_t)ENG_VALUE_STACK_SLOTS * ENG_SLOT_WORDS / 4; words /= 2) {
+        eng_stack = plat_malloc(words * sizeof(uint64_t));
+        eng_stack_end = eng_stack ? eng_stack + words : 0;
     }
+    if (!eng_stack) eng_fail(WASM_STATUS_LIMIT, "engine heap exhausted");
 }
 
 #define BEGIN_OP()                                                                     \
