@@ -230,7 +230,8 @@ class PoolTimeout(SandboxError, TimeoutError):
 class WasmModuleError(SandboxError, ValueError):
     """The bytes are not a Wasm module the engine can run: `kind` is "malformed"
     (not a well-formed binary), "invalid" (fails validation, or uses a feature beyond
-    Wasm 2.0 such as SIMD), "too_large" or "unreadable" (the file could not be read)."""
+    Wasm 2.0 such as relaxed SIMD or threads), "too_large" or "unreadable" (the file could
+    not be read)."""
 
     def __init__(self, message: str, *, kind: str) -> None:
         super().__init__(message)

@@ -19,7 +19,7 @@ enum { SV_STACK, SV_LOCAL, SV_CONST };
 
 typedef struct sval {
     uint8_t kind;
-    uint32_t local;
+    uint32_t local; /* SV_LOCAL: the local's slot (local_slot) */
     uint64_t k;
 } sval;
 
@@ -105,7 +105,9 @@ static uint32_t emit_op(comp *c, int op) {
     return pos;
 }
 
-static inline uint32_t slot(comp *c, uint32_t h) { return c->nlocals + h; }
+/* The first value-stack word of operand height h / local x (see ENG_SLOT_WORDS). */
+static inline uint32_t slot(comp *c, uint32_t h) { return (c->nlocals + h) * ENG_SLOT_WORDS; }
+static inline uint32_t local_slot(uint32_t x) { return x * ENG_SLOT_WORDS; }
 static inline ctl *top_ctl(comp *c) { return &c->ctls[c->nctl - 1]; }
 
 static void materialize_all(comp *c);
@@ -287,7 +289,7 @@ static void emit_branch(comp *c, ctl *t) {
             emit_op(c, OP_RET1);
             emit(c, slot(c, c->sh - 1));
         } else {
-            for (uint32_t i = 0; i < n; i++) emit_mov(c, i, slot(c, c->sh - n + i));
+            for (uint32_t i = 0; i < n; i++) emit_mov(c, local_slot(i), slot(c, c->sh - n + i));
             emit_op(c, OP_RETURN);
         }
         return;
@@ -308,8 +310,7 @@ static void block_type(comp *c, uint32_t *np, uint32_t *nr) {
     if (b == 0x40) {
         c->r.p++;
         *np = *nr = 0;
-    } else if (b == WASM_TYPE_I32 || b == WASM_TYPE_I64 || b == WASM_TYPE_F32 ||
-               b == WASM_TYPE_F64 || b == WASM_TYPE_FUNCREF || b == WASM_TYPE_EXTERNREF) {
+    } else if (eng_is_valtype(b)) {
         c->r.p++;
         *np = 0;
         *nr = 1;
@@ -434,6 +435,18 @@ static int imm_form(int op, uint64_t k) {
     case OP_I64_MUL: return fits ? OP_I64_MUL_I : -1;
     case OP_I64_OR: return fits ? OP_I64_OR_I : -1;
     case OP_I64_XOR: return fits ? OP_I64_XOR_I : -1;
+    case OP_I8X16_SHL: return OP_I8X16_SHL_I;
+    case OP_I8X16_SHR_S: return OP_I8X16_SHR_S_I;
+    case OP_I8X16_SHR_U: return OP_I8X16_SHR_U_I;
+    case OP_I16X8_SHL: return OP_I16X8_SHL_I;
+    case OP_I16X8_SHR_S: return OP_I16X8_SHR_S_I;
+    case OP_I16X8_SHR_U: return OP_I16X8_SHR_U_I;
+    case OP_I32X4_SHL: return OP_I32X4_SHL_I;
+    case OP_I32X4_SHR_S: return OP_I32X4_SHR_S_I;
+    case OP_I32X4_SHR_U: return OP_I32X4_SHR_U_I;
+    case OP_I64X2_SHL: return OP_I64X2_SHL_I;
+    case OP_I64X2_SHR_S: return OP_I64X2_SHR_S_I;
+    case OP_I64X2_SHR_U: return OP_I64X2_SHR_U_I;
     default: return -1;
     }
 }
@@ -443,6 +456,8 @@ static int imm_form(int op, uint64_t k) {
 static int binbin_op(int outer, int inner) {
     if (outer == OP_F64_ADD) return inner == OP_F64_MUL ? OP_F64_ADD_MUL : -1;
     if (outer == OP_F32_ADD) return inner == OP_F32_MUL ? OP_F32_ADD_MUL : -1;
+    if (outer == OP_F32X4_ADD) return inner == OP_F32X4_MUL ? OP_F32X4_ADD_MUL : -1;
+    if (outer == OP_F64X2_ADD) return inner == OP_F64X2_MUL ? OP_F64X2_ADD_MUL : -1;
     static const int outers[4] = {OP_I32_ADD, OP_I32_XOR, OP_I32_AND, OP_I32_OR};
     static const int inners[11] = {OP_I32_ADD, OP_I32_SUB, OP_I32_XOR, OP_I32_AND, OP_I32_OR, OP_I32_ROTL_I, OP_I32_ROTR_I, OP_I32_SHL_I, OP_I32_SHR_U_I, OP_I32_ADD_I, OP_I32_AND_I};
     static const int fused[4][11] = {
@@ -530,8 +545,9 @@ static bool refs_local(comp *c, uint32_t x, uint32_t below) {
     return false;
 }
 
-static void local_set(comp *c, uint32_t x, bool tee) {
-    if (x >= c->nlocals) invalid("unknown local");
+static void local_set(comp *c, uint32_t index, bool tee) {
+    if (index >= c->nlocals) invalid("unknown local");
+    uint32_t x = local_slot(index);
     need(c, 1);
     if (c->nvirt && c->sh - c->virt_lo > VIRT_SPAN) materialize_all(c);
     uint32_t h = c->sh - 1;
@@ -685,6 +701,140 @@ static void prefixed(comp *c) {
     }
     default: eng_malformed("illegal opcode");
     }
+}
+
+/* ---- Fixed-width SIMD (0xFD) -------------------------------------------------------- */
+
+enum { SH_UN, SH_BIN, SH_TERN, SH_LOAD, SH_STORE, SH_CONST, SH_SHUF, SH_EXTRACT, SH_REPLACE,
+       SH_LOADLANE, SH_STORELANE };
+
+static const struct simd_info {
+    uint16_t op1; /* OP_x + 1; 0: no such instruction */
+    uint8_t shape, k;
+} simd_info[256] = {
+#define SIMD_INFO(code, n, shape, k) [code] = {OP_##n + 1, SH_##shape, k},
+    SIMD_LIST(SIMD_INFO)
+#undef SIMD_INFO
+};
+
+/* A SIMD memarg: the alignment may not exceed the access's natural one. */
+static uint32_t simd_memarg(comp *c, uint32_t max_align) {
+    uint32_t align = rd_u32(&c->r);
+    if (align >= 32) eng_malformed("malformed memop flags");
+    if (align > max_align) invalid("alignment must not be larger than natural");
+    uint32_t off = rd_u32(&c->r);
+    if (c->m->nmems == 0) invalid("unknown memory 0");
+    return off;
+}
+
+static uint32_t lane_idx(comp *c, uint32_t lanes) {
+    uint8_t lane = rd_u8(&c->r);
+    if (lane >= lanes) invalid("invalid lane index");
+    return lane;
+}
+
+static uint32_t log2_of(uint32_t n) { return (uint32_t)__builtin_ctz(n); }
+
+static void simd(comp *c) {
+    uint32_t sub = rd_u32(&c->r);
+    const struct simd_info *si = sub < 256 ? &simd_info[sub] : 0;
+    if (!si || !si->op1) eng_malformed("illegal opcode");
+    int op = si->op1 - 1;
+    uint32_t o[3], f[12], n = 0, d, pos;
+    bool result = true;
+    switch (si->shape) {
+    case SH_UN: o[0] = pop_slot(c); f[n++] = o[0]; break;
+    case SH_BIN: /* d a b, through numeric() for the fused multiply-add */
+        numeric(c, 0x6a /* any binary opcode */, op);
+        return;
+    case SH_TERN:
+        pop_n(c, o, 3);
+        f[n++] = o[0];
+        f[n++] = o[1];
+        f[n++] = o[2];
+        break;
+    case SH_LOAD: {
+        uint32_t off = simd_memarg(c, si->k);
+        need(c, 1);
+        if (op == OP_V128_LOAD && c->st[c->sh - 1].kind == SV_STACK && c->last_dfield &&
+            c->last_dh == c->sh - 1 && c->last_end == c->len &&
+            (c->last_op == OP_I32_ADD || c->last_op == OP_I32_ADD_I)) {
+            /* The address is an i32.add just computed: fold it into the load. */
+            f[n++] = c->code[c->last_pos + 3];
+            f[n++] = c->code[c->last_pos + 4];
+            op = c->last_op == OP_I32_ADD ? OP_V128_LOAD_RR : OP_V128_LOAD_RI;
+            c->len = c->last_pos;
+            truncate(c, c->sh - 1);
+        } else {
+            f[n++] = pop_slot(c);
+        }
+        f[n++] = off;
+        break;
+    }
+    case SH_STORE: {
+        uint32_t off = simd_memarg(c, si->k);
+        pop_n(c, o, 2);
+        f[n++] = o[0];
+        f[n++] = o[1];
+        f[n++] = off;
+        result = false;
+        break;
+    }
+    case SH_CONST: {
+        const uint8_t *p = rd_bytes(&c->r, 16);
+        for (uint32_t i = 0; i < 4; i++) memcpy(&f[n++], p + 4 * i, 4);
+        break;
+    }
+    case SH_SHUF: {
+        const uint8_t *p = rd_bytes(&c->r, 16);
+        uint8_t m[32]; /* pshufb masks: lanes from a, then lanes from b */
+        for (uint32_t i = 0; i < 16; i++) {
+            if (p[i] >= 32) invalid("invalid lane index");
+            m[i] = p[i] < 16 ? p[i] : 0x80;
+            m[16 + i] = p[i] < 16 ? 0x80 : (uint8_t)(p[i] - 16);
+        }
+        pop_n(c, o, 2);
+        f[n++] = o[0];
+        f[n++] = o[1];
+        for (uint32_t i = 0; i < 8; i++) memcpy(&f[n++], m + 4 * i, 4);
+        break;
+    }
+    case SH_EXTRACT: {
+        uint32_t lane = lane_idx(c, si->k);
+        f[n++] = pop_slot(c);
+        f[n++] = lane;
+        break;
+    }
+    case SH_REPLACE: {
+        uint32_t lane = lane_idx(c, si->k);
+        pop_n(c, o, 2);
+        f[n++] = o[0];
+        f[n++] = o[1];
+        f[n++] = lane;
+        break;
+    }
+    case SH_LOADLANE:
+    case SH_STORELANE: {
+        uint32_t off = simd_memarg(c, log2_of(16 / si->k));
+        uint32_t lane = lane_idx(c, si->k);
+        pop_n(c, o, 2);
+        f[n++] = o[0];
+        f[n++] = o[1];
+        f[n++] = off;
+        f[n++] = lane;
+        result = si->shape == SH_LOADLANE;
+        break;
+    }
+    }
+    if (!result) {
+        emit_fields(c, op, f, n);
+        return;
+    }
+    d = slot(c, c->sh);
+    pos = emit_op(c, op);
+    emit(c, d);
+    for (uint32_t i = 0; i < n; i++) emit(c, f[i]);
+    push_result(c, op, pos, pos + 2);
 }
 
 /* ---- The function body -------------------------------------------------------------- */
@@ -873,7 +1023,7 @@ static void body(comp *c) {
         case 0x20:
             x = rd_u32(r);
             if (x >= c->nlocals) invalid("unknown local");
-            push(c, SV_LOCAL, x, 0);
+            push(c, SV_LOCAL, local_slot(x), 0);
             break;
         case 0x21: local_set(c, rd_u32(r), false); break;
         case 0x22: local_set(c, rd_u32(r), true); break;
@@ -1023,6 +1173,7 @@ static void body(comp *c) {
             push_result(c, OP_REF_FUNC, pos, pos + 2);
             break;
         case 0xfc: prefixed(c); break;
+        case 0xfd: simd(c); break;
         default:
             if (opc >= 0x45 && opc <= 0xc4) {
                 numeric(c, opc, OP_I32_EQZ + (opc - 0x45));
@@ -1052,9 +1203,7 @@ void compile_function(module *m, uint32_t defined, const uint8_t *code, uint32_t
     for (uint32_t i = 0; i < groups; i++) {
         nlocals += rd_u32(&c->r);
         uint8_t t = rd_u8(&c->r);
-        if (t != WASM_TYPE_I32 && t != WASM_TYPE_I64 && t != WASM_TYPE_F32 && t != WASM_TYPE_F64 &&
-            t != WASM_TYPE_FUNCREF && t != WASM_TYPE_EXTERNREF)
-            eng_malformed("malformed value type");
+        if (!eng_is_valtype(t)) eng_malformed("malformed value type");
         if (nlocals > MAX_LOCALS) eng_malformed("too many locals");
     }
     c->nlocals = (uint32_t)nlocals;
@@ -1065,6 +1214,6 @@ void compile_function(module *m, uint32_t defined, const uint8_t *code, uint32_t
     cd->code = mod_alloc(m, (size_t)c->len * sizeof(uint32_t));
     memcpy(cd->code, c->code, (size_t)c->len * sizeof(uint32_t));
     cd->code_len = c->len;
-    cd->nlocals = c->nlocals;
-    cd->frame_size = c->nlocals + c->maxh + 2;
+    cd->nlocals = c->nlocals * ENG_SLOT_WORDS;
+    cd->frame_size = (c->nlocals + c->maxh + 2) * ENG_SLOT_WORDS;
 }

@@ -17,14 +17,14 @@ void *mod_alloc(module *m, size_t n) {
     return p;
 }
 
-static bool is_valtype(uint8_t t) {
-    return t == WASM_TYPE_I32 || t == WASM_TYPE_I64 || t == WASM_TYPE_F32 ||
-           t == WASM_TYPE_F64 || t == WASM_TYPE_FUNCREF || t == WASM_TYPE_EXTERNREF;
+bool eng_is_valtype(uint8_t t) {
+    return t == WASM_TYPE_I32 || t == WASM_TYPE_I64 || t == WASM_TYPE_F32 || t == WASM_TYPE_F64 ||
+           t == WASM_TYPE_V128 || t == WASM_TYPE_FUNCREF || t == WASM_TYPE_EXTERNREF;
 }
 
 static uint8_t rd_valtype(reader *r) {
     uint8_t t = rd_u8(r);
-    if (!is_valtype(t)) eng_malformed("malformed value type");
+    if (!eng_is_valtype(t)) eng_malformed("malformed value type");
     return t;
 }
 
@@ -69,6 +69,10 @@ static cexpr rd_cexpr(module *m, reader *r) {
         case 0x42: rd_s64(r); break;
         case 0x43: rd_bytes(r, 4); break;
         case 0x44: rd_bytes(r, 8); break;
+        case 0xfd:
+            if (rd_u32(r) != 12) eng_fail(WASM_STATUS_INVALID, "constant expression required");
+            rd_bytes(r, 16);
+            break;
         case 0x23: {
             uint32_t g = rd_u32(r);
             if (g >= m->nglobals_imported) eng_fail(WASM_STATUS_INVALID, "unknown global");
@@ -120,7 +124,7 @@ static void read_types(module *m, reader *r) {
         memcpy(t->types, pt, np);
         memcpy(t->types + np, rt, nr);
         for (uint32_t k = 0; k < np + nr; k++)
-            if (!is_valtype(t->types[k])) eng_malformed("malformed value type");
+            if (!eng_is_valtype(t->types[k])) eng_malformed("malformed value type");
         t->canon = eng_canon_type(t->types, np, nr);
     }
 }

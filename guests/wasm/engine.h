@@ -20,7 +20,7 @@
 #define ENG_WINDOW_BASE WASM_WINDOW_BASE
 #endif
 
-/* Limits of the interpreter (value stack slots of 8 bytes, frames deep). */
+/* Limits of the interpreter (value stack slots of 16 bytes, frames deep). */
 #define ENG_VALUE_STACK_SLOTS (256 * 1024)
 #define ENG_CALL_DEPTH_MAX 12000
 

@@ -16,6 +16,19 @@ int memcmp(const void *a, const void *b, size_t n);
 #define LIKELY(x) __builtin_expect(!!(x), 1)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
 
+/* ---- Value slots ------------------------------------------------------------------------
+ * Every Wasm value (operand-stack entry, local, argument, result) occupies one 16-byte
+ * slot: ENG_SLOT_WORDS u64 words of the value stack. Instruction fields name slots by
+ * their first word's index, so the interpreter reads fp[i] for a scalar (its low 8
+ * bytes; the high 8 are don't-care) and fp[i], fp[i + 1] for a v128 (low lanes first,
+ * little-endian). The compiler is untyped, so moves (MOV, RET1, SELECT, globals,
+ * arguments) always copy the whole 16 bytes. */
+#define ENG_SLOT_WORDS 2u
+
+typedef struct v128_bits {
+    uint64_t lo, hi;
+} v128_bits;
+
 /* ---- Types --------------------------------------------------------------------------- */
 typedef struct functype {
     uint32_t nparams, nresults;
@@ -87,8 +100,8 @@ typedef struct data_desc {
 typedef struct code_desc {
     uint32_t *code;      /* pre-decoded instruction stream */
     uint32_t code_len;   /* in u32 units */
-    uint32_t nlocals;    /* params + declared locals */
-    uint32_t frame_size; /* slots: locals + max operand stack height + slack */
+    uint32_t nlocals;    /* words of params + declared locals */
+    uint32_t frame_size; /* words of locals + max operand stack height + slack */
 } code_desc;
 
 typedef struct module {
@@ -135,7 +148,7 @@ enum { FN_WASM, FN_HOST, FN_BUILTIN };
 struct wfunc {
     /* Hot fields first: the interpreter's call path reads these. */
     const uint32_t *code;
-    uint32_t nlocals, nparams, frame_size;
+    uint32_t nlocals, nparams, frame_size; /* in value-stack words (ENG_SLOT_WORDS per value) */
     uint8_t kind;
     uint32_t nresults;
     struct instance *inst;
@@ -165,6 +178,7 @@ typedef struct wtable {
 
 typedef struct wglobal {
     uint64_t value;
+    uint64_t value_hi; /* v128: the high 8 bytes */
     uint8_t valtype;
     bool mut;
 } wglobal;
@@ -203,6 +217,7 @@ uint32_t eng_canon_type(const uint8_t *types, uint32_t nparams, uint32_t nresult
 /* ---- Decoder / compiler -------------------------------------------------------------- */
 void *mod_alloc(module *m, size_t n);
 void decode_module(module *m); /* eng_malformed on error */
+bool eng_is_valtype(uint8_t t);   /* a value type's binary encoding (v128 included) */
 /* Compiles function body `i` (defined-function index) from body[0..len). */
 void compile_function(module *m, uint32_t defined, const uint8_t *body, uint32_t len);
 

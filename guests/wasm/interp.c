@@ -4,6 +4,8 @@
 #include "internal.h"
 
 typedef void *hptr __attribute__((aligned(4), may_alias));
+/* A 16-byte value slot as one SSE register (slots are 8-byte aligned). */
+typedef int64_t vslot __attribute__((vector_size(16), aligned(8), may_alias));
 
 void **interp_handlers;
 uint64_t *eng_stack, *eng_stack_end;
@@ -163,6 +165,10 @@ TRUNC_SAT(i64_sat_f64_s, double, int64_t, x >= -9223372036854775808.0, 922337203
           INT64_MIN, INT64_MAX)
 TRUNC_SAT(i64_sat_f64_u, double, uint64_t, x > -1.0, 18446744073709551616.0, 0, UINT64_MAX)
 
+#define SIMD_HELPERS
+#include "simd.h"
+#undef SIMD_HELPERS
+
 /* ---- Integer helpers ---------------------------------------------------------------- */
 
 static inline uint32_t i32_div_s(uint32_t a, uint32_t b) {
@@ -250,6 +256,8 @@ static void prof(const void *h) {
 #define NEXT() goto **(const hptr *)ip
 #endif
 #define S(i) fp[ip[i]]
+/* A whole 16-byte slot (moves copy it all: the compiler does not track types). */
+#define W(i) (*(vslot *)&fp[ip[i]])
 #define U32(i) ((uint32_t)S(i))
 #define I32(i) ((int32_t)S(i))
 #define I64(i) ((int64_t)S(i))
@@ -329,10 +337,13 @@ __attribute__((optimize("no-tree-loop-distribute-patterns")))
 #endif
 void interp_call(wfunc *f, uint64_t *sp) {
 #define OP_LABEL(n) &&L_##n,
-    static void *table[] = {OPS_ALL(OP_LABEL)};
+#define OP_LABEL_SIMD(code, n, shape, k) &&L_##n,
+    static void *table[] = {OPS_ALL(OP_LABEL) SIMD_LIST(OP_LABEL_SIMD)};
 #undef OP_LABEL
+#undef OP_LABEL_SIMD
     if (!f) {
         interp_handlers = table;
+        simd_init();
         uint64_t h = (uint64_t)(uintptr_t)&&L_HALT;
         halt_code[0] = (uint32_t)h;
         halt_code[1] = (uint32_t)(h >> 32);
@@ -418,7 +429,7 @@ L_RET_ADD_I:
     fp[0] = (uint32_t)(U32(2) + ip[3]);
     goto L_RETURN;
 L_RET1:
-    fp[0] = S(2);
+    *(vslot *)fp = W(2);
     /* fallthrough */
 L_RETURN:
     csp--;
@@ -445,12 +456,12 @@ L_CALL_INDIRECT: {
     goto do_call;
 }
 L_MOV:
-    S(2) = S(3);
+    W(2) = W(3);
     ip += 4;
     NEXT();
 L_MOV2:
-    S(2) = S(3);
-    S(4) = S(5);
+    W(2) = W(3);
+    W(4) = W(5);
     ip += 6;
     NEXT();
 L_CONST32:
@@ -462,15 +473,23 @@ L_CONST64:
     ip += 5;
     NEXT();
 L_SELECT:
-    S(2) = U32(5) ? S(3) : S(4);
+    W(2) = U32(5) ? W(3) : W(4);
     ip += 6;
     NEXT();
-L_GLOBAL_GET:
-    S(2) = inst->globals[ip[3]]->value;
+L_GLOBAL_GET: {
+    const wglobal *g = inst->globals[ip[3]];
+    S(2) = g->value;
+    fp[ip[2] + 1] = g->value_hi;
     ip += 4;
     NEXT();
-L_GLOBAL_SET:
-    inst->globals[ip[3]]->value = S(2);
+}
+L_GLOBAL_SET: {
+    wglobal *g = inst->globals[ip[3]];
+    g->value = S(2);
+    g->value_hi = fp[ip[2] + 1];
+    ip += 4;
+    NEXT();
+}
     ip += 4;
     NEXT();
 L_MEM_SIZE:
@@ -873,4 +892,8 @@ L_BR_UNLESS64:
     else
         ip += 4;
     NEXT();
+
+#define SIMD_HANDLERS
+#include "simd.h"
+#undef SIMD_HANDLERS
 }

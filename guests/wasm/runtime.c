@@ -69,11 +69,18 @@ static void reply_u32(uint32_t v) {
     reply_put(b, 4);
 }
 
-static void reply_value(uint8_t type, uint64_t bits) {
-    uint8_t b[9];
+/* One value of a value list: type, then 8 bytes LE (16 for a v128: `hi` second). */
+static size_t put_value(uint8_t *b, uint8_t type, uint64_t bits, uint64_t hi) {
     b[0] = type;
     for (int i = 0; i < 8; i++) b[1 + i] = (uint8_t)(bits >> (8 * i));
-    reply_put(b, 9);
+    if (type != WASM_TYPE_V128) return 9;
+    for (int i = 0; i < 8; i++) b[9 + i] = (uint8_t)(hi >> (8 * i));
+    return 17;
+}
+
+static void reply_value(uint8_t type, uint64_t bits, uint64_t hi) {
+    uint8_t b[17];
+    reply_put(b, put_value(b, type, bits, hi));
 }
 
 static void reply_error(int status, int kind, const char *msg) {
@@ -218,7 +225,7 @@ static wfunc *new_func(const functype *t, instance *inst) {
     wfunc *f = xcalloc(1, sizeof(wfunc));
     f->type = t;
     f->canon = t->canon;
-    f->nparams = t->nparams;
+    f->nparams = t->nparams * ENG_SLOT_WORDS;
     f->nresults = t->nresults;
     f->inst = inst;
     f->id = eng_nfuncs;
@@ -324,17 +331,23 @@ static uint64_t normalize(uint8_t type, uint64_t bits) {
     return (type == WASM_TYPE_I32 || type == WASM_TYPE_F32) ? (uint32_t)bits : bits;
 }
 
-/* Reads a value list of exactly the given types into out[]; false on any mismatch. */
+/* Reads a value list of exactly the given types into the value slots at out;
+ * false on any mismatch. */
 static bool read_values(const uint8_t *p, size_t len, const uint8_t *types, uint32_t n, uint64_t *out) {
-    if (len < 1 || p[0] != n || len != 1 + (size_t)n * 9) return false;
+    if (len < 1 || p[0] != n) return false;
+    size_t at = 1;
     for (uint32_t i = 0; i < n; i++) {
-        const uint8_t *v = p + 1 + (size_t)i * 9;
+        size_t size = types[i] == WASM_TYPE_V128 ? 17 : 9;
+        if (len - at < size) return false;
+        const uint8_t *v = p + at;
+        at += size;
         if (v[0] != types[i]) return false;
         uint64_t bits = normalize(v[0], le64(v + 1));
         if (v[0] == WASM_TYPE_FUNCREF && bits != NULL_REF && bits >= eng_nfuncs) return false;
-        out[i] = bits;
+        out[i * ENG_SLOT_WORDS] = bits;
+        out[i * ENG_SLOT_WORDS + 1] = v[0] == WASM_TYPE_V128 ? le64(v + 9) : 0;
     }
-    return true;
+    return at == len;
 }
 
 void rt_call_host(wfunc *f, uint64_t *sp) {
@@ -343,20 +356,18 @@ void rt_call_host(wfunc *f, uint64_t *sp) {
         return;
     }
     const functype *t = f->type;
-    uint8_t args[1 + 255 * 9];
+    uint8_t args[1 + 255 * 17];
     if (t->nparams > 255 || t->nresults > 255) eng_fail(WASM_STATUS_BAD_CALL, "too many values for a host import");
     args[0] = (uint8_t)t->nparams;
+    size_t at = 1;
     for (uint32_t i = 0; i < t->nparams; i++) {
-        uint8_t *v = args + 1 + i * 9;
-        uint64_t bits = normalize(t->types[i], sp[i]);
-        v[0] = t->types[i];
-        for (int k = 0; k < 8; k++) v[1 + k] = (uint8_t)(bits >> (8 * k));
+        const uint64_t *v = sp + i * ENG_SLOT_WORDS;
+        at += put_value(args + at, t->types[i], normalize(t->types[i], v[0]), v[1]);
     }
     size_t rlen = 0;
     const instance *caller = f->inst;
     uint32_t memory = caller && caller->nmems ? caller->mems[0]->window : 0xffffffffu;
-    const uint8_t *res = plat_import(f->host_inst, f->host_index, args,
-                                     1 + (size_t)t->nparams * 9, memory, &rlen);
+    const uint8_t *res = plat_import(f->host_inst, f->host_index, args, at, memory, &rlen);
     if (!res || !read_values(res, rlen, t->types + t->nparams, t->nresults, sp))
         eng_fail(WASM_STATUS_BAD_CALL, "host import returned values of the wrong types");
 }
@@ -370,11 +381,14 @@ static void builtin_nop(uint64_t *sp) { (void)sp; }
 static void engine_init(void) {
     if (interp_handlers && eng_stack) return;
     interp_call(0, 0);
-    if (!eng_stack) {
-        eng_stack = plat_malloc((size_t)ENG_VALUE_STACK_SLOTS * sizeof(uint64_t));
-        if (!eng_stack) eng_fail(WASM_STATUS_LIMIT, "engine heap exhausted");
-        eng_stack_end = eng_stack + ENG_VALUE_STACK_SLOTS;
+    /* ENG_VALUE_STACK_SLOTS values of ENG_SLOT_WORDS words (4 MiB); a small engine heap
+     * gets a smaller stack, down to a quarter of that, rather than no engine at all. */
+    for (size_t words = (size_t)ENG_VALUE_STACK_SLOTS * ENG_SLOT_WORDS;
+         !eng_stack && words >= (size_t)ENG_VALUE_STACK_SLOTS * ENG_SLOT_WORDS / 4; words /= 2) {
+        eng_stack = plat_malloc(words * sizeof(uint64_t));
+        eng_stack_end = eng_stack ? eng_stack + words : 0;
     }
+    if (!eng_stack) eng_fail(WASM_STATUS_LIMIT, "engine heap exhausted");
 }
 
 #define BEGIN_OP()                                                                     \
@@ -457,11 +471,12 @@ static bool instance_export(const instance *inst, const char *name, size_t len, 
     return true;
 }
 
-static wglobal *new_global(uint8_t type, bool mut, uint64_t v) {
+static wglobal *new_global(uint8_t type, bool mut, uint64_t v, uint64_t hi) {
     wglobal *g = xcalloc(1, sizeof(wglobal));
     g->valtype = type;
     g->mut = mut;
     g->value = v;
+    g->value_hi = hi;
     return g;
 }
 
@@ -508,7 +523,7 @@ static bool spectest_export(const char *name, size_t len, ext *out) {
     static const uint64_t gvals[4] = {666, 666, 0x4426a666u /* 666.6f */, 0x4084d4cccccccccdull};
     for (int i = 0; i < 4; i++) {
         if (!name_eq(gnames[i], 10, name, len)) continue;
-        if (!globals[i]) globals[i] = new_global(gtypes[i], false, gvals[i]);
+        if (!globals[i]) globals[i] = new_global(gtypes[i], false, gvals[i], 0);
         *out = (ext){EXT_GLOBAL, globals[i]};
         return true;
     }
@@ -539,15 +554,27 @@ static bool limits_match(uint64_t size, bool has_max, uint64_t max, const limits
     return true;
 }
 
-/* Evaluates a constant expression with the instance's globals [0, nglobals) ready. */
-static uint64_t eval_cexpr(instance *inst, cexpr e, uint32_t nglobals) {
+/* Evaluates a constant expression with the instance's globals [0, nglobals) ready; a
+ * v128 value's high 8 bytes go to *hi (if not NULL). */
+static uint64_t eval_cexpr(instance *inst, cexpr e, uint32_t nglobals, uint64_t *hi) {
     uint64_t st[16];
     int sp = 0;
     const uint8_t *p = e.code, *end = e.code + e.len;
+    if (hi) *hi = 0;
     while (p < end) {
         uint8_t op = *p++;
         uint64_t v = 0;
         if (op == 0x0b) break;
+        if (op == 0xfd) { /* v128.const (the decoder checked the sub-opcode: 12) */
+            if (end - p < 17) eng_fail(WASM_STATUS_INVALID, "bad constant expression");
+            p++;
+            v = le64(p);
+            if (hi) *hi = le64(p + 8);
+            p += 16;
+            if (sp == 16) eng_fail(WASM_STATUS_INVALID, "bad constant expression");
+            st[sp++] = v;
+            continue;
+        }
         if (op == 0x41 || op == 0x42 || op == 0x23 || op == 0xd2) {
             /* LEB immediate (already validated by the decoder's rd_cexpr). */
             int shift = 0;
@@ -562,6 +589,7 @@ static uint64_t eval_cexpr(instance *inst, cexpr e, uint32_t nglobals) {
             if (op == 0x41) v = (uint32_t)v;
             if (op == 0x23) {
                 if (v >= nglobals) eng_fail(WASM_STATUS_INVALID, "unknown global");
+                if (hi) *hi = inst->globals[v]->value_hi;
                 v = inst->globals[v]->value;
             } else if (op == 0xd2) {
                 if (v >= inst->nfuncs) eng_fail(WASM_STATUS_INVALID, "unknown function");
@@ -682,13 +710,15 @@ void eng_instantiate(uint32_t handle) {
     inst->mem0 = m->nmems ? inst->mems[0]->base : 0;
     for (uint32_t i = ng; i < m->nglobals; i++) {
         const global_desc *g = &m->globals[i];
-        inst->globals[i] = new_global(g->valtype, g->mut, eval_cexpr(inst, g->init, i));
+        uint64_t hi;
+        uint64_t lo = eval_cexpr(inst, g->init, i, &hi);
+        inst->globals[i] = new_global(g->valtype, g->mut, lo, hi);
     }
     for (uint32_t i = 0; i < m->nelems; i++) {
         const elem_desc *e = &m->elems[i];
         inst->elem_items[i] = xcalloc(e->count, sizeof(uint64_t));
         for (uint32_t k = 0; k < e->count; k++)
-            inst->elem_items[i][k] = eval_cexpr(inst, e->items[k], m->nglobals);
+            inst->elem_items[i][k] = eval_cexpr(inst, e->items[k], m->nglobals, 0);
         inst->elem_len[i] = e->count;
     }
     for (uint32_t i = 0; i < m->ndatas; i++) inst->data_len[i] = m->datas[i].len;
@@ -697,7 +727,7 @@ void eng_instantiate(uint32_t handle) {
     for (uint32_t i = 0; i < m->nelems; i++) {
         const elem_desc *e = &m->elems[i];
         if (e->mode == SEG_ACTIVE) {
-            uint32_t off = (uint32_t)eval_cexpr(inst, e->offset, m->nglobals);
+            uint32_t off = (uint32_t)eval_cexpr(inst, e->offset, m->nglobals, 0);
             rt_table_init(inst, i, inst->tables[e->table], off, 0, e->count);
         }
         if (e->mode != SEG_PASSIVE) inst->elem_len[i] = 0;
@@ -705,7 +735,7 @@ void eng_instantiate(uint32_t handle) {
     for (uint32_t i = 0; i < m->ndatas; i++) {
         const data_desc *d = &m->datas[i];
         if (d->mode != SEG_ACTIVE) continue;
-        uint32_t off = (uint32_t)eval_cexpr(inst, d->offset, m->nglobals);
+        uint32_t off = (uint32_t)eval_cexpr(inst, d->offset, m->nglobals, 0);
         rt_memory_init(inst, i, inst->mems[d->memory], off, 0, d->len);
         inst->data_len[i] = 0;
     }
@@ -748,7 +778,8 @@ void eng_invoke(uint32_t handle, const char *name, size_t len, const uint8_t *ar
     reply_put(&n, 1);
     for (uint32_t i = 0; i < t->nresults; i++) {
         uint8_t ty = t->types[t->nparams + i];
-        reply_value(ty, normalize(ty, eng_stack[i]));
+        const uint64_t *v = eng_stack + i * ENG_SLOT_WORDS;
+        reply_value(ty, normalize(ty, v[0]), v[1]);
     }
     op_running = false;
 }
@@ -762,6 +793,6 @@ void eng_get(uint32_t handle, const char *name, size_t len) {
     reply_begin(WASM_STATUS_OK);
     uint8_t n = 1;
     reply_put(&n, 1);
-    reply_value(g->valtype, normalize(g->valtype, g->value));
+    reply_value(g->valtype, normalize(g->valtype, g->value), g->value_hi);
     op_running = false;
 }

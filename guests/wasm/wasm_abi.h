@@ -26,7 +26,8 @@
  *   wasm_invoke(I32 instance, STR export, BYTES args) -> OK + results.
  *       args and results are value lists: u8 count, then per value u8 type
  *       (WASM_TYPE_*) and u64 LE bits (i32/f32 in the low 32 bits; a null reference is
- *       WASM_NULL_REF; an externref is the host's u64; a funcref an engine id).
+ *       WASM_NULL_REF; an externref is the host's u64; a funcref an engine id); a v128
+ *       value has 16 bytes LE instead of 8 (lane 0 first).
  *       A missing export or wrong argument count/types: BAD_CALL. A trap: TRAP.
  *   wasm_get(I32 instance, STR export) -> OK + value list of one value (an exported
  *       global's value); BAD_CALL if there is no such global.
@@ -53,7 +54,7 @@
  * base + (u32 address) + (u32 offset) past the current size faults (the window is
  * larger than 2^33 bytes), and the host turns the fault into wasm_fault.
  */
-#define WASM_ABI_VERSION 1
+#define WASM_ABI_VERSION 2
 
 #define WASM_WINDOW_BASE 0x10000000000
 #define WASM_WINDOW_STRIDE 0x400000000

@@ -62,6 +62,8 @@ assert len(TRAP_KINDS) == len(WasmTrapKind) == lib.WASM_TRAP_COUNT - 1
 TRAP_MEMORY_OOB: int = lib.WASM_TRAP_MEMORY_OOB
 
 _VALUE = struct.Struct("<BQ")
+V128_SIZE = 16  # a v128 value in a value list: its type byte, then 16 bytes LE
+V128_MASK = (1 << 128) - 1
 # The Wasm types whose values are the native ABI's scalars (one codec for both).
 _SCALAR_TAGS = {
     ValType.I32: Tag.I32,
@@ -103,9 +105,23 @@ def encode_values(
     """A value list for the engine; raises ArgumentError for a wrong count or type."""
     if len(values) != len(types):
         raise ArgumentError(f"{what} takes {len(types)} arguments, got {len(values)}")
-    out = bytearray([len(types)])
-    for i, (t, v) in enumerate(zip(types, values, strict=True)):
-        out += _VALUE.pack(t, _to_bits(t, v, f"{what} argument {i}"))
+    return pack_values(
+        [
+            (t, _to_bits(t, v, f"{what} argument {i}"))
+            for i, (t, v) in enumerate(zip(types, values, strict=True))
+        ]
+    )
+
+
+def pack_values(values: list[tuple[ValType, int]] | list[tuple[int, int]]) -> bytes:
+    """A value list of raw (type, bits) pairs (bits already in range for the type)."""
+    out = bytearray([len(values)])
+    for t, bits in values:
+        if t == ValType.V128:
+            out.append(t)
+            out += bits.to_bytes(V128_SIZE, "little")
+        else:
+            out += _VALUE.pack(t, bits)
     return bytes(out)
 
 
@@ -128,6 +144,10 @@ def _to_bits(t: ValType, v: object, what: str) -> int:
             return scalar_bits(_FLOAT_TAGS[t], v)
         except ArgumentError:
             raise ArgumentError(f"{what}: {v} overflows {t.name.lower()}") from None
+    if t == ValType.V128:
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= V128_MASK:
+            raise ArgumentError(f"{what}: expected an unsigned 128-bit int for v128, got {v!r}")
+        return v
     if t in (ValType.FUNCREF, ValType.EXTERNREF):
         if v is None:
             return NULL_REF
@@ -142,23 +162,32 @@ def decode_values(payload: bytes, what: str) -> list[tuple[ValType, int]]:
     if not payload:
         raise GuestProtocolError(f"{what}: empty value list")
     n = payload[0]
-    if len(payload) != 1 + n * _VALUE.size:
-        raise GuestProtocolError(f"{what}: value list of {n} values has {len(payload)} bytes")
     out = []
-    for i in range(n):
-        code, bits = _VALUE.unpack_from(payload, 1 + i * _VALUE.size)
+    at = 1
+    for _ in range(n):
+        size = 1 + (V128_SIZE if at < len(payload) and payload[at] == ValType.V128 else 8)
+        if at + size > len(payload):
+            break
+        code = payload[at]
+        bits = int.from_bytes(payload[at + 1 : at + size], "little")
+        at += size
         try:
             out.append((ValType(code), bits))
         except ValueError:
             raise GuestProtocolError(f"{what}: unknown value type 0x{code:x}") from None
+    if len(out) != n or at != len(payload):
+        raise GuestProtocolError(f"{what}: value list of {n} values has {len(payload)} bytes")
     return out
 
 
 def to_python(t: ValType, bits: int) -> object:
-    """The Python value of raw bits: int (signed) for i32/i64, float, None or int for refs."""
+    """The Python value of raw bits: int (signed) for i32/i64, float, None or int for refs,
+    an unsigned 128-bit int (lane 0 in the low bits) for v128."""
     tag = _SCALAR_TAGS.get(t)
     if tag is not None:
         return scalar_value(tag, bits)
+    if t == ValType.V128:
+        return bits
     return None if bits == NULL_REF else bits
 
 

@@ -1,10 +1,11 @@
 """Reading a Wasm module on the host: validation by wasmtime, import and export types.
 
 wasmtime validates the module (it never runs it): with the proposals beyond Wasm 2.0
-switched off, so that what it accepts is what the engine guest implements (Wasm 2.0
-without SIMD). The import and export types are then read from the binary by the small
-reader below; a validated module is well formed, so the reader needs no error paths of
-its own beyond what the validator has ruled out.
+switched off, so that what it accepts is what the engine guest implements (Wasm 2.0 with
+its fixed-width SIMD; relaxed SIMD, threads and the later proposals off). The import and
+export types are then read from the binary by the small reader below; a validated module
+is well formed, so the reader needs no error paths of its own beyond what the validator
+has ruled out.
 """
 
 from __future__ import annotations
@@ -81,9 +82,8 @@ def _wasmtime() -> Any:
 def _engine() -> Any:
     wasmtime = _wasmtime()
     config = wasmtime.Config()
-    for feature in (  # relaxed SIMD first: SIMD cannot be switched off while it is on
+    for feature in (
         "wasm_relaxed_simd",
-        "wasm_simd",
         "wasm_threads",
         "wasm_multi_memory",
         "wasm_memory64",
@@ -98,6 +98,7 @@ def _engine() -> Any:
     ):
         if hasattr(type(config), feature):  # write-only properties: look on the class
             setattr(config, feature, False)
+    config.wasm_simd = True  # Wasm 2.0's fixed-width SIMD (the engine's guests/wasm/simd.h)
     # Bulk memory, reference types and multi-value stay on (wasmtime's defaults).
     # Released before interpreter shutdown: wasmtime's finalizer fails once its module
     # globals are gone.
@@ -106,7 +107,7 @@ def _engine() -> Any:
 
 
 def validate(data: bytes) -> None:
-    """Raises WasmModuleError unless `data` is a valid Wasm 2.0 module (no SIMD)."""
+    """Raises WasmModuleError unless `data` is a valid Wasm 2.0 module (SIMD included)."""
     if len(data) > MAX_MODULE_SIZE:
         raise WasmModuleError(
             f"module of {len(data)} bytes exceeds the limit of {MAX_MODULE_SIZE}", kind="too_large"
@@ -262,7 +263,8 @@ def _read_types(data: bytes) -> WasmModule:
 
 
 def _skip_const_expr(r: _Reader) -> None:
-    """Skips a constant expression (validated: only const, global.get, ref.null, ref.func)."""
+    """Skips a constant expression (validated: only const (v128.const too), global.get,
+    ref.null, ref.func)."""
     while True:
         op = r.byte()
         if op == 0x0B:
@@ -279,5 +281,8 @@ def _skip_const_expr(r: _Reader) -> None:
             r.pos += 4
         elif op == 0x44:
             r.pos += 8
+        elif op == 0xFD:  # v128.const: the sub-opcode, then 16 bytes
+            r.u32()
+            r.pos += 16
         elif op == 0xD0:
             r.byte()

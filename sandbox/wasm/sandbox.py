@@ -49,6 +49,7 @@ from .abi import (
     check_ok,
     decode_values,
     encode_values,
+    pack_values,
     parse_reply,
     reply_u32,
     to_python,
@@ -392,10 +393,8 @@ class WasmSandbox:
         timeout: float | None = None,
     ) -> list[tuple[ValType, int]]:
         """Calls an export with raw (type, bits) arguments; returns raw results."""
-        data = bytearray([len(args)])
-        for t, bits in args:
-            data += bytes([t]) + bits.to_bytes(8, "little")
-        reply = self._engine_call(name, "wasm_invoke", instance, name, bytes(data), timeout=timeout)
+        data = pack_values(args)
+        reply = self._engine_call(name, "wasm_invoke", instance, name, data, timeout=timeout)
         check_ok(reply, name)
         return decode_values(reply.payload, f"results of {name}")
 
@@ -477,7 +476,8 @@ class WasmSandbox:
 
     def call(self, name: str, *args: object, timeout: float | None = None) -> Any:
         """Calls an exported function of the module: arguments are converted by its
-        signature (int for i32/i64, float for f32/f64, None or int for references);
+        signature (int for i32/i64, float for f32/f64, None or int for references, an
+        unsigned 128-bit int for v128, lane 0 in the low bits);
         returns None, the one result, or a tuple of results. Raises WasmTrap (does not
         poison), FunctionNotFound, ArgumentError, HostFunctionError (an import raised),
         WasiExit (the program called proc_exit), CallTimeout (poisons), SandboxClosed.

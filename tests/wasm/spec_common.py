@@ -13,15 +13,29 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT.parent / "shared" / "wasm-spec-testsuite"
-TYPES = {"i32": 0x7F, "i64": 0x7E, "f32": 0x7D, "f64": 0x7C, "funcref": 0x70, "externref": 0x6F}
+TYPES = {
+    "i32": 0x7F,
+    "i64": 0x7E,
+    "f32": 0x7D,
+    "f64": 0x7C,
+    "v128": 0x7B,
+    "funcref": 0x70,
+    "externref": 0x6F,
+}
+V128 = 0x7B
+_LANE_BITS = {"i8": 8, "i16": 16, "i32": 32, "i64": 64, "f32": 32, "f64": 64}
 NULL_REF = 0xFFFF_FFFF_FFFF_FFFF
 _FLOATS = {0x7D: (32, 23), 0x7C: (64, 52)}  # type -> (width, mantissa bits)
 _REFS = (0x70, 0x6F)
 
 
 def spec_files() -> list[Path]:
-    """The suite's non-SIMD .wast files, sorted."""
-    return sorted(p for p in SUITE.glob("*.wast") if not p.name.startswith("simd_"))
+    """The suite's .wast files (the SIMD ones, simd_*.wast, included), sorted."""
+    return sorted(SUITE.glob("*.wast"))
+
+
+def is_simd(wast: Path) -> bool:
+    return wast.name.startswith("simd_")
 
 
 def convert(wast: Path, out_dir: Path) -> dict[str, Any]:
@@ -41,6 +55,12 @@ def value_bits(v: dict[str, Any]) -> tuple[int, int]:
     """A command's argument as (type code, bits)."""
     t = TYPES[v["type"]]
     value = v.get("value")
+    if t == V128:
+        width = _LANE_BITS[v["lane_type"]]
+        bits = 0
+        for i, lane in enumerate(value):
+            bits |= (int(lane) & ((1 << width) - 1)) << (i * width)
+        return t, bits
     if t in _REFS:
         return t, NULL_REF if value in (None, "null") else int(value)
     return t, int(value) & 0xFFFF_FFFF_FFFF_FFFF
@@ -54,6 +74,18 @@ def matches(expected: dict[str, Any], got: tuple[int, int]) -> bool:
     if got_type != t:
         return False
     value = expected.get("value")
+    if t == V128:
+        lane_type = expected["lane_type"]
+        width = _LANE_BITS[lane_type]
+        lanes = [(bits >> (i * width)) & ((1 << width) - 1) for i in range(128 // width)]
+        if len(value) != len(lanes):
+            return False
+        if lane_type in ("f32", "f64"):
+            return all(
+                matches({"type": lane_type, "value": v}, (TYPES[lane_type], b))
+                for v, b in zip(value, lanes, strict=True)
+            )
+        return all(b == int(v) & ((1 << width) - 1) for v, b in zip(value, lanes, strict=True))
     if t in _FLOATS and isinstance(value, str) and value.startswith("nan:"):
         width, mantissa = _FLOATS[t]
         bits &= (1 << width) - 1

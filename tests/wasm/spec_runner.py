@@ -16,7 +16,8 @@ assertion is checked:
     assert_unlinkable    instantiate() raises WasmLinkError
     assert_uninstantiable  instantiate() raises WasmTrap
 
-SIMD files (simd_*.wast) are not run: the engine implements Wasm 2.0 without SIMD.
+The SIMD files (simd_*.wast, Wasm 2.0's fixed-width SIMD) run like the others; v128
+values are (0x7b, 128-bit int) pairs, compared lane by lane (spec_common.matches).
 
     python tests/wasm/spec_runner.py [--table docs/wasm-spec.md] [FILE.wast ...]
 

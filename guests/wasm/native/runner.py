@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # The value reading and comparison the in-VM runner uses too (tests/wasm/spec_common.py).
 sys.path.insert(0, str(HERE.parents[2] / "tests" / "wasm"))
-from spec_common import convert, matches, value_bits  # noqa: E402
+from spec_common import V128, convert, matches, value_bits  # noqa: E402
 
 STATUS = {
     0: "OK",
@@ -115,16 +115,19 @@ def encode_values(vals) -> bytes:
     for v in vals:
         t, bits = value_bits(v)
         out.append(t)
-        out += struct.pack("<Q", bits)
+        out += bits.to_bytes(16 if t == V128 else 8, "little")
     return bytes(out)
 
 
 def decode_values(payload: bytes):
     n = payload[0]
     vals = []
-    for i in range(n):
-        t, bits = struct.unpack_from("<BQ", payload, 1 + 9 * i)
-        vals.append((t, bits))
+    at = 1
+    for _ in range(n):
+        t = payload[at]
+        size = 16 if t == V128 else 8
+        vals.append((t, int.from_bytes(payload[at + 1 : at + 1 + size], "little")))
+        at += 1 + size
     return vals
 
 
@@ -232,6 +235,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("files", nargs="*", type=Path)
     ap.add_argument("--all", type=Path, help="run every non-SIMD .wast file in this directory")
+    ap.add_argument(
+        "--simd", type=Path, help="run every SIMD (simd_*) .wast file in this directory"
+    )
     ap.add_argument("--lib", default=None)
     ap.add_argument("--one", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -252,6 +258,8 @@ def main() -> int:
     files = list(args.files)
     if args.all:
         files += sorted(f for f in args.all.glob("*.wast") if not f.name.startswith("simd"))
+    if args.simd:
+        files += sorted(args.simd.glob("simd*.wast"))
     tmp = Path(tempfile.mkdtemp(prefix="wasm-spec-"))
     grand_p = grand_t = 0
     rows = []
