@@ -84,6 +84,9 @@ def _wasm_config(config: SandboxConfig | None) -> SandboxConfig:
     return config
 
 
+# The config an engine guest runs with (the interpreter's or a compiled module's).
+wasm_config = _wasm_config
+
 _started: dict[SandboxConfig, WasmSnapshot] = {}  # by config: a started engine, no module
 _started_lock = threading.Lock()
 
@@ -285,17 +288,27 @@ class WasmSandbox:
         try:
             data = engine.call(name, *args, timeout=timeout)
         except GuestTrap as trap:
-            if not self._is_window_fault(trap):
+            if not (self._is_window_fault(trap) or self._is_native_stack_overflow(trap)):
                 raise
             assert self._wasm.rewind is not None
             engine.recover(self._wasm.rewind)
-            data = engine.call("wasm_fault", trap.address)
+            data = engine.call("wasm_fault", trap.address or 0)
         return parse_reply(data, what)
 
     def _note_rewind(self) -> None:
         """Keeps the registers of a state between calls, once (to resume after a fault)."""
         if self._wasm.rewind is None:
             self._wasm.rewind = self.engine_sandbox.cpu_state()
+
+    def _is_native_stack_overflow(self, trap: GuestTrap) -> bool:
+        """A stack overflow of a compiled module's guest (sandbox.wasm.aot): its Wasm
+        calls are native calls, so deep recursion ends on the stack guard, and the guest
+        reports it as "call stack exhausted" (the interpreter engine never recurses)."""
+        return (
+            trap.kind == "stack_overflow"
+            and self._wasm.rewind is not None
+            and "aot_module_id" in self.engine_sandbox.functions
+        )
 
     def _is_window_fault(self, trap: GuestTrap) -> bool:
         return (
