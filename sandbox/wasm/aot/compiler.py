@@ -40,7 +40,9 @@ GLUE_VERSION = 1  # bump when the generated C or the patches below change meanin
 
 # Flags of guests/build.py's CFLAGS that matter for code generation, plus wasm2c's:
 # no bounds checks on loads and stores (the windows' guard space faults instead), and
-# no call-depth counting (the stack guard faults instead).
+# no call-depth counting (the stack guard faults instead). No sibling-call optimisation:
+# it turns Wasm recursion into loops, so that unbounded recursion, which must trap with
+# "call stack exhausted", would spin instead.
 CFLAGS = [
     "-std=gnu11",
     "-O2",
@@ -53,6 +55,8 @@ CFLAGS = [
     "-fcf-protection=none",
     "-fno-plt",
     "-mno-red-zone",
+    "-fno-optimize-sibling-calls",
+    "-fno-math-errno",  # sqrt is one instruction, no libm call for errno
     "-DWASM_RT_MEMCHECK_SIGNAL_HANDLER=1",
     "-DWASM_RT_USE_STACK_DEPTH_COUNT=0",
 ]
@@ -266,7 +270,7 @@ def patch(source: str) -> str:
             patched += 1
             i += 1
             continue
-        if ("table" in line) and (line.startswith("static inline") or "DEFINE_TABLE" in line):
+        if "table" in line.lower() and (line.startswith("static inline") or "DEFINE_TABLE" in line):
             in_table = True
         elif not line.strip():
             in_table = False
