@@ -86,6 +86,7 @@ static void reply_trap(int kind) {
 static uint64_t trap_buf[8];
 static bool in_op; /* an instantiate or invoke is running (wasm_fault may end it) */
 static bool initialized;
+static uint32_t trap_element; /* the element index of an "uninitialized element" trap */
 
 static int trap_kind(int code) {
     switch (code) {
@@ -116,12 +117,17 @@ static void reply_code(int code) {
     in_op = false;
     if (code == AOT_LIMIT)
         reply_error(WASM_STATUS_LIMIT, 0, "the AOT guest's heap or memory pool is exhausted");
-    else
+    else if (trap_kind(code) == WASM_TRAP_UNINITIALIZED_ELEMENT) {
+        char msg[48]; /* the interpreter names the element too */
+        snprintf(msg, sizeof msg, "uninitialized element %u", trap_element);
+        reply_error(WASM_STATUS_TRAP, WASM_TRAP_UNINITIALIZED_ELEMENT, msg);
+    } else
         reply_trap(trap_kind(code));
 }
 
 int aot_call_indirect_trap(const wasm_rt_funcref_table_t *table, uint32_t index) {
     if (index >= table->size) wasm_rt_trap((wasm_rt_trap_t)WASM_RT_TRAP_UNDEFINED_ELEMENT);
+    trap_element = index;
     if (!table->data[index].func)
         wasm_rt_trap((wasm_rt_trap_t)WASM_RT_TRAP_UNINITIALIZED_ELEMENT);
     wasm_rt_trap((wasm_rt_trap_t)WASM_RT_TRAP_INDIRECT_MISMATCH);

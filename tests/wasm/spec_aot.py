@@ -25,14 +25,57 @@ CALL_TIMEOUT = 10.0
 # register, no spectest tables/memories/globals) with one to five modules each, so that
 # a cold cache compiles ~50 modules; they cover every trap kind, all numeric and
 # conversion instructions, control flow, calls and call_indirect, memory and tables.
-CI_FILES = (
-    "address block br br_if br_table call call_indirect conversions endianness f32 f64 fac "
-    "float_literals float_misc forward i32 i64 if int_literals labels left-to-right "
-    "load local_get local_set loop memory_grow memory_trap nop return select stack store "
-    "switch table_fill table_get table_grow table_set traps unreachable unwind"
-).split()
-_SPECTEST_FUNCS = ("print", "print_i32", "print_i64", "print_f32", "print_f64")
-_SPECTEST_FUNCS += ("print_i32_f32", "print_f64_f64")
+CI_FILES = [
+    "address",
+    "block",
+    "br",
+    "br_if",
+    "br_table",
+    "call",
+    "call_indirect",
+    "conversions",
+    "endianness",
+    "f32",
+    "f64",
+    "fac",
+    "float_literals",
+    "float_misc",
+    "forward",
+    "i32",
+    "i64",
+    "if",
+    "int_literals",
+    "labels",
+    "left-to-right",
+    "load",
+    "local_get",
+    "local_set",
+    "loop",
+    "memory_grow",
+    "memory_trap",
+    "nop",
+    "return",
+    "select",
+    "stack",
+    "store",
+    "switch",
+    "table_fill",
+    "table_get",
+    "table_grow",
+    "table_set",
+    "traps",
+    "unreachable",
+    "unwind",
+]
+_SPECTEST_FUNCS: tuple[str, ...] = (
+    "print",
+    "print_i32",
+    "print_i64",
+    "print_f32",
+    "print_f64",
+    "print_i32_f32",
+    "print_f64_f64",
+)
 
 
 @dataclass
