@@ -270,3 +270,33 @@ def test_compiler_limits_end_in_a_typed_error(fresh_cache: Path) -> None:
     with pytest.raises(aot.AotCompileError, match="failed"):
         aot.compile_module(module, aot.Limits(memory=8 << 20))
     assert aot.compiler.lookup(module) is None
+
+
+def _wat_string(text: str) -> str:
+    return '"' + "".join(f"\\{b:02x}" for b in text.encode()) + '"'
+
+
+def test_names_are_data_never_code() -> None:
+    """wasm2c copies import and export names into C comments: names that could end the
+    comment or the line keep the module on the interpreter; other odd names (quotes,
+    Unicode, spaces, the empty name, names like wasm2c's mangled ones) work."""
+    odd = ["ünï", "", " spaced ", "Z_mZ_f", "q'\"", "/* x"]
+    funcs = "".join(
+        f"(func (export {_wat_string(n)}) (result i32) i32.const {i})" for i, n in enumerate(odd)
+    )
+    imp = (
+        f"(import {_wat_string('e-mod ü')} {_wat_string('f q')} (func $h (param i32) (result i32)))"
+    )
+    call = '(func (export "call") (param i32) (result i32) (call $h (local.get 0)))'
+    data = wasmtime.wat2wasm(f"(module {imp} {funcs} {call})")
+    with Sandbox.from_wasm(data, tier="aot", imports={"e-mod ü": {"f q": lambda x: x + 100}}) as sb:
+        assert [sb.call(n) for n in odd] == list(range(len(odd)))
+        assert sb.call("call", 1) == 101
+    for hostile in ("*/ int evil; /*", "a\nb", "back\\slash", "nul\x00"):
+        bad = wasmtime.wat2wasm(
+            f"(module (func (export {_wat_string(hostile)}) (result i32) i32.const 1))"
+        )
+        with pytest.raises(aot.AotCompileError, match="cannot be compiled safely"):
+            Sandbox.from_wasm(bad, tier="aot")
+        with Sandbox.from_wasm(bad, tier="auto") as sb:  # the interpreter runs it
+            assert sb.call(hostile) == 1

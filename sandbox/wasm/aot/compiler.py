@@ -283,11 +283,26 @@ def patch(source: str) -> str:
     return "\n".join(out)
 
 
+def check_names(module: WasmModule) -> None:
+    """Raises AotCompileError for an import or export name that wasm2c 1.0.32 would copy
+    into a C comment unescaped where it could end the comment (`*/`) or the line:
+    hostile names must not become C. (Identifiers are mangled safely; debug names are
+    not used: wasm2c runs with --no-debug-names.)"""
+    names = [imp.module for imp in module.imports] + [imp.name for imp in module.imports]
+    for name in [*names, *module.exports]:
+        if "*/" in name or any(ord(c) < 0x20 or c in "\\\x7f" for c in name):
+            raise AotCompileError(
+                f"the name {name!r} cannot be compiled safely (control characters, "
+                "backslash or */): the module stays on the interpreter"
+            )
+
+
 def compile_module(module: WasmModule, limits: Limits | None = None) -> Path:
     """Compiles `module` (cached) and returns the guest ELF's path. Raises
     AotCompileError with the reason when a tool fails or the module uses what the AOT
     tier does not support."""
     limits = limits or Limits()
+    check_names(module)
     cached = lookup(module)
     if cached is not None:
         return cached
@@ -297,7 +312,7 @@ def compile_module(module: WasmModule, limits: Limits | None = None) -> Path:
         tmp = Path(tmp_name)
         (tmp / "module.wasm").write_bytes(module.data)
         _run(
-            [_wasm2c(), "module.wasm", "-n", "m", "-o", "module.c"],
+            [_wasm2c(), "module.wasm", "--no-debug-names", "-n", "m", "-o", "module.c"],
             "wasm2c",
             limits,
             tmp,
