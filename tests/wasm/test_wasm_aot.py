@@ -300,3 +300,13 @@ def test_names_are_data_never_code() -> None:
             Sandbox.from_wasm(bad, tier="aot")
         with Sandbox.from_wasm(bad, tier="auto") as sb:  # the interpreter runs it
             assert sb.call(hostile) == 1
+
+
+def test_no_compiler_keeps_auto_on_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = wasmtime.wat2wasm('(module (func (export "seven") (result i32) i32.const 7))')
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.raises(aot.AotCompileError, match="no C compiler"):
+        Sandbox.from_wasm(data, tier="aot")
+    with Sandbox.from_wasm(data, tier="auto") as sb:
+        assert sb.call("seven") == 7
+    assert "no C compiler" in (aot.failure(load(data)) or "")

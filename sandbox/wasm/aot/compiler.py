@@ -95,9 +95,10 @@ def cache_dir() -> Path:
 
 
 def _cc() -> str:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    name = os.environ.get("CC") or "cc"
+    cc = shutil.which(name) or (None if os.environ.get("CC") else shutil.which("gcc"))
     if not cc:
-        raise AotCompileError("no C compiler found: install gcc")
+        raise AotCompileError(f"no C compiler found ({name}): install gcc")
     return cc
 
 
@@ -133,13 +134,18 @@ def _version(cmd: list[str]) -> str:
     return (proc.stdout or proc.stderr).splitlines()[0] if proc.returncode == 0 else "?"
 
 
-@functools.cache
 def toolchain_key() -> str:
-    """Hash of everything besides the module that a compiled guest depends on."""
+    """Hash of everything besides the module that a compiled guest depends on. Raises
+    AotCompileError where wasm2c or the C compiler is missing."""
+    return _toolchain_key(_cc(), _wasm2c())
+
+
+@functools.cache
+def _toolchain_key(cc: str, wasm2c: str) -> str:
     h = hashlib.sha256()
     h.update(f"glue {GLUE_VERSION}\n".encode())
-    h.update(f"wasm2c {_version([_wasm2c(), '--version'])}\n".encode())
-    h.update(f"cc {_version([_cc(), '--version'])}\n".encode())
+    h.update(f"wasm2c {_version([wasm2c, '--version'])}\n".encode())
+    h.update(f"cc {_version([cc, '--version'])}\n".encode())
     h.update(" ".join(CFLAGS + LDFLAGS).encode())
     for path in _hashed_files():
         h.update(path.name.encode() + b"\0" + path.read_bytes())
@@ -175,9 +181,12 @@ def _run(cmd: list[str], what: str, limits: Limits, cwd: Path) -> None:
             *cmd,
         ]
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(
-            full, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
-        )
+        try:
+            proc = subprocess.Popen(
+                full, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+            )
+        except OSError as exc:
+            raise AotCompileError(f"{what}: cannot run {cmd[0]}: {exc}") from None
         try:
             proc.wait(timeout=limits.seconds)
         except subprocess.TimeoutExpired:

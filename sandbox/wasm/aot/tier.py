@@ -65,14 +65,21 @@ def _started_engine(path: Path, module: WasmModule, config: SandboxConfig) -> Wa
         return _started.setdefault(key, snap)
 
 
+def _note_failure(module: WasmModule, why: str) -> None:
+    ident = compiler.module_id(module)
+    with _lock:
+        first = ident not in _failed
+        _failed[ident] = why
+    if first:
+        log.warning("Wasm module %s stays on the interpreter: %s", ident[:12], why)
+
+
 def _background(module: WasmModule) -> None:
     ident = compiler.module_id(module)
     try:
         compiler.compile_module(module)
     except Exception as exc:  # any failure: the module stays on the interpreter
-        with _lock:
-            _failed[ident] = str(exc)
-        log.warning("Wasm module %s stays on the interpreter: %s", ident[:12], exc)
+        _note_failure(module, str(exc))
     finally:
         with _lock:
             _compiling.pop(ident, None)
@@ -88,8 +95,11 @@ def compile_in_background(module: WasmModule) -> threading.Thread | None:
         thread = _compiling.get(ident)
         if thread is not None:
             return thread
-        if compiler.lookup(module) is not None:
-            return None
+        try:
+            if compiler.lookup(module) is not None:
+                return None
+        except compiler.AotCompileError:
+            pass  # the compile reports it
         thread = threading.Thread(
             target=_background, args=(module,), name=f"wasm-aot-{ident[:12]}", daemon=True
         )
@@ -118,9 +128,13 @@ def engine_for(
     if tier == "aot":
         path = compiler.compile_module(module)
     elif tier == "auto":
-        path = compiler.lookup(module)
-        if path is None:
-            compile_in_background(module)
+        try:
+            path = compiler.lookup(module)
+        except compiler.AotCompileError as exc:  # no wasm2c or no C compiler here
+            _note_failure(module, str(exc))
+        else:
+            if path is None:
+                compile_in_background(module)
     if path is None:
         return cls.engine(config=config, output=output)
     snap = _started_engine(path, module, wasm_config(config))
