@@ -9,6 +9,7 @@ import logging
 import shutil
 import struct
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -310,3 +311,24 @@ def test_no_compiler_keeps_auto_on_the_interpreter(monkeypatch: pytest.MonkeyPat
     with Sandbox.from_wasm(data, tier="auto") as sb:
         assert sb.call("seven") == 7
     assert "no C compiler" in (aot.failure(load(data)) or "")
+
+
+def test_cli_runs_the_aot_tier(tmp_path: Path) -> None:
+    path = tmp_path / "div.wasm"
+    path.write_bytes(
+        wasmtime.wat2wasm(
+            '(module (func (export "div") (param i32 i32) (result i32)'
+            " (i32.div_s (local.get 0) (local.get 1))))"
+        )
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "sandbox", "wasm", "run", str(path), "--tier", "aot"]
+        return subprocess.run(
+            [*cmd, *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+        )
+
+    assert run("--invoke", "div", "-7", "2").stdout == "-3\n"
+    proc = run("--invoke", "div", "1", "0")
+    assert proc.returncode == 134
+    assert proc.stderr == "error: div: wasm trap: integer divide by zero (div_zero)\n"
