@@ -186,3 +186,75 @@ def test_aot_cached_from_wasm_vs_interpreter(bench_nofloor: Any) -> None:
     assert time.perf_counter() - t0 < 600
     if v is not None:
         bench_nofloor.report_versus(scenario, v, what)
+
+
+def test_aot_restore_and_call_vs_interpreter(bench_nofloor: Any) -> None:
+    """restore + add(1, 2) of the compiled add module against the interpreter's."""
+    scenario = "wasm AOT: restore + add(1, 2) / the interpreter's"
+    what = "restore + add(1, 2), interpreter tier"
+    if shutil.which("wasm2c") is None:
+        bench_nofloor.skip(scenario, "wasm2c is needed", baseline_what=what, kind="peer")
+    import wasmtime
+
+    add = wasmtime.wat2wasm(ADD_WAT)
+    with (
+        Sandbox.from_wasm(add, tier="aot") as native,
+        Sandbox.from_wasm(add) as interp,
+    ):
+
+        def cycle(sb: Any) -> Any:
+            sb.restore()
+            return sb.call("add", 1, 2)
+
+        s = bench_nofloor.settings
+        result, theirs, v = bench_nofloor.versus(
+            lambda: cycle(native),
+            lambda: cycle(interp),
+            rounds=50 if s.quick else 500,
+            warmup_rounds=5,
+        )
+    assert result == theirs == 3
+    if v is not None:
+        bench_nofloor.report_versus(scenario, v, what)
+
+
+def test_aot_from_snapshot_vs_interpreter(bench_nofloor: Any) -> None:
+    """Sandbox.from_snapshot(instantiated add module) -> add(1, 2): compiled against
+    interpreted (what the function host's pools do)."""
+    scenario = "wasm AOT: from_snapshot(instantiated) -> add(1, 2) / the interpreter's"
+    what = "from_snapshot -> add(1, 2), interpreter tier"
+    if shutil.which("wasm2c") is None:
+        bench_nofloor.skip(scenario, "wasm2c is needed", baseline_what=what, kind="peer")
+    import wasmtime
+
+    add = wasmtime.wat2wasm(ADD_WAT)
+    holder: list[Any] = []
+
+    def spawn(snap: Any) -> Any:
+        sb = Sandbox.from_snapshot(snap)
+        holder.append(sb)
+        return sb.call("add", 1, 2)
+
+    def close(*_: Any) -> None:
+        for sb in holder:
+            sb.close()
+        holder.clear()
+        _reaper.drain()
+
+    with (
+        Sandbox.from_wasm(add, tier="aot") as native,
+        Sandbox.from_wasm(add) as interp,
+    ):
+        ours_snap, their_snap = native.snapshot(), interp.snapshot()
+        s = bench_nofloor.settings
+        result, theirs, v = bench_nofloor.versus(
+            lambda: spawn(ours_snap),
+            lambda: spawn(their_snap),
+            rounds=20 if s.quick else 200,
+            warmup_rounds=3,
+            teardown=close,
+        )
+        close()
+    assert result == theirs == 3
+    if v is not None:
+        bench_nofloor.report_versus(scenario, v, what)
