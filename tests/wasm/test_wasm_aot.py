@@ -60,6 +60,8 @@ TRAPS_WAT = """
     (f64.floor (local.get 0)) (f64.ceil (local.get 0))
     (f64.trunc (local.get 0)) (f64.nearest (local.get 0)))
   (func (export "spin") (loop (br 0)))
+  (func (export "mul_one") (param i32) (result i32)
+    (i32.reinterpret_f32 (f32.mul (f32.reinterpret_i32 (local.get 0)) (f32.const 1))))
 )
 """
 
@@ -89,6 +91,7 @@ CALLS: list[tuple[Any, ...]] = [
     ("table_get", 5),
     ("import", 3, 0.5),
     ("pair", 1.5, -7),
+    ("mul_one", 0x7FA00000),  # a signalling NaN comes out quiet, never folded away
     *[("nearest", x) for x in (2.5, -2.5, 0.5, -0.5, 3.5, -0.0, 1e300, 2.0**52 + 1)],
 ]
 
@@ -145,6 +148,7 @@ def test_traps_and_values_match_the_interpreter(traps_wasm: bytes) -> None:
             assert _outcome(native, *call) == _outcome(interp, *call), call
         assert _outcome(native, "rec", 0)[0] == "stack_exhausted"
         assert native.call("div", 9, 3) == 3 and not native.poisoned
+        assert native.call("mul_one", 0x7FA00000) & 0x7FC00000 == 0x7FC00000
         kinds = {_outcome(native, *c)[0] for c in CALLS}
         assert kinds >= {
             "ok",
