@@ -336,3 +336,30 @@ def test_cli_runs_the_aot_tier(tmp_path: Path) -> None:
     proc = run("--invoke", "div", "1", "0")
     assert proc.returncode == 134
     assert proc.stderr == "error: div: wasm trap: integer divide by zero (div_zero)\n"
+
+
+def test_imports_in_any_order() -> None:
+    """wasm2c declares imports sorted by name, not in module order: each import must
+    still reach its own host function with its own signature."""
+    data = wasmtime.wat2wasm(
+        """(module
+          (import "zz" "b" (func $zb (param i32) (result i32)))
+          (import "aa" "z" (func $az (param i64 f32) (result i64)))
+          (import "zz" "a" (func $za (param f64) (result f64)))
+          (import "aa" "a" (func $aa))
+          (func (export "run") (result f64)
+            (call $aa)
+            (f64.add
+              (f64.add (f64.convert_i32_s (call $zb (i32.const 1)))
+                       (f64.convert_i64_s (call $az (i64.const 2) (f32.const 0.5))))
+              (call $za (f64.const 0.25)))))"""
+    )
+    seen: list[str] = []
+    imports = {
+        "zz": {"b": lambda x: x + 10, "a": lambda x: x * 4},
+        "aa": {"z": lambda x, y: x * 100 + int(y * 2), "a": lambda: seen.append("aa.a")},
+    }
+    for tier in ("interp", "aot"):
+        with Sandbox.from_wasm(data, imports=imports, tier=tier) as sb:
+            assert sb.call("run") == 11 + 201 + 1.0
+    assert seen == ["aa.a", "aa.a"]
