@@ -84,10 +84,9 @@ def _wasm_config(config: SandboxConfig | None) -> SandboxConfig:
     return config
 
 
-# The config an engine guest runs with (the interpreter's or a compiled module's).
-wasm_config = _wasm_config
-
-_started: dict[SandboxConfig, WasmSnapshot] = {}  # by config: a started engine, no module
+# By config and engine guest (None: the interpreter; else a compiled module's guest, see
+# sandbox.wasm.aot): a started engine, no module.
+_started: dict[tuple[SandboxConfig, tuple[str, int, int] | None], WasmSnapshot] = {}
 _started_lock = threading.Lock()
 
 
@@ -265,19 +264,32 @@ class WasmSandbox:
 
     @classmethod
     def engine(
-        cls, *, config: SandboxConfig | None = None, output: Callable[[str], None] | None = None
+        cls,
+        *,
+        config: SandboxConfig | None = None,
+        output: Callable[[str], None] | None = None,
+        guest: str | os.PathLike[str] | None = None,
     ) -> WasmSandbox:
         """An engine with no module loaded (see load/instantiate/invoke), made from a
-        snapshot of a started engine (taken once per process and config), so that it
-        costs a new VM, not the engine's start-up."""
+        snapshot of a started engine (taken once per process, config and guest), so that
+        it costs a new VM, not the engine's start-up. `guest`: the engine guest, default
+        the interpreter; the AOT tier passes a compiled module's guest."""
         config = _wasm_config(config)
+        file: tuple[str, int, int] | None = None
+        if guest is not None:  # a file replaced in place is a new guest (as for templates)
+            try:
+                st = os.stat(guest)
+                file = (os.fspath(guest), st.st_mtime_ns, st.st_size)
+            except OSError:  # Sandbox() below raises the error for it
+                file = (os.fspath(guest), 0, 0)
+        key = (config, file)
         with _started_lock:
-            snap = _started.get(config)
+            snap = _started.get(key)
             if snap is None:
-                first = WasmSandbox(config=config)
+                first = WasmSandbox(config=config, engine=guest if guest is not None else "wasm")
                 try:
                     first._note_rewind()
-                    snap = _started[config] = first.snapshot()
+                    snap = _started[key] = first.snapshot()
                 finally:
                     first.close()
         return cls.from_wasm_snapshot(snap, output=output)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from support import compile_wasi
 
-from sandbox import ArgumentError, CallTimeout, Sandbox
+from sandbox import ArgumentError, CallTimeout, GuestAbiMismatch, Sandbox
 from sandbox.wasm import WasmTrap, aot
 from sandbox.wasm.module import load
 
@@ -363,3 +363,37 @@ def test_imports_in_any_order() -> None:
         with Sandbox.from_wasm(data, imports=imports, tier=tier) as sb:
             assert sb.call("run") == 11 + 201 + 1.0
     assert seen == ["aa.a", "aa.a"]
+
+
+def test_engine_override_sees_aot_engines(traps_wasm: bytes) -> None:
+    """A WasmSandbox subclass that overrides engine() (the function host's start-up
+    tracking) is asked for compiled engines too."""
+    from sandbox.wasm import WasmSandbox
+    from sandbox.wasm.factory import from_wasm
+
+    guests: list[object] = []
+
+    class Tracking(WasmSandbox):
+        @classmethod
+        def engine(cls, **kwargs: Any) -> WasmSandbox:
+            guests.append(kwargs.get("guest"))
+            return super().engine(**kwargs)
+
+    with from_wasm(traps_wasm, imports=_imports(), tier="aot", cls=Tracking) as sb:
+        assert isinstance(sb, Tracking) and sb.call("div", 8, 2) == 4
+    assert guests and str(guests[0]).endswith(".elf")
+
+
+def test_a_swapped_cache_entry_is_refused(fresh_cache: Path) -> None:
+    """The cache is keyed by the module's hash, and the guest carries it: a compiled
+    guest put in another module's place is refused, not run."""
+    one = load(wasmtime.wat2wasm('(module (func (export "f") (result i32) i32.const 1))'))
+    two = load(wasmtime.wat2wasm('(module (func (export "f") (result i32) i32.const 2))'))
+    path = aot.compile_module(one)
+    shutil.copy(path, aot.compiler.cached_path(two))
+    with pytest.raises(GuestAbiMismatch, match="another module"):
+        Sandbox.from_wasm(two.data, tier="aot")
+    path.unlink()
+    aot.compiler.cached_path(two).unlink()
+    with Sandbox.from_wasm(two.data, tier="aot") as sb:  # compiled again, and run
+        assert sb.call("f") == 2

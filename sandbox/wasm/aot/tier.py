@@ -12,8 +12,9 @@ time (compiler.py) and run as its own guest.
 An AOT guest speaks the interpreter engine's ABI (guests/wasm/wasm_abi.h, implemented over
 wasm2c's output by guests/aot/runtime.c), so the sandbox around it is the same
 WasmSandbox: windows, host imports, WASI, traps, snapshots and restore are unchanged.
-Like the engine, each compiled guest is started once per process and config and then
-spawned from that snapshot (the template mechanism shares its image between sandboxes).
+Like the interpreter, each compiled guest is started once per process and config and
+then spawned from that snapshot (WasmSandbox.engine(guest=...); the template mechanism
+shares its image between sandboxes); the guest's module hash is checked on every use.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Literal
 from ...config import SandboxConfig
 from ...errors import ArgumentError, GuestAbiMismatch
 from ..module import WasmModule
-from ..sandbox import WasmSandbox, WasmSnapshot, wasm_config
+from ..sandbox import WasmSandbox
 from . import compiler
 
 Tier = Literal["auto", "interp", "aot"]
@@ -36,7 +37,6 @@ TIERS: tuple[str, ...] = ("auto", "interp", "aot")
 log = logging.getLogger("sandbox.wasm.aot")
 
 _lock = threading.Lock()
-_started: dict[tuple[str, SandboxConfig], WasmSnapshot] = {}
 _compiling: dict[str, threading.Thread] = {}  # by module id: background compiles
 _failed: dict[str, str] = {}  # module id -> why it stays on the interpreter
 
@@ -45,24 +45,6 @@ def check_tier(tier: object) -> Tier:
     if tier not in TIERS:
         raise ArgumentError(f"tier must be one of {', '.join(map(repr, TIERS))}, not {tier!r}")
     return tier  # type: ignore[return-value]
-
-
-def _started_engine(path: Path, module: WasmModule, config: SandboxConfig) -> WasmSnapshot:
-    key = (str(path), config)
-    with _lock:
-        snap = _started.get(key)
-        if snap is not None:
-            return snap
-    first = WasmSandbox(config=config, engine=path)
-    try:
-        got = first.engine_sandbox.call("aot_module_id")
-        if got != compiler.module_id(module):
-            raise GuestAbiMismatch(f"{path} is the compiled guest of another module")
-        snap = first.snapshot()
-    finally:
-        first.close()
-    with _lock:
-        return _started.setdefault(key, snap)
 
 
 def _note_failure(module: WasmModule, why: str) -> None:
@@ -137,5 +119,11 @@ def engine_for(
                 compile_in_background(module)
     if path is None:
         return cls.engine(config=config, output=output)
-    snap = _started_engine(path, module, wasm_config(config))
-    return cls.from_wasm_snapshot(snap, output=output)
+    sb = cls.engine(config=config, output=output, guest=path)
+    try:
+        if sb.engine_sandbox.call("aot_module_id") != compiler.module_id(module):
+            raise GuestAbiMismatch(f"{path} is the compiled guest of another module")
+    except BaseException:
+        sb.close()
+        raise
+    return sb
