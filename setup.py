@@ -31,9 +31,12 @@ class BuildExtWithGuests(build_ext):
         guest_build.build_bundled(base / "sandbox" / "_guests")
         if not self.inplace:
             sdk = base / "sandbox" / "_sdk"
-            for sub in ("include", "sdk"):
+            for sub in ("include", "sdk", "aot"):
                 shutil.copytree(ROOT / "guests" / sub, sdk / sub, dirs_exist_ok=True)
             shutil.copy2(ROOT / "guests" / "build.py", sdk / "build.py")
+            # The AOT tier's runtime includes the engine ABI (sandbox/wasm/aot).
+            (sdk / "wasm").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / "guests" / "wasm" / "wasm_abi.h", sdk / "wasm" / "wasm_abi.h")
 
 
 setup(

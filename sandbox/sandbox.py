@@ -200,6 +200,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         config: SandboxConfig | None = None,
         reset: ResetMode = "none",
         output: Callable[[str], None] | None = None,
+        tier: str = "interp",
     ) -> WasmSandbox:
         """A sandbox running the Wasm module `module` (bytes or a path) in the Wasm engine
         guest, instantiated, with `call` reaching its exported functions by name.
@@ -209,10 +210,19 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         imports nothing from WASI has no context, and `wasi` is unused). The module is
         validated on the host (wasmtime) first. Raises WasmModuleError, WasmLinkError,
         WasmTrap (a trap while instantiating), plus what Sandbox() raises. See
-        sandbox.wasm."""
+        sandbox.wasm. `tier`: "interp" (the engine interprets the module), "aot" (the
+        module compiled to native code, cached on disk; AotCompileError if it cannot
+        be) or "auto" (native code once a background compile has finished; see
+        docs/aot.md); anything else raises ArgumentError."""
         factory = kinds.factory("wasm")
         sb: WasmSandbox = factory(
-            module, imports=imports, wasi=wasi, config=config, reset=reset, output=output
+            module,
+            imports=imports,
+            wasi=wasi,
+            config=config,
+            reset=reset,
+            output=output,
+            tier=tier,
         )
         return sb
 

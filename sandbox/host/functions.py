@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import base64
 import json
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -221,8 +222,9 @@ class Startups:
                 *,
                 config: SandboxConfig | None = None,
                 output: Callable[[str], None] | None = None,
+                guest: str | os.PathLike[str] | None = None,
             ) -> WasmSandbox:
-                sb = super().engine(config=config, output=output)
+                sb = super().engine(config=config, output=output, guest=guest)
                 startups.add(sb)
                 return sb
 

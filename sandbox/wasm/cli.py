@@ -37,6 +37,12 @@ def add_wasm_parser(sub: Any) -> None:
     run.add_argument("--env", action="append", default=[], metavar="K=V", help="set a variable")
     run.add_argument("--invoke", metavar="NAME", help="call this export instead of _start")
     run.add_argument("--timeout", type=float, help="time limit in seconds")
+    run.add_argument(
+        "--tier",
+        choices=("interp", "aot", "auto"),
+        default="interp",
+        help="interpret (default), or run the module compiled to native code (docs/aot.md)",
+    )
     run.add_argument("args", nargs="*", help="program arguments (after --)")
     run.set_defaults(func=cmd_wasm_run)
 
@@ -100,7 +106,7 @@ def cmd_wasm_run(args: argparse.Namespace) -> int:
             stderr="inherit",
             preopens=preopens(args),
         )
-        with from_wasm(args.module, wasi=wasi) as sb:
+        with from_wasm(args.module, wasi=wasi, tier=args.tier) as sb:
             if args.invoke:
                 export = sb.exports.get(args.invoke)
                 if export is None or not isinstance(export.type, FuncType):

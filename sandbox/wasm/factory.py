@@ -11,6 +11,7 @@ from .. import kinds
 from ..arguments import check_reset
 from ..config import ResetMode, SandboxConfig
 from ..errors import ArgumentError, WasmLinkError
+from . import aot
 from .module import FuncType, WasmModule, load
 from .sandbox import WASI_MODULE, Imports, WasmSandbox
 from .wasi import WasiConfig, WasiContext
@@ -44,11 +45,14 @@ def from_wasm(
     output: Callable[[str], None] | None = None,
     cls: type[WasmSandbox] | None = None,
     timeout: float | None = None,
+    tier: str = "interp",
 ) -> WasmSandbox:
     """See Sandbox.from_wasm. `cls`: the class of the sandbox, WasmSandbox or a subclass
     that adds behaviour (the function host's WASI http handler). `timeout`: the limit
-    of the module's start function (default: the config's call limit)."""
+    of the module's start function (default: the config's call limit). `tier`: see
+    sandbox.wasm.aot.tier."""
     check_reset(reset)
+    tier_ = aot.check_tier(tier)
     if wasi is not None and not isinstance(wasi, WasiConfig):
         raise ArgumentError(f"wasi must be a WasiConfig, not {type(wasi).__name__}")
     if imports is not None and not isinstance(imports, Mapping):
@@ -71,7 +75,7 @@ def from_wasm(
             context.close()
             raise
     try:
-        sb = (cls or WasmSandbox).engine(config=config, output=output)
+        sb = aot.engine_for(mod, tier_, cls=cls or WasmSandbox, config=config, output=output)
     except BaseException:
         if context is not None:
             context.close()

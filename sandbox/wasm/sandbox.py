@@ -85,7 +85,9 @@ def _wasm_config(config: SandboxConfig | None) -> SandboxConfig:
     return config
 
 
-_started: dict[SandboxConfig, WasmSnapshot] = {}  # by config: a started engine, no module
+# By config and engine guest (None: the interpreter; else a compiled module's guest, see
+# sandbox.wasm.aot): a started engine, no module.
+_started: dict[tuple[SandboxConfig, tuple[str, int, int] | None], WasmSnapshot] = {}
 _started_lock = threading.Lock()
 
 
@@ -124,6 +126,9 @@ class WasmSandbox:
         except BaseException:
             self.engine_sandbox.close()
             raise
+        if "aot_module_id" in self.engine_sandbox.functions:
+            # A compiled module's guest (sandbox.wasm.aot) has no built-in "spectest".
+            self._wasm.registered.clear()
         self._attach_windows()
 
     def _check_abi(self) -> None:
@@ -260,19 +265,32 @@ class WasmSandbox:
 
     @classmethod
     def engine(
-        cls, *, config: SandboxConfig | None = None, output: Callable[[str], None] | None = None
+        cls,
+        *,
+        config: SandboxConfig | None = None,
+        output: Callable[[str], None] | None = None,
+        guest: str | os.PathLike[str] | None = None,
     ) -> WasmSandbox:
         """An engine with no module loaded (see load/instantiate/invoke), made from a
-        snapshot of a started engine (taken once per process and config), so that it
-        costs a new VM, not the engine's start-up."""
+        snapshot of a started engine (taken once per process, config and guest), so that
+        it costs a new VM, not the engine's start-up. `guest`: the engine guest, default
+        the interpreter; the AOT tier passes a compiled module's guest."""
         config = _wasm_config(config)
+        file: tuple[str, int, int] | None = None
+        if guest is not None:  # a file replaced in place is a new guest (as for templates)
+            try:
+                st = os.stat(guest)
+                file = (os.fspath(guest), st.st_mtime_ns, st.st_size)
+            except OSError:  # Sandbox() below raises the error for it
+                file = (os.fspath(guest), 0, 0)
+        key = (config, file)
         with _started_lock:
-            snap = _started.get(config)
+            snap = _started.get(key)
             if snap is None:
-                first = WasmSandbox(config=config)
+                first = WasmSandbox(config=config, engine=guest if guest is not None else "wasm")
                 try:
                     first._note_rewind()
-                    snap = _started[config] = first.snapshot()
+                    snap = _started[key] = first.snapshot()
                 finally:
                     first.close()
         return cls.from_wasm_snapshot(snap, output=output)
@@ -286,17 +304,27 @@ class WasmSandbox:
         try:
             data = engine.call(name, *args, timeout=timeout)
         except GuestTrap as trap:
-            if not self._is_window_fault(trap):
+            if not (self._is_window_fault(trap) or self._is_native_stack_overflow(trap)):
                 raise
             assert self._wasm.rewind is not None
             engine.recover(self._wasm.rewind)
-            data = engine.call("wasm_fault", trap.address)
+            data = engine.call("wasm_fault", trap.address or 0)
         return parse_reply(data, what)
 
     def _note_rewind(self) -> None:
         """Keeps the registers of a state between calls, once (to resume after a fault)."""
         if self._wasm.rewind is None:
             self._wasm.rewind = self.engine_sandbox.cpu_state()
+
+    def _is_native_stack_overflow(self, trap: GuestTrap) -> bool:
+        """A stack overflow of a compiled module's guest (sandbox.wasm.aot): its Wasm
+        calls are native calls, so deep recursion ends on the stack guard, and the guest
+        reports it as "call stack exhausted" (the interpreter engine never recurses)."""
+        return (
+            trap.kind == "stack_overflow"
+            and self._wasm.rewind is not None
+            and "aot_module_id" in self.engine_sandbox.functions
+        )
 
     def _is_window_fault(self, trap: GuestTrap) -> bool:
         return (

@@ -1,0 +1,260 @@
+"""The Wasm AOT tier (sandbox.wasm.aot): the compute kernels compiled by wasm2c + cc and
+run as native ring-3 code in the VM, against the same module in wasmtime's JIT on the
+host, in the same run (target: ours <= 1.5x wasmtime). Also: the compile of a small
+module (cold module, warm runtime objects) against wasmtime's compile of it, the compiled
+guest's size on disk against wasmtime's serialized module, and a cached module's
+`from_wasm` -> first result against the interpreter's (the issue's "no slower" goal).
+
+The kernels (benches/wasm/kernels.c) are built by clang as in bench_wasm.py; rows are
+skipped, with the reason, where clang, wasm-ld or wasm2c is missing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+try:
+    from sandbox import Sandbox, _reaper
+    from sandbox.wasm import aot
+    from sandbox.wasm.module import load
+except ImportError as exc:  # the native extension is not built
+    pytest.skip(f"cannot import sandbox ({exc}); see benches/README.md", allow_module_level=True)
+
+THEME = "wasm"
+KERNELS_C = Path(__file__).resolve().parent / "wasm" / "kernels.c"
+TARGET = 1.5
+KERNELS = [("fib", 30), ("sieve", 1 << 21), ("matmul", 128), ("sha256", 1 << 20)]
+ADD_WAT = (
+    '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+)
+
+
+def _missing() -> str:
+    for tool in ("clang", "wasm-ld", "wasm2c"):
+        if shutil.which(tool) is None:
+            return f"{tool} is needed (apt-get install clang lld wabt)"
+    return ""
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any, str]]:
+    reason = _missing()
+    if reason:
+        yield None, None, reason
+        return
+    out = tmp_path_factory.mktemp("aot") / "kernels.wasm"
+    cmd = ["clang", "--target=wasm32", "-O2", "-mbulk-memory", "-nostdlib", "-Wl,--no-entry"]
+    proc = subprocess.run([*cmd, "-o", str(out), str(KERNELS_C)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        yield None, None, f"clang failed: {proc.stderr.strip()[:200]}"
+        return
+    import wasmtime
+
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    instance = wasmtime.Instance(store, wasmtime.Module.from_file(engine, str(out)), [])
+    with Sandbox.from_wasm(out, tier="aot") as sb:
+        yield sb, (store, instance.exports(store)), ""
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    return metadata.version("wasmtime")
+
+
+@pytest.mark.parametrize(("export", "arg"), KERNELS, ids=[k for k, _ in KERNELS])
+def test_aot_kernel_vs_wasmtime(bench_nofloor: Any, engines: Any, export: str, arg: int) -> None:
+    sb, theirs, reason = engines
+    scenario = f"wasm AOT {export}({arg}): compiled guest / wasmtime JIT"
+    what = f"wasmtime {_version()} JIT on the host, same module"
+    if sb is None:
+        bench_nofloor.skip(scenario, reason, baseline_what=what, kind="peer")
+    store, exports = theirs
+    s = bench_nofloor.settings
+    ours, peer, v = bench_nofloor.versus(
+        lambda: sb.call(export, arg),
+        lambda: exports[export](store, arg),
+        rounds=5 if s.quick else 21,
+        warmup_rounds=2,
+    )
+    assert ours == peer, f"{export}: AOT {ours} != wasmtime {peer}"
+    if v is not None:
+        bench_nofloor.report(
+            scenario,
+            v.ours_us,
+            v.peer_us,
+            what,
+            TARGET,
+            v.spread,
+            readings=v.peer_readings_us,
+            kind="peer",
+        )
+
+
+def test_aot_compile_small_module(
+    bench_nofloor: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """wasm2c + cc + link of the add module (the runtime's objects already built, as
+    after the first compile on a machine) against wasmtime's Module(); the cache size."""
+    scenario = "wasm AOT compile of the add module / wasmtime Module()"
+    what = f"wasmtime {_version()}: Module(engine, bytes)"
+    reason = _missing()
+    if reason:
+        bench_nofloor.skip(scenario, reason, baseline_what=what, kind="peer")
+    import wasmtime
+
+    monkeypatch.setenv("KVM_SANDBOX_CACHE", str(tmp_path))
+    data = wasmtime.wat2wasm(ADD_WAT)
+    module = load(data)
+    path = aot.compile_module(module)  # builds the runtime objects once
+    engine = wasmtime.Engine()
+
+    def drop(*_: Any) -> None:
+        path.unlink(missing_ok=True)
+
+    s = bench_nofloor.settings
+    result, _, v = bench_nofloor.versus(
+        lambda: aot.compile_module(module),
+        lambda: wasmtime.Module(engine, data),
+        rounds=3 if s.quick else 7,
+        warmup_rounds=0,
+        setup=drop,
+        peer_rounds=20,
+    )
+    assert result == path and path.is_file()
+    size = path.stat().st_size
+    serialized = len(wasmtime.Module(engine, data).serialize())
+    if v is not None:
+        bench_nofloor.report_versus(scenario, v, what)
+        bench_nofloor.report(
+            "wasm AOT cached guest size of the add module / wasmtime serialized module",
+            float(size),
+            float(serialized),
+            "bytes of Module.serialize()",
+            None,
+            key="size",
+            unit="B",
+            kind="peer",
+        )
+        print(f"\nAOT add module: {size} bytes on disk, compile {v.ours_us / 1e3:.0f} ms")
+
+
+def test_aot_cached_from_wasm_vs_interpreter(bench_nofloor: Any) -> None:
+    """A cached module: from_wasm(tier="aot") -> first result, against the interpreter's
+    from_wasm -> first result."""
+    scenario = "Sandbox.from_wasm(add, tier='aot', cached) -> add(1, 2) / the interpreter's"
+    what = "Sandbox.from_wasm(add) -> add(1, 2), interpreter tier"
+    if shutil.which("wasm2c") is None:
+        bench_nofloor.skip(scenario, "wasm2c is needed", baseline_what=what, kind="peer")
+    import wasmtime
+
+    add = wasmtime.wat2wasm(ADD_WAT)
+    aot.compile_module(load(add))
+    holder: list[Any] = []
+
+    def run(tier: str) -> Any:
+        sb = Sandbox.from_wasm(add, tier=tier)
+        holder.append(sb)
+        return sb.call("add", 1, 2)
+
+    def close(*_: Any) -> None:
+        for sb in holder:
+            sb.close()
+        holder.clear()
+        _reaper.drain()
+
+    run("aot")  # the compiled guest's started engine, once per process
+    close()
+    s = bench_nofloor.settings
+    t0 = time.perf_counter()
+    result, theirs, v = bench_nofloor.versus(
+        lambda: run("aot"),
+        lambda: run("interp"),
+        rounds=20 if s.quick else 100,
+        warmup_rounds=3,
+        teardown=close,
+    )
+    close()
+    assert result == theirs == 3
+    assert time.perf_counter() - t0 < 600
+    if v is not None:
+        bench_nofloor.report_versus(scenario, v, what)
+
+
+def test_aot_restore_and_call_vs_interpreter(bench_nofloor: Any) -> None:
+    """restore + add(1, 2) of the compiled add module against the interpreter's."""
+    scenario = "wasm AOT: restore + add(1, 2) / the interpreter's"
+    what = "restore + add(1, 2), interpreter tier"
+    if shutil.which("wasm2c") is None:
+        bench_nofloor.skip(scenario, "wasm2c is needed", baseline_what=what, kind="peer")
+    import wasmtime
+
+    add = wasmtime.wat2wasm(ADD_WAT)
+    with (
+        Sandbox.from_wasm(add, tier="aot") as native,
+        Sandbox.from_wasm(add) as interp,
+    ):
+
+        def cycle(sb: Any) -> Any:
+            sb.restore()
+            return sb.call("add", 1, 2)
+
+        s = bench_nofloor.settings
+        result, theirs, v = bench_nofloor.versus(
+            lambda: cycle(native),
+            lambda: cycle(interp),
+            rounds=50 if s.quick else 500,
+            warmup_rounds=5,
+        )
+    assert result == theirs == 3
+    if v is not None:
+        bench_nofloor.report_versus(scenario, v, what)
+
+
+def test_aot_from_snapshot_vs_interpreter(bench_nofloor: Any) -> None:
+    """Sandbox.from_snapshot(instantiated add module) -> add(1, 2): compiled against
+    interpreted (what the function host's pools do)."""
+    scenario = "wasm AOT: from_snapshot(instantiated) -> add(1, 2) / the interpreter's"
+    what = "from_snapshot -> add(1, 2), interpreter tier"
+    if shutil.which("wasm2c") is None:
+        bench_nofloor.skip(scenario, "wasm2c is needed", baseline_what=what, kind="peer")
+    import wasmtime
+
+    add = wasmtime.wat2wasm(ADD_WAT)
+    holder: list[Any] = []
+
+    def spawn(snap: Any) -> Any:
+        sb = Sandbox.from_snapshot(snap)
+        holder.append(sb)
+        return sb.call("add", 1, 2)
+
+    def close(*_: Any) -> None:
+        for sb in holder:
+            sb.close()
+        holder.clear()
+        _reaper.drain()
+
+    with (
+        Sandbox.from_wasm(add, tier="aot") as native,
+        Sandbox.from_wasm(add) as interp,
+    ):
+        ours_snap, their_snap = native.snapshot(), interp.snapshot()
+        s = bench_nofloor.settings
+        result, theirs, v = bench_nofloor.versus(
+            lambda: spawn(ours_snap),
+            lambda: spawn(their_snap),
+            rounds=20 if s.quick else 200,
+            warmup_rounds=3,
+            teardown=close,
+        )
+        close()
+    assert result == theirs == 3
+    if v is not None:
+        bench_nofloor.report_versus(scenario, v, what)

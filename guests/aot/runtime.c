@@ -1,0 +1,516 @@
+/* runtime.c: the AOT guest's runtime. wasm2c's runtime API (wasm-rt.h) on the guest SDK,
+ * and the engine ABI (guests/wasm/wasm_abi.h) over the one compiled module the glue
+ * describes (aot.h), so the host drives this guest like the interpreter engine:
+ *
+ * - Linear memory k is the engine ABI's window k (WASM_WINDOW_BASE + k * STRIDE), grown
+ *   by the host (WASM_HOST_GROW). The code is compiled with WASM_RT_MEMCHECK_SIGNAL_HANDLER
+ *   (no bounds checks on loads and stores): an access past the end faults on the
+ *   window's unmapped guard space and the host calls wasm_fault, as for the interpreter.
+ * - A native stack overflow (deep Wasm recursion) faults on the stack guard; the host
+ *   recovers the vCPU and calls wasm_fault too, which reports "call stack exhausted".
+ * - Other traps (wasm_rt_trap) unwind with aot_longjmp to the export adapter.
+ * - Function imports are host calls (WASM_HOST_IMPORT) with the engine's value lists.
+ * One module per guest (the ELF is that module, compiled); it may be instantiated more
+ * than once. Imports other than functions, and wasm_register, are not supported.
+ */
+#include "sbx.h"
+
+#include "../wasm/wasm_abi.h"
+#include "aot.h"
+
+int aot_setjmp(uint64_t buf[8]) __attribute__((returns_twice));
+__attribute__((noreturn)) void aot_longjmp(uint64_t buf[8], int value);
+
+#define AOT_LIMIT 200 /* internal "trap": a resource limit, reported as WASM_STATUS_LIMIT */
+#define MAX_INSTANCES 4096
+#define MAX_FUNC_TYPES 65536
+#define MAX_TABLE_ELEMENTS 10000000u
+
+SBX_EXPORT(wasm_abi_version, SBX_TAG_U32) { sbx_ret_u32(ret, WASM_ABI_VERSION); }
+
+/* The host checks that the guest is the module it validated (sandbox/wasm/aot/). */
+SBX_EXPORT(aot_module_id, SBX_TAG_STR) {
+    sbx_ret_str(ret, aot_module.module_id, strlen(aot_module.module_id));
+}
+
+/* ---- Replies ------------------------------------------------------------------------ */
+
+static uint8_t reply[4096];
+static size_t reply_len;
+
+static void reply_start(uint8_t status, uint8_t kind) {
+    reply[0] = status;
+    reply_len = 1;
+    if (status != WASM_STATUS_OK) reply[reply_len++] = kind;
+}
+
+static void reply_put(const void *p, size_t n) {
+    if (reply_len + n > sizeof reply) n = sizeof reply - reply_len;
+    memcpy(reply + reply_len, p, n);
+    reply_len += n;
+}
+
+static void reply_error(uint8_t status, uint8_t kind, const char *msg) {
+    reply_start(status, kind);
+    reply_put(msg, strlen(msg));
+}
+
+static void reply_value(uint8_t type, uint64_t bits) {
+    reply_put(&type, 1);
+    reply_put(&bits, 8);
+}
+
+static void ret_reply(sbx_value *ret) { sbx_ret_bytes(ret, reply, reply_len); }
+
+static const char *const trap_messages[WASM_TRAP_COUNT] = {
+    "",
+    "unreachable",
+    "out of bounds memory access",
+    "integer divide by zero",
+    "integer overflow",
+    "invalid conversion to integer",
+    "indirect call type mismatch",
+    "undefined element",
+    "uninitialized element",
+    "call stack exhausted",
+    "out of bounds table access",
+    "null reference",
+};
+
+static void reply_trap(int kind) {
+    reply_error(WASM_STATUS_TRAP, (uint8_t)kind, trap_messages[kind]);
+}
+
+/* ---- Operations and traps ------------------------------------------------------------ */
+
+static uint64_t trap_buf[8];
+static bool in_op; /* an instantiate or invoke is running (wasm_fault may end it) */
+static bool initialized;
+static uint32_t trap_element; /* the element index of an "uninitialized element" trap */
+
+static int trap_kind(int code) {
+    switch (code) {
+    case WASM_RT_TRAP_OOB: return WASM_TRAP_MEMORY_OOB;
+    case WASM_RT_TRAP_INT_OVERFLOW: return WASM_TRAP_INT_OVERFLOW;
+    case WASM_RT_TRAP_DIV_BY_ZERO: return WASM_TRAP_DIV_ZERO;
+    case WASM_RT_TRAP_INVALID_CONVERSION: return WASM_TRAP_INVALID_CONVERSION;
+    case WASM_RT_TRAP_UNREACHABLE: return WASM_TRAP_UNREACHABLE;
+    case WASM_RT_TRAP_CALL_INDIRECT: return WASM_TRAP_INDIRECT_TYPE_MISMATCH;
+    case WASM_RT_TRAP_EXHAUSTION: return WASM_TRAP_STACK_EXHAUSTED;
+    case WASM_RT_TRAP_TABLE_OOB: return WASM_TRAP_TABLE_OOB;
+    case WASM_RT_TRAP_UNDEFINED_ELEMENT: return WASM_TRAP_UNDEFINED_ELEMENT;
+    case WASM_RT_TRAP_UNINITIALIZED_ELEMENT: return WASM_TRAP_UNINITIALIZED_ELEMENT;
+    case WASM_RT_TRAP_INDIRECT_MISMATCH: return WASM_TRAP_INDIRECT_TYPE_MISMATCH;
+    default: return WASM_TRAP_UNREACHABLE;
+    }
+}
+
+void wasm_rt_trap(wasm_rt_trap_t code) {
+    if (!in_op) sbx_abort("wasm trap %d outside a Wasm operation", (int)code);
+    aot_longjmp(trap_buf, (int)code == 0 ? AOT_LIMIT + 1 : (int)code);
+}
+
+static __attribute__((noreturn)) void limit(void) { wasm_rt_trap((wasm_rt_trap_t)AOT_LIMIT); }
+
+/* Ends an operation that trapped: the reply for its code. */
+static void reply_code(int code) {
+    in_op = false;
+    if (code == AOT_LIMIT)
+        reply_error(WASM_STATUS_LIMIT, 0, "the AOT guest's heap or memory pool is exhausted");
+    else if (trap_kind(code) == WASM_TRAP_UNINITIALIZED_ELEMENT) {
+        char msg[48]; /* the interpreter names the element too */
+        snprintf(msg, sizeof msg, "uninitialized element %u", trap_element);
+        reply_error(WASM_STATUS_TRAP, WASM_TRAP_UNINITIALIZED_ELEMENT, msg);
+    } else
+        reply_trap(trap_kind(code));
+}
+
+int aot_call_indirect_trap(const wasm_rt_funcref_table_t *table, uint32_t index) {
+    if (index >= table->size) wasm_rt_trap((wasm_rt_trap_t)WASM_RT_TRAP_UNDEFINED_ELEMENT);
+    trap_element = index;
+    if (!table->data[index].func)
+        wasm_rt_trap((wasm_rt_trap_t)WASM_RT_TRAP_UNINITIALIZED_ELEMENT);
+    wasm_rt_trap((wasm_rt_trap_t)WASM_RT_TRAP_INDIRECT_MISMATCH);
+}
+
+/* ---- wasm-rt: initialisation, function types ---------------------------------------- */
+
+void wasm_rt_init(void) { initialized = true; }
+bool wasm_rt_is_initialized(void) { return initialized; }
+void wasm_rt_free(void) {}
+
+const char *wasm_rt_strerror(wasm_rt_trap_t trap) { return trap_messages[trap_kind(trap)]; }
+
+void abort(void) { sbx_abort("the compiled module aborted"); }
+
+struct func_type {
+    uint32_t params, results;
+    uint8_t *types;
+};
+static struct func_type *func_types;
+static uint32_t n_func_types, cap_func_types;
+
+uint32_t wasm_rt_register_func_type(uint32_t params, uint32_t results, ...) {
+    uint8_t types[512];
+    uint32_t n = params + results;
+    if (n > sizeof types) limit();
+    va_list ap;
+    va_start(ap, results);
+    for (uint32_t i = 0; i < n; i++) types[i] = (uint8_t)va_arg(ap, int);
+    va_end(ap);
+    for (uint32_t i = 0; i < n_func_types; i++) {
+        struct func_type *t = &func_types[i];
+        if (t->params == params && t->results == results && memcmp(t->types, types, n) == 0)
+            return i + 1;
+    }
+    if (n_func_types == cap_func_types) {
+        uint32_t cap = cap_func_types ? cap_func_types * 2 : 64;
+        if (cap > MAX_FUNC_TYPES) limit();
+        struct func_type *grown = realloc(func_types, cap * sizeof *grown);
+        if (!grown) limit();
+        func_types = grown;
+        cap_func_types = cap;
+    }
+    uint8_t *copy = malloc(n ? n : 1);
+    if (!copy) limit();
+    memcpy(copy, types, n);
+    func_types[n_func_types] = (struct func_type){params, results, copy};
+    return ++n_func_types; /* ids start at 1: 0 is no function */
+}
+
+/* ---- wasm-rt: memories in the engine ABI's windows ------------------------------------ */
+
+static uint32_t n_windows;
+static int32_t capture_mem0 = -1; /* memory 0 of the instance being instantiated */
+
+static bool host_grow(uint32_t window, uint64_t pages) {
+    sbx_value a[2] = {sbx_val_u64(window), sbx_val_u64(pages)};
+    a[0].tag = SBX_TAG_U32;
+    sbx_value r = sbx_host_call(WASM_HOST_GROW, 2, a);
+    return r.tag == SBX_TAG_BOOL && r.bits != 0;
+}
+
+static uint32_t window_of(const wasm_rt_memory_t *mem) {
+    return (uint32_t)(((uintptr_t)mem->data - (uintptr_t)WASM_WINDOW_BASE) / WASM_WINDOW_STRIDE);
+}
+
+void wasm_rt_allocate_memory(wasm_rt_memory_t *mem, uint32_t initial, uint32_t max) {
+    if (n_windows >= WASM_MAX_MEMORIES || initial > WASM_MAX_PAGES) limit();
+    uint32_t window = n_windows++;
+    if (!host_grow(window, initial)) limit();
+    mem->data = (uint8_t *)(uintptr_t)(WASM_WINDOW_BASE + (uint64_t)window * WASM_WINDOW_STRIDE);
+    mem->pages = initial;
+    mem->max_pages = max > WASM_MAX_PAGES ? WASM_MAX_PAGES : max;
+    mem->size = initial * WASM_PAGE_SIZE;
+    if (capture_mem0 < 0) capture_mem0 = (int32_t)window;
+}
+
+uint32_t wasm_rt_grow_memory(wasm_rt_memory_t *mem, uint32_t delta) {
+    uint32_t old = mem->pages;
+    uint64_t pages = (uint64_t)old + delta;
+    if (pages > mem->max_pages) return UINT32_MAX;
+    if (delta && !host_grow(window_of(mem), pages)) return UINT32_MAX;
+    mem->pages = (uint32_t)pages;
+    /* wasm2c keeps the size in 32 bits: a full 4 GiB memory reads as 4 GiB - 64 KiB to
+     * its bulk-memory range checks (loads and stores are not checked against it). */
+    mem->size = pages >= WASM_MAX_PAGES ? 0xffff0000u : (uint32_t)(pages * WASM_PAGE_SIZE);
+    return old;
+}
+
+void wasm_rt_free_memory(wasm_rt_memory_t *mem) { (void)mem; /* windows are never freed */ }
+
+/* ---- wasm-rt: tables ------------------------------------------------------------------- */
+
+void wasm_rt_allocate_funcref_table(wasm_rt_funcref_table_t *t, uint32_t n, uint32_t max) {
+    if (n > MAX_TABLE_ELEMENTS) limit();
+    t->data = calloc(n ? n : 1, sizeof *t->data);
+    if (!t->data) limit();
+    t->size = n;
+    t->max_size = max;
+}
+
+void wasm_rt_allocate_externref_table(wasm_rt_externref_table_t *t, uint32_t n, uint32_t max) {
+    if (n > MAX_TABLE_ELEMENTS) limit();
+    t->data = calloc(n ? n : 1, sizeof *t->data);
+    if (!t->data) limit();
+    t->size = n;
+    t->max_size = max;
+}
+
+void wasm_rt_free_funcref_table(wasm_rt_funcref_table_t *t) { free(t->data); }
+void wasm_rt_free_externref_table(wasm_rt_externref_table_t *t) { free(t->data); }
+
+uint32_t wasm_rt_grow_funcref_table(wasm_rt_funcref_table_t *t, uint32_t delta,
+                                    wasm_rt_funcref_t init) {
+    uint32_t old = t->size;
+    uint64_t n = (uint64_t)old + delta;
+    if (n > t->max_size || n > MAX_TABLE_ELEMENTS) return UINT32_MAX;
+    if (delta) {
+        wasm_rt_funcref_t *grown = realloc(t->data, n * sizeof *grown);
+        if (!grown) return UINT32_MAX;
+        for (uint64_t i = old; i < n; i++) grown[i] = init;
+        t->data = grown;
+        t->size = (uint32_t)n;
+    }
+    return old;
+}
+
+uint32_t wasm_rt_grow_externref_table(wasm_rt_externref_table_t *t, uint32_t delta,
+                                      wasm_rt_externref_t init) {
+    uint32_t old = t->size;
+    uint64_t n = (uint64_t)old + delta;
+    if (n > t->max_size || n > MAX_TABLE_ELEMENTS) return UINT32_MAX;
+    if (delta) {
+        wasm_rt_externref_t *grown = realloc(t->data, n * sizeof *grown);
+        if (!grown) return UINT32_MAX;
+        for (uint64_t i = old; i < n; i++) grown[i] = init;
+        t->data = grown;
+        t->size = (uint32_t)n;
+    }
+    return old;
+}
+
+/* ---- References across the boundary ------------------------------------------------------ */
+
+static wasm_rt_funcref_t *funcrefs; /* id -> funcref handed to the host */
+static uint32_t n_funcrefs, cap_funcrefs;
+
+uint64_t aot_funcref_bits(wasm_rt_funcref_t ref) {
+    if (!ref.func) return WASM_NULL_REF;
+    for (uint32_t i = 0; i < n_funcrefs; i++)
+        if (funcrefs[i].func == ref.func && funcrefs[i].module_instance == ref.module_instance)
+            return i;
+    if (n_funcrefs == cap_funcrefs) {
+        uint32_t cap = cap_funcrefs ? cap_funcrefs * 2 : 64;
+        wasm_rt_funcref_t *grown = realloc(funcrefs, cap * sizeof *grown);
+        if (!grown) limit();
+        funcrefs = grown;
+        cap_funcrefs = cap;
+    }
+    funcrefs[n_funcrefs] = ref;
+    return n_funcrefs++;
+}
+
+wasm_rt_funcref_t aot_funcref_value(uint64_t bits) {
+    if (bits == WASM_NULL_REF || bits >= n_funcrefs) return wasm_rt_funcref_null_value;
+    return funcrefs[bits];
+}
+
+uint64_t aot_externref_bits(wasm_rt_externref_t ref) {
+    return ref ? (uint64_t)(uintptr_t)ref - 1 : WASM_NULL_REF;
+}
+
+wasm_rt_externref_t aot_externref_value(uint64_t bits) {
+    return bits == WASM_NULL_REF ? NULL : (wasm_rt_externref_t)(uintptr_t)(bits + 1);
+}
+
+/* ---- Instances and host imports ------------------------------------------------------------ */
+
+struct instance {
+    void *data;      /* wasm2c's instance struct */
+    uint32_t handle; /* what wasm_instantiate returns */
+    uint32_t memory; /* window of memory 0, or 0xffffffff */
+    bool ready;
+};
+static struct instance instances[MAX_INSTANCES];
+static uint32_t n_instances;
+
+void aot_call_import(void *ctx, uint32_t index, const uint64_t *args, uint64_t *results) {
+    const struct instance *inst = ctx;
+    const struct aot_import *imp = &aot_module.imports[index];
+    uint8_t list[1 + 255 * 9];
+    size_t len = 0;
+    list[len++] = imp->nparams;
+    for (uint32_t i = 0; i < imp->nparams; i++) {
+        list[len++] = imp->types[i];
+        memcpy(list + len, &args[i], 8);
+        len += 8;
+    }
+    /* Memory 0 of the caller; during instantiation it may not be allocated yet. */
+    uint32_t memory = inst->memory;
+    if (!inst->ready && capture_mem0 >= 0) memory = (uint32_t)capture_mem0;
+    sbx_value a[4] = {sbx_val_u64(inst->handle), sbx_val_u64(index), sbx_val_bytes(list, len),
+                      sbx_val_u64(memory)};
+    a[0].tag = SBX_TAG_U32;
+    a[1].tag = SBX_TAG_U32;
+    a[3].tag = SBX_TAG_U32;
+    sbx_value r = sbx_host_call(WASM_HOST_IMPORT, 4, a);
+    const uint8_t *res = (const uint8_t *)(uintptr_t)r.bits;
+    if (r.tag != SBX_TAG_BYTES || r.len != 1 + 9u * imp->nresults || res[0] != imp->nresults)
+        sbx_abort("host import %u answered a malformed value list", index);
+    for (uint32_t i = 0; i < imp->nresults; i++) {
+        if (res[1 + 9 * i] != imp->types[imp->nparams + i])
+            sbx_abort("host import %u answered a value of the wrong type", index);
+        memcpy(&results[i], res + 2 + 9 * i, 8);
+    }
+}
+
+/* ---- The engine ABI ---------------------------------------------------------------------- */
+
+static uint8_t *pending_module;
+
+SBX_EXPORT(wasm_alloc, SBX_TAG_U64, SBX_TAG_U64) {
+    uint64_t size = sbx_arg_u64(args, 0);
+    free(pending_module);
+    pending_module = size == aot_module.module_size ? malloc(size ? size : 1) : NULL;
+    sbx_ret_u64(ret, (uint64_t)(uintptr_t)pending_module);
+}
+
+/* The host validated the module and chose this guest by the module's hash; the bytes
+ * only have to be the size compiled in (the host also checks aot_module_id). */
+SBX_EXPORT(wasm_load, SBX_TAG_BYTES, SBX_TAG_U64, SBX_TAG_U64) {
+    uint64_t addr = sbx_arg_u64(args, 0), size = sbx_arg_u64(args, 1);
+    in_op = false;
+    if (!pending_module || addr != (uint64_t)(uintptr_t)pending_module ||
+        size != aot_module.module_size) {
+        reply_error(WASM_STATUS_BAD_CALL, 0, "this AOT guest runs another module");
+    } else {
+        uint32_t handle = 0;
+        reply_start(WASM_STATUS_OK, 0);
+        reply_put(&handle, 4);
+    }
+    free(pending_module);
+    pending_module = NULL;
+    ret_reply(ret);
+}
+
+SBX_EXPORT(wasm_instantiate, SBX_TAG_BYTES, SBX_TAG_I32) {
+    in_op = false;
+    if (sbx_arg_i32(args, 0) != 0) {
+        reply_error(WASM_STATUS_BAD_CALL, 0, "no such module");
+        ret_reply(ret);
+        return;
+    }
+    if (n_instances >= MAX_INSTANCES) {
+        reply_error(WASM_STATUS_LIMIT, 0, "too many instances");
+        ret_reply(ret);
+        return;
+    }
+    struct instance *inst = &instances[n_instances];
+    inst->handle = n_instances;
+    inst->memory = 0xffffffffu;
+    inst->ready = false;
+    inst->data = calloc(1, aot_module.instance_size);
+    if (!inst->data) {
+        reply_error(WASM_STATUS_LIMIT, 0, "the AOT guest's heap is exhausted");
+        ret_reply(ret);
+        return;
+    }
+    n_instances++; /* a failed instantiation keeps its slot: its memories stay mapped */
+    capture_mem0 = -1;
+    in_op = true;
+    int code = aot_setjmp(trap_buf);
+    if (code == 0) {
+        if (!initialized) {
+            wasm_rt_init();
+            aot_module.init_module();
+        }
+        aot_module.instantiate(inst->data, inst);
+        in_op = false;
+        if (capture_mem0 >= 0) inst->memory = (uint32_t)capture_mem0;
+        inst->ready = true;
+        reply_start(WASM_STATUS_OK, 0);
+        reply_put(&inst->handle, 4);
+    } else {
+        reply_code(code);
+    }
+    capture_mem0 = -1;
+    ret_reply(ret);
+}
+
+SBX_EXPORT(wasm_register, SBX_TAG_BYTES, SBX_TAG_I32, SBX_TAG_STR) {
+    in_op = false;
+    reply_error(WASM_STATUS_UNLINKABLE, 0,
+                "the AOT tier runs one module per guest: it cannot register instances");
+    ret_reply(ret);
+}
+
+static const struct aot_export *find_export(const char *name, size_t len, uint8_t kind) {
+    for (uint32_t i = 0; i < aot_module.nexports; i++) {
+        const struct aot_export *e = &aot_module.exports[i];
+        if (e->kind == kind && e->name_len == len && memcmp(e->name, name, len) == 0) return e;
+    }
+    return NULL;
+}
+
+static struct instance *find_instance(uint32_t handle) {
+    return handle < n_instances && instances[handle].ready ? &instances[handle] : NULL;
+}
+
+SBX_EXPORT(wasm_invoke, SBX_TAG_BYTES, SBX_TAG_I32, SBX_TAG_STR, SBX_TAG_BYTES) {
+    size_t name_len, vals_len;
+    const char *name = sbx_arg_str(args, 1, &name_len);
+    const uint8_t *vals = sbx_arg_bytes(args, 2, &vals_len);
+    struct instance *inst = find_instance((uint32_t)sbx_arg_i32(args, 0));
+    const struct aot_export *e = find_export(name, name_len, AOT_EXPORT_FUNC);
+    in_op = false;
+    if (!inst || !e) {
+        reply_error(WASM_STATUS_BAD_CALL, 0, inst ? "no such exported function" : "no such instance");
+        ret_reply(ret);
+        return;
+    }
+    if (vals_len < 1 || vals[0] != e->nparams || vals_len != 1 + 9u * e->nparams) {
+        reply_error(WASM_STATUS_BAD_CALL, 0, "wrong number of arguments");
+        ret_reply(ret);
+        return;
+    }
+    uint64_t argv[256], results[256];
+    for (uint32_t i = 0; i < e->nparams; i++) {
+        uint8_t t = vals[1 + 9 * i];
+        memcpy(&argv[i], vals + 2 + 9 * i, 8);
+        if (t != e->types[i] ||
+            (t == WASM_TYPE_FUNCREF && argv[i] != WASM_NULL_REF && argv[i] >= n_funcrefs)) {
+            reply_error(WASM_STATUS_BAD_CALL, 0, "wrong argument types");
+            ret_reply(ret);
+            return;
+        }
+    }
+    in_op = true;
+    int code = aot_setjmp(trap_buf);
+    if (code == 0) {
+        e->thunk(inst->data, argv, results);
+        in_op = false;
+        reply_start(WASM_STATUS_OK, 0);
+        uint8_t n = e->nresults;
+        reply_put(&n, 1);
+        for (uint32_t i = 0; i < n; i++) reply_value(e->types[e->nparams + i], results[i]);
+    } else {
+        reply_code(code);
+    }
+    ret_reply(ret);
+}
+
+SBX_EXPORT(wasm_get, SBX_TAG_BYTES, SBX_TAG_I32, SBX_TAG_STR) {
+    size_t len;
+    const char *name = sbx_arg_str(args, 1, &len);
+    struct instance *inst = find_instance((uint32_t)sbx_arg_i32(args, 0));
+    const struct aot_export *e = find_export(name, len, AOT_EXPORT_GLOBAL);
+    in_op = false;
+    if (!inst || !e) {
+        reply_error(WASM_STATUS_BAD_CALL, 0, "no such exported global");
+    } else {
+        uint64_t value;
+        e->thunk(inst->data, NULL, &value);
+        reply_start(WASM_STATUS_OK, 0);
+        uint8_t one = 1;
+        reply_put(&one, 1);
+        reply_value(e->types[0], value);
+    }
+    ret_reply(ret);
+}
+
+/* After a fault in a memory window (out of bounds) or on the stack guard (recursion too
+ * deep), on a fresh stack: the reply of the operation that faulted. */
+SBX_EXPORT(wasm_fault, SBX_TAG_BYTES, SBX_TAG_U64) {
+    uint64_t addr = sbx_arg_u64(args, 0);
+    if (!in_op) {
+        reply_error(WASM_STATUS_BAD_CALL, 0, "no Wasm operation was running");
+    } else {
+        in_op = false;
+        bool window = addr >= WASM_WINDOW_BASE &&
+                      addr - WASM_WINDOW_BASE < (uint64_t)WASM_MAX_MEMORIES * WASM_WINDOW_STRIDE;
+        reply_trap(window ? WASM_TRAP_MEMORY_OOB : WASM_TRAP_STACK_EXHAUSTED);
+    }
+    capture_mem0 = -1;
+    ret_reply(ret);
+}

@@ -1,0 +1,18 @@
+"""The AOT tier: Wasm modules compiled ahead of time on the host (wasm2c and the system C
+compiler) into guests that run the module as native ring-3 code. See docs/aot.md."""
+
+from .compiler import AotCompileError, Limits, cache_dir, compile_module
+from .tier import TIERS, Tier, check_tier, compile_in_background, engine_for, failure
+
+__all__ = [
+    "TIERS",
+    "AotCompileError",
+    "Limits",
+    "Tier",
+    "cache_dir",
+    "check_tier",
+    "compile_in_background",
+    "compile_module",
+    "engine_for",
+    "failure",
+]

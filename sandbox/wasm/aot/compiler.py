@@ -1,0 +1,359 @@
+"""The AOT compiler driver: a validated module -> wasm2c -> C -> the system C compiler ->
+a guest ELF, cached on disk.
+
+Every tool runs as a subprocess under `prlimit` (address space, CPU time, size of the
+files it writes) and a wall-clock timeout that kills its whole process group; its output
+is kept to a few KiB for the error message. Nothing is generated or run inside the VM:
+the result is an ordinary static-PIE guest that the host loads like any other (code
+R-X, data RW-NX, never writable and executable).
+
+Cache: `<cache root>/wasm-aot/<sha256 of the module>-<toolchain key>.elf`, where the
+toolchain key hashes wasm2c's and the C compiler's versions, the flags and every source
+of the guest runtime (guests/aot, the SDK, the engine ABI header, wasm-rt.h) and of the
+glue generator. Files are written beside their final name and renamed into place, so a
+reader sees a whole file or none; two processes compiling the same module at once both
+succeed and one rename wins. The runtime (SDK + guests/aot) is compiled once per
+toolchain key into `runtime-<key>/`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...errors import GuestBuildError
+from ...sdk import sdk_dir
+from ..module import WasmModule
+from . import glue
+
+log = logging.getLogger("sandbox.wasm.aot")
+
+GLUE_VERSION = 1  # bump when the generated C or the patches below change meaning
+
+# Flags of guests/build.py's CFLAGS that matter for code generation, plus wasm2c's:
+# no bounds checks on loads and stores (the windows' guard space faults instead), and
+# no call-depth counting (the stack guard faults instead). No sibling-call optimisation:
+# it turns Wasm recursion into loops, so that unbounded recursion, which must trap with
+# "call stack exhausted", would spin instead.
+CFLAGS = [
+    "-std=gnu11",
+    "-O2",
+    "-w",
+    "-ffreestanding",
+    "-fPIE",
+    "-fno-stack-protector",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-exceptions",
+    "-fcf-protection=none",
+    "-fno-plt",
+    "-mno-red-zone",
+    "-fno-optimize-sibling-calls",
+    "-fno-math-errno",  # sqrt is one instruction, no libm call for errno
+    "-fsignaling-nans",  # no folding of x * 1.0 to x: Wasm quiets a signalling NaN there
+    "-DWASM_RT_MEMCHECK_SIGNAL_HANDLER=1",
+    "-DWASM_RT_USE_STACK_DEPTH_COUNT=0",
+]
+LDFLAGS = [
+    "-static-pie",
+    "-nostdlib",
+    "-Wl,-z,max-page-size=4096",
+    "-Wl,-z,noexecstack",
+    "-Wl,--build-id=none",
+    "-Wl,-z,norelro",
+    "-Wl,--hash-style=gnu",
+]
+_WASM_RT_H = ("/usr/include/wasm-rt.h", "/usr/src/wasm2c/wasm-rt.h")
+
+
+class AotCompileError(GuestBuildError):
+    """The module could not be compiled to native code (the reason is the message); the
+    interpreter can still run it."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-subprocess limits of a compile."""
+
+    seconds: float = 300.0  # wall clock, each tool
+    memory: int = 4 << 30  # bytes of address space
+    output: int = 1 << 30  # bytes per file written (wasm2c's C is the largest)
+    log_bytes: int = 4096  # of a failing tool's output kept in the error
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("KVM_SANDBOX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kvm-sandbox"
+    )
+    return Path(base) / "wasm-aot"
+
+
+def _cc() -> str:
+    name = os.environ.get("CC") or "cc"
+    cc = shutil.which(name) or (None if os.environ.get("CC") else shutil.which("gcc"))
+    if not cc:
+        raise AotCompileError(f"no C compiler found ({name}): install gcc")
+    return cc
+
+
+def _wasm2c() -> str:
+    tool = shutil.which("wasm2c")
+    if not tool:
+        raise AotCompileError("wasm2c not found: install wabt (apt-get install wabt)")
+    return tool
+
+
+def _wasm_rt_h() -> Path:
+    for candidate in _WASM_RT_H:
+        if os.path.isfile(candidate):
+            return Path(candidate)
+    raise AotCompileError("wasm-rt.h not found: install wabt (apt-get install wabt)")
+
+
+def _runtime_sources() -> list[Path]:
+    sdk = sdk_dir()
+    aot = sdk / "aot"
+    return sorted(aot.glob("*.[cS]")) + sorted((sdk / "sdk").glob("*.[cS]"))
+
+
+def _hashed_files() -> list[Path]:
+    sdk = sdk_dir()
+    files = _runtime_sources() + sorted((sdk / "aot").rglob("*.h"))
+    files += sorted((sdk / "include").glob("*.h")) + [sdk / "wasm" / "wasm_abi.h", _wasm_rt_h()]
+    return files + [Path(glue.__file__), Path(__file__)]
+
+
+def _version(cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    return (proc.stdout or proc.stderr).splitlines()[0] if proc.returncode == 0 else "?"
+
+
+def toolchain_key() -> str:
+    """Hash of everything besides the module that a compiled guest depends on. Raises
+    AotCompileError where wasm2c or the C compiler is missing."""
+    return _toolchain_key(_cc(), _wasm2c())
+
+
+@functools.cache
+def _toolchain_key(cc: str, wasm2c: str) -> str:
+    h = hashlib.sha256()
+    h.update(f"glue {GLUE_VERSION}\n".encode())
+    h.update(f"wasm2c {_version([wasm2c, '--version'])}\n".encode())
+    h.update(f"cc {_version([cc, '--version'])}\n".encode())
+    h.update(" ".join(CFLAGS + LDFLAGS).encode())
+    for path in _hashed_files():
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def module_id(module: WasmModule) -> str:
+    return hashlib.sha256(module.data).hexdigest()
+
+
+def cached_path(module: WasmModule) -> Path:
+    """Where the compiled guest of `module` is (or will be) cached."""
+    return cache_dir() / f"{module_id(module)}-{toolchain_key()}.elf"
+
+
+def lookup(module: WasmModule) -> Path | None:
+    """The cached compiled guest of `module`, or None."""
+    path = cached_path(module)
+    return path if path.is_file() else None
+
+
+def _run(cmd: list[str], what: str, limits: Limits, cwd: Path) -> None:
+    """Runs a tool under the limits; AotCompileError (with its output) when it fails."""
+    prlimit = shutil.which("prlimit")
+    full = cmd
+    if prlimit:
+        full = [
+            prlimit,
+            f"--as={limits.memory}",
+            f"--cpu={int(limits.seconds) + 1}",
+            f"--fsize={limits.output}",
+            "--",
+            *cmd,
+        ]
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen(
+                full, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+            )
+        except OSError as exc:
+            raise AotCompileError(f"{what}: cannot run {cmd[0]}: {exc}") from None
+        try:
+            proc.wait(timeout=limits.seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise AotCompileError(f"{what} timed out after {limits.seconds:g} s") from None
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        if proc.returncode != 0:
+            out.seek(0)
+            text = out.read(limits.log_bytes).decode(errors="replace").strip()
+            why = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+            raise AotCompileError(f"{what} failed ({why}): {text}")
+
+
+def _include_flags(build: Path) -> list[str]:
+    sdk = sdk_dir()
+    gcc_include = subprocess.run(
+        [_cc(), "-print-file-name=include"], capture_output=True, text=True, timeout=30
+    ).stdout.strip()
+    return [
+        "-nostdinc",
+        f"-isystem{gcc_include}",
+        f"-I{sdk / 'aot' / 'include'}",
+        f"-I{sdk / 'include'}",
+        f"-I{build}",
+        f"-I{sdk / 'aot'}",
+    ]
+
+
+def _runtime_objects(limits: Limits) -> list[Path]:
+    """The runtime's object files for this toolchain, compiled once (atomically)."""
+    target = cache_dir() / f"runtime-{toolchain_key()}"
+    sources = _runtime_sources()
+    objects = [target / (s.parent.name + "-" + s.stem + ".o") for s in sources]
+    if all(o.is_file() for o in objects):
+        return objects
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=cache_dir()))
+    try:
+        shutil.copy2(_wasm_rt_h(), tmp / "wasm-rt.h")
+        flags = _include_flags(tmp)
+        for src, obj in zip(sources, objects, strict=True):
+            _run(
+                [_cc(), *CFLAGS, *flags, "-c", str(src), "-o", str(tmp / obj.name)],
+                f"compiling {src.name}",
+                limits,
+                tmp,
+            )
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return objects
+
+
+_CALL_INDIRECT = """
+/* sandbox AOT: call_indirect traps with the interpreter's kind for each reason. */
+#undef CALL_INDIRECT
+#define CALL_INDIRECT(table, t, ft, x, ...)                                  \\
+  (LIKELY((x) < table.size && table.data[x].func &&                          \\
+          table.data[x].func_type == func_types[ft]) ||                      \\
+       aot_call_indirect_trap(&(table), (x)),                                \\
+   ((t)table.data[x].func)(__VA_ARGS__))
+"""
+
+
+def patch(source: str) -> str:
+    """wasm2c's C with the AOT runtime's trap kinds: call_indirect's three reasons, and
+    table bounds (wasm2c says OOB for memory and tables alike). Raises AotCompileError
+    if the text is not the shape these patches expect (another wasm2c version)."""
+    lines = source.split("\n")
+    out: list[str] = []
+    in_table = False
+    patched = 0
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#define CALL_INDIRECT("):
+            while lines[i].endswith("\\"):
+                out.append(lines[i])
+                i += 1
+            out.append(lines[i])
+            out.extend(_CALL_INDIRECT.split("\n"))
+            patched += 1
+            i += 1
+            continue
+        if "table" in line.lower() and (line.startswith("static inline") or "DEFINE_TABLE" in line):
+            in_table = True
+        elif not line.strip():
+            in_table = False
+        if in_table and "TRAP(OOB)" in line:
+            line = line.replace("TRAP(OOB)", "TRAP(TABLE_OOB)")
+        out.append(line)
+        i += 1
+    if patched != 1:
+        raise AotCompileError("unexpected wasm2c output: no CALL_INDIRECT macro to patch")
+    return "\n".join(out)
+
+
+def check_names(module: WasmModule) -> None:
+    """Raises AotCompileError for an import or export name that wasm2c 1.0.32 would copy
+    into a C comment unescaped where it could end the comment (`*/`) or the line:
+    hostile names must not become C. (Identifiers are mangled safely; debug names are
+    not used: wasm2c runs with --no-debug-names.)"""
+    names = [imp.module for imp in module.imports] + [imp.name for imp in module.imports]
+    for name in [*names, *module.exports]:
+        if "*/" in name or any(ord(c) < 0x20 or c in "\\\x7f" for c in name):
+            raise AotCompileError(
+                f"the name {name!r} cannot be compiled safely (control characters, "
+                "backslash or */): the module stays on the interpreter"
+            )
+
+
+def compile_module(module: WasmModule, limits: Limits | None = None) -> Path:
+    """Compiles `module` (cached) and returns the guest ELF's path. Raises
+    AotCompileError with the reason when a tool fails or the module uses what the AOT
+    tier does not support."""
+    limits = limits or Limits()
+    check_names(module)
+    cached = lookup(module)
+    if cached is not None:
+        return cached
+    target = cached_path(module)
+    objects = _runtime_objects(limits)
+    with tempfile.TemporaryDirectory(prefix="aot-", dir=cache_dir()) as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "module.wasm").write_bytes(module.data)
+        _run(
+            [_wasm2c(), "module.wasm", "--no-debug-names", "-n", "m", "-o", "module.c"],
+            "wasm2c",
+            limits,
+            tmp,
+        )
+        (tmp / "module.c").write_text(patch((tmp / "module.c").read_text()))
+        try:
+            text = glue.generate(
+                module, (tmp / "module.h").read_text(), "module.h", module_id(module)
+            )
+        except glue.GlueError as exc:
+            raise AotCompileError(str(exc)) from None
+        (tmp / "glue.c").write_text(text)
+        shutil.copy2(_wasm_rt_h(), tmp / "wasm-rt.h")
+        flags = [*CFLAGS, *_include_flags(tmp), "-include", "aot.h"]
+        for name in ("module", "glue"):
+            _run([_cc(), *flags, "-c", f"{name}.c", "-o", f"{name}.o"], f"cc {name}.c", limits, tmp)
+        _run(
+            [
+                _cc(),
+                *LDFLAGS,
+                "-o",
+                "module.elf",
+                "module.o",
+                "glue.o",
+                *map(str, objects),
+                "-lgcc",
+            ],
+            "linking",
+            limits,
+            tmp,
+        )
+        os.replace(tmp / "module.elf", target)
+    log.info("compiled a Wasm module of %d bytes to %s", len(module.data), target)
+    return target

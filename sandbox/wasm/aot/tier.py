@@ -1,0 +1,129 @@
+"""Choosing the tier of a module: the interpreter engine, or the module compiled ahead of
+time (compiler.py) and run as its own guest.
+
+    tier="interp"  the engine guest interprets the module (the default)
+    tier="aot"     compile now (or take the cached guest) and run native code; a module
+                   the AOT tier cannot compile raises AotCompileError
+    tier="auto"    native code if the module's compiled guest is cached; otherwise the
+                   interpreter at once, and a compile in a background thread, so that
+                   sandboxes made after it finishes run native code. A failed compile
+                   is logged once and the module stays on the interpreter.
+
+An AOT guest speaks the interpreter engine's ABI (guests/wasm/wasm_abi.h, implemented over
+wasm2c's output by guests/aot/runtime.c), so the sandbox around it is the same
+WasmSandbox: windows, host imports, WASI, traps, snapshots and restore are unchanged.
+Like the interpreter, each compiled guest is started once per process and config and
+then spawned from that snapshot (WasmSandbox.engine(guest=...); the template mechanism
+shares its image between sandboxes); the guest's module hash is checked on every use.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from ...config import SandboxConfig
+from ...errors import ArgumentError, GuestAbiMismatch
+from ..module import WasmModule
+from ..sandbox import WasmSandbox
+from . import compiler
+
+Tier = Literal["auto", "interp", "aot"]
+TIERS: tuple[str, ...] = ("auto", "interp", "aot")
+
+log = logging.getLogger("sandbox.wasm.aot")
+
+_lock = threading.Lock()
+_compiling: dict[str, threading.Thread] = {}  # by module id: background compiles
+_failed: dict[str, str] = {}  # module id -> why it stays on the interpreter
+
+
+def check_tier(tier: object) -> Tier:
+    if tier not in TIERS:
+        raise ArgumentError(f"tier must be one of {', '.join(map(repr, TIERS))}, not {tier!r}")
+    return tier  # type: ignore[return-value]
+
+
+def _note_failure(module: WasmModule, why: str) -> None:
+    ident = compiler.module_id(module)
+    with _lock:
+        first = ident not in _failed
+        _failed[ident] = why
+    if first:
+        log.warning("Wasm module %s stays on the interpreter: %s", ident[:12], why)
+
+
+def _background(module: WasmModule) -> None:
+    ident = compiler.module_id(module)
+    try:
+        compiler.compile_module(module)
+    except Exception as exc:  # any failure: the module stays on the interpreter
+        _note_failure(module, str(exc))
+    finally:
+        with _lock:
+            _compiling.pop(ident, None)
+
+
+def compile_in_background(module: WasmModule) -> threading.Thread | None:
+    """Starts compiling `module` in a daemon thread unless it is compiled, compiling or
+    failed before; returns the running thread (None if there is nothing to wait for)."""
+    ident = compiler.module_id(module)
+    with _lock:
+        if ident in _failed:
+            return None
+        thread = _compiling.get(ident)
+        if thread is not None:
+            return thread
+        try:
+            if compiler.lookup(module) is not None:
+                return None
+        except compiler.AotCompileError:
+            pass  # the compile reports it
+        thread = threading.Thread(
+            target=_background, args=(module,), name=f"wasm-aot-{ident[:12]}", daemon=True
+        )
+        _compiling[ident] = thread
+        thread.start()
+        return thread
+
+
+def failure(module: WasmModule) -> str | None:
+    """Why `module` is on the interpreter after an "auto" compile failed (None if not)."""
+    with _lock:
+        return _failed.get(compiler.module_id(module))
+
+
+def engine_for(
+    module: WasmModule,
+    tier: Tier,
+    *,
+    cls: type[WasmSandbox],
+    config: SandboxConfig | None,
+    output: Callable[[str], None] | None,
+) -> WasmSandbox:
+    """An empty engine sandbox of class `cls` for `module` in the tier asked for: the
+    interpreter engine, or the module's compiled guest (see the module doc)."""
+    path: Path | None = None
+    if tier == "aot":
+        path = compiler.compile_module(module)
+    elif tier == "auto":
+        try:
+            path = compiler.lookup(module)
+        except compiler.AotCompileError as exc:  # no wasm2c or no C compiler here
+            _note_failure(module, str(exc))
+        else:
+            if path is None:
+                compile_in_background(module)
+    if path is None:
+        return cls.engine(config=config, output=output)
+    sb = cls.engine(config=config, output=output, guest=path)
+    try:
+        if sb.engine_sandbox.call("aot_module_id") != compiler.module_id(module):
+            raise GuestAbiMismatch(f"{path} is the compiled guest of another module")
+    except BaseException:
+        sb.close()
+        raise
+    return sb

@@ -1,0 +1,399 @@
+"""The AOT tier (sandbox.wasm.aot): modules compiled by wasm2c and the C compiler into a
+guest of their own, run as native ring-3 code in the VM, compared with the interpreter
+engine and wasmtime. Compiled guests are cached on disk (the user's cache: a second run
+compiles nothing), except where a test is about the cache or the compiler's limits."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import compile_wasi
+
+from sandbox import ArgumentError, CallTimeout, GuestAbiMismatch, Sandbox
+from sandbox.wasm import WasmTrap, aot
+from sandbox.wasm.module import load
+
+wasmtime = pytest.importorskip("wasmtime")
+pytestmark = [
+    pytest.mark.requires_kvm,
+    pytest.mark.skipif(shutil.which("wasm2c") is None, reason="wasm2c (wabt) not installed"),
+]
+
+KERNELS_C = Path(__file__).resolve().parents[2] / "benches" / "wasm" / "kernels.c"
+
+TRAPS_WAT = """
+(module
+  (import "env" "scale" (func $scale (param i32 f64) (result f64)))
+  (type $ii (func (param i32) (result i32)))
+  (memory (export "memory") 1 4)
+  (table 3 funcref)
+  (elem (i32.const 0) $inc)
+  (global $count (export "count") (mut i32) (i32.const 0))
+  (func $inc (param i32) (result i32) (i32.add (local.get 0) (i32.const 1)))
+  (func $rec (export "rec") (param i32) (result i32)
+    (i32.add (call $rec (i32.add (local.get 0) (i32.const 1))) (i32.const 1)))
+  (func (export "div") (param i32 i32) (result i32) (i32.div_s (local.get 0) (local.get 1)))
+  (func (export "rem") (param i64 i64) (result i64) (i64.rem_u (local.get 0) (local.get 1)))
+  (func (export "trunc") (param f32) (result i32) (i32.trunc_f32_s (local.get 0)))
+  (func (export "unreachable") unreachable)
+  (func (export "load") (param i32) (result i64) (i64.load offset=4 (local.get 0)))
+  (func (export "store") (param i32 i32) (i32.store (local.get 0) (local.get 1))
+    (global.set $count (i32.add (global.get $count) (i32.const 1))))
+  (func (export "fill") (param i32 i32) (memory.fill (local.get 0) (i32.const 7) (local.get 1)))
+  (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
+  (func (export "indirect") (param i32 i32) (result i32)
+    (call_indirect (type $ii) (local.get 1) (local.get 0)))
+  (func (export "indirect_wrong") (param i32) (result i64)
+    (call_indirect (result i64) (local.get 0)))
+  (func (export "table_get") (param i32) (result funcref) (table.get 0 (local.get 0)))
+  (func (export "import") (param i32 f64) (result f64) (call $scale (local.get 0) (local.get 1)))
+  (func (export "pair") (param f32 i64) (result i64 f32) (local.get 1) (local.get 0))
+  (func (export "nearest") (param f64) (result f64 f64 f64 f64)
+    (f64.floor (local.get 0)) (f64.ceil (local.get 0))
+    (f64.trunc (local.get 0)) (f64.nearest (local.get 0)))
+  (func (export "spin") (loop (br 0)))
+  (func (export "mul_one") (param i32) (result i32)
+    (i32.reinterpret_f32 (f32.mul (f32.reinterpret_i32 (local.get 0)) (f32.const 1))))
+)
+"""
+
+CALLS: list[tuple[Any, ...]] = [
+    ("rec", 0),
+    ("div", 7, 2),
+    ("div", 1, 0),
+    ("div", -(2**31), -1),
+    ("rem", 5, 0),
+    ("trunc", float("nan")),
+    ("trunc", 3e9),
+    ("trunc", -2.75),
+    ("unreachable",),
+    ("load", 65536 - 12),
+    ("load", 65536 - 11),
+    ("load", -1),
+    ("store", 8, 0x1234),
+    ("load", 4),
+    ("fill", 65530, 7),
+    ("grow", 1),
+    ("load", 2 * 65536 - 12),
+    ("grow", 5),
+    ("indirect", 0, 41),
+    ("indirect", 1, 41),
+    ("indirect", 3, 41),
+    ("indirect_wrong", 0),
+    ("table_get", 5),
+    ("import", 3, 0.5),
+    ("pair", 1.5, -7),
+    ("mul_one", 0x7FA00000),  # a signalling NaN comes out quiet, never folded away
+    *[("nearest", x) for x in (2.5, -2.5, 0.5, -0.5, 3.5, -0.0, 1e300, 2.0**52 + 1)],
+]
+
+
+def _outcome(sb: Any, name: str, *args: Any) -> tuple[str, Any]:
+    try:
+        return "ok", sb.call(name, *args)
+    except WasmTrap as trap:
+        return str(trap.kind), str(trap)
+
+
+def _imports() -> dict[str, dict[str, Any]]:
+    return {"env": {"scale": lambda n, x: n * x}}
+
+
+@pytest.fixture(scope="module")
+def traps_wasm() -> bytes:
+    data: bytes = wasmtime.wat2wasm(TRAPS_WAT)
+    return data
+
+
+@pytest.fixture(scope="module")
+def kernels_wasm(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    if shutil.which("clang") is None or shutil.which("wasm-ld") is None:
+        pytest.skip("clang and wasm-ld are needed (apt-get install clang lld)")
+    out = tmp_path_factory.mktemp("aot") / "kernels.wasm"
+    cmd = ["clang", "--target=wasm32", "-O2", "-mbulk-memory", "-nostdlib", "-Wl,--no-entry"]
+    subprocess.run([*cmd, "-o", str(out), str(KERNELS_C)], check=True, capture_output=True)
+    return out.read_bytes()
+
+
+@pytest.fixture
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty compile cache, for the tests of the cache and of the limits."""
+    monkeypatch.setenv("KVM_SANDBOX_CACHE", str(tmp_path / "cache"))
+    yield aot.cache_dir()
+
+
+def test_tier_must_be_known(traps_wasm: bytes) -> None:
+    for bad in ("jit", "AOT", None, 1):
+        with pytest.raises(ArgumentError, match="tier must be one of"):
+            Sandbox.from_wasm(traps_wasm, imports=_imports(), tier=bad)  # type: ignore[arg-type]
+
+
+def test_traps_and_values_match_the_interpreter(traps_wasm: bytes) -> None:
+    """Every trap kind and message, results of every value type, memory growth and host
+    imports: the same in both tiers, and the sandbox stays usable after each trap."""
+    with (
+        Sandbox.from_wasm(traps_wasm, imports=_imports()) as interp,
+        Sandbox.from_wasm(traps_wasm, imports=_imports(), tier="aot") as native,
+    ):
+        assert native.guest_path != interp.guest_path
+        for call in CALLS:
+            assert _outcome(native, *call) == _outcome(interp, *call), call
+        assert _outcome(native, "rec", 0)[0] == "stack_exhausted"
+        assert native.call("div", 9, 3) == 3 and not native.poisoned
+        assert native.call("mul_one", 0x7FA00000) & 0x7FC00000 == 0x7FC00000
+        kinds = {_outcome(native, *c)[0] for c in CALLS}
+        assert kinds >= {
+            "ok",
+            "stack_exhausted",
+            "div_zero",
+            "int_overflow",
+            "invalid_conversion",
+            "unreachable",
+            "memory_oob",
+            "undefined_element",
+            "uninitialized_element",
+            "indirect_type_mismatch",
+            "table_oob",
+        }
+
+
+def test_timeout_snapshot_restore_and_spawn(traps_wasm: bytes) -> None:
+    with Sandbox.from_wasm(traps_wasm, imports=_imports(), tier="aot") as sb:
+        with pytest.raises(CallTimeout):
+            sb.call("spin", timeout=0.3)
+        sb.restore()
+        sb.call("store", 16, 99)
+        assert sb.call("load", 12) == 99
+        snap = sb.snapshot()
+        sb.call("store", 16, 5)
+        sb.restore(snap)
+        assert sb.call("load", 12) == 99
+        with Sandbox.from_snapshot(snap) as child:
+            assert child.call("load", 12) == 99
+            assert child.call("import", 2, 1.25) == 2.5
+        sb.restore()
+        assert sb.call("load", 12) == 0
+
+
+def test_kernels_interpreter_aot_and_wasmtime_agree(kernels_wasm: bytes) -> None:
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    exports = wasmtime.Instance(store, wasmtime.Module(engine, kernels_wasm), []).exports(store)
+    with (
+        Sandbox.from_wasm(kernels_wasm) as interp,
+        Sandbox.from_wasm(kernels_wasm, tier="aot") as native,
+    ):
+        for name, arg in (("fib", 20), ("sieve", 1 << 16), ("matmul", 24), ("sha256", 1 << 14)):
+            ours = native.call(name, arg)
+            assert ours == interp.call(name, arg) == exports[name](store, arg), name
+
+
+def test_wasi_program(tmp_path: Path) -> None:
+    """WASI calls go through the same host calls as the interpreter's: output, arguments,
+    the exit code."""
+    from sandbox.wasm import WasiConfig
+
+    wasm = compile_wasi(
+        tmp_path,
+        "#include <stdio.h>\nint main(int argc, char **argv) {\n"
+        '  for (int i = 0; i < argc; i++) printf("%s;", argv[i]);\n'
+        '  fprintf(stderr, "err");\n  return argc + 1;\n}\n',
+    )
+    config = WasiConfig(args=["prog", "a b", "c"])
+    outcomes = []
+    for tier in ("interp", "aot"):
+        with Sandbox.from_wasm(wasm, wasi=config, tier=tier) as sb:
+            outcomes.append((sb.run(), sb.last_output, sb.last_stderr))
+    assert outcomes[0] == outcomes[1] == (4, "prog;a b;c;", "err")
+
+
+def test_unsupported_module_stays_on_the_interpreter(caplog: pytest.LogCaptureFixture) -> None:
+    """A module the AOT tier does not link (it imports a memory): "aot" raises with the
+    reason, "auto" runs it in the interpreter and logs why it stays there."""
+    data = wasmtime.wat2wasm(
+        '(module (import "env" "mem" (memory 1)) (func (export "f") (result i32) i32.const 4))'
+    )
+    with pytest.raises(aot.AotCompileError, match="imports only|links only function imports"):
+        Sandbox.from_wasm(data, tier="aot")
+    module = load(data)
+    with caplog.at_level(logging.WARNING, logger="sandbox.wasm.aot"):
+        thread = aot.compile_in_background(module)
+        if thread is not None:
+            thread.join(60)
+    assert "function imports" in (aot.failure(module) or "")
+    assert aot.compile_in_background(module) is None  # not retried
+
+
+def test_auto_interprets_first_then_runs_native_code(fresh_cache: Path) -> None:
+    data = wasmtime.wat2wasm(
+        '(module (func (export "sq") (param i64) (result i64)'
+        " (i64.mul (local.get 0) (local.get 0))))"
+    )
+    with Sandbox.from_wasm(data, tier="auto") as first:
+        assert first.call("sq", 12) == 144
+        assert not first.guest_path.startswith(str(fresh_cache))  # the interpreter
+    thread = aot.compile_in_background(load(data))
+    if thread is not None:
+        thread.join(120)
+    with Sandbox.from_wasm(data, tier="auto") as second:
+        assert second.call("sq", -3) == 9
+        assert second.guest_path.startswith(str(fresh_cache))  # the compiled guest
+
+
+def test_cache_is_keyed_atomic_and_never_writable_and_executable(fresh_cache: Path) -> None:
+    data = wasmtime.wat2wasm('(module (func (export "one") (result i32) i32.const 1))')
+    module = load(data)
+    path = aot.compile_module(module)
+    assert path.parent == fresh_cache
+    assert path.name.startswith(aot.compiler.module_id(module) + "-")
+    assert aot.compile_module(module) == path  # cached: same file, not rebuilt
+    leftovers = [p.name for p in fresh_cache.iterdir() if p.name.startswith((".", "aot-"))]
+    assert leftovers == []
+    elf = path.read_bytes()
+    phoff, phentsize, phnum = (
+        struct.unpack_from("<Q", elf, 0x20)[0],
+        *struct.unpack_from("<HH", elf, 0x36),
+    )
+    for i in range(phnum):
+        p_type, p_flags = struct.unpack_from("<II", elf, phoff + i * phentsize)
+        if p_type == 1:  # PT_LOAD
+            assert p_flags & 3 != 3, "a segment is writable and executable"
+
+
+def test_compiler_limits_end_in_a_typed_error(fresh_cache: Path) -> None:
+    module = load(wasmtime.wat2wasm('(module (func (export "two") (result i32) i32.const 2))'))
+    with pytest.raises(aot.AotCompileError, match="timed out"):
+        aot.compile_module(module, aot.Limits(seconds=0.001))
+    with pytest.raises(aot.AotCompileError, match="failed"):
+        aot.compile_module(module, aot.Limits(memory=8 << 20))
+    assert aot.compiler.lookup(module) is None
+
+
+def _wat_string(text: str) -> str:
+    return '"' + "".join(f"\\{b:02x}" for b in text.encode()) + '"'
+
+
+def test_names_are_data_never_code() -> None:
+    """wasm2c copies import and export names into C comments: names that could end the
+    comment or the line keep the module on the interpreter; other odd names (quotes,
+    Unicode, spaces, the empty name, names like wasm2c's mangled ones) work."""
+    odd = ["ünï", "", " spaced ", "Z_mZ_f", "q'\"", "/* x"]
+    funcs = "".join(
+        f"(func (export {_wat_string(n)}) (result i32) i32.const {i})" for i, n in enumerate(odd)
+    )
+    imp = (
+        f"(import {_wat_string('e-mod ü')} {_wat_string('f q')} (func $h (param i32) (result i32)))"
+    )
+    call = '(func (export "call") (param i32) (result i32) (call $h (local.get 0)))'
+    data = wasmtime.wat2wasm(f"(module {imp} {funcs} {call})")
+    with Sandbox.from_wasm(data, tier="aot", imports={"e-mod ü": {"f q": lambda x: x + 100}}) as sb:
+        assert [sb.call(n) for n in odd] == list(range(len(odd)))
+        assert sb.call("call", 1) == 101
+    for hostile in ("*/ int evil; /*", "a\nb", "back\\slash", "nul\x00"):
+        bad = wasmtime.wat2wasm(
+            f"(module (func (export {_wat_string(hostile)}) (result i32) i32.const 1))"
+        )
+        with pytest.raises(aot.AotCompileError, match="cannot be compiled safely"):
+            Sandbox.from_wasm(bad, tier="aot")
+        with Sandbox.from_wasm(bad, tier="auto") as sb:  # the interpreter runs it
+            assert sb.call(hostile) == 1
+
+
+def test_no_compiler_keeps_auto_on_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = wasmtime.wat2wasm('(module (func (export "seven") (result i32) i32.const 7))')
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.raises(aot.AotCompileError, match="no C compiler"):
+        Sandbox.from_wasm(data, tier="aot")
+    with Sandbox.from_wasm(data, tier="auto") as sb:
+        assert sb.call("seven") == 7
+    assert "no C compiler" in (aot.failure(load(data)) or "")
+
+
+def test_cli_runs_the_aot_tier(tmp_path: Path) -> None:
+    path = tmp_path / "div.wasm"
+    path.write_bytes(
+        wasmtime.wat2wasm(
+            '(module (func (export "div") (param i32 i32) (result i32)'
+            " (i32.div_s (local.get 0) (local.get 1))))"
+        )
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "sandbox", "wasm", "run", str(path), "--tier", "aot"]
+        return subprocess.run(
+            [*cmd, *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+        )
+
+    assert run("--invoke", "div", "-7", "2").stdout == "-3\n"
+    proc = run("--invoke", "div", "1", "0")
+    assert proc.returncode == 134
+    assert proc.stderr == "error: div: wasm trap: integer divide by zero (div_zero)\n"
+
+
+def test_imports_in_any_order() -> None:
+    """wasm2c declares imports sorted by name, not in module order: each import must
+    still reach its own host function with its own signature."""
+    data = wasmtime.wat2wasm(
+        """(module
+          (import "zz" "b" (func $zb (param i32) (result i32)))
+          (import "aa" "z" (func $az (param i64 f32) (result i64)))
+          (import "zz" "a" (func $za (param f64) (result f64)))
+          (import "aa" "a" (func $aa))
+          (func (export "run") (result f64)
+            (call $aa)
+            (f64.add
+              (f64.add (f64.convert_i32_s (call $zb (i32.const 1)))
+                       (f64.convert_i64_s (call $az (i64.const 2) (f32.const 0.5))))
+              (call $za (f64.const 0.25)))))"""
+    )
+    seen: list[str] = []
+    imports = {
+        "zz": {"b": lambda x: x + 10, "a": lambda x: x * 4},
+        "aa": {"z": lambda x, y: x * 100 + int(y * 2), "a": lambda: seen.append("aa.a")},
+    }
+    for tier in ("interp", "aot"):
+        with Sandbox.from_wasm(data, imports=imports, tier=tier) as sb:
+            assert sb.call("run") == 11 + 201 + 1.0
+    assert seen == ["aa.a", "aa.a"]
+
+
+def test_engine_override_sees_aot_engines(traps_wasm: bytes) -> None:
+    """A WasmSandbox subclass that overrides engine() (the function host's start-up
+    tracking) is asked for compiled engines too."""
+    from sandbox.wasm import WasmSandbox
+    from sandbox.wasm.factory import from_wasm
+
+    guests: list[object] = []
+
+    class Tracking(WasmSandbox):
+        @classmethod
+        def engine(cls, **kwargs: Any) -> WasmSandbox:
+            guests.append(kwargs.get("guest"))
+            return super().engine(**kwargs)
+
+    with from_wasm(traps_wasm, imports=_imports(), tier="aot", cls=Tracking) as sb:
+        assert isinstance(sb, Tracking) and sb.call("div", 8, 2) == 4
+    assert guests and str(guests[0]).endswith(".elf")
+
+
+def test_a_swapped_cache_entry_is_refused(fresh_cache: Path) -> None:
+    """The cache is keyed by the module's hash, and the guest carries it: a compiled
+    guest put in another module's place is refused, not run."""
+    one = load(wasmtime.wat2wasm('(module (func (export "f") (result i32) i32.const 1))'))
+    two = load(wasmtime.wat2wasm('(module (func (export "f") (result i32) i32.const 2))'))
+    path = aot.compile_module(one)
+    shutil.copy(path, aot.compiler.cached_path(two))
+    with pytest.raises(GuestAbiMismatch, match="another module"):
+        Sandbox.from_wasm(two.data, tier="aot")
+    path.unlink()
+    aot.compiler.cached_path(two).unlink()
+    with Sandbox.from_wasm(two.data, tier="aot") as sb:  # compiled again, and run
+        assert sb.call("f") == 2
