@@ -79,7 +79,7 @@ def _wasmtime() -> Any:
 
 
 @functools.cache
-def _engine() -> Any:
+def _engine(simd: bool = True) -> Any:
     wasmtime = _wasmtime()
     config = wasmtime.Config()
     for feature in (
@@ -98,12 +98,22 @@ def _engine() -> Any:
     ):
         if hasattr(type(config), feature):  # write-only properties: look on the class
             setattr(config, feature, False)
-    config.wasm_simd = True  # Wasm 2.0's fixed-width SIMD (the engine's guests/wasm/simd.h)
+    config.wasm_simd = simd  # Wasm 2.0's fixed-width SIMD (the engine's guests/wasm/simd.h)
     # Bulk memory, reference types and multi-value stay on (wasmtime's defaults).
     # Released before interpreter shutdown: wasmtime's finalizer fails once its module
     # globals are gone.
     atexit.register(_engine.cache_clear)
     return wasmtime.Engine(config)
+
+
+def uses_simd(data: bytes) -> bool:
+    """Whether the valid module `data` needs SIMD (it does not validate without it)."""
+    wasmtime = _wasmtime()
+    try:
+        wasmtime.Module.validate(_engine(simd=False), data)
+    except wasmtime.WasmtimeError:
+        return True
+    return False
 
 
 def validate(data: bytes) -> None:

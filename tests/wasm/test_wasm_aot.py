@@ -232,6 +232,18 @@ def test_unsupported_module_stays_on_the_interpreter(caplog: pytest.LogCaptureFi
     assert aot.compile_in_background(module) is None  # not retried
 
 
+def test_a_simd_module_is_refused_by_aot_and_runs_on_auto() -> None:
+    """Debian's wasm2c 1.0.32 aborts on SIMD: the tier says so before running it."""
+    data = wasmtime.wat2wasm(
+        '(module (func (export "f") (param i32) (result i32) (i32x4.extract_lane 1'
+        " (i32x4.add (i32x4.splat (local.get 0)) (v128.const i32x4 1 2 3 4)))))"
+    )
+    with pytest.raises(aot.AotCompileError, match="use SIMD"):
+        Sandbox.from_wasm(data, tier="aot")
+    with Sandbox.from_wasm(data, tier="auto") as sb:
+        assert sb.call("f", 10) == 12
+
+
 def test_auto_interprets_first_then_runs_native_code(fresh_cache: Path) -> None:
     data = wasmtime.wat2wasm(
         '(module (func (export "sq") (param i64) (result i64)'

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ...errors import GuestBuildError
 from ...sdk import sdk_dir
-from ..module import WasmModule
+from ..module import WasmModule, uses_simd
 from . import glue
 
 log = logging.getLogger("sandbox.wasm.aot")
@@ -313,6 +313,11 @@ def compile_module(module: WasmModule, limits: Limits | None = None) -> Path:
     tier does not support."""
     limits = limits or Limits()
     check_names(module)
+    if uses_simd(module.data):
+        raise AotCompileError(
+            "the AOT tier does not compile modules that use SIMD (Debian's wasm2c 1.0.32 "
+            "cannot); the interpreter runs them (tier='interp' or 'auto')"
+        )
     cached = lookup(module)
     if cached is not None:
         return cached
