@@ -1,0 +1,38 @@
+"""One real Ray cluster per test session, on loopback: two nodes (each its own raylet),
+both offering the `kvm` resource, small (one CPU each, no dashboard), shared by every
+test in tests/ray. Skipped where Ray is not installed (the `ray` extra; CI installs it
+with `dev`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+# Ray binds the machine's external address unless told otherwise: this (read when ray
+# is imported: so before it) and node_ip_address below keep every node, and everything
+# it listens on, on 127.0.0.1 (test_cluster_stays_on_loopback checks).
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+LOOPBACK = "127.0.0.1"
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+NODE = {"num_cpus": 1, "resources": {"kvm": 1}, "node_ip_address": LOOPBACK,
+        "object_store_memory": 80 << 20}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """The session's cluster (connected: ray.init)."""
+    c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
+    c.add_node(**NODE)
+    c.wait_for_nodes()
+    ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
