@@ -14,6 +14,10 @@ import pytest
 # is imported: so before it) and node_ip_address below keep every node, and everything
 # it listens on, on 127.0.0.1 (test_cluster_stays_on_loopback checks).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# Serve's proxy (one, on the head node) would prefer the replica on its own node while
+# it is not full; the Serve tests want each request routed to either replica, so that a
+# function deployed through one is seen served by the other node's replica too.
+os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
 LOOPBACK = "127.0.0.1"
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
