@@ -11,19 +11,22 @@
 One long-lived actor per node that offers the `kvm` resource owns that node's pools and
 snapshot cache (node.py); a pool's snapshot goes through Ray's object store once and is
 loaded once per node (spec.py); the caller's side routes calls to the nodes that hold it
-(pool.py). Nothing here is imported by `import sandbox`.
+(pool.py). The function host runs on Ray Serve (serve.py) over a shared function store
+(catalog.py); flatcar.py writes the Ignition config of a Flatcar KVM node.
+
+`import sandbox` imports nothing of this, and this package imports Ray only when one of
+the names below is used (so `sandbox.ray.flatcar` works without it).
 """
 
 from __future__ import annotations
 
-try:
-    import ray as _ray  # noqa: F401
-except ImportError as exc:  # pragma: no cover - depends on the installation
-    raise ImportError("sandbox.ray needs Ray: pip install 'kvm-sandbox[ray]'") from exc
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .node import KVM_RESOURCE, NAMESPACE, NodeHost, kvm_nodes, node_actor
-from .pool import ClusterError, NodeLost, SandboxPool
-from .spec import GuestSpec
+if TYPE_CHECKING:
+    from .node import KVM_RESOURCE, NAMESPACE, NodeHost, kvm_nodes, node_actor
+    from .pool import ClusterError, NodeLost, SandboxPool
+    from .spec import GuestSpec
 
 __all__ = [
     "KVM_RESOURCE",
@@ -36,3 +39,27 @@ __all__ = [
     "kvm_nodes",
     "node_actor",
 ]
+
+_WHERE = {
+    "KVM_RESOURCE": ".node",
+    "NAMESPACE": ".node",
+    "NodeHost": ".node",
+    "kvm_nodes": ".node",
+    "node_actor": ".node",
+    "ClusterError": ".pool",
+    "NodeLost": ".pool",
+    "SandboxPool": ".pool",
+    "GuestSpec": ".spec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        module = importlib.import_module(_WHERE[name], __name__)
+    except ImportError as exc:
+        if exc.name is not None and exc.name.split(".")[0] == "ray":
+            raise ImportError("sandbox.ray needs Ray: pip install 'kvm-sandbox[ray]'") from exc
+        raise
+    return getattr(module, name)

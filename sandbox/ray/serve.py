@@ -322,3 +322,14 @@ def build_app(
         max_ongoing_requests=max(int(target_ongoing_requests * 4), 16),
     )(SandboxHost)
     return deployment.bind()
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """The application builder that a Serve config names (`import_path:
+    sandbox.ray.serve:app_builder`, KubeRay's RayService serveConfigV2): `args` are
+    `build_app`'s parameters (store_dir, settings, sync_interval, min_replicas...)."""
+    args = dict(args)
+    store_dir = args.pop("store_dir", None)
+    if not isinstance(store_dir, str) or not store_dir:
+        raise ValueError("the sandbox host's Serve args need store_dir (a shared directory)")
+    return build_app(store_dir, **args)
