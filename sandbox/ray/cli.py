@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 
 APP_NAME = "sandbox-host"
 
@@ -35,8 +36,11 @@ def serve_cluster(args: argparse.Namespace) -> int:
         return 1
     settings = {k: v for k, v in settings.items() if k not in ("host", "port", "data_dir")}
     host, port = args.host or "127.0.0.1", args.port if args.port is not None else 8080
-    stop = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # waited for below, not raised
+    # Ray's core worker installs a fatal-signal handler for SIGTERM (it logs and aborts);
+    # ours, installed after ray.init, replaces it: the host stops in order instead.
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
     try:
         serve.start(http_options={"host": host, "port": port, "location": "EveryNode"})
         serve.run(
@@ -51,7 +55,8 @@ def serve_cluster(args: argparse.Namespace) -> int:
         )
         print(f"serving on http://{host}:{port} (Ray Serve, every node's proxy); "
               f"functions in {store.root}", file=sys.stderr, flush=True)  # fmt: skip
-        signal.sigwait(stop)
+        while not stopped.wait(0.5):
+            pass
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()

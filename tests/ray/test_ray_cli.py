@@ -56,7 +56,8 @@ def test_serve_ray_starts_serves_and_stops(cluster: Any, tmp_path: Path) -> None
         assert ClusterStore(store).entries()["add"].revision == 1  # published
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        code = proc.wait(60)
+        assert code == 0, proc.stderr.read() if proc.stderr else ""
 
 
 def test_serve_ray_refuses_a_missing_store(cluster: Any) -> None:
