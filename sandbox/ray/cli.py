@@ -5,6 +5,7 @@ and exit status 2 for a bad command line, 1 if it cannot start."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ def serve_cluster(args: argparse.Namespace) -> int:
 
     from ..host.config import ConfigFileError, read_config_file
     from .catalog import ClusterStore
+    from .pool import NO_SIGNAL_HANDLER
     from .serve import build_app
 
     if args.store is None:
@@ -30,6 +32,7 @@ def serve_cluster(args: argparse.Namespace) -> int:
     try:
         settings = read_config_file(args.config) if args.config else {}
         store = ClusterStore(args.store)
+        os.environ.setdefault(NO_SIGNAL_HANDLER, "1")  # see pool.py
         ray.init(address=args.ray, log_to_driver=False)
     except (ConfigFileError, OSError, ConnectionError) as exc:
         print(f"error: cannot start the cluster host: {exc}", file=sys.stderr)

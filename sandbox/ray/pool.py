@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -32,6 +33,7 @@ from .spec import GuestSpec, prepare
 
 _LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 MAP_BATCH = 64  # calls per Ray task in map()
+NO_SIGNAL_HANDLER = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
 
 
 class ClusterError(SandboxError):
@@ -93,6 +95,10 @@ class SandboxPool:
             guest, config=config, host_functions=host_functions, imports=imports
         )
         if not ray.is_initialized():
+            # Ray's fatal-signal handler (absl) would stand in front of the handlers that
+            # this process's wasmtime relies on; a driver that calls ray.init itself
+            # decides for itself (docs/cluster.md).
+            os.environ.setdefault(NO_SIGNAL_HANDLER, "1")
             try:
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
             except ConnectionError as exc:

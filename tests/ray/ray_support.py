@@ -8,6 +8,9 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
+# One node of the test cluster: every node on 127.0.0.1 (see conftest.py), small.
+NODE = {"num_cpus": 1, "resources": {"kvm": 1}, "node_ip_address": "127.0.0.1",
+        "object_store_memory": 80 << 20}  # fmt: skip
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
 
 

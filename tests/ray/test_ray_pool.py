@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import wasmtime
-from ray_support import cluster_pids, listening
+from ray_support import NODE, cluster_pids, listening
 
 import sandbox.errors as errors
 from sandbox import Sandbox
@@ -214,8 +214,6 @@ def test_a_killed_node_actor_with_retries_sends_the_call_again(cluster: Any) -> 
 
 
 def test_a_worker_node_lost_under_load(cluster: Any) -> None:
-    from conftest import NODE
-
     extra = cluster.add_node(**NODE)
     cluster.wait_for_nodes()
     pool = SandboxPool("demo", size_per_node=1, retries=3)
