@@ -59,7 +59,7 @@ class SandboxPool:
     connected to (`address=`: connects with `ray.init(address)` if it is not yet).
 
     `guest`: None or a native guest's path or bundled name, a `Snapshot`, a Wasm
-    module's bytes or path (`.wasm`, `.wat`, or `\\0asm` content), or "python".
+    module's bytes or path (`.wasm`, or `\\0asm` content), or "python".
     `size_per_node`: members of each node's local pool. `retries`: how many times a call
     whose node died is sent again (0: raise NodeLost). `reply_timeout`: the longest a
     caller waits for a node's reply beyond the call's own time limit (None: as long as

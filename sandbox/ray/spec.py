@@ -39,7 +39,7 @@ from ..snapshot import Snapshot
 
 Kind = Literal["native", "wasm", "python"]
 WASM_MAGIC = b"\0asm"
-WASM_SUFFIXES = (".wasm", ".wat")
+WASM_SUFFIXES = (".wasm",)
 
 
 @dataclass(frozen=True)
