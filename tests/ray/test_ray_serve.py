@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,3 +131,59 @@ def test_deploy_once_and_every_replica_serves_it(served: tuple[str, str]) -> Non
         time.sleep(1.5)  # > the sync interval: every replica has applied the tombstone
         for _ in range(10):
             assert client.post("/functions/add/invoke", json={"args": [1, 2]}).status_code == 404
+
+
+def _replicas() -> list[str]:
+    """The names of the host's Serve replica actors (namespace "serve")."""
+    return [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and "REPLICA" in a["name"] and "sandbox-host" in a["name"]
+    ]
+
+
+def test_a_replica_killed_under_load_loses_no_function(served: tuple[str, str]) -> None:
+    url, token = served
+    assert _deploy(url, token, "add2", entry="add").status_code == 201
+    names = _replicas()
+    assert len(names) == 2, names
+    seen: list[tuple[float, int, str]] = []  # (when, status, replica)
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=url, timeout=30,
+                          headers={"authorization": f"Bearer {token}"}) as client:  # fmt: skip
+            while not stop.is_set():
+                try:
+                    r = client.post("/functions/add2/invoke", json={"args": [20, 22]})
+                except httpx.TransportError:
+                    seen.append((time.monotonic(), 0, ""))
+                    continue
+                assert r.status_code != 200 or r.json()["result"] == 42
+                seen.append(
+                    (time.monotonic(), r.status_code, r.headers.get("x-sandbox-replica", ""))
+                )
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        time.sleep(1.0)
+        before = {rep for _, status, rep in seen if status == 200}
+        assert len(before) == 2, "both replicas served before the kill"
+        killed = time.monotonic()
+        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+        deadline = killed + 60
+        while time.monotonic() < deadline:  # Serve starts a replacement replica
+            new = {rep for t, status, rep in seen if status == 200 and t > killed} - before
+            if new and len(_replicas()) == 2:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert new, "a new replica served the function deployed before it started"
+    after = [status for t, status, _ in seen if t > time.monotonic() - 1.0]
+    assert after and set(after) == {200}, "new calls succeed once the replica is replaced"
+    failed = {status for t, status, _ in seen if t > killed and status != 200}
+    assert failed <= {0, 500, 502, 503}, failed  # in-flight calls on the killed replica
