@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
             return 2
         return serve_cluster(args)
+    if getattr(args, "store", None) is not None:
+        print("error: --store is the cluster function store: it needs --ray", file=sys.stderr)
+        return 2
     try:
         from pydantic import ValidationError
 

@@ -64,3 +64,9 @@ def test_serve_ray_refuses_a_missing_store(cluster: Any) -> None:
     cmd = [sys.executable, "-m", "sandbox", "serve", "--ray", cluster.address]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--store" in done.stderr
+
+
+def test_store_without_ray_is_refused(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "sandbox", "serve", "--store", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--ray" in done.stderr
