@@ -141,6 +141,14 @@ class HostReplica:
         self.app: ASGIApp = create_app(config)
         self.sync_interval = sync_interval
         self.applied: dict[str, int] = {}  # name -> the cluster revision this replica has
+        node, _, replica = self.id.partition("-")
+        # Appended to the host's /metrics: Prometheus, scraping every replica, counts
+        # them (count(sandbox_cluster_replica)); through the proxy one sees who answered.
+        self._metrics_line = (
+            "# HELP sandbox_cluster_replica This replica of the host on Ray Serve.\n"
+            "# TYPE sandbox_cluster_replica gauge\n"
+            f'sandbox_cluster_replica{{replica="{replica}",node="{node}"}} 1\n'
+        ).encode()
         self._sync_lock: asyncio.Lock | None = None
         self._syncer: asyncio.Task[None] | None = None
 
@@ -158,13 +166,27 @@ class HostReplica:
         if named is not None and named.group(1) not in self.applied:
             await self.sync(only=named.group(1))  # deployed through another replica?
         status = 0
+        extra = self._metrics_line if method == "GET" and path == "/metrics" else b""
 
         async def send_tagged(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (REPLICA_HEADER, self.id.encode())]}  # fmt: skip
+                headers = [*message.get("headers", []), (REPLICA_HEADER, self.id.encode())]
+                if extra and status == 200:
+                    headers = [
+                        (k, str(int(v) + len(extra)).encode() if k == b"content-length" else v)
+                        for k, v in headers
+                    ]
+                message = {**message, "headers": headers}
+            elif (
+                message["type"] == "http.response.body"
+                and extra
+                and status == 200
+                and not message.get("more_body", False)
+            ):
+                await send({**message, "more_body": True})
+                message = {"type": "http.response.body", "body": extra, "more_body": False}
             await send(message)
 
         await self.app(scope, receive, send_tagged)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -187,3 +188,27 @@ def test_a_replica_killed_under_load_loses_no_function(served: tuple[str, str]) 
     assert after and set(after) == {200}, "new calls succeed once the replica is replaced"
     failed = {status for t, status, _ in seen if t > killed and status != 200}
     assert failed <= {0, 500, 502, 503}, failed  # in-flight calls on the killed replica
+
+
+def _replicas_in_metrics(url: str, requests: int) -> set[str]:
+    seen = set()
+    for _ in range(requests):
+        text = httpx.get(f"{url}/metrics", timeout=30).text
+        seen |= set(re.findall(r'sandbox_cluster_replica\{replica="([0-9a-f]+)"', text))
+    return seen
+
+
+def test_scaling_replicas_shows_in_metrics(served: tuple[str, str], tmp_path: Path) -> None:
+    """Last in this module: it redeploys the application with other replica counts."""
+    url, token = served
+    assert len(_replicas_in_metrics(url, 30)) == 2
+    store = ClusterStore(tmp_path).root  # a fresh store: only the replica count matters
+    for count in (3, 1):
+        app = build_app(str(store), {}, sync_interval=0.5, min_replicas=count,
+                        max_replicas=count, replica_cpus=0.25)  # fmt: skip
+        serve.run(app, name="sandbox-host", route_prefix="/")
+        deadline = time.monotonic() + 90
+        while len(_replicas()) != count and time.monotonic() < deadline:
+            time.sleep(0.2)  # the replicas of the previous version are stopping
+        assert len(_replicas()) == count
+        assert len(_replicas_in_metrics(url, 20 * count)) == count
