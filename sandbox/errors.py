@@ -18,7 +18,8 @@ Trap kinds are `TrapKind` (and `WasmTrapKind` for Wasm traps): string enums, so
 from __future__ import annotations
 
 import enum
-from typing import ClassVar
+import pickle
+from typing import Any, ClassVar
 
 
 class TrapKind(enum.StrEnum):
@@ -72,9 +73,41 @@ class WasmTrapKind(enum.StrEnum):
 
 
 class SandboxError(Exception):
-    """Base class of every error this package raises."""
+    """Base class of every error this package raises.
+
+    Every subclass pickles with its type, message and attributes (`kind`, `vector`,
+    `errno`...), whatever its constructor takes: an error crosses processes as itself
+    (the Ray cluster pool re-raises a node's error in the caller). Its `__cause__`
+    travels too if it pickles; otherwise it is left behind."""
 
     poisons: ClassVar[bool] = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = dict(self.__dict__)
+        cause = self.__cause__
+        if cause is not None:
+            try:
+                pickle.dumps(cause)
+            except Exception:  # a cause that cannot travel is left behind
+                cause = None
+        if cause is not None:
+            state["__cause__"] = cause
+        return (_rebuild, (type(self), self.args), state)
+
+    def __setstate__(self, state: dict[str, Any] | None) -> None:
+        state = dict(state or {})
+        cause = state.pop("__cause__", None)
+        self.__dict__.update(state)
+        if isinstance(cause, BaseException):
+            self.__cause__ = cause
+
+
+def _rebuild(cls: type[SandboxError], args: tuple[Any, ...]) -> SandboxError:
+    """An error of class `cls` with `args`, made without calling its constructor (whose
+    parameters are not its args); pickle then restores its attributes."""
+    error = cls.__new__(cls)
+    error.args = args
+    return error
 
 
 # -- the host and the configuration ----------------------------------------------------

@@ -24,6 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="TCP port (default 8080; 0: any free port)")
     parser.add_argument("--data-dir", type=Path, help="where deployed functions are stored")
     parser.add_argument("--config", type=Path, help="config file (TOML, or JSON if *.json)")
+    cluster = parser.add_argument_group(
+        "on a Ray cluster (the ray extra; docs/cluster.md)",
+        "With --ray, Ray Serve runs the host's replicas on the cluster's KVM nodes and "
+        "--host/--port are its HTTP proxies' address; --data-dir is not used (each "
+        "replica has its own), --store holds the functions.",
+    )
+    cluster.add_argument("--ray", metavar="ADDRESS", help='the Ray cluster ("auto", host:port)')
+    cluster.add_argument(
+        "--store", type=Path, help="the cluster function store: a directory every node mounts"
+    )
+    cluster.add_argument("--min-replicas", type=int, default=1, help="default 1 (0: scale to zero)")
+    cluster.add_argument("--max-replicas", type=int, default=4, help="default 4")
 
 
 EXTRA_HINT = "pip install 'kvm-sandbox[host]'"
@@ -31,6 +43,17 @@ EXTRA_HINT = "pip install 'kvm-sandbox[host]'"
 
 def run(args: argparse.Namespace) -> int:
     """Loads the configuration from `args` and serves until stopped."""
+    if getattr(args, "ray", None):
+        try:
+            from ..ray.cli import serve_cluster
+        except ImportError as exc:
+            print(f"error: --ray needs Ray ({exc.name}): pip install 'kvm-sandbox[ray]'",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        return serve_cluster(args)
+    if getattr(args, "store", None) is not None:
+        print("error: --store is the cluster function store: it needs --ray", file=sys.stderr)
+        return 2
     try:
         from pydantic import ValidationError
 

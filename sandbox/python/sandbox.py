@@ -29,7 +29,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from .. import machines
 from ..arguments import check_host_functions, check_reset, check_timeout, describe
@@ -61,6 +61,9 @@ from .interpreter import (
     template,
 )
 from .packages import PACKAGES_GUEST_PATH, resolve
+
+if TYPE_CHECKING:
+    from .shipping import Shipped
 
 _LENGTH = struct.Struct("<I")
 HOST_ERROR_MAX = 2000  # characters of a host function's error passed to the guest
@@ -350,22 +353,26 @@ class PythonSandbox:
 
     def invoke(
         self,
-        fn: Callable[..., Any] | str,
+        fn: Callable[..., Any] | str | Shipped,
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
         *,
         timeout: float | None = None,
     ) -> Any:
-        """`call` with the arguments as a sequence and a mapping."""
+        """`call` with the arguments as a sequence and a mapping. `fn` may also be a
+        function shipped already (`shipping.ship(fn)`, on a machine that has its
+        source)."""
         tree_args = codec.encode_args("the arguments", list(args))
         if kwargs and not all(isinstance(k, str) for k in kwargs):
             raise ArgumentError("keyword argument names must be str")
         tree_kwargs = codec.encode_args("the keyword arguments", dict(kwargs or {}))
         if isinstance(fn, str):
             return self._request((2, fn, tuple(tree_args), tree_kwargs or None), timeout)
-        from .shipping import ship  # inspect, dis, ast: imported on first use
+        from .shipping import Shipped, ship  # inspect, dis, ast: imported on first use
 
-        shipped = ship(fn, packages=self._packages)
+        # A function shipped already (by a caller on another machine: the Ray cluster
+        # pool ships on the caller's side, where the source is) goes as it is.
+        shipped = fn if isinstance(fn, Shipped) else ship(fn, packages=self._packages)
         request = (1, shipped.key, shipped.payload, tuple(tree_args), tree_kwargs or None)
         return self._request(request, timeout, shipped.key)
 
