@@ -179,6 +179,7 @@ class GuestMemory:
         self._stable: Any = ffi.new("uint64_t[]", 1)
         self._n_stable = 0
         self._regions: dict[tuple[int, int], memoryview] = {}
+        self._populated: set[tuple[int, int, bool]] = set()  # ranges prefault() did
         # The address is given to KVM as the memslot's backing: it is unmapped only after
         # the VM that uses it is closed (or its slot removed).
         self._mapping = Mapping.of_image(
@@ -257,11 +258,19 @@ class GuestMemory:
     def prefault(self, ranges: Sequence[tuple[int, int, bool]]) -> None:
         """Populates the host pages of `ranges` (address, size, write) in one system call
         each, so that the guest's first touch of them costs only the hypervisor's fault
-        (a fault that must also allocate or copy a page costs several times more)."""
+        (a fault that must also allocate or copy a page costs several times more). Once
+        per range and mapping: the pages stay populated through resets, and populating
+        them again after a reset would only make the host drop KVM's mappings of the
+        pages the reset write-protected (measured: +0.4 ms on a Python sandbox's spawn
+        on a machine whose previous call wrote many heap pages)."""
         mapping = self._mapping
         assert mapping is not None
-        for addr, size, write in ranges:
+        for item in ranges:
+            if item in self._populated:
+                continue
+            addr, size, write = item
             mapping.madvise(_POPULATE_WRITE if write else _POPULATE_READ, addr, size)
+            self._populated.add(item)
 
     def check_range(self, addr: int, length: int, what: str = "guest memory") -> None:
         """Raises GuestProtocolError unless [addr, addr+length) lies in guest memory."""
