@@ -67,7 +67,8 @@ if TYPE_CHECKING:
 
 _LENGTH = struct.Struct("<I")
 HOST_ERROR_MAX = 2000  # characters of a host function's error passed to the guest
-SPARE_WARMUP_TIMEOUT = 0.5  # seconds: the call that warms a spare machine (machines.py)
+SPARE_WARMUP_TIMEOUT = 0.5  # seconds: a call that warms a spare machine (machines.py)
+SPARE_WARMUP_CALLS = 3  # each from the snapshot, each with its own random seed
 MAX_BASES = 8  # per interpreter: snapshots of a function compiled (reset="per_call")
 # id(template) -> function key -> the interpreter with that function defined (see _fresh)
 _bases: dict[int, dict[str, PythonSnapshot]] = {}
@@ -606,7 +607,9 @@ def _warm_spare(
         return
     sb = PythonSandbox._spawn(PythonSnapshot(wasm, tmpl, known), None, None, "none")
     try:
-        sb.call(_spare_warmup, 1, 2, timeout=SPARE_WARMUP_TIMEOUT)
+        for _ in range(SPARE_WARMUP_CALLS):
+            sb.call(_spare_warmup, 1, 2, timeout=SPARE_WARMUP_TIMEOUT)
+            sb.restore()  # a new random seed: hashes, and so the pages touched, differ
     finally:
         sb.close()
 
