@@ -34,9 +34,10 @@ class BuildExtWithGuests(build_ext):
             for sub in ("include", "sdk", "aot"):
                 shutil.copytree(ROOT / "guests" / sub, sdk / sub, dirs_exist_ok=True)
             shutil.copy2(ROOT / "guests" / "build.py", sdk / "build.py")
-            # The AOT tier's runtime includes the engine ABI (sandbox/wasm/aot).
+            # The AOT tier's runtime includes the engine ABI and its trap messages.
             (sdk / "wasm").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / "guests" / "wasm" / "wasm_abi.h", sdk / "wasm" / "wasm_abi.h")
+            for header in ("wasm_abi.h", "trap_messages.h"):
+                shutil.copy2(ROOT / "guests" / "wasm" / header, sdk / "wasm" / header)
 
 
 setup(

@@ -17,6 +17,7 @@
 
 #include "../wasm/wasm_abi.h"
 #include "aot.h"
+#include "../wasm/trap_messages.h"
 
 int aot_setjmp(uint64_t buf[8]) __attribute__((returns_twice));
 __attribute__((noreturn)) void aot_longjmp(uint64_t buf[8], int value);
@@ -62,20 +63,6 @@ static void reply_value(uint8_t type, uint64_t bits) {
 
 static void ret_reply(sbx_value *ret) { sbx_ret_bytes(ret, reply, reply_len); }
 
-static const char *const trap_messages[WASM_TRAP_COUNT] = {
-    "",
-    "unreachable",
-    "out of bounds memory access",
-    "integer divide by zero",
-    "integer overflow",
-    "invalid conversion to integer",
-    "indirect call type mismatch",
-    "undefined element",
-    "uninitialized element",
-    "call stack exhausted",
-    "out of bounds table access",
-    "null reference",
-};
 
 static void reply_trap(int kind) {
     reply_error(WASM_STATUS_TRAP, (uint8_t)kind, trap_messages[kind]);

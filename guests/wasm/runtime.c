@@ -2,6 +2,7 @@
  * replies, import linking, the built-in "spectest" module, and the bounds-checked
  * memory/table helpers the interpreter calls. */
 #include "internal.h"
+#include "trap_messages.h"
 
 wfunc **eng_funcs;
 uint32_t eng_nfuncs;
@@ -27,20 +28,6 @@ static uint8_t *reply_buf;
 static size_t reply_len, reply_cap;
 static bool reply_oom;
 
-static const char *const trap_messages[WASM_TRAP_COUNT] = {
-    "",
-    "unreachable",
-    "out of bounds memory access",
-    "integer divide by zero",
-    "integer overflow",
-    "invalid conversion to integer",
-    "indirect call type mismatch",
-    "undefined element",
-    "uninitialized element",
-    "call stack exhausted",
-    "out of bounds table access",
-    "null reference",
-};
 
 static void reply_put(const void *p, size_t n) {
     if (reply_len + n > reply_cap) {

@@ -126,7 +126,8 @@ def _runtime_sources() -> list[Path]:
 def _hashed_files() -> list[Path]:
     sdk = sdk_dir()
     files = _runtime_sources() + sorted((sdk / "aot").rglob("*.h"))
-    files += sorted((sdk / "include").glob("*.h")) + [sdk / "wasm" / "wasm_abi.h", _wasm_rt_h()]
+    files += sorted((sdk / "include").glob("*.h"))
+    files += [sdk / "wasm" / "wasm_abi.h", sdk / "wasm" / "trap_messages.h", _wasm_rt_h()]
     return files + [Path(glue.__file__), Path(__file__)]
 
 
