@@ -7,15 +7,16 @@ import hashlib
 import json
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from ray_support import free_port, listening, node_pids
 
 from sandbox.guests import BUNDLED_DIR
 from sandbox.host.manifest import FunctionSpec
@@ -74,25 +75,39 @@ def test_store_token_is_made_once_and_private(tmp_path: Path) -> None:
 # -- the Serve application -----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@dataclass(frozen=True)
+class Served:
+    url: str  # through the head node's proxy
+    worker_url: str  # through the worker node's proxy
+    token: str  # the admin token
+    store: Path  # the cluster store's directory
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"}
+
+
+def _app(store: Path, replicas: int) -> Any:
+    return build_app(
+        str(store), {"default_warm": 1}, sync_interval=0.5, min_replicas=replicas,
+        max_replicas=replicas, replica_cpus=0.25,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def served(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """The cluster host on Serve with two replicas: (its URL, the admin token)."""
+def served(
+    cluster: Any, worker_proxy_port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """The cluster host on Serve with two replicas, one per node, and a proxy per node."""
     store_dir = tmp_path_factory.mktemp("cluster-store")
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app(
-        str(store_dir), {"default_warm": 1}, sync_interval=0.5, min_replicas=2,
-        max_replicas=2, replica_cpus=0.25,
-    )  # fmt: skip
-    serve.run(app, name="sandbox-host", route_prefix="/")
+    serve.run(_app(store_dir, 2), name="sandbox-host", route_prefix="/")
     try:
-        yield f"http://127.0.0.1:{port}", ClusterStore(store_dir).token()
+        yield Served(
+            f"http://127.0.0.1:{port}", f"http://127.0.0.1:{worker_proxy_port}",
+            ClusterStore(store_dir).token(), store_dir,
+        )  # fmt: skip
     finally:
         serve.shutdown()
 
@@ -108,8 +123,8 @@ def _deploy(url: str, token: str, name: str, **manifest: object) -> httpx.Respon
     )  # fmt: skip
 
 
-def test_deploy_once_and_every_replica_serves_it(served: tuple[str, str]) -> None:
-    url, token = served
+def test_deploy_once_and_every_replica_serves_it(served: Served) -> None:
+    url, token = served.url, served.token
     auth = {"authorization": f"Bearer {token}"}
     assert _deploy(url, token, "add", entry="add").status_code == 201
     replicas = set()
@@ -134,6 +149,38 @@ def test_deploy_once_and_every_replica_serves_it(served: tuple[str, str]) -> Non
             assert client.post("/functions/add/invoke", json={"args": [1, 2]}).status_code == 404
 
 
+def test_deployed_through_one_nodes_replica_served_by_the_others_proxy(
+    cluster: Any, served: Served
+) -> None:
+    """Each node runs its own proxy (Serve's EveryNode), on its own port of 127.0.0.1:
+    a function deployed through the replica on one node is invoked through the proxy
+    of the other node and served by that node's replica."""
+    head, (worker,) = cluster.head_node, cluster.worker_nodes
+    port = {served.url: int(served.url.rpartition(":")[2]),
+            served.worker_url: int(served.worker_url.rpartition(":")[2])}  # fmt: skip
+    for node, url, other in ((head, served.url, served.worker_url),
+                             (worker, served.worker_url, served.url)):  # fmt: skip
+        ports = {p for a, p in listening(node_pids(node)) if a.is_loopback}
+        assert port[url] in ports and port[other] not in ports, "one proxy per node"
+    proxies = serve.status().proxies
+    assert set(proxies) == {head.node_id, worker.node_id}, proxies
+    assert {s.value for s in proxies.values()} == {"HEALTHY"}
+    proxy_of = {head.node_id[:12]: served.url, worker.node_id[:12]: served.worker_url}
+
+    r = _deploy(served.url, served.token, "across", entry="add")
+    assert r.status_code == 201, r.text
+    deployed_on = r.headers["x-sandbox-replica"].partition("-")[0]  # who took the deploy
+    (other,) = set(proxy_of) - {deployed_on}
+    with httpx.Client(base_url=proxy_of[other], headers=served.auth, timeout=30) as client:
+        for i in range(60):  # Serve routes each request to either replica
+            r = client.post("/functions/across/invoke", json={"args": [i, 2]})
+            assert r.status_code == 200 and r.json()["result"] == i + 2, r.text
+            if r.headers["x-sandbox-replica"].startswith(other + "-"):
+                break
+        else:
+            pytest.fail("the other node's replica never served the function")
+
+
 def _replicas() -> list[str]:
     """The names of the host's Serve replica actors (namespace "serve")."""
     return [
@@ -143,8 +190,8 @@ def _replicas() -> list[str]:
     ]
 
 
-def test_a_replica_killed_under_load_loses_no_function(served: tuple[str, str]) -> None:
-    url, token = served
+def test_a_replica_killed_under_load_loses_no_function(served: Served) -> None:
+    url, token = served.url, served.token
     assert _deploy(url, token, "add2", entry="add").status_code == 201
     names = _replicas()
     assert len(names) == 2, names
@@ -198,9 +245,9 @@ def _replicas_in_metrics(url: str, requests: int) -> set[str]:
     return seen
 
 
-def test_scaling_replicas_shows_in_metrics(served: tuple[str, str], tmp_path: Path) -> None:
-    """Last in this module: it redeploys the application with other replica counts."""
-    url, token = served
+def test_scaling_replicas_shows_in_metrics(served: Served, tmp_path: Path) -> None:
+    """It redeploys the application with other replica counts and a fresh store."""
+    url = served.url
     assert len(_replicas_in_metrics(url, 30)) == 2
     store = ClusterStore(tmp_path).root  # a fresh store: only the replica count matters
     for count in (3, 1):
