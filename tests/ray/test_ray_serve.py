@@ -10,14 +10,16 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from ray_support import free_port, listening, node_pids
+from ray_support import NODE, WORKER_PROXY_PORT_ENV, free_port, listening, node_pids
 
+from sandbox import Sandbox
 from sandbox.guests import BUNDLED_DIR
 from sandbox.host.manifest import FunctionSpec
 from sandbox.host.store import StoreError
@@ -28,6 +30,7 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 DEMO = BUNDLED_DIR / "demo.elf"
+SPIN = 10**9  # the demo's spin iterations: ~1 s
 
 
 # -- the cluster store ---------------------------------------------------------------------
@@ -259,3 +262,165 @@ def test_scaling_replicas_shows_in_metrics(served: Served, tmp_path: Path) -> No
             time.sleep(0.2)  # the replicas of the previous version are stopping
         assert len(_replicas()) == count
         assert len(_replicas_in_metrics(url, 20 * count)) == count
+
+
+@dataclass(frozen=True)
+class Outcome:
+    start: float
+    end: float
+    kind: str  # "ok", "http" (an error status), "transport" (the client may retry)
+    status: int = 0
+    replica: str = ""  # x-sandbox-replica: the replica that answered
+    body: str = ""
+
+
+def _invoke(client: httpx.Client, name: str, a: int, b: int) -> Outcome:
+    """One invocation of `name` (the demo's add): its outcome; a wrong result or no
+    answer within the client's timeout fails the test."""
+    start = time.monotonic()
+    try:
+        r = client.post(f"/functions/{name}/invoke", json={"args": [a, b]})
+    except httpx.TimeoutException as exc:  # a hang: never acceptable
+        raise AssertionError(f"{name}: no answer in time ({exc!r})") from exc
+    except httpx.TransportError as exc:
+        return Outcome(start, time.monotonic(), "transport", body=repr(exc))
+    end, replica = time.monotonic(), r.headers.get("x-sandbox-replica", "")
+    if r.status_code == 200:
+        assert r.json()["result"] == a + b, f"{name}: wrong result {r.text}"
+        return Outcome(start, end, "ok", 200, replica)
+    return Outcome(start, end, "http", r.status_code, replica, r.text[:300])
+
+
+def _spin(url: str, token: str, n: int, expected: int) -> Outcome:
+    """One long call (the demo's spin: ~1 s), the kind a node's loss catches in flight."""
+    with httpx.Client(base_url=url, timeout=30,
+                      headers={"authorization": f"Bearer {token}"}) as client:  # fmt: skip
+        start = time.monotonic()
+        try:
+            r = client.post("/functions/haspin/invoke", json={"args": [n]})
+        except httpx.TimeoutException as exc:
+            raise AssertionError(f"spin: no answer in time ({exc!r})") from exc
+        except httpx.TransportError as exc:
+            return Outcome(start, time.monotonic(), "transport", body=repr(exc))
+    replica = r.headers.get("x-sandbox-replica", "")
+    if r.status_code == 200:
+        assert r.json()["result"] == expected, f"spin: wrong result {r.text}"
+        return Outcome(start, time.monotonic(), "ok", 200, replica)
+    return Outcome(start, time.monotonic(), "http", r.status_code, replica, r.text[:300])
+
+
+def _typed(o: Outcome) -> bool:
+    """A failure a client can act on: a connection error (retry), or a 5xx that is the
+    host's JSON error, or Serve's proxy's own 5xx when the replica died under the request
+    (no replica answered: no x-sandbox-replica; "Internal Server Error")."""
+    if o.kind == "transport":
+        return True
+    if o.kind != "http" or not 500 <= o.status < 600:
+        return False
+    if o.replica:
+        try:
+            error = json.loads(o.body)["error"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        return isinstance(error, dict) and isinstance(error.get("type"), str)
+    return o.body in ("Internal Server Error", "Service Unavailable")
+
+
+def test_a_worker_node_killed_under_load_loses_no_function(cluster: Any, served: Served) -> None:
+    """A third node joins and gets a replica of its own; functions are deployed (each
+    deploy acknowledged); under a load through the two other nodes' proxies the third
+    node is killed (SIGKILL: raylet, proxy, replica). Last in this module: it redeploys
+    the application with 3 replicas over the module's store."""
+    extra_port = free_port()  # its proxy on its own port: the load goes to the others
+    extra = cluster.add_node(**NODE, env_vars={WORKER_PROXY_PORT_ENV: str(extra_port)})
+    cluster.wait_for_nodes()
+    doomed = extra.node_id[:12] + "-"
+    stop = threading.Event()
+    outcomes: list[Outcome] = []
+    names = [f"ha{k}" for k in range(4)]
+
+    def load(worker: int) -> None:
+        url = (served.url, served.worker_url)[worker % 2]
+        with httpx.Client(base_url=url, headers=served.auth, timeout=20) as client:
+            for i in range(3000):  # bounded
+                if stop.is_set():
+                    return
+                k = (worker + i) % len(names)
+                outcomes.append(_invoke(client, names[k], i, 1000 * k))
+
+    try:
+        serve.run(_app(served.store, 3), name="sandbox-host", route_prefix="/")
+        for k, name in enumerate(names):  # acknowledged: a 201 from some replica
+            url = (served.url, served.worker_url)[k % 2]
+            assert _deploy(url, served.token, name, entry="add").status_code == 201
+        assert _deploy(served.url, served.token, "haspin", entry="spin").status_code == 201
+        with Sandbox() as sb:
+            spun = sb.call("spin", SPIN)
+        with ThreadPoolExecutor(4 + 8) as pool:
+            futures = [pool.submit(load, w) for w in range(4)]
+            deadline = time.monotonic() + 30
+            while not any(o.replica.startswith(doomed) for o in outcomes):
+                assert time.monotonic() < deadline, "no replica on the third node served"
+                assert not any(f.done() for f in futures), [f.result() for f in futures]
+                time.sleep(0.1)
+            spins = [  # in flight on every replica (Serve routes to the least busy)
+                pool.submit(_spin, (served.url, served.worker_url)[j % 2], served.token,
+                            SPIN, spun)
+                for j in range(8)
+            ]  # fmt: skip
+            time.sleep(0.5)
+            before = {o.replica for o in outcomes if o.kind == "ok"}
+            killed = time.monotonic()
+            cluster.remove_node(extra, allow_graceful=False)  # SIGKILL, no goodbye
+            recovered, deadline = 0.0, killed + 45
+            while not recovered and time.monotonic() < deadline:
+                tail = [o for o in outcomes if o.start > killed]
+                if len(tail) > 30 and all(o.kind == "ok" for o in tail[-30:]):
+                    recovered = tail[-30].start  # 30 calls in a row succeeded from here
+                time.sleep(0.2)
+            time.sleep(0.5)
+            stop.set()
+            for f in futures:
+                f.result(timeout=30)  # re-raises a wrong result or a timeout
+            long_calls = [f.result(timeout=30) for f in spins]
+        assert recovered, "new calls did not keep succeeding after the node was lost"
+        failed = [o for o in outcomes + long_calls if o.kind != "ok"]
+        assert all(_typed(o) for o in failed), [o for o in failed if not _typed(o)]
+        assert all(o.start < recovered for o in failed), "a call failed after recovery"
+        assert not any(o.replica.startswith(doomed) for o in outcomes if o.start > killed + 1)
+
+        # Serve replaces the lost replica on a node that remains; it loads every function
+        # from the store before it takes traffic (its readiness), and serves them.
+        new: set[str] = set()
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=served.url, headers=served.auth, timeout=20) as client:
+            while not new:
+                assert time.monotonic() < deadline, "no replacement replica took traffic"
+                for k, name in enumerate(names):
+                    o = _invoke(client, name, 1, 1000 * k)
+                    assert o.kind == "ok" and not o.replica.startswith(doomed), o
+                    new |= {o.replica} - before
+                time.sleep(0.1)
+        for url in (served.url, served.worker_url):
+            with httpx.Client(base_url=url, headers=served.auth, timeout=20) as client:
+                for i in range(10):
+                    for k, name in enumerate(names):
+                        o = _invoke(client, name, i, 1000 * k)
+                        assert o.kind == "ok" and not o.replica.startswith(doomed), o
+                for _ in range(6):  # each replica lists every function
+                    listed = client.get("/functions").json()["functions"]
+                    assert set(names) <= {f["name"] for f in listed}
+        entries = ClusterStore(served.store).entries()
+        assert all(n in entries and not entries[n].deleted for n in names)
+        statuses = sorted({o.status for o in failed})
+        caught = sum(o.kind != "ok" for o in long_calls)  # in flight on the lost node
+        print(
+            f"\n{len(outcomes)} calls; {len(failed)} failed {statuses} ({caught} of "
+            f"{len(long_calls)} long calls); calls succeeded "
+            f"again {recovered - killed:.1f} s after the kill; a replacement replica took "
+            f"traffic {time.monotonic() - killed:.1f} s after it"
+        )
+    finally:
+        stop.set()
+        if extra in cluster.worker_nodes:
+            cluster.remove_node(extra)
