@@ -99,6 +99,19 @@ def node_pids(node: Any) -> set[int]:
     )
 
 
+def alive(pids: set[int]) -> set[int]:
+    """The processes of `pids` still running (a zombie is not)."""
+    running = set()
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rpartition(")")[2].split()[0] != "Z":
+            running.add(pid)
+    return running
+
+
 def cluster_pids(cluster: Any) -> set[int]:
     """Every process of a ray.cluster_utils.Cluster's nodes, workers included."""
     return set().union(*(node_pids(n) for n in [cluster.head_node, *cluster.worker_nodes]))
