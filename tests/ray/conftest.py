@@ -1,7 +1,8 @@
 """One real Ray cluster per test session, on loopback: two nodes (each its own raylet),
 both offering the `kvm` resource, small (one CPU each, no dashboard), shared by every
-test in tests/ray. Skipped where Ray is not installed (the `ray` extra; CI installs it
-with `dev`)."""
+test in tests/ray; the worker node's Serve proxy, when Serve runs, binds a port of its
+own (`worker_proxy_port`). Skipped where Ray is not installed (the `ray` extra; CI
+installs it with `dev`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The function host on Ray Serve (sandbox/ray/serve.py) on the session's two-node
-loopback cluster, and the cluster store it keeps functions in (catalog.py)."""
+loopback cluster (a Serve proxy on each node, each on its own port of 127.0.0.1), and
+the cluster store it keeps functions in (catalog.py)."""
 
 from __future__ import annotations
 
@@ -328,9 +329,12 @@ def _typed(o: Outcome) -> bool:
 
 def test_a_worker_node_killed_under_load_loses_no_function(cluster: Any, served: Served) -> None:
     """A third node joins and gets a replica of its own; functions are deployed (each
-    deploy acknowledged); under a load through the two other nodes' proxies the third
-    node is killed (SIGKILL: raylet, proxy, replica). Last in this module: it redeploys
-    the application with 3 replicas over the module's store."""
+    deploy acknowledged); under a load of short calls through the two other nodes'
+    proxies, with 8 long calls in flight across the replicas, the third node is killed
+    (SIGKILL of its raylet; its proxy and replica follow). Every call returns its right
+    result or fails typed, none hangs; new calls succeed; a replacement replica serves
+    every acknowledged function. Last in this module: it redeploys the application with
+    3 replicas over the module's store."""
     extra_port = free_port()  # its proxy on its own port: the load goes to the others
     extra = cluster.add_node(**NODE, env_vars={WORKER_PROXY_PORT_ENV: str(extra_port)})
     cluster.wait_for_nodes()
