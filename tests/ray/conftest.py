@@ -1,7 +1,8 @@
 """One real Ray cluster per test session, on loopback: two nodes (each its own raylet),
 both offering the `kvm` resource, small (one CPU each, no dashboard), shared by every
-test in tests/ray. Skipped where Ray is not installed (the `ray` extra; CI installs it
-with `dev`)."""
+test in tests/ray; the worker node's Serve proxy, when Serve runs, binds a port of its
+own (`worker_proxy_port`). Skipped where Ray is not installed (the `ray` extra; CI
+installs it with `dev`)."""
 
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
 from ray.cluster_utils import Cluster  # noqa: E402
-from ray_support import NODE  # noqa: E402
+from ray_support import NODE, WORKER_PROXY_PORT_ENV, free_port  # noqa: E402
 
 _started: list[Cluster] = []
+_worker_proxy_port: list[int] = []
 
 
 def _stop() -> None:
@@ -46,13 +48,21 @@ def cluster() -> Iterator[Cluster]:
     without Ray, as they do without this directory."""
     c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
     _started.append(c)
-    c.add_node(**NODE)
+    _worker_proxy_port[:] = [free_port()]
+    c.add_node(**NODE, env_vars={WORKER_PROXY_PORT_ENV: str(_worker_proxy_port[0])})
     c.wait_for_nodes()
     ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
     try:
         yield c
     finally:
         _stop()
+
+
+@pytest.fixture(scope="session")
+def worker_proxy_port(cluster: Cluster) -> int:
+    """The port of Serve's HTTP proxy on the cluster's worker node (the head's proxy is
+    on http_options' port): each node's proxy on its own port, both on 127.0.0.1."""
+    return _worker_proxy_port[0]
 
 
 HERE = Path(__file__).resolve().parent

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,21 @@ from typing import Any
 # One node of the test cluster: every node on 127.0.0.1 (see conftest.py), small.
 NODE = {"num_cpus": 1, "resources": {"kvm": 1}, "node_ip_address": "127.0.0.1",
         "object_store_memory": 80 << 20}  # fmt: skip
+# Ray Serve 2.60 runs an HTTP proxy on every node with a replica (ProxyLocation.EveryNode,
+# its default), each bound to http_options' port with SO_REUSEPORT: on nodes sharing one
+# IP they would share that port, the kernel spreading connections over them. A worker
+# node whose raylet has this variable set (Cluster.add_node(env_vars=...)) binds its
+# proxy to this port instead (the head keeps http_options'), so each node's proxy can be
+# addressed on its own (docs/cluster.md).
+WORKER_PROXY_PORT_ENV = "RAY_SERVE_WORKER_PROXY_HTTP_PORT"
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _children() -> dict[int, list[int]]:
@@ -76,10 +91,27 @@ def listening(pids: set[int]) -> list[tuple[IPv4Address | IPv6Address, int]]:
     return found
 
 
+def node_pids(node: Any) -> set[int]:
+    """Every process of one node of a ray.cluster_utils.Cluster (its raylet and what it
+    started: the workers, actors included)."""
+    return descendants(
+        [info.process.pid for infos in node.all_processes.values() for info in infos]
+    )
+
+
+def alive(pids: set[int]) -> set[int]:
+    """The processes of `pids` still running (a zombie is not)."""
+    running = set()
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rpartition(")")[2].split()[0] != "Z":
+            running.add(pid)
+    return running
+
+
 def cluster_pids(cluster: Any) -> set[int]:
     """Every process of a ray.cluster_utils.Cluster's nodes, workers included."""
-    roots = []
-    for node in [cluster.head_node, *cluster.worker_nodes]:
-        for infos in node.all_processes.values():
-            roots.extend(info.process.pid for info in infos)
-    return descendants(roots)
+    return set().union(*(node_pids(n) for n in [cluster.head_node, *cluster.worker_nodes]))
