@@ -7,8 +7,10 @@ pending exit completed, memory reset to its image as a restore does, KVM's mappi
 flushed if the host changed page tables), and the next sandbox of the same
 memory layout takes it over with `Machine.load` — the same exact reset a restore does, so
 nothing of the previous sandbox reaches the next (the promise of restore and of pools).
-At most MAX_IDLE machines wait, each at most IDLE_SECONDS; a machine whose vCPU shut
-down or failed in KVM is closed, never parked. `release_idle()` closes them all (tests
+At most MAX_IDLE machines wait, each at most IDLE_SECONDS (a machine parked when MAX_IDLE
+wait replaces the one idle the longest: a full pool of another snapshot's machines must
+not make every spare of the snapshot in use be built and thrown away); a machine whose
+vCPU shut down or failed in KVM is closed, never parked. `release_idle()` closes them all (tests
 that count descriptors, embedders that want the memory back now).
 
 Spares: when a sandbox takes the last idle machine of its memory image, or finds none and
@@ -151,7 +153,9 @@ def park(machine: Machine) -> None:
         now = time.monotonic()
         with _lock:
             expired = _expire(now)
-            if _count < MAX_IDLE and _pid == os.getpid():
+            if MAX_IDLE > 0 and _pid == os.getpid():
+                if _count >= MAX_IDLE:  # the newest is the likeliest to be asked for
+                    expired.append(_evict_oldest())
                 _idle.setdefault(machine.layout, deque()).append((machine, now))
                 _count += 1
                 kept = True
@@ -159,6 +163,14 @@ def park(machine: Machine) -> None:
             old.close()
     if not kept:
         machine.close()
+
+
+def _evict_oldest() -> Machine:
+    """Removes (for the caller to close) the machine idle the longest; _count > 0."""
+    global _count
+    waiting = min((w for w in _idle.values() if w), key=lambda w: w[0][1])
+    _count -= 1
+    return waiting.popleft()[0]
 
 
 def _expire(now: float) -> list[Machine]:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from support import drain
 
-from sandbox import CallTimeout, GuestTrap, Sandbox, Snapshot, _reaper, machines
+from sandbox import CallTimeout, GuestTrap, Sandbox, SandboxConfig, Snapshot, _reaper, machines
 
 pytestmark = pytest.mark.requires_kvm
 
@@ -95,3 +95,25 @@ def test_a_failing_warm_job_means_no_spare_and_nothing_else(snap: Snapshot) -> N
         assert sb.call("counter") == 2
     with Sandbox.from_snapshot(snap) as sb:  # and spawning goes on as before
         assert sb.call("counter") == 2
+
+
+def test_a_full_pool_of_other_machines_makes_room_for_the_spare(
+    snap: Snapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parking into a full pool replaces the machine idle the longest: a pool full of
+    another snapshot's machines must not make each spare be built and thrown away."""
+    monkeypatch.setattr(machines, "MAX_IDLE", 3)
+    bigger = SandboxConfig(memory_size=2 * SandboxConfig().memory_size)
+    with Sandbox(config=bigger) as other:  # another layout: no spawn below can take them
+        other_snap = other.snapshot()
+    others = [Sandbox.from_snapshot(other_snap) for _ in range(3)]
+    for sb in others:
+        sb.close()
+    _reaper.drain()
+    assert machines.idle_count() == 3  # full of the other snapshot's machines
+    with Sandbox.from_snapshot(snap) as first:  # a new VM; its spare replaces the oldest
+        _reaper.drain()
+        assert machines.idle_count() == 3
+        with Sandbox.from_snapshot(snap) as second:
+            assert machines.idle_count() == 2  # it took the spare: it had been kept
+            assert first.call("counter") == second.call("counter") == 2
