@@ -2,14 +2,16 @@
 Flatcar KVM node config (sandbox/ray/flatcar.py, deploy/flatcar/kvm-node.bu), checked
 offline: there is no Kubernetes here. Built-in kinds against the Kubernetes 1.32 JSON
 schemas (kubernetes-validate, strict: unknown fields are errors); KubeRay's kinds
-against a schema of the fields used (below: KubeRay's CRDs are not packaged for
-offline use) with every pod template checked as a Kubernetes PodTemplate; the policy
+against KubeRay's own CRD schemas (pinned in tests/deploy/kuberay/, unknown fields
+refused as strict field validation does) and a schema of the fields these manifests
+use, with every pod template checked as a Kubernetes PodTemplate; the policy
 (no privileged pods, /dev/kvm only through the device plugin, memory requests that
 match the sandboxes); the Ignition config against ../shared's schema and
 ignition-validate, and its Butane file against the JSON."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 from pathlib import Path
@@ -73,6 +75,46 @@ KUBERAY = {  # ray.io/v1, the fields these manifests use
 }
 
 
+def strict(schema: Any) -> Any:
+    """A CRD's structural schema as the API server applies it with strict field
+    validation: an object with `properties` accepts no other field unless it says
+    x-kubernetes-preserve-unknown-fields (or has additionalProperties of its own)."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+# KubeRay's own schemas of its v1 kinds (see tests/deploy/kuberay/README.md).
+CRD_SCHEMAS = {
+    kind: strict(schema)
+    for kind, schema in json.loads(
+        gzip.decompress((Path(__file__).parent / "kuberay" / "crd-schemas-v1.json.gz").read_bytes())
+    ).items()
+}
+
+
+def test_the_crd_schemas_refuse_what_the_api_server_would() -> None:
+    """The pinned schemas do catch errors: a misspelt field, a wrong type."""
+    doc = next(d for d in documents() if d["kind"] == "RayCluster")
+    jsonschema.validate(doc, CRD_SCHEMAS["RayCluster"])
+    misspelt = {**doc, "spec": {**doc["spec"], "headGroupSpc": {}}}
+    with pytest.raises(jsonschema.ValidationError, match="headGroupSpc"):
+        jsonschema.validate(misspelt, CRD_SCHEMAS["RayCluster"])
+    workers = [{**doc["spec"]["workerGroupSpecs"][0], "replicas": "two"}]
+    wrong_type = {**doc, "spec": {**doc["spec"], "workerGroupSpecs": workers}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(wrong_type, CRD_SCHEMAS["RayCluster"])
+
+
 def documents() -> list[dict[str, Any]]:
     docs = []
     for path in sorted(K8S.glob("*.yaml")):
@@ -115,6 +157,7 @@ def test_builtin_kinds_validate_against_the_kubernetes_schema(doc: dict[str, Any
 @pytest.mark.parametrize("doc", [d for d in documents() if d["apiVersion"] == "ray.io/v1"],
                          ids=lambda d: d["kind"])  # fmt: skip
 def test_kuberay_kinds_and_their_pod_templates_validate(doc: dict[str, Any]) -> None:
+    jsonschema.validate(doc, CRD_SCHEMAS[doc["kind"]])
     jsonschema.validate(doc["spec"], KUBERAY[doc["kind"]])
     spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterConfig"]
     for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
