@@ -19,7 +19,7 @@ def serve_cluster(args: argparse.Namespace) -> int:
 
     from ..host.config import ConfigFileError, read_config_file
     from .catalog import ClusterStore
-    from .pool import NO_SIGNAL_HANDLER
+    from .pool import NO_SIGNAL_HANDLER, connect
     from .serve import build_app
 
     if args.store is None:
@@ -33,7 +33,7 @@ def serve_cluster(args: argparse.Namespace) -> int:
         settings = read_config_file(args.config) if args.config else {}
         store = ClusterStore(args.store)
         os.environ.setdefault(NO_SIGNAL_HANDLER, "1")  # see pool.py
-        ray.init(address=args.ray, log_to_driver=False)
+        connect(args.ray, log_to_driver=False)
     except (ConfigFileError, OSError, ConnectionError) as exc:
         print(f"error: cannot start the cluster host: {exc}", file=sys.stderr)
         return 1

@@ -19,6 +19,8 @@ import asyncio
 import itertools
 import logging
 import os
+import re
+import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -34,6 +36,23 @@ from .spec import GuestSpec, prepare
 _LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 MAP_BATCH = 64  # calls per Ray task in map()
 NO_SIGNAL_HANDLER = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
+CONNECT_TIMEOUT = 5.0  # seconds to reach a cluster's GCS port before ray.init
+_HOST_PORT = re.compile(r"^(?:ray://)?\[?([^\]]+?)\]?:(\d+)$")
+
+
+def connect(address: str | None, **options: Any) -> None:
+    """ray.init(address, **options), after checking that a "host:port" address answers
+    within CONNECT_TIMEOUT: ray.init itself retries an unreachable address for minutes.
+    Raises ConnectionError with the address and the reason."""
+    found = _HOST_PORT.match(address or "")
+    if found:
+        host, port = found.group(1), int(found.group(2))
+        try:
+            socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConnectionError(f"nothing answers at {host}:{port} ({reason})") from None
+    ray.init(address=address, **options)
 
 
 class ClusterError(SandboxError):
@@ -100,7 +119,7 @@ class SandboxPool:
             # decides for itself (docs/cluster.md).
             os.environ.setdefault(NO_SIGNAL_HANDLER, "1")
             try:
-                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+                connect(address, logging_level=logging.WARNING, log_to_driver=False)
             except ConnectionError as exc:
                 raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc}") from exc
         self._payload = ray.put(payload)  # once: every node fetches it from here

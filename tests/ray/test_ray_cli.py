@@ -70,3 +70,22 @@ def test_store_without_ray_is_refused(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "sandbox", "serve", "--store", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--ray" in done.stderr
+
+
+def test_serve_ray_at_an_address_where_nothing_answers_fails_at_once(tmp_path: Path) -> None:
+    """ray.init retries an unreachable address for minutes: the CLI checks it first."""
+    address = f"127.0.0.1:{_free_port()}"
+    cmd = [sys.executable, "-m", "sandbox", "serve", "--ray", address, "--store", str(tmp_path)]
+    started = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 30
+    assert done.returncode == 1
+    assert f"nothing answers at {address}" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_pool_refuses_an_address_where_nothing_answers() -> None:
+    from sandbox.ray.pool import connect
+
+    address = f"127.0.0.1:{_free_port()}"
+    with pytest.raises(ConnectionError, match=f"nothing answers at {address}"):
+        connect(address)
