@@ -78,8 +78,13 @@ int sbx_vcpu_complete_io(int vcpu_fd, void *run_area) {
     return -err;
 }
 
+static uint64_t runs_begun;
+
+uint64_t sbx_vcpu_runs(void) { return __atomic_load_n(&runs_begun, __ATOMIC_RELAXED); }
+
 int64_t sbx_vcpu_run(int vcpu_fd, void *run_area, int64_t timeout_ns, struct sbx_exit *exit) {
     struct kvm_run *run = run_area;
+    __atomic_fetch_add(&runs_begun, 1, __ATOMIC_RELAXED);
     int armed = 0;
     int64_t err = 0;
 

@@ -46,6 +46,11 @@ struct sbx_exit {
  * completed (sbx_vcpu_complete_io) before a new state is loaded. */
 int64_t sbx_vcpu_run(int vcpu_fd, void *run, int64_t timeout_ns, struct sbx_exit *exit);
 
+/* How many sbx_vcpu_run calls this process has begun, on any thread: the background
+ * thread that makes spare machines waits until it stops changing (machines.py), so a
+ * spare is built while the caller is idle, not beside its calls. */
+uint64_t sbx_vcpu_runs(void);
+
 /* Asks KVM to copy the general registers into kvm_run at every exit (KVM_SYNC_X86_REGS),
  * so the RIP of the last exit is known without an ioctl. */
 void sbx_vcpu_sync_init(void *run);
