@@ -96,6 +96,36 @@ def failure(module: WasmModule) -> str | None:
         return _failed.get(compiler.module_id(module))
 
 
+def guest_for(module: WasmModule, tier: Tier) -> Path | None:
+    """The compiled guest that runs `module` in the tier asked for, or None for the
+    interpreter engine (see the module doc: "aot" compiles now, "auto" starts a
+    background compile when nothing is cached)."""
+    if tier == "aot":
+        return compiler.compile_module(module)
+    if tier == "auto":
+        try:
+            path = compiler.lookup(module)
+        except compiler.AotCompileError as exc:  # no wasm2c or no C compiler here
+            _note_failure(module, str(exc))
+            return None
+        if path is None:
+            compile_in_background(module)
+        return path
+    return None
+
+
+def check_guest(sb: WasmSandbox, module: WasmModule) -> None:
+    """Raises GuestAbiMismatch unless `sb` runs the compiled guest of `module` (a new
+    engine sandbox of a compiled guest, before the module is loaded into it)."""
+    if sb.engine_sandbox.call("aot_module_id") != compiler.module_id(module):
+        raise GuestAbiMismatch(f"{sb.guest_path} is the compiled guest of another module")
+
+
+def is_native(sb: WasmSandbox) -> bool:
+    """Whether `sb` runs a compiled module's guest (not the interpreter engine)."""
+    return "aot_module_id" in sb.functions
+
+
 def engine_for(
     module: WasmModule,
     tier: Tier,
@@ -106,23 +136,12 @@ def engine_for(
 ) -> WasmSandbox:
     """An empty engine sandbox of class `cls` for `module` in the tier asked for: the
     interpreter engine, or the module's compiled guest (see the module doc)."""
-    path: Path | None = None
-    if tier == "aot":
-        path = compiler.compile_module(module)
-    elif tier == "auto":
-        try:
-            path = compiler.lookup(module)
-        except compiler.AotCompileError as exc:  # no wasm2c or no C compiler here
-            _note_failure(module, str(exc))
-        else:
-            if path is None:
-                compile_in_background(module)
+    path = guest_for(module, tier)
     if path is None:
         return cls.engine(config=config, output=output)
     sb = cls.engine(config=config, output=output, guest=path)
     try:
-        if sb.engine_sandbox.call("aot_module_id") != compiler.module_id(module):
-            raise GuestAbiMismatch(f"{path} is the compiled guest of another module")
+        check_guest(sb, module)
     except BaseException:
         sb.close()
         raise
