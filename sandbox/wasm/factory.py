@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -68,12 +69,14 @@ def from_wasm(
     timeout: float | None = None,
     tier: str = "interp",
     on_engine: Callable[[WasmSandbox], None] | None = None,
+    aot_limits: aot.Limits | None = None,
 ) -> WasmSandbox:
     """See Sandbox.from_wasm. `cls`: the class of the sandbox, WasmSandbox or a subclass
     that adds behaviour (the function host's WASI http handler). `timeout`: the limit
     of the module's start function (default: the config's call limit). `tier`: see
-    sandbox.wasm.aot.tier. `on_engine`: called with the new sandbox before the module
-    is instantiated in it (the function host registers start-ups to cancel them).
+    sandbox.wasm.aot.tier; `aot_limits`: of a compile it starts. `on_engine`: called
+    with the new sandbox before the module is instantiated in it (the function host
+    registers start-ups to cancel them).
 
     The module's validation and its load into the engine are cached (modcache.py): a
     second from_wasm of the same bytes and config starts from the loaded engine."""
@@ -94,7 +97,7 @@ def from_wasm(
             host[(mod_name, name)] = fn
     uses_wasi = any(imp.module == WASI_MODULE for imp in mod.imports)
     wasi_config = (wasi if wasi is not None else WasiConfig()) if uses_wasi else None
-    guest = aot.guest_for(mod, tier_)
+    guest = aot.guest_for(mod, tier_, aot_limits)
     found = modcache.find(mod.data, mod.sha256, config, guest)
     if found is not None and found.instance is not None:
         # Instantiated once already (no start function): this sandbox's own imports
@@ -106,6 +109,8 @@ def from_wasm(
         try:
             if sb.wasi is not None:
                 _check_wasi_imports(mod, sb.wasi)
+            if on_engine is not None:
+                on_engine(sb)
         except BaseException:
             sb.close()
             raise
@@ -156,8 +161,10 @@ def _engine(
     try:
         if guest is not None:
             aot.check_guest(sb, mod)
+        started = time.perf_counter()
         handle, mod = sb.load(mod)
-        modcache.keep_loaded(sb, handle, mod, guest, memory=has_start(mod.data))
+        load_s = time.perf_counter() - started
+        modcache.keep_loaded(sb, handle, mod, guest, memory=has_start(mod.data), load_s=load_s)
     except BaseException:
         sb.close()
         raise

@@ -61,6 +61,10 @@ FORMAT = "1"  # bump when what a cached engine holds or its labels change meanin
 KIND = "wasm-loaded"
 CACHE_SIZE = 16  # loaded engines kept in memory (CPython's: ~55 MB of memfd each)
 SUBDIR = "wasm-modules"
+# A loaded engine is written to disk only if the load took this long: reading a file
+# back (~4 ms for the 2 MB of a small module's engine) costs more than loading a small
+# module afresh (~1 ms); CPython's 13 MB build takes ~170 ms to load.
+DISK_MIN_LOAD_S = 0.02
 _SPECTEST = "spectest"  # the interpreter engine's built-in module
 
 
@@ -234,17 +238,29 @@ def _is_u32(text: str) -> bool:
 
 
 def keep_loaded(
-    sb: WasmSandbox, handle: int, module: WasmModule, guest: Path | None, *, memory: bool
+    sb: WasmSandbox,
+    handle: int,
+    module: WasmModule,
+    guest: Path | None,
+    *,
+    memory: bool,
+    load_s: float,
 ) -> None:
-    """Caches the engine of `sb`, which has just loaded `module` (handle `handle`): on
-    disk (in the background), and in memory if `memory` (a module with a start
-    function; one without is kept once instantiated, see keep_instantiated)."""
+    """Caches the engine of `sb`, which has just loaded `module` (handle `handle`) in
+    `load_s` seconds: on disk (in the background) if that took DISK_MIN_LOAD_S or more,
+    and in memory if `memory` (a module with a start function; one without is kept
+    once instantiated, see keep_instantiated)."""
+    if not memory and load_s < DISK_MIN_LOAD_S:
+        return
     loaded = Loaded(sb.snapshot(), handle, module)
     build = engine_build(guest if guest is not None else resolve_guest("wasm"))
     config = loaded.snapshot.config
     if memory:
         _keep((module.sha256, config, build), loaded)
-    _write_later(_file(module.sha256, config, build), loaded.snapshot.base, _labels(build, loaded))
+    if load_s >= DISK_MIN_LOAD_S:
+        _write_later(
+            _file(module.sha256, config, build), loaded.snapshot.base, _labels(build, loaded)
+        )
 
 
 def keep_instantiated(sb: WasmSandbox, handle: int, module: WasmModule, guest: Path | None) -> None:

@@ -4,6 +4,7 @@ compiler) into guests that run the module as native ring-3 code. See docs/aot.md
 from .compiler import AotCompileError, Limits, cache_dir, compile_module
 from .tier import (
     TIERS,
+    Listener,
     Tier,
     check_guest,
     check_tier,
@@ -18,6 +19,7 @@ __all__ = [
     "TIERS",
     "AotCompileError",
     "Limits",
+    "Listener",
     "Tier",
     "cache_dir",
     "check_guest",
