@@ -42,19 +42,27 @@ def _module(
     source: bytes | str | os.PathLike[str] | WasmModule,
     config: SandboxConfig | None,
     tier: aot.Tier,
-) -> WasmModule:
-    """The validated module: validated once per process (module.validated), and not
-    again where the disk cache holds it loaded in the interpreter (see modcache)."""
+    limits: aot.Limits | None,
+) -> tuple[WasmModule, Path | None, modcache.Loaded | None]:
+    """The validated module, the compiled guest that runs it (None: the interpreter)
+    and its cached engine if there is one. Validated once per process
+    (module.validated), and not at all where the disk cache holds the module loaded in
+    the interpreter (see modcache)."""
     if isinstance(source, WasmModule):
-        return source
-    data = read(source)
-    digest = hashlib.sha256(data).hexdigest()
-    if tier == "interp" and not is_validated(digest):
-        found = modcache.find(data, digest, config)
-        if found is not None:
-            remember(found.module)
-            return found.module
-    return validated(data, digest)
+        mod = source
+    else:
+        data = read(source)
+        digest = hashlib.sha256(data).hexdigest()
+        if tier == "interp":
+            found = modcache.find(data, digest, config)
+            if found is not None:
+                if not is_validated(digest):
+                    remember(found.module)
+                return found.module, None, found
+            return validated(data, digest), None, None
+        mod = validated(data, digest)
+    guest = aot.guest_for(mod, tier, limits)
+    return mod, guest, modcache.find(mod.data, mod.sha256, config, guest)
 
 
 def from_wasm(
@@ -86,7 +94,7 @@ def from_wasm(
         raise ArgumentError(f"wasi must be a WasiConfig, not {type(wasi).__name__}")
     if imports is not None and not isinstance(imports, Mapping):
         raise ArgumentError(f"imports must map module names to mappings, not {imports!r}")
-    mod = _module(module, config, tier_)
+    mod, guest, found = _module(module, config, tier_, aot_limits)
     host: dict[tuple[str, str], Callable[..., Any]] = {}
     for mod_name, funcs in (imports or {}).items():
         if not isinstance(funcs, Mapping):
@@ -97,8 +105,6 @@ def from_wasm(
             host[(mod_name, name)] = fn
     uses_wasi = any(imp.module == WASI_MODULE for imp in mod.imports)
     wasi_config = (wasi if wasi is not None else WasiConfig()) if uses_wasi else None
-    guest = aot.guest_for(mod, tier_, aot_limits)
-    found = modcache.find(mod.data, mod.sha256, config, guest)
     if found is not None and found.instance is not None:
         # Instantiated once already (no start function): this sandbox's own imports
         # and WASI context are bound to a copy of that instance.

@@ -50,7 +50,7 @@ from ..config import ResetMode, SandboxConfig
 from ..errors import SnapshotError
 from ..guests import resolve_guest
 from ..snapshot import Snapshot
-from .module import WasmModule, has_start, read_types
+from .module import WasmModule, forget_validated, has_start, read_types
 from .sandbox import WasmSandbox, wasm_config
 from .state import EngineState, Instance, WasmSnapshot, bind_imports
 from .wasi import WasiConfig
@@ -340,3 +340,4 @@ def clear_memory() -> None:
     from_wasm of each module reads its file, as a new process would."""
     with _lock:
         _memory.clear()
+    forget_validated()

@@ -229,6 +229,12 @@ def is_validated(digest: str) -> bool:
         return digest in _validated
 
 
+def forget_validated() -> None:
+    """Forgets which modules were validated (load() validates each again)."""
+    with _validated_lock:
+        _validated.clear()
+
+
 def remember(module: WasmModule) -> None:
     """Records `module` as validated (load() then skips validating its bytes again)."""
     with _validated_lock:
