@@ -380,7 +380,16 @@ class WasmKind:
         self.limits = aot.Limits(seconds=config.aot_compile_timeout_s)
         self._snapshot: WasmSnapshot | None = None
         self._native: WasmSnapshot | None = None
+        self._problem: str | None = None
         self._lock = threading.Lock()
+
+    def code(self) -> dict[str, object]:
+        """Which code the function runs (GET /functions/{name}: `wasm`)."""
+        return {
+            "tier": self.tier,
+            "code": "native" if self._native is not None else "interpreter",
+            "compile_problem": self._problem,
+        }
 
     def _wrap(self, sb: WasmSandbox) -> Function:
         upgrades = self if self.tier == "auto" else None
@@ -428,6 +437,7 @@ class WasmKind:
             """On the compile's thread: the native snapshot, or the reason logged."""
             extra = {"function": self.name}
             if path is None:
+                self._problem = why
                 log.warning("Wasm function stays on the interpreter: %s", why, extra=extra)
                 return
             if self.startups is not None and self.startups.cancelled:
@@ -438,6 +448,7 @@ class WasmKind:
                     if not aot.is_native(sb) or snap is None:
                         raise RuntimeError(f"{path} did not give a native sandbox")
             except Exception as exc:
+                self._problem = str(exc)
                 log.warning("Wasm function stays on the interpreter: %s", exc, extra=extra)
                 return
             with self._lock:
