@@ -12,10 +12,19 @@ an RGBA8 alpha blend in i16x8 lanes) are rows of their own with a target of <= 2
 interpreter dispatches one handler per v128 instruction where the JIT emits one or two
 SSE instructions, so the fixed cost per instruction weighs more than in scalar code.
 
-Around a call: `Sandbox.from_wasm(add.wasm)` -> add(1, 2) (an engine VM booted, the
-module validated, copied, compiled and instantiated, the instance snapshotted) against
-wasmtime's Module + Store + Instance + add (a peer, no target); restore + add against the
+Around a call: `Sandbox.from_wasm(add.wasm)` -> add(1, 2) against wasmtime's Module +
+Store + Instance + add (a peer, no target), the first time in the process (an engine VM
+from the started engine's snapshot, the module validated, copied, compiled and
+instantiated, the instance snapshotted) and with the module cache holding it (a VM from
+the cached instance, the sandbox's own imports and WASI bound); restore + add against the
 floor's one exit round trip (no target of its own; the native guest's is 2x).
+
+The module cache with CPython's 13 MB module (the Python guest's build): from_wasm ->
+instantiated the first time (validation, the engine's compile, instantiation) against
+wasmtime's Module() of the same bytes (timed once: ~8 s); cached in memory against
+wasmtime's Module.deserialize of its serialized module; and in a new process from the
+disk cache against Module.deserialize_file in that process (each child times both, its
+engine VM started first).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import pytest
 
 try:
     from sandbox import Sandbox, _reaper
+    from sandbox.wasm import modcache
 except ImportError as exc:  # the native extension is not built
     pytest.skip(f"cannot import sandbox ({exc}); see benches/README.md", allow_module_level=True)
 
@@ -168,16 +178,26 @@ def test_from_wasm_to_first_call(bench_nofloor: Any) -> None:
         _reaper.drain()
 
     s = bench_nofloor.settings
-    result, theirs, v = bench_nofloor.versus(
-        ours, peer, rounds=20 if s.quick else 200, warmup_rounds=3, teardown=close
-    )
-    assert result == theirs == 3
-    if v is not None:
-        bench_nofloor.report_versus(
-            "Sandbox.from_wasm(add module) -> add(1, 2) / wasmtime Module + Instance + add",
-            v,
-            f"wasmtime {_version()}: compile + Store + Instance + add",
+    what = f"wasmtime {_version()}: compile + Store + Instance + add"
+    for cached in (False, True):
+        result, theirs, v = bench_nofloor.versus(
+            ours,
+            peer,
+            rounds=20 if s.quick else 200,
+            warmup_rounds=3,
+            setup=None if cached else modcache.clear_memory,
+            teardown=close,
         )
+        assert result == theirs == 3
+        if v is not None:
+            how = "cached in memory" if cached else "first time in the process"
+            bench_nofloor.report_versus(
+                f"Sandbox.from_wasm(add module, {how}) -> add(1, 2) / wasmtime Module + "
+                "Instance + add",
+                v,
+                what,
+                key="cached" if cached else None,
+            )
 
 
 def test_wasm_restore_and_call(bench: Any) -> None:
@@ -240,3 +260,160 @@ def test_wasm_from_snapshot_to_first_call(bench: Any) -> None:
             "create_to_first_exit_us + 200",
             None,
         )
+
+
+CHILD = """
+import json, sys, time
+import wasmtime
+from sandbox import Sandbox
+from sandbox.wasm.sandbox import WasmSandbox
+WasmSandbox.engine().close()  # the engine VM's start-up, once per process
+t0 = time.perf_counter()
+sb = Sandbox.from_wasm(sys.argv[1])
+t1 = time.perf_counter()
+engine = wasmtime.Engine()
+t2 = time.perf_counter()
+wasmtime.Module.deserialize_file(engine, sys.argv[2])
+t3 = time.perf_counter()
+sb.close()
+print(json.dumps([(t1 - t0) * 1e6, (t3 - t2) * 1e6]))
+"""
+
+
+@pytest.fixture(scope="module")
+def cpython(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
+    """CPython's module (the Python guest's build) as a file, its wasmtime compile time
+    and serialized module, or the reason it cannot be had."""
+    import time
+
+    import wasmtime
+
+    try:
+        from sandbox.python.build import default_build
+
+        data = default_build().module
+    except Exception as exc:
+        yield None, f"the CPython WASI build is not installed ({exc})"
+        return
+    tmp = tmp_path_factory.mktemp("cpython")
+    path = tmp / "python.wasm"
+    path.write_bytes(data)
+    engine = wasmtime.Engine()
+    t0 = time.perf_counter()
+    module = wasmtime.Module(engine, data)
+    compile_us = (time.perf_counter() - t0) * 1e6
+    serialized = tmp / "python.cwasm"
+    serialized.write_bytes(module.serialize())
+    yield (path, serialized, compile_us, engine), ""
+
+
+def test_cpython_from_wasm_cached(
+    bench_nofloor: Any, cpython: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CPython's module: from_wasm -> instantiated the first time, cached in memory,
+    and from the disk cache in a new process, each against wasmtime in the same run."""
+    import json
+    import os
+    import statistics
+    import sys
+
+    import wasmtime
+
+    files, reason = cpython
+    scenarios = [
+        "CPython module: from_wasm -> instantiated, first time / wasmtime Module()",
+        "CPython module: from_wasm -> instantiated, cached in memory / wasmtime Module.deserialize",
+        "CPython module: from_wasm -> instantiated, disk cache, new process / wasmtime "
+        "Module.deserialize_file",
+    ]
+    if files is None:
+        for scenario in scenarios[1:]:
+            bench_nofloor.skip(scenario, reason, kind="peer", now=False)
+        bench_nofloor.skip(scenarios[0], reason, kind="peer")
+    path, serialized, compile_us, engine = files
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("KVM_SANDBOX_CACHE", str(cache))
+    holder: list[Any] = []
+
+    def ours() -> None:
+        holder.append(Sandbox.from_wasm(path))
+
+    def close(*_: Any) -> None:
+        for sb in holder:
+            sb.close()
+        holder.clear()
+        _reaper.drain()
+
+    def forget() -> None:  # as a new process on a machine that never saw the module
+        modcache.flush()
+        modcache.clear_memory()
+        for entry in modcache.cache_dir().glob("*.snap"):
+            entry.unlink()
+
+    s = bench_nofloor.settings
+    rounds = 3 if s.quick else 10
+    blob = serialized.read_bytes()
+    version = _version()
+    _, _, first = bench_nofloor.versus(
+        ours,
+        lambda: None,
+        rounds=rounds,
+        warmup_rounds=1,
+        setup=forget,
+        teardown=close,
+        peer_rounds=1,
+    )
+    _, _, cached = bench_nofloor.versus(
+        ours,
+        lambda: wasmtime.Module.deserialize(engine, blob),
+        rounds=rounds * 3,
+        warmup_rounds=1,
+        teardown=close,
+    )
+    modcache.flush()  # the disk entry the first from_wasm wrote
+    assert len(list(modcache.cache_dir().glob("*.snap"))) == 1
+    env = {**os.environ, "KVM_SANDBOX_CACHE": str(cache)}
+    children = []
+    for _ in range(rounds):
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, str(path), str(serialized)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        children.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if first is None or cached is None:
+        return
+    bench_nofloor.report(
+        scenarios[0],
+        first.ours_us,
+        compile_us,
+        f"wasmtime {version}: Module(engine, bytes), timed once",
+        None,
+        readings=[compile_us],
+        kind="peer",
+    )
+    bench_nofloor.report_versus(
+        scenarios[1], cached, f"wasmtime {version}: Module.deserialize(bytes)", key="memory"
+    )
+    ours_us = [c[0] for c in children]
+    theirs_us = [c[1] for c in children]
+    bench_nofloor.report(
+        scenarios[2],
+        statistics.median(ours_us),
+        statistics.median(theirs_us),
+        f"wasmtime {version}: Module.deserialize_file in the same new process",
+        None,
+        readings=theirs_us,
+        key="disk",
+        kind="peer",
+    )
+    print(
+        f"\nCPython from_wasm: first {first.ours_us / 1e3:.0f} ms, memory "
+        f"{cached.ours_us / 1e3:.1f} ms, disk (new process) {statistics.median(ours_us) / 1e3:.0f}"
+        f" ms; wasmtime Module() {compile_us / 1e3:.0f} ms, deserialize "
+        f"{cached.peer_us / 1e3:.1f} ms, deserialize_file {statistics.median(theirs_us) / 1e3:.1f}"
+        " ms"
+    )
