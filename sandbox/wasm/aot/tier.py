@@ -7,7 +7,8 @@ time (compiler.py) and run as its own guest.
     tier="auto"    native code if the module's compiled guest is cached; otherwise the
                    interpreter at once, and a compile in a background thread, so that
                    sandboxes made after it finishes run native code. A failed compile
-                   is logged once and the module stays on the interpreter.
+                   is logged once and the module stays on the interpreter. Background
+                   compiles run one at a time (CPython's takes minutes and GBs).
 
 An AOT guest speaks the interpreter engine's ABI (guests/wasm/wasm_abi.h, implemented over
 wasm2c's output by guests/aot/runtime.c), so the sandbox around it is the same
@@ -37,6 +38,7 @@ TIERS: tuple[str, ...] = ("auto", "interp", "aot")
 log = logging.getLogger("sandbox.wasm.aot")
 
 _lock = threading.Lock()
+_slots = threading.Semaphore(1)
 _compiling: dict[str, threading.Thread] = {}  # by module id: background compiles
 _failed: dict[str, str] = {}  # module id -> why it stays on the interpreter
 # Called once a compile ends: (the compiled guest, None) or (None, why it failed).
@@ -64,7 +66,8 @@ def _background(module: WasmModule, limits: compiler.Limits | None) -> None:
     path: Path | None = None
     why: str | None = None
     try:
-        path = compiler.compile_module(module, limits)
+        with _slots:  # one background compile at a time: a big one takes GBs and minutes
+            path = compiler.compile_module(module, limits)
     except Exception as exc:  # any failure: the module stays on the interpreter
         why = str(exc)
         _note_failure(module, why)
