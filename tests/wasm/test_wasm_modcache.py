@@ -349,3 +349,24 @@ def test_a_new_process_starts_from_the_disk_cache(cache: Path, tmp_path: Path) -
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[:2] == ["'second\\x000\\x00' 7 1", "'second\\x001\\x00' 7 1"]
+
+
+def test_an_entry_of_another_config_is_refused(
+    cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same module's entry for another sandbox config, under this config's name."""
+    from sandbox import SandboxConfig
+
+    caplog.set_level(logging.WARNING, logger="sandbox.wasm.cache")
+    data = _add(500)
+    path = _entry(cache, data)
+    with Sandbox.from_wasm(data, config=SandboxConfig(memory_size=64 << 20)) as sb:
+        assert sb.call("add", 1, 1) == 502
+    modcache.flush()
+    (other,) = [p for p in cache.glob("*.snap") if p != path]
+    _replace(path, other.read_bytes())
+    modcache.clear_memory()
+    with Sandbox.from_wasm(data) as sb:
+        assert sb.call("add", 1, 2) == 503
+        assert sb.config.memory_size != 64 << 20
+    assert "made for another sandbox config" in caplog.text
