@@ -11,7 +11,7 @@ import struct
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ class Counts:
 
 def _probe(args: list[str], env: dict[str, str], tag: int, **kw: Any) -> WasmSandbox:
     sb = Sandbox.from_wasm(
-        wasmtime.wat2wasm(PROBE_WAT),
+        bytes(wasmtime.wat2wasm(PROBE_WAT)),
         wasi=WasiConfig(args=args, env=env),
         imports={"env": {"tag": lambda: tag}},
         **kw,
@@ -165,7 +165,7 @@ def test_a_start_function_runs_in_every_sandbox_with_its_own_import(
     cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     counts = Counts(monkeypatch)
-    data = wasmtime.wat2wasm(START_WAT)
+    data = bytes(wasmtime.wat2wasm(START_WAT))
     calls: list[int] = []
     for value in (5, 6):
 
@@ -184,7 +184,7 @@ def test_a_link_error_is_still_raised_from_the_cache(cache: Path) -> None:
 
     _probe(["p"], {}, 1).close()
     with pytest.raises(WasmLinkError, match="env.tag"):
-        Sandbox.from_wasm(wasmtime.wat2wasm(PROBE_WAT), wasi=WasiConfig())
+        Sandbox.from_wasm(bytes(wasmtime.wat2wasm(PROBE_WAT)), wasi=WasiConfig())
 
 
 def test_small_modules_stay_off_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -230,7 +230,7 @@ def _version(data: bytes, version: int) -> bytes:
     return data[:8] + struct.pack("<I", version) + data[12:]
 
 
-HOSTILE = {
+HOSTILE: dict[str, tuple[Callable[[bytes, bytes, Path], bytes], str]] = {
     "tampered": (lambda good, other, path: _flip(good), "checksum mismatch"),
     "truncated": (lambda good, other, path: good[: len(good) // 3], "checksum mismatch"),
     "cut short": (lambda good, other, path: good[:20], "too short"),
@@ -320,7 +320,7 @@ def test_a_new_process_starts_from_the_disk_cache(cache: Path, tmp_path: Path) -
     """In a new process, from_wasm of a module in the disk cache neither validates nor
     loads it (both are made to fail there); and an instantiated copy of it from the
     cache runs with that process's own WASI arguments."""
-    data = wasmtime.wat2wasm(PROBE_WAT)
+    data = bytes(wasmtime.wat2wasm(PROBE_WAT))
     with _probe(["first"], {}, 1) as sb:
         sb.call("dump")
     modcache.flush()
