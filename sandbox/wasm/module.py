@@ -187,7 +187,7 @@ def read(source: bytes | bytearray | memoryview | str | os.PathLike[str]) -> byt
                 kind="too_large",
             )
         with open(source, "rb") as f:
-            return f.read(MAX_MODULE_SIZE + 1)
+            return f.read()
     except FileNotFoundError:
         raise GuestNotFound(f"Wasm module file {os.fspath(source)!r} does not exist") from None
     except OSError as exc:
