@@ -86,8 +86,9 @@ def from_wasm(
     with the new sandbox before the module is instantiated in it (the function host
     registers start-ups to cancel them).
 
-    The module's validation and its load into the engine are cached (modcache.py): a
-    second from_wasm of the same bytes and config starts from the loaded engine."""
+    The module's validation, its load into the engine and (without a start function)
+    its instantiation are cached (modcache.py): a second from_wasm of the same bytes
+    and config starts from that state, with its own imports and WASI bound."""
     check_reset(reset)
     tier_ = aot.check_tier(tier)
     if wasi is not None and not isinstance(wasi, WasiConfig):

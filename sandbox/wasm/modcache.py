@@ -3,20 +3,27 @@ compiled to the interpreter's pre-decoded form inside the VM, or copied into its
 compiled AOT guest) once per machine, and every later `from_wasm` of the same bytes
 starts from that state.
 
-What is cached is an engine right after `wasm_load`, before `wasm_instantiate`: the
-module's compiled form in the engine heap and nothing else. Nothing per sandbox is in
-it (WASI arguments, environment, preopens and stdio live in the host's WasiContext,
-imports are bound at instantiation, linear memories, globals and tables are made then,
-and the start function runs then), so every sandbox instantiates its own instance in a
-copy of it.
+Two states are cached. The engine right after `wasm_load`, before `wasm_instantiate`:
+the module's compiled form in the engine heap and nothing else; every sandbox
+instantiates its own instance in a copy of it (imports bound, memories, globals and
+tables made, the start function run, all with the sandbox's own imports and WASI). And,
+for a module without a start function, the engine right after from_wasm instantiated
+it, its imports unbound: nothing of the module has run then, so a copy with the new
+sandbox's imports and WASI context bound (`spawn`) is what instantiating would give.
+WASI arguments, environment, preopens and stdio live in each sandbox's WasiContext on
+the host, never in the engine's memory.
 
     in memory  per (module SHA-256, engine config, engine build): the WasmSnapshot of
-               the loaded engine and the module's handle in it (the last CACHE_SIZE)
+               the instantiated engine (no start function) or of the loaded one, and
+               the module's handles in it (the last CACHE_SIZE modules)
     on disk    <cache root>/wasm-modules/<module sha256>-<key>.snap (sandbox.cachedir),
-               a Snapshot file (Snapshot.save: written to a temporary file, fsynced,
-               renamed into place; SHA-256 trailer, HMAC with $SANDBOX_SNAPSHOT_KEY)
-               whose labels say what it holds; <key> hashes the cache format, the
-               engine build (the SHA-256 of its ELF), wasmtime's version and the config
+               the loaded engine (only: an instantiated one has Wasm memory windows in
+               its page tables, which Snapshot.load's system-area check refuses), for
+               modules whose load took DISK_MIN_LOAD_S or more; a Snapshot file
+               (Snapshot.save: written to a temporary file, fsynced, renamed into
+               place; SHA-256 trailer, HMAC with $SANDBOX_SNAPSHOT_KEY) whose labels
+               say what it holds; <key> hashes the cache format, the engine build (the
+               SHA-256 of its ELF), wasmtime's version and the config
 
 A file is untrusted: Snapshot.load's checks (truncated, corrupt, another format or
 ABI, inconsistent state), then the labels must name this module, this engine build,
