@@ -37,6 +37,7 @@ import hmac
 import mmap
 import os
 import struct
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -94,6 +95,9 @@ class SnapshotHeader(BaseModel):
     functions_table: int  # guest address of the guest's own function table
     blobs: dict[str, int]
     pieces: int
+    # What the writer says the snapshot is (the Wasm module cache: module hash, engine
+    # build...); covered by the trailer like the rest, and checked by that reader.
+    labels: dict[str, str] = {}
 
 
 _BLOB_TYPES = {
@@ -149,8 +153,10 @@ class Snapshot:
         functions_table: int,
         config: SandboxConfig,
         guest_path: str,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         self.image = image
+        self.labels: Mapping[str, str] = dict(labels or {})  # from the file (see save)
         self.cpu = cpu
         self.layout = layout
         self.functions = functions
@@ -158,9 +164,17 @@ class Snapshot:
         self.config = config
         self.guest_path = guest_path
 
-    def save(self, path: str | os.PathLike[str], *, key: bytes | str | None = None) -> None:
-        """Writes the snapshot to `path` (atomically: a temporary file, fsync, rename),
-        authenticated with `key` (default: $SANDBOX_SNAPSHOT_KEY) if there is one."""
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        key: bytes | str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        """Writes the snapshot to `path` (atomically: a temporary file of its own, fsync,
+        rename), authenticated with `key` (default: $SANDBOX_SNAPSHOT_KEY) if there is
+        one. `labels` (default: the snapshot's own) are strings the loaded snapshot
+        carries in `labels`, covered by the checksum and authentication."""
         key = _key(key)
         blobs = {
             name: bytes(ffi.buffer(value))
@@ -186,15 +200,33 @@ class Snapshot:
                 functions_table=self.functions_table,
                 blobs={name: len(data) for name, data in blobs.items()},
                 pieces=len(ranges),
+                labels=dict(self.labels if labels is None else labels),
             )
             .model_dump_json()
             .encode()
         )
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(tmp_name)
         digest = _Trailer(key)
         version = VERSION_HMAC if key else VERSION_CHECKSUM
-        with open(tmp, "wb") as f:
+        try:
+            self._write(os.fdopen(fd, "wb"), header, blobs, ranges, digest, version)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _write(
+        self,
+        file: Any,
+        header: bytes,
+        blobs: dict[str, bytes],
+        ranges: tuple[tuple[int, int], ...],
+        digest: _Trailer,
+        version: int,
+    ) -> None:
+        with file as f:
 
             def put(data: bytes | memoryview) -> None:
                 digest.update(data)
@@ -211,7 +243,6 @@ class Snapshot:
             f.write(digest.digest())
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, key: bytes | str | None = None) -> Snapshot:
@@ -307,6 +338,7 @@ class _Reader:
             functions_table=header.functions_table,
             config=header.config,
             guest_path=header.guest_path,
+            labels=header.labels,
         )
 
     def _check_trailer(self, version: int) -> None:

@@ -133,6 +133,18 @@ class HostConfig(BaseSettings):
         description="run short guest calls on the event loop's thread instead of a pool "
         "thread; auto: when the process may use only one CPU",
     )
+    wasm_tier: Literal["auto", "interp", "aot"] = Field(
+        "auto",
+        description="how Wasm functions run: auto: the interpreter at once, native code once "
+        "compiled in the background; interp: the interpreter; aot: compiled at deploy",
+    )
+    aot_compile_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        le=7200,
+        description="wall-clock limit of each tool of a Wasm function's native compile "
+        "(beyond: it stays on the interpreter)",
+    )
     warm_on_start: bool = Field(True, description="warm every stored function's pool at start")
     public_metrics: bool = Field(True, description="serve /metrics without the token")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -21,7 +21,7 @@ from ..abi import Signature
 from ..pool import Gate, SandboxPool
 from .config import HostConfig
 from .errors import bad_request
-from .functions import Function, FunctionKind, http_body_limit
+from .functions import Function, FunctionKind, WasmKind, http_body_limit
 from .manifest import FunctionRecord, FunctionSpec
 
 T = TypeVar("T")
@@ -74,6 +74,7 @@ class Deployment:
     active: int = 0  # invocations running or waiting on this version
     retired: bool = False
     logs: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=100))
+    kind: FunctionKind | None = None
 
     @property
     def name(self) -> str:
@@ -117,6 +118,7 @@ class Deployment:
                 "busy": pool.busy if pool else 0,
                 "queued": pool.queued if pool else 0,
             },
+            "wasm": self.kind.code() if isinstance(self.kind, WasmKind) else None,
             "previous_versions": [rev.version for rev in record.previous],
         }
 

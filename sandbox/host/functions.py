@@ -20,19 +20,21 @@ from __future__ import annotations
 import ast
 import base64
 import json
-import os
+import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from .. import _reaper
 from ..abi import Signature, Tag
 from ..config import MiB, SandboxConfig
 from ..errors import ArgumentError, GuestAbort, SandboxClosed
 from ..pool import Member
 from ..sandbox import Sandbox
 from ..snapshot import Snapshot
-from ..wasm import ValType, WasiConfig, WasiExit, WasmSandbox
+from ..wasm import ValType, WasiConfig, WasiExit, WasmSandbox, aot
 from ..wasm.factory import from_wasm
 from ..wasm.module import FuncType, WasmModule
 from ..wasm.sandbox import WasmSnapshot
@@ -42,6 +44,7 @@ from .httpmode import HttpRequest, response_from, response_from_cgi, to_json, wa
 from .manifest import FunctionSpec
 from .values import result_to_json
 
+log = logging.getLogger("sandbox.host")
 MIN_BUFFER = 64 * 1024
 WASI_MODULE = "wasi_snapshot_preview1"
 
@@ -116,15 +119,38 @@ class NativeFunction(_Wrapper):
         return response_from(self.function, text)
 
 
+class Upgrades(Protocol):
+    def native(self) -> WasmSnapshot | None:
+        """The snapshot of the function in native code once it is compiled, else None."""
+        ...
+
+
 class WasmFunction(_Wrapper):
     """A Wasm module's export: `call` converts numbers by the export's type; what it
-    wrote to fd 1 and 2 is its output."""
+    wrote to fd 1 and 2 is its output. While it runs in the interpreter and `upgrades`
+    has native code for it (the "auto" tier), `restore` (which the pool calls after
+    each call, never during one) replaces its sandbox with one of the native code."""
 
-    __slots__ = ("wasm",)
+    __slots__ = ("wasm", "upgrades")
 
-    def __init__(self, sb: WasmSandbox) -> None:
+    def __init__(self, sb: WasmSandbox, upgrades: Upgrades | None = None) -> None:
         super().__init__(sb)
         self.wasm = sb
+        self.upgrades = None if aot.is_native(sb) else upgrades
+
+    def restore(self) -> None:
+        snap = self.upgrades.native() if self.upgrades is not None else None
+        if snap is None:
+            self.sb.restore()
+            return
+        try:
+            new = snap.spawn(reset="per_call")
+        except Exception as exc:  # keep the interpreter's sandbox
+            log.warning("cannot start the native code of a Wasm function: %s", exc)
+            self.sb.restore()
+            return
+        old, self.sb, self.wasm, self.upgrades = self.sb, new, new, None
+        _reaper.defer(old.close)
 
     @property
     def last_stderr(self) -> str:
@@ -142,8 +168,15 @@ class WasiHttpFunction(WasmFunction):
 
     __slots__ = ("base_env", "args", "wagi", "function")
 
-    def __init__(self, sb: WasmSandbox, spec: FunctionSpec, args: list[str], function: str) -> None:
-        super().__init__(sb)
+    def __init__(
+        self,
+        sb: WasmSandbox,
+        spec: FunctionSpec,
+        args: list[str],
+        function: str,
+        upgrades: Upgrades | None = None,
+    ) -> None:
+        super().__init__(sb, upgrades)
         self.base_env, self.args = spec.variables(), args
         self.wagi = spec.http_interface == "wagi"
         self.function = function
@@ -209,26 +242,6 @@ class Startups:
             running, self._running = list(self._running), set()
         for sb in running:
             sb.close()
-
-    def sandbox_class(self) -> type[WasmSandbox]:
-        """A WasmSandbox class whose engines are registered here while from_wasm
-        instantiates the module in them."""
-        startups = self
-
-        class StartingWasmSandbox(WasmSandbox):
-            @classmethod
-            def engine(
-                cls,
-                *,
-                config: SandboxConfig | None = None,
-                output: Callable[[str], None] | None = None,
-                guest: str | os.PathLike[str] | None = None,
-            ) -> WasmSandbox:
-                sb = super().engine(config=config, output=output, guest=guest)
-                startups.add(sb)
-                return sb
-
-        return StartingWasmSandbox
 
 
 # -- kinds -------------------------------------------------------------------------------
@@ -341,6 +354,14 @@ class NativeKind:
 
 
 class WasmKind:
+    """Wasm functions, in the host's tier (HostConfig.wasm_tier, default "auto"): the
+    first sandbox runs at once, in the interpreter unless the module's native code is
+    cached; under "auto" the module is compiled in the background meanwhile (never on
+    a request's path), and once that is done the function's snapshot becomes one of
+    the native code: new sandboxes start from it, and interpreter sandboxes in the pool
+    are replaced after their next call (WasmFunction.restore). A compile that fails or
+    runs out of time is logged and leaves the function on the interpreter."""
+
     def __init__(
         self,
         name: str,
@@ -355,36 +376,92 @@ class WasmKind:
         self.timeout = timeout
         self.args = [spec.entry]
         self.startups = startups
+        self.tier: aot.Tier = config.wasm_tier
+        self.limits = aot.Limits(seconds=config.aot_compile_timeout_s)
         self._snapshot: WasmSnapshot | None = None
+        self._native: WasmSnapshot | None = None
+        self._problem: str | None = None
         self._lock = threading.Lock()
 
-    def _wrap(self, sb: WasmSandbox) -> Function:
-        if self.spec.mode == "http":
-            return WasiHttpFunction(sb, self.spec, self.args, self.name)
-        return WasmFunction(sb)
+    def code(self) -> dict[str, object]:
+        """Which code the function runs (GET /functions/{name}: `wasm`)."""
+        return {
+            "tier": self.tier,
+            "code": "native" if self._native is not None else "interpreter",
+            "compile_problem": self._problem,
+        }
 
-    def first(self) -> tuple[Function, Signature]:
+    def _wrap(self, sb: WasmSandbox) -> Function:
+        upgrades = self if self.tier == "auto" else None
+        if self.spec.mode == "http":
+            return WasiHttpFunction(sb, self.spec, self.args, self.name, upgrades)
+        return WasmFunction(sb, upgrades)
+
+    def _from_wasm(self, module: Path | WasmModule, tier: aot.Tier) -> WasmSandbox:
         wasi = WasiConfig(args=self.args, env=self.spec.variables(), stdin=b"")
         startups = self.startups
         sb = from_wasm(
-            self.blob,
+            module,
             wasi=wasi,
             config=self.config,
             reset="per_call",
             timeout=self.timeout,  # the start function's limit
-            cls=startups.sandbox_class() if startups is not None else None,
+            tier=tier,
+            on_engine=startups.add if startups is not None else None,
+            aot_limits=self.limits,
         )
         if startups is not None:
             startups.discard(sb)
+        return sb
+
+    def first(self) -> tuple[Function, Signature]:
+        sb = self._from_wasm(self.blob, self.tier)
         try:
             sig = wasm_entry(sb.module, self.spec)
             with self._lock:
                 if self._snapshot is None:
                     self._snapshot = sb.instantiated
+                    if aot.is_native(sb):
+                        self._native = sb.instantiated
+            if self.tier == "auto" and self._native is None:
+                aot.compile_in_background(sb.module, self.limits, done=self._compiled(sb.module))
         except BaseException:
             sb.close()
             raise
         return self._wrap(sb), sig
+
+    def _compiled(self, module: WasmModule) -> aot.Listener:
+        started = time.monotonic()
+
+        def done(path: Path | None, why: str | None) -> None:
+            """On the compile's thread: the native snapshot, or the reason logged."""
+            extra = {"function": self.name}
+            if path is None:
+                self._problem = why
+                log.warning("Wasm function stays on the interpreter: %s", why, extra=extra)
+                return
+            if self.startups is not None and self.startups.cancelled:
+                return  # the host is shutting down
+            try:
+                with self._from_wasm(module, "auto") as sb:
+                    snap = sb.instantiated
+                    if not aot.is_native(sb) or snap is None:
+                        raise RuntimeError(f"{path} did not give a native sandbox")
+            except Exception as exc:
+                self._problem = str(exc)
+                log.warning("Wasm function stays on the interpreter: %s", exc, extra=extra)
+                return
+            with self._lock:
+                self._snapshot = self._native = snap
+            log.info(
+                "Wasm function runs native code",
+                extra={**extra, "compile_s": round(time.monotonic() - started, 3)},
+            )
+
+        return done
+
+    def native(self) -> WasmSnapshot | None:
+        return self._native
 
     def new(self) -> Function:
         snap = self._snapshot

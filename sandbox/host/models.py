@@ -61,6 +61,14 @@ class LimitsInfo(BaseModel):
     warm: int
 
 
+class WasmCodeInfo(BaseModel):
+    tier: str = Field(description="the host's wasm_tier: auto, interp or aot")
+    code: str = Field(description="what new sandboxes run: native or interpreter")
+    compile_problem: str | None = Field(
+        description="why the module stays on the interpreter (a failed or timed-out compile)"
+    )
+
+
 class FunctionInfo(BaseModel):
     name: str
     version: int
@@ -78,6 +86,7 @@ class FunctionInfo(BaseModel):
     state: str = Field(description="ready, or failed (see problem)")
     problem: str | None
     pool: PoolInfo
+    wasm: WasmCodeInfo | None = Field(None, description="Wasm functions: which code runs")
     previous_versions: list[int] = Field(description="versions kept for rollback, newest first")
 
 

@@ -144,7 +144,7 @@ class Registry:
         pool = new_pool(
             record.name, limits, kind, self.metrics.created_counter(record.name), self.shares
         )
-        dep = Deployment(record, limits, sig, pool, logs=self._log_ring())
+        dep = Deployment(record, limits, sig, pool, logs=self._log_ring(), kind=kind)
         if self.config.warm_on_start:
             try:
                 await pool.fill()
@@ -370,7 +370,7 @@ class Registry:
         pool = new_pool(name, limits, kind, self.metrics.created_counter(name), self.shares)
         self.metrics.created_counter(name)()
         pool.adopt(first)
-        dep = Deployment(record, limits, sig, pool, logs=self._log_ring())
+        dep = Deployment(record, limits, sig, pool, logs=self._log_ring(), kind=kind)
         self._install(dep)
         self._fill(dep)
         log.info(

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cachedir import cache_subdir
 from ..errors import ArgumentError
 
 PACKAGES_GUEST_PATH = "/packages"
@@ -42,10 +43,7 @@ class PackageSet:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("KVM_SANDBOX_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kvm-sandbox"
-    )
-    return Path(base) / "python-packages"
+    return cache_subdir("python-packages")
 
 
 def _describe(specs: Sequence[object]) -> tuple[list[list[str]], list[str]]:

@@ -55,11 +55,11 @@ from .abi import (
     to_python,
 )
 from .module import Export, FuncType, WasmModule, load
-from .state import WASI, EngineState, Instance, WasiImport, WasmSnapshot
+from .state import WASI_MODULE as WASI_MODULE
+from .state import EngineState, Instance, WasiImport, WasmSnapshot, bind_imports
 from .wasi import WasiContext, WasiExit
 from .windows import LinearMemory, Windows
 
-WASI_MODULE = "wasi_snapshot_preview1"
 DEFAULT_CONFIG = SandboxConfig(memory_size=256 * MiB, heap_size=64 * MiB)
 Imports = Mapping[str, Mapping[str, Callable[..., Any]]]
 
@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 
-def _wasm_config(config: SandboxConfig | None) -> SandboxConfig:
+def wasm_config(config: SandboxConfig | None) -> SandboxConfig:
     if config is None:
         return DEFAULT_CONFIG
     config = check_config(config)
@@ -117,7 +117,7 @@ class WasmSandbox:
         self._setup(EngineState(), "none", None)
         self.engine_sandbox = Sandbox(
             engine,
-            config=_wasm_config(config),
+            config=wasm_config(config),
             host_functions=self._engine_host_functions(),
             output=output,
         )
@@ -275,7 +275,7 @@ class WasmSandbox:
         snapshot of a started engine (taken once per process, config and guest), so that
         it costs a new VM, not the engine's start-up. `guest`: the engine guest, default
         the interpreter; the AOT tier passes a compiled module's guest."""
-        config = _wasm_config(config)
+        config = wasm_config(config)
         file: tuple[str, int, int] | None = None
         if guest is not None:  # a file replaced in place is a new guest (as for templates)
             try:
@@ -365,25 +365,8 @@ class WasmSandbox:
         `timeout` bounds the start function (default: the config's). Raises
         WasmLinkError, WasmTrap (from the start function or segment initialisation),
         WasmEngineError, CallTimeout."""
-        bound: list[Callable[..., Any] | WasiImport | None] = []
-        for imp in module.func_imports:
-            if imp.module in self._wasm.registered:
-                bound.append(None)
-                continue
-            if imp.module == WASI_MODULE and self.wasi is not None:
-                bound.append(WASI)
-                continue
-            fn = (host_imports or {}).get((imp.module, imp.name))
-            if fn is None:
-                raise WasmLinkError(f"unknown import: {imp.module}.{imp.name} ({imp.type})")
-            bound.append(fn)
-        for imp in module.imports:
-            if imp.kind != "func" and imp.module not in self._wasm.registered:
-                raise WasmLinkError(
-                    f"unknown import: {imp.module}.{imp.name} ({imp.kind}); only functions "
-                    "can be imported from the host"
-                )
-        instance = Instance(module, tuple(bound))
+        bound = bind_imports(module, self._wasm.registered, self.wasi is not None, host_imports)
+        instance = Instance(module, bound)
         self._pending = instance
         try:
             reply = self._engine_call(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import ResetMode, SandboxConfig
 from ..cpu import CpuState
-from ..errors import ArgumentError, WasmEngineError
+from ..errors import ArgumentError, WasmEngineError, WasmLinkError
 from ..layout import PAGE, Layout
 from ..snapshot import Snapshot
 from .module import WasmModule
@@ -19,6 +19,7 @@ from .wasi import WasiConfig
 if TYPE_CHECKING:
     from .sandbox import WasmSandbox
 
+WASI_MODULE = "wasi_snapshot_preview1"
 HOT_HEAP_PAGES = 64  # engine-heap pages a sandbox made from a snapshot populates
 
 
@@ -35,6 +36,36 @@ class WasiImport:
 
 
 WASI = WasiImport()
+
+
+def bind_imports(
+    module: WasmModule,
+    registered: set[str],
+    wasi: bool,
+    host_imports: Mapping[tuple[str, str], Callable[..., Any]] | None,
+) -> tuple[Callable[..., Any] | WasiImport | None, ...]:
+    """What each function import of `module` is bound to in an engine with the
+    `registered` modules (None: linked inside the engine), WASI (`wasi`: the sandbox
+    has a WasiContext) or `host_imports[(module, name)]`. Raises WasmLinkError."""
+    bound: list[Callable[..., Any] | WasiImport | None] = []
+    for imp in module.func_imports:
+        if imp.module in registered:
+            bound.append(None)
+            continue
+        if imp.module == WASI_MODULE and wasi:
+            bound.append(WASI)
+            continue
+        fn = (host_imports or {}).get((imp.module, imp.name))
+        if fn is None:
+            raise WasmLinkError(f"unknown import: {imp.module}.{imp.name} ({imp.type})")
+        bound.append(fn)
+    for imp in module.imports:
+        if imp.kind != "func" and imp.module not in registered:
+            raise WasmLinkError(
+                f"unknown import: {imp.module}.{imp.name} ({imp.kind}); only functions "
+                "can be imported from the host"
+            )
+    return tuple(bound)
 
 
 @dataclass

@@ -377,23 +377,23 @@ def test_imports_in_any_order() -> None:
     assert seen == ["aa.a", "aa.a"]
 
 
-def test_engine_override_sees_aot_engines(traps_wasm: bytes) -> None:
-    """A WasmSandbox subclass that overrides engine() (the function host's start-up
-    tracking) is asked for compiled engines too."""
+def test_on_engine_sees_aot_engines(traps_wasm: bytes) -> None:
+    """from_wasm's `on_engine` (the function host's start-up tracking) is called with
+    compiled engines too, of the class asked for, whether or not the module cache
+    already held the module's engine."""
     from sandbox.wasm import WasmSandbox
     from sandbox.wasm.factory import from_wasm
 
-    guests: list[object] = []
-
     class Tracking(WasmSandbox):
-        @classmethod
-        def engine(cls, **kwargs: Any) -> WasmSandbox:
-            guests.append(kwargs.get("guest"))
-            return super().engine(**kwargs)
+        pass
 
-    with from_wasm(traps_wasm, imports=_imports(), tier="aot", cls=Tracking) as sb:
-        assert isinstance(sb, Tracking) and sb.call("div", 8, 2) == 4
-    assert guests and str(guests[0]).endswith(".elf")
+    for _ in range(2):  # the second from_wasm starts from the cached engine
+        seen: list[WasmSandbox] = []
+        with from_wasm(
+            traps_wasm, imports=_imports(), tier="aot", cls=Tracking, on_engine=seen.append
+        ) as sb:
+            assert isinstance(sb, Tracking) and sb.call("div", 8, 2) == 4
+            assert seen == [sb] and aot.is_native(sb)
 
 
 def test_a_swapped_cache_entry_is_refused(fresh_cache: Path) -> None:

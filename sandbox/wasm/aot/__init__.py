@@ -2,17 +2,32 @@
 compiler) into guests that run the module as native ring-3 code. See docs/aot.md."""
 
 from .compiler import AotCompileError, Limits, cache_dir, compile_module
-from .tier import TIERS, Tier, check_tier, compile_in_background, engine_for, failure
+from .tier import (
+    TIERS,
+    Listener,
+    Tier,
+    check_guest,
+    check_tier,
+    compile_in_background,
+    engine_for,
+    failure,
+    guest_for,
+    is_native,
+)
 
 __all__ = [
     "TIERS",
     "AotCompileError",
     "Limits",
+    "Listener",
     "Tier",
     "cache_dir",
+    "check_guest",
     "check_tier",
     "compile_in_background",
     "compile_module",
     "engine_for",
     "failure",
+    "guest_for",
+    "is_native",
 ]

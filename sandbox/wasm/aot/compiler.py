@@ -29,6 +29,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...cachedir import cache_subdir
 from ...errors import GuestBuildError
 from ...sdk import sdk_dir
 from ..module import WasmModule, uses_simd
@@ -89,10 +90,7 @@ class Limits:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("KVM_SANDBOX_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kvm-sandbox"
-    )
-    return Path(base) / "wasm-aot"
+    return cache_subdir("wasm-aot")
 
 
 def _cc() -> str:
@@ -155,7 +153,7 @@ def _toolchain_key(cc: str, wasm2c: str) -> str:
 
 
 def module_id(module: WasmModule) -> str:
-    return hashlib.sha256(module.data).hexdigest()
+    return module.sha256
 
 
 def cached_path(module: WasmModule) -> Path:
@@ -228,7 +226,7 @@ def _runtime_objects(limits: Limits) -> list[Path]:
     objects = [target / (s.parent.name + "-" + s.stem + ".o") for s in sources]
     if all(o.is_file() for o in objects):
         return objects
-    cache_dir().mkdir(parents=True, exist_ok=True)
+    cache_subdir("wasm-aot", create=True)
     tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=cache_dir()))
     try:
         shutil.copy2(_wasm_rt_h(), tmp / "wasm-rt.h")
