@@ -65,6 +65,9 @@ class Machine:
         # Guest ranges through which the host writes page-table entries (the Wasm
         # windows): when a reset takes them back, KVM's shadow MMU is flushed.
         self._page_table_watch: tuple[tuple[int, int], ...] = ()
+        # Reset by park() and not run since: the next load need not reset it again (a
+        # parked machine waits in machines.py, where nothing runs or writes it).
+        self._parked = False
         try:
             self.memory.set_stable(layout.stable_ranges(image.read))
             # Populate first: the seed then goes into a page already copied (no fault).
@@ -128,6 +131,7 @@ class Machine:
         (trampoline.py; KVM_SET_XSAVE where it cannot), XCR0 if it differs from the
         vCPU's. Until the next run, `save_cpu` answers `cpu`."""
         vcpu = self.vcpu
+        self._parked = False  # the trampoline page is written
         regs = self._trampoline.load(self.memory, cpu)
         if regs is None:
             vcpu.load_state(cpu.regs, cpu.sregs)
@@ -156,8 +160,10 @@ class Machine:
         assert vm is not None and vcpu is not None, "the machine is closed"
         vcpu.settle(None)  # before memory: a pending string `in` writes to it
         remapped = image is not memory.image
+        parked, self._parked = self._parked, False
         if not remapped:
-            self._reset_memory(vm)
+            if not parked:  # park() reset it, and nothing ran or wrote since
+                self._reset_memory(vm)
         else:
             vm.remove_memory_region(SLOT)
             memory.remap(image)
@@ -178,6 +184,7 @@ class Machine:
         next: it cancels the stub's exit and rewrites the trampoline page. Raises
         RuntimeError if the stub does not come back as planned."""
         layout, vcpu = self.layout, self.vcpu
+        self._parked = False
         code = bytearray()
         for start, size, _ in layout.first_call_pages:
             for page in range(start, start + size, PAGE):
@@ -214,6 +221,7 @@ class Machine:
         self.vcpu.settle(None)
         self._reset_memory(vm)
         self._page_table_watch = ()
+        self._parked = True
 
     def _reset_memory(self, vm: Vm) -> None:
         """Resets the memory to its image (the vCPU settled first), and makes KVM drop

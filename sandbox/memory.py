@@ -180,6 +180,7 @@ class GuestMemory:
         self._n_stable = 0
         self._regions: dict[tuple[int, int], memoryview] = {}
         self._populated: set[tuple[int, int, bool]] = set()  # ranges prefault() did
+        self._image_bytes: dict[tuple[int, int], bytes] = {}  # differs_from_image's
         # The address is given to KVM as the memslot's backing: it is unmapped only after
         # the VM that uses it is closed (or its slot removed).
         self._mapping = Mapping.of_image(
@@ -251,9 +252,15 @@ class GuestMemory:
 
     def differs_from_image(self, ranges: Sequence[tuple[int, int]]) -> bool:
         """Whether any of the guest ranges differs from the image."""
-        view = self.view
-        # bytes compare by memcmp; a memoryview compares element by element
-        return any(view[a : a + n].tobytes() != self.image.read(a, n) for a, n in ranges)
+        view, image = self.view, self._image_bytes
+        for a, n in ranges:
+            want = image.get((a, n))
+            if want is None:  # the image is sealed: read once per range and mapping
+                want = image[(a, n)] = self.image.read(a, n)
+            # bytes compare by memcmp; a memoryview compares element by element
+            if view[a : a + n].tobytes() != want:
+                return True
+        return False
 
     def prefault(self, ranges: Sequence[tuple[int, int, bool]]) -> None:
         """Populates the host pages of `ranges` (address, size, write) in one system call

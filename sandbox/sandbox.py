@@ -153,7 +153,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         self._in_call = False  # the guest is inside a call (between entry and RETURN)
         self._close_requested = False
         self._capture = OutputCapture(self.config.output_limit, output)
-        self._encoders: dict[str, CallEncoder] = {}
+        self._encoders: dict[str | CallEncoder, CallEncoder] = {}
         self._default_timeout = self.config.timeout
         self._machine = machines.obtain(initial.image, initial.cpu, initial.layout)
         self._run_vcpu = self._machine.run
@@ -398,8 +398,11 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
 
     # -- calls -----------------------------------------------------------------------
 
-    def call(self, name: str, *args: object, timeout: float | None = None) -> Value:
-        """Calls the guest function `name` with `args` and returns its result.
+    def call(self, name: str | CallEncoder, *args: object, timeout: float | None = None) -> Value:
+        """Calls the guest function `name` with `args` and returns its result. `name`
+        may also be a CallEncoder made for one of the guest's functions: a layer that
+        calls one function in fixed ways precomputes its records (the Wasm engine's
+        per-export encoders, sandbox/wasm/abi.py); the guest still checks the record.
 
         Arguments are converted by the function's declared parameter types (int for
         i32/u32/i64/u64, float for f32/f64, bool, str, bytes). `timeout` (seconds,
@@ -462,8 +465,15 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
                 if self._close_requested:
                     self._release(deferred=True)
 
-    def _encoder(self, name: str) -> CallEncoder:
-        """The record encoder of function `name` (made once per signature in use)."""
+    def _encoder(self, name: str | CallEncoder) -> CallEncoder:
+        """The record encoder of function `name` (made once per signature in use), or
+        `name` itself if it is an encoder of one of this guest's functions."""
+        if isinstance(name, CallEncoder):
+            sig = self.functions.get(name.sig.name)
+            if sig is not name.sig and sig != name.sig:
+                raise FunctionNotFound(f"the guest has no function {name.sig}")
+            self._encoders[name] = name  # checked once per guest's function table
+            return name
         sig = self.functions.get(name)
         if sig is None:
             if self._state == _CLOSED:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Self
 
-from ..abi import Signature
+from ..abi import CallEncoder, Signature
 from ..arguments import check_config, check_reset, check_timeout
 from ..config import MiB, ResetMode, SandboxConfig
 from ..errors import (
@@ -41,9 +41,11 @@ from .abi import (
     HOST_GROW,
     HOST_IMPORT,
     MAX_MEMORIES,
+    MISS,
     NO_MEMORY,
     WINDOW_BASE,
     WINDOW_STRIDE,
+    InvokeEncoder,
     Reply,
     ValType,
     check_ok,
@@ -300,16 +302,22 @@ class WasmSandbox:
     def _engine_call(
         self, what: str, name: str, *args: object, timeout: float | None = None
     ) -> Reply:
+        return parse_reply(self._engine_raw(name, *args, timeout=timeout), what)
+
+    def _engine_raw(
+        self, name: str | CallEncoder, *args: object, timeout: float | None = None
+    ) -> object:
+        """What the engine answered (a reply, unchecked), the reply of wasm_fault when
+        the operation faulted on a window or (a compiled guest) on its stack guard."""
         engine = self.engine_sandbox
         try:
-            data = engine.call(name, *args, timeout=timeout)
+            return engine.call(name, *args, timeout=timeout)
         except GuestTrap as trap:
             if not (self._is_window_fault(trap) or self._is_native_stack_overflow(trap)):
                 raise
             assert self._wasm.rewind is not None
             engine.recover(self._wasm.rewind)
-            data = engine.call("wasm_fault", trap.address or 0)
-        return parse_reply(data, what)
+            return engine.call("wasm_fault", trap.address or 0)
 
     def _note_rewind(self) -> None:
         """Keeps the registers of a state between calls, once (to resume after a fault)."""
@@ -516,6 +524,38 @@ class WasmSandbox:
         if handle is None:  # an engine without a module: the engine's own functions
             return self.engine_sandbox.call(name, *args, timeout=timeout)
         inst = self._wasm.instances[handle]
+        encoder = inst.invokers.get(name) or self._invoker(handle, inst, name)
+        wasi = self.wasi
+        if self.reset_mode == "per_call":
+            if self._ran:
+                self.restore()
+            if wasi is not None:
+                wasi.clear_output()  # fresh state: the last call's output is gone too
+        if wasi is None:
+            # No WASI (the common case): no output marks, no deadline for host sleeps.
+            self._ran = True
+            try:
+                data = self._engine_raw(encoder, *args, timeout=timeout)
+            finally:
+                self.last_output = self.engine_sandbox.last_output
+                if self._close_pending and self.engine_sandbox.closed:
+                    self._close_pending = False
+        else:
+            data = self._call_wasi(wasi, encoder, args, timeout)
+        if isinstance(data, bytes):
+            value = encoder.result(data)
+            if value is not MISS:
+                return value
+        reply = parse_reply(data, name)
+        check_ok(reply, name)
+        values = [to_python(t, b) for t, b in decode_values(reply.payload, f"results of {name}")]
+        if len(values) == 0:
+            return None
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def _invoker(self, handle: int, inst: Instance, name: str) -> InvokeEncoder:
+        """The call encoder of export `name` of the instance `inst` (made once per export
+        and instance; FunctionNotFound if there is no such exported function)."""
         export = inst.module.exports.get(name)
         if export is None or export.kind != "func":
             funcs = sorted(n for n, e in inst.module.exports.items() if e.kind == "func")
@@ -524,43 +564,45 @@ class WasmSandbox:
             )
         ft = export.type
         assert isinstance(ft, FuncType)
-        data = encode_values(ft.params, args, name)
-        wasi = self.wasi
+        functions = self.engine_sandbox.functions
+        sig = functions.get("wasm_invoke")
+        if sig is None:
+            raise GuestAbiMismatch(f"{self.guest_path} has no wasm_invoke")
+        index = list(functions).index("wasm_invoke")
+        encoder = inst.invokers[name] = InvokeEncoder(
+            sig, index, handle, name, ft.params, ft.results
+        )
+        return encoder
+
+    def _call_wasi(
+        self,
+        wasi: WasiContext,
+        encoder: InvokeEncoder,
+        args: tuple[object, ...],
+        timeout: float | None,
+    ) -> object:
+        """A call of a module with WASI: the call's output captured, its limit applied to
+        WASI sleeps (host code), proc_exit raised as WasiExit."""
         limit = check_timeout(timeout) if timeout is not None else self.config.timeout
-        if self.reset_mode == "per_call":
-            if self._ran:
-                self.restore()
-            if wasi is not None:
-                wasi.clear_output()  # fresh state: the last call's output is gone too
-        marks = wasi.output_marks() if wasi is not None else (0, 0)
-        if wasi is not None:
-            # A WASI sleep is host code: the call's limit must end it too.
-            wasi.set_deadline(None if limit is None else time.monotonic_ns() + int(limit * 1e9))
+        marks = wasi.output_marks()
+        # A WASI sleep is host code: the call's limit must end it too.
+        wasi.set_deadline(None if limit is None else time.monotonic_ns() + int(limit * 1e9))
         self._ran = True
         try:
-            reply = self._engine_call(name, "wasm_invoke", handle, name, data, timeout=timeout)
+            return self._engine_raw(encoder, *args, timeout=timeout)
         except HostFunctionError as exc:
             if isinstance(exc.__cause__, WasiExit):
                 raise exc.__cause__ from None
             raise
         finally:
-            if wasi is not None:
-                wasi.set_deadline(None)
-                out, err = wasi.output_since(marks)
-                self.last_output = out.decode(errors="replace")
-                self.last_stderr = err.decode(errors="replace")
-                self._output_truncated = any(wasi.output_truncated_since(marks))
-            else:
-                self.last_output = self.engine_sandbox.last_output
+            wasi.set_deadline(None)
+            out, err = wasi.output_since(marks)
+            self.last_output = out.decode(errors="replace")
+            self.last_stderr = err.decode(errors="replace")
+            self._output_truncated = any(wasi.output_truncated_since(marks))
             if self._close_pending and self.engine_sandbox.closed:
                 self._close_pending = False
-                if wasi is not None:
-                    wasi.close()
-        check_ok(reply, name)
-        values = [to_python(t, b) for t, b in decode_values(reply.payload, f"results of {name}")]
-        if len(values) == 0:
-            return None
-        return values[0] if len(values) == 1 else tuple(values)
+                wasi.close()
 
     def run(self, *, timeout: float | None = None) -> int:
         """Runs a WASI command (its `_start` export) and returns its exit code: 0 when

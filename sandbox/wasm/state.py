@@ -17,6 +17,7 @@ from .module import WasmModule
 from .wasi import WasiConfig
 
 if TYPE_CHECKING:
+    from .abi import InvokeEncoder
     from .sandbox import WasmSandbox
 
 HOT_HEAP_PAGES = 64  # engine-heap pages a sandbox made from a snapshot populates
@@ -28,6 +29,11 @@ class Instance:
     # Per function import index: the Python callable, WASI (served by the sandbox's
     # WasiContext), or None (linked inside the engine).
     host_imports: tuple[Callable[..., Any] | WasiImport | None, ...]
+    # Per export name: the encoder of its calls (made on the first call, then shared by
+    # every sandbox with this instance: restores, snapshots and their spawns).
+    invokers: dict[str, InvokeEncoder] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
 
 
 class WasiImport:
