@@ -226,14 +226,14 @@ def check_ok(reply: Reply, what: str) -> None:
 
 
 # The hot path of a call (see InvokeEncoder): per Wasm type of an argument, the struct
-# code of its 8 bytes in a value list (an i32 sign-extended: the engine keeps the low 32
-# bits, as it does of what encode_values writes; f32 in the low 4 bytes) and, of a result,
-# the code that reads its Python value (the engine writes i32/f32 zero-extended: their
-# low 4 bytes are the value, as to_python reads it).
-_ARG_CODES = {ValType.I32: "q", ValType.I64: "q", ValType.F32: "f4x", ValType.F64: "d"}
+# code of its 8 bytes in a value list, the bytes encode_values writes for the values the
+# code takes (i32 in [-2^31, 2^31) and i64 in [-2^63, 2^63) as two's complement, f32 in
+# the low 4 bytes; struct.error for the rest, which the general path takes or refuses)
+# and, of a result, the code that reads its Python value (i32/f32 from the low 4 bytes,
+# as to_python reads them).
+_ARG_CODES = {ValType.I32: "i4x", ValType.I64: "q", ValType.F32: "f4x", ValType.F64: "d"}
 _RESULT_CODES = {ValType.I32: "i4x", ValType.I64: "q", ValType.F32: "f4x", ValType.F64: "d"}
 _PY_TYPES = {ValType.I32: int, ValType.I64: int, ValType.F32: float, ValType.F64: float}
-_I32_LOW, _I32_HIGH = -(1 << 31), (1 << 32) - 1
 MISS = object()  # InvokeEncoder.result: not the common case, decode the reply in full
 
 
@@ -241,13 +241,14 @@ class InvokeEncoder(CallEncoder):
     """The engine's `wasm_invoke(instance, export, values)` call record for one export
     of one instance, written with one struct.pack_into: the record's fixed part (header,
     argument slots, the names) is precomputed by encode_call, the value list packed
-    after it. Exports whose parameters and results are all i32/i64/f32/f64 take this
-    path for arguments of the exact Python type in range; anything else (and every
+    after it, the same bytes as encode_values + encode_call write. Exports whose
+    parameters are all i32/i64/f32/f64 take this path for arguments of the exact Python
+    type within the struct codes' ranges; anything else (and every
     other export) is encoded by encode_values + encode_call, which convert or raise the
     precise ArgumentError. `result` reads an OK reply of the declared types with one
     unpack. The guest checks every record as it checks any other."""
 
-    __slots__ = ("export", "params", "_handle", "_packer", "_values", "_py", "_i32s", "_reply")
+    __slots__ = ("export", "params", "_handle", "_packer", "_values", "_py", "_reply")
 
     def __init__(
         self,
@@ -268,7 +269,6 @@ class InvokeEncoder(CallEncoder):
         self._reply: tuple[struct.Struct, tuple[int, ...], int] | None = None
         self._values: list[object] = []
         self._py: tuple[type, ...] = ()
-        self._i32s: tuple[int, ...] = ()
         if all(t in _ARG_CODES for t in ft_params):
             size = 1 + 9 * len(ft_params)
             room = CALL_SIZE + len(sig.name) + len(export.encode()) + size + 32  # + padding
@@ -281,7 +281,6 @@ class InvokeEncoder(CallEncoder):
             for t in ft_params:
                 self._values += [int(t), 0]
             self._py = tuple(_PY_TYPES[t] for t in ft_params)
-            self._i32s = tuple(i for i, t in enumerate(ft_params) if t == ValType.I32)
         if all(t in _RESULT_CODES for t in ft_results):
             codes = "".join("B" + _RESULT_CODES[t] for t in ft_results)
             head = (int(Status.OK), len(ft_results), *map(int, ft_results))
@@ -290,17 +289,13 @@ class InvokeEncoder(CallEncoder):
     def encode(self, buf: memoryview, args: Sequence[object]) -> None:
         packer = self._packer
         if packer is not None and tuple(map(type, args)) == self._py:
-            for i in self._i32s:
-                if not _I32_LOW <= args[i] <= _I32_HIGH:  # type: ignore[operator]
-                    break
-            else:
-                values = self._values[:]
-                values[3::2] = args
-                try:
-                    packer.pack_into(buf, 0, *values)
-                    return
-                except (struct.error, OverflowError):
-                    pass  # out of range for its type: the full path says how
+            values = self._values[:]
+            values[3::2] = args
+            try:
+                packer.pack_into(buf, 0, *values)
+                return
+            except (struct.error, OverflowError):
+                pass  # beyond the code's range: the general path takes it or says why
         data = encode_values(self.params, tuple(args), self.export)
         encode_call(buf, self.sig, (self._handle, self.export, data), self.hint)
 

@@ -309,15 +309,20 @@ class WasmSandbox:
     ) -> object:
         """What the engine answered (a reply, unchecked), the reply of wasm_fault when
         the operation faulted on a window or (a compiled guest) on its stack guard."""
-        engine = self.engine_sandbox
         try:
-            return engine.call(name, *args, timeout=timeout)
+            return self.engine_sandbox.call(name, *args, timeout=timeout)
         except GuestTrap as trap:
-            if not (self._is_window_fault(trap) or self._is_native_stack_overflow(trap)):
-                raise
-            assert self._wasm.rewind is not None
-            engine.recover(self._wasm.rewind)
-            return engine.call("wasm_fault", trap.address or 0)
+            return self._fault_reply(trap)
+
+    def _fault_reply(self, trap: GuestTrap) -> object:
+        """The engine's reply to a trap of the operation it was running: wasm_fault's if
+        it faulted on a window or (a compiled guest) on its stack guard; else re-raised."""
+        if not (self._is_window_fault(trap) or self._is_native_stack_overflow(trap)):
+            raise trap
+        assert self._wasm.rewind is not None
+        engine = self.engine_sandbox
+        engine.recover(self._wasm.rewind)
+        return engine.call("wasm_fault", trap.address or 0)
 
     def _note_rewind(self) -> None:
         """Keeps the registers of a state between calls, once (to resume after a fault)."""
@@ -533,12 +538,16 @@ class WasmSandbox:
                 wasi.clear_output()  # fresh state: the last call's output is gone too
         if wasi is None:
             # No WASI (the common case): no output marks, no deadline for host sleeps.
+            engine = self.engine_sandbox
             self._ran = True
+            data: object
             try:
-                data = self._engine_raw(encoder, *args, timeout=timeout)
+                data = engine.call(encoder, *args, timeout=timeout)
+            except GuestTrap as trap:
+                data = self._fault_reply(trap)
             finally:
-                self.last_output = self.engine_sandbox.last_output
-                if self._close_pending and self.engine_sandbox.closed:
+                self.last_output = engine.last_output
+                if self._close_pending and engine.closed:
                     self._close_pending = False
         else:
             data = self._call_wasi(wasi, encoder, args, timeout)
