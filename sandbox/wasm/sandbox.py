@@ -163,7 +163,10 @@ class WasmSandbox:
     def _attach_windows(self) -> None:
         engine = self.engine_sandbox
         self._windows = Windows(engine.memory, engine.layout)
-        engine.watch_page_tables(self._windows.watch)
+        # The windows' page tables are watched (Sandbox.watch_page_tables) from the first
+        # grow after a reset on: until then the host wrote none since the memory was
+        # last equal to its image, and a reset needs neither to compare nor to flush.
+        self._watching = False
 
     @classmethod
     def from_wasm_snapshot(
@@ -263,6 +266,9 @@ class WasmSandbox:
         else:
             self.engine_sandbox.restore(target.base)
             self._wasm = target.wasm_state.copy()
+        if self._watching:  # the memory is its image again (flushed if it had to be)
+            self.engine_sandbox.watch_page_tables([])
+            self._watching = False
         self._ran = False
 
     @classmethod
@@ -455,6 +461,9 @@ class WasmSandbox:
     # -- host calls from the engine --------------------------------------------------
 
     def _host_grow(self, window: object, pages: object) -> bool:
+        if not self._watching:  # before anything is written (see _attach_windows)
+            self.engine_sandbox.watch_page_tables(self._windows.watch)
+            self._watching = True
         return self._windows.grow(window, pages)
 
     def _host_import(

@@ -17,7 +17,7 @@ import pytest
 
 from sandbox import ArgumentError, FunctionNotFound, Sandbox
 from sandbox.abi import encode_call
-from sandbox.wasm import WasmSandbox
+from sandbox.wasm import WasmSandbox, WasmTrap
 from sandbox.wasm.abi import MISS, InvokeEncoder, ValType, encode_values
 
 wasmtime = pytest.importorskip("wasmtime")
@@ -198,3 +198,45 @@ def test_spawns_share_the_encoders_and_start_from_the_snapshot(sb: WasmSandbox) 
         assert main_a is not None and main_b is not None
         inst_a, inst_b = a._wasm.instances[main_a], b._wasm.instances[main_b]
         assert inst_a.invokers["mix"] is inst_b.invokers["mix"]
+
+
+GROWER = """
+(module
+  (memory 1)
+  (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
+  (func (export "size") (result i32) (memory.size))
+  (func (export "load") (param i32) (result i32) (i32.load (local.get 0)))
+  (func (export "store") (param i32 i32) (i32.store (local.get 0) (local.get 1)))
+)
+"""
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_every_reset_after_a_grow_unmaps_the_grown_pages(tier: str) -> None:
+    """The windows' page tables are watched only from a grow on (the restore after it
+    compares and flushes KVM's mappings, then stops watching): a module that grows,
+    touches the new pages (KVM maps them) and is reset, again and again, and a sandbox
+    that takes its parked machine, must fault on those pages every time."""
+    from sandbox import _reaper
+
+    far = 2 * 65536
+    with Sandbox.from_wasm(bytes(wasmtime.wat2wasm(GROWER)), tier=tier) as sb:
+        for _ in range(3):
+            assert sb.call("grow", 2) == 1
+            sb.call("store", far, 7)
+            assert sb.call("load", far) == 7
+            sb.restore()
+            assert sb.call("size") == 1
+            with pytest.raises(WasmTrap):
+                sb.call("load", far)
+            assert sb.call("load", 8) == 0
+        snap = sb.snapshot()
+    for _ in range(3):
+        with Sandbox.from_snapshot(snap) as a:
+            assert a.call("grow", 2) == 1
+            a.call("store", far, 9)
+        _reaper.drain()  # parked: the next sandbox may take its machine
+        with Sandbox.from_snapshot(snap) as b:
+            assert b.call("size") == 1
+            with pytest.raises(WasmTrap):
+                b.call("load", far)
