@@ -107,6 +107,12 @@ class Machine:
         guest's own writes to page tables."""
         self._page_table_watch = tuple(ranges)
 
+    def limit_reset_scan(self, ranges: Sequence[tuple[int, int]] | None) -> None:
+        """Names the only guest ranges a reset searches for written pages (None: all of
+        the memory; see GuestMemory.set_scan for the promise it takes). Until the next
+        call, a remap (another image) or park() (the next owner starts with all)."""
+        self.memory.set_scan(ranges)
+
     def save_cpu(self) -> CpuState:
         """The vCPU's state, between runs (completes a pending exit first); right after
         a load, the state loaded (the trampoline has yet to run)."""
@@ -215,12 +221,13 @@ class Machine:
         resets the memory to its image (keeping a call's working set mapped, as a
         restore does, so that the next owner's first call does not fault it in again),
         flushes KVM's mappings if the host-written page tables changed, and forgets the
-        page-table watch (the next owner sets its own)."""
+        page-table watch and the reset scan's limits (the next owner sets its own)."""
         vm = self._vm
         assert vm is not None, "the machine is closed"
         self.vcpu.settle(None)
         self._reset_memory(vm)
         self._page_table_watch = ()
+        self.memory.set_scan(None)
         self._parked = True
 
     def _reset_memory(self, vm: Vm) -> None:

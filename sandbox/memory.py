@@ -178,6 +178,8 @@ class GuestMemory:
         self._reset_args: tuple[Any, ...] | None = None
         self._stable: Any = ffi.new("uint64_t[]", 1)
         self._n_stable = 0
+        self._scan: Any = ffi.new("uint64_t[]", [0, image.size])  # set_scan
+        self._n_scan = 1
         self._regions: dict[tuple[int, int], memoryview] = {}
         self._populated: set[tuple[int, int, bool]] = set()  # ranges prefault() did
         self._image_bytes: dict[tuple[int, int], bytes] = {}  # differs_from_image's
@@ -196,6 +198,24 @@ class GuestMemory:
         flat = [n for pair in sorted(ranges) for n in pair]
         self._stable = ffi.new("uint64_t[]", flat or [0])
         self._n_stable = len(ranges)
+        self._reset_args = None
+
+    def set_scan(self, ranges: Sequence[tuple[int, int]] | None) -> None:
+        """Names the only ranges a reset searches for written pages (None: all of the
+        memory). The caller promises that every page written since the memory was last
+        equal to its image, and every page written until the next call of this method,
+        lies in them: a layer that knows the guest and the host cannot write elsewhere
+        (the Wasm windows' pool, sandbox/wasm/windows.py). For this mapping only."""
+        if ranges is None:
+            ranges = [(0, self.size)]
+        flat: list[int] = []
+        for addr, length in sorted(ranges):
+            self.check_range(addr, length, "reset scan range")
+            if addr % PAGE or length % PAGE or (flat and addr < flat[-2] + flat[-1]):
+                raise ValueError(f"reset scan ranges must be page-aligned and disjoint: {ranges}")
+            flat += [addr, length]
+        self._scan = ffi.new("uint64_t[]", flat or [0])
+        self._n_scan = len(flat) // 2
         self._reset_args = None
 
     def region(self, addr: int, length: int) -> memoryview:
@@ -244,6 +264,8 @@ class GuestMemory:
                 len(image.extents),
                 self._stable,
                 self._n_stable,
+                self._scan,
+                self._n_scan,
             )
         found = int(_memory_reset(*args, keep))
         if found < 0:

@@ -380,6 +380,15 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         that changes them flushes KVM's shadow MMU (see Machine.watch_page_tables)."""
         self._machine.watch_page_tables(ranges)
 
+    def limit_reset_scan(self, ranges: list[tuple[int, int]] | None) -> None:
+        """Names the only guest ranges in which a reset looks for written pages (None:
+        all of the memory, the default): for hosts of guests that know where nothing can
+        be written (the Wasm engine's pool of linear memory, reachable only through the
+        windows the host maps). The caller promises that every page written since the
+        memory was last equal to its image, and until the next call of this method, lies
+        in them; a reset that maps another snapshot's memory forgets them."""
+        self._machine.limit_reset_scan(ranges)
+
     def _between_calls(self) -> threading.Lock:
         """The call lock, refused at once (SandboxBusy) to a thread inside one of this
         sandbox's calls: it would wait for itself."""

@@ -59,7 +59,7 @@ from .abi import (
 from .module import Export, FuncType, WasmModule, load
 from .state import WASI, EngineState, Instance, WasiImport, WasmSnapshot
 from .wasi import WasiContext, WasiExit
-from .windows import LinearMemory, Windows
+from .windows import LinearMemory, Windows, pool_reach
 
 WASI_MODULE = "wasi_snapshot_preview1"
 DEFAULT_CONFIG = SandboxConfig(memory_size=256 * MiB, heap_size=64 * MiB)
@@ -131,7 +131,8 @@ class WasmSandbox:
         if "aot_module_id" in self.engine_sandbox.functions:
             # A compiled module's guest (sandbox.wasm.aot) has no built-in "spectest".
             self._wasm.registered.clear()
-        self._attach_windows()
+        memory = self.engine_sandbox.memory  # the guest's own start wrote below the pool
+        self._attach_windows(pool_reach(self.engine_sandbox.layout, memory.image.read))
 
     def _check_abi(self) -> None:
         """Raises GuestAbiMismatch unless the engine speaks this host's engine ABI."""
@@ -160,9 +161,13 @@ class WasmSandbox:
     def _engine_host_functions(self) -> dict[str, Callable[..., Any]]:
         return {HOST_GROW: self._host_grow, HOST_IMPORT: self._host_import}
 
-    def _attach_windows(self) -> None:
+    def _attach_windows(self, scan: list[tuple[int, int]] | None) -> None:
+        """The host's side of the windows, and the reset scan's limits for memory equal
+        to an image whose pool reaches `scan` (WasmSnapshot.scan_ranges)."""
         engine = self.engine_sandbox
-        self._windows = Windows(engine.memory, engine.layout)
+        self._windows = Windows(engine.memory, engine.layout, self._reach)
+        engine.limit_reset_scan(scan)
+        self._scan_target: WasmSnapshot | None = None  # the snapshot whose limits are set
         # The windows' page tables are watched (Sandbox.watch_page_tables) from the first
         # grow after a reset on: until then the host wrote none since the memory was
         # last equal to its image, and a reset needs neither to compare nor to flush.
@@ -188,7 +193,8 @@ class WasmSandbox:
                 sb.wasi.close()
             raise
         sb._initial = snap
-        sb._attach_windows()
+        sb._attach_windows(snap.scan_ranges)
+        sb._scan_target = snap
         sb.engine_sandbox.memory.prefault(snap.heap_pages)
         return sb
 
@@ -263,9 +269,14 @@ class WasmSandbox:
         if target is None:
             self.engine_sandbox.restore()
             self._wasm = EngineState(wasi_config=self._wasm.wasi_config)
+            self.engine_sandbox.limit_reset_scan(None)
+            self._scan_target = None
         else:
             self.engine_sandbox.restore(target.base)
             self._wasm = target.wasm_state.copy()
+            if self._scan_target is not target:  # another state, or a grow since
+                self.engine_sandbox.limit_reset_scan(target.scan_ranges)
+                self._scan_target = target
         if self._watching:  # the memory is its image again (flushed if it had to be)
             self.engine_sandbox.watch_page_tables([])
             self._watching = False
@@ -459,6 +470,11 @@ class WasmSandbox:
         return LinearMemory(self._windows, window)
 
     # -- host calls from the engine --------------------------------------------------
+
+    def _reach(self, ranges: list[tuple[int, int]] | None) -> None:
+        """Windows.grow is about to write up to `ranges`: the resets search them."""
+        self.engine_sandbox.limit_reset_scan(ranges)
+        self._scan_target = None
 
     def _host_grow(self, window: object, pages: object) -> bool:
         if not self._watching:  # before anything is written (see _attach_windows)

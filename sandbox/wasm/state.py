@@ -15,6 +15,7 @@ from ..layout import PAGE, Layout
 from ..snapshot import Snapshot
 from .module import WasmModule
 from .wasi import WasiConfig
+from .windows import pool_reach
 
 if TYPE_CHECKING:
     from .abi import InvokeEncoder
@@ -71,6 +72,9 @@ class WasmSnapshot:
         self.wasm_state = state
         self.kind = kind  # the class of the sandbox it was taken of: what spawn makes
         self.heap_pages = self._heap_pages()
+        # Where a sandbox in this state can write (windows.pool_reach): what its resets
+        # search for written pages until it grows a memory.
+        self.scan_ranges = pool_reach(base.layout, base.image.read)
 
     @property
     def config(self) -> SandboxConfig:

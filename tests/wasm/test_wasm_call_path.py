@@ -240,3 +240,71 @@ def test_every_reset_after_a_grow_unmaps_the_grown_pages(tier: str) -> None:
             assert b.call("size") == 1
             with pytest.raises(WasmTrap):
                 b.call("load", far)
+
+
+FILLER = """
+(module
+  (memory 1)
+  (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
+  (func (export "size") (result i32) (memory.size))
+  (func (export "fill") (param i32 i32)  ;; every byte of [arg0, end of memory) = arg1
+    (memory.fill (local.get 0) (local.get 1)
+      (i32.sub (i32.mul (memory.size) (i32.const 65536)) (local.get 0))))
+  (func (export "sum") (param i32) (result i64)  ;; the bytes of [arg0, end) added up
+    (local $sum i64)
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get 0) (i32.mul (memory.size) (i32.const 65536))))
+      (local.set $sum (i64.add (local.get $sum) (i64.load8_u (local.get 0))))
+      (local.set 0 (i32.add (local.get 0) (i32.const 1)))
+      (br $next)))
+    (local.get $sum))
+)
+"""
+
+
+def _pool_writes_outside_the_reach(sb: WasmSandbox) -> list[int]:
+    """Pages outside what the resets search that differ from the image (a page written
+    once stays the sandbox's own copy, equal to the image again after a reset: only a
+    page written since the last reset can differ)."""
+    from sandbox.wasm.windows import pool_reach
+
+    memory = sb.engine_sandbox.memory
+    reach = pool_reach(sb.layout, lambda a, n: bytes(memory.view[a : a + n])) or []
+    return [
+        page
+        for addr, length in memory.written_ranges()
+        for page in range(addr, addr + length, 4096)
+        if not any(a <= page < a + n for a, n in reach)
+        and bytes(memory.view[page : page + 4096]) != memory.image.read(page, 4096)
+    ]
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_resets_search_where_pages_can_be_written(tier: str) -> None:
+    """A reset searches only the pool's pages in use (windows.pool_reach), not the gap
+    between linear memory and the page tables. A module that grows, fills every new page
+    and is reset, again and again, and sandboxes that take its parked machine, find every
+    page zero again; and no page in the gap is ever written (a scan of all of memory)."""
+    from sandbox import _reaper
+
+    with Sandbox.from_wasm(bytes(wasmtime.wat2wasm(FILLER)), tier=tier) as sb:
+        for grow in (1, 5, 40, 3):
+            assert sb.call("grow", grow) == 1
+            sb.call("fill", 0, 0xA5)
+            assert sb.call("sum", 0) == 0xA5 * 65536 * (1 + grow)
+            assert _pool_writes_outside_the_reach(sb) == []
+            sb.restore()
+            assert sb.call("size") == 1 and sb.call("sum", 0) == 0
+            assert sb.call("grow", grow + 2) == 1
+            assert sb.call("sum", 0) == 0  # the pages filled before are zero again
+            sb.restore()
+        snap = sb.snapshot()
+    for _ in range(3):
+        with Sandbox.from_snapshot(snap) as a:
+            assert a.call("grow", 9) == 1
+            a.call("fill", 0, 0x5A)
+        _reaper.drain()  # parked: the next sandbox may take its machine
+        with Sandbox.from_snapshot(snap) as b:
+            assert b.call("grow", 9) == 1
+            assert b.call("sum", 0) == 0
+            assert _pool_writes_outside_the_reach(b) == []
