@@ -307,4 +307,5 @@ def test_resets_search_where_pages_can_be_written(tier: str) -> None:
         with Sandbox.from_snapshot(snap) as b:
             assert b.call("grow", 9) == 1
             assert b.call("sum", 0) == 0
+            assert isinstance(b, WasmSandbox)
             assert _pool_writes_outside_the_reach(b) == []
