@@ -130,7 +130,7 @@ class WasmSandbox:
             raise
         if "aot_module_id" in self.engine_sandbox.functions:
             # A compiled module's guest (sandbox.wasm.aot) has no built-in "spectest".
-            self._wasm.registered.clear()
+            self._own_state().registered.clear()
         memory = self.engine_sandbox.memory  # the guest's own start wrote below the pool
         self._attach_windows(pool_reach(self.engine_sandbox.layout, memory.image.read))
 
@@ -145,9 +145,18 @@ class WasmSandbox:
                 f"{ENGINE_ABI_VERSION} (it reports {version!r})"
             )
 
-    def _setup(self, state: EngineState, reset: ResetMode, wasi: WasiContext | None) -> None:
+    def _setup(
+        self,
+        state: EngineState,
+        reset: ResetMode,
+        wasi: WasiContext | None,
+        *,
+        shared: bool = False,
+    ) -> None:
+        """`shared`: `state` is a snapshot's, copied before the first change."""
         check_reset(reset)
         self._wasm = state
+        self._wasm_shared = shared
         self.wasi = wasi
         self.last_output = ""  # what the last call printed (WASI stdout or engine output)
         self.last_stderr = ""  # what a WASI program wrote to fd 2 in the last call
@@ -157,6 +166,14 @@ class WasmSandbox:
         self._ran = False
         self._close_pending = False
         self._output_truncated = False
+
+    def _own_state(self) -> EngineState:
+        """The engine state, to change: a snapshot's (shared since a restore or spawn) is
+        copied first."""
+        if self._wasm_shared:
+            self._wasm = self._wasm.copy()
+            self._wasm_shared = False
+        return self._wasm
 
     def _engine_host_functions(self) -> dict[str, Callable[..., Any]]:
         return {HOST_GROW: self._host_grow, HOST_IMPORT: self._host_import}
@@ -183,7 +200,8 @@ class WasmSandbox:
     ) -> WasmSandbox:
         sb = cls.__new__(cls)
         config = snap.wasm_state.wasi_config
-        sb._setup(snap.wasm_state.copy(), reset, WasiContext(config) if config else None)
+        wasi = WasiContext(config) if config else None
+        sb._setup(snap.wasm_state, reset, wasi, shared=True)
         try:
             sb.engine_sandbox = Sandbox.from_snapshot(
                 snap.base, host_functions=sb._engine_host_functions(), output=output
@@ -269,11 +287,13 @@ class WasmSandbox:
         if target is None:
             self.engine_sandbox.restore()
             self._wasm = EngineState(wasi_config=self._wasm.wasi_config)
+            self._wasm_shared = False
             self.engine_sandbox.limit_reset_scan(None)
             self._scan_target = None
         else:
             self.engine_sandbox.restore(target.base)
-            self._wasm = target.wasm_state.copy()
+            self._wasm = target.wasm_state  # copied before the first change
+            self._wasm_shared = True
             if self._scan_target is not target:  # another state, or a grow since
                 self.engine_sandbox.limit_reset_scan(target.scan_ranges)
                 self._scan_target = target
@@ -344,7 +364,7 @@ class WasmSandbox:
     def _note_rewind(self) -> None:
         """Keeps the registers of a state between calls, once (to resume after a fault)."""
         if self._wasm.rewind is None:
-            self._wasm.rewind = self.engine_sandbox.cpu_state()
+            self._own_state().rewind = self.engine_sandbox.cpu_state()
 
     def _is_native_stack_overflow(self, trap: GuestTrap) -> bool:
         """A stack overflow of a compiled module's guest (sandbox.wasm.aot): its Wasm
@@ -423,14 +443,15 @@ class WasmSandbox:
             self._pending = None
         check_ok(reply, "wasm_instantiate")
         handle = reply_u32(reply, "wasm_instantiate")
-        self._wasm.instances[handle] = instance
+        self._own_state().instances[handle] = instance
         return handle
 
     def make_main(self, instance: int, reset: ResetMode) -> None:
         """Makes `instance` the one `call` reaches, takes the state now as the one
         restore() returns to (`instantiated`), and sets the reset mode (from_wasm)."""
-        self._wasm.main = instance
-        self._wasm.wasi_config = self.wasi.config if self.wasi is not None else None
+        state = self._own_state()
+        state.main = instance
+        state.wasi_config = self.wasi.config if self.wasi is not None else None
         self._initial = self.instantiated = self.snapshot()
         self.reset_mode = reset
         self._ran = False
@@ -440,7 +461,7 @@ class WasmSandbox:
         check_ok(
             self._engine_call("wasm_register", "wasm_register", instance, name), "wasm_register"
         )
-        self._wasm.registered.add(name)
+        self._own_state().registered.add(name)
 
     def invoke(
         self,
