@@ -10,6 +10,7 @@ skipped, with the reason, where clang, wasm-ld or wasm2c is missing."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
@@ -61,6 +62,26 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any
     instance = wasmtime.Instance(store, wasmtime.Module.from_file(engine, str(out)), [])
     with Sandbox.from_wasm(out, tier="aot") as sb:
         yield sb, (store, instance.exports(store)), ""
+
+
+PEER_BLOCK = 6  # peer spawns per reading: with ours' one, within machines.MAX_IDLE (8)
+
+
+@contextlib.contextmanager
+def _no_spares() -> Iterator[None]:
+    """Spawn rows read the peer in blocks whose sandboxes are closed (their machines
+    parked) after our next round; both sides then take parked machines. Without this,
+    the spare each of our spawns orders (machines.py) would evict the peer's parked
+    machines from the idle pool (MAX_IDLE) between blocks, and the peer's spawns would
+    build new VMs (~0.4 ms) or not, by chance."""
+    from sandbox import machines
+
+    spares = machines.SPARES
+    machines.SPARES = False
+    try:
+        yield
+    finally:
+        machines.SPARES = spares
 
 
 def _version() -> str:
@@ -244,6 +265,7 @@ def test_aot_from_snapshot_vs_interpreter(bench_nofloor: Any) -> None:
     with (
         Sandbox.from_wasm(add, tier="aot") as native,
         Sandbox.from_wasm(add) as interp,
+        _no_spares(),
     ):
         ours_snap, their_snap = native.snapshot(), interp.snapshot()
         s = bench_nofloor.settings
@@ -253,6 +275,7 @@ def test_aot_from_snapshot_vs_interpreter(bench_nofloor: Any) -> None:
             rounds=20 if s.quick else 200,
             warmup_rounds=3,
             teardown=close,
+            peer_rounds=PEER_BLOCK * s.floor_readings,
         )
         close()
     assert result == theirs == 3
@@ -261,6 +284,7 @@ def test_aot_from_snapshot_vs_interpreter(bench_nofloor: Any) -> None:
 
 
 # -- against a native guest: the issue's "within 10% of a native guest's" --------------
+
 
 NATIVE_TARGET = 1.1  # restore + call and from_snapshot -> first result, AOT tier
 TIERS = ["aot", "interp"]
@@ -336,9 +360,8 @@ def test_wasm_restore_and_call_vs_native(bench_nofloor: Any, tier: str) -> None:
 @pytest.mark.parametrize("tier", TIERS)
 def test_wasm_from_snapshot_vs_native(bench_nofloor: Any, tier: str) -> None:
     """Sandbox.from_snapshot(instantiated add module) -> add(1, 2) against the native
-    guest's from_snapshot -> add(1, 2) (the AOT tier's target: <= 1.1x). Every sandbox
-    is closed (and its machine parked) between our rounds; the native guest's are read
-    in blocks of six, so that each finds a parked machine as ours does (MAX_IDLE is 8)."""
+    guest's from_snapshot -> add(1, 2) (the AOT tier's target: <= 1.1x), each taking a
+    parked machine (see _no_spares)."""
     scenario = f"wasm {tier}: from_snapshot(instantiated) -> add(1, 2) / a native guest's"
     what = "Sandbox.from_snapshot(snap) -> add(1, 2), native guest"
     _native_skip(bench_nofloor, tier, scenario, what)
@@ -356,7 +379,7 @@ def test_wasm_from_snapshot_vs_native(bench_nofloor: Any, tier: str) -> None:
         _reaper.drain()
 
     wasm, native = _add_sandboxes(tier)
-    with wasm, native:
+    with wasm, native, _no_spares():
         ours_snap, their_snap = wasm.snapshot(), native.snapshot()
         s = bench_nofloor.settings
         result, theirs, v = bench_nofloor.versus(
@@ -365,7 +388,7 @@ def test_wasm_from_snapshot_vs_native(bench_nofloor: Any, tier: str) -> None:
             rounds=20 if s.quick else 200,
             warmup_rounds=3,
             teardown=close,
-            peer_rounds=6 * s.floor_readings,
+            peer_rounds=PEER_BLOCK * s.floor_readings,
         )
         close()
     assert result == theirs == 3
