@@ -309,3 +309,32 @@ def test_resets_search_where_pages_can_be_written(tier: str) -> None:
             assert b.call("sum", 0) == 0
             assert isinstance(b, WasmSandbox)
             assert _pool_writes_outside_the_reach(b) == []
+
+
+def test_a_snapshots_engine_state_never_changes() -> None:
+    """A restored or spawned sandbox shares its snapshot's engine state (instances,
+    registered names, the main instance) until it changes it: what it instantiates or
+    registers afterwards must never show in the snapshot, in a restore to it, or in
+    another spawn of it."""
+    one = bytes(wasmtime.wat2wasm('(module (func (export "one") (result i32) i32.const 1))'))
+    two = bytes(wasmtime.wat2wasm('(module (func (export "two") (result i32) i32.const 2))'))
+    with WasmSandbox.engine() as sb:
+        first = sb.instantiate(*sb.load(one))
+        snap = sb.snapshot()
+        sb.restore(snap)
+        second = sb.instantiate(*sb.load(two))
+        sb.register(second, "late")
+        assert sb.invoke(second, "two", []) == [(ValType.I32, 2)]
+        assert second not in snap.wasm_state.instances
+        assert "late" not in snap.wasm_state.registered
+        sb.restore(snap)
+        assert set(sb._wasm.instances) == {first}
+        assert sb.invoke(first, "one", []) == [(ValType.I32, 1)]
+        spawned = Sandbox.from_snapshot(snap)
+        assert isinstance(spawned, WasmSandbox)
+        with spawned:
+            third = spawned.instantiate(*spawned.load(two))
+            assert third not in snap.wasm_state.instances
+            with Sandbox.from_snapshot(snap) as other:
+                assert isinstance(other, WasmSandbox)
+                assert set(other._wasm.instances) == {first}
