@@ -10,6 +10,12 @@ A Wasm trap does not poison the sandbox: the instance stays usable, as in wasmti
 Several modules can live in one engine (the spec test runner uses `load`, `instantiate`,
 `register`, `invoke` and `get` directly); `Sandbox.from_wasm` makes the common case of one
 instance whose exports `call` reaches by name.
+
+`call` is the hot path (docs/wasm.md, "The call path"): a precomputed record per export
+(abi.InvokeEncoder), and resets told where pages can be written (windows.pool_reach).
+Over 500 lines: one class adapts the engine to the Sandbox interface (lifecycle,
+snapshots and resets, the engine's operations, its host calls, the call path), around
+one state; splitting it would spread that state over several modules.
 """
 
 from __future__ import annotations
