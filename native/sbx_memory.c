@@ -246,15 +246,17 @@ static int reset_range(char *mem, const char *image, uint64_t off, uint64_t end,
     return 0;
 }
 
-int64_t sbx_memory_reset(int pagemap_fd, void *mem, const void *image, uint64_t size,
-                         const uint64_t *extents, uint32_t n, const uint64_t *stable,
-                         uint32_t n_stable, uint64_t keep) {
-    uint64_t ranges[2 * 64], from = 0, kept = 0;
+/* sbx_memory_reset over [from, to): the written pages found there, reset. */
+static int64_t reset_scanned(int pagemap_fd, void *mem, const void *image, uint64_t from,
+                             uint64_t to, const uint64_t *extents, uint32_t n,
+                             const uint64_t *stable, uint32_t n_stable, uint64_t *ranges,
+                             uint32_t *ep, uint32_t *sp, uint64_t *keptp, uint64_t keep) {
+    uint64_t kept = *keptp;
     int64_t found = 0;
-    uint32_t e = 0, s = 0; /* the first extent / stable range that may overlap */
-    while (from < size) {
+    uint32_t e = *ep, s = *sp; /* the first extent / stable range that may overlap */
+    while (from < to) {
         uint64_t next;
-        int64_t count = sbx_memory_written(pagemap_fd, mem, size, from, ranges, 64, &next);
+        int64_t count = sbx_memory_written(pagemap_fd, mem, to, from, ranges, 64, &next);
         if (count < 0) return count;
         for (int64_t i = 0; i < count; i++) {
             uint64_t off = ranges[2 * i], end = off + ranges[2 * i + 1];
@@ -276,6 +278,29 @@ int64_t sbx_memory_reset(int pagemap_fd, void *mem, const void *image, uint64_t 
             }
         }
         from = next;
+    }
+    *ep = e;
+    *sp = s;
+    *keptp = kept;
+    return found;
+}
+
+int64_t sbx_memory_reset(int pagemap_fd, void *mem, const void *image, uint64_t size,
+                         const uint64_t *extents, uint32_t n, const uint64_t *stable,
+                         uint32_t n_stable, const uint64_t *scan, uint32_t n_scan,
+                         uint64_t keep) {
+    uint64_t ranges[2 * 64], kept = 0;
+    int64_t found = 0;
+    uint32_t e = 0, s = 0;
+    for (uint32_t r = 0; r < n_scan; r++) {
+        uint64_t from = scan[2 * r], to = from + scan[2 * r + 1];
+        if (from % PAGE || to % PAGE || to < from || to > size ||
+            (r && from < scan[2 * r - 2] + scan[2 * r - 1]))
+            return -EINVAL;
+        int64_t got = reset_scanned(pagemap_fd, mem, image, from, to, extents, n, stable,
+                                    n_stable, ranges, &e, &s, &kept, keep);
+        if (got < 0) return got;
+        found += got;
     }
     return found;
 }

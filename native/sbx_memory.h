@@ -46,8 +46,12 @@ void sbx_memory_use_pagemap_entries(int on);
  * `keep` bytes have been reset that way, the remaining written pages are dropped
  * (MADV_DONTNEED: an extent page then maps the file again, a hole page the zero page),
  * so a sandbox keeps at most `keep` bytes of its own pages mapped after a reset. Pages
- * kept stay mapped in the VM (no fault on the next call). Returns the bytes of written
- * pages found, or -errno. Releases the GIL (cffi). */
+ * kept stay mapped in the VM (no fault on the next call). Only the `n_scan` `scan`
+ * ranges (sorted, disjoint, page-aligned, within `size`; -EINVAL otherwise) are searched
+ * for written pages: the caller promises that every page written since the memory was
+ * last equal to its image lies in them (outside, pages equal the image). Returns the
+ * bytes of written pages found, or -errno. Releases the GIL (cffi). */
 int64_t sbx_memory_reset(int pagemap_fd, void *mem, const void *image, uint64_t size,
                          const uint64_t *extents, uint32_t n, const uint64_t *stable,
-                         uint32_t n_stable, uint64_t keep);
+                         uint32_t n_stable, const uint64_t *scan, uint32_t n_scan,
+                         uint64_t keep);

@@ -363,7 +363,7 @@ _SCALAR_RESULT = {
 }
 
 
-_I32, _VOID = int(Tag.I32), int(Tag.VOID)
+_I32, _VOID, _BYTES = int(Tag.I32), int(Tag.VOID), int(Tag.BYTES)
 
 
 def decode_result(buf: memoryview, offset: int, what: str) -> Result:
@@ -394,6 +394,12 @@ def decode_return(buf: memoryview, offset: int, what: str) -> tuple[int, int, Va
     scalar = _SCALAR_RESULT.get(tag)
     if scalar is not None:
         return status, tag, scalar(bits), output
+    if tag == _BYTES:  # decode_value's checks, without a view of the record
+        if length > size or bits > size - length:
+            raise GuestProtocolError(
+                f"{what}: data at offset {bits} length {length} overruns its {size}-byte record"
+            )
+        return status, tag, bytes(buf[offset + bits : offset + bits + length]), output
     rec = buf[offset : offset + size]
     try:
         return status, tag, decode_value(rec, size, tag, length, bits, what), output

@@ -80,6 +80,9 @@ class Machine:
         # Guest ranges through which the host writes page-table entries (the Wasm
         # windows): when a reset takes them back, KVM's shadow MMU is flushed.
         self._page_table_watch: tuple[tuple[int, int], ...] = ()
+        # Reset by park() and not run since: the next load need not reset it again (a
+        # parked machine waits in machines.py, where nothing runs or writes it).
+        self._parked = False
         try:
             self.memory.set_stable(_stable_ranges(layout, image))
             # Populate first: the seed then goes into a page already copied (no fault).
@@ -119,6 +122,12 @@ class Machine:
         guest's own writes to page tables."""
         self._page_table_watch = tuple(ranges)
 
+    def limit_reset_scan(self, ranges: Sequence[tuple[int, int]] | None) -> None:
+        """Names the only guest ranges a reset searches for written pages (None: all of
+        the memory; see GuestMemory.set_scan for the promise it takes). Until the next
+        call, a remap (another image) or park() (the next owner starts with all)."""
+        self.memory.set_scan(ranges)
+
     def save_cpu(self) -> CpuState:
         """The vCPU's state, between runs (completes a pending exit first); right after
         a load, the state loaded (the trampoline has yet to run)."""
@@ -143,6 +152,7 @@ class Machine:
         (trampoline.py; KVM_SET_XSAVE where it cannot), XCR0 if it differs from the
         vCPU's. Until the next run, `save_cpu` answers `cpu`."""
         vcpu = self.vcpu
+        self._parked = False  # the trampoline page is written
         regs = self._trampoline.load(self.memory, cpu)
         if regs is None:
             vcpu.load_state(cpu.regs, cpu.sregs)
@@ -171,8 +181,10 @@ class Machine:
         assert vm is not None and vcpu is not None, "the machine is closed"
         vcpu.settle(None)  # before memory: a pending string `in` writes to it
         remapped = image is not memory.image
+        parked, self._parked = self._parked, False
         if not remapped:
-            self._reset_memory(vm)
+            if not parked:  # park() reset it, and nothing ran or wrote since
+                self._reset_memory(vm)
         else:
             vm.remove_memory_region(SLOT)
             memory.remap(image)
@@ -193,6 +205,7 @@ class Machine:
         next: it cancels the stub's exit and rewrites the trampoline page. Raises
         RuntimeError if the stub does not come back as planned."""
         layout, vcpu = self.layout, self.vcpu
+        self._parked = False
         code = bytearray()
         for start, size, _ in layout.first_call_pages:
             for page in range(start, start + size, PAGE):
@@ -223,12 +236,14 @@ class Machine:
         resets the memory to its image (keeping a call's working set mapped, as a
         restore does, so that the next owner's first call does not fault it in again),
         flushes KVM's mappings if the host-written page tables changed, and forgets the
-        page-table watch (the next owner sets its own)."""
+        page-table watch and the reset scan's limits (the next owner sets its own)."""
         vm = self._vm
         assert vm is not None, "the machine is closed"
         self.vcpu.settle(None)
         self._reset_memory(vm)
         self._page_table_watch = ()
+        self.memory.set_scan(None)
+        self._parked = True
 
     def _reset_memory(self, vm: Vm) -> None:
         """Resets the memory to its image (the vCPU settled first), and makes KVM drop

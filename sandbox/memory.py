@@ -178,8 +178,11 @@ class GuestMemory:
         self._reset_args: tuple[Any, ...] | None = None
         self._stable: Any = ffi.new("uint64_t[]", 1)
         self._n_stable = 0
+        self._scan: Any = ffi.new("uint64_t[]", [0, image.size])  # set_scan
+        self._n_scan = 1
         self._regions: dict[tuple[int, int], memoryview] = {}
         self._populated: set[tuple[int, int, bool]] = set()  # ranges prefault() did
+        self._image_bytes: dict[tuple[int, int], bytes] = {}  # differs_from_image's
         # The address is given to KVM as the memslot's backing: it is unmapped only after
         # the VM that uses it is closed (or its slot removed).
         self._mapping = Mapping.of_image(
@@ -195,6 +198,24 @@ class GuestMemory:
         flat = [n for pair in sorted(ranges) for n in pair]
         self._stable = ffi.new("uint64_t[]", flat or [0])
         self._n_stable = len(ranges)
+        self._reset_args = None
+
+    def set_scan(self, ranges: Sequence[tuple[int, int]] | None) -> None:
+        """Names the only ranges a reset searches for written pages (None: all of the
+        memory). The caller promises that every page written since the memory was last
+        equal to its image, and every page written until the next call of this method,
+        lies in them: a layer that knows the guest and the host cannot write elsewhere
+        (the Wasm windows' pool, sandbox/wasm/windows.py). For this mapping only."""
+        if ranges is None:
+            ranges = [(0, self.size)]
+        flat: list[int] = []
+        for addr, length in sorted(ranges):
+            self.check_range(addr, length, "reset scan range")
+            if addr % PAGE or length % PAGE or (flat and addr < flat[-2] + flat[-1]):
+                raise ValueError(f"reset scan ranges must be page-aligned and disjoint: {ranges}")
+            flat += [addr, length]
+        self._scan = ffi.new("uint64_t[]", flat or [0])
+        self._n_scan = len(flat) // 2
         self._reset_args = None
 
     def region(self, addr: int, length: int) -> memoryview:
@@ -243,6 +264,8 @@ class GuestMemory:
                 len(image.extents),
                 self._stable,
                 self._n_stable,
+                self._scan,
+                self._n_scan,
             )
         found = int(_memory_reset(*args, keep))
         if found < 0:
@@ -251,9 +274,15 @@ class GuestMemory:
 
     def differs_from_image(self, ranges: Sequence[tuple[int, int]]) -> bool:
         """Whether any of the guest ranges differs from the image."""
-        view = self.view
-        # bytes compare by memcmp; a memoryview compares element by element
-        return any(view[a : a + n].tobytes() != self.image.read(a, n) for a, n in ranges)
+        view, image = self.view, self._image_bytes
+        for a, n in ranges:
+            want = image.get((a, n))
+            if want is None:  # the image is sealed: read once per range and mapping
+                want = image[(a, n)] = self.image.read(a, n)
+            # bytes compare by memcmp; a memoryview compares element by element
+            if view[a : a + n].tobytes() != want:
+                return True
+        return False
 
     def prefault(self, ranges: Sequence[tuple[int, int, bool]]) -> None:
         """Populates the host pages of `ranges` (address, size, write) in one system call

@@ -153,7 +153,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         self._in_call = False  # the guest is inside a call (between entry and RETURN)
         self._close_requested = False
         self._capture = OutputCapture(self.config.output_limit, output)
-        self._encoders: dict[str, CallEncoder] = {}
+        self._encoders: dict[str | CallEncoder, CallEncoder] = {}
         self._default_timeout = self.config.timeout
         self._machine = machines.obtain(initial.image, initial.cpu, initial.layout)
         self._run_vcpu = self._machine.run
@@ -177,11 +177,14 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         if isinstance(snapshot, (str, os.PathLike)):
             snapshot = Snapshot.load(snapshot)
         elif not isinstance(snapshot, Snapshot):
-            if not isinstance(snapshot, SpawnsSandbox):
+            # A SpawnsSandbox: the structural check that isinstance() would make on the
+            # runtime-checkable Protocol, which costs ~10 us a call there.
+            spawn = getattr(snapshot, "spawn", None)
+            if not callable(spawn):
                 raise ArgumentError(
                     f"from_snapshot takes a Snapshot or a path, not {type(snapshot).__name__}"
                 )
-            sb: Sandbox = snapshot.spawn(host_functions=host_functions, output=output, reset=reset)
+            sb: Sandbox = spawn(host_functions=host_functions, output=output, reset=reset)
             return sb
         check_reset(reset)
         functions = check_host_functions(host_functions)
@@ -377,6 +380,15 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         that changes them flushes KVM's shadow MMU (see Machine.watch_page_tables)."""
         self._machine.watch_page_tables(ranges)
 
+    def limit_reset_scan(self, ranges: list[tuple[int, int]] | None) -> None:
+        """Names the only guest ranges in which a reset looks for written pages (None:
+        all of the memory, the default): for hosts of guests that know where nothing can
+        be written (the Wasm engine's pool of linear memory, reachable only through the
+        windows the host maps). The caller promises that every page written since the
+        memory was last equal to its image, and until the next call of this method, lies
+        in them; a reset that maps another snapshot's memory forgets them."""
+        self._machine.limit_reset_scan(ranges)
+
     def _between_calls(self) -> threading.Lock:
         """The call lock, refused at once (SandboxBusy) to a thread inside one of this
         sandbox's calls: it would wait for itself."""
@@ -398,8 +410,11 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
 
     # -- calls -----------------------------------------------------------------------
 
-    def call(self, name: str, *args: object, timeout: float | None = None) -> Value:
-        """Calls the guest function `name` with `args` and returns its result.
+    def call(self, name: str | CallEncoder, *args: object, timeout: float | None = None) -> Value:
+        """Calls the guest function `name` with `args` and returns its result. `name`
+        may also be a CallEncoder made for one of the guest's functions: a layer that
+        calls one function in fixed ways precomputes its records (the Wasm engine's
+        per-export encoders, sandbox/wasm/abi.py); the guest still checks the record.
 
         Arguments are converted by the function's declared parameter types (int for
         i32/u32/i64/u64, float for f32/f64, bool, str, bytes). `timeout` (seconds,
@@ -462,8 +477,15 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
                 if self._close_requested:
                     self._release(deferred=True)
 
-    def _encoder(self, name: str) -> CallEncoder:
-        """The record encoder of function `name` (made once per signature in use)."""
+    def _encoder(self, name: str | CallEncoder) -> CallEncoder:
+        """The record encoder of function `name` (made once per signature in use), or
+        `name` itself if it is an encoder of one of this guest's functions."""
+        if isinstance(name, CallEncoder):
+            sig = self.functions.get(name.sig.name)
+            if sig is not name.sig and sig != name.sig:
+                raise FunctionNotFound(f"the guest has no function {name.sig}")
+            self._encoders[name] = name  # checked once per guest's function table
+            return name
         sig = self.functions.get(name)
         if sig is None:
             if self._state == _CLOSED:

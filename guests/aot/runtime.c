@@ -299,8 +299,11 @@ struct instance {
     uint32_t memory; /* window of memory 0, or 0xffffffff */
     bool ready;
 };
-static struct instance instances[MAX_INSTANCES];
-static uint32_t n_instances;
+/* On the heap, one allocation each (wasm2c keeps a pointer to its instance as the
+ * imports' context): a static array of MAX_INSTANCES would be ~100 KB of .bss, pages
+ * that every reset of the sandbox copies back. */
+static struct instance **instances;
+static uint32_t n_instances, cap_instances;
 
 void aot_call_import(void *ctx, uint32_t index, const uint64_t *args, uint64_t *results) {
     const struct instance *inst = ctx;
@@ -373,16 +376,31 @@ SBX_EXPORT(wasm_instantiate, SBX_TAG_BYTES, SBX_TAG_I32) {
         ret_reply(ret);
         return;
     }
-    struct instance *inst = &instances[n_instances];
-    inst->handle = n_instances;
-    inst->memory = 0xffffffffu;
-    inst->ready = false;
-    inst->data = calloc(1, aot_module.instance_size);
-    if (!inst->data) {
+    if (n_instances == cap_instances) {
+        uint32_t cap = cap_instances ? cap_instances * 2 : 4;
+        struct instance **grown = realloc(instances, cap * sizeof *grown);
+        if (!grown) {
+            reply_error(WASM_STATUS_LIMIT, 0, "the AOT guest's heap is exhausted");
+            ret_reply(ret);
+            return;
+        }
+        instances = grown;
+        cap_instances = cap;
+    }
+    struct instance *inst = calloc(1, sizeof *inst);
+    void *data = calloc(1, aot_module.instance_size);
+    if (!inst || !data) {
+        free(inst);
+        free(data);
         reply_error(WASM_STATUS_LIMIT, 0, "the AOT guest's heap is exhausted");
         ret_reply(ret);
         return;
     }
+    instances[n_instances] = inst;
+    inst->handle = n_instances;
+    inst->memory = 0xffffffffu;
+    inst->ready = false;
+    inst->data = data;
     n_instances++; /* a failed instantiation keeps its slot: its memories stay mapped */
     capture_mem0 = -1;
     in_op = true;
@@ -421,7 +439,7 @@ static const struct aot_export *find_export(const char *name, size_t len, uint8_
 }
 
 static struct instance *find_instance(uint32_t handle) {
-    return handle < n_instances && instances[handle].ready ? &instances[handle] : NULL;
+    return handle < n_instances && instances[handle]->ready ? instances[handle] : NULL;
 }
 
 SBX_EXPORT(wasm_invoke, SBX_TAG_BYTES, SBX_TAG_I32, SBX_TAG_STR, SBX_TAG_BYTES) {

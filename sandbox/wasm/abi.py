@@ -5,10 +5,19 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .._native import ffi, lib
-from ..abi import Tag, scalar_bits, scalar_value
+from ..abi import (
+    CALL_SIZE,
+    CallEncoder,
+    Signature,
+    Tag,
+    encode_call,
+    scalar_bits,
+    scalar_value,
+)
 from ..errors import (
     ArgumentError,
     GuestProtocolError,
@@ -214,3 +223,94 @@ def check_ok(reply: Reply, what: str) -> None:
     if reply.status == Status.UNLINKABLE:
         raise WasmLinkError(reply.message)
     raise WasmEngineError(f"{what}: {reply.message}")
+
+
+# The hot path of a call (see InvokeEncoder): per Wasm type of an argument, the struct
+# code of its 8 bytes in a value list, the bytes encode_values writes for the values the
+# code takes (i32 in [-2^31, 2^31) and i64 in [-2^63, 2^63) as two's complement, f32 in
+# the low 4 bytes; struct.error for the rest, which the general path takes or refuses)
+# and, of a result, the code that reads its Python value (i32/f32 from the low 4 bytes,
+# as to_python reads them).
+_ARG_CODES = {ValType.I32: "i4x", ValType.I64: "q", ValType.F32: "f4x", ValType.F64: "d"}
+_RESULT_CODES = {ValType.I32: "i4x", ValType.I64: "q", ValType.F32: "f4x", ValType.F64: "d"}
+_PY_TYPES = {ValType.I32: int, ValType.I64: int, ValType.F32: float, ValType.F64: float}
+MISS = object()  # InvokeEncoder.result: not the common case, decode the reply in full
+
+
+class InvokeEncoder(CallEncoder):
+    """The engine's `wasm_invoke(instance, export, values)` call record for one export
+    of one instance, written with one struct.pack_into: the record's fixed part (header,
+    argument slots, the names) is precomputed by encode_call, the value list packed
+    after it, the same bytes as encode_values + encode_call write. Exports whose
+    parameters are all i32/i64/f32/f64 take this path for arguments of the exact Python
+    type within the struct codes' ranges; anything else (and every
+    other export) is encoded by encode_values + encode_call, which convert or raise the
+    precise ArgumentError. `result` reads an OK reply of the declared types with one
+    unpack. The guest checks every record as it checks any other."""
+
+    __slots__ = ("export", "params", "_handle", "_packer", "_values", "_py", "_reply")
+
+    def __init__(
+        self,
+        sig: Signature,
+        index: int | None,
+        handle: int,
+        export: str,
+        ft_params: tuple[ValType, ...],
+        ft_results: tuple[ValType, ...],
+    ) -> None:
+        """`sig`: the engine's wasm_invoke, `index` its place in the engine's function
+        table; `handle` the instance, `export` the function's name and types."""
+        super().__init__(sig, index)
+        self.export = export
+        self.params = ft_params
+        self._handle = handle
+        self._packer: struct.Struct | None = None
+        self._reply: tuple[struct.Struct, tuple[int, ...], int] | None = None
+        self._values: list[object] = []
+        self._py: tuple[type, ...] = ()
+        if all(t in _ARG_CODES for t in ft_params):
+            size = 1 + 9 * len(ft_params)
+            room = CALL_SIZE + len(sig.name) + len(export.encode()) + size + 32  # + padding
+            scratch = bytearray(room)
+            end = encode_call(memoryview(scratch), sig, (handle, export, bytes(size)), self.hint)
+            start = end - 1 - size  # the value list, then its NUL
+            codes = "".join("B" + _ARG_CODES[t] for t in ft_params)
+            self._packer = struct.Struct(f"<{start}sB{codes}x")
+            self._values = [bytes(scratch[:start]), len(ft_params)]
+            for t in ft_params:
+                self._values += [int(t), 0]
+            self._py = tuple(_PY_TYPES[t] for t in ft_params)
+        if all(t in _RESULT_CODES for t in ft_results):
+            codes = "".join("B" + _RESULT_CODES[t] for t in ft_results)
+            head = (int(Status.OK), len(ft_results), *map(int, ft_results))
+            self._reply = (struct.Struct(f"<BB{codes}"), head, len(ft_results))
+
+    def encode(self, buf: memoryview, args: Sequence[object]) -> None:
+        packer = self._packer
+        if packer is not None and tuple(map(type, args)) == self._py:
+            values = self._values[:]
+            values[3::2] = args
+            try:
+                packer.pack_into(buf, 0, *values)
+                return
+            except (struct.error, OverflowError):
+                pass  # beyond the code's range: the general path takes it or says why
+        data = encode_values(self.params, tuple(args), self.export)
+        encode_call(buf, self.sig, (self._handle, self.export, data), self.hint)
+
+    def result(self, reply: bytes) -> object:
+        """The Python result of an OK reply with values of the declared types (None,
+        the value, or a tuple), or MISS for any other reply."""
+        spec = self._reply
+        if spec is None:
+            return MISS
+        packer, head, n = spec
+        if len(reply) != packer.size:
+            return MISS
+        out = packer.unpack(reply)
+        if out[0] != head[0] or out[1] != head[1] or out[2::2] != head[2:]:
+            return MISS
+        if n == 1:
+            return out[3]
+        return None if n == 0 else out[3::2]

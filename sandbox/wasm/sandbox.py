@@ -10,6 +10,12 @@ A Wasm trap does not poison the sandbox: the instance stays usable, as in wasmti
 Several modules can live in one engine (the spec test runner uses `load`, `instantiate`,
 `register`, `invoke` and `get` directly); `Sandbox.from_wasm` makes the common case of one
 instance whose exports `call` reaches by name.
+
+`call` is the hot path (docs/wasm.md, "The call path"): a precomputed record per export
+(abi.InvokeEncoder), and resets told where pages can be written (windows.pool_reach).
+Over 500 lines: one class adapts the engine to the Sandbox interface (lifecycle,
+snapshots and resets, the engine's operations, its host calls, the call path), around
+one state; splitting it would spread that state over several modules.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Self
 
-from ..abi import Signature
+from ..abi import CallEncoder, Signature
 from ..arguments import check_config, check_reset, check_timeout
 from ..config import MiB, ResetMode, SandboxConfig
 from ..errors import (
@@ -41,9 +47,11 @@ from .abi import (
     HOST_GROW,
     HOST_IMPORT,
     MAX_MEMORIES,
+    MISS,
     NO_MEMORY,
     WINDOW_BASE,
     WINDOW_STRIDE,
+    InvokeEncoder,
     Reply,
     ValType,
     check_ok,
@@ -58,7 +66,7 @@ from .module import Export, FuncType, WasmModule, load
 from .state import WASI_MODULE as WASI_MODULE
 from .state import EngineState, Instance, WasiImport, WasmSnapshot, bind_imports
 from .wasi import WasiContext, WasiExit
-from .windows import LinearMemory, Windows
+from .windows import LinearMemory, Windows, pool_reach
 
 DEFAULT_CONFIG = SandboxConfig(memory_size=256 * MiB, heap_size=64 * MiB)
 Imports = Mapping[str, Mapping[str, Callable[..., Any]]]
@@ -128,8 +136,9 @@ class WasmSandbox:
             raise
         if "aot_module_id" in self.engine_sandbox.functions:
             # A compiled module's guest (sandbox.wasm.aot) has no built-in "spectest".
-            self._wasm.registered.clear()
-        self._attach_windows()
+            self._own_state().registered.clear()
+        memory = self.engine_sandbox.memory  # the guest's own start wrote below the pool
+        self._attach_windows(pool_reach(self.engine_sandbox.layout, memory.image.read))
 
     def _check_abi(self) -> None:
         """Raises GuestAbiMismatch unless the engine speaks this host's engine ABI."""
@@ -142,9 +151,18 @@ class WasmSandbox:
                 f"{ENGINE_ABI_VERSION} (it reports {version!r})"
             )
 
-    def _setup(self, state: EngineState, reset: ResetMode, wasi: WasiContext | None) -> None:
+    def _setup(
+        self,
+        state: EngineState,
+        reset: ResetMode,
+        wasi: WasiContext | None,
+        *,
+        shared: bool = False,
+    ) -> None:
+        """`shared`: `state` is a snapshot's, copied before the first change."""
         check_reset(reset)
         self._wasm = state
+        self._wasm_shared = shared
         self.wasi = wasi
         self.last_output = ""  # what the last call printed (WASI stdout or engine output)
         self.last_stderr = ""  # what a WASI program wrote to fd 2 in the last call
@@ -155,13 +173,28 @@ class WasmSandbox:
         self._close_pending = False
         self._output_truncated = False
 
+    def _own_state(self) -> EngineState:
+        """The engine state, to change: a snapshot's (shared since a restore or spawn) is
+        copied first."""
+        if self._wasm_shared:
+            self._wasm = self._wasm.copy()
+            self._wasm_shared = False
+        return self._wasm
+
     def _engine_host_functions(self) -> dict[str, Callable[..., Any]]:
         return {HOST_GROW: self._host_grow, HOST_IMPORT: self._host_import}
 
-    def _attach_windows(self) -> None:
+    def _attach_windows(self, scan: list[tuple[int, int]] | None) -> None:
+        """The host's side of the windows, and the reset scan's limits for memory equal
+        to an image whose pool reaches `scan` (WasmSnapshot.scan_ranges)."""
         engine = self.engine_sandbox
-        self._windows = Windows(engine.memory, engine.layout)
-        engine.watch_page_tables(self._windows.watch)
+        self._windows = Windows(engine.memory, engine.layout, self._reach)
+        engine.limit_reset_scan(scan)
+        self._scan_target: WasmSnapshot | None = None  # the snapshot whose limits are set
+        # The windows' page tables are watched (Sandbox.watch_page_tables) from the first
+        # grow after a reset on: until then the host wrote none since the memory was
+        # last equal to its image, and a reset needs neither to compare nor to flush.
+        self._watching = False
 
     @classmethod
     def from_wasm_snapshot(
@@ -173,7 +206,8 @@ class WasmSandbox:
     ) -> WasmSandbox:
         sb = cls.__new__(cls)
         config = snap.wasm_state.wasi_config
-        sb._setup(snap.wasm_state.copy(), reset, WasiContext(config) if config else None)
+        wasi = WasiContext(config) if config else None
+        sb._setup(snap.wasm_state, reset, wasi, shared=True)
         try:
             sb.engine_sandbox = Sandbox.from_snapshot(
                 snap.base, host_functions=sb._engine_host_functions(), output=output
@@ -183,7 +217,8 @@ class WasmSandbox:
                 sb.wasi.close()
             raise
         sb._initial = snap
-        sb._attach_windows()
+        sb._attach_windows(snap.scan_ranges)
+        sb._scan_target = snap
         sb.engine_sandbox.memory.prefault(snap.heap_pages)
         return sb
 
@@ -258,9 +293,19 @@ class WasmSandbox:
         if target is None:
             self.engine_sandbox.restore()
             self._wasm = EngineState(wasi_config=self._wasm.wasi_config)
+            self._wasm_shared = False
+            self.engine_sandbox.limit_reset_scan(None)
+            self._scan_target = None
         else:
             self.engine_sandbox.restore(target.base)
-            self._wasm = target.wasm_state.copy()
+            self._wasm = target.wasm_state  # copied before the first change
+            self._wasm_shared = True
+            if self._scan_target is not target:  # another state, or a grow since
+                self.engine_sandbox.limit_reset_scan(target.scan_ranges)
+                self._scan_target = target
+        if self._watching:  # the memory is its image again (flushed if it had to be)
+            self.engine_sandbox.watch_page_tables([])
+            self._watching = False
         self._ran = False
 
     @classmethod
@@ -300,21 +345,32 @@ class WasmSandbox:
     def _engine_call(
         self, what: str, name: str, *args: object, timeout: float | None = None
     ) -> Reply:
-        engine = self.engine_sandbox
+        return parse_reply(self._engine_raw(name, *args, timeout=timeout), what)
+
+    def _engine_raw(
+        self, name: str | CallEncoder, *args: object, timeout: float | None = None
+    ) -> object:
+        """What the engine answered (a reply, unchecked), the reply of wasm_fault when
+        the operation faulted on a window or (a compiled guest) on its stack guard."""
         try:
-            data = engine.call(name, *args, timeout=timeout)
+            return self.engine_sandbox.call(name, *args, timeout=timeout)
         except GuestTrap as trap:
-            if not (self._is_window_fault(trap) or self._is_native_stack_overflow(trap)):
-                raise
-            assert self._wasm.rewind is not None
-            engine.recover(self._wasm.rewind)
-            data = engine.call("wasm_fault", trap.address or 0)
-        return parse_reply(data, what)
+            return self._fault_reply(trap)
+
+    def _fault_reply(self, trap: GuestTrap) -> object:
+        """The engine's reply to a trap of the operation it was running: wasm_fault's if
+        it faulted on a window or (a compiled guest) on its stack guard; else re-raised."""
+        if not (self._is_window_fault(trap) or self._is_native_stack_overflow(trap)):
+            raise trap
+        assert self._wasm.rewind is not None
+        engine = self.engine_sandbox
+        engine.recover(self._wasm.rewind)
+        return engine.call("wasm_fault", trap.address or 0)
 
     def _note_rewind(self) -> None:
         """Keeps the registers of a state between calls, once (to resume after a fault)."""
         if self._wasm.rewind is None:
-            self._wasm.rewind = self.engine_sandbox.cpu_state()
+            self._own_state().rewind = self.engine_sandbox.cpu_state()
 
     def _is_native_stack_overflow(self, trap: GuestTrap) -> bool:
         """A stack overflow of a compiled module's guest (sandbox.wasm.aot): its Wasm
@@ -376,14 +432,15 @@ class WasmSandbox:
             self._pending = None
         check_ok(reply, "wasm_instantiate")
         handle = reply_u32(reply, "wasm_instantiate")
-        self._wasm.instances[handle] = instance
+        self._own_state().instances[handle] = instance
         return handle
 
     def make_main(self, instance: int, reset: ResetMode) -> None:
         """Makes `instance` the one `call` reaches, takes the state now as the one
         restore() returns to (`instantiated`), and sets the reset mode (from_wasm)."""
-        self._wasm.main = instance
-        self._wasm.wasi_config = self.wasi.config if self.wasi is not None else None
+        state = self._own_state()
+        state.main = instance
+        state.wasi_config = self.wasi.config if self.wasi is not None else None
         self._initial = self.instantiated = self.snapshot()
         self.reset_mode = reset
         self._ran = False
@@ -393,7 +450,7 @@ class WasmSandbox:
         check_ok(
             self._engine_call("wasm_register", "wasm_register", instance, name), "wasm_register"
         )
-        self._wasm.registered.add(name)
+        self._own_state().registered.add(name)
 
     def invoke(
         self,
@@ -424,7 +481,15 @@ class WasmSandbox:
 
     # -- host calls from the engine --------------------------------------------------
 
+    def _reach(self, ranges: list[tuple[int, int]] | None) -> None:
+        """Windows.grow is about to write up to `ranges`: the resets search them."""
+        self.engine_sandbox.limit_reset_scan(ranges)
+        self._scan_target = None
+
     def _host_grow(self, window: object, pages: object) -> bool:
+        if not self._watching:  # before anything is written (see _attach_windows)
+            self.engine_sandbox.watch_page_tables(self._windows.watch)
+            self._watching = True
         return self._windows.grow(window, pages)
 
     def _host_import(
@@ -499,6 +564,42 @@ class WasmSandbox:
         if handle is None:  # an engine without a module: the engine's own functions
             return self.engine_sandbox.call(name, *args, timeout=timeout)
         inst = self._wasm.instances[handle]
+        encoder = inst.invokers.get(name) or self._invoker(handle, inst, name)
+        wasi = self.wasi
+        if self.reset_mode == "per_call":
+            if self._ran:
+                self.restore()
+            if wasi is not None:
+                wasi.clear_output()  # fresh state: the last call's output is gone too
+        if wasi is None:
+            # No WASI (the common case): no output marks, no deadline for host sleeps.
+            engine = self.engine_sandbox
+            self._ran = True
+            data: object
+            try:
+                data = engine.call(encoder, *args, timeout=timeout)
+            except GuestTrap as trap:
+                data = self._fault_reply(trap)
+            finally:
+                self.last_output = engine.last_output
+                if self._close_pending and engine.closed:
+                    self._close_pending = False
+        else:
+            data = self._call_wasi(wasi, encoder, args, timeout)
+        if isinstance(data, bytes):
+            value = encoder.result(data)
+            if value is not MISS:
+                return value
+        reply = parse_reply(data, name)
+        check_ok(reply, name)
+        values = [to_python(t, b) for t, b in decode_values(reply.payload, f"results of {name}")]
+        if len(values) == 0:
+            return None
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def _invoker(self, handle: int, inst: Instance, name: str) -> InvokeEncoder:
+        """The call encoder of export `name` of the instance `inst` (made once per export
+        and instance; FunctionNotFound if there is no such exported function)."""
         export = inst.module.exports.get(name)
         if export is None or export.kind != "func":
             funcs = sorted(n for n, e in inst.module.exports.items() if e.kind == "func")
@@ -507,43 +608,45 @@ class WasmSandbox:
             )
         ft = export.type
         assert isinstance(ft, FuncType)
-        data = encode_values(ft.params, args, name)
-        wasi = self.wasi
+        functions = self.engine_sandbox.functions
+        sig = functions.get("wasm_invoke")
+        if sig is None:
+            raise GuestAbiMismatch(f"{self.guest_path} has no wasm_invoke")
+        index = list(functions).index("wasm_invoke")
+        encoder = inst.invokers[name] = InvokeEncoder(
+            sig, index, handle, name, ft.params, ft.results
+        )
+        return encoder
+
+    def _call_wasi(
+        self,
+        wasi: WasiContext,
+        encoder: InvokeEncoder,
+        args: tuple[object, ...],
+        timeout: float | None,
+    ) -> object:
+        """A call of a module with WASI: the call's output captured, its limit applied to
+        WASI sleeps (host code), proc_exit raised as WasiExit."""
         limit = check_timeout(timeout) if timeout is not None else self.config.timeout
-        if self.reset_mode == "per_call":
-            if self._ran:
-                self.restore()
-            if wasi is not None:
-                wasi.clear_output()  # fresh state: the last call's output is gone too
-        marks = wasi.output_marks() if wasi is not None else (0, 0)
-        if wasi is not None:
-            # A WASI sleep is host code: the call's limit must end it too.
-            wasi.set_deadline(None if limit is None else time.monotonic_ns() + int(limit * 1e9))
+        marks = wasi.output_marks()
+        # A WASI sleep is host code: the call's limit must end it too.
+        wasi.set_deadline(None if limit is None else time.monotonic_ns() + int(limit * 1e9))
         self._ran = True
         try:
-            reply = self._engine_call(name, "wasm_invoke", handle, name, data, timeout=timeout)
+            return self._engine_raw(encoder, *args, timeout=timeout)
         except HostFunctionError as exc:
             if isinstance(exc.__cause__, WasiExit):
                 raise exc.__cause__ from None
             raise
         finally:
-            if wasi is not None:
-                wasi.set_deadline(None)
-                out, err = wasi.output_since(marks)
-                self.last_output = out.decode(errors="replace")
-                self.last_stderr = err.decode(errors="replace")
-                self._output_truncated = any(wasi.output_truncated_since(marks))
-            else:
-                self.last_output = self.engine_sandbox.last_output
+            wasi.set_deadline(None)
+            out, err = wasi.output_since(marks)
+            self.last_output = out.decode(errors="replace")
+            self.last_stderr = err.decode(errors="replace")
+            self._output_truncated = any(wasi.output_truncated_since(marks))
             if self._close_pending and self.engine_sandbox.closed:
                 self._close_pending = False
-                if wasi is not None:
-                    wasi.close()
-        check_ok(reply, name)
-        values = [to_python(t, b) for t, b in decode_values(reply.payload, f"results of {name}")]
-        if len(values) == 0:
-            return None
-        return values[0] if len(values) == 1 else tuple(values)
+                wasi.close()
 
     def run(self, *, timeout: float | None = None) -> int:
         """Runs a WASI command (its `_start` export) and returns its exit code: 0 when

@@ -15,8 +15,10 @@ from ..layout import PAGE, Layout
 from ..snapshot import Snapshot
 from .module import WasmModule
 from .wasi import WasiConfig
+from .windows import pool_reach
 
 if TYPE_CHECKING:
+    from .abi import InvokeEncoder
     from .sandbox import WasmSandbox
 
 WASI_MODULE = "wasi_snapshot_preview1"
@@ -29,6 +31,11 @@ class Instance:
     # Per function import index: the Python callable, WASI (served by the sandbox's
     # WasiContext), or None (linked inside the engine).
     host_imports: tuple[Callable[..., Any] | WasiImport | None, ...]
+    # Per export name: the encoder of its calls (made on the first call, then shared by
+    # every sandbox with this instance: restores, snapshots and their spawns).
+    invokers: dict[str, InvokeEncoder] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
 
 
 class WasiImport:
@@ -96,6 +103,9 @@ class WasmSnapshot:
         self.wasm_state = state
         self.kind = kind  # the class of the sandbox it was taken of: what spawn makes
         self.heap_pages = self._heap_pages()
+        # Where a sandbox in this state can write (windows.pool_reach): what its resets
+        # search for written pages until it grows a memory.
+        self.scan_ranges = pool_reach(base.layout, base.image.read)
 
     @property
     def config(self) -> SandboxConfig:

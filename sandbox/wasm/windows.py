@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import struct
 from array import array
+from collections.abc import Callable
 
 from .. import x86_64 as x86
 from ..layout import PML4, Layout
@@ -43,14 +44,45 @@ _LEAF = _TABLE | x86.PTE_DIRTY | x86.PTE_NX
 _ADDR_MASK = 0x000F_FFFF_FFFF_F000
 
 
-class Windows:
-    """The host's side of WASM_HOST_GROW for one sandbox's memory."""
+def pool_reach(layout: Layout, read: Callable[[int, int], bytes]) -> list[tuple[int, int]] | None:
+    """The guest ranges that can hold pages written since a memory was equal to an image
+    whose pool state `read(address, length)` reads: everything below the pool, the
+    linear-memory pages handed out, and the page tables and state at the top. The gap
+    between the last two is written by nobody: ring 3 reaches the pool only through the
+    windows, whose pages come from below it, and the host writes it only in `grow`, which
+    widens the reach first (`Windows.on_reach`). None (all of memory) if the state does
+    not read as one the host wrote."""
+    pool_start, state = layout.heap_base + layout.heap_size, layout.mem_size - STATE_SIZE
+    magic, lin_next, table_next = _HEADER.unpack(read(state, _HEADER.size))
+    if magic != _MAGIC:  # the pool was never used: nothing in it is written
+        return [(0, pool_start)]
+    if lin_next % PAGE or table_next % PAGE or not pool_start <= lin_next <= table_next <= state:
+        return None
+    return _reach(lin_next, table_next, layout.mem_size)
 
-    def __init__(self, memory: GuestMemory, layout: Layout) -> None:
+
+def _reach(lin_next: int, table_next: int, mem_size: int) -> list[tuple[int, int]]:
+    if table_next <= lin_next:
+        return [(0, mem_size)]
+    return [(0, lin_next), (table_next, mem_size - table_next)]
+
+
+class Windows:
+    """The host's side of WASM_HOST_GROW for one sandbox's memory. `on_reach`, if given,
+    is told the ranges that can hold written pages (pool_reach) before `grow` writes
+    beyond the last ones (Sandbox.limit_reset_scan takes them)."""
+
+    def __init__(
+        self,
+        memory: GuestMemory,
+        layout: Layout,
+        on_reach: Callable[[list[tuple[int, int]] | None], None] | None = None,
+    ) -> None:
         self.memory = memory
         self.pool_start = layout.heap_base + layout.heap_size
         self.state = layout.mem_size - STATE_SIZE
         self._counts = self.state + PAGE  # u32 pages per window
+        self._on_reach = on_reach
         if self.state - self.pool_start < 16 * PAGE:
             raise ValueError("no room for Wasm linear memory above the heap: raise memory_size")
 
@@ -86,8 +118,11 @@ class Windows:
         count = end - first
         # Worst case of new tables: a PT per 2 MiB touched, a PD per 1 GiB, a PDPT.
         tables = (count + 511) // 512 + 1 + (count >> 18) + 1 + 1
-        if lin_next + count * PAGE > table_next - tables * PAGE:
+        lowest = table_next - tables * PAGE  # the lowest page table this grow may take
+        if lin_next + count * PAGE > lowest:
             return False
+        if self._on_reach is not None:  # before anything is written
+            self._on_reach(_reach(lin_next + count * PAGE, lowest, self.memory.size))
         view = self.memory.view
         base = WINDOW_BASE + window * WINDOW_STRIDE
         phys = lin_next
@@ -103,6 +138,8 @@ class Windows:
             page += run
         _HEADER.pack_into(view, self.state, _MAGIC, phys, table_next)
         struct.pack_into("<I", view, self._counts + 4 * window, pages)
+        if table_next < lowest and self._on_reach is not None:  # never: the bound holds
+            self._on_reach(None)
         return True
 
     def _table(self, vaddr: int, table_next: int) -> tuple[int, int]:
