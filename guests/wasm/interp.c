@@ -19,6 +19,7 @@ typedef struct cframe {
 
 static cframe *cstack, *cstack_end;
 static uint32_t halt_code[2];
+static uint32_t return_code[2]; /* a RETURN: where a catch to a function's label goes on */
 
 /* ---- Float helpers -------------------------------------------------------------------- */
 
@@ -347,6 +348,9 @@ void interp_call(wfunc *f, uint64_t *sp) {
         uint64_t h = (uint64_t)(uintptr_t)&&L_HALT;
         halt_code[0] = (uint32_t)h;
         halt_code[1] = (uint32_t)(h >> 32);
+        h = (uint64_t)(uintptr_t)&&L_RETURN;
+        return_code[0] = (uint32_t)h;
+        return_code[1] = (uint32_t)(h >> 32);
         if (!cstack) {
             cstack = plat_malloc((ENG_CALL_DEPTH_MAX + 1) * sizeof(cframe));
             cstack_end = cstack ? cstack + ENG_CALL_DEPTH_MAX : 0;
@@ -359,6 +363,7 @@ void interp_call(wfunc *f, uint64_t *sp) {
     }
     const uint32_t *ip;
     uint64_t *fp, *nfp;
+    uint64_t exn; /* the exception being thrown */
     instance *inst = f->inst;
     uint8_t *mem = inst->mem0;
     cframe *csp = cstack;
@@ -454,6 +459,35 @@ L_CALL_INDIRECT: {
     nfp = fp + ip[4];
     ip += 6;
     goto do_call;
+}
+L_THROW:
+    exn = eh_new(inst->tags[ip[2]], fp + ip[3], fp + ip[4]);
+    goto do_throw;
+L_THROW_REF:
+    exn = S(2);
+    if (UNLIKELY(exn == NULL_REF)) eng_trap(WASM_TRAP_NULL_REFERENCE);
+    if (UNLIKELY(!eh_valid(exn))) eng_trap(WASM_TRAP_NULL_REFERENCE);
+    goto do_throw;
+do_throw: {
+    /* Unwind frame by frame to the innermost handler: this frame at ip, each caller at
+     * its call instruction (the return address - 1). cstack[0] returns to the host. */
+    const uint32_t *at = ip;
+    for (;;) {
+        const uint32_t *to = eh_catch(at, inst, fp, exn, return_code);
+        if (to) {
+            ip = to;
+            NEXT();
+        }
+        if (csp - 1 == cstack) {
+            eh_uncaught(exn);
+            eng_trap(WASM_TRAP_UNCAUGHT_EXCEPTION);
+        }
+        csp--;
+        at = csp->ip - 1;
+        fp = csp->fp;
+        inst = csp->inst;
+        mem = csp->mem;
+    }
 }
 L_MOV:
     W(2) = W(3);
