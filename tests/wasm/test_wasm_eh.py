@@ -299,3 +299,18 @@ def test_malformed_exception_encodings_are_refused(name: str) -> None:
         with pytest.raises(WasmModuleError):
             sb.load(WasmModule(data, (), {}))
         sb.load(wat('(module (tag (param i32)) (func (export "f")))'))  # still working
+
+
+def test_aot_tier_leaves_exception_handling_to_the_interpreter() -> None:
+    """Debian's wasm2c has no exnref: tier="aot" refuses with the reason, "auto" runs the
+    module on the interpreter."""
+    from sandbox.wasm import aot, from_wasm
+
+    data = wat((EH_PROGRAMS / "fuzz.wat").read_text())
+    with pytest.raises(aot.AotCompileError, match="exception handling"):
+        from_wasm(data, tier="aot")
+    with from_wasm(data, tier="auto") as sb:
+        assert sb.call("a") == 42
+        with pytest.raises(WasmTrap) as trap:
+            sb.call("f")
+        assert trap.value.kind == "uncaught_exception"
