@@ -70,6 +70,7 @@ class WasmTrapKind(enum.StrEnum):
     STACK_EXHAUSTED = "stack_exhausted"
     TABLE_OOB = "table_oob"
     NULL_REFERENCE = "null_reference"
+    UNCAUGHT_EXCEPTION = "uncaught_exception"  # a Wasm exception (throw) left the call
 
 
 class SandboxError(Exception):

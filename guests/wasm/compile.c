@@ -23,7 +23,7 @@ typedef struct sval {
     uint64_t k;
 } sval;
 
-enum { CTL_FUNC = 0, CTL_BLOCK = 2, CTL_LOOP = 3, CTL_IF = 4 };
+enum { CTL_FUNC = 0, CTL_BLOCK = 2, CTL_LOOP = 3, CTL_IF = 4, CTL_TRY = 0x1f };
 
 typedef struct ctl {
     uint8_t kind;
@@ -32,6 +32,9 @@ typedef struct ctl {
     uint32_t start;      /* loop: code position of its first instruction */
     uint32_t chain;      /* forward branches to the end: field position + 1, 0 = none */
     uint32_t else_field; /* if: BR_UNLESS offset field + 1, 0 once bound */
+    const uint8_t *ptypes, *rtypes; /* its parameter and result types */
+    uint32_t eh_chain;   /* catch clauses that land at the end: clause index + 1, 0 = none */
+    uint32_t eh_first, eh_n; /* try_table: its clauses */
 } ctl;
 
 typedef struct comp {
@@ -52,6 +55,9 @@ typedef struct comp {
     int last_op;
     uint32_t last_mov;  /* position of the last MOV emitted + 1, 0 = none */
     uint32_t label_at;  /* code position where a label was last bound + 1 */
+    const uint8_t *bpt, *brt; /* the types of the block type just read */
+    uint32_t nranges, nclauses; /* exception handling: try_tables and their clauses */
+    uint32_t throw_chain; /* THROW frame-size fields to patch: position + 1, 0 = none */
 } comp;
 
 /* Scratch buffers reused by every compilation (the result is copied out). */
@@ -63,6 +69,10 @@ static ctl *s_ctls;
 static uint32_t s_ctl_cap;
 static uint32_t *s_targets;
 static uint32_t s_targets_cap;
+static eh_range *s_ranges;
+static uint32_t s_ranges_cap;
+static eh_clause *s_clauses;
+static uint32_t s_clauses_cap;
 
 #define MAX_LOCALS 50000
 
@@ -307,6 +317,7 @@ static ctl *label(comp *c, uint32_t depth) {
 static void block_type(comp *c, uint32_t *np, uint32_t *nr) {
     if (c->r.p >= c->r.end) eng_malformed("unexpected end");
     uint8_t b = *c->r.p;
+    c->bpt = c->brt = c->r.p;
     if (b == 0x40) {
         c->r.p++;
         *np = *nr = 0;
@@ -319,6 +330,8 @@ static void block_type(comp *c, uint32_t *np, uint32_t *nr) {
         if (t < 0 || (uint64_t)t >= c->m->ntypes) invalid("unknown type");
         *np = c->m->types[t].nparams;
         *nr = c->m->types[t].nresults;
+        c->bpt = c->m->types[t].types;
+        c->brt = c->bpt + *np;
     }
 }
 
@@ -329,7 +342,7 @@ static void push_ctl(comp *c, uint8_t kind, uint32_t np, uint32_t nr) {
         c->ccap = s_ctl_cap;
     }
     if (c->nctl) need(c, np);
-    c->ctls[c->nctl++] = (ctl){kind, false, c->sh - np, np, nr, c->len, 0, 0};
+    c->ctls[c->nctl++] = (ctl){kind, false, c->sh - np, np, nr, c->len, 0, 0, c->bpt, c->brt, 0, 0, 0};
     c->last_dfield = 0;
     if (kind == CTL_LOOP) mark_label(c);
 }
@@ -837,6 +850,105 @@ static void simd(comp *c) {
     push_result(c, op, pos, pos + 2);
 }
 
+/* ---- Exception handling: throw, throw_ref, try_table -------------------------------- */
+
+/* The types a branch to label t carries. */
+static const uint8_t *label_types(ctl *t) { return t->kind == CTL_LOOP ? t->ptypes : t->rtypes; }
+
+/* Reads one catch clause of a try_table (its label is resolved outside the try_table)
+ * and checks that the label takes exactly the values the clause delivers. */
+static void catch_clause(comp *c) {
+    module *m = c->m;
+    uint8_t kind = rd_u8(&c->r);
+    if (kind > EH_CATCH_ALL_REF) eng_malformed("malformed catch clause");
+    uint32_t tag = 0, np = 0;
+    const uint8_t *tp = 0;
+    if (kind == EH_CATCH || kind == EH_CATCH_REF) {
+        tag = rd_u32(&c->r);
+        if (tag >= m->ntags) invalid("unknown tag");
+        const functype *ft = &m->types[m->tag_type[tag]];
+        np = ft->nparams;
+        tp = ft->types;
+    }
+    ctl *t = label(c, rd_u32(&c->r));
+    bool ref = kind == EH_CATCH_REF || kind == EH_CATCH_ALL_REF;
+    const uint8_t *lt = label_types(t);
+    if (label_arity(t) != np + ref) invalid("type mismatch");
+    if (np && memcmp(lt, tp, np) != 0) invalid("type mismatch");
+    if (ref && lt[np] != WASM_TYPE_EXNREF) invalid("type mismatch");
+    if (c->nclauses == s_clauses_cap)
+        s_clauses = grow_buf(s_clauses, &s_clauses_cap, c->nclauses + 1, sizeof(eh_clause));
+    eh_clause *cl = &s_clauses[c->nclauses];
+    cl->kind = kind;
+    cl->tag = tag;
+    cl->dest = t->kind == CTL_FUNC ? local_slot(0) : slot(c, t->base);
+    if (t->kind == CTL_FUNC) {
+        cl->target = EH_TARGET_RETURN;
+    } else if (t->kind == CTL_LOOP) {
+        cl->target = t->start;
+    } else { /* bound when the label's block ends (bind_catches) */
+        cl->target = t->eh_chain;
+        t->eh_chain = c->nclauses + 1;
+    }
+    c->nclauses++;
+}
+
+/* A block's end: the catch clauses that target it land here. */
+static void bind_catches(comp *c, ctl *t) {
+    for (uint32_t chain = t->eh_chain; chain;) {
+        eh_clause *cl = &s_clauses[chain - 1];
+        chain = cl->target;
+        cl->target = c->len;
+    }
+    t->eh_chain = 0;
+    mark_label(c);
+}
+
+/* A try_table's end: its body's code range gets its clauses. */
+static void end_try(comp *c, ctl *t) {
+    if (!t->eh_n) return;
+    if (c->nranges == s_ranges_cap) s_ranges = grow_buf(s_ranges, &s_ranges_cap, c->nranges + 1, sizeof(eh_range));
+    s_ranges[c->nranges++] = (eh_range){t->start, c->len, t->eh_first, t->eh_n};
+}
+
+static void exception_op(comp *c, uint8_t opc) {
+    module *m = c->m;
+    if (opc == 0x08) { /* throw x: THROW tag args frame_size (patched at the end) */
+        uint32_t x = rd_u32(&c->r);
+        if (x >= m->ntags) invalid("unknown tag");
+        const functype *ft = &m->types[m->tag_type[x]];
+        need(c, ft->nparams);
+        for (uint32_t h = c->sh - ft->nparams; h < c->sh; h++) materialize(c, h);
+        uint32_t base = c->sh - ft->nparams;
+        truncate(c, base);
+        emit_op(c, OP_THROW);
+        emit(c, x);
+        emit(c, slot(c, base));
+        emit(c, c->throw_chain);
+        c->throw_chain = c->len;
+        set_unreachable(c);
+    } else if (opc == 0x0a) { /* throw_ref: THROW_REF a */
+        uint32_t a = pop_slot(c);
+        emit_op(c, OP_THROW_REF);
+        emit(c, a);
+        set_unreachable(c);
+    } else { /* try_table bt catch* */
+        uint32_t np, nr;
+        block_type(c, &np, &nr);
+        const uint8_t *bpt = c->bpt, *brt = c->brt;
+        uint32_t n = rd_count(&c->r, 2);
+        uint32_t first = c->nclauses;
+        for (uint32_t i = 0; i < n; i++) catch_clause(c);
+        need(c, np);
+        materialize_all(c);
+        c->bpt = bpt;
+        c->brt = brt;
+        push_ctl(c, CTL_TRY, np, nr);
+        top_ctl(c)->eh_first = first;
+        top_ctl(c)->eh_n = n;
+    }
+}
+
 /* ---- The function body -------------------------------------------------------------- */
 
 static void body(comp *c) {
@@ -898,6 +1010,8 @@ static void body(comp *c) {
             }
             if (t->else_field) bind_chain(c, t->else_field, c->len);
             bind_chain(c, t->chain, c->len);
+            if (t->kind == CTL_TRY) end_try(c, t);
+            if (t->eh_chain) bind_catches(c, t);
             truncate(c, t->base);
             for (uint32_t i = 0; i < t->nresults; i++) push(c, SV_STACK, 0, 0);
             c->nctl--;
@@ -987,6 +1101,7 @@ static void body(comp *c) {
             uint32_t ti = rd_u32(r);
             if (ti >= m->ntypes) invalid("unknown type");
             uint32_t tab = table_idx(c);
+            if (m->tables[tab].elemtype != WASM_TYPE_FUNCREF) invalid("type mismatch");
             const functype *ft = &m->types[ti];
             uint32_t is = pop_slot(c);
             need(c, ft->nparams);
@@ -1001,6 +1116,11 @@ static void body(comp *c) {
             for (uint32_t i = 0; i < ft->nresults; i++) push(c, SV_STACK, 0, 0);
             break;
         }
+        case 0x08: /* throw x */
+        case 0x0a: /* throw_ref */
+        case 0x1f: /* try_table */
+            exception_op(c, opc);
+            break;
         case 0x1a: drop(c); break;
         case 0x1c: {
             uint32_t n = rd_u32(r);
@@ -1156,7 +1276,8 @@ static void body(comp *c) {
         }
         case 0xd0: {
             uint8_t t = rd_u8(r);
-            if (t != WASM_TYPE_FUNCREF && t != WASM_TYPE_EXTERNREF) eng_malformed("malformed reference type");
+            if (t != WASM_TYPE_FUNCREF && t != WASM_TYPE_EXTERNREF && t != WASM_TYPE_EXNREF)
+                eng_malformed("malformed reference type");
             push(c, SV_CONST, 0, NULL_REF);
             break;
         }
@@ -1207,13 +1328,27 @@ void compile_function(module *m, uint32_t defined, const uint8_t *code, uint32_t
         if (nlocals > MAX_LOCALS) eng_malformed("too many locals");
     }
     c->nlocals = (uint32_t)nlocals;
+    c->bpt = ft->types;
+    c->brt = ft->types + ft->nparams;
     push_ctl(c, CTL_FUNC, 0, ft->nresults);
     body(c);
     if (c->r.p != c->r.end) eng_malformed("section size mismatch");
     code_desc *cd = &m->codes[defined];
+    cd->frame_size = (c->nlocals + c->maxh + 2) * ENG_SLOT_WORDS;
+    for (uint32_t chain = c->throw_chain; chain;) { /* THROW's field: the frame size */
+        uint32_t f = chain - 1;
+        chain = c->code[f];
+        c->code[f] = cd->frame_size;
+    }
     cd->code = mod_alloc(m, (size_t)c->len * sizeof(uint32_t));
     memcpy(cd->code, c->code, (size_t)c->len * sizeof(uint32_t));
     cd->code_len = c->len;
     cd->nlocals = c->nlocals * ENG_SLOT_WORDS;
-    cd->frame_size = (c->nlocals + c->maxh + 2) * ENG_SLOT_WORDS;
+    if (c->nranges) {
+        cd->nranges = c->nranges;
+        cd->ranges = mod_alloc(m, (size_t)c->nranges * sizeof(eh_range));
+        memcpy(cd->ranges, s_ranges, (size_t)c->nranges * sizeof(eh_range));
+        cd->clauses = mod_alloc(m, (size_t)c->nclauses * sizeof(eh_clause));
+        memcpy(cd->clauses, s_clauses, (size_t)c->nclauses * sizeof(eh_clause));
+    }
 }

@@ -19,7 +19,7 @@ void *mod_alloc(module *m, size_t n) {
 
 bool eng_is_valtype(uint8_t t) {
     return t == WASM_TYPE_I32 || t == WASM_TYPE_I64 || t == WASM_TYPE_F32 || t == WASM_TYPE_F64 ||
-           t == WASM_TYPE_V128 || t == WASM_TYPE_FUNCREF || t == WASM_TYPE_EXTERNREF;
+           t == WASM_TYPE_V128 || t == WASM_TYPE_FUNCREF || t == WASM_TYPE_EXTERNREF || t == WASM_TYPE_EXNREF;
 }
 
 static uint8_t rd_valtype(reader *r) {
@@ -30,7 +30,8 @@ static uint8_t rd_valtype(reader *r) {
 
 static uint8_t rd_reftype(reader *r) {
     uint8_t t = rd_u8(r);
-    if (t != WASM_TYPE_FUNCREF && t != WASM_TYPE_EXTERNREF) eng_malformed("malformed reference type");
+    if (t != WASM_TYPE_FUNCREF && t != WASM_TYPE_EXTERNREF && t != WASM_TYPE_EXNREF)
+        eng_malformed("malformed reference type");
     return t;
 }
 
@@ -129,6 +130,27 @@ static void read_types(module *m, reader *r) {
     }
 }
 
+/* A tag type (exception handling): attribute 0 (an exception), a function type index
+ * whose results are empty. */
+static uint32_t rd_tagtype(module *m, reader *r) {
+    if (rd_u8(r) != 0) eng_malformed("malformed tag attribute");
+    uint32_t t = rd_u32(r);
+    if (t >= m->ntypes) eng_fail(WASM_STATUS_INVALID, "unknown type");
+    if (m->types[t].nresults) eng_fail(WASM_STATUS_INVALID, "non-empty tag result type");
+    return t;
+}
+
+static void read_tags(module *m, reader *r) {
+    uint32_t n = rd_count(r, 2);
+    m->ntags = m->ntags_imported + n;
+    if (m->ntags < n) eng_malformed("too many tags");
+    m->tag_type = mod_alloc(m, (size_t)m->ntags * sizeof(uint32_t));
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < m->nimports; i++)
+        if (m->imports[i].kind == EXT_TAG) m->tag_type[k++] = m->imports[i].type;
+    for (uint32_t i = 0; i < n; i++) m->tag_type[k++] = rd_tagtype(m, r);
+}
+
 static void read_imports(module *m, reader *r) {
     m->nimports = rd_count(r, 4);
     m->imports = mod_alloc(m, m->nimports * sizeof(import_desc));
@@ -151,6 +173,10 @@ static void read_imports(module *m, reader *r) {
         case EXT_MEM:
             d->lim = rd_limits(r);
             m->nmems_imported++;
+            break;
+        case EXT_TAG:
+            d->type = rd_tagtype(m, r);
+            m->ntags_imported++;
             break;
         case EXT_GLOBAL: {
             d->valtype = rd_valtype(r);
@@ -240,8 +266,9 @@ static void read_exports(module *m, reader *r) {
                          : e->kind == EXT_TABLE  ? m->ntables
                          : e->kind == EXT_MEM    ? m->nmems
                          : e->kind == EXT_GLOBAL ? m->nglobals
+                         : e->kind == EXT_TAG    ? m->ntags
                                                  : 0;
-        if (e->kind > EXT_GLOBAL) eng_malformed("malformed export kind");
+        if (e->kind > EXT_TAG) eng_malformed("malformed export kind");
         if (e->index >= limit) eng_malformed("unknown export index");
     }
 }
@@ -318,13 +345,15 @@ static void read_code(module *m, reader *r, uint32_t ndefined) {
 static void ensure_defaults(module *m, int upto, uint32_t *ndefined) {
     static const uint8_t zero = 0;
     reader empty = {&zero, &zero + 1};
-    if (upto > 3 && !m->func_type) read_functions(m, &empty, ndefined);
+    if (upto > 6 && !m->func_type) read_functions(m, &empty, ndefined);
     empty.p = &zero;
-    if (upto > 4 && !m->tables) read_tables(m, &empty);
+    if (upto > 8 && !m->tables) read_tables(m, &empty);
     empty.p = &zero;
-    if (upto > 5 && !m->mems) read_memories(m, &empty);
+    if (upto > 10 && !m->mems) read_memories(m, &empty);
     empty.p = &zero;
-    if (upto > 6 && !m->globals) read_globals(m, &empty);
+    if (upto > 11 && !m->tag_type) read_tags(m, &empty);
+    empty.p = &zero;
+    if (upto > 12 && !m->globals) read_globals(m, &empty);
 }
 
 void decode_module(module *m) {
@@ -337,8 +366,9 @@ void decode_module(module *m) {
     bool have_code = false;
     int last = 0;
     /* Position of each section id in the required order: type import func table mem
-     * global export start elem datacount code data. */
-    static const int order[13] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 10};
+     * tag global export start elem datacount code data (the tag section, id 13, of
+     * exception handling sits between memory and global). */
+    static const int order[14] = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 22, 24, 20, 11};
     while (r.p < r.end) {
         uint8_t id = rd_u8(&r);
         uint32_t size = rd_u32(&r);
@@ -350,7 +380,7 @@ void decode_module(module *m) {
             rd_name(&s, &nl);
             continue;
         }
-        if (id > 12) eng_malformed("malformed section id");
+        if (id > 13) eng_malformed("malformed section id");
         if (order[id] <= last) eng_malformed("unexpected content after last section");
         last = order[id];
         ensure_defaults(m, order[id], &ndefined);
@@ -360,6 +390,7 @@ void decode_module(module *m) {
         case 3: read_functions(m, &s, &ndefined); break;
         case 4: read_tables(m, &s); break;
         case 5: read_memories(m, &s); break;
+        case 13: read_tags(m, &s); break;
         case 6: read_globals(m, &s); break;
         case 7: read_exports(m, &s); break;
         case 8:

@@ -41,7 +41,7 @@ typedef struct limits {
     bool has_max;
 } limits;
 
-enum { EXT_FUNC = 0, EXT_TABLE = 1, EXT_MEM = 2, EXT_GLOBAL = 3 };
+enum { EXT_FUNC = 0, EXT_TABLE = 1, EXT_MEM = 2, EXT_GLOBAL = 3, EXT_TAG = 4 };
 
 /* A constant expression as written in the module (evaluated at instantiation). */
 typedef struct cexpr {
@@ -53,7 +53,7 @@ typedef struct import_desc {
     const char *module, *name;
     uint32_t module_len, name_len;
     uint8_t kind;
-    uint32_t type;       /* EXT_FUNC: type index */
+    uint32_t type;       /* EXT_FUNC, EXT_TAG: type index */
     uint8_t valtype;     /* EXT_GLOBAL: value type; EXT_TABLE: element type */
     bool mut;            /* EXT_GLOBAL */
     limits lim;          /* EXT_TABLE / EXT_MEM */
@@ -96,12 +96,31 @@ typedef struct data_desc {
     uint32_t len;
 } data_desc;
 
+/* Exception handling: a try_table's catch clauses, as the compiler resolved them. A
+ * caught exception's values (tag params, then the exnref for the _ref kinds) go to the
+ * frame slots from `dest` on (the target label's slots), then execution goes on at code
+ * offset `target` (EH_TARGET_RETURN: the label is the function's, so it returns). */
+enum { EH_CATCH = 0, EH_CATCH_REF = 1, EH_CATCH_ALL = 2, EH_CATCH_ALL_REF = 3 };
+#define EH_TARGET_RETURN 0xffffffffu
+typedef struct eh_clause {
+    uint32_t kind, tag, dest, target;
+} eh_clause;
+/* A try_table's body: code offsets [start, end) and its clauses. Ranges are listed inner
+ * first (in the order their try_tables end), so the first range holding a position is
+ * the innermost try_table around it. */
+typedef struct eh_range {
+    uint32_t start, end, first, n;
+} eh_range;
+
 /* A compiled function body. */
 typedef struct code_desc {
     uint32_t *code;      /* pre-decoded instruction stream */
     uint32_t code_len;   /* in u32 units */
     uint32_t nlocals;    /* words of params + declared locals */
     uint32_t frame_size; /* words of locals + max operand stack height + slack */
+    uint32_t nranges;    /* try_tables with catch clauses (0 for most functions) */
+    eh_range *ranges;
+    eh_clause *clauses;
 } code_desc;
 
 typedef struct module {
@@ -121,6 +140,8 @@ typedef struct module {
     limits *mems;
     uint32_t nglobals;
     global_desc *globals; /* all, imports included (import entries: type only) */
+    uint32_t ntags, ntags_imported;
+    uint32_t *tag_type; /* type index per tag, imports first */
     uint32_t nexports;
     export_desc *exports;
     bool has_start;
@@ -183,6 +204,11 @@ typedef struct wglobal {
     bool mut;
 } wglobal;
 
+/* A tag (exception handling): its identity is the object; imports share it. */
+typedef struct wtag {
+    const functype *type; /* params: the exception's values; no results */
+} wtag;
+
 typedef struct instance {
     /* Hot fields first: the interpreter reads these. */
     uint8_t *mem0;        /* memory 0 window base (or NULL) */
@@ -197,6 +223,8 @@ typedef struct instance {
     uint64_t **elem_items;
     uint32_t *elem_len;
     uint32_t *data_len;
+    wtag **tags;
+    uint32_t ntags;
 } instance;
 
 /* ---- Engine-wide state --------------------------------------------------------------- */
@@ -220,6 +248,26 @@ void decode_module(module *m); /* eng_malformed on error */
 bool eng_is_valtype(uint8_t t);   /* a value type's binary encoding (v128 included) */
 /* Compiles function body `i` (defined-function index) from body[0..len). */
 void compile_function(module *m, uint32_t defined, const uint8_t *body, uint32_t len);
+
+/* ---- Exception handling (eh.c) ------------------------------------------------------- */
+/* A new exception of tag t with its values copied from the slots at args; returns its
+ * exnref. May collect unreachable exceptions first: the value stack up to stack_top is
+ * scanned (conservatively) for live exnrefs, with the exnref globals and tables. */
+uint64_t eh_new(wtag *t, const uint64_t *args, const uint64_t *stack_top);
+/* Whether `ref` is a live exception (a non-null exnref the engine made). */
+bool eh_valid(uint64_t ref);
+/* Looks for a handler of exception `ref` in the frame (fp, inst) whose code position is
+ * `at`: delivers the values into the frame and returns where to go on (`ret_code` for a
+ * catch to the function's label), or NULL (no handler there). */
+const uint32_t *eh_catch(const uint32_t *at, const instance *inst, uint64_t *fp, uint64_t ref,
+                         const uint32_t *ret_code);
+/* Drops an exception that no handler caught (unless wasm code can still see it). */
+void eh_uncaught(uint64_t ref);
+/* Makes the handler tables of module m's functions findable by code position. */
+void eh_register(const module *m);
+/* The roots of the exception collector outside the value stack: calls mark on the value
+ * of every exnref global and table element of every instance (runtime.c). */
+void rt_exn_roots(void (*mark)(uint64_t));
 
 /* ---- Interpreter --------------------------------------------------------------------- */
 /* Handler addresses for the compiler. */

@@ -19,6 +19,7 @@ typedef struct cframe {
 
 static cframe *cstack, *cstack_end;
 static uint32_t halt_code[2];
+static uint32_t return_code[2]; /* a RETURN: where a catch to a function's label goes on */
 
 /* ---- Float helpers -------------------------------------------------------------------- */
 
@@ -331,11 +332,54 @@ static void prof(const void *h) {
         NEXT();                                                                        \
     }
 
+/* ---- Exception handling: unwinding ------------------------------------------------------
+ * Out of line and cold, so that the interpreter's hot registers do not see it. */
+typedef struct unwind_state {
+    const uint32_t *ip;
+    uint64_t *fp;
+    instance *inst;
+    uint8_t *mem;
+    cframe *csp;
+} unwind_state;
+
+/* A throw leaves the interpreter (interp_run returns true) with its state here, and
+ * interp_call resumes it at the handler: the interpreter's loop has no call that returns
+ * into it for exceptions, which measurably cost its hot handlers registers. */
+static unwind_state unwound;
+static wtag *throw_tag;    /* THROW: the tag (the values are at the instruction's slots) */
+static uint64_t throw_ref; /* THROW_REF: the exnref */
+
+/* Unwinds frame by frame from `unwound` to the innermost handler of exception `exn`:
+ * each caller is looked up at its call instruction (the return address - 1); cstack[0]
+ * returns to the host, so an exception that gets there is uncaught (a trap). Leaves the
+ * handler's frame and where it goes on in `unwound`. */
+__attribute__((noinline, cold)) static void unwind(uint64_t exn) {
+    if (exn == NULL_REF || !eh_valid(exn)) eng_trap(WASM_TRAP_NULL_REFERENCE); /* throw_ref null */
+    unwind_state *s = &unwound;
+    const uint32_t *at = s->ip;
+    for (;;) {
+        const uint32_t *to = eh_catch(at, s->inst, s->fp, exn, return_code);
+        if (to) {
+            s->ip = to;
+            return;
+        }
+        if (s->csp - 1 == cstack) {
+            eh_uncaught(exn);
+            eng_trap(WASM_TRAP_UNCAUGHT_EXCEPTION);
+        }
+        s->csp--;
+        at = s->csp->ip - 1;
+        s->fp = s->csp->fp;
+        s->inst = s->csp->inst;
+        s->mem = s->csp->mem;
+    }
+}
+
 /* GCC would turn the loop that zeroes a callee's locals into a memset call. */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("no-tree-loop-distribute-patterns")))
 #endif
-void interp_call(wfunc *f, uint64_t *sp) {
+__attribute__((noinline)) static bool interp_run(wfunc *f, uint64_t *sp, bool resume) {
 #define OP_LABEL(n) &&L_##n,
 #define OP_LABEL_SIMD(code, n, shape, k) &&L_##n,
     static void *table[] = {OPS_ALL(OP_LABEL) SIMD_LIST(OP_LABEL_SIMD)};
@@ -347,22 +391,36 @@ void interp_call(wfunc *f, uint64_t *sp) {
         uint64_t h = (uint64_t)(uintptr_t)&&L_HALT;
         halt_code[0] = (uint32_t)h;
         halt_code[1] = (uint32_t)(h >> 32);
+        h = (uint64_t)(uintptr_t)&&L_RETURN;
+        return_code[0] = (uint32_t)h;
+        return_code[1] = (uint32_t)(h >> 32);
         if (!cstack) {
             cstack = plat_malloc((ENG_CALL_DEPTH_MAX + 1) * sizeof(cframe));
             cstack_end = cstack ? cstack + ENG_CALL_DEPTH_MAX : 0;
         }
-        return;
-    }
-    if (f->kind != FN_WASM) {
-        rt_call_host(f, sp);
-        return;
+        return false;
     }
     const uint32_t *ip;
     uint64_t *fp, *nfp;
-    instance *inst = f->inst;
-    uint8_t *mem = inst->mem0;
-    cframe *csp = cstack;
+    instance *inst;
+    uint8_t *mem;
+    cframe *csp;
     uint64_t *const stack_end = eng_stack_end;
+    if (resume) { /* at a handler, after a throw */
+        ip = unwound.ip;
+        fp = nfp = unwound.fp;
+        inst = unwound.inst;
+        mem = unwound.mem;
+        csp = unwound.csp;
+        NEXT();
+    }
+    if (f->kind != FN_WASM) {
+        rt_call_host(f, sp);
+        return false;
+    }
+    inst = f->inst;
+    mem = inst->mem0;
+    csp = cstack;
     csp->ip = halt_code;
     csp->fp = sp;
     csp->inst = inst;
@@ -397,7 +455,7 @@ do_call:
     NEXT();
 
 L_HALT:
-    return;
+    return false;
 L_UNREACHABLE:
     eng_trap(WASM_TRAP_UNREACHABLE);
 L_BR:
@@ -893,7 +951,28 @@ L_BR_UNLESS64:
         ip += 4;
     NEXT();
 
+    /* Exception handling (after the scalar handlers: their code layout stays as it was). */
+L_THROW:
+    unwound = (unwind_state){ip, fp, inst, mem, csp};
+    throw_tag = inst->tags[ip[2]];
+    return true;
+L_THROW_REF:
+    unwound = (unwind_state){ip, fp, inst, mem, csp};
+    throw_tag = 0;
+    throw_ref = S(2);
+    return true;
+
 #define SIMD_HANDLERS
 #include "simd.h"
 #undef SIMD_HANDLERS
+}
+
+void interp_call(wfunc *f, uint64_t *sp) {
+    bool resume = false;
+    while (interp_run(f, sp, resume)) { /* a throw: THROW's fields are tag args frame_size */
+        const uint32_t *ip = unwound.ip;
+        uint64_t *fp = unwound.fp;
+        unwind(throw_tag ? eh_new(throw_tag, fp + ip[3], fp + ip[4]) : throw_ref);
+        resume = true;
+    }
 }

@@ -4,13 +4,14 @@
 #ifndef WASM_OPS_H
 #define WASM_OPS_H
 
-/* Control and data movement. */
+/* Control and data movement; exception handling: THROW tag args frame_size, THROW_REF a. */
 #define OPS_CONTROL(X)                                                                  \
     X(HALT) X(UNREACHABLE) X(BR) X(BR_IF) X(BR_UNLESS) X(BR_TABLE) X(RETURN) X(RET1) X(RET_ADD) X(RET_ADD_I)    \
     X(CALL) X(CALL_INDIRECT) X(MOV) X(MOV2) X(CONST32) X(CONST64) X(SELECT) X(GLOBAL_GET)       \
     X(GLOBAL_SET) X(MEM_SIZE) X(MEM_GROW) X(MEM_INIT) X(DATA_DROP) X(MEM_COPY)          \
     X(MEM_FILL) X(TABLE_INIT) X(ELEM_DROP) X(TABLE_COPY) X(TABLE_GROW) X(TABLE_SIZE)    \
-    X(TABLE_FILL) X(TABLE_GET) X(TABLE_SET) X(REF_IS_NULL) X(REF_FUNC)
+    X(TABLE_FILL) X(TABLE_GET) X(TABLE_SET) X(REF_IS_NULL) X(REF_FUNC)                \
+    X(THROW) X(THROW_REF)
 
 /* Loads d a off; stores a v off. */
 #define OPS_MEMORY(X)                                                                   \

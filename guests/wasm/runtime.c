@@ -331,6 +331,7 @@ static bool read_values(const uint8_t *p, size_t len, const uint8_t *types, uint
         if (v[0] != types[i]) return false;
         uint64_t bits = normalize(v[0], le64(v + 1));
         if (v[0] == WASM_TYPE_FUNCREF && bits != NULL_REF && bits >= eng_nfuncs) return false;
+        if (v[0] == WASM_TYPE_EXNREF && bits != NULL_REF) return false; /* only the engine makes them */
         out[i * ENG_SLOT_WORDS] = bits;
         out[i * ENG_SLOT_WORDS + 1] = v[0] == WASM_TYPE_V128 ? le64(v + 9) : 0;
     }
@@ -418,6 +419,7 @@ void eng_load(uint8_t *bytes, uint64_t len) {
     loading = m;
     decode_module(m);
     modules = grow_array(modules, &modules_cap, nmodules + 1, sizeof(module *));
+    eh_register(m); /* last: nothing fails after it (the module stays) */
     modules[nmodules] = m;
     loading = 0;
     reply_begin(WASM_STATUS_OK);
@@ -453,6 +455,7 @@ static bool instance_export(const instance *inst, const char *name, size_t len, 
     case EXT_FUNC: out->p = inst->funcs[e->index]; break;
     case EXT_TABLE: out->p = inst->tables[e->index]; break;
     case EXT_MEM: out->p = inst->mems[e->index]; break;
+    case EXT_TAG: out->p = inst->tags[e->index]; break;
     default: out->p = inst->globals[e->index]; break;
     }
     return true;
@@ -625,10 +628,11 @@ void eng_instantiate(uint32_t handle) {
     inst->elem_items = xcalloc(m->nelems, sizeof(uint64_t *));
     inst->elem_len = xcalloc(m->nelems, sizeof(uint32_t));
     inst->data_len = xcalloc(m->ndatas, sizeof(uint32_t));
+    inst->tags = xcalloc(m->ntags, sizeof(wtag *));
     inst->handle = ninstances;
 
     /* Imports. */
-    uint32_t nf = 0, nt = 0, nm = 0, ng = 0;
+    uint32_t nf = 0, nt = 0, nm = 0, ng = 0, ntag = 0;
     for (uint32_t i = 0; i < m->nimports; i++) {
         const import_desc *d = &m->imports[i];
         ext e;
@@ -667,6 +671,12 @@ void eng_instantiate(uint32_t handle) {
             inst->mems[nm++] = mm;
             break;
         }
+        case EXT_TAG: { /* the same tag object: exceptions match across modules */
+            wtag *tg = e.p;
+            if (tg->type->canon != m->types[d->type].canon) unlinkable("incompatible import type");
+            inst->tags[ntag++] = tg;
+            break;
+        }
         default: {
             wglobal *g = e.p;
             if (g->valtype != d->valtype || g->mut != d->mut) unlinkable("incompatible import type");
@@ -681,6 +691,12 @@ void eng_instantiate(uint32_t handle) {
     inst->ntables = m->ntables;
     inst->nmems = m->nmems;
     inst->nglobals = m->nglobals;
+    inst->ntags = m->ntags;
+    for (uint32_t i = ntag; i < m->ntags; i++) {
+        wtag *tg = xcalloc(1, sizeof(wtag));
+        tg->type = &m->types[m->tag_type[i]];
+        inst->tags[i] = tg;
+    }
 
     /* Definitions. */
     for (uint32_t i = nf; i < m->nfuncs; i++) {
@@ -730,6 +746,19 @@ void eng_instantiate(uint32_t handle) {
     reply_begin(WASM_STATUS_OK);
     reply_u32(inst->handle);
     op_running = false;
+}
+
+void rt_exn_roots(void (*mark)(uint64_t)) {
+    for (uint32_t i = 0; i < ninstances; i++) {
+        const instance *inst = instances[i];
+        for (uint32_t g = 0; g < inst->nglobals; g++)
+            if (inst->globals[g] && inst->globals[g]->valtype == WASM_TYPE_EXNREF) mark(inst->globals[g]->value);
+        for (uint32_t t = 0; t < inst->ntables; t++) {
+            const wtable *tb = inst->tables[t];
+            if (!tb || tb->elemtype != WASM_TYPE_EXNREF) continue;
+            for (uint32_t k = 0; k < tb->size; k++) mark(tb->elems[k]);
+        }
+    }
 }
 
 /* ---- Register, invoke, get ---------------------------------------------------------------- */

@@ -18,6 +18,7 @@ static const char *const trap_messages[WASM_TRAP_COUNT] = {
     "call stack exhausted",
     "out of bounds table access",
     "null reference",
+    "thrown Wasm exception", /* wasmtime's words for an exception that left the call */
 };
 
 #endif

@@ -26,9 +26,12 @@
  *   wasm_invoke(I32 instance, STR export, BYTES args) -> OK + results.
  *       args and results are value lists: u8 count, then per value u8 type
  *       (WASM_TYPE_*) and u64 LE bits (i32/f32 in the low 32 bits; a null reference is
- *       WASM_NULL_REF; an externref is the host's u64; a funcref an engine id); a v128
+ *       WASM_NULL_REF; an externref is the host's u64; a funcref an engine id; an exnref
+ *       an engine handle, opaque to the host, which may pass only a null one); a v128
  *       value has 16 bytes LE instead of 8 (lane 0 first).
- *       A missing export or wrong argument count/types: BAD_CALL. A trap: TRAP.
+ *       A missing export or wrong argument count/types: BAD_CALL. A trap: TRAP; an
+ *       exception (Wasm exception handling) that no handler caught leaves the call as
+ *       TRAP with kind WASM_TRAP_UNCAUGHT_EXCEPTION.
  *   wasm_get(I32 instance, STR export) -> OK + value list of one value (an exported
  *       global's value); BAD_CALL if there is no such global.
  *   wasm_fault(U64 address) -> the reply of the operation (wasm_instantiate or
@@ -54,7 +57,7 @@
  * base + (u32 address) + (u32 offset) past the current size faults (the window is
  * larger than 2^33 bytes), and the host turns the fault into wasm_fault.
  */
-#define WASM_ABI_VERSION 2
+#define WASM_ABI_VERSION 3
 
 #define WASM_WINDOW_BASE 0x10000000000
 #define WASM_WINDOW_STRIDE 0x400000000
@@ -84,6 +87,7 @@
 #define WASM_TYPE_V128 0x7b
 #define WASM_TYPE_FUNCREF 0x70
 #define WASM_TYPE_EXTERNREF 0x6f
+#define WASM_TYPE_EXNREF 0x69
 
 /* Trap kinds; the spec test suite's message for each is in the engine's trap table. */
 #define WASM_TRAP_NONE 0
@@ -98,5 +102,6 @@
 #define WASM_TRAP_STACK_EXHAUSTED 9
 #define WASM_TRAP_TABLE_OOB 10
 #define WASM_TRAP_NULL_REFERENCE 11
-#define WASM_TRAP_COUNT 12
+#define WASM_TRAP_UNCAUGHT_EXCEPTION 12
+#define WASM_TRAP_COUNT 13
 

@@ -661,7 +661,7 @@ def wasm_entry(module: WasmModule, spec: FunctionSpec) -> Signature:
     the module does not export it or the host cannot pass its types."""
     exports = module.exports
     export = exports.get(spec.entry)
-    if export is None or not isinstance(export.type, FuncType):
+    if export is None or export.kind != "func" or not isinstance(export.type, FuncType):
         funcs = ", ".join(sorted(n for n, e in exports.items() if e.kind == "func"))
         raise ApiError(
             422,

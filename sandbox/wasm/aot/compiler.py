@@ -32,7 +32,7 @@ from pathlib import Path
 from ...cachedir import cache_subdir
 from ...errors import GuestBuildError
 from ...sdk import sdk_dir
-from ..module import WasmModule, uses_simd
+from ..module import WasmModule, uses_exceptions, uses_simd
 from . import glue
 
 log = logging.getLogger("sandbox.wasm.aot")
@@ -316,6 +316,11 @@ def compile_module(module: WasmModule, limits: Limits | None = None) -> Path:
         raise AotCompileError(
             "the AOT tier does not compile modules that use SIMD (Debian's wasm2c 1.0.32 "
             "cannot); the interpreter runs them (tier='interp' or 'auto')"
+        )
+    if uses_exceptions(module.data):
+        raise AotCompileError(
+            "the AOT tier does not compile modules that use exception handling (Debian's "
+            "wasm2c 1.0.32 has no exnref/try_table); the interpreter runs them"
         )
     cached = lookup(module)
     if cached is not None:

@@ -1,0 +1,16 @@
+;; Imports lib.wat's tag and functions (tests/wasm/test_wasm_eh.py: linking).
+(module
+  (import "lib" "t" (tag $t (param i32)))
+  (import "lib" "throw" (func $throw (param i32)))
+  (import "lib" "catch" (func $catch (param i32 i32) (result i32)))
+  (import "lib" "fns" (table 1 funcref))
+  (tag $own (param i32))
+  (elem (i32.const 0) func $mine)
+  (func $mine (param i32) (throw $t (i32.mul (local.get 0) (i32.const 3))))
+  (func (export "catch_lib") (param i32) (result i32)
+    (block $h (result i32) (try_table (catch $t $h) (call $throw (local.get 0))) (i32.const -1)))
+  (func (export "own_not_lib") (param i32) (result i32)
+    (block $h (result i32) (try_table (catch $own $h) (call $throw (local.get 0))) (i32.const -1)))
+  (func (export "lib_catches_mine") (param i32) (result i32)
+    (call $catch (local.get 0) (i32.const 0)))
+)
