@@ -14,7 +14,12 @@ with benches/wasm/lua_wasi.h, running benches/wasm/lua_bench.lua in the AOT tier
 wasmtime's JIT and in our interpreter, same run (target: AOT <= 2x wasmtime). The build
 is cached beside the AOT cache; quick mode (make test's smoke) runs the row only when
 lua.wasm and its compiled guest are cached already: `python benches/bench_aot.py
-prepare-lua` fetches, builds and compiles them (~1 minute), a full run does it itself."""
+prepare-lua` fetches, builds and compiles them (~1 minute), a full run does it itself.
+
+CPython: the Python guest's CPython 3.12 WASI build running benches/wasm/pybench.py, AOT
+against wasmtime's JIT (target <= 2x). Opt-in: full runs only, and only when its
+compiled guest is cached (`python -m sandbox wasm compile <python-3.12.0.wasm>`: ~4-9
+minutes on two cores), since the compile is minutes long."""
 
 from __future__ import annotations
 
@@ -458,7 +463,9 @@ def test_aot_cpython_vs_wasmtime(bench_nofloor: Any) -> None:
     path, reason = _cpython()
     if path is not None and bench_nofloor.settings.quick:
         path, reason = None, "full runs only (~1 minute with wasmtime's compile)"
-    if path is not None and not _missing() and lookup(load(path.read_bytes())) is None:
+    if path is not None and _missing():
+        path, reason = None, _missing()
+    if path is not None and lookup(load(path.read_bytes())) is None:
         path, reason = None, f"not AOT-compiled yet: python -m sandbox wasm compile {path}"
     if path is None:
         bench_nofloor.skip(scenario, reason, baseline_what=what, kind="peer")
