@@ -148,3 +148,29 @@ def test_unexpected_c_is_compiled_whole(
     assert "as one unit: a shape this test made up" in caplog.text
     with Sandbox.from_wasm(data, tier="aot") as sb:
         assert sb.call("chain", 0) == sum(range(40))
+
+
+def test_the_compile_command(tmp_path: Path) -> None:
+    """`python -m sandbox wasm compile` puts the compiled guest in the cache and prints
+    its path; bad limits and a non-Wasm file are one-line errors."""
+    import os
+    import subprocess
+    import sys
+
+    wasm = tmp_path / "m.wasm"
+    wasm.write_bytes(wasmtime.wat2wasm(SPLIT_WAT))
+    env = {**os.environ, "KVM_SANDBOX_CACHE": str(tmp_path / "cache")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "sandbox", "wasm", "compile", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+    done = run(str(wasm), "--jobs", "1")
+    assert done.returncode == 0, done.stderr
+    path = Path(done.stdout.split(" (")[0])
+    assert path.is_file() and path.parent == tmp_path / "cache" / "wasm-aot"
+    assert run(str(wasm), "--seconds", "0").returncode == 1
+    bad = tmp_path / "bad.wasm"
+    bad.write_bytes(b"not wasm")
+    failed = run(str(bad))
+    assert failed.returncode == 1 and len(failed.stderr.strip().splitlines()) == 1
