@@ -21,8 +21,9 @@ from ..abi import Signature
 from ..pool import Gate, SandboxPool
 from .config import HostConfig
 from .errors import bad_request
-from .functions import Function, FunctionKind, WasmKind, http_body_limit
+from .functions import Function, FunctionKind, http_body_limit
 from .manifest import FunctionRecord, FunctionSpec
+from .wasm_functions import WasmKind
 
 T = TypeVar("T")
 LOG_TAIL = 4096  # bytes of stdout/stderr kept per log entry

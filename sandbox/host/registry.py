@@ -36,19 +36,14 @@ from .errors import (
     scrub,
     unavailable,
 )
-from .functions import (
-    Function,
-    FunctionKind,
-    Startups,
-    kind_for,
-    native_entry,
-    python_entry,
-    wasm_entry,
-)
+from .functions import Function, FunctionKind, native_entry
+from .kinds import kind_for
 from .manifest import FunctionRecord, FunctionSpec, Revision
 from .metrics import Metrics
+from .python_functions import python_entry
 from .shares import WorkerShares, inline_calls
 from .store import Blob, FunctionStore, Loaded, StoredTooLarge, StoreError
+from .wasm_functions import Startups, wasm_entry
 
 log = logging.getLogger("sandbox.host")
 DEPLOY_GRACE_S = 5.0  # beyond a start-up's time limit, before the deploy stops waiting
