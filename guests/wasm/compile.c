@@ -52,6 +52,7 @@ typedef struct comp {
     int last_op;
     uint32_t last_mov;  /* position of the last MOV emitted + 1, 0 = none */
     uint32_t label_at;  /* code position where a label was last bound + 1 */
+    uint32_t vload_pos, vload_end; /* the last v128.load emitted (simd_pair_load) */
 } comp;
 
 /* Scratch buffers reused by every compilation (the result is copied out). */
@@ -735,6 +736,89 @@ static uint32_t lane_idx(comp *c, uint32_t lanes) {
 
 static uint32_t log2_of(uint32_t n) { return (uint32_t)__builtin_ctz(n); }
 
+/* Whether the instruction at `pos` is `op`. */
+static bool op_at(comp *c, uint32_t pos, int op) {
+    uint64_t h = (uint64_t)(uintptr_t)interp_handlers[op];
+    return c->code[pos] == (uint32_t)h && c->code[pos + 1] == (uint32_t)(h >> 32);
+}
+
+/* A v128.load of address x + k (k = 0 for a plain load) + off, about to be emitted: if
+ * the instruction just before is a v128.load too (nothing in between, no label), the two
+ * become one V128_LOAD2 (executed in order, as written). Returns whether it did. */
+static bool simd_pair_load(comp *c, uint32_t x, uint32_t k, uint32_t off) {
+    uint32_t p = c->vload_pos;
+    if (!c->vload_end || c->vload_end != c->len || c->label_at == c->len + 1) return false;
+    if (!op_at(c, p, OP_V128_LOAD_RI) && !op_at(c, p, OP_V128_LOAD)) return false;
+    uint32_t f[8];
+    bool ri = op_at(c, p, OP_V128_LOAD_RI);
+    f[0] = c->code[p + 2];
+    f[1] = c->code[p + 3];
+    f[2] = ri ? c->code[p + 4] : 0;
+    f[3] = c->code[p + (ri ? 5 : 4)];
+    f[5] = x;
+    f[6] = k;
+    f[7] = off;
+    c->len = p;
+    uint32_t pos = emit_op(c, OP_V128_LOAD2);
+    f[4] = slot(c, c->sh);
+    for (uint32_t i = 0; i < 8; i++) emit(c, f[i]);
+    push_result(c, OP_V128_LOAD2, pos, pos + 6);
+    c->vload_end = 0;
+    return true;
+}
+
+/* Super-instructions of a SIMD binary op with the instruction just before it: the
+ * product of two loads just paired (F32X4_MUL_LL: d x1 k1 off1 x2 k2 off2), and the sum
+ * of a value and such a product (F32X4_ADD_MUL_LL: d a x1 ..., two roundings). Returns
+ * whether it emitted one. */
+static bool simd_fuse_bin(comp *c, int op) {
+    if (!c->last_dfield || c->last_end != c->len || c->last_dh != c->sh - 1 || c->sh < 2 ||
+        c->label_at == c->len + 1)
+        return false;
+    sval t = c->st[c->sh - 1], u = c->st[c->sh - 2];
+    uint32_t lp = c->last_pos, f[8], n = 0;
+    int fop;
+    if ((op == OP_F32X4_MUL || op == OP_F64X2_MUL) && c->last_op == OP_V128_LOAD2) {
+        /* Both operands are the loads' results, in order, and used here only. */
+        if (t.kind != SV_STACK || u.kind != SV_STACK || c->code[lp + 2] != slot(c, c->sh - 2) ||
+            c->code[lp + 6] != slot(c, c->sh - 1))
+            return false;
+        fop = op == OP_F32X4_MUL ? OP_F32X4_MUL_LL : OP_F64X2_MUL_LL;
+        for (uint32_t i = 0; i < 3; i++) f[n++] = c->code[lp + 3 + i];
+        for (uint32_t i = 0; i < 3; i++) f[n++] = c->code[lp + 7 + i];
+        truncate(c, c->sh - 2);
+    } else if ((op == OP_F32X4_ADD && c->last_op == OP_F32X4_MUL_LL) ||
+               (op == OP_F64X2_ADD && c->last_op == OP_F64X2_MUL_LL)) {
+        /* As binbin_op's multiply-add: the product on the right, or on the left with a
+         * local on the right. */
+        bool right = t.kind == SV_STACK;
+        bool left = u.kind == SV_STACK && c->last_dh == c->sh - 2 && t.kind == SV_LOCAL;
+        if (!right && !left) return false;
+        fop = op == OP_F32X4_ADD ? OP_F32X4_ADD_MUL_LL : OP_F64X2_ADD_MUL_LL;
+        for (uint32_t i = 0; i < 6; i++) f[1 + i] = c->code[lp + 3 + i];
+        n = 7;
+        c->len = lp;
+        c->last_dfield = 0;
+        if (right) {
+            truncate(c, c->sh - 1);
+            f[0] = pop_slot(c);
+        } else {
+            f[0] = pop_slot(c);
+            truncate(c, c->sh - 1);
+        }
+    } else {
+        return false;
+    }
+    c->len = lp;
+    c->last_dfield = 0;
+    uint32_t d = slot(c, c->sh);
+    uint32_t pos = emit_op(c, fop);
+    emit(c, d);
+    for (uint32_t i = 0; i < n; i++) emit(c, f[i]);
+    push_result(c, fop, pos, pos + 2);
+    return true;
+}
+
 static void simd(comp *c) {
     uint32_t sub = rd_u32(&c->r);
     const struct simd_info *si = sub < 256 ? &simd_info[sub] : 0;
@@ -745,6 +829,7 @@ static void simd(comp *c) {
     switch (si->shape) {
     case SH_UN: o[0] = pop_slot(c); f[n++] = o[0]; break;
     case SH_BIN: /* d a b, through numeric() for the fused multiply-add */
+        if (simd_fuse_bin(c, op)) return;
         numeric(c, 0x6a /* any binary opcode */, op);
         return;
     case SH_TERN:
@@ -769,6 +854,17 @@ static void simd(comp *c) {
             f[n++] = pop_slot(c);
         }
         f[n++] = off;
+        if (op == OP_V128_LOAD_RI || op == OP_V128_LOAD) {
+            bool ri = op == OP_V128_LOAD_RI;
+            if (simd_pair_load(c, f[0], ri ? f[1] : 0, off)) return;
+            d = slot(c, c->sh);
+            c->vload_pos = emit_op(c, op);
+            emit(c, d);
+            for (uint32_t i = 0; i < n; i++) emit(c, f[i]);
+            push_result(c, op, c->vload_pos, c->vload_pos + 2);
+            c->vload_end = c->len;
+            return;
+        }
         break;
     }
     case SH_STORE: {

@@ -4,8 +4,10 @@
 #include "internal.h"
 
 typedef void *hptr __attribute__((aligned(4), may_alias));
-/* A 16-byte value slot as one SSE register (slots are 8-byte aligned). */
-typedef int64_t vslot __attribute__((vector_size(16), aligned(8), may_alias));
+/* A 16-byte value slot as one SSE register. Slots are 16-byte aligned (the value stack
+ * is, runtime.c checks it, and every slot index is even), so SIMD handlers use aligned
+ * moves and fold slot operands into SSE instructions' memory operands. */
+typedef int64_t vslot __attribute__((vector_size(16), aligned(16), may_alias));
 
 void **interp_handlers;
 uint64_t *eng_stack, *eng_stack_end;

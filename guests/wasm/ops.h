@@ -343,12 +343,15 @@
 
 /* SIMD super-instructions: v128.load addressed by an i32.add (d x y off / d x k off),
  * float lanes multiply then add (two roundings): d = a + x * y, and shifts by a constant
- * count (d a k). */
+ * count (d a k). Two v128.loads in a row (d1 x1 k1 off1 d2 x2 k2 off2: address x + k +
+ * off, k = 0 for a plain load), the product of two such loads (d x1 k1 off1 x2 k2 off2)
+ * and a value plus that product (d a x1 k1 off1 x2 k2 off2). */
 #define OPS_SIMDFUSED(X)                                                                \
     X(V128_LOAD_RR) X(V128_LOAD_RI) X(F32X4_ADD_MUL) X(F64X2_ADD_MUL) X(I8X16_SHL_I)   \
     X(I8X16_SHR_S_I) X(I8X16_SHR_U_I) X(I16X8_SHL_I) X(I16X8_SHR_S_I) X(I16X8_SHR_U_I) \
     X(I32X4_SHL_I) X(I32X4_SHR_S_I) X(I32X4_SHR_U_I) X(I64X2_SHL_I) X(I64X2_SHR_S_I)    \
-    X(I64X2_SHR_U_I)
+    X(I64X2_SHR_U_I) X(V128_LOAD2) X(F32X4_MUL_LL) X(F64X2_MUL_LL) X(F32X4_ADD_MUL_LL)  \
+    X(F64X2_ADD_MUL_LL)
 
 #define OPS_ALL(X) OPS_CONTROL(X) OPS_MEMORY(X) OPS_NUMERIC(X) OPS_IMM(X) OPS_FUSED(X) OPS_MEMFUSED(X) \
     OPS_BINBIN(X) OPS_FMULADD(X) OPS_SIMDFUSED(X)

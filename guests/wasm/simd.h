@@ -275,6 +275,54 @@ L_V128_LOAD_RI: { /* d x k off: address x + k */
     ip += 6;
     NEXT();
 }
+/* The 16 bytes at address x + k + off (fields i, i + 1, i + 2; x + k wraps at 32 bits). */
+#define LDV(v, i)                                                                      \
+    __builtin_memcpy(&(v), mem + (uint64_t)(uint32_t)(U32(i) + ip[(i) + 1]) + ip[(i) + 2], 16)
+L_V128_LOAD2: { /* d1 x1 k1 off1 d2 x2 k2 off2: two loads, in order */
+    vslot v;
+    LDV(v, 3);
+    W(2) = v;
+    LDV(v, 7);
+    W(6) = v;
+    ip += 10;
+    NEXT();
+}
+L_F32X4_MUL_LL: { /* d x1 k1 off1 x2 k2 off2 */
+    f32x4 x, y;
+    LDV(x, 3);
+    LDV(y, 6);
+    VSET(x * y);
+    ip += 9;
+    NEXT();
+}
+L_F64X2_MUL_LL: {
+    f64x2 x, y;
+    LDV(x, 3);
+    LDV(y, 6);
+    VSET(x * y);
+    ip += 9;
+    NEXT();
+}
+L_F32X4_ADD_MUL_LL: { /* d a x1 k1 off1 x2 k2 off2: d = a + x * y, two roundings */
+    f32x4 x, y;
+    LDV(x, 4);
+    LDV(y, 7);
+    f32x4 t = x * y;
+    __asm__("" : "+x"(t));
+    VSET(VA(f32x4, 3) + t);
+    ip += 10;
+    NEXT();
+}
+L_F64X2_ADD_MUL_LL: {
+    f64x2 x, y;
+    LDV(x, 4);
+    LDV(y, 7);
+    f64x2 t = x * y;
+    __asm__("" : "+x"(t));
+    VSET(VA(f64x2, 3) + t);
+    ip += 10;
+    NEXT();
+}
 #define V_LOAD_EXT(name, ST, R, N)                                                     \
     L_##name : {                                                                       \
         ST v[N];                                                                       \
@@ -699,6 +747,7 @@ L_F64X2_ADD_MUL: {
 #undef V_SHIFT
 #undef V_SHIFT_I
 #undef ADDR
+#undef LDV
 #undef V_LOAD_EXT
 #undef V_LOAD_SPLAT
 #undef V_LOAD_LANE
