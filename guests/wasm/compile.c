@@ -53,6 +53,8 @@ typedef struct comp {
     uint32_t last_mov;  /* position of the last MOV emitted + 1, 0 = none */
     uint32_t label_at;  /* code position where a label was last bound + 1 */
     uint32_t vload_pos, vload_end; /* the last v128.load emitted (simd_pair_load) */
+    uint32_t vprod_pos, vprod_end; /* the last SIMD result emitted (simd_pair) */
+    int vprod_op;
 } comp;
 
 /* Scratch buffers reused by every compilation (the result is copied out). */
@@ -819,6 +821,67 @@ static bool simd_fuse_bin(comp *c, int op) {
     return true;
 }
 
+enum { PAIR_A = 1, PAIR_B = 2, PAIR_AB = 3 };
+
+static const struct simd_pair {
+    int16_t first, second, fused;
+    uint8_t mode;
+} simd_pairs[] = {
+#define SIMD_PAIR_ENTRY(X, first, second, fused, mode) {OP_##first, OP_##second, OP_##fused, PAIR_##mode},
+    SIMD_PAIRS(SIMD_PAIR_ENTRY, _)
+#undef SIMD_PAIR_ENTRY
+};
+
+/* Records the instruction just emitted (its result pushed) as the last SIMD result. */
+static void simd_produced(comp *c) {
+    c->vprod_pos = c->last_pos;
+    c->vprod_end = c->len;
+    c->vprod_op = c->last_op;
+}
+
+/* The slot an operand-stack entry is read from; UINT32_MAX for a constant (which would
+ * have to be materialised first). */
+static uint32_t peek_slot(comp *c, uint32_t h) {
+    const sval *v = &c->st[h];
+    return v->kind == SV_LOCAL ? v->local : v->kind == SV_STACK ? slot(c, h) : UINT32_MAX;
+}
+
+/* Binary SIMD op `op` (a shift by the constant k on the top if `shift`) right after the
+ * last SIMD result: if SIMD_PAIRS has the pair and that result is the operand its mode
+ * names, emits the pair as one instruction, pops the operands, pushes the result and
+ * returns true. The first instruction's result is still written where it was (a local
+ * it was retargeted to may be read later). */
+static bool simd_pair(comp *c, int op, bool shift, uint32_t k) {
+    uint32_t p = c->vprod_pos;
+    if (!c->vprod_end || c->vprod_end != c->len || c->label_at == c->len + 1) return false;
+    if (c->sh < top_ctl(c)->base + 2 || !op_at(c, p, c->vprod_op)) return false;
+    uint32_t pd = c->code[p + 2], nf = c->vprod_end - p - 2;
+    uint32_t a = peek_slot(c, c->sh - 2), b = shift ? UINT32_MAX : peek_slot(c, c->sh - 1);
+    if (a == UINT32_MAX || (!shift && b == UINT32_MAX) || nf > 5) return false;
+    for (size_t i = 0; i < sizeof simd_pairs / sizeof simd_pairs[0]; i++) {
+        const struct simd_pair *e = &simd_pairs[i];
+        if (e->first != c->vprod_op || e->second != op) continue;
+        uint32_t other, f[5];
+        if ((e->mode & PAIR_A) && a == pd)
+            other = shift ? k : b;
+        else if ((e->mode & PAIR_B) && b == pd)
+            other = a;
+        else
+            return false;
+        for (uint32_t j = 0; j < nf; j++) f[j] = c->code[p + 2 + j];
+        truncate(c, c->sh - 2);
+        c->len = p;
+        uint32_t pos = emit_op(c, e->fused);
+        for (uint32_t j = 0; j < nf; j++) emit(c, f[j]);
+        emit(c, slot(c, c->sh));
+        emit(c, other);
+        push_result(c, e->fused, pos, pos + 2 + nf);
+        c->vprod_end = 0;
+        return true;
+    }
+    return false;
+}
+
 static void simd(comp *c) {
     uint32_t sub = rd_u32(&c->r);
     const struct simd_info *si = sub < 256 ? &simd_info[sub] : 0;
@@ -828,10 +891,16 @@ static void simd(comp *c) {
     bool result = true;
     switch (si->shape) {
     case SH_UN: o[0] = pop_slot(c); f[n++] = o[0]; break;
-    case SH_BIN: /* d a b, through numeric() for the fused multiply-add */
+    case SH_BIN: { /* d a b, through numeric() for the fused multiply-add */
         if (simd_fuse_bin(c, op)) return;
+        need(c, 2);
+        const sval *top = &c->st[c->sh - 1];
+        int iop = top->kind == SV_CONST ? imm_form(op, top->k) : -1;
+        if (simd_pair(c, iop >= 0 ? iop : op, iop >= 0, (uint32_t)top->k)) return;
         numeric(c, 0x6a /* any binary opcode */, op);
+        simd_produced(c);
         return;
+    }
     case SH_TERN:
         pop_n(c, o, 3);
         f[n++] = o[0];
@@ -931,6 +1000,7 @@ static void simd(comp *c) {
     emit(c, d);
     for (uint32_t i = 0; i < n; i++) emit(c, f[i]);
     push_result(c, op, pos, pos + 2);
+    simd_produced(c);
 }
 
 /* ---- The function body -------------------------------------------------------------- */

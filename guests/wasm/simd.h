@@ -724,6 +724,94 @@ L_F64X2_ADD_MUL: {
     NEXT();
 }
 
+    /* SIMD_PAIRS (ops.h): two instructions in one; the first's result is written to its
+     * slot (it may be a local read later) and used from the register. */
+#define F_K(name, T, expr) /* d1 k0..k3 d2 x: d1 = K; d2 = x op K */                 \
+    L_K_##name : {                                                                     \
+        T b;                                                                           \
+        __builtin_memcpy(&b, ip + 3, 16);                                              \
+        W(2) = (vslot)b;                                                               \
+        T a = VA(T, 8);                                                                \
+        W(7) = (vslot)(T)(expr);                                                       \
+        ip += 9;                                                                       \
+        NEXT();                                                                        \
+    }
+    F_K(I8X16_ADD, u8x16, a + b)
+    F_K(I16X8_ADD, u16x8, a + b)
+    F_K(I32X4_ADD, u32x4, a + b)
+    F_K(I16X8_MUL, u16x8, a * b)
+    F_K(I32X4_MUL, u32x4, a * b)
+    F_K(V128_AND, u64x2, a & b)
+    F_K(V128_OR, u64x2, a | b)
+    F_K(V128_XOR, u64x2, a ^ b)
+    F_K(I8X16_SUB, u8x16, a - b)
+    F_K(I16X8_SUB, u16x8, a - b)
+    F_K(I32X4_SUB, u32x4, a - b)
+    F_K(V128_ANDNOT, u64x2, a & ~b)
+#define F_SH(name, T, expr, ST, bits) /* d1 a b d2 k: d2 = (a op b) >> k */            \
+    L_##name : {                                                                       \
+        T a = VA(T, 3), b = VA(T, 4);                                                  \
+        T r = (T)(expr);                                                               \
+        W(2) = (vslot)r;                                                               \
+        W(5) = (vslot)((ST)r >> (int)(ip[6] & ((bits) - 1)));                          \
+        ip += 7;                                                                       \
+        NEXT();                                                                        \
+    }
+    F_SH(I16X8_ADD_SHR_U, u16x8, a + b, u16x8, 16)
+    F_SH(I16X8_ADD_SHR_S, u16x8, a + b, i16x8, 16)
+    F_SH(I16X8_SUB_SHR_U, u16x8, a - b, u16x8, 16)
+    F_SH(I16X8_SUB_SHR_S, u16x8, a - b, i16x8, 16)
+    F_SH(I16X8_MUL_SHR_U, u16x8, a * b, u16x8, 16)
+    F_SH(I16X8_MUL_SHR_S, u16x8, a * b, i16x8, 16)
+    F_SH(I32X4_ADD_SHR_U, u32x4, a + b, u32x4, 32)
+    F_SH(I32X4_ADD_SHR_S, u32x4, a + b, i32x4, 32)
+    F_SH(I32X4_SUB_SHR_U, u32x4, a - b, u32x4, 32)
+    F_SH(I32X4_SUB_SHR_S, u32x4, a - b, i32x4, 32)
+    F_SH(I32X4_MUL_SHR_U, u32x4, a * b, u32x4, 32)
+    F_SH(I32X4_MUL_SHR_S, u32x4, a * b, i32x4, 32)
+#define F_ADD2(name, T, R, expr) /* d1 a b d2 x: d2 = x + (a op b) (wrapping) */        \
+    L_##name : {                                                                       \
+        T a = VA(T, 3), b = VA(T, 4);                                                  \
+        R r = (R)(expr);                                                               \
+        W(2) = (vslot)r;                                                               \
+        W(5) = (vslot)(r + VA(R, 6));                                                  \
+        ip += 7;                                                                       \
+        NEXT();                                                                        \
+    }
+    F_ADD2(ADD_I16X8_EXTMUL_LOW_S, i8x16, u16x8, ext8(a, 1, 0) * ext8(b, 1, 0))
+    F_ADD2(ADD_I16X8_EXTMUL_HIGH_S, i8x16, u16x8, ext8(a, 1, 1) * ext8(b, 1, 1))
+    F_ADD2(ADD_I16X8_EXTMUL_LOW_U, i8x16, u16x8, ext8(a, 0, 0) * ext8(b, 0, 0))
+    F_ADD2(ADD_I16X8_EXTMUL_HIGH_U, i8x16, u16x8, ext8(a, 0, 1) * ext8(b, 0, 1))
+    F_ADD2(ADD_I32X4_EXTMUL_LOW_S, i16x8, u32x4, ext16(a, 1, 0) * ext16(b, 1, 0))
+    F_ADD2(ADD_I32X4_EXTMUL_HIGH_S, i16x8, u32x4, ext16(a, 1, 1) * ext16(b, 1, 1))
+    F_ADD2(ADD_I32X4_EXTMUL_LOW_U, i16x8, u32x4, ext16(a, 0, 0) * ext16(b, 0, 0))
+    F_ADD2(ADD_I32X4_EXTMUL_HIGH_U, i16x8, u32x4, ext16(a, 0, 1) * ext16(b, 0, 1))
+#define F_UN2(name, T, R, expr, op) /* d1 a d2 x: d2 = x op f(a) (wrapping) */          \
+    L_##name : {                                                                       \
+        T a = VA(T, 3);                                                                \
+        R r = (R)(expr);                                                               \
+        W(2) = (vslot)r;                                                               \
+        W(4) = (vslot)(r op VA(R, 5));                                                 \
+        ip += 6;                                                                       \
+        NEXT();                                                                        \
+    }
+    F_UN2(MUL_I16X8_EXTEND_LOW_S, i8x16, u16x8, ext8(a, 1, 0), *)
+    F_UN2(MUL_I16X8_EXTEND_HIGH_S, i8x16, u16x8, ext8(a, 1, 1), *)
+    F_UN2(MUL_I16X8_EXTEND_LOW_U, i8x16, u16x8, ext8(a, 0, 0), *)
+    F_UN2(MUL_I16X8_EXTEND_HIGH_U, i8x16, u16x8, ext8(a, 0, 1), *)
+    F_UN2(ADD_I16X8_EXTEND_LOW_S, i8x16, u16x8, ext8(a, 1, 0), +)
+    F_UN2(ADD_I16X8_EXTEND_HIGH_S, i8x16, u16x8, ext8(a, 1, 1), +)
+    F_UN2(ADD_I16X8_EXTEND_LOW_U, i8x16, u16x8, ext8(a, 0, 0), +)
+    F_UN2(ADD_I16X8_EXTEND_HIGH_U, i8x16, u16x8, ext8(a, 0, 1), +)
+    F_UN2(MUL_I32X4_EXTEND_LOW_S, i16x8, u32x4, ext16(a, 1, 0), *)
+    F_UN2(MUL_I32X4_EXTEND_HIGH_S, i16x8, u32x4, ext16(a, 1, 1), *)
+    F_UN2(MUL_I32X4_EXTEND_LOW_U, i16x8, u32x4, ext16(a, 0, 0), *)
+    F_UN2(MUL_I32X4_EXTEND_HIGH_U, i16x8, u32x4, ext16(a, 0, 1), *)
+    F_UN2(ADD_I32X4_EXTEND_LOW_S, i16x8, u32x4, ext16(a, 1, 0), +)
+    F_UN2(ADD_I32X4_EXTEND_HIGH_S, i16x8, u32x4, ext16(a, 1, 1), +)
+    F_UN2(ADD_I32X4_EXTEND_LOW_U, i16x8, u32x4, ext16(a, 0, 0), +)
+    F_UN2(ADD_I32X4_EXTEND_HIGH_U, i16x8, u32x4, ext16(a, 0, 1), +)
+
     /* Conversions. */
     V_UN(I32X4_TRUNC_SAT_F32X4_S, f32x4, i32x4, f32x4_trunc_sat_s(a))
     V_UN(I32X4_TRUNC_SAT_F32X4_U, f32x4, u32x4, f32x4_trunc_sat_u(a))
@@ -748,6 +836,10 @@ L_F64X2_ADD_MUL: {
 #undef V_SHIFT_I
 #undef ADDR
 #undef LDV
+#undef F_K
+#undef F_SH
+#undef F_ADD2
+#undef F_UN2
 #undef V_LOAD_EXT
 #undef V_LOAD_SPLAT
 #undef V_LOAD_LANE

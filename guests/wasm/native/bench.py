@@ -88,6 +88,9 @@ def op_names() -> list[str]:
         groups[m.group(1)] = re.findall(r"X\((\w+)\)", m.group(2))
     all_m = re.search(r"#define OPS_ALL\(X\)((?:.*\\\n)*.*)", text)
     assert all_m is not None
+    pairs_m = re.search(r"#define SIMD_PAIRS\(P, X\)((?:.*\\\n)*.*)", text)
+    assert pairs_m is not None
+    groups["OPS_SIMDFUSED"] += re.findall(r"P\(X, \w+, \w+, (\w+), \w+\)", pairs_m.group(1))
     names = [n for g in re.findall(r"(OPS_\w+)\(X\)", all_m.group(1)) for n in groups[g]]
     return names + re.findall(r"Y\(0x[0-9a-f]+, (\w+),", text)
 
@@ -106,8 +109,8 @@ def profile(lib: str, wasm_dir: Path, only: set[str] | None) -> int:
             eng.invoke(inst, name, encode_args(args))  # the data set up: not counted
             ctypes.memset(ops, 0, ctypes.sizeof(ops))
             ctypes.memset(pairs, 0, ctypes.sizeof(pairs))
-            st, _ = eng.invoke(inst, name, encode_args(args))
-            assert st == "OK"
+            st, payload = eng.invoke(inst, name, encode_args(args))
+            assert st == "OK", (st, payload)
             total = sum(ops)
             print(f"== {name}: {total} dispatches")
             for i in sorted(range(n), key=lambda i: -ops[i])[:25]:
