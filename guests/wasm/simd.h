@@ -158,9 +158,14 @@ static void simd_init(void) {
 #endif
 }
 
-__attribute__((target("ssse3"))) static u8x16 pshufb2(u8x16 a, u8x16 ma, u8x16 b, u8x16 mb) {
-    return (u8x16)__builtin_ia32_pshufb128((v16qi)a, (v16qi)ma) |
-           (u8x16)__builtin_ia32_pshufb128((v16qi)b, (v16qi)mb);
+/* Inline assembly rather than a target("ssse3") function: that could not be inlined
+ * into the interpreter (built for baseline x86-64) and cost a call per shuffle. */
+static inline u8x16 pshufb1(u8x16 a, u8x16 m) {
+    __asm__("pshufb %1, %0" : "+x"(a) : "xm"(m));
+    return a;
+}
+static inline u8x16 pshufb2(u8x16 a, u8x16 ma, u8x16 b, u8x16 mb) {
+    return pshufb1(a, ma) | pshufb1(b, mb);
 }
 
 /* r[i] = t[k[i] & mask], gathered in two registers (byte stores into a vector in memory
@@ -419,7 +424,7 @@ L_I8X16_SWIZZLE: {
         /* Lanes >= 16 get bit 7 (pshufb's zero) by a saturating add; the rest keep their
          * low 4 bits. */
         u8x16 m = (u8x16)__builtin_ia32_paddusb128((v16qi)k, (v16qi)((u8x16){0} + 0x70));
-        VSET(pshufb2(VA(u8x16, 3), m, (u8x16){0}, (u8x16){0}));
+        VSET(pshufb1(VA(u8x16, 3), m));
     } else {
         uint8_t t[32] = {0};
         vslot a = W(3);
