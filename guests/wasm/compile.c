@@ -53,7 +53,8 @@ typedef struct comp {
     uint32_t last_mov;  /* position of the last MOV emitted + 1, 0 = none */
     uint32_t label_at;  /* code position where a label was last bound + 1 */
     uint32_t vload_pos, vload_end; /* the last v128.load emitted (simd_pair_load) */
-    uint32_t vprod_pos, vprod_end; /* the last SIMD result emitted (simd_pair) */
+    uint32_t vprod_pos, vprod_end; /* the last SIMD v128 result emitted (simd_pair) */
+    uint32_t vprod_dfield;          /* its result field */
     int vprod_op;
 } comp;
 
@@ -738,6 +739,8 @@ static uint32_t lane_idx(comp *c, uint32_t lanes) {
 
 static uint32_t log2_of(uint32_t n) { return (uint32_t)__builtin_ctz(n); }
 
+static void simd_produced(comp *c);
+
 /* Whether the instruction at `pos` is `op`. */
 static bool op_at(comp *c, uint32_t pos, int op) {
     uint64_t h = (uint64_t)(uintptr_t)interp_handlers[op];
@@ -765,6 +768,7 @@ static bool simd_pair_load(comp *c, uint32_t x, uint32_t k, uint32_t off) {
     f[4] = slot(c, c->sh);
     for (uint32_t i = 0; i < 8; i++) emit(c, f[i]);
     push_result(c, OP_V128_LOAD2, pos, pos + 6);
+    simd_produced(c);
     c->vload_end = 0;
     return true;
 }
@@ -818,6 +822,7 @@ static bool simd_fuse_bin(comp *c, int op) {
     emit(c, d);
     for (uint32_t i = 0; i < n; i++) emit(c, f[i]);
     push_result(c, fop, pos, pos + 2);
+    simd_produced(c);
     return true;
 }
 
@@ -832,11 +837,66 @@ static const struct simd_pair {
 #undef SIMD_PAIR_ENTRY
 };
 
-/* Records the instruction just emitted (its result pushed) as the last SIMD result. */
+/* Whether SIMD op `op` has a scalar result (not a v128 one, so not left in acc). */
+static bool simd_scalar_result(int op) {
+    switch (op) {
+    case OP_V128_ANY_TRUE: case OP_I8X16_ALL_TRUE: case OP_I16X8_ALL_TRUE:
+    case OP_I32X4_ALL_TRUE: case OP_I64X2_ALL_TRUE: case OP_I8X16_BITMASK:
+    case OP_I16X8_BITMASK: case OP_I32X4_BITMASK: case OP_I64X2_BITMASK:
+    case OP_I8X16_EXTRACT_LANE_S: case OP_I8X16_EXTRACT_LANE_U: case OP_I16X8_EXTRACT_LANE_S:
+    case OP_I16X8_EXTRACT_LANE_U: case OP_I32X4_EXTRACT_LANE: case OP_I64X2_EXTRACT_LANE:
+    case OP_F32X4_EXTRACT_LANE: case OP_F64X2_EXTRACT_LANE: return true;
+    default: return false;
+    }
+}
+
+/* Records the instruction just emitted by simd() (its result pushed) as the last SIMD
+ * result: every SIMD handler with a v128 result leaves it in acc too (simd.h). */
 static void simd_produced(comp *c) {
     c->vprod_pos = c->last_pos;
-    c->vprod_end = c->len;
+    c->vprod_end = simd_scalar_result(c->last_op) ? 0 : c->len;
     c->vprod_op = c->last_op;
+    c->vprod_dfield = c->last_dfield - 1;
+}
+
+/* Whether the instruction at `pos` is `op` or one of its _A/_B variants. */
+static bool simd_op_at(comp *c, uint32_t pos, int op) {
+    if (op_at(c, pos, op)) return true;
+    if (op >= OP_I8X16_SHL_I && op <= OP_I64X2_SHR_U_I)
+        return op_at(c, pos, op - OP_I8X16_SHL_I + OP_I8X16_SHL_I_A);
+    if (op < OP_V128_LOAD || op > OP_F64X2_CONVERT_LOW_I32X4_U) return false;
+    return op_at(c, pos, op - OP_V128_LOAD + OP_V128_LOAD_A) ||
+           op_at(c, pos, op - OP_V128_LOAD + OP_V128_LOAD_B);
+}
+
+/* The unary or binary SIMD instruction `op` just emitted at `pos` (d a [b]): if an
+ * operand is the v128 result of the instruction right before it (no label in between),
+ * switch to the variant that reads that operand from acc. */
+static void simd_variant(comp *c, int op, uint32_t pos, bool binary) {
+    if (!c->vprod_end || c->vprod_end != pos || c->label_at == pos + 1) return;
+    if (!simd_op_at(c, c->vprod_pos, c->vprod_op)) return;
+    if (op == OP_I8X16_SPLAT || op == OP_I16X8_SPLAT || op == OP_I32X4_SPLAT ||
+        op == OP_I64X2_SPLAT || op == OP_F32X4_SPLAT || op == OP_F64X2_SPLAT)
+        return; /* a scalar operand */
+    bool shift = /* b is the i32 count */
+        op == OP_I8X16_SHL || op == OP_I8X16_SHR_S || op == OP_I8X16_SHR_U ||
+        op == OP_I16X8_SHL || op == OP_I16X8_SHR_S || op == OP_I16X8_SHR_U ||
+        op == OP_I32X4_SHL || op == OP_I32X4_SHR_S || op == OP_I32X4_SHR_U ||
+        op == OP_I64X2_SHL || op == OP_I64X2_SHR_S || op == OP_I64X2_SHR_U;
+    uint32_t pd = c->code[c->vprod_dfield];
+    int v;
+    if (op >= OP_I8X16_SHL_I && op <= OP_I64X2_SHR_U_I) { /* d a k */
+        if (c->code[pos + 3] != pd) return;
+        v = op - OP_I8X16_SHL_I + OP_I8X16_SHL_I_A;
+    } else if (c->code[pos + 3] == pd)
+        v = op - OP_V128_LOAD + OP_V128_LOAD_A;
+    else if (binary && !shift && c->code[pos + 4] == pd)
+        v = op - OP_V128_LOAD + OP_V128_LOAD_B;
+    else
+        return;
+    uint64_t h = (uint64_t)(uintptr_t)interp_handlers[v];
+    c->code[pos] = (uint32_t)h;
+    c->code[pos + 1] = (uint32_t)(h >> 32);
 }
 
 /* The slot an operand-stack entry is read from; UINT32_MAX for a constant (which would
@@ -854,7 +914,7 @@ static uint32_t peek_slot(comp *c, uint32_t h) {
 static bool simd_pair(comp *c, int op, bool shift, uint32_t k) {
     uint32_t p = c->vprod_pos;
     if (!c->vprod_end || c->vprod_end != c->len || c->label_at == c->len + 1) return false;
-    if (c->sh < top_ctl(c)->base + 2 || !op_at(c, p, c->vprod_op)) return false;
+    if (c->sh < top_ctl(c)->base + 2 || !simd_op_at(c, p, c->vprod_op)) return false;
     uint32_t pd = c->code[p + 2], nf = c->vprod_end - p - 2;
     uint32_t a = peek_slot(c, c->sh - 2), b = shift ? UINT32_MAX : peek_slot(c, c->sh - 1);
     if (a == UINT32_MAX || (!shift && b == UINT32_MAX) || nf > 5) return false;
@@ -876,7 +936,7 @@ static bool simd_pair(comp *c, int op, bool shift, uint32_t k) {
         emit(c, slot(c, c->sh));
         emit(c, other);
         push_result(c, e->fused, pos, pos + 2 + nf);
-        c->vprod_end = 0;
+        simd_produced(c);
         return true;
     }
     return false;
@@ -898,6 +958,8 @@ static void simd(comp *c) {
         int iop = top->kind == SV_CONST ? imm_form(op, top->k) : -1;
         if (simd_pair(c, iop >= 0 ? iop : op, iop >= 0, (uint32_t)top->k)) return;
         numeric(c, 0x6a /* any binary opcode */, op);
+        if (c->last_op == op || (c->last_op >= OP_I8X16_SHL_I && c->last_op <= OP_I64X2_SHR_U_I))
+            simd_variant(c, c->last_op, c->last_pos, true);
         simd_produced(c);
         return;
     }
@@ -931,6 +993,7 @@ static void simd(comp *c) {
             emit(c, d);
             for (uint32_t i = 0; i < n; i++) emit(c, f[i]);
             push_result(c, op, c->vload_pos, c->vload_pos + 2);
+            simd_produced(c);
             c->vload_end = c->len;
             return;
         }
@@ -1000,6 +1063,7 @@ static void simd(comp *c) {
     emit(c, d);
     for (uint32_t i = 0; i < n; i++) emit(c, f[i]);
     push_result(c, op, pos, pos + 2);
+    if (si->shape == SH_UN) simd_variant(c, op, pos, false);
     simd_produced(c);
 }
 

@@ -343,9 +343,26 @@ __attribute__((optimize("no-tree-loop-distribute-patterns")))
 void interp_call(wfunc *f, uint64_t *sp) {
 #define OP_LABEL(n) &&L_##n,
 #define OP_LABEL_SIMD(code, n, shape, k) &&L_##n,
-    static void *table[] = {OPS_ALL(OP_LABEL) SIMD_LIST(OP_LABEL_SIMD)};
+/* Unary and binary SIMD handlers have _A/_B variants (simd.h); the others are their own. */
+#define SIMD_VARIANT_UN(n, v) &&L_##n##_##v,
+#define SIMD_VARIANT_BIN(n, v) &&L_##n##_##v,
+#define SIMD_VARIANT_TERN(n, v) &&L_##n,
+#define SIMD_VARIANT_LOAD(n, v) &&L_##n,
+#define SIMD_VARIANT_STORE(n, v) &&L_##n,
+#define SIMD_VARIANT_CONST(n, v) &&L_##n,
+#define SIMD_VARIANT_SHUF(n, v) &&L_##n,
+#define SIMD_VARIANT_EXTRACT(n, v) &&L_##n,
+#define SIMD_VARIANT_REPLACE(n, v) &&L_##n,
+#define SIMD_VARIANT_LOADLANE(n, v) &&L_##n,
+#define SIMD_VARIANT_STORELANE(n, v) &&L_##n,
+#define OP_LABEL_SIMD_A(code, n, shape, k) SIMD_VARIANT_##shape(n, A)
+#define OP_LABEL_SIMD_B(code, n, shape, k) SIMD_VARIANT_##shape(n, B)
+    static void *table[] = {OPS_ALL(OP_LABEL) SIMD_LIST(OP_LABEL_SIMD) SIMD_LIST(OP_LABEL_SIMD_A)
+                                SIMD_LIST(OP_LABEL_SIMD_B)};
 #undef OP_LABEL
 #undef OP_LABEL_SIMD
+#undef OP_LABEL_SIMD_A
+#undef OP_LABEL_SIMD_B
     if (!f) {
         interp_handlers = table;
         simd_init();
@@ -364,6 +381,7 @@ void interp_call(wfunc *f, uint64_t *sp) {
     }
     const uint32_t *ip;
     uint64_t *fp, *nfp;
+    vslot acc = {0}; /* the last v128 result (simd.h) */
     instance *inst = f->inst;
     uint8_t *mem = inst->mem0;
     cframe *csp = cstack;

@@ -345,13 +345,16 @@
  * float lanes multiply then add (two roundings): d = a + x * y, and shifts by a constant
  * count (d a k). Two v128.loads in a row (d1 x1 k1 off1 d2 x2 k2 off2: address x + k +
  * off, k = 0 for a plain load), the product of two such loads (d x1 k1 off1 x2 k2 off2)
- * and a value plus that product (d a x1 k1 off1 x2 k2 off2). */
+ * and a value plus that product (d a x1 k1 off1 x2 k2 off2). The shifts by a constant
+ * also have a variant reading a from acc (_I_A, see the SIMD_LIST variants below). */
 #define OPS_SIMDFUSED(X)                                                                \
     X(V128_LOAD_RR) X(V128_LOAD_RI) X(F32X4_ADD_MUL) X(F64X2_ADD_MUL) X(I8X16_SHL_I)   \
     X(I8X16_SHR_S_I) X(I8X16_SHR_U_I) X(I16X8_SHL_I) X(I16X8_SHR_S_I) X(I16X8_SHR_U_I) \
     X(I32X4_SHL_I) X(I32X4_SHR_S_I) X(I32X4_SHR_U_I) X(I64X2_SHL_I) X(I64X2_SHR_S_I)    \
     X(I64X2_SHR_U_I) X(V128_LOAD2) X(F32X4_MUL_LL) X(F64X2_MUL_LL) X(F32X4_ADD_MUL_LL)  \
-    X(F64X2_ADD_MUL_LL) SIMD_PAIRS(OP_PAIR_NAME, X)
+    X(F64X2_ADD_MUL_LL) X(I8X16_SHL_I_A) X(I8X16_SHR_S_I_A) X(I8X16_SHR_U_I_A) X(I16X8_SHL_I_A) \
+    X(I16X8_SHR_S_I_A) X(I16X8_SHR_U_I_A) X(I32X4_SHL_I_A) X(I32X4_SHR_S_I_A) X(I32X4_SHR_U_I_A) \
+    X(I64X2_SHL_I_A) X(I64X2_SHR_S_I_A) X(I64X2_SHR_U_I_A) SIMD_PAIRS(OP_PAIR_NAME, X)
 
 /* SIMD pairs: an instruction and the next one, which uses its result, in one dispatch
  * (both results written, in order, as the two would; the second reads the first's from
@@ -419,6 +422,14 @@ enum {
     OPS_ALL(OP_ENUM)
 #undef OP_ENUM
 #define OP_ENUM_SIMD(code, n, shape, k) OP_##n,
+    SIMD_LIST(OP_ENUM_SIMD)
+#undef OP_ENUM_SIMD
+/* Each SIMD instruction's variants reading operand a (_A) or b (_B) from the register
+ * holding the previous instruction's v128 result (simd.h: acc). */
+#define OP_ENUM_SIMD(code, n, shape, k) OP_##n##_A,
+    SIMD_LIST(OP_ENUM_SIMD)
+#undef OP_ENUM_SIMD
+#define OP_ENUM_SIMD(code, n, shape, k) OP_##n##_B,
     SIMD_LIST(OP_ENUM_SIMD)
 #undef OP_ENUM_SIMD
     OP_COUNT

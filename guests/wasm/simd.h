@@ -187,7 +187,22 @@ static inline double lane_f64(uint64_t b) { return f64_of(b); }
 #ifdef SIMD_HANDLERS
 /* Operand access: the slot of field i as a vector of type T; the result slot. */
 #define VA(T, i) ((T)W(i))
-#define VSET(r) (W(2) = (vslot)(r))
+/* Every v128 result is also left in `acc` (a register): the next instruction, when the
+ * compiler gave it an _A or _B variant, reads its a or b operand from there instead of
+ * from the slot just stored (a store-to-load round trip per dependent instruction). */
+#define VSETF(i, r)                                                                    \
+    do {                                                                               \
+        vslot v_ = (vslot)(r);                                                         \
+        __asm__("" : "=x"(acc) : "0"(v_)); /* opaque to GCC's vector lowering */       \
+        W(i) = v_;                                                                     \
+    } while (0)
+#define VSET(r) VSETF(2, r)
+#define ACC(T)                                                                         \
+    ({                                                                                 \
+        vslot a_;                                                                      \
+        __asm__("" : "=x"(a_) : "0"(acc));                                             \
+        (T)a_;                                                                         \
+    })
 /* A result built lane by lane: the vector and its lanes as an array (GCC warns falsely
  * about element stores into a vector in a loop). */
 #define LANES(R)                                                                       \
@@ -196,24 +211,33 @@ static inline double lane_f64(uint64_t b) { return f64_of(b); }
         __typeof__(((R){0})[0]) e[16 / sizeof(((R){0})[0])];                          \
     }
 /* Whole-vector forms (expr over a, b), lane loops (expr over a[i], b[i]). */
-#define V_UN(name, T, R, expr)                                                         \
-    L_##name : {                                                                       \
-        T a = VA(T, 3);                                                                \
+#define V_UN_BODY(T, R, expr, A)                                                       \
+    {                                                                                  \
+        T a = (A);                                                                     \
         R r = (expr);                                                                  \
         VSET(r);                                                                       \
         ip += 4;                                                                       \
         NEXT();                                                                        \
     }
-#define V_BIN(name, T, R, expr)                                                        \
-    L_##name : {                                                                       \
-        T a = VA(T, 3), b = VA(T, 4);                                                  \
+#define V_UN(name, T, R, expr)                                                         \
+    L_##name##_B : L_##name : V_UN_BODY(T, R, expr, VA(T, 3))                          \
+    L_##name##_A : V_UN_BODY(T, R, expr, ACC(T))
+#define V_BIN_BODY(T, R, expr, A, B)                                                   \
+    {                                                                                  \
+        T a = (A), b = (B);                                                            \
         R r = (R)(expr);                                                               \
         VSET(r);                                                                       \
         ip += 5;                                                                       \
         NEXT();                                                                        \
     }
+#define V_BIN(name, T, R, expr)                                                        \
+    L_##name : V_BIN_BODY(T, R, expr, VA(T, 3), VA(T, 4))                              \
+    L_##name##_A : V_BIN_BODY(T, R, expr, ACC(T), VA(T, 4))                            \
+    L_##name##_B : V_BIN_BODY(T, R, expr, VA(T, 3), ACC(T))
+/* The variants of the other handlers read the slots (the value is there too). */
+#define V_ALIAS(name) L_##name##_A : L_##name##_B :
 #define V_UNL(name, T, R, N, expr)                                                     \
-    L_##name : {                                                                       \
+    V_ALIAS(name) L_##name : {                                                                       \
         T a = VA(T, 3);                                                                \
         LANES(R) r = {{0}};                                                            \
         for (int i = 0; i < (N); i++) r.e[i] = (expr);                                 \
@@ -222,7 +246,7 @@ static inline double lane_f64(uint64_t b) { return f64_of(b); }
         NEXT();                                                                        \
     }
 #define V_BINL(name, T, R, N, expr)                                                    \
-    L_##name : {                                                                       \
+    V_ALIAS(name) L_##name : {                                                                       \
         T a = VA(T, 3), b = VA(T, 4);                                                  \
         LANES(R) r = {{0}};                                                            \
         for (int i = 0; i < (N); i++) r.e[i] = (expr);                                 \
@@ -232,7 +256,7 @@ static inline double lane_f64(uint64_t b) { return f64_of(b); }
     }
 /* A scalar result (any_true, all_true, bitmask) from a lane loop accumulating into s. */
 #define V_REDUCE(name, T, N, init, step)                                               \
-    L_##name : {                                                                       \
+    V_ALIAS(name) L_##name : {                                                                       \
         T a = VA(T, 3);                                                                \
         uint32_t s = (init);                                                           \
         for (int i = 0; i < (N); i++) step;                                            \
@@ -241,42 +265,45 @@ static inline double lane_f64(uint64_t b) { return f64_of(b); }
         NEXT();                                                                        \
     }
 #define V_SHIFT(name, T, bits, op)                                                     \
-    L_##name : {                                                                       \
+    V_ALIAS(name) L_##name : {                                                                       \
         T a = VA(T, 3);                                                                \
         T r = a op(int)(U32(4) & ((bits) - 1));                                        \
         VSET(r);                                                                       \
         ip += 5;                                                                       \
         NEXT();                                                                        \
     }
-#define V_SHIFT_I(name, T, bits, op)                                                   \
-    L_##name##_I : {                                                                   \
-        T a = VA(T, 3);                                                                \
+#define V_SHIFT_I_BODY(T, bits, op, A)                                                 \
+    {                                                                                  \
+        T a = (A);                                                                     \
         T r = a op(int)(ip[4] & ((bits) - 1));                                         \
         VSET(r);                                                                       \
         ip += 5;                                                                       \
         NEXT();                                                                        \
     }
+#define V_SHIFT_I(name, T, bits, op)                                                   \
+    L_##name##_I : V_SHIFT_I_BODY(T, bits, op, VA(T, 3))                               \
+    L_##name##_I_A : V_SHIFT_I_BODY(T, bits, op, ACC(T))
 #define ADDR(k) (mem + (uint64_t)U32(k))
 
     /* Memory: d a off. */
 L_V128_LOAD: {
     vslot v;
     __builtin_memcpy(&v, ADDR(3) + ip[4], 16);
-    W(2) = v;
+    VSET(v);
     ip += 5;
     NEXT();
 }
 L_V128_LOAD_RR: { /* d x y off: address x + y */
     vslot v;
     __builtin_memcpy(&v, mem + (uint64_t)(uint32_t)(U32(3) + U32(4)) + ip[5], 16);
-    W(2) = v;
+    VSET(v);
     ip += 6;
     NEXT();
 }
 L_V128_LOAD_RI: { /* d x k off: address x + k */
     vslot v;
     __builtin_memcpy(&v, mem + (uint64_t)(uint32_t)(U32(3) + ip[4]) + ip[5], 16);
-    W(2) = v;
+    VSET(v);
     ip += 6;
     NEXT();
 }
@@ -286,9 +313,9 @@ L_V128_LOAD_RI: { /* d x k off: address x + k */
 L_V128_LOAD2: { /* d1 x1 k1 off1 d2 x2 k2 off2: two loads, in order */
     vslot v;
     LDV(v, 3);
-    W(2) = v;
+    VSET(v);
     LDV(v, 7);
-    W(6) = v;
+    VSETF(6, v);
     ip += 10;
     NEXT();
 }
@@ -397,7 +424,7 @@ L_V128_STORE: { /* a v off: one 16-byte store (no partial write before a fault) 
 L_V128_CONST: {
     vslot v;
     __builtin_memcpy(&v, ip + 3, 16);
-    W(2) = v;
+    VSET(v);
     ip += 7;
     NEXT();
 }
@@ -418,6 +445,7 @@ L_I8X16_SHUFFLE: { /* d a b ma mb: pshufb masks (0x80: the lane comes from the o
     ip += 13;
     NEXT();
 }
+    V_ALIAS(I8X16_SWIZZLE)
 L_I8X16_SWIZZLE: {
     u8x16 k = VA(u8x16, 4);
     if (LIKELY(have_ssse3)) {
@@ -437,20 +465,26 @@ L_I8X16_SWIZZLE: {
     ip += 5;
     NEXT();
 }
+    V_ALIAS(I8X16_SPLAT)
 L_I8X16_SPLAT:
     VSET((u8x16){0} + (uint8_t)S(3));
     ip += 4;
     NEXT();
+    V_ALIAS(I16X8_SPLAT)
 L_I16X8_SPLAT:
     VSET((u16x8){0} + (uint16_t)S(3));
     ip += 4;
     NEXT();
+    V_ALIAS(I32X4_SPLAT)
 L_I32X4_SPLAT:
+    V_ALIAS(F32X4_SPLAT)
 L_F32X4_SPLAT:
     VSET((u32x4){0} + (uint32_t)S(3));
     ip += 4;
     NEXT();
+    V_ALIAS(I64X2_SPLAT)
 L_I64X2_SPLAT:
+    V_ALIAS(F64X2_SPLAT)
 L_F64X2_SPLAT:
     VSET((u64x2){0} + S(3));
     ip += 4;
@@ -548,6 +582,7 @@ L_V128_BITSELECT: {
     ip += 6;
     NEXT();
 }
+    V_ALIAS(V128_ANY_TRUE)
 L_V128_ANY_TRUE: {
     u64x2 a = VA(u64x2, 3);
     S(2) = (a[0] | a[1]) != 0;
@@ -558,6 +593,7 @@ L_V128_ANY_TRUE: {
     /* Integer lanes: unsigned arithmetic wraps; signed forms widen first. */
     V_UN(I8X16_ABS, i8x16, u8x16, ((u8x16)a ^ (u8x16)(a < 0)) - (u8x16)(a < 0))
     V_UN(I8X16_NEG, u8x16, u8x16, (u8x16){0} - a)
+    V_ALIAS(I8X16_POPCNT)
 L_I8X16_POPCNT: {
     u8x16 x = VA(u8x16, 3);
     x = x - ((x >> 1) & 0x55);
@@ -737,7 +773,7 @@ L_F64X2_ADD_MUL: {
         __builtin_memcpy(&b, ip + 3, 16);                                              \
         W(2) = (vslot)b;                                                               \
         T a = VA(T, 8);                                                                \
-        W(7) = (vslot)(T)(expr);                                                       \
+        VSETF(7, (T)(expr));                                                           \
         ip += 9;                                                                       \
         NEXT();                                                                        \
     }
@@ -758,7 +794,7 @@ L_F64X2_ADD_MUL: {
         T a = VA(T, 3), b = VA(T, 4);                                                  \
         T r = (T)(expr);                                                               \
         W(2) = (vslot)r;                                                               \
-        W(5) = (vslot)((ST)r >> (int)(ip[6] & ((bits) - 1)));                          \
+        VSETF(5, (ST)r >> (int)(ip[6] & ((bits) - 1)));                                \
         ip += 7;                                                                       \
         NEXT();                                                                        \
     }
@@ -779,7 +815,7 @@ L_F64X2_ADD_MUL: {
         T a = VA(T, 3), b = VA(T, 4);                                                  \
         R r = (R)(expr);                                                               \
         W(2) = (vslot)r;                                                               \
-        W(5) = (vslot)(r + VA(R, 6));                                                  \
+        VSETF(5, r + VA(R, 6));                                                        \
         ip += 7;                                                                       \
         NEXT();                                                                        \
     }
@@ -796,7 +832,7 @@ L_F64X2_ADD_MUL: {
         T a = VA(T, 3);                                                                \
         R r = (R)(expr);                                                               \
         W(2) = (vslot)r;                                                               \
-        W(4) = (vslot)(r op VA(R, 5));                                                 \
+        VSETF(4, r op VA(R, 5));                                                       \
         ip += 6;                                                                       \
         NEXT();                                                                        \
     }
@@ -831,6 +867,11 @@ L_F64X2_ADD_MUL: {
 
 #undef VA
 #undef VSET
+#undef VSETF
+#undef ACC
+#undef V_UN_BODY
+#undef V_BIN_BODY
+#undef V_ALIAS
 #undef LANES
 #undef V_UN
 #undef V_BIN
@@ -839,6 +880,7 @@ L_F64X2_ADD_MUL: {
 #undef V_REDUCE
 #undef V_SHIFT
 #undef V_SHIFT_I
+#undef V_SHIFT_I_BODY
 #undef ADDR
 #undef LDV
 #undef F_K

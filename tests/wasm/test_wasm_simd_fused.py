@@ -43,9 +43,15 @@ def _funcs() -> dict[str, str]:
     f: dict[str, str] = {}
     for t in ("f32x4", "f64x2"):
         x, y = ri.format(o=0, k=16), ld.format(o=48)
-        acc = f"({t}.splat ({t[:3]}.const 0.25))" if t == "f32x4" else "(f64x2.splat (f64.const -2))"
-        f[f"{t}_addmul_right"] = f"(local.set $t {acc}) (local.set $r ({t}.add (local.get $t) ({t}.mul {x} {y})))"
-        f[f"{t}_addmul_left"] = f"(local.set $t {acc}) (local.set $r ({t}.add ({t}.mul {x} {y}) (local.get $t)))"
+        acc = (
+            f"({t}.splat ({t[:3]}.const 0.25))" if t == "f32x4" else "(f64x2.splat (f64.const -2))"
+        )
+        f[f"{t}_addmul_right"] = (
+            f"(local.set $t {acc}) (local.set $r ({t}.add (local.get $t) ({t}.mul {x} {y})))"
+        )
+        f[f"{t}_addmul_left"] = (
+            f"(local.set $t {acc}) (local.set $r ({t}.add ({t}.mul {x} {y}) (local.get $t)))"
+        )
         f[f"{t}_mul_ll"] = f"(local.set $r ({t}.mul {y} {x}))"
         f[f"{t}_acc_loop"] = (
             f"(local.set $r {acc}) (local.set $t (v128.const i64x2 0 0))"
@@ -62,15 +68,28 @@ def _funcs() -> dict[str, str]:
         f"(local.set $t {ld.format(o=0)}) (block) (local.set $r (f32x4.mul (local.get $t) {ld.format(o=16)}))"
     )
     f["load2_second_faults"] = f"(local.set $r (f32x4.mul {ld.format(o=0)} {ld.format(o=65530)}))"
-    ints = [("i8x16.add", True), ("i16x8.add", True), ("i32x4.add", True), ("i16x8.mul", True),
-            ("i32x4.mul", True), ("v128.and", True), ("v128.or", True), ("v128.xor", True),
-            ("i8x16.sub", False), ("i16x8.sub", False), ("i32x4.sub", False), ("v128.andnot", False)]
+    ints = [
+        ("i8x16.add", True),
+        ("i16x8.add", True),
+        ("i32x4.add", True),
+        ("i16x8.mul", True),
+        ("i32x4.mul", True),
+        ("v128.and", True),
+        ("v128.or", True),
+        ("v128.xor", True),
+        ("i8x16.sub", False),
+        ("i16x8.sub", False),
+        ("i32x4.sub", False),
+        ("v128.andnot", False),
+    ]
     a = ld.format(o=32)
     for op, _ in ints:
         n = op.replace(".", "_")
         f[f"k_right_{n}"] = f"(local.set $r ({op} {a} {K}))"
         f[f"k_left_{n}"] = f"(local.set $r ({op} {K} {a}))"
-        f[f"k_tee_{n}"] = f"(local.set $r ({op} {a} (local.tee $t {K}))) (local.set $r ({op} (local.get $r) (local.get $t)))"
+        f[f"k_tee_{n}"] = (
+            f"(local.set $r ({op} {a} (local.tee $t {K}))) (local.set $r ({op} (local.get $r) (local.get $t)))"
+        )
     for lanes, bits in (("i16x8", 16), ("i32x4", 32)):
         for op in ("add", "sub", "mul"):
             for sh in ("shr_u", "shr_s"):
@@ -90,7 +109,9 @@ def _funcs() -> dict[str, str]:
                 key = f"{wide}_{half}_{sign}"
                 f[f"extmul_add_right_{key}"] = f"(local.set $r ({wide}.add {a} {em}))"
                 f[f"extmul_add_left_{key}"] = f"(local.set $r ({wide}.add {em} {a}))"
-                f[f"extmul_add_both_{key}"] = f"(local.set $t {em}) (local.set $r ({wide}.add (local.get $t) (local.get $t)))"
+                f[f"extmul_add_both_{key}"] = (
+                    f"(local.set $t {em}) (local.set $r ({wide}.add (local.get $t) (local.get $t)))"
+                )
                 for op in ("mul", "add"):
                     f[f"extend_{op}_right_{key}"] = f"(local.set $r ({wide}.{op} {a} {ex}))"
                     f[f"extend_{op}_left_{key}"] = f"(local.set $r ({wide}.{op} {ex} {a}))"

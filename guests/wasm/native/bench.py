@@ -81,7 +81,8 @@ def worker(lib: str, wasm_dir: Path) -> int:
 
 
 def op_names() -> list[str]:
-    """The engine's op names in enum order (ops.h: OPS_ALL, then SIMD_LIST)."""
+    """The engine's op names in enum order (ops.h: OPS_ALL, SIMD_LIST, its _A and _B
+    variants)."""
     text = (HERE.parent / "ops.h").read_text()
     groups: dict[str, list[str]] = {}
     for m in re.finditer(r"#define (OPS_\w+)\(X\)((?:.*\\\n)*.*)", text):
@@ -92,7 +93,8 @@ def op_names() -> list[str]:
     assert pairs_m is not None
     groups["OPS_SIMDFUSED"] += re.findall(r"P\(X, \w+, \w+, (\w+), \w+\)", pairs_m.group(1))
     names = [n for g in re.findall(r"(OPS_\w+)\(X\)", all_m.group(1)) for n in groups[g]]
-    return names + re.findall(r"Y\(0x[0-9a-f]+, (\w+),", text)
+    simd = re.findall(r"Y\(0x[0-9a-f]+, (\w+),", text)
+    return names + simd + [n + "_A" for n in simd] + [n + "_B" for n in simd]
 
 
 def profile(lib: str, wasm_dir: Path, only: set[str] | None) -> int:
