@@ -21,7 +21,10 @@ from sandbox.wasm import WasmTrap
 wasmtime = pytest.importorskip("wasmtime")
 pytestmark = pytest.mark.requires_kvm
 
-FOLD = "(i64.xor (i64x2.extract_lane 0 (local.get $r)) (i64.rotl (i64x2.extract_lane 1 (local.get $r)) (i64.const 17)))"
+FOLD = (
+    "(i64.xor (i64x2.extract_lane 0 (local.get $r))"
+    " (i64.rotl (i64x2.extract_lane 1 (local.get $r)) (i64.const 17)))"
+)
 K = "(v128.const i32x4 0x80ff7f01 0x00017fff 0xfffe8000 0x12345678)"
 
 
@@ -65,7 +68,8 @@ def _funcs() -> dict[str, str]:
         "(local.set $r (i32x4.add (local.get $r) (local.get $t)))"
     )
     f["load2_label_between"] = (
-        f"(local.set $t {ld.format(o=0)}) (block) (local.set $r (f32x4.mul (local.get $t) {ld.format(o=16)}))"
+        f"(local.set $t {ld.format(o=0)}) (block)"
+        f" (local.set $r (f32x4.mul (local.get $t) {ld.format(o=16)}))"
     )
     f["load2_second_faults"] = f"(local.set $r (f32x4.mul {ld.format(o=0)} {ld.format(o=65530)}))"
     ints = [
@@ -88,17 +92,20 @@ def _funcs() -> dict[str, str]:
         f[f"k_right_{n}"] = f"(local.set $r ({op} {a} {K}))"
         f[f"k_left_{n}"] = f"(local.set $r ({op} {K} {a}))"
         f[f"k_tee_{n}"] = (
-            f"(local.set $r ({op} {a} (local.tee $t {K}))) (local.set $r ({op} (local.get $r) (local.get $t)))"
+            f"(local.set $r ({op} {a} (local.tee $t {K})))"
+            f" (local.set $r ({op} (local.get $r) (local.get $t)))"
         )
     for lanes, bits in (("i16x8", 16), ("i32x4", 32)):
         for op in ("add", "sub", "mul"):
             for sh in ("shr_u", "shr_s"):
                 for count in (3, bits + 1, 0):
+                    inner = f"({lanes}.{op} {a} {ld.format(o=40)})"
                     f[f"{lanes}_{op}_{sh}_{count}"] = (
-                        f"(local.set $r ({lanes}.{sh} ({lanes}.{op} {a} {ld.format(o=40)}) (i32.const {count})))"
+                        f"(local.set $r ({lanes}.{sh} {inner} (i32.const {count})))"
                     )
+            inner = f"({lanes}.{op} {a} {ld.format(o=40)})"
             f[f"{lanes}_{op}_tee_{lanes}_shr"] = (
-                f"(local.set $r ({lanes}.shr_u (local.tee $t ({lanes}.{op} {a} {ld.format(o=40)})) (i32.const 5)))"
+                f"(local.set $r ({lanes}.shr_u (local.tee $t {inner}) (i32.const 5)))"
                 f"(local.set $r ({lanes}.add (local.get $r) (local.get $t)))"
             )
     for wide, narrow in (("i16x8", "i8x16"), ("i32x4", "i16x8")):
@@ -165,3 +172,136 @@ def test_fused_simd_sequences_match_wasmtime() -> None:
                     mismatches.append((name, p, ours, theirs))
     assert not mismatches, mismatches[:10]
     assert len(funcs) > 120
+
+
+# Random dependent chains: every SIMD result may be the next instruction's operand (read
+# from the register, simd.h's acc), with scalar results, labels (block, if) and loads in
+# between. Float subtrees start from conversions of integers, so that NaNs come only from
+# invalid operations (the same default NaN in both engines).
+INT_BIN = [
+    "i8x16.add",
+    "i8x16.sub",
+    "i8x16.add_sat_s",
+    "i8x16.sub_sat_u",
+    "i8x16.min_s",
+    "i8x16.max_u",
+    "i8x16.avgr_u",
+    "i8x16.eq",
+    "i8x16.gt_u",
+    "i8x16.narrow_i16x8_s",
+    "i8x16.narrow_i16x8_u",
+    "i8x16.swizzle",
+    "i16x8.add",
+    "i16x8.sub",
+    "i16x8.mul",
+    "i16x8.q15mulr_sat_s",
+    "i16x8.extmul_low_i8x16_u",
+    "i16x8.extmul_high_i8x16_s",
+    "i16x8.min_u",
+    "i16x8.narrow_i32x4_u",
+    "i16x8.lt_s",
+    "i32x4.add",
+    "i32x4.sub",
+    "i32x4.mul",
+    "i32x4.dot_i16x8_s",
+    "i32x4.max_s",
+    "i32x4.extmul_low_i16x8_s",
+    "i64x2.add",
+    "i64x2.mul",
+    "i64x2.lt_s",
+    "v128.and",
+    "v128.or",
+    "v128.xor",
+    "v128.andnot",
+]
+INT_UN = [
+    "v128.not",
+    "i8x16.abs",
+    "i8x16.neg",
+    "i8x16.popcnt",
+    "i16x8.extend_low_i8x16_s",
+    "i16x8.extend_high_i8x16_u",
+    "i16x8.extadd_pairwise_i8x16_s",
+    "i32x4.extend_low_i16x8_u",
+    "i64x2.extend_high_i32x4_s",
+    "i16x8.abs",
+    "i32x4.neg",
+]
+SHIFTS = ["i8x16.shl", "i16x8.shr_u", "i16x8.shr_s", "i32x4.shl", "i32x4.shr_u", "i64x2.shr_s"]
+FLOAT_BIN = [
+    "f32x4.add",
+    "f32x4.sub",
+    "f32x4.mul",
+    "f32x4.div",
+    "f32x4.min",
+    "f32x4.pmax",
+    "f32x4.lt",
+]
+FLOAT_UN = ["f32x4.sqrt", "f32x4.neg", "f32x4.floor", "f32x4.nearest", "f32x4.abs"]
+
+
+def _int_expr(rng: random.Random, depth: int) -> str:
+    k = rng.randrange(12) if depth > 0 else rng.randrange(3)
+    sub = lambda: _int_expr(rng, depth - 1)  # noqa: E731
+    if k == 0:
+        return f"(v128.load offset={rng.randrange(0, 4000)} (local.get $p))"
+    if k == 1:
+        return "(local.get $t)"
+    if k == 2:
+        lanes = " ".join(str(rng.randrange(-(2**31), 2**31)) for _ in range(4))
+        return f"(v128.const i32x4 {lanes})"
+    if k in (3, 4, 5):
+        return f"({rng.choice(INT_BIN)} {sub()} {sub()})"
+    if k == 6:
+        return f"({rng.choice(INT_UN)} {sub()})"
+    if k == 7:
+        count = (
+            f"(i32.const {rng.randrange(0, 70)})"
+            if rng.randrange(2)
+            else f"(i32x4.extract_lane {rng.randrange(4)} {sub()})"
+        )
+        return f"({rng.choice(SHIFTS)} {sub()} {count})"
+    if k == 8:
+        return f"(local.tee $t {sub()})"
+    if k == 9:
+        choice = rng.randrange(4)
+        if choice == 0:
+            return f"(i16x8.splat (i16x8.extract_lane_u {rng.randrange(8)} {sub()}))"
+        if choice == 1:
+            return f"(i32x4.replace_lane {rng.randrange(4)} {sub()} (i8x16.bitmask {sub()}))"
+        if choice == 2:
+            return f"(v128.bitselect {sub()} {sub()} {sub()})"
+        lanes = " ".join(str(rng.randrange(32)) for _ in range(16))
+        return f"(i8x16.shuffle {lanes} {sub()} {sub()})"
+    if k == 10:
+        if rng.randrange(2):
+            return f"(block (result v128) {sub()})"
+        cond = f"(i32.and (local.get $p) (i32.const {1 << rng.randrange(4)}))"
+        return f"(if (result v128) {cond} (then {sub()}) (else {sub()}))"
+    return f"(i32x4.trunc_sat_f32x4_s {_float_expr(rng, depth - 1)})"
+
+
+def _float_expr(rng: random.Random, depth: int) -> str:
+    k = rng.randrange(4) if depth > 0 else 0
+    if k == 0:
+        return f"(f32x4.convert_i32x4_s (i32x4.shr_s {_int_expr(rng, depth - 1)} (i32.const 9)))"
+    if k in (1, 2):
+        a, b = _float_expr(rng, depth - 1), _float_expr(rng, depth - 1)
+        return f"({rng.choice(FLOAT_BIN)} {a} {b})"
+    return f"({rng.choice(FLOAT_UN)} {_float_expr(rng, depth - 1)})"
+
+
+def test_random_simd_chains_match_wasmtime() -> None:
+    rng = random.Random(2026)
+    funcs = {f"chain{i}": f"(local.set $r {_int_expr(rng, 6)})" for i in range(60)}
+    module = _module(funcs)
+    store = wasmtime.Store()
+    exports = wasmtime.Instance(store, wasmtime.Module(store.engine, module), []).exports(store)
+    mismatches = []
+    with Sandbox.from_wasm(module) as sb:
+        for name in funcs:
+            for p in (0, 3, 1, 2, 8, 4):
+                ours, theirs = _ours(sb, name, p), _theirs(exports[name], store, p)
+                if ours != theirs:
+                    mismatches.append((name, p, ours, theirs))
+    assert not mismatches, mismatches[:10]
