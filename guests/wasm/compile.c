@@ -56,6 +56,8 @@ typedef struct comp {
     uint32_t vprod_pos, vprod_end; /* the last SIMD v128 result emitted (simd_pair) */
     uint32_t vprod_dfield;          /* its result field */
     int vprod_op;
+    uint32_t vprev_pos, vprev_end, vprev_dfield; /* the one right before it, if any */
+    int vprev_op;
 } comp;
 
 /* Scratch buffers reused by every compilation (the result is copied out). */
@@ -853,6 +855,10 @@ static bool simd_scalar_result(int op) {
 /* Records the instruction just emitted by simd() (its result pushed) as the last SIMD
  * result: every SIMD handler with a v128 result leaves it in acc too (simd.h). */
 static void simd_produced(comp *c) {
+    c->vprev_end = c->vprod_end == c->last_pos ? c->vprod_end : 0;
+    c->vprev_pos = c->vprod_pos;
+    c->vprev_dfield = c->vprod_dfield;
+    c->vprev_op = c->vprod_op;
     c->vprod_pos = c->last_pos;
     c->vprod_end = simd_scalar_result(c->last_op) ? 0 : c->len;
     c->vprod_op = c->last_op;
@@ -864,6 +870,9 @@ static bool simd_op_at(comp *c, uint32_t pos, int op) {
     if (op_at(c, pos, op)) return true;
     if (op >= OP_I8X16_SHL_I && op <= OP_I64X2_SHR_U_I)
         return op_at(c, pos, op - OP_I8X16_SHL_I + OP_I8X16_SHL_I_A);
+    int first_pair = simd_pairs[0].fused, npairs = (int)(sizeof simd_pairs / sizeof simd_pairs[0]);
+    if (op >= first_pair && op < first_pair + npairs)
+        return op_at(c, pos, op + npairs) || op_at(c, pos, op + 2 * npairs);
     if (op < OP_V128_LOAD || op > OP_F64X2_CONVERT_LOW_I32X4_U) return false;
     return op_at(c, pos, op - OP_V128_LOAD + OP_V128_LOAD_A) ||
            op_at(c, pos, op - OP_V128_LOAD + OP_V128_LOAD_B);
@@ -929,9 +938,22 @@ static bool simd_pair(comp *c, int op, bool shift, uint32_t k) {
         else
             return false;
         for (uint32_t j = 0; j < nf; j++) f[j] = c->code[p + 2 + j];
+        /* The v128 result of the instruction before the first, still in acc: the variant
+         * reading the second's other operand (unless the first overwrites that slot) or
+         * the first's operand a from there. */
+        int fused = e->fused;
+        int npairs = (int)(sizeof simd_pairs / sizeof simd_pairs[0]);
+        if (c->vprev_end && c->vprev_end == p && c->label_at != p + 1 &&
+            simd_op_at(c, c->vprev_pos, c->vprev_op)) {
+            uint32_t pd2 = c->code[c->vprev_dfield];
+            if (!shift && other == pd2 && other != f[0])
+                fused = e->fused + 2 * npairs; /* _X */
+            else if (e->first != OP_V128_CONST && f[1] == pd2)
+                fused = e->fused + npairs; /* _P */
+        }
         truncate(c, c->sh - 2);
         c->len = p;
-        uint32_t pos = emit_op(c, e->fused);
+        uint32_t pos = emit_op(c, fused);
         for (uint32_t j = 0; j < nf; j++) emit(c, f[j]);
         emit(c, slot(c, c->sh));
         emit(c, other);

@@ -354,7 +354,8 @@
     X(I64X2_SHR_U_I) X(V128_LOAD2) X(F32X4_MUL_LL) X(F64X2_MUL_LL) X(F32X4_ADD_MUL_LL)  \
     X(F64X2_ADD_MUL_LL) X(I8X16_SHL_I_A) X(I8X16_SHR_S_I_A) X(I8X16_SHR_U_I_A) X(I16X8_SHL_I_A) \
     X(I16X8_SHR_S_I_A) X(I16X8_SHR_U_I_A) X(I32X4_SHL_I_A) X(I32X4_SHR_S_I_A) X(I32X4_SHR_U_I_A) \
-    X(I64X2_SHL_I_A) X(I64X2_SHR_S_I_A) X(I64X2_SHR_U_I_A) SIMD_PAIRS(OP_PAIR_NAME, X)
+    X(I64X2_SHL_I_A) X(I64X2_SHR_S_I_A) X(I64X2_SHR_U_I_A) SIMD_PAIRS(OP_PAIR_NAME, X)     \
+    SIMD_PAIRS(OP_PAIR_NAME_P, X) SIMD_PAIRS(OP_PAIR_NAME_X, X)
 
 /* SIMD pairs: an instruction and the next one, which uses its result, in one dispatch
  * (both results written, in order, as the two would; the second reads the first's from
@@ -362,7 +363,9 @@
  * second's (only or left) operand; B, its right operand; AB, either (commutative: the
  * other operand is read as is). Fields: the first's (V128_CONST: d k0..k3; binary: d a
  * b; unary: d a), then the second's d and its other operand (a shift: its count).
- * P(X, ...): X is passed through for OPS_SIMDFUSED's list. */
+ * P(X, ...): X is passed through for OPS_SIMDFUSED's list. Each pair has variants that
+ * read from acc (the previous instruction's v128 result, simd.h) the first's operand a
+ * (_P) or the second's other operand (_X). */
 #define SIMD_PAIRS(P, X)                                                                \
     P(X, V128_CONST, I8X16_ADD, K_I8X16_ADD, AB)                                        \
     P(X, V128_CONST, I16X8_ADD, K_I16X8_ADD, AB)                                        \
@@ -413,6 +416,8 @@
     P(X, I32X4_EXTEND_LOW_I16X8_U, I32X4_ADD, ADD_I32X4_EXTEND_LOW_U, AB)               \
     P(X, I32X4_EXTEND_HIGH_I16X8_U, I32X4_ADD, ADD_I32X4_EXTEND_HIGH_U, AB)
 #define OP_PAIR_NAME(X, first, second, fused, mode) X(fused)
+#define OP_PAIR_NAME_P(X, first, second, fused, mode) X(fused##_P)
+#define OP_PAIR_NAME_X(X, first, second, fused, mode) X(fused##_X)
 
 #define OPS_ALL(X) OPS_CONTROL(X) OPS_MEMORY(X) OPS_NUMERIC(X) OPS_IMM(X) OPS_FUSED(X) OPS_MEMFUSED(X) \
     OPS_BINBIN(X) OPS_FMULADD(X) OPS_SIMDFUSED(X)

@@ -767,16 +767,19 @@ L_F64X2_ADD_MUL: {
 
     /* SIMD_PAIRS (ops.h): two instructions in one; the first's result is written to its
      * slot (it may be a local read later) and used from the register. */
-#define F_K(name, T, expr) /* d1 k0..k3 d2 x: d1 = K; d2 = x op K */                 \
-    L_K_##name : {                                                                     \
+#define F_K_BODY(T, expr, X) /* d1 k0..k3 d2 x: d1 = K; d2 = x op K */                 \
+    {                                                                                  \
         T b;                                                                           \
         __builtin_memcpy(&b, ip + 3, 16);                                              \
         W(2) = (vslot)b;                                                               \
-        T a = VA(T, 8);                                                                \
+        T a = (X);                                                                     \
         VSETF(7, (T)(expr));                                                           \
         ip += 9;                                                                       \
         NEXT();                                                                        \
     }
+#define F_K(name, T, expr)                                                             \
+    L_K_##name##_P : L_K_##name : F_K_BODY(T, expr, VA(T, 8))                           \
+    L_K_##name##_X : F_K_BODY(T, expr, ACC(T))
     F_K(I8X16_ADD, u8x16, a + b)
     F_K(I16X8_ADD, u16x8, a + b)
     F_K(I32X4_ADD, u32x4, a + b)
@@ -789,15 +792,18 @@ L_F64X2_ADD_MUL: {
     F_K(I16X8_SUB, u16x8, a - b)
     F_K(I32X4_SUB, u32x4, a - b)
     F_K(V128_ANDNOT, u64x2, a & ~b)
-#define F_SH(name, T, expr, ST, bits) /* d1 a b d2 k: d2 = (a op b) >> k */            \
-    L_##name : {                                                                       \
-        T a = VA(T, 3), b = VA(T, 4);                                                  \
+#define F_SH_BODY(T, expr, ST, bits, A) /* d1 a b d2 k: d2 = (a op b) >> k */         \
+    {                                                                                  \
+        T a = (A), b = VA(T, 4);                                                       \
         T r = (T)(expr);                                                               \
         W(2) = (vslot)r;                                                               \
         VSETF(5, (ST)r >> (int)(ip[6] & ((bits) - 1)));                                \
         ip += 7;                                                                       \
         NEXT();                                                                        \
     }
+#define F_SH(name, T, expr, ST, bits)                                                  \
+    L_##name##_X : L_##name : F_SH_BODY(T, expr, ST, bits, VA(T, 3))                   \
+    L_##name##_P : F_SH_BODY(T, expr, ST, bits, ACC(T))
     F_SH(I16X8_ADD_SHR_U, u16x8, a + b, u16x8, 16)
     F_SH(I16X8_ADD_SHR_S, u16x8, a + b, i16x8, 16)
     F_SH(I16X8_SUB_SHR_U, u16x8, a - b, u16x8, 16)
@@ -810,15 +816,20 @@ L_F64X2_ADD_MUL: {
     F_SH(I32X4_SUB_SHR_S, u32x4, a - b, i32x4, 32)
     F_SH(I32X4_MUL_SHR_U, u32x4, a * b, u32x4, 32)
     F_SH(I32X4_MUL_SHR_S, u32x4, a * b, i32x4, 32)
-#define F_ADD2(name, T, R, expr) /* d1 a b d2 x: d2 = x + (a op b) (wrapping) */        \
-    L_##name : {                                                                       \
-        T a = VA(T, 3), b = VA(T, 4);                                                  \
+#define F_ADD2_BODY(T, R, expr, A, X) /* d1 a b d2 x: d2 = x + (a op b) (wrapping) */  \
+    {                                                                                  \
+        T a = (A), b = VA(T, 4);                                                       \
         R r = (R)(expr);                                                               \
-        W(2) = (vslot)r;                                                               \
-        VSETF(5, r + VA(R, 6));                                                        \
+        W(2) = (vslot)r; /* before x is read: x may be that slot */                    \
+        R x = (X);                                                                     \
+        VSETF(5, r + x);                                                               \
         ip += 7;                                                                       \
         NEXT();                                                                        \
     }
+#define F_ADD2(name, T, R, expr)                                                       \
+    L_##name : F_ADD2_BODY(T, R, expr, VA(T, 3), VA(R, 6))                             \
+    L_##name##_P : F_ADD2_BODY(T, R, expr, ACC(T), VA(R, 6))                           \
+    L_##name##_X : F_ADD2_BODY(T, R, expr, VA(T, 3), ACC(R))
     F_ADD2(ADD_I16X8_EXTMUL_LOW_S, i8x16, u16x8, ext8(a, 1, 0) * ext8(b, 1, 0))
     F_ADD2(ADD_I16X8_EXTMUL_HIGH_S, i8x16, u16x8, ext8(a, 1, 1) * ext8(b, 1, 1))
     F_ADD2(ADD_I16X8_EXTMUL_LOW_U, i8x16, u16x8, ext8(a, 0, 0) * ext8(b, 0, 0))
@@ -827,15 +838,20 @@ L_F64X2_ADD_MUL: {
     F_ADD2(ADD_I32X4_EXTMUL_HIGH_S, i16x8, u32x4, ext16(a, 1, 1) * ext16(b, 1, 1))
     F_ADD2(ADD_I32X4_EXTMUL_LOW_U, i16x8, u32x4, ext16(a, 0, 0) * ext16(b, 0, 0))
     F_ADD2(ADD_I32X4_EXTMUL_HIGH_U, i16x8, u32x4, ext16(a, 0, 1) * ext16(b, 0, 1))
-#define F_UN2(name, T, R, expr, op) /* d1 a d2 x: d2 = x op f(a) (wrapping) */          \
-    L_##name : {                                                                       \
-        T a = VA(T, 3);                                                                \
+#define F_UN2_BODY(T, R, expr, op, A, X) /* d1 a d2 x: d2 = x op f(a) (wrapping) */    \
+    {                                                                                  \
+        T a = (A);                                                                     \
         R r = (R)(expr);                                                               \
-        W(2) = (vslot)r;                                                               \
-        VSETF(4, r op VA(R, 5));                                                       \
+        W(2) = (vslot)r; /* before x is read: x may be that slot */                    \
+        R x = (X);                                                                     \
+        VSETF(4, r op x);                                                              \
         ip += 6;                                                                       \
         NEXT();                                                                        \
     }
+#define F_UN2(name, T, R, expr, op)                                                    \
+    L_##name : F_UN2_BODY(T, R, expr, op, VA(T, 3), VA(R, 5))                          \
+    L_##name##_P : F_UN2_BODY(T, R, expr, op, ACC(T), VA(R, 5))                        \
+    L_##name##_X : F_UN2_BODY(T, R, expr, op, VA(T, 3), ACC(R))
     F_UN2(MUL_I16X8_EXTEND_LOW_S, i8x16, u16x8, ext8(a, 1, 0), *)
     F_UN2(MUL_I16X8_EXTEND_HIGH_S, i8x16, u16x8, ext8(a, 1, 1), *)
     F_UN2(MUL_I16X8_EXTEND_LOW_U, i8x16, u16x8, ext8(a, 0, 0), *)
@@ -884,6 +900,10 @@ L_F64X2_ADD_MUL: {
 #undef ADDR
 #undef LDV
 #undef F_K
+#undef F_K_BODY
+#undef F_SH_BODY
+#undef F_ADD2_BODY
+#undef F_UN2_BODY
 #undef F_SH
 #undef F_ADD2
 #undef F_UN2

@@ -91,7 +91,8 @@ def op_names() -> list[str]:
     assert all_m is not None
     pairs_m = re.search(r"#define SIMD_PAIRS\(P, X\)((?:.*\\\n)*.*)", text)
     assert pairs_m is not None
-    groups["OPS_SIMDFUSED"] += re.findall(r"P\(X, \w+, \w+, (\w+), \w+\)", pairs_m.group(1))
+    pairs = re.findall(r"P\(X, \w+, \w+, (\w+), \w+\)", pairs_m.group(1))
+    groups["OPS_SIMDFUSED"] += pairs + [n + "_P" for n in pairs] + [n + "_X" for n in pairs]
     names = [n for g in re.findall(r"(OPS_\w+)\(X\)", all_m.group(1)) for n in groups[g]]
     simd = re.findall(r"Y\(0x[0-9a-f]+, (\w+),", text)
     return names + simd + [n + "_A" for n in simd] + [n + "_B" for n in simd]
