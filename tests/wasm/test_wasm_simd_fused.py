@@ -131,7 +131,8 @@ def _funcs() -> dict[str, str]:
     # is the slot the first overwrites (must be read after it).
     t, em = "(local.get $t)", "i16x8.extmul_low_i8x16_u"
     f["pair_p_shift"] = (
-        f"(local.set $r (i16x8.shr_u (i16x8.add (i16x8.abs {a}) {a}) (i32.const 3)))"
+        f"(local.set $t {a})"
+        f" (local.set $r (i16x8.shr_u (i16x8.add (i16x8.abs {t}) {t}) (i32.const 3)))"
     )
     f["pair_p_extmul"] = (
         f"(local.set $t {a}) (local.set $r (i16x8.add ({em} (v128.not {a}) {t}) {t}))"
@@ -140,7 +141,8 @@ def _funcs() -> dict[str, str]:
         f"(local.set $t {a}) (local.set $r (i16x8.add (v128.not {a}) ({em} {t} {t})))"
     )
     f["pair_x_extend"] = (
-        f"(local.set $t {a}) (local.set $r (i32x4.mul (v128.not {a}) (i32x4.extend_high_i16x8_s {t})))"
+        f"(local.set $t {a})"
+        f" (local.set $r (i32x4.mul (v128.not {a}) (i32x4.extend_high_i16x8_s {t})))"
     )
     f["pair_other_is_first_dest"] = (
         f"(local.set $t (v128.not {a}))"
