@@ -1077,7 +1077,15 @@ static void simd(comp *c) {
     }
     }
     if (!result) {
+        uint32_t at = c->len;
         emit_fields(c, op, f, n);
+        if (op == OP_V128_STORE && c->vprod_end && c->vprod_end == at && c->label_at != at + 1 &&
+            simd_op_at(c, c->vprod_pos, c->vprod_op) && f[1] == c->code[c->vprod_dfield]) {
+            /* The value stored is the v128 result right before: from acc. */
+            uint64_t h = (uint64_t)(uintptr_t)interp_handlers[OP_V128_STORE_B];
+            c->code[at] = (uint32_t)h;
+            c->code[at + 1] = (uint32_t)(h >> 32);
+        }
         return;
     }
     d = slot(c, c->sh);
@@ -1085,7 +1093,7 @@ static void simd(comp *c) {
     emit(c, d);
     for (uint32_t i = 0; i < n; i++) emit(c, f[i]);
     push_result(c, op, pos, pos + 2);
-    if (si->shape == SH_UN) simd_variant(c, op, pos, false);
+    if (si->shape == SH_UN || si->shape == SH_SHUF) simd_variant(c, op, pos, si->shape == SH_SHUF);
     simd_produced(c);
 }
 

@@ -343,14 +343,15 @@ __attribute__((optimize("no-tree-loop-distribute-patterns")))
 void interp_call(wfunc *f, uint64_t *sp) {
 #define OP_LABEL(n) &&L_##n,
 #define OP_LABEL_SIMD(code, n, shape, k) &&L_##n,
-/* Unary and binary SIMD handlers have _A/_B variants (simd.h); the others are their own. */
+/* Unary, binary, shuffle and store SIMD handlers have _A/_B variants (simd.h); the
+ * others are their own. */
 #define SIMD_VARIANT_UN(n, v) &&L_##n##_##v,
 #define SIMD_VARIANT_BIN(n, v) &&L_##n##_##v,
 #define SIMD_VARIANT_TERN(n, v) &&L_##n,
 #define SIMD_VARIANT_LOAD(n, v) &&L_##n,
-#define SIMD_VARIANT_STORE(n, v) &&L_##n,
+#define SIMD_VARIANT_STORE(n, v) &&L_##n##_##v,
 #define SIMD_VARIANT_CONST(n, v) &&L_##n,
-#define SIMD_VARIANT_SHUF(n, v) &&L_##n,
+#define SIMD_VARIANT_SHUF(n, v) &&L_##n##_##v,
 #define SIMD_VARIANT_EXTRACT(n, v) &&L_##n,
 #define SIMD_VARIANT_REPLACE(n, v) &&L_##n,
 #define SIMD_VARIANT_LOADLANE(n, v) &&L_##n,

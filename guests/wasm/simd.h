@@ -161,7 +161,9 @@ static void simd_init(void) {
 /* Inline assembly rather than a target("ssse3") function: that could not be inlined
  * into the interpreter (built for baseline x86-64) and cost a call per shuffle. */
 static inline u8x16 pshufb1(u8x16 a, u8x16 m) {
-    __asm__("pshufb %1, %0" : "+x"(a) : "xm"(m));
+    /* "x", not "xm": the SSE form's memory operand must be 16-byte aligned, and a mask
+     * may sit in the instruction stream, which is 4-byte aligned. */
+    __asm__("pshufb %1, %0" : "+x"(a) : "x"(m));
     return a;
 }
 static inline u8x16 pshufb2(u8x16 a, u8x16 ma, u8x16 b, u8x16 mb) {
@@ -386,8 +388,15 @@ L_F64X2_ADD_MUL_LL: {
     V_LOAD_SPLAT(V128_LOAD64_SPLAT, uint64_t, u64x2, 0)
     V_LOAD_SPLAT(V128_LOAD32_ZERO, uint32_t, u32x4, 1)
     V_LOAD_SPLAT(V128_LOAD64_ZERO, uint64_t, u64x2, 1)
+L_V128_STORE_A:
 L_V128_STORE: { /* a v off: one 16-byte store (no partial write before a fault) */
     vslot v = W(3);
+    __builtin_memcpy(ADDR(2) + ip[4], &v, 16);
+    ip += 5;
+    NEXT();
+}
+L_V128_STORE_B: { /* the value from acc */
+    vslot v = ACC(vslot);
     __builtin_memcpy(ADDR(2) + ip[4], &v, 16);
     ip += 5;
     NEXT();
@@ -428,6 +437,26 @@ L_V128_CONST: {
     ip += 7;
     NEXT();
 }
+L_I8X16_SHUFFLE_A: /* a from acc; b too where it is the same slot */
+    if (LIKELY(have_ssse3)) {
+        u8x16 ma, mb, a = ACC(u8x16);
+        __builtin_memcpy(&ma, ip + 5, 16);
+        __builtin_memcpy(&mb, ip + 9, 16);
+        VSET(pshufb2(a, ma, ip[4] == ip[3] ? a : VA(u8x16, 4), mb));
+        ip += 13;
+        NEXT();
+    }
+    goto L_I8X16_SHUFFLE;
+L_I8X16_SHUFFLE_B:
+    if (LIKELY(have_ssse3)) {
+        u8x16 ma, mb;
+        __builtin_memcpy(&ma, ip + 5, 16);
+        __builtin_memcpy(&mb, ip + 9, 16);
+        VSET(pshufb2(VA(u8x16, 3), ma, ACC(u8x16), mb));
+        ip += 13;
+        NEXT();
+    }
+    /* fallthrough */
 L_I8X16_SHUFFLE: { /* d a b ma mb: pshufb masks (0x80: the lane comes from the other) */
     u8x16 ma, mb;
     __builtin_memcpy(&ma, ip + 5, 16);
