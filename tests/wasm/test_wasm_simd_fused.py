@@ -148,6 +148,19 @@ def _funcs() -> dict[str, str]:
         f"(local.set $t (v128.not {a}))"
         f" (local.set $r (i16x8.add (local.tee $t ({em} {t} {t})) {t}))"
     )
+    # Shuffles and stores reading the register: both shuffle operands the result right
+    # before, only the right one, and a store of a just computed value.
+    lanes = "0 17 2 19 4 21 6 23 8 25 10 27 12 29 14 31"
+    f["shuffle_same"] = (
+        f"(local.set $r (i8x16.shuffle {lanes} (local.tee $t (v128.not {a})) (local.get $t)))"
+    )
+    f["shuffle_right"] = (
+        f"(local.set $t {a}) (local.set $r (i8x16.shuffle {lanes} {t} (v128.not {a})))"
+    )
+    f["store_result"] = (
+        f"(v128.store offset=3000 (local.get $p) (i32x4.mul {a} {ld.format(o=8)}))"
+        "(local.set $r (v128.load offset=3000 (local.get $p)))"
+    )
     return f
 
 
