@@ -58,6 +58,12 @@ typedef struct comp {
     const uint8_t *bpt, *brt; /* the types of the block type just read */
     uint32_t nranges, nclauses; /* exception handling: try_tables and their clauses */
     uint32_t throw_chain; /* THROW frame-size fields to patch: position + 1, 0 = none */
+    uint32_t vload_pos, vload_end; /* the last v128.load emitted (simd_pair_load) */
+    uint32_t vprod_pos, vprod_end; /* the last SIMD v128 result emitted (simd_pair) */
+    uint32_t vprod_dfield;          /* its result field */
+    int vprod_op;
+    uint32_t vprev_pos, vprev_end, vprev_dfield; /* the one right before it, if any */
+    int vprev_op;
 } comp;
 
 /* Scratch buffers reused by every compilation (the result is copied out). */
@@ -748,6 +754,229 @@ static uint32_t lane_idx(comp *c, uint32_t lanes) {
 
 static uint32_t log2_of(uint32_t n) { return (uint32_t)__builtin_ctz(n); }
 
+static void simd_produced(comp *c);
+
+/* Whether the instruction at `pos` is `op`. */
+static bool op_at(comp *c, uint32_t pos, int op) {
+    uint64_t h = (uint64_t)(uintptr_t)interp_handlers[op];
+    return c->code[pos] == (uint32_t)h && c->code[pos + 1] == (uint32_t)(h >> 32);
+}
+
+/* A v128.load of address x + k (k = 0 for a plain load) + off, about to be emitted: if
+ * the instruction just before is a v128.load too (nothing in between, no label), the two
+ * become one V128_LOAD2 (executed in order, as written). Returns whether it did. */
+static bool simd_pair_load(comp *c, uint32_t x, uint32_t k, uint32_t off) {
+    uint32_t p = c->vload_pos;
+    if (!c->vload_end || c->vload_end != c->len || c->label_at == c->len + 1) return false;
+    if (!op_at(c, p, OP_V128_LOAD_RI) && !op_at(c, p, OP_V128_LOAD)) return false;
+    uint32_t f[8];
+    bool ri = op_at(c, p, OP_V128_LOAD_RI);
+    f[0] = c->code[p + 2];
+    f[1] = c->code[p + 3];
+    f[2] = ri ? c->code[p + 4] : 0;
+    f[3] = c->code[p + (ri ? 5 : 4)];
+    f[5] = x;
+    f[6] = k;
+    f[7] = off;
+    c->len = p;
+    uint32_t pos = emit_op(c, OP_V128_LOAD2);
+    f[4] = slot(c, c->sh);
+    for (uint32_t i = 0; i < 8; i++) emit(c, f[i]);
+    push_result(c, OP_V128_LOAD2, pos, pos + 6);
+    simd_produced(c);
+    c->vload_end = 0;
+    return true;
+}
+
+/* Super-instructions of a SIMD binary op with the instruction just before it: the
+ * product of two loads just paired (F32X4_MUL_LL: d x1 k1 off1 x2 k2 off2), and the sum
+ * of a value and such a product (F32X4_ADD_MUL_LL: d a x1 ..., two roundings). Returns
+ * whether it emitted one. */
+static bool simd_fuse_bin(comp *c, int op) {
+    if (!c->last_dfield || c->last_end != c->len || c->last_dh != c->sh - 1 || c->sh < 2 ||
+        c->label_at == c->len + 1)
+        return false;
+    sval t = c->st[c->sh - 1], u = c->st[c->sh - 2];
+    uint32_t lp = c->last_pos, f[8], n = 0;
+    int fop;
+    if ((op == OP_F32X4_MUL || op == OP_F64X2_MUL) && c->last_op == OP_V128_LOAD2) {
+        /* Both operands are the loads' results, in order, and used here only. */
+        if (t.kind != SV_STACK || u.kind != SV_STACK || c->code[lp + 2] != slot(c, c->sh - 2) ||
+            c->code[lp + 6] != slot(c, c->sh - 1))
+            return false;
+        fop = op == OP_F32X4_MUL ? OP_F32X4_MUL_LL : OP_F64X2_MUL_LL;
+        for (uint32_t i = 0; i < 3; i++) f[n++] = c->code[lp + 3 + i];
+        for (uint32_t i = 0; i < 3; i++) f[n++] = c->code[lp + 7 + i];
+        truncate(c, c->sh - 2);
+    } else if ((op == OP_F32X4_ADD && c->last_op == OP_F32X4_MUL_LL) ||
+               (op == OP_F64X2_ADD && c->last_op == OP_F64X2_MUL_LL)) {
+        /* As binbin_op's multiply-add: the product on the right, or on the left with a
+         * local on the right. */
+        bool right = t.kind == SV_STACK;
+        bool left = u.kind == SV_STACK && c->last_dh == c->sh - 2 && t.kind == SV_LOCAL;
+        if (!right && !left) return false;
+        fop = op == OP_F32X4_ADD ? OP_F32X4_ADD_MUL_LL : OP_F64X2_ADD_MUL_LL;
+        for (uint32_t i = 0; i < 6; i++) f[1 + i] = c->code[lp + 3 + i];
+        n = 7;
+        c->len = lp;
+        c->last_dfield = 0;
+        if (right) {
+            truncate(c, c->sh - 1);
+            f[0] = pop_slot(c);
+        } else {
+            f[0] = pop_slot(c);
+            truncate(c, c->sh - 1);
+        }
+    } else {
+        return false;
+    }
+    c->len = lp;
+    c->last_dfield = 0;
+    uint32_t d = slot(c, c->sh);
+    uint32_t pos = emit_op(c, fop);
+    emit(c, d);
+    for (uint32_t i = 0; i < n; i++) emit(c, f[i]);
+    push_result(c, fop, pos, pos + 2);
+    simd_produced(c);
+    return true;
+}
+
+enum { PAIR_A = 1, PAIR_B = 2, PAIR_AB = 3 };
+
+static const struct simd_pair {
+    int16_t first, second, fused;
+    uint8_t mode;
+} simd_pairs[] = {
+#define SIMD_PAIR_ENTRY(X, first, second, fused, mode) {OP_##first, OP_##second, OP_##fused, PAIR_##mode},
+    SIMD_PAIRS(SIMD_PAIR_ENTRY, _)
+#undef SIMD_PAIR_ENTRY
+};
+
+/* Whether SIMD op `op` has a scalar result (not a v128 one, so not left in acc). */
+static bool simd_scalar_result(int op) {
+    switch (op) {
+    case OP_V128_ANY_TRUE: case OP_I8X16_ALL_TRUE: case OP_I16X8_ALL_TRUE:
+    case OP_I32X4_ALL_TRUE: case OP_I64X2_ALL_TRUE: case OP_I8X16_BITMASK:
+    case OP_I16X8_BITMASK: case OP_I32X4_BITMASK: case OP_I64X2_BITMASK:
+    case OP_I8X16_EXTRACT_LANE_S: case OP_I8X16_EXTRACT_LANE_U: case OP_I16X8_EXTRACT_LANE_S:
+    case OP_I16X8_EXTRACT_LANE_U: case OP_I32X4_EXTRACT_LANE: case OP_I64X2_EXTRACT_LANE:
+    case OP_F32X4_EXTRACT_LANE: case OP_F64X2_EXTRACT_LANE: return true;
+    default: return false;
+    }
+}
+
+/* Records the instruction just emitted by simd() (its result pushed) as the last SIMD
+ * result: every SIMD handler with a v128 result leaves it in acc too (simd.h). */
+static void simd_produced(comp *c) {
+    c->vprev_end = c->vprod_end == c->last_pos ? c->vprod_end : 0;
+    c->vprev_pos = c->vprod_pos;
+    c->vprev_dfield = c->vprod_dfield;
+    c->vprev_op = c->vprod_op;
+    c->vprod_pos = c->last_pos;
+    c->vprod_end = simd_scalar_result(c->last_op) ? 0 : c->len;
+    c->vprod_op = c->last_op;
+    c->vprod_dfield = c->last_dfield - 1;
+}
+
+/* Whether the instruction at `pos` is `op` or one of its _A/_B variants. */
+static bool simd_op_at(comp *c, uint32_t pos, int op) {
+    if (op_at(c, pos, op)) return true;
+    if (op >= OP_I8X16_SHL_I && op <= OP_I64X2_SHR_U_I)
+        return op_at(c, pos, op - OP_I8X16_SHL_I + OP_I8X16_SHL_I_A);
+    int first_pair = simd_pairs[0].fused, npairs = (int)(sizeof simd_pairs / sizeof simd_pairs[0]);
+    if (op >= first_pair && op < first_pair + npairs)
+        return op_at(c, pos, op + npairs) || op_at(c, pos, op + 2 * npairs);
+    if (op < OP_V128_LOAD || op > OP_F64X2_CONVERT_LOW_I32X4_U) return false;
+    return op_at(c, pos, op - OP_V128_LOAD + OP_V128_LOAD_A) ||
+           op_at(c, pos, op - OP_V128_LOAD + OP_V128_LOAD_B);
+}
+
+/* The unary or binary SIMD instruction `op` just emitted at `pos` (d a [b]): if an
+ * operand is the v128 result of the instruction right before it (no label in between),
+ * switch to the variant that reads that operand from acc. */
+static void simd_variant(comp *c, int op, uint32_t pos, bool binary) {
+    if (!c->vprod_end || c->vprod_end != pos || c->label_at == pos + 1) return;
+    if (!simd_op_at(c, c->vprod_pos, c->vprod_op)) return;
+    if (op == OP_I8X16_SPLAT || op == OP_I16X8_SPLAT || op == OP_I32X4_SPLAT ||
+        op == OP_I64X2_SPLAT || op == OP_F32X4_SPLAT || op == OP_F64X2_SPLAT)
+        return; /* a scalar operand */
+    bool shift = /* b is the i32 count */
+        op == OP_I8X16_SHL || op == OP_I8X16_SHR_S || op == OP_I8X16_SHR_U ||
+        op == OP_I16X8_SHL || op == OP_I16X8_SHR_S || op == OP_I16X8_SHR_U ||
+        op == OP_I32X4_SHL || op == OP_I32X4_SHR_S || op == OP_I32X4_SHR_U ||
+        op == OP_I64X2_SHL || op == OP_I64X2_SHR_S || op == OP_I64X2_SHR_U;
+    uint32_t pd = c->code[c->vprod_dfield];
+    int v;
+    if (op >= OP_I8X16_SHL_I && op <= OP_I64X2_SHR_U_I) { /* d a k */
+        if (c->code[pos + 3] != pd) return;
+        v = op - OP_I8X16_SHL_I + OP_I8X16_SHL_I_A;
+    } else if (c->code[pos + 3] == pd)
+        v = op - OP_V128_LOAD + OP_V128_LOAD_A;
+    else if (binary && !shift && c->code[pos + 4] == pd)
+        v = op - OP_V128_LOAD + OP_V128_LOAD_B;
+    else
+        return;
+    uint64_t h = (uint64_t)(uintptr_t)interp_handlers[v];
+    c->code[pos] = (uint32_t)h;
+    c->code[pos + 1] = (uint32_t)(h >> 32);
+}
+
+/* The slot an operand-stack entry is read from; UINT32_MAX for a constant (which would
+ * have to be materialised first). */
+static uint32_t peek_slot(comp *c, uint32_t h) {
+    const sval *v = &c->st[h];
+    return v->kind == SV_LOCAL ? v->local : v->kind == SV_STACK ? slot(c, h) : UINT32_MAX;
+}
+
+/* Binary SIMD op `op` (a shift by the constant k on the top if `shift`) right after the
+ * last SIMD result: if SIMD_PAIRS has the pair and that result is the operand its mode
+ * names, emits the pair as one instruction, pops the operands, pushes the result and
+ * returns true. The first instruction's result is still written where it was (a local
+ * it was retargeted to may be read later). */
+static bool simd_pair(comp *c, int op, bool shift, uint32_t k) {
+    uint32_t p = c->vprod_pos;
+    if (!c->vprod_end || c->vprod_end != c->len || c->label_at == c->len + 1) return false;
+    if (c->sh < top_ctl(c)->base + 2 || !simd_op_at(c, p, c->vprod_op)) return false;
+    uint32_t pd = c->code[p + 2], nf = c->vprod_end - p - 2;
+    uint32_t a = peek_slot(c, c->sh - 2), b = shift ? UINT32_MAX : peek_slot(c, c->sh - 1);
+    if (a == UINT32_MAX || (!shift && b == UINT32_MAX) || nf > 5) return false;
+    for (size_t i = 0; i < sizeof simd_pairs / sizeof simd_pairs[0]; i++) {
+        const struct simd_pair *e = &simd_pairs[i];
+        if (e->first != c->vprod_op || e->second != op) continue;
+        uint32_t other, f[5];
+        if ((e->mode & PAIR_A) && a == pd)
+            other = shift ? k : b;
+        else if ((e->mode & PAIR_B) && b == pd)
+            other = a;
+        else
+            return false;
+        for (uint32_t j = 0; j < nf; j++) f[j] = c->code[p + 2 + j];
+        /* The v128 result of the instruction before the first, still in acc: the variant
+         * reading the second's other operand (unless the first overwrites that slot) or
+         * the first's operand a from there. */
+        int fused = e->fused;
+        int npairs = (int)(sizeof simd_pairs / sizeof simd_pairs[0]);
+        if (c->vprev_end && c->vprev_end == p && c->label_at != p + 1 &&
+            simd_op_at(c, c->vprev_pos, c->vprev_op)) {
+            uint32_t pd2 = c->code[c->vprev_dfield];
+            if (!shift && other == pd2 && other != f[0])
+                fused = e->fused + 2 * npairs; /* _X */
+            else if (e->first != OP_V128_CONST && f[1] == pd2)
+                fused = e->fused + npairs; /* _P */
+        }
+        truncate(c, c->sh - 2);
+        c->len = p;
+        uint32_t pos = emit_op(c, fused);
+        for (uint32_t j = 0; j < nf; j++) emit(c, f[j]);
+        emit(c, slot(c, c->sh));
+        emit(c, other);
+        push_result(c, e->fused, pos, pos + 2 + nf);
+        simd_produced(c);
+        return true;
+    }
+    return false;
+}
+
 static void simd(comp *c) {
     uint32_t sub = rd_u32(&c->r);
     const struct simd_info *si = sub < 256 ? &simd_info[sub] : 0;
@@ -757,9 +986,18 @@ static void simd(comp *c) {
     bool result = true;
     switch (si->shape) {
     case SH_UN: o[0] = pop_slot(c); f[n++] = o[0]; break;
-    case SH_BIN: /* d a b, through numeric() for the fused multiply-add */
+    case SH_BIN: { /* d a b, through numeric() for the fused multiply-add */
+        if (simd_fuse_bin(c, op)) return;
+        need(c, 2);
+        const sval *top = &c->st[c->sh - 1];
+        int iop = top->kind == SV_CONST ? imm_form(op, top->k) : -1;
+        if (simd_pair(c, iop >= 0 ? iop : op, iop >= 0, (uint32_t)top->k)) return;
         numeric(c, 0x6a /* any binary opcode */, op);
+        if (c->last_op == op || (c->last_op >= OP_I8X16_SHL_I && c->last_op <= OP_I64X2_SHR_U_I))
+            simd_variant(c, c->last_op, c->last_pos, true);
+        simd_produced(c);
         return;
+    }
     case SH_TERN:
         pop_n(c, o, 3);
         f[n++] = o[0];
@@ -782,6 +1020,18 @@ static void simd(comp *c) {
             f[n++] = pop_slot(c);
         }
         f[n++] = off;
+        if (op == OP_V128_LOAD_RI || op == OP_V128_LOAD) {
+            bool ri = op == OP_V128_LOAD_RI;
+            if (simd_pair_load(c, f[0], ri ? f[1] : 0, off)) return;
+            d = slot(c, c->sh);
+            c->vload_pos = emit_op(c, op);
+            emit(c, d);
+            for (uint32_t i = 0; i < n; i++) emit(c, f[i]);
+            push_result(c, op, c->vload_pos, c->vload_pos + 2);
+            simd_produced(c);
+            c->vload_end = c->len;
+            return;
+        }
         break;
     }
     case SH_STORE: {
@@ -840,7 +1090,15 @@ static void simd(comp *c) {
     }
     }
     if (!result) {
+        uint32_t at = c->len;
         emit_fields(c, op, f, n);
+        if (op == OP_V128_STORE && c->vprod_end && c->vprod_end == at && c->label_at != at + 1 &&
+            simd_op_at(c, c->vprod_pos, c->vprod_op) && f[1] == c->code[c->vprod_dfield]) {
+            /* The value stored is the v128 result right before: from acc. */
+            uint64_t h = (uint64_t)(uintptr_t)interp_handlers[OP_V128_STORE_B];
+            c->code[at] = (uint32_t)h;
+            c->code[at + 1] = (uint32_t)(h >> 32);
+        }
         return;
     }
     d = slot(c, c->sh);
@@ -848,6 +1106,8 @@ static void simd(comp *c) {
     emit(c, d);
     for (uint32_t i = 0; i < n; i++) emit(c, f[i]);
     push_result(c, op, pos, pos + 2);
+    if (si->shape == SH_UN || si->shape == SH_SHUF) simd_variant(c, op, pos, si->shape == SH_SHUF);
+    simd_produced(c);
 }
 
 /* ---- Exception handling: throw, throw_ref, try_table -------------------------------- */

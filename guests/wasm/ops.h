@@ -344,12 +344,81 @@
 
 /* SIMD super-instructions: v128.load addressed by an i32.add (d x y off / d x k off),
  * float lanes multiply then add (two roundings): d = a + x * y, and shifts by a constant
- * count (d a k). */
+ * count (d a k). Two v128.loads in a row (d1 x1 k1 off1 d2 x2 k2 off2: address x + k +
+ * off, k = 0 for a plain load), the product of two such loads (d x1 k1 off1 x2 k2 off2)
+ * and a value plus that product (d a x1 k1 off1 x2 k2 off2). The shifts by a constant
+ * also have a variant reading a from acc (_I_A, see the SIMD_LIST variants below). */
 #define OPS_SIMDFUSED(X)                                                                \
     X(V128_LOAD_RR) X(V128_LOAD_RI) X(F32X4_ADD_MUL) X(F64X2_ADD_MUL) X(I8X16_SHL_I)   \
     X(I8X16_SHR_S_I) X(I8X16_SHR_U_I) X(I16X8_SHL_I) X(I16X8_SHR_S_I) X(I16X8_SHR_U_I) \
     X(I32X4_SHL_I) X(I32X4_SHR_S_I) X(I32X4_SHR_U_I) X(I64X2_SHL_I) X(I64X2_SHR_S_I)    \
-    X(I64X2_SHR_U_I)
+    X(I64X2_SHR_U_I) X(V128_LOAD2) X(F32X4_MUL_LL) X(F64X2_MUL_LL) X(F32X4_ADD_MUL_LL)  \
+    X(F64X2_ADD_MUL_LL) X(I8X16_SHL_I_A) X(I8X16_SHR_S_I_A) X(I8X16_SHR_U_I_A) X(I16X8_SHL_I_A) \
+    X(I16X8_SHR_S_I_A) X(I16X8_SHR_U_I_A) X(I32X4_SHL_I_A) X(I32X4_SHR_S_I_A) X(I32X4_SHR_U_I_A) \
+    X(I64X2_SHL_I_A) X(I64X2_SHR_S_I_A) X(I64X2_SHR_U_I_A) SIMD_PAIRS(OP_PAIR_NAME, X)     \
+    SIMD_PAIRS(OP_PAIR_NAME_P, X) SIMD_PAIRS(OP_PAIR_NAME_X, X)
+
+/* SIMD pairs: an instruction and the next one, which uses its result, in one dispatch
+ * (both results written, in order, as the two would; the second reads the first's from
+ * a register): P(X, first, second, fused, mode). mode: A, the first's result is the
+ * second's (only or left) operand; B, its right operand; AB, either (commutative: the
+ * other operand is read as is). Fields: the first's (V128_CONST: d k0..k3; binary: d a
+ * b; unary: d a), then the second's d and its other operand (a shift: its count).
+ * P(X, ...): X is passed through for OPS_SIMDFUSED's list. Each pair has variants that
+ * read from acc (the previous instruction's v128 result, simd.h) the first's operand a
+ * (_P) or the second's other operand (_X). */
+#define SIMD_PAIRS(P, X)                                                                \
+    P(X, V128_CONST, I8X16_ADD, K_I8X16_ADD, AB)                                        \
+    P(X, V128_CONST, I16X8_ADD, K_I16X8_ADD, AB)                                        \
+    P(X, V128_CONST, I32X4_ADD, K_I32X4_ADD, AB)                                        \
+    P(X, V128_CONST, I16X8_MUL, K_I16X8_MUL, AB)                                        \
+    P(X, V128_CONST, I32X4_MUL, K_I32X4_MUL, AB)                                        \
+    P(X, V128_CONST, V128_AND, K_V128_AND, AB)                                          \
+    P(X, V128_CONST, V128_OR, K_V128_OR, AB)                                            \
+    P(X, V128_CONST, V128_XOR, K_V128_XOR, AB)                                          \
+    P(X, V128_CONST, I8X16_SUB, K_I8X16_SUB, B)                                         \
+    P(X, V128_CONST, I16X8_SUB, K_I16X8_SUB, B)                                         \
+    P(X, V128_CONST, I32X4_SUB, K_I32X4_SUB, B)                                         \
+    P(X, V128_CONST, V128_ANDNOT, K_V128_ANDNOT, B)                                     \
+    P(X, I16X8_ADD, I16X8_SHR_U_I, I16X8_ADD_SHR_U, A)                                  \
+    P(X, I16X8_ADD, I16X8_SHR_S_I, I16X8_ADD_SHR_S, A)                                  \
+    P(X, I16X8_SUB, I16X8_SHR_U_I, I16X8_SUB_SHR_U, A)                                  \
+    P(X, I16X8_SUB, I16X8_SHR_S_I, I16X8_SUB_SHR_S, A)                                  \
+    P(X, I16X8_MUL, I16X8_SHR_U_I, I16X8_MUL_SHR_U, A)                                  \
+    P(X, I16X8_MUL, I16X8_SHR_S_I, I16X8_MUL_SHR_S, A)                                  \
+    P(X, I32X4_ADD, I32X4_SHR_U_I, I32X4_ADD_SHR_U, A)                                  \
+    P(X, I32X4_ADD, I32X4_SHR_S_I, I32X4_ADD_SHR_S, A)                                  \
+    P(X, I32X4_SUB, I32X4_SHR_U_I, I32X4_SUB_SHR_U, A)                                  \
+    P(X, I32X4_SUB, I32X4_SHR_S_I, I32X4_SUB_SHR_S, A)                                  \
+    P(X, I32X4_MUL, I32X4_SHR_U_I, I32X4_MUL_SHR_U, A)                                  \
+    P(X, I32X4_MUL, I32X4_SHR_S_I, I32X4_MUL_SHR_S, A)                                  \
+    P(X, I16X8_EXTMUL_LOW_I8X16_S, I16X8_ADD, ADD_I16X8_EXTMUL_LOW_S, AB)               \
+    P(X, I16X8_EXTMUL_HIGH_I8X16_S, I16X8_ADD, ADD_I16X8_EXTMUL_HIGH_S, AB)             \
+    P(X, I16X8_EXTMUL_LOW_I8X16_U, I16X8_ADD, ADD_I16X8_EXTMUL_LOW_U, AB)               \
+    P(X, I16X8_EXTMUL_HIGH_I8X16_U, I16X8_ADD, ADD_I16X8_EXTMUL_HIGH_U, AB)             \
+    P(X, I32X4_EXTMUL_LOW_I16X8_S, I32X4_ADD, ADD_I32X4_EXTMUL_LOW_S, AB)               \
+    P(X, I32X4_EXTMUL_HIGH_I16X8_S, I32X4_ADD, ADD_I32X4_EXTMUL_HIGH_S, AB)             \
+    P(X, I32X4_EXTMUL_LOW_I16X8_U, I32X4_ADD, ADD_I32X4_EXTMUL_LOW_U, AB)               \
+    P(X, I32X4_EXTMUL_HIGH_I16X8_U, I32X4_ADD, ADD_I32X4_EXTMUL_HIGH_U, AB)             \
+    P(X, I16X8_EXTEND_LOW_I8X16_S, I16X8_MUL, MUL_I16X8_EXTEND_LOW_S, AB)               \
+    P(X, I16X8_EXTEND_HIGH_I8X16_S, I16X8_MUL, MUL_I16X8_EXTEND_HIGH_S, AB)             \
+    P(X, I16X8_EXTEND_LOW_I8X16_U, I16X8_MUL, MUL_I16X8_EXTEND_LOW_U, AB)               \
+    P(X, I16X8_EXTEND_HIGH_I8X16_U, I16X8_MUL, MUL_I16X8_EXTEND_HIGH_U, AB)             \
+    P(X, I16X8_EXTEND_LOW_I8X16_S, I16X8_ADD, ADD_I16X8_EXTEND_LOW_S, AB)               \
+    P(X, I16X8_EXTEND_HIGH_I8X16_S, I16X8_ADD, ADD_I16X8_EXTEND_HIGH_S, AB)             \
+    P(X, I16X8_EXTEND_LOW_I8X16_U, I16X8_ADD, ADD_I16X8_EXTEND_LOW_U, AB)               \
+    P(X, I16X8_EXTEND_HIGH_I8X16_U, I16X8_ADD, ADD_I16X8_EXTEND_HIGH_U, AB)             \
+    P(X, I32X4_EXTEND_LOW_I16X8_S, I32X4_MUL, MUL_I32X4_EXTEND_LOW_S, AB)               \
+    P(X, I32X4_EXTEND_HIGH_I16X8_S, I32X4_MUL, MUL_I32X4_EXTEND_HIGH_S, AB)             \
+    P(X, I32X4_EXTEND_LOW_I16X8_U, I32X4_MUL, MUL_I32X4_EXTEND_LOW_U, AB)               \
+    P(X, I32X4_EXTEND_HIGH_I16X8_U, I32X4_MUL, MUL_I32X4_EXTEND_HIGH_U, AB)             \
+    P(X, I32X4_EXTEND_LOW_I16X8_S, I32X4_ADD, ADD_I32X4_EXTEND_LOW_S, AB)               \
+    P(X, I32X4_EXTEND_HIGH_I16X8_S, I32X4_ADD, ADD_I32X4_EXTEND_HIGH_S, AB)             \
+    P(X, I32X4_EXTEND_LOW_I16X8_U, I32X4_ADD, ADD_I32X4_EXTEND_LOW_U, AB)               \
+    P(X, I32X4_EXTEND_HIGH_I16X8_U, I32X4_ADD, ADD_I32X4_EXTEND_HIGH_U, AB)
+#define OP_PAIR_NAME(X, first, second, fused, mode) X(fused)
+#define OP_PAIR_NAME_P(X, first, second, fused, mode) X(fused##_P)
+#define OP_PAIR_NAME_X(X, first, second, fused, mode) X(fused##_X)
 
 #define OPS_ALL(X) OPS_CONTROL(X) OPS_MEMORY(X) OPS_NUMERIC(X) OPS_IMM(X) OPS_FUSED(X) OPS_MEMFUSED(X) \
     OPS_BINBIN(X) OPS_FMULADD(X) OPS_SIMDFUSED(X)
@@ -359,6 +428,14 @@ enum {
     OPS_ALL(OP_ENUM)
 #undef OP_ENUM
 #define OP_ENUM_SIMD(code, n, shape, k) OP_##n,
+    SIMD_LIST(OP_ENUM_SIMD)
+#undef OP_ENUM_SIMD
+/* Each SIMD instruction's variants reading operand a (_A) or b (_B) from the register
+ * holding the previous instruction's v128 result (simd.h: acc). */
+#define OP_ENUM_SIMD(code, n, shape, k) OP_##n##_A,
+    SIMD_LIST(OP_ENUM_SIMD)
+#undef OP_ENUM_SIMD
+#define OP_ENUM_SIMD(code, n, shape, k) OP_##n##_B,
     SIMD_LIST(OP_ENUM_SIMD)
 #undef OP_ENUM_SIMD
     OP_COUNT

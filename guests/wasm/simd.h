@@ -158,9 +158,16 @@ static void simd_init(void) {
 #endif
 }
 
-__attribute__((target("ssse3"))) static u8x16 pshufb2(u8x16 a, u8x16 ma, u8x16 b, u8x16 mb) {
-    return (u8x16)__builtin_ia32_pshufb128((v16qi)a, (v16qi)ma) |
-           (u8x16)__builtin_ia32_pshufb128((v16qi)b, (v16qi)mb);
+/* Inline assembly rather than a target("ssse3") function: that could not be inlined
+ * into the interpreter (built for baseline x86-64) and cost a call per shuffle. */
+static inline u8x16 pshufb1(u8x16 a, u8x16 m) {
+    /* "x", not "xm": the SSE form's memory operand must be 16-byte aligned, and a mask
+     * may sit in the instruction stream, which is 4-byte aligned. */
+    __asm__("pshufb %1, %0" : "+x"(a) : "x"(m));
+    return a;
+}
+static inline u8x16 pshufb2(u8x16 a, u8x16 ma, u8x16 b, u8x16 mb) {
+    return pshufb1(a, ma) | pshufb1(b, mb);
 }
 
 /* r[i] = t[k[i] & mask], gathered in two registers (byte stores into a vector in memory
@@ -182,7 +189,22 @@ static inline double lane_f64(uint64_t b) { return f64_of(b); }
 #ifdef SIMD_HANDLERS
 /* Operand access: the slot of field i as a vector of type T; the result slot. */
 #define VA(T, i) ((T)W(i))
-#define VSET(r) (W(2) = (vslot)(r))
+/* Every v128 result is also left in `acc` (a register): the next instruction, when the
+ * compiler gave it an _A or _B variant, reads its a or b operand from there instead of
+ * from the slot just stored (a store-to-load round trip per dependent instruction). */
+#define VSETF(i, r)                                                                    \
+    do {                                                                               \
+        vslot v_ = (vslot)(r);                                                         \
+        __asm__("" : "=x"(acc) : "0"(v_)); /* opaque to GCC's vector lowering */       \
+        W(i) = v_;                                                                     \
+    } while (0)
+#define VSET(r) VSETF(2, r)
+#define ACC(T)                                                                         \
+    ({                                                                                 \
+        vslot a_;                                                                      \
+        __asm__("" : "=x"(a_) : "0"(acc));                                             \
+        (T)a_;                                                                         \
+    })
 /* A result built lane by lane: the vector and its lanes as an array (GCC warns falsely
  * about element stores into a vector in a loop). */
 #define LANES(R)                                                                       \
@@ -191,24 +213,33 @@ static inline double lane_f64(uint64_t b) { return f64_of(b); }
         __typeof__(((R){0})[0]) e[16 / sizeof(((R){0})[0])];                          \
     }
 /* Whole-vector forms (expr over a, b), lane loops (expr over a[i], b[i]). */
-#define V_UN(name, T, R, expr)                                                         \
-    L_##name : {                                                                       \
-        T a = VA(T, 3);                                                                \
+#define V_UN_BODY(T, R, expr, A)                                                       \
+    {                                                                                  \
+        T a = (A);                                                                     \
         R r = (expr);                                                                  \
         VSET(r);                                                                       \
         ip += 4;                                                                       \
         NEXT();                                                                        \
     }
-#define V_BIN(name, T, R, expr)                                                        \
-    L_##name : {                                                                       \
-        T a = VA(T, 3), b = VA(T, 4);                                                  \
+#define V_UN(name, T, R, expr)                                                         \
+    L_##name##_B : L_##name : V_UN_BODY(T, R, expr, VA(T, 3))                          \
+    L_##name##_A : V_UN_BODY(T, R, expr, ACC(T))
+#define V_BIN_BODY(T, R, expr, A, B)                                                   \
+    {                                                                                  \
+        T a = (A), b = (B);                                                            \
         R r = (R)(expr);                                                               \
         VSET(r);                                                                       \
         ip += 5;                                                                       \
         NEXT();                                                                        \
     }
+#define V_BIN(name, T, R, expr)                                                        \
+    L_##name : V_BIN_BODY(T, R, expr, VA(T, 3), VA(T, 4))                              \
+    L_##name##_A : V_BIN_BODY(T, R, expr, ACC(T), VA(T, 4))                            \
+    L_##name##_B : V_BIN_BODY(T, R, expr, VA(T, 3), ACC(T))
+/* The variants of the other handlers read the slots (the value is there too). */
+#define V_ALIAS(name) L_##name##_A : L_##name##_B :
 #define V_UNL(name, T, R, N, expr)                                                     \
-    L_##name : {                                                                       \
+    V_ALIAS(name) L_##name : {                                                                       \
         T a = VA(T, 3);                                                                \
         LANES(R) r = {{0}};                                                            \
         for (int i = 0; i < (N); i++) r.e[i] = (expr);                                 \
@@ -217,7 +248,7 @@ static inline double lane_f64(uint64_t b) { return f64_of(b); }
         NEXT();                                                                        \
     }
 #define V_BINL(name, T, R, N, expr)                                                    \
-    L_##name : {                                                                       \
+    V_ALIAS(name) L_##name : {                                                                       \
         T a = VA(T, 3), b = VA(T, 4);                                                  \
         LANES(R) r = {{0}};                                                            \
         for (int i = 0; i < (N); i++) r.e[i] = (expr);                                 \
@@ -227,7 +258,7 @@ static inline double lane_f64(uint64_t b) { return f64_of(b); }
     }
 /* A scalar result (any_true, all_true, bitmask) from a lane loop accumulating into s. */
 #define V_REDUCE(name, T, N, init, step)                                               \
-    L_##name : {                                                                       \
+    V_ALIAS(name) L_##name : {                                                                       \
         T a = VA(T, 3);                                                                \
         uint32_t s = (init);                                                           \
         for (int i = 0; i < (N); i++) step;                                            \
@@ -236,43 +267,94 @@ static inline double lane_f64(uint64_t b) { return f64_of(b); }
         NEXT();                                                                        \
     }
 #define V_SHIFT(name, T, bits, op)                                                     \
-    L_##name : {                                                                       \
+    V_ALIAS(name) L_##name : {                                                                       \
         T a = VA(T, 3);                                                                \
         T r = a op(int)(U32(4) & ((bits) - 1));                                        \
         VSET(r);                                                                       \
         ip += 5;                                                                       \
         NEXT();                                                                        \
     }
-#define V_SHIFT_I(name, T, bits, op)                                                   \
-    L_##name##_I : {                                                                   \
-        T a = VA(T, 3);                                                                \
+#define V_SHIFT_I_BODY(T, bits, op, A)                                                 \
+    {                                                                                  \
+        T a = (A);                                                                     \
         T r = a op(int)(ip[4] & ((bits) - 1));                                         \
         VSET(r);                                                                       \
         ip += 5;                                                                       \
         NEXT();                                                                        \
     }
+#define V_SHIFT_I(name, T, bits, op)                                                   \
+    L_##name##_I : V_SHIFT_I_BODY(T, bits, op, VA(T, 3))                               \
+    L_##name##_I_A : V_SHIFT_I_BODY(T, bits, op, ACC(T))
 #define ADDR(k) (mem + (uint64_t)U32(k))
 
     /* Memory: d a off. */
 L_V128_LOAD: {
     vslot v;
     __builtin_memcpy(&v, ADDR(3) + ip[4], 16);
-    W(2) = v;
+    VSET(v);
     ip += 5;
     NEXT();
 }
 L_V128_LOAD_RR: { /* d x y off: address x + y */
     vslot v;
     __builtin_memcpy(&v, mem + (uint64_t)(uint32_t)(U32(3) + U32(4)) + ip[5], 16);
-    W(2) = v;
+    VSET(v);
     ip += 6;
     NEXT();
 }
 L_V128_LOAD_RI: { /* d x k off: address x + k */
     vslot v;
     __builtin_memcpy(&v, mem + (uint64_t)(uint32_t)(U32(3) + ip[4]) + ip[5], 16);
-    W(2) = v;
+    VSET(v);
     ip += 6;
+    NEXT();
+}
+/* The 16 bytes at address x + k + off (fields i, i + 1, i + 2; x + k wraps at 32 bits). */
+#define LDV(v, i)                                                                      \
+    __builtin_memcpy(&(v), mem + (uint64_t)(uint32_t)(U32(i) + ip[(i) + 1]) + ip[(i) + 2], 16)
+L_V128_LOAD2: { /* d1 x1 k1 off1 d2 x2 k2 off2: two loads, in order */
+    vslot v;
+    LDV(v, 3);
+    VSET(v);
+    LDV(v, 7);
+    VSETF(6, v);
+    ip += 10;
+    NEXT();
+}
+L_F32X4_MUL_LL: { /* d x1 k1 off1 x2 k2 off2 */
+    f32x4 x, y;
+    LDV(x, 3);
+    LDV(y, 6);
+    VSET(x * y);
+    ip += 9;
+    NEXT();
+}
+L_F64X2_MUL_LL: {
+    f64x2 x, y;
+    LDV(x, 3);
+    LDV(y, 6);
+    VSET(x * y);
+    ip += 9;
+    NEXT();
+}
+L_F32X4_ADD_MUL_LL: { /* d a x1 k1 off1 x2 k2 off2: d = a + x * y, two roundings */
+    f32x4 x, y;
+    LDV(x, 4);
+    LDV(y, 7);
+    f32x4 t = x * y;
+    __asm__("" : "+x"(t));
+    VSET(VA(f32x4, 3) + t);
+    ip += 10;
+    NEXT();
+}
+L_F64X2_ADD_MUL_LL: {
+    f64x2 x, y;
+    LDV(x, 4);
+    LDV(y, 7);
+    f64x2 t = x * y;
+    __asm__("" : "+x"(t));
+    VSET(VA(f64x2, 3) + t);
+    ip += 10;
     NEXT();
 }
 #define V_LOAD_EXT(name, ST, R, N)                                                     \
@@ -306,8 +388,15 @@ L_V128_LOAD_RI: { /* d x k off: address x + k */
     V_LOAD_SPLAT(V128_LOAD64_SPLAT, uint64_t, u64x2, 0)
     V_LOAD_SPLAT(V128_LOAD32_ZERO, uint32_t, u32x4, 1)
     V_LOAD_SPLAT(V128_LOAD64_ZERO, uint64_t, u64x2, 1)
+L_V128_STORE_A:
 L_V128_STORE: { /* a v off: one 16-byte store (no partial write before a fault) */
     vslot v = W(3);
+    __builtin_memcpy(ADDR(2) + ip[4], &v, 16);
+    ip += 5;
+    NEXT();
+}
+L_V128_STORE_B: { /* the value from acc */
+    vslot v = ACC(vslot);
     __builtin_memcpy(ADDR(2) + ip[4], &v, 16);
     ip += 5;
     NEXT();
@@ -344,10 +433,30 @@ L_V128_STORE: { /* a v off: one 16-byte store (no partial write before a fault) 
 L_V128_CONST: {
     vslot v;
     __builtin_memcpy(&v, ip + 3, 16);
-    W(2) = v;
+    VSET(v);
     ip += 7;
     NEXT();
 }
+L_I8X16_SHUFFLE_A: /* a from acc; b too where it is the same slot */
+    if (LIKELY(have_ssse3)) {
+        u8x16 ma, mb, a = ACC(u8x16);
+        __builtin_memcpy(&ma, ip + 5, 16);
+        __builtin_memcpy(&mb, ip + 9, 16);
+        VSET(pshufb2(a, ma, ip[4] == ip[3] ? a : VA(u8x16, 4), mb));
+        ip += 13;
+        NEXT();
+    }
+    goto L_I8X16_SHUFFLE;
+L_I8X16_SHUFFLE_B:
+    if (LIKELY(have_ssse3)) {
+        u8x16 ma, mb;
+        __builtin_memcpy(&ma, ip + 5, 16);
+        __builtin_memcpy(&mb, ip + 9, 16);
+        VSET(pshufb2(VA(u8x16, 3), ma, ACC(u8x16), mb));
+        ip += 13;
+        NEXT();
+    }
+    /* fallthrough */
 L_I8X16_SHUFFLE: { /* d a b ma mb: pshufb masks (0x80: the lane comes from the other) */
     u8x16 ma, mb;
     __builtin_memcpy(&ma, ip + 5, 16);
@@ -365,13 +474,14 @@ L_I8X16_SHUFFLE: { /* d a b ma mb: pshufb masks (0x80: the lane comes from the o
     ip += 13;
     NEXT();
 }
+    V_ALIAS(I8X16_SWIZZLE)
 L_I8X16_SWIZZLE: {
     u8x16 k = VA(u8x16, 4);
     if (LIKELY(have_ssse3)) {
         /* Lanes >= 16 get bit 7 (pshufb's zero) by a saturating add; the rest keep their
          * low 4 bits. */
         u8x16 m = (u8x16)__builtin_ia32_paddusb128((v16qi)k, (v16qi)((u8x16){0} + 0x70));
-        VSET(pshufb2(VA(u8x16, 3), m, (u8x16){0}, (u8x16){0}));
+        VSET(pshufb1(VA(u8x16, 3), m));
     } else {
         uint8_t t[32] = {0};
         vslot a = W(3);
@@ -384,20 +494,26 @@ L_I8X16_SWIZZLE: {
     ip += 5;
     NEXT();
 }
+    V_ALIAS(I8X16_SPLAT)
 L_I8X16_SPLAT:
     VSET((u8x16){0} + (uint8_t)S(3));
     ip += 4;
     NEXT();
+    V_ALIAS(I16X8_SPLAT)
 L_I16X8_SPLAT:
     VSET((u16x8){0} + (uint16_t)S(3));
     ip += 4;
     NEXT();
+    V_ALIAS(I32X4_SPLAT)
 L_I32X4_SPLAT:
+    V_ALIAS(F32X4_SPLAT)
 L_F32X4_SPLAT:
     VSET((u32x4){0} + (uint32_t)S(3));
     ip += 4;
     NEXT();
+    V_ALIAS(I64X2_SPLAT)
 L_I64X2_SPLAT:
+    V_ALIAS(F64X2_SPLAT)
 L_F64X2_SPLAT:
     VSET((u64x2){0} + S(3));
     ip += 4;
@@ -495,6 +611,7 @@ L_V128_BITSELECT: {
     ip += 6;
     NEXT();
 }
+    V_ALIAS(V128_ANY_TRUE)
 L_V128_ANY_TRUE: {
     u64x2 a = VA(u64x2, 3);
     S(2) = (a[0] | a[1]) != 0;
@@ -505,6 +622,7 @@ L_V128_ANY_TRUE: {
     /* Integer lanes: unsigned arithmetic wraps; signed forms widen first. */
     V_UN(I8X16_ABS, i8x16, u8x16, ((u8x16)a ^ (u8x16)(a < 0)) - (u8x16)(a < 0))
     V_UN(I8X16_NEG, u8x16, u8x16, (u8x16){0} - a)
+    V_ALIAS(I8X16_POPCNT)
 L_I8X16_POPCNT: {
     u8x16 x = VA(u8x16, 3);
     x = x - ((x >> 1) & 0x55);
@@ -676,6 +794,110 @@ L_F64X2_ADD_MUL: {
     NEXT();
 }
 
+    /* SIMD_PAIRS (ops.h): two instructions in one; the first's result is written to its
+     * slot (it may be a local read later) and used from the register. */
+#define F_K_BODY(T, expr, X) /* d1 k0..k3 d2 x: d1 = K; d2 = x op K */                 \
+    {                                                                                  \
+        T b;                                                                           \
+        __builtin_memcpy(&b, ip + 3, 16);                                              \
+        W(2) = (vslot)b;                                                               \
+        T a = (X);                                                                     \
+        VSETF(7, (T)(expr));                                                           \
+        ip += 9;                                                                       \
+        NEXT();                                                                        \
+    }
+#define F_K(name, T, expr)                                                             \
+    L_K_##name##_P : L_K_##name : F_K_BODY(T, expr, VA(T, 8))                           \
+    L_K_##name##_X : F_K_BODY(T, expr, ACC(T))
+    F_K(I8X16_ADD, u8x16, a + b)
+    F_K(I16X8_ADD, u16x8, a + b)
+    F_K(I32X4_ADD, u32x4, a + b)
+    F_K(I16X8_MUL, u16x8, a * b)
+    F_K(I32X4_MUL, u32x4, a * b)
+    F_K(V128_AND, u64x2, a & b)
+    F_K(V128_OR, u64x2, a | b)
+    F_K(V128_XOR, u64x2, a ^ b)
+    F_K(I8X16_SUB, u8x16, a - b)
+    F_K(I16X8_SUB, u16x8, a - b)
+    F_K(I32X4_SUB, u32x4, a - b)
+    F_K(V128_ANDNOT, u64x2, a & ~b)
+#define F_SH_BODY(T, expr, ST, bits, A) /* d1 a b d2 k: d2 = (a op b) >> k */         \
+    {                                                                                  \
+        T a = (A), b = VA(T, 4);                                                       \
+        T r = (T)(expr);                                                               \
+        W(2) = (vslot)r;                                                               \
+        VSETF(5, (ST)r >> (int)(ip[6] & ((bits) - 1)));                                \
+        ip += 7;                                                                       \
+        NEXT();                                                                        \
+    }
+#define F_SH(name, T, expr, ST, bits)                                                  \
+    L_##name##_X : L_##name : F_SH_BODY(T, expr, ST, bits, VA(T, 3))                   \
+    L_##name##_P : F_SH_BODY(T, expr, ST, bits, ACC(T))
+    F_SH(I16X8_ADD_SHR_U, u16x8, a + b, u16x8, 16)
+    F_SH(I16X8_ADD_SHR_S, u16x8, a + b, i16x8, 16)
+    F_SH(I16X8_SUB_SHR_U, u16x8, a - b, u16x8, 16)
+    F_SH(I16X8_SUB_SHR_S, u16x8, a - b, i16x8, 16)
+    F_SH(I16X8_MUL_SHR_U, u16x8, a * b, u16x8, 16)
+    F_SH(I16X8_MUL_SHR_S, u16x8, a * b, i16x8, 16)
+    F_SH(I32X4_ADD_SHR_U, u32x4, a + b, u32x4, 32)
+    F_SH(I32X4_ADD_SHR_S, u32x4, a + b, i32x4, 32)
+    F_SH(I32X4_SUB_SHR_U, u32x4, a - b, u32x4, 32)
+    F_SH(I32X4_SUB_SHR_S, u32x4, a - b, i32x4, 32)
+    F_SH(I32X4_MUL_SHR_U, u32x4, a * b, u32x4, 32)
+    F_SH(I32X4_MUL_SHR_S, u32x4, a * b, i32x4, 32)
+#define F_ADD2_BODY(T, R, expr, A, X) /* d1 a b d2 x: d2 = x + (a op b) (wrapping) */  \
+    {                                                                                  \
+        T a = (A), b = VA(T, 4);                                                       \
+        R r = (R)(expr);                                                               \
+        W(2) = (vslot)r; /* before x is read: x may be that slot */                    \
+        R x = (X);                                                                     \
+        VSETF(5, r + x);                                                               \
+        ip += 7;                                                                       \
+        NEXT();                                                                        \
+    }
+#define F_ADD2(name, T, R, expr)                                                       \
+    L_##name : F_ADD2_BODY(T, R, expr, VA(T, 3), VA(R, 6))                             \
+    L_##name##_P : F_ADD2_BODY(T, R, expr, ACC(T), VA(R, 6))                           \
+    L_##name##_X : F_ADD2_BODY(T, R, expr, VA(T, 3), ACC(R))
+    F_ADD2(ADD_I16X8_EXTMUL_LOW_S, i8x16, u16x8, ext8(a, 1, 0) * ext8(b, 1, 0))
+    F_ADD2(ADD_I16X8_EXTMUL_HIGH_S, i8x16, u16x8, ext8(a, 1, 1) * ext8(b, 1, 1))
+    F_ADD2(ADD_I16X8_EXTMUL_LOW_U, i8x16, u16x8, ext8(a, 0, 0) * ext8(b, 0, 0))
+    F_ADD2(ADD_I16X8_EXTMUL_HIGH_U, i8x16, u16x8, ext8(a, 0, 1) * ext8(b, 0, 1))
+    F_ADD2(ADD_I32X4_EXTMUL_LOW_S, i16x8, u32x4, ext16(a, 1, 0) * ext16(b, 1, 0))
+    F_ADD2(ADD_I32X4_EXTMUL_HIGH_S, i16x8, u32x4, ext16(a, 1, 1) * ext16(b, 1, 1))
+    F_ADD2(ADD_I32X4_EXTMUL_LOW_U, i16x8, u32x4, ext16(a, 0, 0) * ext16(b, 0, 0))
+    F_ADD2(ADD_I32X4_EXTMUL_HIGH_U, i16x8, u32x4, ext16(a, 0, 1) * ext16(b, 0, 1))
+#define F_UN2_BODY(T, R, expr, op, A, X) /* d1 a d2 x: d2 = x op f(a) (wrapping) */    \
+    {                                                                                  \
+        T a = (A);                                                                     \
+        R r = (R)(expr);                                                               \
+        W(2) = (vslot)r; /* before x is read: x may be that slot */                    \
+        R x = (X);                                                                     \
+        VSETF(4, r op x);                                                              \
+        ip += 6;                                                                       \
+        NEXT();                                                                        \
+    }
+#define F_UN2(name, T, R, expr, op)                                                    \
+    L_##name : F_UN2_BODY(T, R, expr, op, VA(T, 3), VA(R, 5))                          \
+    L_##name##_P : F_UN2_BODY(T, R, expr, op, ACC(T), VA(R, 5))                        \
+    L_##name##_X : F_UN2_BODY(T, R, expr, op, VA(T, 3), ACC(R))
+    F_UN2(MUL_I16X8_EXTEND_LOW_S, i8x16, u16x8, ext8(a, 1, 0), *)
+    F_UN2(MUL_I16X8_EXTEND_HIGH_S, i8x16, u16x8, ext8(a, 1, 1), *)
+    F_UN2(MUL_I16X8_EXTEND_LOW_U, i8x16, u16x8, ext8(a, 0, 0), *)
+    F_UN2(MUL_I16X8_EXTEND_HIGH_U, i8x16, u16x8, ext8(a, 0, 1), *)
+    F_UN2(ADD_I16X8_EXTEND_LOW_S, i8x16, u16x8, ext8(a, 1, 0), +)
+    F_UN2(ADD_I16X8_EXTEND_HIGH_S, i8x16, u16x8, ext8(a, 1, 1), +)
+    F_UN2(ADD_I16X8_EXTEND_LOW_U, i8x16, u16x8, ext8(a, 0, 0), +)
+    F_UN2(ADD_I16X8_EXTEND_HIGH_U, i8x16, u16x8, ext8(a, 0, 1), +)
+    F_UN2(MUL_I32X4_EXTEND_LOW_S, i16x8, u32x4, ext16(a, 1, 0), *)
+    F_UN2(MUL_I32X4_EXTEND_HIGH_S, i16x8, u32x4, ext16(a, 1, 1), *)
+    F_UN2(MUL_I32X4_EXTEND_LOW_U, i16x8, u32x4, ext16(a, 0, 0), *)
+    F_UN2(MUL_I32X4_EXTEND_HIGH_U, i16x8, u32x4, ext16(a, 0, 1), *)
+    F_UN2(ADD_I32X4_EXTEND_LOW_S, i16x8, u32x4, ext16(a, 1, 0), +)
+    F_UN2(ADD_I32X4_EXTEND_HIGH_S, i16x8, u32x4, ext16(a, 1, 1), +)
+    F_UN2(ADD_I32X4_EXTEND_LOW_U, i16x8, u32x4, ext16(a, 0, 0), +)
+    F_UN2(ADD_I32X4_EXTEND_HIGH_U, i16x8, u32x4, ext16(a, 0, 1), +)
+
     /* Conversions. */
     V_UN(I32X4_TRUNC_SAT_F32X4_S, f32x4, i32x4, f32x4_trunc_sat_s(a))
     V_UN(I32X4_TRUNC_SAT_F32X4_U, f32x4, u32x4, f32x4_trunc_sat_u(a))
@@ -690,6 +912,11 @@ L_F64X2_ADD_MUL: {
 
 #undef VA
 #undef VSET
+#undef VSETF
+#undef ACC
+#undef V_UN_BODY
+#undef V_BIN_BODY
+#undef V_ALIAS
 #undef LANES
 #undef V_UN
 #undef V_BIN
@@ -698,7 +925,17 @@ L_F64X2_ADD_MUL: {
 #undef V_REDUCE
 #undef V_SHIFT
 #undef V_SHIFT_I
+#undef V_SHIFT_I_BODY
 #undef ADDR
+#undef LDV
+#undef F_K
+#undef F_K_BODY
+#undef F_SH_BODY
+#undef F_ADD2_BODY
+#undef F_UN2_BODY
+#undef F_SH
+#undef F_ADD2
+#undef F_UN2
 #undef V_LOAD_EXT
 #undef V_LOAD_SPLAT
 #undef V_LOAD_LANE
