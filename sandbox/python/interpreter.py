@@ -1,7 +1,7 @@
 """Starting the interpreter once: a Wasm engine sandbox runs CPython's `_start` with the
 guest runtime (guest/sandbox_guest.py), which ends the program with os._exit(0) once it
 is initialised; the host reads the addresses the runtime reported, checks them against
-the interpreter's memory, links the trampoline, and snapshots the result. Every Python
+the interpreter's memory, and snapshots the result. Every Python
 sandbox is spawned from such a snapshot (cached per process, by build, config,
 packages and directories).
 
@@ -11,7 +11,7 @@ tp_basicsize, tp_itemsize, tp_dealloc, tp_vectorcall_offset, tp_getattr, tp_seta
 tp_as_async, tp_repr, tp_as_number, tp_as_sequence, tp_as_mapping, tp_hash: 16 fields of
 4 bytes), and `PyByteArrayObject.ob_alloc`/`ob_start` at offsets 12 and 20. The
 mailbox's start must hold the random token the host gave the runtime, and a ping
-through the trampoline must answer, or the build is refused (PythonStartError).
+through `call` must answer, or the build is refused (PythonStartError).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ..wasm.module import WasmModule, load
 from ..wasm.sandbox import WasmSnapshot
 from ..wasm.wasi import Preopen, WasiContext
 from ..wasm.windows import PAGE, Windows
-from .build import PYTHON_MODULE, Build, default_build, trampoline
+from .build import Build, default_build
 from .packages import PACKAGES_GUEST_PATH, PackageSet
 
 MAILBOX_SIZE = 4 * MiB  # request and reply; values are bounded by it
@@ -82,7 +82,7 @@ class Addresses:
     mailbox: int  # the mailbox bytearray's buffer
     mailbox_size: int
     mailbox_guest: int | None  # its guest-physical address, if its pages are contiguous
-    trampoline: int  # the trampoline's instance in the engine
+    instance: int  # the interpreter's instance in the engine
 
 
 @dataclass(frozen=True)
@@ -150,16 +150,13 @@ def _start(
         sb.wasi = WasiContext(wasi)
         handle, mod = sb.load(_module(build))
         python = sb.instantiate(handle, mod)
-        sb.register(python, PYTHON_MODULE)
         try:
             sb.invoke(python, "_start", [], timeout=BOOT_TIMEOUT)
         except HostFunctionError as exc:
             if not isinstance(exc.__cause__, WasiExit) or exc.__cause__.code != 0:
                 raise
-        handle, mod = sb.load(trampoline())
-        instance = sb.instantiate(handle, mod)
-        addresses = _addresses(sb, token, instance)
-        sb.make_main(instance, "none")
+        addresses = _addresses(sb, token, python)
+        sb.make_main(python, "none")
         snap = sb.instantiated
         assert snap is not None
     finally:

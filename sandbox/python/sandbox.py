@@ -3,7 +3,7 @@ inside the micro-VM. `PythonSnapshot` makes more of them.
 
 A PythonSandbox holds a `WasmSandbox` spawned from the snapshot of an initialised
 interpreter (interpreter.py) and uses only its public API: it writes a request into the
-guest runtime's mailbox in linear memory, makes one engine call (the trampoline's
+guest runtime's mailbox in linear memory, makes one engine call (the module's appended
 `call`, which runs the runtime's `_serve`), and reads the reply from the same place.
 Host functions reach the host through one intercepted WASI call (fd_seek of stdin to a
 reserved offset) with their data in the mailbox, and output streams out
@@ -53,6 +53,7 @@ from ..wasm import ValType, WasiExit, WasmSandbox
 from ..wasm.state import WasmSnapshot
 from ..wasm.wasi import Errno, Preopen, WasiFunction
 from . import codec
+from .build import CALL_EXPORT
 from .interpreter import (
     HOST_SEEK,
     Addresses,
@@ -435,7 +436,7 @@ class PythonSandbox:
         self._ran = True
         wasi.set_deadline(None if limit is None else time.monotonic_ns() + int(limit * 1e9))
         try:
-            result = wasm.invoke(addr.trampoline, "call", self._call_args, timeout=limit)
+            result = wasm.invoke(addr.instance, CALL_EXPORT, self._call_args, timeout=limit)
         except HostFunctionError as exc:
             if not isinstance(exc.__cause__, WasiExit):
                 raise
