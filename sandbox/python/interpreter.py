@@ -22,10 +22,12 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ..config import MiB, SandboxConfig
 from ..errors import ConfigError, HostFunctionError, PythonStartError
-from ..wasm import WasiConfig, WasiExit, WasmSandbox
+from ..wasm import WasiConfig, WasiExit, WasmSandbox, aot
+from ..wasm.aot import Tier
 from ..wasm.module import WasmModule, load
 from ..wasm.sandbox import WasmSnapshot
 from ..wasm.wasi import Preopen, WasiContext
@@ -94,6 +96,7 @@ class Template:
     build: Build
     packages: PackageSet | None
     preopens: tuple[Preopen, ...]
+    tier: Literal["interp", "aot"]  # what runs it: the engine, or its compiled guest
 
 
 _templates: dict[tuple[object, ...], Template] = {}
@@ -108,22 +111,48 @@ def _module(build: Build) -> WasmModule:
     return mod
 
 
+def module() -> WasmModule:
+    """The interpreter's module (the bundled build, rewritten: build.py), validated once
+    per process; what the AOT tier compiles (`python -m sandbox python compile`)."""
+    build = default_build()
+    with _lock:
+        return _module(build)
+
+
+def guest(tier: Tier) -> Path | None:
+    """The compiled guest that runs the interpreter in `tier`, or None for the engine
+    (sandbox.wasm.aot.tier.guest_for: "aot" compiles now if nothing is cached, minutes
+    on two cores; "auto" starts that compile in the background and answers None until
+    it is done)."""
+    return aot.guest_for(module(), aot.check_tier(tier))
+
+
 def template(
-    config: SandboxConfig, packages: PackageSet | None, preopens: tuple[Preopen, ...]
+    config: SandboxConfig,
+    packages: PackageSet | None,
+    preopens: tuple[Preopen, ...],
+    tier: Tier = "interp",
 ) -> Template:
     """The initialised interpreter for these settings: made on first use (about a
-    second), then cached for the process."""
+    second; with tier="aot" and nothing compiled, the compile first), then cached for
+    the process."""
     build = default_build()
-    key = (build.sha256, config, packages.key if packages else "", preopens, MAILBOX_SIZE)
+    path = guest(tier)  # outside the lock: a compile takes minutes
+    file = (str(path), path.stat().st_mtime_ns) if path is not None else None
+    key = (build.sha256, config, packages.key if packages else "", preopens, MAILBOX_SIZE, file)
     with _lock:
         found = _templates.get(key)
         if found is None:
-            found = _templates[key] = _start(build, config, packages, preopens)
+            found = _templates[key] = _start(build, config, packages, preopens, path)
         return found
 
 
 def _start(
-    build: Build, config: SandboxConfig, packages: PackageSet | None, preopens: tuple[Preopen, ...]
+    build: Build,
+    config: SandboxConfig,
+    packages: PackageSet | None,
+    preopens: tuple[Preopen, ...],
+    path: Path | None,
 ) -> Template:
     token = os.urandom(16)
     all_preopens = list(preopens)
@@ -145,10 +174,13 @@ def _start(
         preopens=all_preopens,
         output_limit=max(config.output_limit, 64 * 1024),
     )
-    sb = WasmSandbox.engine(config=config)
+    mod = _module(build)
+    sb = WasmSandbox.engine(config=config, guest=path)
     try:
+        if path is not None:
+            aot.check_guest(sb, mod)
         sb.wasi = WasiContext(wasi)
-        handle, mod = sb.load(_module(build))
+        handle, mod = sb.load(mod)
         python = sb.instantiate(handle, mod)
         try:
             sb.invoke(python, "_start", [], timeout=BOOT_TIMEOUT)
@@ -161,7 +193,7 @@ def _start(
         assert snap is not None
     finally:
         sb.close()
-    return Template(snap, addresses, build, packages, preopens)
+    return Template(snap, addresses, build, packages, preopens, "interp" if path is None else "aot")
 
 
 def _addresses(sb: WasmSandbox, token: bytes, instance: int) -> Addresses:

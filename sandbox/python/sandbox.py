@@ -29,7 +29,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from .. import machines
 from ..arguments import check_host_functions, check_reset, check_timeout, describe
@@ -50,6 +50,7 @@ from ..errors import (
 )
 from ..sandbox import Sandbox
 from ..wasm import ValType, WasiExit, WasmSandbox
+from ..wasm.aot import Tier, check_tier
 from ..wasm.state import WasmSnapshot
 from ..wasm.wasi import Errno, Preopen, WasiFunction
 from . import codec
@@ -119,6 +120,11 @@ class PythonSandbox:
     may use (`Preopen(host_path, guest_path, read_only=True)`; none by default).
     `reset="per_call"`: every call starts from the state the sandbox started in.
     `output`: receives what guest code prints (stdout and stderr) as it comes.
+    `tier`: what runs the interpreter (docs/python.md "Tiers"): "interp" (the default)
+    the Wasm engine; "aot" CPython compiled to native code (sandbox.wasm.aot; the first
+    use on a machine compiles it: minutes, then cached on disk); "auto" the compiled
+    guest if it is cached, else the engine now and a compile in the background for the
+    sandboxes made after it. `tier` (the property) says which one this sandbox got.
     """
 
     def __init__(
@@ -130,6 +136,7 @@ class PythonSandbox:
         reset: ResetMode = "none",
         output: Callable[[str], None] | None = None,
         preopens: Sequence[Preopen] | None = None,
+        tier: Tier = "interp",
     ) -> None:
         self._wasm: WasmSandbox | None = None
         config = python_config(config)
@@ -141,7 +148,7 @@ class PythonSandbox:
                 raise ArgumentError(f"preopens takes Preopen values, not {type(p).__name__}")
             if p.guest_path.rstrip("/") == PACKAGES_GUEST_PATH:
                 raise ArgumentError(f"{PACKAGES_GUEST_PATH} is where packages are mounted")
-        tmpl = template(config, resolve(packages), opens)
+        tmpl = template(config, resolve(packages), opens, check_tier(tier))
         initial = PythonSnapshot(tmpl.wasm, tmpl, frozenset())
         self._setup(initial, functions, output, reset)
 
@@ -237,6 +244,11 @@ class PythonSandbox:
     def wasm_sandbox(self) -> WasmSandbox:
         """The engine sandbox running the interpreter."""
         return self._engine
+
+    @property
+    def tier(self) -> Literal["interp", "aot"]:
+        """What runs the interpreter: "interp" (the Wasm engine) or "aot" (compiled)."""
+        return self._initial.template.tier
 
     @property
     def python_version(self) -> str:
