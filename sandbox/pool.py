@@ -338,15 +338,18 @@ class SandboxPool(Generic[M]):
                     reset="per_call",
                 )
             else:
-                tiered = {} if tier is None else {"tier": tier}  # Sandbox("python", tier=)
                 factory = functools.partial(
-                    Sandbox,
-                    guest,
-                    config=config,
-                    host_functions=host_functions,
-                    reset="per_call",
-                    **tiered,
+                    Sandbox, guest, config=config, host_functions=host_functions, reset="per_call"
                 )
+                if tier is not None:  # a guest kind: Sandbox("python", tier=...)
+                    assert isinstance(guest, str)
+                    factory = functools.partial(
+                        kinds.factory(guest),
+                        config=config,
+                        host_functions=host_functions,
+                        reset="per_call",
+                        tier=tier,
+                    )
         self.size = size
         self.max_size = max_size
         self.max_queue = max_queue
