@@ -84,9 +84,9 @@ def sandboxed(
     tier: Tier = "interp",
 ) -> Any:
     """Decorator: `@sandboxed` or `@sandboxed(size=..., timeout=..., packages=...)`.
-    Each call runs in fresh state in one of at most `size` pooled Python sandboxes
-    (`tier`: as PythonSandbox's);
-    raises what PythonSandbox.call raises."""
+    Each call runs in fresh state in one of at most `size` pooled Python sandboxes (of
+    `tier`: see PythonSandbox); raises what PythonSandbox.call raises."""
+    check_tier(tier)
 
     def wrap(f: Callable[..., Any]) -> Sandboxed:
         return Sandboxed(

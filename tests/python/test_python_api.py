@@ -27,6 +27,7 @@ from sandbox import (
     SandboxPool,
 )
 from sandbox.python import PythonError, PythonExit, PythonSandbox, sandboxed
+from sandbox.wasm import aot
 from sandbox.wasm.wasi import Preopen
 
 pytestmark = pytest.mark.requires_kvm
@@ -392,6 +393,9 @@ def test_preopened_directories(tier: str, tmp_path: Path) -> None:
 def test_packages_from_a_local_wheel(
     tier: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A cache of its own for the packages; the compiled guest's stays shared (linked)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "wasm-aot").symlink_to(aot.cache_dir())
     monkeypatch.setenv("KVM_SANDBOX_CACHE", str(tmp_path / "cache"))
     wheel = make_wheel(
         tmp_path,
