@@ -124,7 +124,13 @@ def guest(tier: Tier) -> Path | None:
     (sandbox.wasm.aot.tier.guest_for: "aot" compiles now if nothing is cached, minutes
     on two cores; "auto" starts that compile in the background and answers None until
     it is done)."""
-    return aot.guest_for(module(), aot.check_tier(tier))
+    tier = aot.check_tier(tier)
+    mod = module()
+    if tier == "aot":  # cached: a stat (compile_module checks the module first: 0.15 s)
+        found = aot.compiler.lookup(mod)
+        if found is not None:
+            return found
+    return aot.guest_for(mod, tier)
 
 
 def template(
