@@ -11,15 +11,14 @@ reason (the AOT tier needs it: apt-get install wabt)."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
+from python_support import NO_WASM2C
 
 from sandbox import Sandbox
 from sandbox.python import PythonSandbox
 
-NO_WASM2C = shutil.which("wasm2c") is None
 TIERS = [
     "interp",
     pytest.param(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import wasmtime
-from conftest import NO_WASM2C
+from python_support import NO_WASM2C
 
 from sandbox import ArgumentError, Sandbox, SandboxPool
 from sandbox.python import PythonSandbox, interpreter, sandboxed
