@@ -101,6 +101,7 @@ class Template:
 
 _templates: dict[tuple[object, ...], Template] = {}
 _lock = threading.Lock()
+_compile_lock = threading.Lock()
 _modules: dict[str, WasmModule] = {}
 
 
@@ -130,6 +131,8 @@ def guest(tier: Tier) -> Path | None:
         found = aot.compiler.lookup(mod)
         if found is not None:
             return found
+        with _compile_lock:  # threads asking at once wait for one compile, not run two
+            return aot.compiler.lookup(mod) or aot.guest_for(mod, tier)
     return aot.guest_for(mod, tier)
 
 
