@@ -303,7 +303,8 @@ class PythonSandbox:
             )
 
     def _restore(self, snap: PythonSnapshot) -> None:
-        if snap.template.addresses != self._addr:
+        tmpl = self._initial.template
+        if snap.template.addresses != self._addr or snap.template.tier != tmpl.tier:
             raise ArgumentError("the snapshot is of another interpreter")
         self._engine.restore(snap.wasm)
         self._base = snap

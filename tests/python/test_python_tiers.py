@@ -78,6 +78,16 @@ def test_pool_and_decorator_pass_the_tier_on() -> None:
         cube.close()
 
 
+@pytest.mark.skipif(NO_WASM2C, reason="the AOT tier needs wasm2c (wabt)")
+def test_a_snapshot_does_not_cross_tiers() -> None:
+    with Sandbox("python", tier="interp") as engine, Sandbox("python", tier="aot") as native:
+        assert isinstance(engine, PythonSandbox) and isinstance(native, PythonSandbox)
+        for a, b in ((engine, native), (native, engine)):
+            with pytest.raises(ArgumentError, match="another interpreter"):
+                a.restore(b.snapshot())
+            assert a.call(square, 5) == 25
+
+
 def test_bad_tiers_are_argument_errors() -> None:
     with pytest.raises(ArgumentError, match="tier must be one of"):
         Sandbox("python", tier="jit")
