@@ -9,6 +9,12 @@ a pure-Python workload (a pystone-like loop, json round trips, regex), timed ins
 interpreter in both. pyeryx, the other pre-initialised CPython peer, ships cp312 wheels
 only and this machine's Python is 3.11: skipped with that reason (its published
 figures are quoted in docs/python.md).
+
+Each of the spawn, call and pure-Python rows is also measured on the AOT tier
+(`tier="aot"`: CPython compiled to native code, rows "python AOT: ..."), in the same run,
+when the compiled guest is cached; otherwise that row is skipped with the command that
+compiles it (about 4 minutes on two cores: benches do not compile). The snapshot row
+compares the two tiers' initialised-interpreter snapshots.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import pytest
 
 from sandbox import Sandbox, SandboxPool, _reaper, machines
 from sandbox.pool import ensure_fd_limit
+from sandbox.python import interpreter
+from sandbox.wasm.aot import compiler
 
 pytestmark = pytest.mark.requires_kvm
 THEME = "python"
@@ -73,18 +81,43 @@ def _rss_kib() -> float:
     return 0.0
 
 
-@pytest.fixture(scope="module")
-def defined() -> Any:
+TIERS = ["interp", "aot"]
+NOT_COMPILED = (
+    "the compiled CPython guest is not cached (benches do not compile it): "
+    "python -m sandbox python --tier aot -c pass (about 4 minutes on two cores)"
+)
+
+
+def _name(tier: str, text: str) -> str:
+    """A row's scenario: "python: ..." (the engine) or "python AOT: ..." (compiled)."""
+    return f"python{' AOT' if tier == 'aot' else ''}: {text}"
+
+
+def _ready(bench: Any, tier: str, text: str, kind: str = "budget") -> bool:
+    """Whether `tier` can be measured; skips the row (with the command) if not."""
+    if tier == "aot" and compiler.lookup(interpreter.module()) is None:
+        bench.skip(_name(tier, text), NOT_COMPILED, kind=kind)
+        return False
+    return True
+
+
+_defined: dict[str, Any] = {}
+
+
+def defined(tier: str) -> Any:
     """The interpreter's snapshot with `add` defined (what a pool member restores to)."""
-    with Sandbox("python", reset="per_call") as sb:
-        assert sb.call(add, 1, 2) == 3
-        return sb.snapshot()
+    if tier not in _defined:
+        with Sandbox("python", reset="per_call", tier=tier) as sb:
+            assert sb.call(add, 1, 2) == 3
+            _defined[tier] = sb.snapshot()
+    return _defined[tier]
 
 
+@pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("vm", ["new", "spare", "reused"])
 def test_python_spawn_to_first_result(
     bench_nofloor: Any,
-    defined: Any,
+    tier: str,
     vm: str,
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
@@ -93,6 +126,9 @@ def test_python_spawn_to_first_result(
     taking the spare VM made and warmed in the background after the previous spawn
     (sandbox/machines.py); and as an application that closes and makes sandboxes gets
     it (the closed sandbox's VM reset and reused)."""
+    if not _ready(bench_nofloor, tier, f"snapshot -> new sandbox -> first result, a {vm} VM"):
+        return
+    snap = defined(tier)
     s = bench_nofloor.settings
     if vm == "new":
         monkeypatch.setattr(machines, "MAX_IDLE", 0)
@@ -111,12 +147,12 @@ def test_python_spawn_to_first_result(
         _reaper.drain()  # a spare is made (untimed)
 
     def from_defined() -> Any:
-        sb = defined.spawn()
+        sb = snap.spawn()
         holder.append(sb)
         return sb.call(add, 1, 2)
 
     def fresh_interpreter() -> Any:
-        sb = Sandbox("python")  # the initialised interpreter: add is sent and compiled
+        sb = Sandbox("python", tier=tier)  # the initialised interpreter: add is sent
         holder.append(sb)
         return sb.call(add, 1, 2)
 
@@ -128,8 +164,7 @@ def test_python_spawn_to_first_result(
         return
     ours = bench_nofloor.benchmark.stats.stats.median * 1e6
     bench_nofloor.report(
-        f"python: snapshot of the initialised interpreter -> new sandbox -> first result, "
-        f"a {vm} VM",
+        _name(tier, f"snapshot -> new sandbox -> first result, a {vm} VM"),
         ours,
         3000.0,
         "3 ms (issue 14)",
@@ -144,7 +179,7 @@ def test_python_spawn_to_first_result(
         close()
     times.sort()
     bench_nofloor.report(
-        f"python: Sandbox('python') -> call(add) (add's source sent and compiled), a {vm} VM",
+        _name(tier, f"Sandbox('python') -> call(add) (add's source sent and compiled), a {vm} VM"),
         times[len(times) // 2],
         3000.0,
         "3 ms (issue 14)",
@@ -155,9 +190,12 @@ def test_python_spawn_to_first_result(
     )
 
 
-def test_python_warm_call(bench: Any) -> None:
+@pytest.mark.parametrize("tier", TIERS)
+def test_python_warm_call(bench: Any, tier: str) -> None:
+    if not _ready(bench, tier, "warm call add(1, 2)"):
+        return
     s = bench.settings
-    with Sandbox("python") as sb:
+    with Sandbox("python", tier=tier) as sb:
         sb.call(add, 1, 2)
         result, m = bench.measure(
             lambda: sb.call(add, 1, 2),
@@ -169,10 +207,10 @@ def test_python_warm_call(bench: Any) -> None:
     assert result == 3
     if m is not None:
         bench.report_measurement(
-            "python: warm call add(1, 2) vs one exit", m, "exit_roundtrip_us", None
+            _name(tier, "warm call add(1, 2) vs one exit"), m, "exit_roundtrip_us", None
         )
         bench.report(
-            "python: warm call add(1, 2)",
+            _name(tier, "warm call add(1, 2)"),
             m.ours_us,
             300.0,
             "0.3 ms (issue 14)",
@@ -182,9 +220,12 @@ def test_python_warm_call(bench: Any) -> None:
         )
 
 
-def test_python_fresh_state_call(bench_nofloor: Any, defined: Any) -> None:
+@pytest.mark.parametrize("tier", TIERS)
+def test_python_fresh_state_call(bench_nofloor: Any, tier: str) -> None:
+    if not _ready(bench_nofloor, tier, "fresh-state call add(1, 2)"):
+        return
     s = bench_nofloor.settings
-    with Sandbox("python", reset="per_call") as sb:
+    with Sandbox("python", reset="per_call", tier=tier) as sb:
         sb.call(add, 1, 2)
         result = bench_nofloor.benchmark.pedantic(
             lambda: sb.call(add, 1, 2),
@@ -196,14 +237,14 @@ def test_python_fresh_state_call(bench_nofloor: Any, defined: Any) -> None:
     if bench_nofloor.benchmark.stats is None:
         return
     bench_nofloor.report(
-        "python: fresh-state call add(1, 2) (reset='per_call': restore + call)",
+        _name(tier, "fresh-state call add(1, 2) (reset='per_call': restore + call)"),
         bench_nofloor.benchmark.stats.stats.median * 1e6,
         1000.0,
         "1 ms (issue 14)",
         1.0,
         kind="budget",
     )
-    with SandboxPool("python", size=1) as pool:
+    with SandboxPool("python", size=1, tier=tier) as pool:
         pool.call(add, 1, 2)
         times = []
         for _ in range(20 if s.quick else 200):
@@ -212,7 +253,7 @@ def test_python_fresh_state_call(bench_nofloor: Any, defined: Any) -> None:
             times.append((time.perf_counter() - t0) * 1e6)
     times.sort()
     bench_nofloor.report(
-        "python: SandboxPool('python').call(add, 1, 2) (call + restore)",
+        _name(tier, "SandboxPool('python').call(add, 1, 2) (call + restore)"),
         times[len(times) // 2],
         1000.0,
         "1 ms (issue 14)",
@@ -222,7 +263,8 @@ def test_python_fresh_state_call(bench_nofloor: Any, defined: Any) -> None:
     )
 
 
-def test_python_density(bench_nofloor: Any, defined: Any) -> None:
+def test_python_density(bench_nofloor: Any) -> None:
+    snap = defined("interp")
     n = 100
     ensure_fd_limit(4 * n)
     holder: list[Any] = []
@@ -234,7 +276,7 @@ def test_python_density(bench_nofloor: Any, defined: Any) -> None:
         rss.append(_rss_kib())
 
     def create_all() -> None:
-        holder.extend(defined.spawn() for _ in range(n))
+        holder.extend(snap.spawn() for _ in range(n))
 
     def teardown(*_: Any) -> None:
         rss.append(_rss_kib())
@@ -269,11 +311,17 @@ def test_python_density(bench_nofloor: Any, defined: Any) -> None:
     )
 
 
-def test_python_compute_vs_wasmtime(bench_nofloor: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("tier", TIERS)
+def test_python_compute_vs_wasmtime(bench_nofloor: Any, tmp_path: Path, tier: str) -> None:
     wasmtime = pytest.importorskip("wasmtime")
     from sandbox.python.build import default_build
 
-    with Sandbox("python") as sb:
+    text = "pure-Python workload (pystone-like, json, regex): engine guest / wasmtime"
+    if tier == "aot":
+        text = "pure-Python workload (pystone-like, json, regex): compiled guest / wasmtime"
+    if not _ready(bench_nofloor, tier, text, kind="peer"):
+        return
+    with Sandbox("python", tier=tier) as sb:
         sb.run(WORKLOAD)
         ours = sb.call("workload", timeout=600)
     engine = wasmtime.Engine()
@@ -295,11 +343,37 @@ def test_python_compute_vs_wasmtime(bench_nofloor: Any, tmp_path: Path) -> None:
     theirs = ast.literal_eval(out.read_text())
     assert ours[:3] == theirs[:3]
     bench_nofloor.report(
-        "python: pure-Python workload (pystone-like, json, regex): engine guest / wasmtime",
+        _name(tier, text),
         ours[3] * 1e6,
         theirs[3] * 1e6,
         "the same CPython build under wasmtime (Cranelift JIT), timed inside the interpreter",
         None,
+        kind="peer",
+    )
+
+
+def test_python_snapshot_size(bench_nofloor: Any) -> None:
+    """The bytes of data in the initialised interpreter's snapshot (its memory image's
+    data extents: what every sandbox of it maps copy-on-write), AOT against the engine.
+    The engine's holds CPython's compiled form in its heap; the compiled guest's holds
+    its native code (the ELF) instead."""
+    text = "initialised interpreter's snapshot, data bytes: compiled guest / engine guest"
+    if not _ready(bench_nofloor, "aot", text, kind="peer"):
+        return
+
+    def size(tier: str) -> float:
+        tmpl = interpreter.template(interpreter.python_config(None), None, (), tier)  # type: ignore[arg-type]
+        return float(sum(n for _, n in tmpl.wasm.base.image.data_ranges()) / 1024)
+
+    bench_nofloor.benchmark.pedantic(lambda: None, rounds=1)
+    engine, native = size("interp"), size("aot")
+    bench_nofloor.report(
+        _name("aot", text),
+        native,
+        engine,
+        f"the engine guest's snapshot ({engine / 1024:.1f} MiB)",
+        None,
+        unit="KiB",
         kind="peer",
     )
 

@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, overload
 
-from . import _reaper
+from . import _reaper, kinds
 from ._native import block_signals_in_this_thread
 from .abi import Value
 from .arguments import HostFunction
@@ -267,7 +267,8 @@ class SandboxPool(Generic[M]):
     from many threads (`call`, `use`: a call waits for an idle member) and from asyncio
     (`acall`, `run`: on the pool's threads, the event loop keeps going; async callers
     wait in a queue of at most `max_queue`). `close()` releases everything; kernel
-    teardown happens off the caller's path.
+    teardown happens off the caller's path. `tier`: passed on to a guest kind that
+    has tiers (`SandboxPool("python", tier="aot")`: docs/python.md).
     """
 
     @overload
@@ -282,6 +283,7 @@ class SandboxPool(Generic[M]):
         max_size: int | None = None,
         max_queue: int | None = None,
         create: bool = True,
+        tier: str | None = None,
     ) -> None: ...
 
     @overload
@@ -311,7 +313,10 @@ class SandboxPool(Generic[M]):
         create: bool = True,
         label: str = "",
         gate: Gate | None = None,
+        tier: str | None = None,
     ) -> None:
+        if tier is not None and not (isinstance(guest, str) and kinds.is_kind(guest)):
+            raise ArgumentError('tier= is for a guest kind that has tiers ("python")')
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ArgumentError(f"pool size must be a non-negative int, not {size!r}")
         if max_size is None:
@@ -336,6 +341,15 @@ class SandboxPool(Generic[M]):
                 factory = functools.partial(
                     Sandbox, guest, config=config, host_functions=host_functions, reset="per_call"
                 )
+                if tier is not None:  # a guest kind: Sandbox("python", tier=...)
+                    assert isinstance(guest, str)
+                    factory = functools.partial(
+                        kinds.factory(guest),
+                        config=config,
+                        host_functions=host_functions,
+                        reset="per_call",
+                        tier=tier,
+                    )
         self.size = size
         self.max_size = max_size
         self.max_queue = max_queue

@@ -3,11 +3,14 @@
     python -m sandbox python -c CODE [ARGS...]
     python -m sandbox python FILE.py [ARGS...]          (options of FILE after --)
         [--timeout S] [--dir HOST[::GUEST]] [--dir-ro HOST[::GUEST]] [--package SPEC]
+        [--tier interp|aot|auto]
 
 The code runs as __main__ with sys.argv = ["-c" or FILE, *ARGS]; what it prints goes to
 this process's stdout and stderr; the exit status is the code's (sys.exit), 1 after an
 uncaught exception (its traceback on stderr) or another error, 2 for bad usage. No
-directory is visible unless given; stdin is empty.
+directory is visible unless given; stdin is empty. `--tier aot` runs CPython compiled to
+native code (docs/python.md "Tiers"): the first time on a machine it compiles it
+(minutes), so `python -m sandbox python --tier aot -c pass` precompiles it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ def add_python_parser(sub: Any) -> None:
     run.add_argument(
         "--package", action="append", default=[], metavar="SPEC", help="wheel or requirement"
     )
+    run.add_argument(
+        "--tier",
+        choices=("interp", "aot", "auto"),
+        default="interp",
+        help="interpret CPython's Wasm (default), or run it compiled to native code",
+    )
     run.add_argument("args", nargs="*", help="FILE.py (without -c) and its arguments")
     run.set_defaults(func=cmd_python)
 
@@ -51,7 +60,9 @@ def cmd_python(args: argparse.Namespace) -> int:
         else:
             print("error: give -c CODE or FILE.py", file=sys.stderr)
             return 2
-        with PythonSandbox(preopens=preopens(args), packages=args.package or None) as sb:
+        with PythonSandbox(
+            preopens=preopens(args), packages=args.package or None, tier=args.tier
+        ) as sb:
             sb.run(f"import sys\nsys.argv[:] = {argv!r}")
             try:
                 sb.run(code, timeout=args.timeout, filename=filename)

@@ -10,6 +10,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from ..config import SandboxConfig
 from ..pool import SandboxPool
+from ..wasm.aot import Tier, check_tier
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -29,6 +30,7 @@ class Sandboxed:
         host_functions: Mapping[str, Callable[..., Any]] | None,
         packages: Sequence[object] | None,
         timeout: float | None,
+        tier: Tier = "interp",
     ) -> None:
         functools.update_wrapper(self, func)
         self.func = func
@@ -36,6 +38,7 @@ class Sandboxed:
             "config": config,
             "host_functions": host_functions,
             "packages": packages,
+            "tier": check_tier(tier),
         }
         self._size = size
         self._timeout = timeout
@@ -78,10 +81,12 @@ def sandboxed(
     host_functions: Mapping[str, Callable[..., Any]] | None = None,
     packages: Sequence[object] | None = None,
     timeout: float | None = None,
+    tier: Tier = "interp",
 ) -> Any:
     """Decorator: `@sandboxed` or `@sandboxed(size=..., timeout=..., packages=...)`.
-    Each call runs in fresh state in one of at most `size` pooled Python sandboxes;
-    raises what PythonSandbox.call raises."""
+    Each call runs in fresh state in one of at most `size` pooled Python sandboxes (of
+    `tier`: see PythonSandbox); raises what PythonSandbox.call raises."""
+    check_tier(tier)
 
     def wrap(f: Callable[..., Any]) -> Sandboxed:
         return Sandboxed(
@@ -91,6 +96,7 @@ def sandboxed(
             host_functions=host_functions,
             packages=packages,
             timeout=timeout,
+            tier=tier,
         )
 
     return wrap(func) if func is not None else wrap

@@ -1,7 +1,7 @@
 """Starting the interpreter once: a Wasm engine sandbox runs CPython's `_start` with the
 guest runtime (guest/sandbox_guest.py), which ends the program with os._exit(0) once it
 is initialised; the host reads the addresses the runtime reported, checks them against
-the interpreter's memory, links the trampoline, and snapshots the result. Every Python
+the interpreter's memory, and snapshots the result. Every Python
 sandbox is spawned from such a snapshot (cached per process, by build, config,
 packages and directories).
 
@@ -11,7 +11,7 @@ tp_basicsize, tp_itemsize, tp_dealloc, tp_vectorcall_offset, tp_getattr, tp_seta
 tp_as_async, tp_repr, tp_as_number, tp_as_sequence, tp_as_mapping, tp_hash: 16 fields of
 4 bytes), and `PyByteArrayObject.ob_alloc`/`ob_start` at offsets 12 and 20. The
 mailbox's start must hold the random token the host gave the runtime, and a ping
-through the trampoline must answer, or the build is refused (PythonStartError).
+through `call` must answer, or the build is refused (PythonStartError).
 """
 
 from __future__ import annotations
@@ -22,15 +22,17 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ..config import MiB, SandboxConfig
 from ..errors import ConfigError, HostFunctionError, PythonStartError
-from ..wasm import WasiConfig, WasiExit, WasmSandbox
+from ..wasm import WasiConfig, WasiExit, WasmSandbox, aot
+from ..wasm.aot import Tier
 from ..wasm.module import WasmModule, load
 from ..wasm.sandbox import WasmSnapshot
 from ..wasm.wasi import Preopen, WasiContext
 from ..wasm.windows import PAGE, Windows
-from .build import PYTHON_MODULE, Build, default_build, trampoline
+from .build import Build, default_build
 from .packages import PACKAGES_GUEST_PATH, PackageSet
 
 MAILBOX_SIZE = 4 * MiB  # request and reply; values are bounded by it
@@ -82,7 +84,7 @@ class Addresses:
     mailbox: int  # the mailbox bytearray's buffer
     mailbox_size: int
     mailbox_guest: int | None  # its guest-physical address, if its pages are contiguous
-    trampoline: int  # the trampoline's instance in the engine
+    instance: int  # the interpreter's instance in the engine
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,12 @@ class Template:
     build: Build
     packages: PackageSet | None
     preopens: tuple[Preopen, ...]
+    tier: Literal["interp", "aot"]  # what runs it: the engine, or its compiled guest
 
 
 _templates: dict[tuple[object, ...], Template] = {}
 _lock = threading.Lock()
+_compile_lock = threading.Lock()
 _modules: dict[str, WasmModule] = {}
 
 
@@ -108,22 +112,56 @@ def _module(build: Build) -> WasmModule:
     return mod
 
 
+def module() -> WasmModule:
+    """The interpreter's module (the bundled build, rewritten: build.py), validated once
+    per process; what the AOT tier compiles (`python -m sandbox python compile`)."""
+    build = default_build()
+    with _lock:
+        return _module(build)
+
+
+def guest(tier: Tier) -> Path | None:
+    """The compiled guest that runs the interpreter in `tier`, or None for the engine
+    (sandbox.wasm.aot.tier.guest_for: "aot" compiles now if nothing is cached, minutes
+    on two cores; "auto" starts that compile in the background and answers None until
+    it is done)."""
+    tier = aot.check_tier(tier)
+    mod = module()
+    if tier == "aot":  # cached: a stat (compile_module checks the module first: 0.15 s)
+        found = aot.compiler.lookup(mod)
+        if found is not None:
+            return found
+        with _compile_lock:  # threads asking at once wait for one compile, not run two
+            return aot.compiler.lookup(mod) or aot.guest_for(mod, tier)
+    return aot.guest_for(mod, tier)
+
+
 def template(
-    config: SandboxConfig, packages: PackageSet | None, preopens: tuple[Preopen, ...]
+    config: SandboxConfig,
+    packages: PackageSet | None,
+    preopens: tuple[Preopen, ...],
+    tier: Tier = "interp",
 ) -> Template:
     """The initialised interpreter for these settings: made on first use (about a
-    second), then cached for the process."""
+    second; with tier="aot" and nothing compiled, the compile first), then cached for
+    the process."""
     build = default_build()
-    key = (build.sha256, config, packages.key if packages else "", preopens, MAILBOX_SIZE)
+    path = guest(tier)  # outside the lock: a compile takes minutes
+    file = (str(path), path.stat().st_mtime_ns) if path is not None else None
+    key = (build.sha256, config, packages.key if packages else "", preopens, MAILBOX_SIZE, file)
     with _lock:
         found = _templates.get(key)
         if found is None:
-            found = _templates[key] = _start(build, config, packages, preopens)
+            found = _templates[key] = _start(build, config, packages, preopens, path)
         return found
 
 
 def _start(
-    build: Build, config: SandboxConfig, packages: PackageSet | None, preopens: tuple[Preopen, ...]
+    build: Build,
+    config: SandboxConfig,
+    packages: PackageSet | None,
+    preopens: tuple[Preopen, ...],
+    path: Path | None,
 ) -> Template:
     token = os.urandom(16)
     all_preopens = list(preopens)
@@ -145,26 +183,26 @@ def _start(
         preopens=all_preopens,
         output_limit=max(config.output_limit, 64 * 1024),
     )
-    sb = WasmSandbox.engine(config=config)
+    mod = _module(build)
+    sb = WasmSandbox.engine(config=config, guest=path)
     try:
+        if path is not None:
+            aot.check_guest(sb, mod)
         sb.wasi = WasiContext(wasi)
-        handle, mod = sb.load(_module(build))
+        handle, mod = sb.load(mod)
         python = sb.instantiate(handle, mod)
-        sb.register(python, PYTHON_MODULE)
         try:
             sb.invoke(python, "_start", [], timeout=BOOT_TIMEOUT)
         except HostFunctionError as exc:
             if not isinstance(exc.__cause__, WasiExit) or exc.__cause__.code != 0:
                 raise
-        handle, mod = sb.load(trampoline())
-        instance = sb.instantiate(handle, mod)
-        addresses = _addresses(sb, token, instance)
-        sb.make_main(instance, "none")
+        addresses = _addresses(sb, token, python)
+        sb.make_main(python, "none")
         snap = sb.instantiated
         assert snap is not None
     finally:
         sb.close()
-    return Template(snap, addresses, build, packages, preopens)
+    return Template(snap, addresses, build, packages, preopens, "interp" if path is None else "aot")
 
 
 def _addresses(sb: WasmSandbox, token: bytes, instance: int) -> Addresses:

@@ -3,7 +3,7 @@ inside the micro-VM. `PythonSnapshot` makes more of them.
 
 A PythonSandbox holds a `WasmSandbox` spawned from the snapshot of an initialised
 interpreter (interpreter.py) and uses only its public API: it writes a request into the
-guest runtime's mailbox in linear memory, makes one engine call (the trampoline's
+guest runtime's mailbox in linear memory, makes one engine call (the module's appended
 `call`, which runs the runtime's `_serve`), and reads the reply from the same place.
 Host functions reach the host through one intercepted WASI call (fd_seek of stdin to a
 reserved offset) with their data in the mailbox, and output streams out
@@ -29,7 +29,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from .. import machines
 from ..arguments import check_host_functions, check_reset, check_timeout, describe
@@ -50,9 +50,11 @@ from ..errors import (
 )
 from ..sandbox import Sandbox
 from ..wasm import ValType, WasiExit, WasmSandbox
+from ..wasm.aot import Tier, check_tier
 from ..wasm.state import WasmSnapshot
 from ..wasm.wasi import Errno, Preopen, WasiFunction
 from . import codec
+from .build import CALL_EXPORT
 from .interpreter import (
     HOST_SEEK,
     Addresses,
@@ -118,6 +120,11 @@ class PythonSandbox:
     may use (`Preopen(host_path, guest_path, read_only=True)`; none by default).
     `reset="per_call"`: every call starts from the state the sandbox started in.
     `output`: receives what guest code prints (stdout and stderr) as it comes.
+    `tier`: what runs the interpreter (docs/python.md "Tiers"): "interp" (the default)
+    the Wasm engine; "aot" CPython compiled to native code (sandbox.wasm.aot; the first
+    use on a machine compiles it: minutes, then cached on disk); "auto" the compiled
+    guest if it is cached, else the engine now and a compile in the background for the
+    sandboxes made after it. `tier` (the property) says which one this sandbox got.
     """
 
     def __init__(
@@ -129,6 +136,7 @@ class PythonSandbox:
         reset: ResetMode = "none",
         output: Callable[[str], None] | None = None,
         preopens: Sequence[Preopen] | None = None,
+        tier: Tier = "interp",
     ) -> None:
         self._wasm: WasmSandbox | None = None
         config = python_config(config)
@@ -140,7 +148,7 @@ class PythonSandbox:
                 raise ArgumentError(f"preopens takes Preopen values, not {type(p).__name__}")
             if p.guest_path.rstrip("/") == PACKAGES_GUEST_PATH:
                 raise ArgumentError(f"{PACKAGES_GUEST_PATH} is where packages are mounted")
-        tmpl = template(config, resolve(packages), opens)
+        tmpl = template(config, resolve(packages), opens, check_tier(tier))
         initial = PythonSnapshot(tmpl.wasm, tmpl, frozenset())
         self._setup(initial, functions, output, reset)
 
@@ -238,6 +246,11 @@ class PythonSandbox:
         return self._engine
 
     @property
+    def tier(self) -> Literal["interp", "aot"]:
+        """What runs the interpreter: "interp" (the Wasm engine) or "aot" (compiled)."""
+        return self._initial.template.tier
+
+    @property
     def python_version(self) -> str:
         """The guest interpreter's version ("3.12.0")."""
         return self._initial.template.build.version
@@ -290,7 +303,8 @@ class PythonSandbox:
             )
 
     def _restore(self, snap: PythonSnapshot) -> None:
-        if snap.template.addresses != self._addr:
+        tmpl = self._initial.template
+        if snap.template.addresses != self._addr or snap.template.tier != tmpl.tier:
             raise ArgumentError("the snapshot is of another interpreter")
         self._engine.restore(snap.wasm)
         self._base = snap
@@ -435,7 +449,7 @@ class PythonSandbox:
         self._ran = True
         wasi.set_deadline(None if limit is None else time.monotonic_ns() + int(limit * 1e9))
         try:
-            result = wasm.invoke(addr.trampoline, "call", self._call_args, timeout=limit)
+            result = wasm.invoke(addr.instance, CALL_EXPORT, self._call_args, timeout=limit)
         except HostFunctionError as exc:
             if not isinstance(exc.__cause__, WasiExit):
                 raise

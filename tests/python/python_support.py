@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from pathlib import Path
+
+NO_WASM2C = shutil.which("wasm2c") is None  # the AOT tier needs it (wabt)
 
 
 def make_wheel(directory: Path, name: str, version: str, files: dict[str, str]) -> Path:

@@ -27,6 +27,7 @@ from sandbox import (
     SandboxPool,
 )
 from sandbox.python import PythonError, PythonExit, PythonSandbox, sandboxed
+from sandbox.wasm import aot
 from sandbox.wasm.wasi import Preopen
 
 pytestmark = pytest.mark.requires_kvm
@@ -199,9 +200,9 @@ def test_system_exit_and_os_exit(sb: PythonSandbox) -> None:
     assert sb.call(add, 1, 2) == 3
 
 
-def test_output_captured_per_call_and_streamed() -> None:
+def test_output_captured_per_call_and_streamed(tier: str) -> None:
     seen: list[str] = []
-    with Sandbox("python", output=seen.append) as sb:
+    with Sandbox("python", tier=tier, output=seen.append) as sb:
 
         def talk(n):
             import sys
@@ -263,13 +264,13 @@ def test_cancel_from_another_thread(sb: PythonSandbox) -> None:
     assert sb.call(add, 2, 3) == 5
 
 
-def test_state_kept_or_reset() -> None:
+def test_state_kept_or_reset(tier: str) -> None:
     def count():
         global calls
         calls = globals().get("calls", 0) + 1
         return calls
 
-    with Sandbox("python") as sb:
+    with Sandbox("python", tier=tier) as sb:
         assert [sb.call(count) for _ in range(3)] == [1, 2, 3]
         snap = sb.snapshot()
         assert sb.call(count) == 4
@@ -278,13 +279,13 @@ def test_state_kept_or_reset() -> None:
         other = Sandbox.from_snapshot(snap)
         assert other.call(count) == 4
         other.close()
-    with Sandbox("python", reset="per_call") as fresh:
+    with Sandbox("python", tier=tier, reset="per_call") as fresh:
         assert [fresh.call(count) for _ in range(3)] == [1, 1, 1]
         fresh.run("y = 5")
         assert fresh.run("globals().get('y')") is None
 
 
-def test_host_functions() -> None:
+def test_host_functions(tier: str) -> None:
     table = {"a": 1}
 
     def lookup(key):
@@ -305,7 +306,7 @@ def test_host_functions() -> None:
 
         return host.nope()
 
-    with Sandbox("python", host_functions={"lookup": lookup}) as sb:
+    with Sandbox("python", tier=tier, host_functions={"lookup": lookup}) as sb:
         assert sb.call(fetch_a) == 2
         with pytest.raises(HostFunctionError) as info:
             sb.call(fetch_missing)
@@ -315,7 +316,7 @@ def test_host_functions() -> None:
         assert sb.call(fetch_a) == 2
 
 
-def test_host_function_calling_back_is_refused() -> None:
+def test_host_function_calling_back_is_refused(tier: str) -> None:
     holder: list[PythonSandbox] = []
 
     def reenter():
@@ -326,20 +327,20 @@ def test_host_function_calling_back_is_refused() -> None:
 
         return host.reenter()
 
-    with Sandbox("python", host_functions={"reenter": reenter}) as sb:
+    with Sandbox("python", tier=tier, host_functions={"reenter": reenter}) as sb:
         holder.append(sb)
         with pytest.raises(HostFunctionError, match="SandboxBusy"):
             sb.call(go)
         assert sb.call(add, 1, 2) == 3
 
 
-def test_pool_and_async() -> None:
+def test_pool_and_async(tier: str) -> None:
     def state(x):
         global seen
         seen = globals().get("seen", []) + [x]
         return seen
 
-    with SandboxPool("python", size=2) as pool:
+    with SandboxPool("python", tier=tier, size=2) as pool:
         assert pool.call(add, 1, 2) == 3
         assert pool.call(state, 1) == [1]
         assert pool.call(state, 2) == [2]  # fresh state every call
@@ -350,8 +351,8 @@ def test_pool_and_async() -> None:
         assert asyncio.run(main()) == [0, 2, 4, 6, 8, 10]
 
 
-def test_sandboxed_decorator() -> None:
-    @sandboxed(size=2, timeout=5)
+def test_sandboxed_decorator(tier: str) -> None:
+    @sandboxed(size=2, timeout=5, tier=tier)
     def square(x):
         return x * x
 
@@ -363,7 +364,7 @@ def test_sandboxed_decorator() -> None:
         square.close()
 
 
-def test_preopened_directories(tmp_path: Path) -> None:
+def test_preopened_directories(tier: str, tmp_path: Path) -> None:
     ro, rw = tmp_path / "ro", tmp_path / "rw"
     ro.mkdir()
     rw.mkdir()
@@ -383,13 +384,18 @@ def test_preopened_directories(tmp_path: Path) -> None:
         Preopen(host_path=ro, guest_path="/in"),
         Preopen(host_path=rw, guest_path="/out", read_only=False),
     ]
-    with Sandbox("python", preopens=opens) as sb:
+    with Sandbox("python", tier=tier, preopens=opens) as sb:
         assert sb.call(work) in ("PermissionError", "OSError")
     assert (rw / "result.txt").read_text() == "INPUT"
     assert not (ro / "new.txt").exists()
 
 
-def test_packages_from_a_local_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_packages_from_a_local_wheel(
+    tier: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cache of its own for the packages; the compiled guest's stays shared (linked)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "wasm-aot").symlink_to(aot.cache_dir())
     monkeypatch.setenv("KVM_SANDBOX_CACHE", str(tmp_path / "cache"))
     wheel = make_wheel(
         tmp_path,
@@ -403,16 +409,16 @@ def test_packages_from_a_local_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
         return greeter.greet("vm")
 
-    with Sandbox("python", packages=[wheel]) as sb:
+    with Sandbox("python", tier=tier, packages=[wheel]) as sb:
         assert sb.call(use) == "hello vm"
         assert sb.run("import sys; 'greeter' in sys.modules")  # imported into the snapshot
 
     def writes():
         open("/packages/x.py", "w")  # noqa: SIM115
 
-    with Sandbox("python", packages=[wheel]) as sb, pytest.raises(PythonError):
+    with Sandbox("python", tier=tier, packages=[wheel]) as sb, pytest.raises(PythonError):
         sb.call(writes)
     with pytest.raises(ArgumentError, match="No such file"):
-        Sandbox("python", packages=[str(tmp_path / "missing-0.1-py3-none-any.whl")])
+        Sandbox("python", tier=tier, packages=[str(tmp_path / "missing-0.1-py3-none-any.whl")])
     with pytest.raises(ArgumentError, match="pip could not install"):
-        Sandbox("python", packages=["./not-a-project-dir"])
+        Sandbox("python", tier=tier, packages=["./not-a-project-dir"])

@@ -35,6 +35,13 @@ def test_code_and_file(tmp_path: Path) -> None:
     assert done.returncode == 0 and done.stdout == "seen\n"
 
 
+def test_tier_option(tier: str) -> None:
+    done = run("--tier", tier, "-c", "import sys; print(sys.version_info[:2]); sys.exit(4)")
+    assert done.returncode == 4 and done.stdout == "(3, 12)\n", done.stderr
+    done = run("--tier", "jit", "-c", "pass")
+    assert done.returncode == 2 and "invalid choice: 'jit'" in done.stderr
+
+
 def test_demo_step(capsys: pytest.CaptureFixture[str]) -> None:
     from sandbox.python.cli import demo
 

@@ -26,12 +26,12 @@ def run_error(sb: PythonSandbox, code: str, timeout: float = 20) -> PythonError:
     return info.value
 
 
-def test_infinite_loop_in_a_pool_leaves_the_next_caller_alone() -> None:
+def test_infinite_loop_in_a_pool_leaves_the_next_caller_alone(tier: str) -> None:
     def spin():
         while True:
             pass
 
-    with SandboxPool("python", size=1) as pool:
+    with SandboxPool("python", tier=tier, size=1) as pool:
         t0 = time.monotonic()
         with pytest.raises(CallTimeout):
             pool.call(spin, timeout=0.3)
@@ -60,20 +60,20 @@ def test_c_stack_overflow_is_a_crash_that_restore_clears(sb: PythonSandbox) -> N
     assert sb.call(ok, 1, 2) == 3
 
 
-def test_crash_with_reset_per_call_recovers_by_itself() -> None:
-    with Sandbox("python", reset="per_call") as sb:
+def test_crash_with_reset_per_call_recovers_by_itself(tier: str) -> None:
+    with Sandbox("python", tier=tier, reset="per_call") as sb:
         with pytest.raises(PythonCrash):
             sb.run("import sys\nsys.setrecursionlimit(10**6)\ndef f(n):\n"
                    "    return list(map(f, [n]))\nf(0)")  # fmt: skip
         assert sb.call(ok, 1, 2) == 3
 
 
-def test_output_flood_is_bounded() -> None:
+def test_output_flood_is_bounded(tier: str) -> None:
     def flood():
         while True:
             print("y" * 1000)
 
-    with Sandbox("python") as sb:
+    with Sandbox("python", tier=tier) as sb:
         with pytest.raises(CallTimeout):
             sb.call(flood, timeout=1.0)
         assert sb.last_output_truncated

@@ -23,8 +23,8 @@ def triple(x: int) -> int:
     return 3 * x
 
 
-def test_a_warmed_spare_holds_nothing_of_its_warm_up_call() -> None:
-    with Sandbox("python") as sb:
+def test_a_warmed_spare_holds_nothing_of_its_warm_up_call(tier: str) -> None:
+    with Sandbox("python", tier=tier) as sb:
         assert isinstance(sb, PythonSandbox)
         assert sb.call(triple, 2) == 6
         snap = sb.snapshot()
