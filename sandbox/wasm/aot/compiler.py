@@ -15,9 +15,10 @@ reader sees a whole file or none; two processes compiling the same module at onc
 succeed and one rename wins. The runtime (SDK + guests/aot) is compiled once per
 toolchain key into `runtime-<key>/`.
 
-A big module's C (over `SPLIT_BYTES`) is split into several translation units
-(`split.py`) compiled `Limits.jobs` at a time: CPython's compile goes from 795 s and
-6.8 GB in one unit to ~2 minutes and < 0.5 GB per unit on two cores (docs/aot.md).
+A big module's C (over `SPLIT_BYTES`) is split into several translation units (by
+wasm2c's `--num-outputs`; `split.py` turns their data into string literals) compiled
+`Limits.jobs` at a time: CPython's compile went from 795 s and 6.8 GB in one unit to
+~4 minutes and ~1 GB per process on two cores (docs/aot.md).
 """
 
 from __future__ import annotations
@@ -80,12 +81,9 @@ LDFLAGS = [
     "-Wl,-z,norelro",
     "-Wl,--hash-style=gnu",
 ]
-# A split module's units (docs/aot.md): the main unit (data, instantiation, exports: no
-# hot code) at -O0, since at -O2 gcc spends ~45 s of CPU on CPython's 24,000
-# data-segment copies in one function; the function units at -O1: CPython's
-# pure-Python benchmark ran as fast as at -O2 (1.70x against 1.69x wasmtime, same run),
-# for 218 s of compile CPU instead of 347 s. Modules compiled whole keep -O2.
-MAIN_UNIT_CFLAGS = [flag if flag != "-O2" else "-O0" for flag in CFLAGS]
+# A split module's units (docs/aot.md) at -O1: CPython's pure-Python benchmark ran as
+# fast as at -O2 (1.70x against 1.69x wasmtime, same run), for 218 s of compile CPU
+# instead of 347 s. Modules compiled whole keep -O2.
 UNIT_CFLAGS = [flag if flag != "-O2" else "-O1" for flag in CFLAGS]
 SPLIT_BYTES = 32 << 20  # C source above this is compiled as several units
 UNIT_BYTES = 9 << 20  # of C source per function unit, about (CPython: 16 units)
@@ -183,7 +181,7 @@ def _toolchain_key(cc: str, wasm2c: str) -> str:
     h.update(f"wasm2c {_version([wasm2c, '--version'])}\n".encode())
     h.update(f"simde {_wabt().simde_commit()}\n".encode())
     h.update(f"cc {_version([cc, '--version'])}\n".encode())
-    h.update(" ".join(CFLAGS + LDFLAGS + MAIN_UNIT_CFLAGS + UNIT_CFLAGS).encode())
+    h.update(" ".join(CFLAGS + LDFLAGS + UNIT_CFLAGS).encode())
     for path in _hashed_files():
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:20]
@@ -332,29 +330,36 @@ def patch(source: str) -> str:
     return "\n".join(out)
 
 
-def _units(source: str, build: Path) -> list[str]:
-    """Writes the module's translation units into `build` and returns their names: one
-    (`module`) for most modules, `main` and `part-N` for big ones (`split.py`). A source
-    the splitter does not recognise is compiled whole."""
-    if len(source) > SPLIT_BYTES:
-        parts = min(MAX_UNITS, -(-len(source) // UNIT_BYTES))
-        try:
-            main, units = split.split(source, parts)
-        except split.SplitError as exc:
-            log.warning("compiling wasm2c's output as one unit: %s", exc)
-        else:
-            (build / "main.c").write_text(main)
-            for k, unit in enumerate(units):
-                (build / f"part-{k}.c").write_text(unit)
-            return ["main", *(f"part-{k}" for k in range(len(units)))]
-    (build / "module.c").write_text(source)
-    return ["module"]
+def _parts(module: WasmModule) -> int:
+    """Translation units for `module`: 1, or about one per UNIT_BYTES of C where the C
+    (about 5.5 bytes per byte of Wasm: CPython's 26 MB give 142 MB) is over SPLIT_BYTES."""
+    estimate = len(module.data) * 11 // 2
+    if estimate <= SPLIT_BYTES:
+        return 1
+    return max(2, min(MAX_UNITS, -(-estimate // max(1, UNIT_BYTES))))
 
 
-def _unit_flags(name: str) -> list[str]:
-    if name == "main":
-        return MAIN_UNIT_CFLAGS
-    return UNIT_CFLAGS if name.startswith("part-") else CFLAGS
+def _wasm2c_units(module: WasmModule, build: Path, limits: Limits) -> list[str]:
+    """Runs wasm2c into `build`, patches its output (`patch`) and returns the names of the
+    translation units: `module`, or `module_0`... where wasm2c split the module
+    (`--num-outputs`; the patched macros are then in `module-impl.h`)."""
+    parts = _parts(module)
+    (build / "module.wasm").write_bytes(module.data)
+    cmd = [_wasm2c(), "module.wasm", "--no-debug-names", "-n", "m", "-o", "module.c"]
+    if parts > 1:
+        cmd.append(f"--num-outputs={parts}")
+    _run(cmd, "wasm2c", limits, build)
+    if parts == 1:
+        (build / "module.c").write_text(patch((build / "module.c").read_text()))
+        return ["module"]
+    impl = build / "module-impl.h"
+    impl.write_text(patch(impl.read_text()))
+    first = build / "module_0.c"
+    try:
+        first.write_text(split.data_as_strings(first.read_text()))
+    except split.SplitError as exc:
+        log.warning("data segments left as wasm2c wrote them: %s", exc)
+    return [f"module_{k}" for k in range(parts)]
 
 
 def _run_all(commands: list[list[str]], limits: Limits, cwd: Path) -> None:
@@ -406,15 +411,7 @@ def compile_module(module: WasmModule, limits: Limits | None = None) -> Path:
     objects = _runtime_objects(limits)
     with tempfile.TemporaryDirectory(prefix="aot-", dir=cache_dir()) as tmp_name:
         tmp = Path(tmp_name)
-        (tmp / "module.wasm").write_bytes(module.data)
-        _run(
-            [_wasm2c(), "module.wasm", "--no-debug-names", "-n", "m", "-o", "module.c"],
-            "wasm2c",
-            limits,
-            tmp,
-        )
-        source = patch((tmp / "module.c").read_text())
-        units = _units(source, tmp)
+        units = _wasm2c_units(module, tmp, limits)
         try:
             text = glue.generate(
                 module, (tmp / "module.h").read_text(), "module.h", module_id(module)
@@ -425,7 +422,8 @@ def compile_module(module: WasmModule, limits: Limits | None = None) -> Path:
         shutil.copy2(_wasm_rt_h(), tmp / "wasm-rt.h")
         include = [*_include_flags(tmp), "-include", "aot.h"]
         compiles = [
-            [_cc(), *_unit_flags(name), *include, "-c"] + [f"{name}.c", "-o", f"{name}.o"]
+            [_cc(), *(UNIT_CFLAGS if len(units) > 1 else CFLAGS), *include, "-c"]
+            + [f"{name}.c", "-o", f"{name}.o"]
             for name in [*units, "glue"]
         ]
         _run_all(compiles, limits, tmp)
