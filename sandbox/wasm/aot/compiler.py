@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from ...cachedir import cache_subdir
-from ...errors import GuestBuildError
+from ...errors import GuestBuildError, KvmUnavailable
+from ...kvm import Kvm
 from ...sdk import sdk_dir
 from ..module import WasmModule, uses_exceptions
 from . import glue, split
@@ -168,6 +169,30 @@ def _version(cmd: list[str]) -> str:
     return (proc.stdout or proc.stderr).splitlines()[0] if proc.returncode == 0 else "?"
 
 
+# SSE extensions beyond x86-64's SSE2 baseline that gcc may use (SIMDe's v128 operations
+# above all), each where the guest's CPUID, which is KVM's supported CPUID of this
+# machine, reports it. Never AVX: its state needs XSAVE set up per guest, and the
+# engine guest assumes no more than SSE (guests/build.py). (leaf, register, bit)
+_SSE_FEATURES = (
+    ("-mssse3", (0x1, "ecx", 9)),
+    ("-msse4.1", (0x1, "ecx", 19)),
+    ("-msse4.2", (0x1, "ecx", 20)),
+    ("-mpopcnt", (0x1, "ecx", 23)),
+)
+
+
+@functools.cache
+def cpu_flags() -> tuple[str, ...]:
+    """The `-m` flags for the SSE extensions the guest's CPU has (in the toolchain key,
+    so a cache moved to another CPU compiles anew); none where /dev/kvm cannot be read."""
+    try:
+        kvm = Kvm.shared()
+    except KvmUnavailable as exc:  # no KVM here: compile for the baseline
+        log.info("compiling for x86-64's SSE2 baseline: %s", exc)
+        return ()
+    return tuple(flag for flag, feature in _SSE_FEATURES if kvm.has_cpu_feature(feature))
+
+
 def toolchain_key() -> str:
     """Hash of everything besides the module that a compiled guest depends on. Raises
     AotCompileError where wasm2c or the C compiler is missing."""
@@ -181,7 +206,7 @@ def _toolchain_key(cc: str, wasm2c: str) -> str:
     h.update(f"wasm2c {_version([wasm2c, '--version'])}\n".encode())
     h.update(f"simde {_wabt().simde_commit()}\n".encode())
     h.update(f"cc {_version([cc, '--version'])}\n".encode())
-    h.update(" ".join(CFLAGS + LDFLAGS + UNIT_CFLAGS).encode())
+    h.update(" ".join(CFLAGS + LDFLAGS + UNIT_CFLAGS + list(cpu_flags())).encode())
     for path in _hashed_files():
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:20]
@@ -422,7 +447,7 @@ def compile_module(module: WasmModule, limits: Limits | None = None) -> Path:
         shutil.copy2(_wasm_rt_h(), tmp / "wasm-rt.h")
         include = [*_include_flags(tmp), "-include", "aot.h"]
         compiles = [
-            [_cc(), *(UNIT_CFLAGS if len(units) > 1 else CFLAGS), *include, "-c"]
+            [_cc(), *(UNIT_CFLAGS if len(units) > 1 else CFLAGS), *cpu_flags(), *include, "-c"]
             + [f"{name}.c", "-o", f"{name}.o"]
             for name in [*units, "glue"]
         ]
