@@ -199,6 +199,65 @@ def test_kernels_interpreter_aot_and_wasmtime_agree(kernels_wasm: bytes) -> None
             assert ours == interp.call(name, arg) == exports[name](store, arg), name
 
 
+SIMD_KERNELS_C = KERNELS_C.parent / "simd_kernels.c"
+SIMD_MIX_C = Path(__file__).parent / "programs" / "simd_mix.c"
+
+
+def test_simd_kernels_interpreter_aot_and_wasmtime_agree(tmp_path: Path) -> None:
+    """The SIMD kernels of benches/bench_wasm.py (an f32x4 dot product, an i8x16 blend),
+    three ways, at sizes where every lane path runs."""
+    if shutil.which("clang") is None or shutil.which("wasm-ld") is None:
+        pytest.skip("clang and wasm-ld are needed (apt-get install clang lld)")
+    out = tmp_path / "simd_kernels.wasm"
+    cmd = ["clang", "--target=wasm32", "-O2", "-mbulk-memory", "-msimd128", "-nostdlib"]
+    subprocess.run(
+        [*cmd, "-Wl,--no-entry", "-o", str(out), str(SIMD_KERNELS_C)],
+        check=True,
+        capture_output=True,
+    )
+    data = out.read_bytes()
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    exports = wasmtime.Instance(store, wasmtime.Module(engine, data), []).exports(store)
+    with Sandbox.from_wasm(data) as interp, Sandbox.from_wasm(data, tier="aot") as native:
+        for name, args in (("dot", (1 << 12, 3)), ("dot", (1001, 2)), ("blend", (1 << 14, 2))):
+            ours = native.call(name, *args)
+            assert ours == interp.call(name, *args) == exports[name](store, *args), name
+
+
+def test_simd_program_interpreter_aot_and_wasmtime_agree(tmp_path: Path) -> None:
+    """tests/wasm/programs/simd_mix.c (~110 distinct SIMD instructions over random inputs
+    with float edge cases, one hash per group): the same output in the three engines."""
+    from sandbox.wasm import WasiConfig
+
+    if shutil.which("wasm-ld") is None:
+        pytest.skip("wasm-ld (lld) is needed to build the SIMD test program")
+    program = compile_wasi(tmp_path, SIMD_MIX_C.read_text(), "simd_mix", flags=("-msimd128",))
+    data = program.read_bytes()
+    outputs = []
+    for tier in ("interp", "aot"):
+        with Sandbox.from_wasm(data, wasi=WasiConfig(), tier=tier) as sb:
+            assert sb.run() == 0
+            outputs.append(sb.last_output)
+    engine = wasmtime.Engine()
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    store = wasmtime.Store(engine)
+    wasi = wasmtime.WasiConfig()
+    wasi.stdout_file = str(tmp_path / "wasmtime.stdout")
+    store.set_wasi(wasi)
+    instance = linker.instantiate(store, wasmtime.Module(engine, data))
+    start: Any = instance.exports(store)["_start"]
+    try:
+        start(store)
+    except wasmtime.ExitTrap as exit:
+        assert exit.code == 0
+    theirs = (tmp_path / "wasmtime.stdout").read_text()
+    assert len(theirs.splitlines()) == 6
+    assert outputs[0] == theirs, "interpreter"
+    assert outputs[1] == theirs, "aot"
+
+
 def test_wasi_program(tmp_path: Path) -> None:
     """WASI calls go through the same host calls as the interpreter's: output, arguments,
     the exit code."""

@@ -315,6 +315,7 @@ _CALL_INDIRECT = """
 #define CHECK_CALL_INDIRECT(table, ft, x)                        \\
   (LIKELY((x) < table.size && ft == table.data[x].func_type) ||  \\
    aot_call_indirect_check(&(table), ft, x))
+#include "simd_fixes.h"
 """
 
 
@@ -337,6 +338,12 @@ def patch(source: str) -> str:
             out.extend(_CALL_INDIRECT.split("\n"))
             patched += 1
             i += 1
+            continue
+        if line == "typedef simde_v128_t v128;":  # then its #endif: SIMDe is defined
+            out.append(line)
+            out.append(lines[i + 1])
+            out.append('#include "simd_fixes.h"')
+            i += 2
             continue
         if "table" in line.lower() and (line.startswith("static inline") or "DEFINE_TABLE" in line):
             in_table = True
