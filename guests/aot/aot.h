@@ -38,6 +38,19 @@ typedef struct {
             wasm_rt_trap((wasm_rt_trap_t)WASM_RT_TRAP_TABLE_OOB);                       \
     } while (0)
 
+/* A throw's payload (the driver rewrites wasm2c's `wasm_rt_load_exception(&tag, size, ...)`
+ * to this): wasm2c 1.0.42 keeps a caught exception's payload in an exnref of at most
+ * WASM_EXN_MAX_SIZE (256) bytes, which a tag whose parameters include an exnref (272
+ * bytes) exceeds; such a module fails to compile, with this message, and stays on the
+ * interpreter. */
+#define AOT_LOAD_EXCEPTION(tag, size, values)                                           \
+    do {                                                                                \
+        _Static_assert((size) <= WASM_EXN_MAX_SIZE,                                     \
+                       "AOT: a tag's payload over 256 bytes (an exnref in an "          \
+                       "exception) is beyond wasm2c's exnref");                        \
+        wasm_rt_load_exception(tag, size, values);                                      \
+    } while (0)
+
 typedef void (*aot_thunk)(void *instance, const aot_val *args, aot_val *results);
 
 #define AOT_EXPORT_FUNC 0

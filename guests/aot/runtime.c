@@ -19,8 +19,9 @@
 #include "aot.h"
 #include "../wasm/trap_messages.h"
 
-int aot_setjmp(uint64_t buf[8]) __attribute__((returns_twice));
-__attribute__((noreturn)) void aot_longjmp(uint64_t buf[8], int value);
+#include <setjmp.h> /* aot_setjmp, aot_longjmp (jmp.S) */
+
+#include "wasm-rt-exceptions.h"
 
 #define AOT_LIMIT 200 /* internal "trap": a resource limit, reported as WASM_STATUS_LIMIT */
 #define MAX_INSTANCES 4096
@@ -69,10 +70,11 @@ static void reply_trap(int kind) {
 
 /* ---- Operations and traps ------------------------------------------------------------ */
 
-static uint64_t trap_buf[8];
+static jmp_buf trap_buf;
 static bool in_op; /* an instantiate or invoke is running (wasm_fault may end it) */
 static bool initialized;
 static uint32_t trap_element; /* the element index of an "uninitialized element" trap */
+static wasm_rt_jmp_buf *unwind_target; /* the innermost try_table's, or NULL */
 
 static int trap_kind(int code) {
     switch (code) {
@@ -100,6 +102,12 @@ void wasm_rt_trap(wasm_rt_trap_t code) {
 
 static __attribute__((noreturn)) void limit(void) { wasm_rt_trap((wasm_rt_trap_t)AOT_LIMIT); }
 
+/* Starts an instantiate or invoke: no exception handler yet (see wasm_rt_throw). */
+static void op_start(void) {
+    in_op = true;
+    unwind_target = NULL;
+}
+
 /* Ends an operation that trapped: the reply for its code. */
 static void reply_code(int code) {
     in_op = false;
@@ -123,7 +131,36 @@ int aot_call_indirect_check(const wasm_rt_funcref_table_t *table, wasm_rt_func_t
     wasm_rt_trap((wasm_rt_trap_t)WASM_RT_TRAP_INDIRECT_MISMATCH);
 }
 
-/* ---- wasm-rt: initialisation, function types ---------------------------------------- */
+/* ---- wasm-rt: exceptions (try_table, throw, throw_ref) ------------------------------------
+ * wasm2c's code saves an unwind target (wasm_rt_try: aot_setjmp) per try_table and restores
+ * the outer one on the way out; wasm_rt_throw jumps to the innermost. With none (thrown
+ * out of the export that was called) the operation ends as the interpreter ends it:
+ * "uncaught exception". Every operation starts with none (a trap may have abandoned the
+ * frames that held the last one). */
+
+#define MAX_EXCEPTION_SIZE 256 /* wasm2c's WASM_EXN_MAX_SIZE: the payload of an exnref */
+static wasm_rt_tag_t exception_tag;
+static uint32_t exception_size;
+static uint8_t exception_data[MAX_EXCEPTION_SIZE];
+void wasm_rt_load_exception(const wasm_rt_tag_t tag, uint32_t size, const void *values) {
+    if (size > MAX_EXCEPTION_SIZE) limit(); /* the validator's limits keep payloads smaller */
+    exception_tag = tag;
+    exception_size = size;
+    if (size) memcpy(exception_data, values, size);
+}
+
+void wasm_rt_throw(void) {
+    if (!unwind_target) wasm_rt_trap(WASM_RT_TRAP_UNCAUGHT_EXCEPTION);
+    WASM_RT_LONGJMP(*unwind_target, WASM_RT_TRAP_UNCAUGHT_EXCEPTION);
+}
+
+wasm_rt_jmp_buf *wasm_rt_get_unwind_target(void) { return unwind_target; }
+void wasm_rt_set_unwind_target(wasm_rt_jmp_buf *target) { unwind_target = target; }
+wasm_rt_tag_t wasm_rt_exception_tag(void) { return exception_tag; }
+uint32_t wasm_rt_exception_size(void) { return exception_size; }
+void *wasm_rt_exception(void) { return exception_data; }
+
+/* ---- wasm-rt: initialisation ------------------------------------------------------------ */
 
 void wasm_rt_init(void) { initialized = true; }
 bool wasm_rt_is_initialized(void) { return initialized; }
@@ -196,6 +233,30 @@ void wasm_rt_allocate_externref_table(wasm_rt_externref_table_t *t, uint32_t n, 
     t->max_size = max;
 }
 
+void wasm_rt_allocate_exnref_table(wasm_rt_exnref_table_t *t, uint32_t n, uint32_t max) {
+    if (n > MAX_TABLE_ELEMENTS / 32) limit(); /* 272 bytes an element */
+    t->data = calloc(n ? n : 1, sizeof *t->data);
+    if (!t->data) limit();
+    t->size = n;
+    t->max_size = max;
+}
+
+uint32_t wasm_rt_grow_exnref_table(wasm_rt_exnref_table_t *t, uint32_t delta,
+                                   wasm_rt_exnref_t init) {
+    uint32_t old = t->size;
+    uint64_t n = (uint64_t)old + delta;
+    if (n > t->max_size || n > MAX_TABLE_ELEMENTS / 32) return UINT32_MAX;
+    if (delta) {
+        wasm_rt_exnref_t *grown = realloc(t->data, n * sizeof *grown);
+        if (!grown) return UINT32_MAX;
+        for (uint64_t i = old; i < n; i++) grown[i] = init;
+        t->data = grown;
+        t->size = (uint32_t)n;
+    }
+    return old;
+}
+
+void wasm_rt_free_exnref_table(wasm_rt_exnref_table_t *t) { free(t->data); }
 void wasm_rt_free_funcref_table(wasm_rt_funcref_table_t *t) { free(t->data); }
 void wasm_rt_free_externref_table(wasm_rt_externref_table_t *t) { free(t->data); }
 
@@ -383,7 +444,7 @@ SBX_EXPORT(wasm_instantiate, SBX_TAG_BYTES, SBX_TAG_I32) {
     inst->data = data;
     n_instances++; /* a failed instantiation keeps its slot: its memories stay mapped */
     capture_mem0 = -1;
-    in_op = true;
+    op_start();
     int code = aot_setjmp(trap_buf);
     if (code == 0) {
         if (!initialized) wasm_rt_init();
@@ -460,7 +521,7 @@ SBX_EXPORT(wasm_invoke, SBX_TAG_BYTES, SBX_TAG_I32, SBX_TAG_STR, SBX_TAG_BYTES) 
         ret_reply(ret);
         return;
     }
-    in_op = true;
+    op_start();
     int code = aot_setjmp(trap_buf);
     if (code == 0) {
         e->thunk(inst->data, argv, results);

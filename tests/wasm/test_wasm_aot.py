@@ -258,6 +258,75 @@ def test_simd_program_interpreter_aot_and_wasmtime_agree(tmp_path: Path) -> None
     assert outputs[1] == theirs, "aot"
 
 
+EH_DIR = Path(__file__).parent / "programs" / "eh"
+
+
+def _eh_outcome(sb: Any, name: str, args: tuple[Any, ...]) -> tuple[str, Any]:
+    from sandbox import HostFunctionError
+
+    try:
+        result = sb.call(name, *args)
+    except WasmTrap as trap:
+        return str(trap.kind), str(trap)
+    except HostFunctionError as err:
+        return "host_error", str(err)[:40]
+    return "ok", list(result) if isinstance(result, tuple) else result
+
+
+def _without_in_exn(text: str) -> str:
+    """main.wat without `in_exn`, whose tag carries an exnref (not compiled: below)."""
+    start = text.index('  (func (export "in_exn")')
+    return text[:start] + text[text.index('  (func (export "uncaught")') :]
+
+
+def test_exception_handling_interpreter_aot_and_wasmtime_agree() -> None:
+    """tests/wasm/programs/eh (try_table, throw, throw_ref, catch_ref and catch_all_ref,
+    exnref in globals and tables, exceptions through call_indirect, deep recursion and a
+    host import, traps inside try_table, uncaught exceptions): each call of
+    test_wasm_eh.CALLS gives the interpreter's result or trap (kind and message) in the
+    AOT tier, and wasmtime's outcome; fuzz.wat's exports likewise."""
+    from test_wasm_eh import CALLS, MAIN, cb, outcome_wasmtime, wasmtime_engine
+
+    data = wasmtime.wat2wasm(_without_in_exn(MAIN))
+    engine = wasmtime_engine()
+    store = wasmtime.Store(engine)
+    i32 = wasmtime.ValType.i32()
+    host = wasmtime.Func(store, wasmtime.FuncType([i32], [i32]), cb)
+    exports = wasmtime.Instance(store, wasmtime.Module(engine, data), [host]).exports(store)
+    imports = {"host": {"cb": cb}}
+    calls = [call for call in CALLS if call[0] != "in_exn"]
+    with (
+        Sandbox.from_wasm(data, imports=imports) as interp,
+        Sandbox.from_wasm(data, imports=imports, tier="aot") as native,
+    ):
+        for name, args in calls:
+            ours = _eh_outcome(native, name, args)
+            assert ours == _eh_outcome(interp, name, args), (name, args)
+            kind = {"ok": "ok", "host_error": "host_error", "uncaught_exception": "exception"}
+            theirs = outcome_wasmtime(exports[name], store, args)
+            assert kind.get(ours[0], "trap") == theirs[0], (name, args, ours, theirs)
+            if ours[0] == "ok":
+                assert ours == theirs, (name, args)
+    fuzz = wasmtime.wat2wasm((EH_DIR / "fuzz.wat").read_text())
+    with Sandbox.from_wasm(fuzz) as interp, Sandbox.from_wasm(fuzz, tier="aot") as native:
+        for name in load(fuzz).exports:
+            assert _eh_outcome(native, name, ()) == _eh_outcome(interp, name, ()), name
+        assert native.call("a") == 42
+
+
+def test_an_exnref_in_an_exception_stays_on_the_interpreter() -> None:
+    """wasm2c 1.0.42 keeps a caught payload in an exnref of at most 256 bytes: a tag with
+    an exnref parameter (272 bytes) fails to compile, with the reason, and "auto" runs
+    the module on the interpreter."""
+    from test_wasm_eh import MAIN, cb
+
+    data = wasmtime.wat2wasm(MAIN)
+    with pytest.raises(aot.AotCompileError, match="over 256 bytes"):
+        Sandbox.from_wasm(data, imports={"host": {"cb": cb}}, tier="aot")
+    with Sandbox.from_wasm(data, imports={"host": {"cb": cb}}, tier="auto") as sb:
+        assert sb.call("in_exn", 9) == 9
+
+
 def test_wasi_program(tmp_path: Path) -> None:
     """WASI calls go through the same host calls as the interpreter's: output, arguments,
     the exit code."""

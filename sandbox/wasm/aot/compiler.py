@@ -27,6 +27,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -40,7 +41,7 @@ from ...cachedir import cache_subdir
 from ...errors import GuestBuildError, KvmUnavailable
 from ...kvm import Kvm
 from ...sdk import sdk_dir
-from ..module import WasmModule, uses_exceptions
+from ..module import WasmModule
 from . import glue, split
 
 log = logging.getLogger("sandbox.wasm.aot")
@@ -146,6 +147,13 @@ def _wasm_rt_h() -> Path:
     return header
 
 
+def _runtime_headers() -> list[Path]:
+    """wasm2c's runtime headers that the generated code and guests/aot include: wasm-rt.h
+    and its exception API (wasm-rt-exceptions.h)."""
+    wasm_rt = _wasm_rt_h()
+    return [wasm_rt, wasm_rt.parent / "wasm-rt-exceptions.h"]
+
+
 def _simde_include() -> Path:
     return Path(_wabt().include_dir())
 
@@ -160,7 +168,7 @@ def _hashed_files() -> list[Path]:
     sdk = sdk_dir()
     files = _runtime_sources() + sorted((sdk / "aot").rglob("*.h"))
     files += sorted((sdk / "include").glob("*.h"))
-    files += [sdk / "wasm" / "wasm_abi.h", sdk / "wasm" / "trap_messages.h", _wasm_rt_h()]
+    files += [sdk / "wasm" / "wasm_abi.h", sdk / "wasm" / "trap_messages.h", *_runtime_headers()]
     return files + [Path(glue.__file__), Path(split.__file__), Path(__file__)]
 
 
@@ -290,7 +298,8 @@ def _runtime_objects(limits: Limits) -> list[Path]:
     cache_subdir("wasm-aot", create=True)
     tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=cache_dir()))
     try:
-        shutil.copy2(_wasm_rt_h(), tmp / "wasm-rt.h")
+        for header in _runtime_headers():
+            shutil.copy2(header, tmp / header.name)
         flags = _include_flags(tmp)
         for src, obj in zip(sources, objects, strict=True):
             _run(
@@ -349,6 +358,12 @@ def patch(source: str) -> str:
             in_table = True
         elif not line.strip():
             in_table = False
+        exnref = re.fullmatch(r"DEFINE_TABLE_(\w+)\(externref\)", line)
+        if exnref is not None:  # wasm2c 1.0.42 uses exnref tables' helpers, never defines them
+            out += [line, "#ifdef WASM_RT_EXCEPTIONS_H_", f"{line[: line.index('(')]}(exnref)"]
+            out.append("#endif")
+            i += 1
+            continue
         if in_table and ("TRAP(OOB)" in line or "RANGE_CHECK(" in line):
             line = line.replace("TRAP(OOB)", "TRAP(TABLE_OOB)")
             line = line.replace("RANGE_CHECK(", "AOT_TABLE_RANGE_CHECK(")
@@ -360,6 +375,12 @@ def patch(source: str) -> str:
     if "_table_" in source and not tables:
         raise AotCompileError("unexpected wasm2c output: no table bounds checks to patch")
     return "\n".join(out)
+
+
+def _throws(source: str) -> str:
+    """The throws of tags (payload size known at compile time) checked against wasm2c's
+    exnref size (AOT_LOAD_EXCEPTION in guests/aot/aot.h)."""
+    return source.replace("wasm_rt_load_exception(&", "AOT_LOAD_EXCEPTION(&")
 
 
 def _parts(module: WasmModule) -> int:
@@ -382,10 +403,15 @@ def _wasm2c_units(module: WasmModule, build: Path, limits: Limits) -> list[str]:
         cmd.append(f"--num-outputs={parts}")
     _run(cmd, "wasm2c", limits, build)
     if parts == 1:
-        (build / "module.c").write_text(patch((build / "module.c").read_text()))
+        (build / "module.c").write_text(_throws(patch((build / "module.c").read_text())))
         return ["module"]
     impl = build / "module-impl.h"
     impl.write_text(patch(impl.read_text()))
+    for k in range(parts):
+        unit = build / f"module_{k}.c"
+        text = unit.read_text()
+        if "wasm_rt_load_exception(&" in text:
+            unit.write_text(_throws(text))
     first = build / "module_0.c"
     try:
         first.write_text(split.data_as_strings(first.read_text()))
@@ -431,11 +457,6 @@ def compile_module(module: WasmModule, limits: Limits | None = None) -> Path:
     tier does not support."""
     limits = limits or Limits()
     check_names(module)
-    if uses_exceptions(module.data):
-        raise AotCompileError(
-            "the AOT tier does not compile modules that use exception handling (Debian's "
-            "wasm2c 1.0.32 has no exnref/try_table); the interpreter runs them"
-        )
     cached = lookup(module)
     if cached is not None:
         return cached
@@ -451,8 +472,12 @@ def compile_module(module: WasmModule, limits: Limits | None = None) -> Path:
         except glue.GlueError as exc:
             raise AotCompileError(str(exc)) from None
         (tmp / "glue.c").write_text(text)
-        shutil.copy2(_wasm_rt_h(), tmp / "wasm-rt.h")
+        for header in _runtime_headers():
+            shutil.copy2(header, tmp / header.name)
         include = [*_include_flags(tmp), "-include", "aot.h"]
+        prelude = tmp / ("module.c" if units == ["module"] else "module-impl.h")
+        if "simde_v128_t" in prelude.read_text():
+            include += ["-include", "aot_simd.h"]
         compiles = [
             [_cc(), *(UNIT_CFLAGS if len(units) > 1 else CFLAGS), *cpu_flags(), *include, "-c"]
             + [f"{name}.c", "-o", f"{name}.o"]

@@ -22,6 +22,7 @@ class GlueError(Exception):
 
 
 _DECL = re.compile(r"^(?P<ret>.*?)\b(?P<name>w2c_\w+)\((?P<params>.*)\);$")
+_TAG = re.compile(r"^extern const wasm_rt_tag_t (?P<name>w2c_\w+);$")
 _INSTANTIATE = re.compile(
     r"^void (?P<name>wasm2c_\w+_instantiate)\((?P<instance>w2c_\w+)\*(?P<params>[^)]*)\);$", re.M
 )
@@ -67,10 +68,15 @@ def _declarations(header: str, marker: str) -> dict[str, _Decl]:
     for i, line in enumerate(lines):
         if line.startswith(start) and line.endswith(end) and i + 1 < len(lines):
             key = _unescaped(line[len(start) : -len(end)])
-            m = _DECL.match(lines[i + 1].strip())
-            if m is None or key in out:
+            decl = lines[i + 1].strip()
+            m = _DECL.match(decl)
+            tag = _TAG.match(decl)
+            if (m is None and tag is None) or key in out:
                 raise GlueError(f"unexpected wasm2c declaration: {lines[i + 1]!r}")
-            out[key] = _Decl(m["ret"].strip(), m["name"], m["params"])
+            if m is not None:
+                out[key] = _Decl(m["ret"].strip(), m["name"], m["params"])
+            elif tag is not None:  # an exported tag: not reached by name from the host
+                out[key] = _Decl("wasm_rt_tag_t", tag["name"], "")
     return out
 
 
