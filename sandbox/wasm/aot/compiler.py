@@ -13,8 +13,7 @@ R-X, data RW-NX, never writable and executable).
 Cache: `<cache root>/wasm-aot/<sha256 of the module>-<toolchain key>.elf`, where the
 toolchain key hashes wasm2c's and the C compiler's versions, SIMDe's commit, the flags
 and every source of the guest runtime (guests/aot, the SDK, the engine ABI header,
-wasm-rt.h) and of the
-glue generator. Files are written beside their final name and renamed into place, so a
+wasm-rt.h) and of the glue generator. Files are written beside their final name and renamed into place, so a
 reader sees a whole file or none; two processes compiling the same module at once both
 succeed and one rename wins. The runtime (SDK + guests/aot) is compiled once per
 toolchain key into `runtime-<key>/`.
