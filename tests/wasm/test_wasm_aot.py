@@ -327,6 +327,18 @@ def test_an_exnref_in_an_exception_stays_on_the_interpreter() -> None:
         assert sb.call("in_exn", 9) == 9
 
 
+def test_cpu_flags_follow_the_guests_cpuid() -> None:
+    """SSE extensions only where the guest's CPUID (KVM's supported CPUID) has them, and
+    never AVX; the flags are part of the cache key."""
+    from sandbox.kvm import Kvm
+
+    kvm = Kvm.shared()
+    flags = aot.compiler.cpu_flags()
+    for flag, feature in aot.compiler.SSE_FEATURES:
+        assert (flag in flags) == kvm.has_cpu_feature(feature), flag
+    assert not any("avx" in flag for flag in flags)
+
+
 def test_wasi_program(tmp_path: Path) -> None:
     """WASI calls go through the same host calls as the interpreter's: output, arguments,
     the exit code."""

@@ -13,10 +13,10 @@ R-X, data RW-NX, never writable and executable).
 Cache: `<cache root>/wasm-aot/<sha256 of the module>-<toolchain key>.elf`, where the
 toolchain key hashes wasm2c's and the C compiler's versions, SIMDe's commit, the flags
 and every source of the guest runtime (guests/aot, the SDK, the engine ABI header,
-wasm-rt.h) and of the glue generator. Files are written beside their final name and renamed into place, so a
-reader sees a whole file or none; two processes compiling the same module at once both
-succeed and one rename wins. The runtime (SDK + guests/aot) is compiled once per
-toolchain key into `runtime-<key>/`.
+wasm-rt.h) and of the glue generator. Files are written beside their final name and
+renamed into place, so a reader sees a whole file or none; two processes compiling the
+same module at once both succeed and one rename wins. The runtime (SDK + guests/aot) is
+compiled once per toolchain key into `runtime-<key>/`.
 
 A big module's C (over `SPLIT_BYTES`) is split into several translation units (by
 wasm2c's `--num-outputs`; `split.py` turns their data into string literals) compiled
@@ -184,7 +184,7 @@ def _version(cmd: list[str]) -> str:
 # above all), each where the guest's CPUID, which is KVM's supported CPUID of this
 # machine, reports it. Never AVX: its state needs XSAVE set up per guest, and the
 # engine guest assumes no more than SSE (guests/build.py). (leaf, register, bit)
-_SSE_FEATURES = (
+SSE_FEATURES = (
     ("-mssse3", (0x1, "ecx", 9)),
     ("-msse4.1", (0x1, "ecx", 19)),
     ("-msse4.2", (0x1, "ecx", 20)),
@@ -201,7 +201,7 @@ def cpu_flags() -> tuple[str, ...]:
     except KvmUnavailable as exc:  # no KVM here: compile for the baseline
         log.info("compiling for x86-64's SSE2 baseline: %s", exc)
         return ()
-    return tuple(flag for flag, feature in _SSE_FEATURES if kvm.has_cpu_feature(feature))
+    return tuple(flag for flag, feature in SSE_FEATURES if kvm.has_cpu_feature(feature))
 
 
 def toolchain_key() -> str:
