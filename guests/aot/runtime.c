@@ -19,12 +19,12 @@
 #include "aot.h"
 #include "../wasm/trap_messages.h"
 
-int aot_setjmp(uint64_t buf[8]) __attribute__((returns_twice));
-__attribute__((noreturn)) void aot_longjmp(uint64_t buf[8], int value);
+#include <setjmp.h> /* aot_setjmp, aot_longjmp (jmp.S) */
+
+#include "wasm-rt-exceptions.h"
 
 #define AOT_LIMIT 200 /* internal "trap": a resource limit, reported as WASM_STATUS_LIMIT */
 #define MAX_INSTANCES 4096
-#define MAX_FUNC_TYPES 65536
 #define MAX_TABLE_ELEMENTS 10000000u
 
 SBX_EXPORT(wasm_abi_version, SBX_TAG_U32) { sbx_ret_u32(ret, WASM_ABI_VERSION); }
@@ -56,9 +56,9 @@ static void reply_error(uint8_t status, uint8_t kind, const char *msg) {
     reply_put(msg, strlen(msg));
 }
 
-static void reply_value(uint8_t type, uint64_t bits) {
+static void reply_value(uint8_t type, const aot_val *bits) {
     reply_put(&type, 1);
-    reply_put(&bits, 8);
+    reply_put(bits, type == WASM_TYPE_V128 ? 16 : 8);
 }
 
 static void ret_reply(sbx_value *ret) { sbx_ret_bytes(ret, reply, reply_len); }
@@ -70,10 +70,11 @@ static void reply_trap(int kind) {
 
 /* ---- Operations and traps ------------------------------------------------------------ */
 
-static uint64_t trap_buf[8];
+static jmp_buf trap_buf;
 static bool in_op; /* an instantiate or invoke is running (wasm_fault may end it) */
 static bool initialized;
 static uint32_t trap_element; /* the element index of an "uninitialized element" trap */
+static wasm_rt_jmp_buf *unwind_target; /* the innermost try_table's, or NULL */
 
 static int trap_kind(int code) {
     switch (code) {
@@ -84,6 +85,8 @@ static int trap_kind(int code) {
     case WASM_RT_TRAP_UNREACHABLE: return WASM_TRAP_UNREACHABLE;
     case WASM_RT_TRAP_CALL_INDIRECT: return WASM_TRAP_INDIRECT_TYPE_MISMATCH;
     case WASM_RT_TRAP_EXHAUSTION: return WASM_TRAP_STACK_EXHAUSTED;
+    case WASM_RT_TRAP_NULL_REF: return WASM_TRAP_NULL_REFERENCE;
+    case WASM_RT_TRAP_UNCAUGHT_EXCEPTION: return WASM_TRAP_UNCAUGHT_EXCEPTION;
     case WASM_RT_TRAP_TABLE_OOB: return WASM_TRAP_TABLE_OOB;
     case WASM_RT_TRAP_UNDEFINED_ELEMENT: return WASM_TRAP_UNDEFINED_ELEMENT;
     case WASM_RT_TRAP_UNINITIALIZED_ELEMENT: return WASM_TRAP_UNINITIALIZED_ELEMENT;
@@ -99,6 +102,12 @@ void wasm_rt_trap(wasm_rt_trap_t code) {
 
 static __attribute__((noreturn)) void limit(void) { wasm_rt_trap((wasm_rt_trap_t)AOT_LIMIT); }
 
+/* Starts an instantiate or invoke: no exception handler yet (see wasm_rt_throw). */
+static void op_start(void) {
+    in_op = true;
+    unwind_target = NULL;
+}
+
 /* Ends an operation that trapped: the reply for its code. */
 static void reply_code(int code) {
     in_op = false;
@@ -112,15 +121,46 @@ static void reply_code(int code) {
         reply_trap(trap_kind(code));
 }
 
-int aot_call_indirect_trap(const wasm_rt_funcref_table_t *table, uint32_t index) {
+int aot_call_indirect_check(const wasm_rt_funcref_table_t *table, wasm_rt_func_type_t type,
+                            uint32_t index) {
     if (index >= table->size) wasm_rt_trap((wasm_rt_trap_t)WASM_RT_TRAP_UNDEFINED_ELEMENT);
     trap_element = index;
-    if (!table->data[index].func)
-        wasm_rt_trap((wasm_rt_trap_t)WASM_RT_TRAP_UNINITIALIZED_ELEMENT);
+    const wasm_rt_funcref_t *ref = &table->data[index];
+    if (!ref->func) wasm_rt_trap((wasm_rt_trap_t)WASM_RT_TRAP_UNINITIALIZED_ELEMENT);
+    if (type && ref->func_type && memcmp(type, ref->func_type, 32) == 0) return 1;
     wasm_rt_trap((wasm_rt_trap_t)WASM_RT_TRAP_INDIRECT_MISMATCH);
 }
 
-/* ---- wasm-rt: initialisation, function types ---------------------------------------- */
+/* ---- wasm-rt: exceptions (try_table, throw, throw_ref) ------------------------------------
+ * wasm2c's code saves an unwind target (wasm_rt_try: aot_setjmp) per try_table and restores
+ * the outer one on the way out; wasm_rt_throw jumps to the innermost. With none (thrown
+ * out of the export that was called) the operation ends as the interpreter ends it:
+ * "uncaught exception". Every operation starts with none (a trap may have abandoned the
+ * frames that held the last one). */
+
+#define MAX_EXCEPTION_SIZE 256 /* wasm2c's WASM_EXN_MAX_SIZE: the payload of an exnref */
+static wasm_rt_tag_t exception_tag;
+static uint32_t exception_size;
+static uint8_t exception_data[MAX_EXCEPTION_SIZE];
+void wasm_rt_load_exception(const wasm_rt_tag_t tag, uint32_t size, const void *values) {
+    if (size > MAX_EXCEPTION_SIZE) limit(); /* the validator's limits keep payloads smaller */
+    exception_tag = tag;
+    exception_size = size;
+    if (size) memcpy(exception_data, values, size);
+}
+
+void wasm_rt_throw(void) {
+    if (!unwind_target) wasm_rt_trap(WASM_RT_TRAP_UNCAUGHT_EXCEPTION);
+    WASM_RT_LONGJMP(*unwind_target, WASM_RT_TRAP_UNCAUGHT_EXCEPTION);
+}
+
+wasm_rt_jmp_buf *wasm_rt_get_unwind_target(void) { return unwind_target; }
+void wasm_rt_set_unwind_target(wasm_rt_jmp_buf *target) { unwind_target = target; }
+wasm_rt_tag_t wasm_rt_exception_tag(void) { return exception_tag; }
+uint32_t wasm_rt_exception_size(void) { return exception_size; }
+void *wasm_rt_exception(void) { return exception_data; }
+
+/* ---- wasm-rt: initialisation ------------------------------------------------------------ */
 
 void wasm_rt_init(void) { initialized = true; }
 bool wasm_rt_is_initialized(void) { return initialized; }
@@ -129,41 +169,6 @@ void wasm_rt_free(void) {}
 const char *wasm_rt_strerror(wasm_rt_trap_t trap) { return trap_messages[trap_kind(trap)]; }
 
 void abort(void) { sbx_abort("the compiled module aborted"); }
-
-struct func_type {
-    uint32_t params, results;
-    uint8_t *types;
-};
-static struct func_type *func_types;
-static uint32_t n_func_types, cap_func_types;
-
-uint32_t wasm_rt_register_func_type(uint32_t params, uint32_t results, ...) {
-    uint8_t types[512];
-    uint32_t n = params + results;
-    if (n > sizeof types) limit();
-    va_list ap;
-    va_start(ap, results);
-    for (uint32_t i = 0; i < n; i++) types[i] = (uint8_t)va_arg(ap, int);
-    va_end(ap);
-    for (uint32_t i = 0; i < n_func_types; i++) {
-        struct func_type *t = &func_types[i];
-        if (t->params == params && t->results == results && memcmp(t->types, types, n) == 0)
-            return i + 1;
-    }
-    if (n_func_types == cap_func_types) {
-        uint32_t cap = cap_func_types ? cap_func_types * 2 : 64;
-        if (cap > MAX_FUNC_TYPES) limit();
-        struct func_type *grown = realloc(func_types, cap * sizeof *grown);
-        if (!grown) limit();
-        func_types = grown;
-        cap_func_types = cap;
-    }
-    uint8_t *copy = malloc(n ? n : 1);
-    if (!copy) limit();
-    memcpy(copy, types, n);
-    func_types[n_func_types] = (struct func_type){params, results, copy};
-    return ++n_func_types; /* ids start at 1: 0 is no function */
-}
 
 /* ---- wasm-rt: memories in the engine ABI's windows ------------------------------------ */
 
@@ -181,26 +186,30 @@ static uint32_t window_of(const wasm_rt_memory_t *mem) {
     return (uint32_t)(((uintptr_t)mem->data - (uintptr_t)WASM_WINDOW_BASE) / WASM_WINDOW_STRIDE);
 }
 
-void wasm_rt_allocate_memory(wasm_rt_memory_t *mem, uint32_t initial, uint32_t max) {
+void wasm_rt_allocate_memory(wasm_rt_memory_t *mem, uint64_t initial, uint64_t max, bool is64,
+                             uint32_t page_size) {
+    /* memory64 and custom page sizes are refused by the validator before compiling */
+    if (is64 || page_size != WASM_PAGE_SIZE) sbx_abort("unsupported memory type");
     if (n_windows >= WASM_MAX_MEMORIES || initial > WASM_MAX_PAGES) limit();
     uint32_t window = n_windows++;
     if (!host_grow(window, initial)) limit();
     mem->data = (uint8_t *)(uintptr_t)(WASM_WINDOW_BASE + (uint64_t)window * WASM_WINDOW_STRIDE);
+    mem->data_end = mem->data + (uint64_t)WASM_MAX_PAGES * WASM_PAGE_SIZE;
+    mem->page_size = WASM_PAGE_SIZE;
+    mem->is64 = false;
     mem->pages = initial;
     mem->max_pages = max > WASM_MAX_PAGES ? WASM_MAX_PAGES : max;
     mem->size = initial * WASM_PAGE_SIZE;
     if (capture_mem0 < 0) capture_mem0 = (int32_t)window;
 }
 
-uint32_t wasm_rt_grow_memory(wasm_rt_memory_t *mem, uint32_t delta) {
-    uint32_t old = mem->pages;
-    uint64_t pages = (uint64_t)old + delta;
-    if (pages > mem->max_pages) return UINT32_MAX;
+uint64_t wasm_rt_grow_memory(wasm_rt_memory_t *mem, uint64_t delta) {
+    uint64_t old = mem->pages;
+    if (delta > mem->max_pages - old) return UINT32_MAX; /* -1 as a 32-bit memory's i32 */
+    uint64_t pages = old + delta;
     if (delta && !host_grow(window_of(mem), pages)) return UINT32_MAX;
-    mem->pages = (uint32_t)pages;
-    /* wasm2c keeps the size in 32 bits: a full 4 GiB memory reads as 4 GiB - 64 KiB to
-     * its bulk-memory range checks (loads and stores are not checked against it). */
-    mem->size = pages >= WASM_MAX_PAGES ? 0xffff0000u : (uint32_t)(pages * WASM_PAGE_SIZE);
+    mem->pages = pages;
+    mem->size = pages * WASM_PAGE_SIZE;
     return old;
 }
 
@@ -224,6 +233,30 @@ void wasm_rt_allocate_externref_table(wasm_rt_externref_table_t *t, uint32_t n, 
     t->max_size = max;
 }
 
+void wasm_rt_allocate_exnref_table(wasm_rt_exnref_table_t *t, uint32_t n, uint32_t max) {
+    if (n > MAX_TABLE_ELEMENTS / 32) limit(); /* 272 bytes an element */
+    t->data = calloc(n ? n : 1, sizeof *t->data);
+    if (!t->data) limit();
+    t->size = n;
+    t->max_size = max;
+}
+
+uint32_t wasm_rt_grow_exnref_table(wasm_rt_exnref_table_t *t, uint32_t delta,
+                                   wasm_rt_exnref_t init) {
+    uint32_t old = t->size;
+    uint64_t n = (uint64_t)old + delta;
+    if (n > t->max_size || n > MAX_TABLE_ELEMENTS / 32) return UINT32_MAX;
+    if (delta) {
+        wasm_rt_exnref_t *grown = realloc(t->data, n * sizeof *grown);
+        if (!grown) return UINT32_MAX;
+        for (uint64_t i = old; i < n; i++) grown[i] = init;
+        t->data = grown;
+        t->size = (uint32_t)n;
+    }
+    return old;
+}
+
+void wasm_rt_free_exnref_table(wasm_rt_exnref_table_t *t) { free(t->data); }
 void wasm_rt_free_funcref_table(wasm_rt_funcref_table_t *t) { free(t->data); }
 void wasm_rt_free_externref_table(wasm_rt_externref_table_t *t) { free(t->data); }
 
@@ -305,16 +338,19 @@ struct instance {
 static struct instance **instances;
 static uint32_t n_instances, cap_instances;
 
-void aot_call_import(void *ctx, uint32_t index, const uint64_t *args, uint64_t *results) {
+/* Bytes of a value of `type` in a value list, after its type byte. */
+static size_t value_size(uint8_t type) { return type == WASM_TYPE_V128 ? 16 : 8; }
+
+void aot_call_import(void *ctx, uint32_t index, const aot_val *args, aot_val *results) {
     const struct instance *inst = ctx;
     const struct aot_import *imp = &aot_module.imports[index];
-    uint8_t list[1 + 255 * 9];
+    uint8_t list[1 + 255 * 17];
     size_t len = 0;
     list[len++] = imp->nparams;
     for (uint32_t i = 0; i < imp->nparams; i++) {
         list[len++] = imp->types[i];
-        memcpy(list + len, &args[i], 8);
-        len += 8;
+        memcpy(list + len, &args[i], value_size(imp->types[i]));
+        len += value_size(imp->types[i]);
     }
     /* Memory 0 of the caller; during instantiation it may not be allocated yet. */
     uint32_t memory = inst->memory;
@@ -326,12 +362,17 @@ void aot_call_import(void *ctx, uint32_t index, const uint64_t *args, uint64_t *
     a[3].tag = SBX_TAG_U32;
     sbx_value r = sbx_host_call(WASM_HOST_IMPORT, 4, a);
     const uint8_t *res = (const uint8_t *)(uintptr_t)r.bits;
-    if (r.tag != SBX_TAG_BYTES || r.len != 1 + 9u * imp->nresults || res[0] != imp->nresults)
+    size_t want = 1;
+    for (uint32_t i = 0; i < imp->nresults; i++) want += 1 + value_size(imp->types[imp->nparams + i]);
+    if (r.tag != SBX_TAG_BYTES || r.len != want || res[0] != imp->nresults)
         sbx_abort("host import %u answered a malformed value list", index);
+    size_t at = 1;
     for (uint32_t i = 0; i < imp->nresults; i++) {
-        if (res[1 + 9 * i] != imp->types[imp->nparams + i])
-            sbx_abort("host import %u answered a value of the wrong type", index);
-        memcpy(&results[i], res + 2 + 9 * i, 8);
+        uint8_t type = imp->types[imp->nparams + i];
+        if (res[at] != type) sbx_abort("host import %u answered a value of the wrong type", index);
+        results[i] = (aot_val){0, 0};
+        memcpy(&results[i], res + at + 1, value_size(type));
+        at += 1 + value_size(type);
     }
 }
 
@@ -403,13 +444,10 @@ SBX_EXPORT(wasm_instantiate, SBX_TAG_BYTES, SBX_TAG_I32) {
     inst->data = data;
     n_instances++; /* a failed instantiation keeps its slot: its memories stay mapped */
     capture_mem0 = -1;
-    in_op = true;
+    op_start();
     int code = aot_setjmp(trap_buf);
     if (code == 0) {
-        if (!initialized) {
-            wasm_rt_init();
-            aot_module.init_module();
-        }
+        if (!initialized) wasm_rt_init();
         aot_module.instantiate(inst->data, inst);
         in_op = false;
         if (capture_mem0 >= 0) inst->memory = (uint32_t)capture_mem0;
@@ -454,23 +492,36 @@ SBX_EXPORT(wasm_invoke, SBX_TAG_BYTES, SBX_TAG_I32, SBX_TAG_STR, SBX_TAG_BYTES) 
         ret_reply(ret);
         return;
     }
-    if (vals_len < 1 || vals[0] != e->nparams || vals_len != 1 + 9u * e->nparams) {
+    if (vals_len < 1 || vals[0] != e->nparams) {
         reply_error(WASM_STATUS_BAD_CALL, 0, "wrong number of arguments");
         ret_reply(ret);
         return;
     }
-    uint64_t argv[256], results[256];
+    aot_val argv[256], results[256];
+    size_t at = 1;
     for (uint32_t i = 0; i < e->nparams; i++) {
-        uint8_t t = vals[1 + 9 * i];
-        memcpy(&argv[i], vals + 2 + 9 * i, 8);
-        if (t != e->types[i] ||
-            (t == WASM_TYPE_FUNCREF && argv[i] != WASM_NULL_REF && argv[i] >= n_funcrefs)) {
+        uint8_t t = at < vals_len ? vals[at] : 0;
+        size_t n = value_size(t);
+        if (at + 1 + n > vals_len || t != e->types[i]) {
+            reply_error(WASM_STATUS_BAD_CALL, 0, "wrong argument types");
+            ret_reply(ret);
+            return;
+        }
+        argv[i] = (aot_val){0, 0};
+        memcpy(&argv[i], vals + at + 1, n);
+        at += 1 + n;
+        if (t == WASM_TYPE_FUNCREF && argv[i].lo != WASM_NULL_REF && argv[i].lo >= n_funcrefs) {
             reply_error(WASM_STATUS_BAD_CALL, 0, "wrong argument types");
             ret_reply(ret);
             return;
         }
     }
-    in_op = true;
+    if (at != vals_len) {
+        reply_error(WASM_STATUS_BAD_CALL, 0, "wrong number of arguments");
+        ret_reply(ret);
+        return;
+    }
+    op_start();
     int code = aot_setjmp(trap_buf);
     if (code == 0) {
         e->thunk(inst->data, argv, results);
@@ -478,7 +529,7 @@ SBX_EXPORT(wasm_invoke, SBX_TAG_BYTES, SBX_TAG_I32, SBX_TAG_STR, SBX_TAG_BYTES) 
         reply_start(WASM_STATUS_OK, 0);
         uint8_t n = e->nresults;
         reply_put(&n, 1);
-        for (uint32_t i = 0; i < n; i++) reply_value(e->types[e->nparams + i], results[i]);
+        for (uint32_t i = 0; i < n; i++) reply_value(e->types[e->nparams + i], &results[i]);
     } else {
         reply_code(code);
     }
@@ -494,12 +545,12 @@ SBX_EXPORT(wasm_get, SBX_TAG_BYTES, SBX_TAG_I32, SBX_TAG_STR) {
     if (!inst || !e) {
         reply_error(WASM_STATUS_BAD_CALL, 0, "no such exported global");
     } else {
-        uint64_t value;
+        aot_val value = {0, 0};
         e->thunk(inst->data, NULL, &value);
         reply_start(WASM_STATUS_OK, 0);
         uint8_t one = 1;
         reply_put(&one, 1);
-        reply_value(e->types[0], value);
+        reply_value(e->types[0], &value);
     }
     ret_reply(ret);
 }

