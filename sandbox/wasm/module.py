@@ -98,7 +98,7 @@ def _wasmtime() -> Any:
 
 
 @functools.cache
-def _engine(simd: bool = True, exceptions: bool = True) -> Any:
+def _engine() -> Any:
     wasmtime = _wasmtime()
     config = wasmtime.Config()
     for feature in (
@@ -117,38 +117,18 @@ def _engine(simd: bool = True, exceptions: bool = True) -> Any:
     ):
         if hasattr(type(config), feature):  # write-only properties: look on the class
             setattr(config, feature, False)
-    config.wasm_simd = simd  # Wasm 2.0's fixed-width SIMD (the engine's guests/wasm/simd.h)
+    config.wasm_simd = True  # Wasm 2.0's fixed-width SIMD (the engine's guests/wasm/simd.h)
     # Exception handling with exnref (try_table, throw, throw_ref; guests/wasm/eh.c). The
     # binding's knob is Wasmtime's wasm_exceptions: the exnref proposal. The legacy one
     # (try/catch/rethrow/delegate) is wasmtime's separate legacy_exceptions feature, which
     # the Python binding does not expose and which stays off ("legacy_exceptions feature
     # required"); the engine's decoder refuses those opcodes too.
-    config.wasm_exceptions = exceptions
+    config.wasm_exceptions = True
     # Bulk memory, reference types and multi-value stay on (wasmtime's defaults).
     # Released before interpreter shutdown: wasmtime's finalizer fails once its module
     # globals are gone.
     atexit.register(_engine.cache_clear)
     return wasmtime.Engine(config)
-
-
-def uses_simd(data: bytes) -> bool:
-    """Whether the valid module `data` needs SIMD (it does not validate without it)."""
-    wasmtime = _wasmtime()
-    try:
-        wasmtime.Module.validate(_engine(simd=False), data)
-    except wasmtime.WasmtimeError:
-        return True
-    return False
-
-
-def uses_exceptions(data: bytes) -> bool:
-    """Whether the valid module `data` needs exception handling (tags, try_table, exnref)."""
-    wasmtime = _wasmtime()
-    try:
-        wasmtime.Module.validate(_engine(exceptions=False), data)
-    except wasmtime.WasmtimeError:
-        return True
-    return False
 
 
 def validate(data: bytes) -> None:
