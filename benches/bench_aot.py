@@ -157,6 +157,37 @@ def _park(ours: Any, peer: Any) -> None:
         _reaper.drain()
 
 
+def _spawns_versus(bench: Any, ours_snap: Any, their_snap: Any) -> tuple[Any, Any, Any]:
+    """from_snapshot -> add(1, 2) of `ours_snap` against `their_snap`'s, each taking a
+    parked machine (see _no_spares): bench.versus's (our result, theirs, Versus)."""
+    holder: list[Any] = []
+
+    def spawn(snap: Any) -> Any:
+        sb = Sandbox.from_snapshot(snap)
+        holder.append(sb)
+        return sb.call("add", 1, 2)
+
+    def close(*_: Any) -> None:
+        for sb in holder:
+            sb.close()
+        holder.clear()
+        _reaper.drain()
+
+    with _no_spares():
+        _park(ours_snap, their_snap)
+        s = bench.settings
+        result = bench.versus(
+            lambda: spawn(ours_snap),
+            lambda: spawn(their_snap),
+            rounds=20 if s.quick else 200,
+            warmup_rounds=3,
+            teardown=close,
+            peer_rounds=PEER_BLOCK * s.floor_readings,
+        )
+        close()
+    return result
+
+
 def _lua_path() -> Path:
     """Where lua.wasm is cached: keyed by the sdist, the config header, the flags and
     clang's version."""
@@ -387,36 +418,11 @@ def test_aot_from_snapshot_vs_interpreter(bench_nofloor: Any) -> None:
     import wasmtime
 
     add = wasmtime.wat2wasm(ADD_WAT)
-    holder: list[Any] = []
-
-    def spawn(snap: Any) -> Any:
-        sb = Sandbox.from_snapshot(snap)
-        holder.append(sb)
-        return sb.call("add", 1, 2)
-
-    def close(*_: Any) -> None:
-        for sb in holder:
-            sb.close()
-        holder.clear()
-        _reaper.drain()
-
     with (
         Sandbox.from_wasm(add, tier="aot") as native,
         Sandbox.from_wasm(add) as interp,
-        _no_spares(),
     ):
-        ours_snap, their_snap = native.snapshot(), interp.snapshot()
-        _park(ours_snap, their_snap)
-        s = bench_nofloor.settings
-        result, theirs, v = bench_nofloor.versus(
-            lambda: spawn(ours_snap),
-            lambda: spawn(their_snap),
-            rounds=20 if s.quick else 200,
-            warmup_rounds=3,
-            teardown=close,
-            peer_rounds=PEER_BLOCK * s.floor_readings,
-        )
-        close()
+        result, theirs, v = _spawns_versus(bench_nofloor, native.snapshot(), interp.snapshot())
     assert result == theirs == 3
     if v is not None:
         bench_nofloor.report_versus(scenario, v, what)
@@ -504,33 +510,9 @@ def test_wasm_from_snapshot_vs_native(bench_nofloor: Any, tier: str) -> None:
     scenario = f"wasm {tier}: from_snapshot(instantiated) -> add(1, 2) / a native guest's"
     what = "Sandbox.from_snapshot(snap) -> add(1, 2), native guest"
     _native_skip(bench_nofloor, tier, scenario, what)
-    holder: list[Any] = []
-
-    def spawn(snap: Any) -> Any:
-        sb = Sandbox.from_snapshot(snap)
-        holder.append(sb)
-        return sb.call("add", 1, 2)
-
-    def close(*_: Any) -> None:
-        for sb in holder:
-            sb.close()
-        holder.clear()
-        _reaper.drain()
-
     wasm, native = _add_sandboxes(tier)
-    with wasm, native, _no_spares():
-        ours_snap, their_snap = wasm.snapshot(), native.snapshot()
-        _park(ours_snap, their_snap)
-        s = bench_nofloor.settings
-        result, theirs, v = bench_nofloor.versus(
-            lambda: spawn(ours_snap),
-            lambda: spawn(their_snap),
-            rounds=20 if s.quick else 200,
-            warmup_rounds=3,
-            teardown=close,
-            peer_rounds=PEER_BLOCK * s.floor_readings,
-        )
-        close()
+    with wasm, native:
+        result, theirs, v = _spawns_versus(bench_nofloor, wasm.snapshot(), native.snapshot())
     assert result == theirs == 3
     if v is not None:
         bench_nofloor.report(
