@@ -34,7 +34,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -527,6 +527,44 @@ def test_wasm_from_snapshot_vs_native(bench_nofloor: Any, tier: str) -> None:
         )
 
 
+def _command_runners(
+    source: Path | bytes, argv: list[str], stdout: Path | None = None
+) -> tuple[Callable[[], int], Callable[[Any], int]]:
+    """A WASI command run in wasmtime's JIT (a new Store and instance each time, its
+    stdout to `stdout`) and in one of our sandboxes (restore + run): each returns the
+    exit status."""
+    import wasmtime
+
+    engine = wasmtime.Engine()
+    if isinstance(source, Path):
+        module = wasmtime.Module.from_file(engine, str(source))
+    else:
+        module = wasmtime.Module(engine, source)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+
+    def theirs() -> int:
+        store = wasmtime.Store(engine)
+        config = wasmtime.WasiConfig()
+        config.argv = argv
+        if stdout is not None:
+            config.stdout_file = str(stdout)
+        store.set_wasi(config)
+        start = linker.instantiate(store, module).exports(store)["_start"]
+        assert isinstance(start, wasmtime.Func)
+        try:
+            start(store)
+        except wasmtime.ExitTrap as exc:
+            return int(exc.code)
+        return 0
+
+    def ours(sb: Any) -> int:
+        sb.restore()
+        return int(sb.run())
+
+    return theirs, ours
+
+
 def _lua_args() -> list[str]:
     return ["lua", "-e", LUA_SCRIPT.read_text()]
 
@@ -550,33 +588,11 @@ def test_aot_lua_script_vs_wasmtime(bench_nofloor: Any, tmp_path: Path) -> None:
         bench_nofloor.skip(interp_scenario, reason, baseline_what=what, kind="peer", now=False)
         bench_nofloor.skip(scenario, reason, baseline_what=what, kind="peer")
     assert path is not None
-    import wasmtime
 
     from sandbox.wasm import WasiConfig
 
-    engine = wasmtime.Engine()
-    module = wasmtime.Module.from_file(engine, str(path))
-    linker = wasmtime.Linker(engine)
-    linker.define_wasi()
     out = tmp_path / "stdout"
-
-    def theirs() -> int:
-        store = wasmtime.Store(engine)
-        config = wasmtime.WasiConfig()
-        config.argv = _lua_args()
-        config.stdout_file = str(out)
-        store.set_wasi(config)
-        start = linker.instantiate(store, module).exports(store)["_start"]
-        assert isinstance(start, wasmtime.Func)
-        try:
-            start(store)
-        except wasmtime.ExitTrap as exc:
-            return int(exc.code)
-        return 0
-
-    def ours(sb: Any) -> int:
-        sb.restore()
-        return int(sb.run())
+    theirs, ours = _command_runners(path, _lua_args(), out)
 
     config = WasiConfig(args=_lua_args())
     rounds = 3 if quick else 11
@@ -652,32 +668,11 @@ def test_aot_cpython_vs_wasmtime(bench_nofloor: Any) -> None:
     if data is None:
         bench_nofloor.skip(scenario, reason, baseline_what=what, kind="peer")
     assert data is not None
-    import wasmtime
 
     from sandbox.wasm import WasiConfig
 
     argv = ["python", "-c", (WASM_DIR / "pybench.py").read_text()]
-    engine = wasmtime.Engine()
-    module = wasmtime.Module(engine, data)
-    linker = wasmtime.Linker(engine)
-    linker.define_wasi()
-
-    def theirs() -> int:
-        store = wasmtime.Store(engine)
-        config = wasmtime.WasiConfig()
-        config.argv = argv
-        store.set_wasi(config)
-        start = linker.instantiate(store, module).exports(store)["_start"]
-        assert isinstance(start, wasmtime.Func)
-        try:
-            start(store)
-        except wasmtime.ExitTrap as exc:
-            return int(exc.code)
-        return 0
-
-    def ours(sb: Any) -> int:
-        sb.restore()
-        return int(sb.run())
+    theirs, ours = _command_runners(data, argv)
 
     with Sandbox.from_wasm(data, wasi=WasiConfig(args=argv), tier="aot") as native:
         code, peer_code, v = bench_nofloor.versus(
