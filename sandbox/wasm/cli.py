@@ -155,6 +155,7 @@ def cmd_wasm_run(args: argparse.Namespace) -> int:
 
 
 def cmd_wasm_compile(args: argparse.Namespace) -> int:
+    import dataclasses
     import time
 
     from ..console import print_error
@@ -167,9 +168,9 @@ def cmd_wasm_compile(args: argparse.Namespace) -> int:
             raise ValueError("--seconds, --memory and --jobs must be positive")
         limits = aot.Limits(seconds=args.seconds, memory=int(args.memory * (1 << 30)))
         if args.jobs is not None:
-            limits = aot.Limits(seconds=limits.seconds, memory=limits.memory, jobs=args.jobs)
+            limits = dataclasses.replace(limits, jobs=args.jobs)
         started = time.perf_counter()
-        path = aot.compile_module(load(args.module.read_bytes()), limits)
+        path = aot.compile_module(load(args.module), limits)
         elapsed = time.perf_counter() - started
         print(f"{path} ({path.stat().st_size} bytes, {elapsed:.1f} s)")
         return 0

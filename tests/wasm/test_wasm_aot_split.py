@@ -161,7 +161,7 @@ def test_unexpected_data_is_compiled_as_written(
 
 def test_the_compile_command(tmp_path: Path) -> None:
     """`python -m sandbox wasm compile` puts the compiled guest in the cache and prints
-    its path; bad limits and a non-Wasm file are one-line errors."""
+    its path; bad limits, a non-Wasm file and a missing one are one-line errors."""
     import os
     import subprocess
     import sys
@@ -183,3 +183,5 @@ def test_the_compile_command(tmp_path: Path) -> None:
     bad.write_bytes(b"not wasm")
     failed = run(str(bad))
     assert failed.returncode == 1 and len(failed.stderr.strip().splitlines()) == 1
+    missing = run(str(tmp_path / "missing.wasm"))
+    assert missing.returncode == 1 and "does not exist" in missing.stderr, missing.stderr
