@@ -276,16 +276,7 @@ def _kernel_vs_wasmtime(
     )
     assert ours == peer, f"{export}: AOT {ours} != wasmtime {peer}"
     if v is not None:
-        bench_nofloor.report(
-            scenario,
-            v.ours_us,
-            v.peer_us,
-            what,
-            target,
-            v.spread,
-            readings=v.peer_readings_us,
-            kind="peer",
-        )
+        bench_nofloor.report_versus(scenario, v, what, target)
 
 
 def test_aot_compile_small_module(
@@ -490,16 +481,7 @@ def test_wasm_restore_and_call_vs_native(bench_nofloor: Any, tier: str) -> None:
         )
     assert result == theirs == 3
     if v is not None:
-        bench_nofloor.report(
-            scenario,
-            v.ours_us,
-            v.peer_us,
-            what,
-            NATIVE_TARGET if tier == "aot" else None,
-            v.spread,
-            readings=v.peer_readings_us,
-            kind="peer",
-        )
+        bench_nofloor.report_versus(scenario, v, what, NATIVE_TARGET if tier == "aot" else None)
 
 
 @pytest.mark.parametrize("tier", TIERS)
@@ -515,16 +497,7 @@ def test_wasm_from_snapshot_vs_native(bench_nofloor: Any, tier: str) -> None:
         result, theirs, v = _spawns_versus(bench_nofloor, wasm.snapshot(), native.snapshot())
     assert result == theirs == 3
     if v is not None:
-        bench_nofloor.report(
-            scenario,
-            v.ours_us,
-            v.peer_us,
-            what,
-            NATIVE_TARGET if tier == "aot" else None,
-            v.spread,
-            readings=v.peer_readings_us,
-            kind="peer",
-        )
+        bench_nofloor.report_versus(scenario, v, what, NATIVE_TARGET if tier == "aot" else None)
 
 
 def _command_runners(
@@ -613,16 +586,7 @@ def test_aot_lua_script_vs_wasmtime(bench_nofloor: Any, tmp_path: Path) -> None:
             interp_us.append((time.perf_counter() - t0) * 1e6)
         assert interp.last_output == expected
     if v is not None:
-        bench_nofloor.report(
-            scenario,
-            v.ours_us,
-            v.peer_us,
-            what,
-            LUA_TARGET,
-            v.spread,
-            readings=v.peer_readings_us,
-            kind="peer",
-        )
+        bench_nofloor.report_versus(scenario, v, what, LUA_TARGET)
         bench_nofloor.report(
             interp_scenario,
             statistics.median(interp_us),
@@ -681,16 +645,7 @@ def test_aot_cpython_vs_wasmtime(bench_nofloor: Any) -> None:
         assert code == peer_code == 0, native.last_stderr
         assert native.last_output.split() == ["6765", "399999", "50000", "30000", "17999100010000"]
     if v is not None:
-        bench_nofloor.report(
-            scenario,
-            v.ours_us,
-            v.peer_us,
-            what,
-            LUA_TARGET,
-            v.spread,
-            readings=v.peer_readings_us,
-            kind="peer",
-        )
+        bench_nofloor.report_versus(scenario, v, what, LUA_TARGET)
 
 
 def _prepare_lua() -> int:

