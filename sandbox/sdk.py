@@ -35,13 +35,6 @@ def _builder() -> ModuleType:
     return module
 
 
-def guest_flags() -> tuple[list[str], list[str]]:
-    """The SDK's compiler and linker flags for a ring-3 guest (guests/build.py's CFLAGS
-    and LDFLAGS): what other builders of guest images start from."""
-    builder = _builder()
-    return list(builder.CFLAGS), list(builder.LDFLAGS)
-
-
 def build_guest(
     sources: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],

@@ -43,7 +43,7 @@ from typing import Any
 from ...cachedir import cache_subdir
 from ...errors import GuestBuildError, KvmUnavailable
 from ...kvm import Kvm
-from ...sdk import guest_flags, sdk_dir
+from ...sdk import sdk_dir
 from ..module import WasmModule
 from . import glue, split
 
@@ -56,10 +56,18 @@ GLUE_VERSION = 1  # bump when the generated C or the patches below change meanin
 # no call-depth counting (the stack guard faults instead). No sibling-call optimisation:
 # it turns Wasm recursion into loops, so that unbounded recursion, which must trap with
 # "call stack exhausted", would spin instead.
-_GUEST_CFLAGS, LDFLAGS = guest_flags()
 CFLAGS = [
-    # the SDK's, with "-w" for its warnings (wasm2c's output is not ours to warn about)
-    *(flag if flag != "-Wall" else "-w" for flag in _GUEST_CFLAGS if flag != "-Wextra"),
+    "-std=gnu11",
+    "-O2",
+    "-w",
+    "-ffreestanding",
+    "-fPIE",
+    "-fno-stack-protector",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-exceptions",
+    "-fcf-protection=none",
+    "-fno-plt",
+    "-mno-red-zone",
     "-fno-optimize-sibling-calls",
     "-fno-math-errno",  # sqrt is one instruction, no libm call for errno
     "-fsignaling-nans",  # no folding of x * 1.0 to x: Wasm quiets a signalling NaN there
@@ -68,6 +76,15 @@ CFLAGS = [
     "-DWASM_RT_USE_MMAP=1",
     "-DWASM_RT_MEMCHECK_GUARD_PAGES=1",
     "-DWASM_RT_STACK_EXHAUSTION_HANDLER=1",
+]
+LDFLAGS = [
+    "-static-pie",
+    "-nostdlib",
+    "-Wl,-z,max-page-size=4096",
+    "-Wl,-z,noexecstack",
+    "-Wl,--build-id=none",
+    "-Wl,-z,norelro",
+    "-Wl,--hash-style=gnu",
 ]
 # A split module's units (docs/aot.md) at -O1: CPython's pure-Python benchmark ran as
 # fast as at -O2 (1.70x against 1.69x wasmtime, same run), for 218 s of compile CPU
