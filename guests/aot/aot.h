@@ -2,10 +2,12 @@
  * compiler driver (sandbox/wasm/aot/glue.py) generates for each module beside wasm2c's
  * output. Forced into every compiled file with -include, after the compiler's own headers.
  *
- * The glue defines `aot_module`: the module's exports (a thunk per function or global
- * that converts raw u64 bits to the C types wasm2c uses), its function imports (each
- * defined by the glue as a call of aot_call_import) and wasm2c's init/instantiate entry
- * points. The runtime speaks the engine ABI of guests/wasm/wasm_abi.h on top of it, so
+ * The glue defines `aot_module` for its module: the exports (a thunk per function or
+ * global that converts raw u64 bits to the C types wasm2c uses, a locator per table,
+ * memory or global), the imports (wasm2c's import functions, each defined by the glue as
+ * a call of aot_call_import or aot_import_ptr) and wasm2c's instantiate. A guest holds
+ * one module or several (each module's objects linked into one with only `aot_module`
+ * global, renamed aot_module_<k>), listed in `aot_modules`. The runtime speaks the engine ABI of guests/wasm/wasm_abi.h on top of it, so
  * the host drives an AOT guest exactly like the interpreter engine. */
 #ifndef AOT_H
 #define AOT_H
@@ -52,44 +54,76 @@ typedef struct {
     } while (0)
 
 typedef void (*aot_thunk)(void *instance, const aot_val *args, aot_val *results);
+/* Where an exported table, memory or global of `instance` is (wasm2c's export accessor:
+ * a wasm_rt_*_table_t*, wasm_rt_memory_t* or the global's value). */
+typedef void *(*aot_locate)(void *instance);
 
-#define AOT_EXPORT_FUNC 0
-#define AOT_EXPORT_GLOBAL 3
+/* Kinds of imports and exports (the binary format's external kinds). */
+#define AOT_EXTERN_FUNC 0
+#define AOT_EXTERN_TABLE 1
+#define AOT_EXTERN_MEMORY 2
+#define AOT_EXTERN_GLOBAL 3
+#define AOT_EXTERN_TAG 4
 
 struct aot_export {
     const char *name;
     uint32_t name_len;
-    uint8_t kind;     /* AOT_EXPORT_FUNC or AOT_EXPORT_GLOBAL */
-    uint8_t nparams;  /* a global: 0 */
-    uint8_t nresults; /* a global: 1 */
-    const uint8_t *types; /* WASM_TYPE_* of the params, then of the results */
-    aot_thunk thunk;
+    uint8_t kind;     /* AOT_EXTERN_* */
+    uint8_t nparams;  /* a function's; else 0 */
+    uint8_t nresults; /* a function's; a global: 1; else 0 */
+    uint8_t mutable_; /* a global's mutability */
+    /* a function: WASM_TYPE_* of the params, then of the results; a global: its type;
+     * a table: its element type; a memory: none */
+    const uint8_t *types;
+    aot_thunk thunk;   /* a function: calls it; a global: reads it; else NULL */
+    aot_locate locate; /* a table, memory or global: where it is; else NULL */
 };
 
+/* One import of the module, in the module's order (all kinds). Function imports are
+ * numbered among themselves too (the host's index, aot_call_import's `index`). */
 struct aot_import {
-    uint8_t nparams;
+    const char *module;
+    uint32_t module_len;
+    const char *name;
+    uint32_t name_len;
+    uint8_t kind;     /* AOT_EXTERN_* */
+    uint8_t nparams;  /* as in aot_export */
     uint8_t nresults;
+    uint8_t mutable_;
     const uint8_t *types;
+    uint64_t min, max; /* a table's or memory's limits; max UINT64_MAX: none */
 };
 
 struct aot_module {
     const char *module_id; /* sha256 of the module's bytes, hex */
     uint64_t module_size;
+    uint32_t module_crc32; /* of the module's bytes: tells apart modules of one size */
     uint64_t instance_size;
     /* wasm2c's instantiate; `ctx` is passed for every import module, and comes back to
-     * aot_call_import as the import's first argument. */
+     * aot_call_import and aot_import_ptr as the import's first argument. */
     void (*instantiate)(void *instance, void *ctx);
     uint32_t nexports;
     const struct aot_export *exports;
     uint32_t nimports;
     const struct aot_import *imports;
+    uint32_t nfunc_imports;
+    const uint32_t *func_imports; /* function import k -> its index in imports */
+    int32_t memory0_import;       /* the import index of memory 0, or -1: its own */
 };
 
-extern const struct aot_module aot_module;
+/* The modules compiled into this guest (the compiler driver writes the list; a guest of
+ * one module has one). */
+extern const struct aot_module *const aot_modules[];
+extern const uint32_t aot_nmodules;
 
-/* Calls function import `index` on the host (WASM_HOST_IMPORT): args and results as raw
- * bits, typed by aot_module.imports[index]. */
+/* Calls function import `index` (k-th function import): on the host (WASM_HOST_IMPORT),
+ * or the export of another instance in this guest it was linked to. Args and results
+ * as raw bits, typed by the import. */
 void aot_call_import(void *ctx, uint32_t index, const aot_val *args, aot_val *results);
+
+/* Where import `index` (a table, memory or global; index among all imports) linked to:
+ * what wasm2c's import accessor returns. */
+void *aot_import_ptr(void *ctx, uint32_t index);
 
 /* call_indirect's slow path (the fast path compares the type pointers): true where the
  * element's type has the same hash as `type` (wasm2c's types are SHA-256 of the

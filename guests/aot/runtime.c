@@ -9,9 +9,13 @@
  * - A native stack overflow (deep Wasm recursion) faults on the stack guard; the host
  *   recovers the vCPU and calls wasm_fault too, which reports "call stack exhausted".
  * - Other traps (wasm_rt_trap) unwind with aot_longjmp to the export adapter.
- * - Function imports are host calls (WASM_HOST_IMPORT) with the engine's value lists.
- * One module per guest (the ELF is that module, compiled); it may be instantiated more
- * than once. Imports other than functions, and wasm_register, are not supported.
+ * - Imports are linked at instantiation as the interpreter links them: to the exports of
+ *   instances registered under the import's module name (wasm_register), to the built-in
+ *   "spectest" module, or (functions only) to the host (WASM_HOST_IMPORT, with the
+ *   engine's value lists). A linked function is called through its export's adapter; a
+ *   linked table, memory or global is the exporter's own (wasm2c's accessors return it).
+ * The guest holds the modules it was compiled with (aot_modules: one, or the modules of a
+ * linked set, sandbox/wasm/aot/compiler.py); each may be instantiated more than once.
  */
 #include "sbx.h"
 
@@ -24,14 +28,25 @@
 #include "wasm-rt-exceptions.h"
 
 #define AOT_LIMIT 200 /* internal "trap": a resource limit, reported as WASM_STATUS_LIMIT */
+#define AOT_UNLINKABLE 201 /* internal "trap": an import that does not link */
 #define MAX_INSTANCES 4096
 #define MAX_TABLE_ELEMENTS 10000000u
 
 SBX_EXPORT(wasm_abi_version, SBX_TAG_U32) { sbx_ret_u32(ret, WASM_ABI_VERSION); }
 
-/* The host checks that the guest is the module it validated (sandbox/wasm/aot/). */
+/* The host checks that the guest holds the module it validated (sandbox/wasm/aot/): the
+ * modules' ids, comma-separated, in aot_modules' order. */
 SBX_EXPORT(aot_module_id, SBX_TAG_STR) {
-    sbx_ret_str(ret, aot_module.module_id, strlen(aot_module.module_id));
+    static char ids[4096];
+    size_t len = 0;
+    for (uint32_t i = 0; i < aot_nmodules; i++) {
+        size_t n = strlen(aot_modules[i]->module_id);
+        if (len + n + 1 > sizeof ids) sbx_abort("too many modules for aot_module_id");
+        if (i) ids[len++] = ',';
+        memcpy(ids + len, aot_modules[i]->module_id, n);
+        len += n;
+    }
+    sbx_ret_str(ret, ids, len);
 }
 
 /* ---- Replies ------------------------------------------------------------------------ */
@@ -108,10 +123,19 @@ static void op_start(void) {
     unwind_target = NULL;
 }
 
+static const char *unlinkable_why;
+
+static __attribute__((noreturn)) void unlinkable(const char *why) {
+    unlinkable_why = why;
+    aot_longjmp(trap_buf, AOT_UNLINKABLE);
+}
+
 /* Ends an operation that trapped: the reply for its code. */
 static void reply_code(int code) {
     in_op = false;
-    if (code == AOT_LIMIT)
+    if (code == AOT_UNLINKABLE)
+        reply_error(WASM_STATUS_UNLINKABLE, 0, unlinkable_why);
+    else if (code == AOT_LIMIT)
         reply_error(WASM_STATUS_LIMIT, 0, "the AOT guest's heap or memory pool is exhausted");
     else if (trap_kind(code) == WASM_TRAP_UNINITIALIZED_ELEMENT) {
         char msg[48]; /* the interpreter names the element too */
@@ -324,12 +348,23 @@ wasm_rt_externref_t aot_externref_value(uint64_t bits) {
     return bits == WASM_NULL_REF ? NULL : (wasm_rt_externref_t)(uintptr_t)(bits + 1);
 }
 
-/* ---- Instances and host imports ------------------------------------------------------------ */
+/* ---- Instances, links and host imports ---------------------------------------------------- */
+
+/* What an import linked to: an export of another instance (`data`: that instance's
+ * wasm2c struct, NULL for spectest's) and where it is (a table, memory or global); or
+ * nothing (export NULL): a function import the host serves. */
+struct link {
+    void *data;
+    const struct aot_export *export;
+    void *ptr;
+};
 
 struct instance {
-    void *data;      /* wasm2c's instance struct */
-    uint32_t handle; /* what wasm_instantiate returns */
-    uint32_t memory; /* window of memory 0, or 0xffffffff */
+    const struct aot_module *module;
+    void *data;         /* wasm2c's instance struct */
+    struct link *links; /* per import of the module */
+    uint32_t handle;    /* what wasm_instantiate returns */
+    uint32_t memory;    /* window of memory 0, or 0xffffffff */
     bool ready;
 };
 /* On the heap, one allocation each (wasm2c keeps a pointer to its instance as the
@@ -343,7 +378,13 @@ static size_t value_size(uint8_t type) { return type == WASM_TYPE_V128 ? 16 : 8;
 
 void aot_call_import(void *ctx, uint32_t index, const aot_val *args, aot_val *results) {
     const struct instance *inst = ctx;
-    const struct aot_import *imp = &aot_module.imports[index];
+    uint32_t at = inst->module->func_imports[index];
+    const struct link *link = &inst->links[at];
+    if (link->export) { /* linked to another instance's function (or spectest's) */
+        link->export->thunk(link->data, args, results);
+        return;
+    }
+    const struct aot_import *imp = &inst->module->imports[at];
     uint8_t list[1 + 255 * 17];
     size_t len = 0;
     list[len++] = imp->nparams;
@@ -366,39 +407,224 @@ void aot_call_import(void *ctx, uint32_t index, const aot_val *args, aot_val *re
     for (uint32_t i = 0; i < imp->nresults; i++) want += 1 + value_size(imp->types[imp->nparams + i]);
     if (r.tag != SBX_TAG_BYTES || r.len != want || res[0] != imp->nresults)
         sbx_abort("host import %u answered a malformed value list", index);
-    size_t at = 1;
+    size_t at_res = 1;
     for (uint32_t i = 0; i < imp->nresults; i++) {
         uint8_t type = imp->types[imp->nparams + i];
-        if (res[at] != type) sbx_abort("host import %u answered a value of the wrong type", index);
+        if (res[at_res] != type) sbx_abort("host import %u answered a value of the wrong type", index);
         results[i] = (aot_val){0, 0};
-        memcpy(&results[i], res + at + 1, value_size(type));
-        at += 1 + value_size(type);
+        memcpy(&results[i], res + at_res + 1, value_size(type));
+        at_res += 1 + value_size(type);
+    }
+}
+
+void *aot_import_ptr(void *ctx, uint32_t index) {
+    const struct instance *inst = ctx;
+    return inst->links[index].ptr;
+}
+
+static bool name_eq(const char *a, size_t alen, const char *b, size_t blen) {
+    return alen == blen && memcmp(a, b, alen) == 0;
+}
+
+static const struct aot_export *find_export(const struct aot_module *m, const char *name,
+                                            size_t len) {
+    for (uint32_t i = 0; i < m->nexports; i++) {
+        const struct aot_export *e = &m->exports[i];
+        if (name_eq(e->name, e->name_len, name, len)) return e;
+    }
+    return NULL;
+}
+
+/* ---- The built-in "spectest" module (the spec suite's; the interpreter has it too) ---- */
+
+static void spectest_print(void *instance, const aot_val *args, aot_val *results) {
+    (void)instance, (void)args, (void)results;
+}
+static uint32_t spectest_i32 = 666;
+static uint64_t spectest_i64 = 666;
+static float spectest_f32 = 666.6f;
+static double spectest_f64 = 666.6;
+static wasm_rt_funcref_table_t spectest_table;
+static wasm_rt_memory_t spectest_memory;
+static void *locate_i32(void *i) { return (void)i, &spectest_i32; }
+static void *locate_i64(void *i) { return (void)i, &spectest_i64; }
+static void *locate_f32(void *i) { return (void)i, &spectest_f32; }
+static void *locate_f64(void *i) { return (void)i, &spectest_f64; }
+/* The table and memory are made on first use (a window only where a module imports it). */
+static void *locate_table(void *i) {
+    (void)i;
+    if (!spectest_table.data) wasm_rt_allocate_funcref_table(&spectest_table, 10, 20);
+    return &spectest_table;
+}
+static void *locate_memory(void *i) {
+    (void)i;
+    if (!spectest_memory.data) wasm_rt_allocate_memory(&spectest_memory, 1, 2, false, WASM_PAGE_SIZE);
+    return &spectest_memory;
+}
+static const uint8_t t_i32[] = {WASM_TYPE_I32}, t_i64[] = {WASM_TYPE_I64},
+                     t_f32[] = {WASM_TYPE_F32}, t_f64[] = {WASM_TYPE_F64},
+                     t_i32_f32[] = {WASM_TYPE_I32, WASM_TYPE_F32},
+                     t_f64_f64[] = {WASM_TYPE_F64, WASM_TYPE_F64}, t_funcref[] = {WASM_TYPE_FUNCREF};
+#define SPECTEST_PRINT(name, n, types) \
+    {name, sizeof name - 1, AOT_EXTERN_FUNC, n, 0, 0, types, spectest_print, NULL}
+#define SPECTEST_GLOBAL(name, types, at) \
+    {name, sizeof name - 1, AOT_EXTERN_GLOBAL, 0, 1, 0, types, NULL, at}
+static const struct aot_export spectest_exports[] = {
+    SPECTEST_PRINT("print", 0, t_i32),
+    SPECTEST_PRINT("print_i32", 1, t_i32),
+    SPECTEST_PRINT("print_i64", 1, t_i64),
+    SPECTEST_PRINT("print_f32", 1, t_f32),
+    SPECTEST_PRINT("print_f64", 1, t_f64),
+    SPECTEST_PRINT("print_i32_f32", 2, t_i32_f32),
+    SPECTEST_PRINT("print_f64_f64", 2, t_f64_f64),
+    SPECTEST_GLOBAL("global_i32", t_i32, locate_i32),
+    SPECTEST_GLOBAL("global_i64", t_i64, locate_i64),
+    SPECTEST_GLOBAL("global_f32", t_f32, locate_f32),
+    SPECTEST_GLOBAL("global_f64", t_f64, locate_f64),
+    {"table", 5, AOT_EXTERN_TABLE, 0, 0, 0, t_funcref, NULL, locate_table},
+    {"memory", 6, AOT_EXTERN_MEMORY, 0, 0, 0, NULL, NULL, locate_memory},
+};
+static const struct aot_module spectest = {
+    "spectest", 0, 0, 0, NULL, sizeof spectest_exports / sizeof *spectest_exports,
+    spectest_exports, 0, NULL, 0, NULL, -1,
+};
+
+/* ---- Linking ------------------------------------------------------------------------------ */
+
+struct registration {
+    char *name;
+    uint32_t len;
+    struct instance *instance;
+};
+static struct registration *registered;
+static uint32_t n_registered, cap_registered;
+
+/* The export `imp` links to (and in *data its instance's struct), or NULL: the host's
+ * (a name neither registered nor "spectest"). The latest registration of a name wins. */
+static const struct aot_export *resolve(const struct aot_import *imp, void **data) {
+    const struct aot_module *from = NULL;
+    *data = NULL;
+    for (uint32_t i = n_registered; i-- > 0 && !from;)
+        if (name_eq(registered[i].name, registered[i].len, imp->module, imp->module_len)) {
+            from = registered[i].instance->module;
+            *data = registered[i].instance->data;
+        }
+    if (!from && name_eq("spectest", 8, imp->module, imp->module_len)) from = &spectest;
+    if (!from) return NULL;
+    const struct aot_export *e = find_export(from, imp->name, imp->name_len);
+    if (!e) unlinkable("unknown import");
+    return e;
+}
+
+/* Spec "import matching" of limits: at least the minimum; within the maximum if the
+ * import has one (wasm2c gives no maximum as the largest, so an export without one
+ * matches an import whose maximum is that largest value). */
+static void check_limits(uint64_t size, uint64_t max, uint64_t largest, const struct aot_import *imp) {
+    if (size < imp->min) unlinkable("incompatible import type");
+    if (imp->max != UINT64_MAX && (max >= largest ? imp->max < largest : max > imp->max))
+        unlinkable("incompatible import type");
+}
+
+static void link_imports(struct instance *inst) {
+    const struct aot_module *m = inst->module;
+    for (uint32_t i = 0; i < m->nimports; i++) {
+        const struct aot_import *imp = &m->imports[i];
+        struct link *link = &inst->links[i];
+        const struct aot_export *e = resolve(imp, &link->data);
+        if (!e) {
+            if (imp->kind != AOT_EXTERN_FUNC) unlinkable("unknown import");
+            continue; /* the host's (sandbox/wasm/state.py bound it) */
+        }
+        if (e->kind != imp->kind) unlinkable("incompatible import type");
+        link->export = e;
+        switch (imp->kind) {
+        case AOT_EXTERN_FUNC:
+            if (e->nparams != imp->nparams || e->nresults != imp->nresults ||
+                memcmp(e->types, imp->types, imp->nparams + imp->nresults) != 0)
+                unlinkable("incompatible import type");
+            break;
+        case AOT_EXTERN_GLOBAL:
+            if (e->types[0] != imp->types[0] || e->mutable_ != imp->mutable_)
+                unlinkable("incompatible import type");
+            link->ptr = e->locate(link->data);
+            break;
+        case AOT_EXTERN_TABLE: {
+            if (e->types[0] != imp->types[0]) unlinkable("incompatible import type");
+            link->ptr = e->locate(link->data);
+            /* funcref and externref tables: the same layout but for the element type */
+            const wasm_rt_funcref_table_t *t = link->ptr;
+            check_limits(t->size, t->max_size, UINT32_MAX, imp);
+            break;
+        }
+        case AOT_EXTERN_MEMORY: {
+            link->ptr = e->locate(link->data);
+            const wasm_rt_memory_t *mem = link->ptr;
+            check_limits(mem->pages, mem->max_pages, WASM_MAX_PAGES, imp);
+            break;
+        }
+        default: unlinkable("incompatible import type");
+        }
     }
 }
 
 /* ---- The engine ABI ---------------------------------------------------------------------- */
 
 static uint8_t *pending_module;
+static uint64_t pending_size;
+
+static bool is_module_size(uint64_t size) {
+    for (uint32_t i = 0; i < aot_nmodules; i++)
+        if (aot_modules[i]->module_size == size) return true;
+    return false;
+}
 
 SBX_EXPORT(wasm_alloc, SBX_TAG_U64, SBX_TAG_U64) {
     uint64_t size = sbx_arg_u64(args, 0);
     free(pending_module);
-    pending_module = size == aot_module.module_size ? malloc(size ? size : 1) : NULL;
+    pending_module = is_module_size(size) ? malloc(size ? size : 1) : NULL;
+    pending_size = pending_module ? size : 0;
     sbx_ret_u64(ret, (uint64_t)(uintptr_t)pending_module);
 }
 
-/* The host validated the module and chose this guest by the module's hash; the bytes
- * only have to be the size compiled in (the host also checks aot_module_id). */
+static uint32_t crc32_of(const uint8_t *p, uint64_t n) {
+    static uint32_t table[256];
+    if (!table[1])
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
+            table[i] = c;
+        }
+    uint32_t c = 0xffffffffu;
+    for (uint64_t i = 0; i < n; i++) c = table[(c ^ p[i]) & 0xff] ^ (c >> 8);
+    return c ^ 0xffffffffu;
+}
+
+/* The host validated the module and chose this guest by the module's hash (it checks
+ * aot_module_id); the bytes pick which of the guest's modules it is: by size, and by
+ * CRC-32 among modules of one size. The handle is the module's index. */
 SBX_EXPORT(wasm_load, SBX_TAG_BYTES, SBX_TAG_U64, SBX_TAG_U64) {
     uint64_t addr = sbx_arg_u64(args, 0), size = sbx_arg_u64(args, 1);
     in_op = false;
-    if (!pending_module || addr != (uint64_t)(uintptr_t)pending_module ||
-        size != aot_module.module_size) {
-        reply_error(WASM_STATUS_BAD_CALL, 0, "this AOT guest runs another module");
+    uint32_t found = UINT32_MAX, same_size = 0;
+    if (pending_module && addr == (uint64_t)(uintptr_t)pending_module && size == pending_size) {
+        bool crc_known = false;
+        uint32_t crc = 0;
+        for (uint32_t i = 0; i < aot_nmodules; i++)
+            if (aot_modules[i]->module_size == size) same_size++;
+        for (uint32_t i = 0; i < aot_nmodules && found == UINT32_MAX; i++) {
+            if (aot_modules[i]->module_size != size) continue;
+            if (same_size > 1 && !crc_known) {
+                crc = crc32_of(pending_module, size);
+                crc_known = true;
+            }
+            if (same_size == 1 || crc == aot_modules[i]->module_crc32) found = i;
+        }
+    }
+    if (found == UINT32_MAX) {
+        reply_error(WASM_STATUS_BAD_CALL, 0, "this AOT guest runs other modules");
     } else {
-        uint32_t handle = 0;
         reply_start(WASM_STATUS_OK, 0);
-        reply_put(&handle, 4);
+        reply_put(&found, 4);
     }
     free(pending_module);
     pending_module = NULL;
@@ -407,11 +633,13 @@ SBX_EXPORT(wasm_load, SBX_TAG_BYTES, SBX_TAG_U64, SBX_TAG_U64) {
 
 SBX_EXPORT(wasm_instantiate, SBX_TAG_BYTES, SBX_TAG_I32) {
     in_op = false;
-    if (sbx_arg_i32(args, 0) != 0) {
+    uint32_t module = (uint32_t)sbx_arg_i32(args, 0);
+    if (module >= aot_nmodules) {
         reply_error(WASM_STATUS_BAD_CALL, 0, "no such module");
         ret_reply(ret);
         return;
     }
+    const struct aot_module *m = aot_modules[module];
     if (n_instances >= MAX_INSTANCES) {
         reply_error(WASM_STATUS_LIMIT, 0, "too many instances");
         ret_reply(ret);
@@ -429,28 +657,34 @@ SBX_EXPORT(wasm_instantiate, SBX_TAG_BYTES, SBX_TAG_I32) {
         cap_instances = cap;
     }
     struct instance *inst = calloc(1, sizeof *inst);
-    void *data = calloc(1, aot_module.instance_size);
-    if (!inst || !data) {
+    void *data = calloc(1, m->instance_size);
+    struct link *links = calloc(m->nimports ? m->nimports : 1, sizeof *links);
+    if (!inst || !data || !links) {
         free(inst);
         free(data);
+        free(links);
         reply_error(WASM_STATUS_LIMIT, 0, "the AOT guest's heap is exhausted");
         ret_reply(ret);
         return;
     }
     instances[n_instances] = inst;
+    inst->module = m;
     inst->handle = n_instances;
     inst->memory = 0xffffffffu;
     inst->ready = false;
     inst->data = data;
+    inst->links = links;
     n_instances++; /* a failed instantiation keeps its slot: its memories stay mapped */
-    capture_mem0 = -1;
     op_start();
     int code = aot_setjmp(trap_buf);
     if (code == 0) {
         if (!initialized) wasm_rt_init();
-        aot_module.instantiate(inst->data, inst);
+        link_imports(inst);
+        if (m->memory0_import >= 0) inst->memory = window_of(links[m->memory0_import].ptr);
+        capture_mem0 = -1; /* linking may have made spectest's memory */
+        m->instantiate(inst->data, inst);
         in_op = false;
-        if (capture_mem0 >= 0) inst->memory = (uint32_t)capture_mem0;
+        if (m->memory0_import < 0 && capture_mem0 >= 0) inst->memory = (uint32_t)capture_mem0;
         inst->ready = true;
         reply_start(WASM_STATUS_OK, 0);
         reply_put(&inst->handle, 4);
@@ -461,23 +695,48 @@ SBX_EXPORT(wasm_instantiate, SBX_TAG_BYTES, SBX_TAG_I32) {
     ret_reply(ret);
 }
 
+static struct instance *find_instance(uint32_t handle) {
+    return handle < n_instances && instances[handle]->ready ? instances[handle] : NULL;
+}
+
 SBX_EXPORT(wasm_register, SBX_TAG_BYTES, SBX_TAG_I32, SBX_TAG_STR) {
+    size_t len;
+    const char *name = sbx_arg_str(args, 1, &len);
+    struct instance *inst = find_instance((uint32_t)sbx_arg_i32(args, 0));
     in_op = false;
-    reply_error(WASM_STATUS_UNLINKABLE, 0,
-                "the AOT tier runs one module per guest: it cannot register instances");
+    if (!inst) {
+        reply_error(WASM_STATUS_BAD_CALL, 0, "no such instance");
+        ret_reply(ret);
+        return;
+    }
+    if (n_registered == cap_registered) {
+        uint32_t cap = cap_registered ? cap_registered * 2 : 8;
+        struct registration *grown = realloc(registered, cap * sizeof *grown);
+        if (!grown) {
+            reply_error(WASM_STATUS_LIMIT, 0, "the AOT guest's heap is exhausted");
+            ret_reply(ret);
+            return;
+        }
+        registered = grown;
+        cap_registered = cap;
+    }
+    char *copy = malloc(len ? len : 1);
+    if (!copy) {
+        reply_error(WASM_STATUS_LIMIT, 0, "the AOT guest's heap is exhausted");
+        ret_reply(ret);
+        return;
+    }
+    memcpy(copy, name, len);
+    registered[n_registered++] = (struct registration){copy, (uint32_t)len, inst};
+    reply_start(WASM_STATUS_OK, 0);
     ret_reply(ret);
 }
 
-static const struct aot_export *find_export(const char *name, size_t len, uint8_t kind) {
-    for (uint32_t i = 0; i < aot_module.nexports; i++) {
-        const struct aot_export *e = &aot_module.exports[i];
-        if (e->kind == kind && e->name_len == len && memcmp(e->name, name, len) == 0) return e;
-    }
-    return NULL;
-}
-
-static struct instance *find_instance(uint32_t handle) {
-    return handle < n_instances && instances[handle]->ready ? instances[handle] : NULL;
+/* An export of `inst`'s module that the host reaches by name: a function or a global. */
+static const struct aot_export *host_export(const struct instance *inst, const char *name,
+                                            size_t len, uint8_t kind) {
+    const struct aot_export *e = inst ? find_export(inst->module, name, len) : NULL;
+    return e && e->kind == kind ? e : NULL;
 }
 
 SBX_EXPORT(wasm_invoke, SBX_TAG_BYTES, SBX_TAG_I32, SBX_TAG_STR, SBX_TAG_BYTES) {
@@ -485,7 +744,7 @@ SBX_EXPORT(wasm_invoke, SBX_TAG_BYTES, SBX_TAG_I32, SBX_TAG_STR, SBX_TAG_BYTES) 
     const char *name = sbx_arg_str(args, 1, &name_len);
     const uint8_t *vals = sbx_arg_bytes(args, 2, &vals_len);
     struct instance *inst = find_instance((uint32_t)sbx_arg_i32(args, 0));
-    const struct aot_export *e = find_export(name, name_len, AOT_EXPORT_FUNC);
+    const struct aot_export *e = host_export(inst, name, name_len, AOT_EXTERN_FUNC);
     in_op = false;
     if (!inst || !e) {
         reply_error(WASM_STATUS_BAD_CALL, 0, inst ? "no such exported function" : "no such instance");
@@ -540,7 +799,7 @@ SBX_EXPORT(wasm_get, SBX_TAG_BYTES, SBX_TAG_I32, SBX_TAG_STR) {
     size_t len;
     const char *name = sbx_arg_str(args, 1, &len);
     struct instance *inst = find_instance((uint32_t)sbx_arg_i32(args, 0));
-    const struct aot_export *e = find_export(name, len, AOT_EXPORT_GLOBAL);
+    const struct aot_export *e = host_export(inst, name, len, AOT_EXTERN_GLOBAL);
     in_op = false;
     if (!inst || !e) {
         reply_error(WASM_STATUS_BAD_CALL, 0, "no such exported global");

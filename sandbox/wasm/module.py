@@ -53,11 +53,21 @@ class GlobalType:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """A table's or memory's limits (elements or 64 KiB pages); `max` None: none."""
+
+    min: int
+    max: int | None
+
+
+@dataclass(frozen=True)
 class Import:
     module: str
     name: str
     kind: str  # "func", "table", "memory", "global", "tag"
     type: FuncType | GlobalType | None  # None for tables and memories; a tag's params
+    limits: Limits | None = None  # of a table or memory
+    elem: ValType | None = None  # a table's element type
 
 
 @dataclass(frozen=True)
@@ -282,11 +292,25 @@ class _Reader:
         self.pos += n
         return text
 
-    def limits(self) -> None:
+    def strict_u32(self) -> int:
+        """A u32 in at most 5 bytes, as the spec requires (the reader's u32 trusts the
+        validator; wasmtime reads a memory's limits as u64, so it accepts 6 or more)."""
+        result = 0
+        for shift in range(0, 35, 7):
+            b = self.byte()
+            result |= (b & 0x7F) << shift
+            if b < 0x80:
+                if shift == 28 and b > 0x0F:
+                    raise WasmModuleError("malformed module: integer too large", kind="malformed")
+                return result
+        raise WasmModuleError(
+            "malformed module: integer representation too long", kind="malformed"
+        )
+
+    def limits(self) -> Limits:
         flags = self.byte()
-        self.u32()
-        if flags & 1:
-            self.u32()
+        low = self.strict_u32()
+        return Limits(low, self.strict_u32() if flags & 1 else None)
 
     def valtype(self) -> ValType:
         return ValType(self.byte())
@@ -299,7 +323,8 @@ class _Reader:
 def read_types(data: bytes, digest: str = "") -> WasmModule:
     """The import and export types of `data`, which must be a valid module (read_types
     does not validate; its IndexError, ValueError or UnicodeDecodeError on other bytes
-    is all the checking it does). `digest`: the SHA-256 of `data` if known."""
+    is all the checking it does, but for the encoding of memory and table limits, which
+    raises WasmModuleError). `digest`: the SHA-256 of `data` if known."""
     r = _Reader(data, 8)
     types: list[FuncType] = []
     imports: list[Import] = []
@@ -326,12 +351,10 @@ def read_types(data: bytes, digest: str = "") -> WasmModule:
                     func_types.append(ft)
                     imports.append(Import(module, name, "func", ft))
                 elif kind == 1:
-                    body.byte()
-                    body.limits()
-                    imports.append(Import(module, name, "table", None))
+                    elem = body.valtype()
+                    imports.append(Import(module, name, "table", None, body.limits(), elem))
                 elif kind == 2:
-                    body.limits()
-                    imports.append(Import(module, name, "memory", None))
+                    imports.append(Import(module, name, "memory", None, body.limits()))
                 elif kind == 4:
                     body.byte()  # attribute 0: an exception
                     tt = types[body.u32()]
@@ -343,6 +366,9 @@ def read_types(data: bytes, digest: str = "") -> WasmModule:
                     imports.append(Import(module, name, "global", gt))
         elif section == 3:
             func_types.extend(types[body.u32()] for _ in range(body.u32()))
+        elif section == 5:  # memories: only their limits' encoding is checked here
+            for _ in range(body.u32()):
+                body.limits()
         elif section == 13:  # tags (exception handling), between memory and global
             for _ in range(body.u32()):
                 body.byte()

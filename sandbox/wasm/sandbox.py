@@ -134,9 +134,6 @@ class WasmSandbox:
         except BaseException:
             self.engine_sandbox.close()
             raise
-        if "aot_module_id" in self.engine_sandbox.functions:
-            # A compiled module's guest (sandbox.wasm.aot) has no built-in "spectest".
-            self._own_state().registered.clear()
         memory = self.engine_sandbox.memory  # the guest's own start wrote below the pool
         self._attach_windows(pool_reach(self.engine_sandbox.layout, memory.image.read))
 

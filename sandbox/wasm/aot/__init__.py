@@ -1,7 +1,7 @@
 """The AOT tier: Wasm modules compiled ahead of time on the host (wasm2c and the system C
 compiler) into guests that run the module as native ring-3 code. See docs/aot.md."""
 
-from .compiler import AotCompileError, Limits, cache_dir, compile_module
+from .compiler import AotCompileError, Limits, cache_dir, compile_module, compile_modules
 from .tier import (
     TIERS,
     Listener,
@@ -26,6 +26,7 @@ __all__ = [
     "check_tier",
     "compile_in_background",
     "compile_module",
+    "compile_modules",
     "engine_for",
     "failure",
     "guest_for",

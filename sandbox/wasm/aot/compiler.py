@@ -30,11 +30,11 @@ import functools
 import hashlib
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +45,7 @@ from ...errors import GuestBuildError, KvmUnavailable
 from ...kvm import Kvm
 from ...sdk import sdk_dir
 from ..module import WasmModule
-from . import glue, split
+from . import glue, patches, split
 
 log = logging.getLogger("sandbox.wasm.aot")
 
@@ -172,7 +172,7 @@ def _hashed_files() -> list[Path]:
     files = _runtime_sources() + sorted((sdk / "aot").rglob("*.h"))
     files += sorted((sdk / "include").glob("*.h"))
     files += [sdk / "wasm" / "wasm_abi.h", sdk / "wasm" / "trap_messages.h", *_runtime_headers()]
-    return files + [Path(glue.__file__), Path(split.__file__), Path(__file__)]
+    return files + [Path(m.__file__ or "") for m in (glue, patches, split)] + [Path(__file__)]
 
 
 def _version(cmd: list[str]) -> str:
@@ -229,7 +229,7 @@ def module_id(module: WasmModule) -> str:
 
 def cached_path(module: WasmModule) -> Path:
     """Where the compiled guest of `module` is (or will be) cached."""
-    return cache_dir() / f"{module_id(module)}-{toolchain_key()}.elf"
+    return _guest_path([module_id(module)])
 
 
 def lookup(module: WasmModule) -> Path | None:
@@ -321,71 +321,6 @@ def _runtime_objects(limits: Limits) -> list[Path]:
     return objects
 
 
-_CALL_INDIRECT = """
-/* sandbox AOT: call_indirect traps with the interpreter's kind for each reason. */
-#undef CHECK_CALL_INDIRECT
-#define CHECK_CALL_INDIRECT(table, ft, x)                        \\
-  (LIKELY((x) < table.size && ft == table.data[x].func_type) ||  \\
-   aot_call_indirect_check(&(table), ft, x))
-#include "simd_fixes.h"
-"""
-
-
-def patch(source: str) -> str:
-    """wasm2c's C with the AOT runtime's trap kinds: call_indirect's three reasons, and
-    table bounds (wasm2c says OOB for memory and tables alike). Raises AotCompileError
-    if the text is not the shape these patches expect (another wasm2c version)."""
-    lines = source.split("\n")
-    out: list[str] = []
-    in_table = False
-    patched = tables = 0
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("#define CHECK_CALL_INDIRECT("):
-            while lines[i].endswith("\\"):
-                out.append(lines[i])
-                i += 1
-            out.append(lines[i])
-            out.extend(_CALL_INDIRECT.split("\n"))
-            patched += 1
-            i += 1
-            continue
-        if line == "typedef simde_v128_t v128;":  # then its #endif: SIMDe is defined
-            out.append(line)
-            out.append(lines[i + 1])
-            out.append('#include "simd_fixes.h"')
-            i += 2
-            continue
-        if "table" in line.lower() and (line.startswith("static inline") or "DEFINE_TABLE" in line):
-            in_table = True
-        elif not line.strip():
-            in_table = False
-        exnref = re.fullmatch(r"DEFINE_TABLE_(\w+)\(externref\)", line)
-        if exnref is not None:  # wasm2c 1.0.42 uses exnref tables' helpers, never defines them
-            out += [line, "#ifdef WASM_RT_EXCEPTIONS_H_", f"{line[: line.index('(')]}(exnref)"]
-            out.append("#endif")
-            i += 1
-            continue
-        if in_table and ("TRAP(OOB)" in line or "RANGE_CHECK(" in line):
-            line = line.replace("TRAP(OOB)", "TRAP(TABLE_OOB)")
-            line = line.replace("RANGE_CHECK(", "AOT_TABLE_RANGE_CHECK(")
-            tables += 1
-        out.append(line)
-        i += 1
-    if patched != 1:
-        raise AotCompileError("unexpected wasm2c output: no CHECK_CALL_INDIRECT macro to patch")
-    if "_table_" in source and not tables:
-        raise AotCompileError("unexpected wasm2c output: no table bounds checks to patch")
-    return "\n".join(out)
-
-
-def _throws(source: str) -> str:
-    """The throws of tags (payload size known at compile time) checked against wasm2c's
-    exnref size (AOT_LOAD_EXCEPTION in guests/aot/aot.h)."""
-    return source.replace("wasm_rt_load_exception(&", "AOT_LOAD_EXCEPTION(&")
-
-
 def _parts(module: WasmModule) -> int:
     """Translation units for `module`: 1, or about one per UNIT_BYTES of C where the C
     (about 5.5 bytes per byte of Wasm: CPython's 26 MB give 142 MB) is over SPLIT_BYTES."""
@@ -405,16 +340,20 @@ def _wasm2c_units(module: WasmModule, build: Path, limits: Limits) -> list[str]:
     if parts > 1:
         cmd.append(f"--num-outputs={parts}")
     _run(cmd, "wasm2c", limits, build)
-    if parts == 1:
-        (build / "module.c").write_text(_throws(patch((build / "module.c").read_text())))
-        return ["module"]
-    impl = build / "module-impl.h"
-    impl.write_text(patch(impl.read_text()))
+    try:
+        if parts == 1:
+            source = build / "module.c"
+            source.write_text(patches.throws(patches.patch(source.read_text())))
+            return ["module"]
+        impl = build / "module-impl.h"
+        impl.write_text(patches.patch(impl.read_text()))
+    except patches.PatchError as exc:
+        raise AotCompileError(str(exc)) from None
     for k in range(parts):
         unit = build / f"module_{k}.c"
         text = unit.read_text()
         if "wasm_rt_load_exception(&" in text:
-            unit.write_text(_throws(text))
+            unit.write_text(patches.throws(text))
     first = build / "module_0.c"
     try:
         first.write_text(split.data_as_strings(first.read_text()))
@@ -459,42 +398,106 @@ def compile_module(module: WasmModule, limits: Limits | None = None) -> Path:
     """Compiles `module` (cached) and returns the guest ELF's path. Raises
     AotCompileError with the reason when a tool fails or the module uses what the AOT
     tier does not support."""
+    return compile_modules([module], limits)
+
+
+def compile_modules(modules: Sequence[WasmModule], limits: Limits | None = None) -> Path:
+    """Compiles modules into one guest (cached) and returns its path: an engine made of
+    it (`WasmSandbox.engine(guest=path)`) loads any of them, and their instances link
+    to each other as in the interpreter engine (`register`, imports of functions,
+    tables, memories and globals). Each module's objects are linked into one with only
+    its descriptor global, so wasm2c's names of two modules never meet. Raises
+    AotCompileError as compile_module."""
     limits = limits or Limits()
-    check_names(module)
-    cached = lookup(module)
-    if cached is not None:
-        return cached
-    target = cached_path(module)
+    unique = list({module_id(m): m for m in modules}.values())
+    if not unique:
+        raise AotCompileError("no module to compile")
+    for module in unique:
+        check_names(module)
+    target = _guest_path([module_id(m) for m in unique])
+    if target.is_file():
+        return target
     objects = _runtime_objects(limits)
     with tempfile.TemporaryDirectory(prefix="aot-", dir=cache_dir()) as tmp_name:
         tmp = Path(tmp_name)
-        units = _wasm2c_units(module, tmp, limits)
-        try:
-            text = glue.generate(
-                module, (tmp / "module.h").read_text(), "module.h", module_id(module)
-            )
-        except glue.GlueError as exc:
-            raise AotCompileError(str(exc)) from None
-        (tmp / "glue.c").write_text(text)
+        names = (
+            ["aot_module"] if len(unique) == 1 else [f"aot_module_{k}" for k in range(len(unique))]
+        )
+        parts: list[str] = []
+        for k, module in enumerate(unique):
+            build = tmp / f"m{k}"
+            build.mkdir()
+            objs = [build / name for name in _module_objects(module, build, limits)]
+            if len(unique) > 1:  # one object, only its descriptor global, renamed
+                objs = [_localize(build, objs, names[k], limits)]
+            parts += map(str, objs)
+        listing = [f"extern const struct aot_module {name};" for name in names] + [
+            "const struct aot_module *const aot_modules[] = {"
+            + ", ".join(f"&{name}" for name in names)
+            + "};",
+            f"const uint32_t aot_nmodules = {len(names)};",
+        ]
+        (tmp / "modules.c").write_text("\n".join(listing) + "\n")
         for header in _runtime_headers():
             shutil.copy2(header, tmp / header.name)
         include = [*_include_flags(tmp), "-include", "aot.h"]
-        prelude = tmp / ("module.c" if units == ["module"] else "module-impl.h")
-        if "simde_v128_t" in prelude.read_text():
-            include += ["-include", "aot_simd.h"]
-        compiles = [
-            [_cc(), *(UNIT_CFLAGS if len(units) > 1 else CFLAGS), *cpu_flags(), *include, "-c"]
-            + [f"{name}.c", "-o", f"{name}.o"]
-            for name in [*units, "glue"]
-        ]
-        _run_all(compiles, limits, tmp)
-        names = [f"{name}.o" for name in [*units, "glue"]]
+        _run([_cc(), *CFLAGS, *include, "-c", "modules.c", "-o", "modules.o"], "cc", limits, tmp)
         _run(
-            [_cc(), *LDFLAGS, "-o", "module.elf", *names, *map(str, objects), "-lgcc"],
+            [_cc(), *LDFLAGS, "-o", "module.elf", *parts, "modules.o", *map(str, objects)]
+            + ["-lgcc"],
             "linking",
             limits,
             tmp,
         )
         os.replace(tmp / "module.elf", target)
-    log.info("compiled a Wasm module of %d bytes to %s", len(module.data), target)
+    size = sum(len(m.data) for m in unique)
+    log.info("compiled %d Wasm module(s) of %d bytes to %s", len(unique), size, target)
     return target
+
+
+def _guest_path(ids: list[str]) -> Path:
+    """Where the guest of the modules `ids` is cached: by the module's id, or by a hash
+    of the ids (in order: the handles wasm_load gives are the modules' indices)."""
+    key = ids[0] if len(ids) == 1 else "set-" + hashlib.sha256(",".join(ids).encode()).hexdigest()
+    return cache_dir() / f"{key}-{toolchain_key()}.elf"
+
+
+def _module_objects(module: WasmModule, build: Path, limits: Limits) -> list[str]:
+    """Compiles `module` in `build`; the object files' names."""
+    units = _wasm2c_units(module, build, limits)
+    try:
+        text = glue.generate(
+            module, (build / "module.h").read_text(), "module.h", module_id(module)
+        )
+    except glue.GlueError as exc:
+        raise AotCompileError(str(exc)) from None
+    (build / "glue.c").write_text(text)
+    for header in _runtime_headers():
+        shutil.copy2(header, build / header.name)
+    include = [*_include_flags(build), "-include", "aot.h"]
+    prelude = build / ("module.c" if units == ["module"] else "module-impl.h")
+    if "simde_v128_t" in prelude.read_text():
+        include += ["-include", "aot_simd.h"]
+    compiles = [
+        [_cc(), *(UNIT_CFLAGS if len(units) > 1 else CFLAGS), *cpu_flags(), *include, "-c"]
+        + [f"{name}.c", "-o", f"{name}.o"]
+        for name in [*units, "glue"]
+    ]
+    _run_all(compiles, limits, build)
+    return [f"{name}.o" for name in [*units, "glue"]]
+
+
+def _localize(build: Path, objects: list[Path], name: str, limits: Limits) -> Path:
+    """Links a module's objects into one where only `aot_module` is global, renamed
+    `name` (wasm2c names its functions by module and import names, which two modules of
+    one guest may share), and returns it."""
+    objcopy = shutil.which("objcopy")
+    if objcopy is None:
+        raise AotCompileError("objcopy not found: install binutils")
+    files = list(map(str, objects))
+    _run([_cc(), "-r", "-nostdlib", "-o", "joined.o", *files], "linking a module", limits, build)
+    keep = [objcopy, "--keep-global-symbol=aot_module", "joined.o", "local.o"]
+    _run(keep, "objcopy", limits, build)
+    rename = [objcopy, f"--redefine-sym=aot_module={name}", "local.o", "module.o"]
+    _run(rename, "objcopy", limits, build)
+    return build / "module.o"

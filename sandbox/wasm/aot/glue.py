@@ -10,10 +10,11 @@ C names come from wasm2c's header, where a comment `/* import: 'module' 'name' *
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 
 from ..abi import ValType
-from ..module import FuncType, GlobalType, WasmModule
+from ..module import Export, FuncType, GlobalType, Import, WasmModule
 
 
 class GlueError(Exception):
@@ -61,7 +62,8 @@ def _declarations(header: str, marker: str) -> dict[str, _Decl]:
     """wasm2c's declarations of `marker` ("import" or "export"), keyed by the name(s) in
     the comment before each, unescaped (`/* import: 'module' 'name' */` gives
     "module' 'name", `/* export: 'name' */` gives "name"); a key seen twice is an error
-    (the module stays on the interpreter)."""
+    (the module stays on the interpreter). Function imports and all exports have such a
+    comment; wasm2c declares one function for imports of the same names."""
     lines = header.splitlines()
     out: dict[str, _Decl] = {}
     start, end = f"/* {marker}: '", "' */"
@@ -77,6 +79,28 @@ def _declarations(header: str, marker: str) -> dict[str, _Decl]:
                 out[key] = _Decl(m["ret"].strip(), m["name"], m["params"])
             elif tag is not None:  # an exported tag: not reached by name from the host
                 out[key] = _Decl("wasm_rt_tag_t", tag["name"], "")
+    return out
+
+
+def _field_imports(header: str) -> dict[str, _Decl]:
+    """wasm2c's accessors of the table, memory and global imports, keyed as in
+    _declarations: the instance struct has a field per such import, after a comment
+    `/* import: 'module' 'name' */`, named as the accessor wasm2c declares `extern`."""
+    lines = header.splitlines()
+    out: dict[str, _Decl] = {}
+    start, end = "  /* import: '", "' */"
+    for i, line in enumerate(lines):
+        if line.startswith(start) and line.endswith(end) and i + 1 < len(lines):
+            key = _unescaped(line[len(start) : -len(end)])
+            field_ = re.fullmatch(r"  .*?\*(w2c_\w+);", lines[i + 1])
+            if field_ is None or key in out:
+                raise GlueError(f"unexpected wasm2c import field: {lines[i + 1]!r}")
+            decl = re.search(
+                rf"^extern (?P<ret>.*?)\b{field_[1]}\((?P<params>[^)]*)\);$", header, re.M
+            )
+            if decl is None:
+                raise GlueError(f"wasm2c's header has no accessor {field_[1]}")
+            out[key] = _Decl(decl["ret"].strip(), field_[1], decl["params"])
     return out
 
 
@@ -138,32 +162,163 @@ def _c_string(text: str) -> str:
     return '"' + "".join(f"\\{b:03o}" for b in text.encode()) + '"'
 
 
+_TABLE_ELEM = {
+    "wasm_rt_funcref_table_t*": ValType.FUNCREF,
+    "wasm_rt_externref_table_t*": ValType.EXTERNREF,
+}
+_KIND = {"func": 0, "table": 1, "memory": 2, "global": 3, "tag": 4}
+_NO_MAX = "UINT64_MAX"
+
+
+def _import_desc(index: int, imp: Import) -> tuple[list[str], str]:
+    """The type array and the `struct aot_import` initializer of import `index`."""
+    np = nr = mutable = 0
+    types: tuple[ValType, ...] = ()
+    low, high = "0", _NO_MAX
+    what = f"import {imp.module}.{imp.name}"
+    if isinstance(imp.type, FuncType):
+        _check_types(imp.type.params + imp.type.results, what)
+        types, np, nr = (
+            imp.type.params + imp.type.results,
+            len(imp.type.params),
+            len(imp.type.results),
+        )
+    elif isinstance(imp.type, GlobalType):
+        _check_types((imp.type.type,), what)
+        types, nr, mutable = (imp.type.type,), 1, int(imp.type.mutable)
+    if imp.elem is not None:
+        types = (imp.elem,)
+    if imp.limits is not None:
+        low = f"{imp.limits.min}u"
+        high = _NO_MAX if imp.limits.max is None else f"{imp.limits.max}u"
+    name = f"import_types_{index}"
+    init = (
+        f"  {{{_c_string(imp.module)}, {len(imp.module.encode())}, {_c_string(imp.name)}, "
+        f"{len(imp.name.encode())}, {_KIND[imp.kind]}, {np}, {nr}, {mutable}, {name}, "
+        f"{low}, {high}}},"
+    )
+    return [_types_array(name, types)], init
+
+
+def _import_function(decl: _Decl, imp: Import, func_index: int) -> list[str]:
+    """wasm2c's import function `decl`: a call of aot_call_import (function `func_index`
+    among the function imports)."""
+    ft = imp.type
+    assert isinstance(ft, FuncType)
+    # The first parameter is wasm2c's pointer to the import module's instance: the
+    # runtime passes its own instance record there (see instantiate below).
+    ctx_type = decl.params.split(",")[0].strip()
+    params = ", ".join([f"{ctx_type} ctx"] + [f"{_C[t][0]} p{i}" for i, t in enumerate(ft.params)])
+    args = ", ".join(_to_bits(t, f"p{i}") for i, t in enumerate(ft.params)) or "{0, 0}"
+    body = [
+        f"  aot_val args[] = {{{args}}};",
+        f"  aot_val results[{max(1, len(ft.results))}];",
+        f"  aot_call_import((void*)ctx, {func_index}, args, results);",
+    ]
+    if len(ft.results) == 1:
+        body.append(f"  return {_to_c(ft.results[0], 'results[0]')};")
+    elif len(ft.results) > 1:
+        body.append(f"  {decl.ret} r;")
+        for i, t in enumerate(ft.results):
+            body.append(f"  r.{_C[t][1]}{i} = {_to_c(t, f'results[{i}]')};")
+        body.append("  return r;")
+    return [f"{decl.ret} {decl.name}({params}) {{", *body, "}"]
+
+
+def _export(
+    index: int, decl: _Decl, export: Export, instance_type: str
+) -> tuple[list[str], str] | None:
+    """The adapters and the `struct aot_export` initializer of an export (None: a tag,
+    not reached from outside the module)."""
+    what = f"export {export.name!r}"
+    out: list[str] = []
+    thunk = locate = "NULL"
+    np = nr = mutable = 0
+    if export.kind == "func":
+        ft = export.type
+        assert isinstance(ft, FuncType)
+        _check_types(ft.params + ft.results, what)
+        types = ft.params + ft.results
+        np, nr = len(ft.params), len(ft.results)
+        call_args = ", ".join(
+            ["(" + instance_type + "*)instance"]
+            + [_to_c(t, f"args[{i}]") for i, t in enumerate(ft.params)]
+        )
+        if not ft.results:
+            body = [f"  {decl.name}({call_args});"]
+        elif len(ft.results) == 1:
+            body = [f"  results[0] = {_to_bits(ft.results[0], f'{decl.name}({call_args})')};"]
+        else:
+            body = [f"  {decl.ret} r = {decl.name}({call_args});"]
+            for i, t in enumerate(ft.results):
+                body.append(f"  results[{i}] = {_to_bits(t, f'r.{_C[t][1]}{i}')};")
+        thunk = f"export_{index}"
+    elif export.kind == "global":
+        gt = export.type
+        assert isinstance(gt, GlobalType)
+        _check_types((gt.type,), what)
+        types, nr, mutable = (gt.type,), 1, int(gt.mutable)
+        value = f"*{decl.name}(({instance_type}*)instance)"
+        body = [f"  results[0] = {_to_bits(gt.type, value)};"]
+        thunk, locate = f"export_{index}", f"locate_{index}"
+    elif export.kind == "memory":
+        types, body, locate = (), [], f"locate_{index}"
+    elif export.kind == "table":
+        elem = _TABLE_ELEM.get(decl.ret.replace(" ", ""))
+        if elem is None:
+            raise GlueError(f"{what} is a table of a kind the AOT tier does not link")
+        types, body, locate = (elem,), [], f"locate_{index}"
+    else:
+        return None
+    out.append(_types_array(f"export_types_{index}", types))
+    if thunk != "NULL":
+        out += [
+            f"static void {thunk}(void* instance, const aot_val* args, aot_val* results) {{",
+            "  (void)args; (void)results;",
+            *body,
+            "}",
+        ]
+    if locate != "NULL":
+        out += [
+            f"static void* {locate}(void* instance) {{",
+            f"  return (void*){decl.name}(({instance_type}*)instance);",
+            "}",
+        ]
+    init = (
+        f"  {{{_c_string(export.name)}, {len(export.name.encode())}, {_KIND[export.kind]}, "
+        f"{np}, {nr}, {mutable}, export_types_{index}, {thunk}, {locate}}},"
+    )
+    return out, init
+
+
 def generate(module: WasmModule, header: str, header_name: str, module_id: str) -> str:
     """The glue C source for `module`, given wasm2c's header text. Raises GlueError."""
     for imp in module.imports:
-        if imp.kind != "func":
+        if imp.kind == "tag":
             raise GlueError(
-                f"import {imp.module}.{imp.name} is a {imp.kind}: the AOT tier links only "
-                "function imports"
+                f"import {imp.module}.{imp.name} is a tag: the AOT tier does not link tags"
             )
     inst = _INSTANTIATE.search(header)
     if inst is None:
         raise GlueError("wasm2c's header has no instantiate declaration")
     instance_type = inst["instance"]
     n_import_modules = inst["params"].count(",")
-    # wasm2c declares imports sorted by (module, name), exports in module order: both
-    # are matched by the comment wasm2c writes before each declaration (check_names in
-    # compiler.py has ruled out names that could forge or end such a comment).
-    import_decls = _declarations(header, "import")
+    # wasm2c declares imports sorted by (module, name), once per pair, exports in module
+    # order: both are matched by the comment wasm2c writes before each declaration
+    # (check_names in compiler.py has ruled out names that could forge or end such a
+    # comment).
+    func_decls = _declarations(header, "import")
+    field_decls = _field_imports(header)
     export_decls = _declarations(header, "export")
-    func_imports = module.func_imports
-    if len(import_decls) != len(func_imports) or len(export_decls) != len(module.exports):
+    keys = {f"{i.module}' '{i.name}": i.kind == "func" for i in module.imports}
+    if set(func_decls) != {k for k, f in keys.items() if f} or set(field_decls) != {
+        k for k, f in keys.items() if not f
+    }:
+        raise GlueError("wasm2c declared other imports than the module has")
+    if len(export_decls) != len(module.exports):
         raise GlueError(
-            f"wasm2c declared {len(import_decls)} imports and {len(export_decls)} exports, "
-            f"the module has {len(func_imports)} and {len(module.exports)}"
+            f"wasm2c declared {len(export_decls)} exports, the module has {len(module.exports)}"
         )
-    imports = [_find(import_decls, f"{i.module}' '{i.name}") for i in func_imports]
-    exports = [_find(export_decls, name) for name in module.exports]
     out = [
         "/* Generated by sandbox/wasm/aot/glue.py: do not edit. */",
         f'#include "{header_name}"',
@@ -182,82 +337,32 @@ def generate(module: WasmModule, header: str, header_name: str, module_id: str) 
             "  return v;",
             "}",
         ]
-    import_descs = []
-    for index, (decl, imp) in enumerate(zip(imports, func_imports, strict=True)):
-        ft = imp.type
-        assert isinstance(ft, FuncType)
-        what = f"import {imp.module}.{imp.name}"
-        _check_types(ft.params + ft.results, what)
-        out.append(_types_array(f"import_types_{index}", ft.params + ft.results))
-        # The first parameter is wasm2c's pointer to the import module's instance: the
-        # runtime passes its own instance record there (see instantiate below).
-        ctx_type = decl.params.split(",")[0].strip()
-        params = ", ".join(
-            [f"{ctx_type} ctx"] + [f"{_C[t][0]} p{i}" for i, t in enumerate(ft.params)]
-        )
-        args = ", ".join(_to_bits(t, f"p{i}") for i, t in enumerate(ft.params)) or "{0, 0}"
-        body = [
-            f"  aot_val args[] = {{{args}}};",
-            f"  aot_val results[{max(1, len(ft.results))}];",
-            f"  aot_call_import((void*)ctx, {index}, args, results);",
-        ]
-        if len(ft.results) == 1:
-            body.append(f"  return {_to_c(ft.results[0], 'results[0]')};")
-        elif len(ft.results) > 1:
-            body.append(f"  {decl.ret} r;")
-            for i, t in enumerate(ft.results):
-                body.append(f"  r.{_C[t][1]}{i} = {_to_c(t, f'results[{i}]')};")
-            body.append("  return r;")
-        out.append(f"{decl.ret} {decl.name}({params}) {{")
-        out.extend(body)
-        out.append("}")
-        import_descs.append(f"  {{{len(ft.params)}, {len(ft.results)}, import_types_{index}}},")
+    import_descs, func_indices, defined = [], [], set()
+    for index, imp in enumerate(module.imports):
+        types, init = _import_desc(index, imp)
+        out += types
+        import_descs.append(init)
+        key = f"{imp.module}' '{imp.name}"
+        if imp.kind == "func":
+            func_indices.append(str(index))
+            if key not in defined:  # the first of imports of one name (wasm2c's one)
+                out += _import_function(func_decls[key], imp, len(func_indices) - 1)
+        elif key not in defined:
+            decl = field_decls[key]
+            ctx_type = decl.params.strip()
+            out += [
+                f"{decl.ret} {decl.name}({ctx_type} ctx) {{",
+                f"  return ({decl.ret})aot_import_ptr((void*)ctx, {index});",
+                "}",
+            ]
+        defined.add(key)
     export_descs = []
-    for index, (decl, export) in enumerate(zip(exports, module.exports.values(), strict=True)):
-        what = f"export {export.name!r}"
-        if export.kind == "func":
-            ft = export.type
-            assert isinstance(ft, FuncType)
-            _check_types(ft.params + ft.results, what)
-            types = ft.params + ft.results
-            call_args = ", ".join(
-                ["(" + instance_type + "*)instance"]
-                + [_to_c(t, f"args[{i}]") for i, t in enumerate(ft.params)]
-            )
-            body = []
-            if not ft.results:
-                body.append(f"  {decl.name}({call_args});")
-            elif len(ft.results) == 1:
-                body.append(
-                    f"  results[0] = {_to_bits(ft.results[0], f'{decl.name}({call_args})')};"
-                )
-            else:
-                body.append(f"  {decl.ret} r = {decl.name}({call_args});")
-                for i, t in enumerate(ft.results):
-                    body.append(f"  results[{i}] = {_to_bits(t, f'r.{_C[t][1]}{i}')};")
-            kind, nparams, nresults = "AOT_EXPORT_FUNC", len(ft.params), len(ft.results)
-        elif export.kind == "global":
-            gt = export.type
-            assert isinstance(gt, GlobalType)
-            _check_types((gt.type,), what)
-            types = (gt.type,)
-            value = f"*{decl.name}(({instance_type}*)instance)"
-            body = [f"  results[0] = {_to_bits(gt.type, value)};"]
-            kind, nparams, nresults = "AOT_EXPORT_GLOBAL", 0, 1
-        else:
-            continue  # memories and tables are not reached by name from the host
-        out.append(_types_array(f"export_types_{index}", types))
-        out.append(
-            f"static void export_{index}(void* instance, const aot_val* args, aot_val* results) {{"
-        )
-        out.append("  (void)args; (void)results;")
-        out.extend(body)
-        out.append("}")
-        name = export.name.encode()
-        export_descs.append(
-            f"  {{{_c_string(export.name)}, {len(name)}, {kind}, {nparams}, {nresults}, "
-            f"export_types_{index}, export_{index}}},"
-        )
+    for index, export in enumerate(module.exports.values()):
+        made = _export(index, _find(export_decls, export.name), export, instance_type)
+        if made is not None:
+            out += made[0]
+            export_descs.append(made[1])
+    memories = [i for i, imp in enumerate(module.imports) if imp.kind == "memory"]
     ctx_args = ", ".join(["(" + instance_type + "*)instance"] + ["ctx"] * n_import_modules)
     out += [
         "static void instantiate(void* instance, void* ctx) {",
@@ -266,13 +371,17 @@ def generate(module: WasmModule, header: str, header_name: str, module_id: str) 
         "}",
         f"static const struct aot_export exports[] = {{\n{chr(10).join(export_descs)}\n  {{0}}}};",
         f"static const struct aot_import imports[] = {{\n{chr(10).join(import_descs)}\n  {{0}}}};",
+        f"static const uint32_t func_imports[] = {{{', '.join(func_indices) or '0'}}};",
         "const struct aot_module aot_module = {",
         f"  {_c_string(module_id)},",
         f"  {len(module.data)}u,",
+        f"  0x{zlib.crc32(module.data):08x}u,",
         f"  sizeof({instance_type}),",
         "  instantiate,",
         f"  {len(export_descs)}, exports,",
         f"  {len(import_descs)}, imports,",
+        f"  {len(func_indices)}, func_imports,",
+        f"  {memories[0] if memories else -1},",
         "};",
         "",
     ]
