@@ -359,7 +359,13 @@ struct link {
     void *ptr;
 };
 
+/* The context wasm2c passes to the glue's import functions is the instance record given to
+ * instantiate for every import module, or, for an imported function called through a
+ * table (wasm2c's element initializer adds the offset of its import-module field to the
+ * instance struct: the address of a field that holds that record), a pointer to it. As
+ * `self` comes first, both point at the record's address: the record is *ctx. */
 struct instance {
+    struct instance *self;
     const struct aot_module *module;
     void *data;         /* wasm2c's instance struct */
     struct link *links; /* per import of the module */
@@ -377,7 +383,7 @@ static uint32_t n_instances, cap_instances;
 static size_t value_size(uint8_t type) { return type == WASM_TYPE_V128 ? 16 : 8; }
 
 void aot_call_import(void *ctx, uint32_t index, const aot_val *args, aot_val *results) {
-    const struct instance *inst = ctx;
+    const struct instance *inst = *(struct instance *const *)ctx;
     uint32_t at = inst->module->func_imports[index];
     const struct link *link = &inst->links[at];
     if (link->export) { /* linked to another instance's function (or spectest's) */
@@ -418,7 +424,7 @@ void aot_call_import(void *ctx, uint32_t index, const aot_val *args, aot_val *re
 }
 
 void *aot_import_ptr(void *ctx, uint32_t index) {
-    const struct instance *inst = ctx;
+    const struct instance *inst = *(struct instance *const *)ctx;
     return inst->links[index].ptr;
 }
 
@@ -668,6 +674,7 @@ SBX_EXPORT(wasm_instantiate, SBX_TAG_BYTES, SBX_TAG_I32) {
         return;
     }
     instances[n_instances] = inst;
+    inst->self = inst;
     inst->module = m;
     inst->handle = n_instances;
     inst->memory = 0xffffffffu;

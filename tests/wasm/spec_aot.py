@@ -1,10 +1,8 @@
-"""The spec suite in the AOT tier (sandbox.wasm.aot): each module of a .wast file is
-compiled to its own guest (cached on disk, so a second run compiles nothing) and run in
-its own sandbox; assertions are checked as in spec_runner.py (same comparison, same trap
-messages). What the AOT tier does not link, and is therefore not run here, is counted as
-`unsupported`: modules importing a table, memory or global (spectest's included) and
-`register` (instances of different modules live in different guests). Imports of
-spectest's print functions are bound to no-op host functions.
+"""The spec suite in the AOT tier (sandbox.wasm.aot): the modules of a .wast file are
+compiled into one guest (aot.compile_modules; cached on disk, so a second run compiles
+nothing), and the file runs in an engine made of it exactly as spec_runner.py runs it in
+the interpreter engine: the same commands (`register` and imports between instances
+included), the same comparisons and trap messages.
 
     python tests/wasm/spec_aot.py FILE.wast ...
 """
@@ -13,14 +11,12 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from spec_common import SUITE, convert, matches, value_bits
+import spec_runner
+from spec_common import ROOT, SUITE
+from spec_runner import FileResult
 
-CALL_TIMEOUT = 10.0
 # The files CI runs in the AOT tier: every file whose modules the tier links (no
 # register, no spectest tables/memories/globals) with one to five modules each, so that
 # a cold cache compiles ~50 modules; they cover every trap kind, all numeric and
@@ -132,147 +128,12 @@ SIMD_CI_FILES = [
     "simd_store64_lane",
     "simd_store8_lane",
 ]
-_SPECTEST_FUNCS: tuple[str, ...] = (
-    "print",
-    "print_i32",
-    "print_i64",
-    "print_f32",
-    "print_f64",
-    "print_i32_f32",
-    "print_f64_f64",
-)
 
 
-@dataclass
-class AotFileResult:
-    name: str
-    passed: int = 0
-    failed: int = 0
-    unsupported: int = 0
-    failures: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def rate(self) -> float:
-        total = self.passed + self.failed
-        return self.passed / total if total else 1.0
-
-
-class _Instance:
-    def __init__(self, sb: Any, handle: int) -> None:
-        self.sb, self.handle = sb, handle
-
-
-def _instantiate(path: Path) -> _Instance:
-    from sandbox.wasm import WasmSandbox, aot
-    from sandbox.wasm.module import load
-
-    module = load(path)
-    sb = aot.engine_for(module, "aot", cls=WasmSandbox, config=None, output=None)
-    try:
-        handle, module = sb.load(module)
-        noop = {("spectest", name): (lambda *a: None) for name in _SPECTEST_FUNCS}
-        return _Instance(sb, sb.instantiate(handle, module, noop))
-    except BaseException:
-        sb.close()
-        raise
-
-
-def run_file(wast: Path, work: Path) -> AotFileResult:
-    from sandbox import CallTimeout, GuestTrap, SandboxError, SandboxPoisoned
-    from sandbox.wasm import WasmLinkError, WasmModuleError, WasmTrap, aot
-    from sandbox.wasm.module import load
-
-    result = AotFileResult(wast.name)
-    t0 = time.perf_counter()
-    out = work / wast.stem
-    out.mkdir(parents=True, exist_ok=True)
-    spec = convert(wast, out)
-    current: _Instance | None = None
-    named: dict[str, _Instance | None] = {}
-    opened: list[_Instance] = []
-
-    def instance(action: dict[str, Any]) -> _Instance | None:
-        return named.get(action["module"]) if "module" in action else current
-
-    def act(inst: _Instance, action: dict[str, Any]) -> list[tuple[int, int]]:
-        if action["type"] == "get":
-            return [inst.sb.get(inst.handle, action["field"])]
-        args = [value_bits(a) for a in action["args"]]
-        return list(inst.sb.invoke(inst.handle, action["field"], args, timeout=CALL_TIMEOUT))
-
-    try:
-        for cmd in spec["commands"]:
-            kind, line = cmd["type"], cmd.get("line")
-            if kind == "module":
-                try:
-                    current = _instantiate(out / cmd["filename"])
-                    opened.append(current)
-                except (aot.AotCompileError, WasmLinkError):  # imports another module
-                    current = None
-                    result.unsupported += 1
-                if "name" in cmd:
-                    named[cmd["name"]] = current
-                continue
-            if kind == "register":
-                result.unsupported += 1
-                continue
-            ok, why = True, ""
-            try:
-                if kind in ("assert_invalid", "assert_malformed"):
-                    if cmd["module_type"] != "binary":
-                        continue
-                    try:
-                        load(out / cmd["filename"])
-                        ok, why = False, "loaded"
-                    except WasmModuleError:
-                        pass
-                elif kind in ("assert_unlinkable", "assert_uninstantiable"):
-                    try:
-                        opened.append(_instantiate(out / cmd["filename"]))
-                        ok, why = False, "instantiated"
-                    except aot.AotCompileError:
-                        result.unsupported += 1
-                        continue
-                    except (WasmLinkError, WasmTrap):
-                        pass
-                elif kind in ("action", "assert_return", "assert_trap", "assert_exhaustion"):
-                    inst = instance(cmd["action"])
-                    if inst is None:
-                        result.unsupported += 1
-                        continue
-                    if kind == "action":
-                        act(inst, cmd["action"])
-                        continue
-                    if kind == "assert_return":
-                        got = act(inst, cmd["action"])
-                        expected = cmd["expected"]
-                        if len(got) != len(expected) or not all(
-                            matches(e, g) for e, g in zip(expected, got, strict=True)
-                        ):
-                            ok, why = False, f"got {got}, expected {expected}"
-                    else:
-                        try:
-                            got = act(inst, cmd["action"])
-                            ok, why = False, f"returned {got}, expected trap {cmd['text']!r}"
-                        except WasmTrap as trap:
-                            message = str(trap).split("wasm trap: ", 1)[-1]
-                            if not message.startswith(cmd["text"]):
-                                ok, why = False, f"trap {message!r}, expected {cmd['text']!r}"
-                else:
-                    continue
-            except (GuestTrap, CallTimeout, SandboxPoisoned, SandboxError) as exc:
-                ok, why = False, f"{type(exc).__name__}: {exc}"
-            if ok:
-                result.passed += 1
-            else:
-                result.failed += 1
-                result.failures.append(f"line {line}: {kind}: {why}"[:400])
-    finally:
-        for inst in opened:
-            inst.sb.close()
-        result.seconds = time.perf_counter() - t0
-    return result
+def run_file(wast: Path, work: Path) -> FileResult:
+    """`wast` in the AOT tier: its modules compiled into one guest, run as
+    spec_runner.run_file runs them in the interpreter engine."""
+    return spec_runner.run_file(wast, work, tier="aot")
 
 
 def main(argv: list[str]) -> int:
@@ -282,14 +143,14 @@ def main(argv: list[str]) -> int:
         for wast in files:
             r = run_file(wast, Path(tmp))
             print(
-                f"{r.name:28} {r.passed:5} passed {r.failed:4} failed "
-                f"{r.unsupported:3} unsupported {r.seconds:6.1f} s"
+                f"{r.name:28} {r.passed:5} passed {r.failed:4} failed {r.seconds:6.1f} s {r.error}"
             )
             for f in r.failures[:5]:
                 print("   ", f)
-            bad += r.failed
+            bad += r.failed + bool(r.error)
     return 1 if bad else 0
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
     sys.exit(main(sys.argv[1:]))

@@ -70,11 +70,10 @@ class FileResult:
 
 
 class _Runner:
-    def __init__(self, json_dir: Path) -> None:
-        from sandbox.wasm import WasmSandbox
-
+    def __init__(self, json_dir: Path, guest: Path | None) -> None:
         self.dir = json_dir
-        self.engine = WasmSandbox.engine()
+        self.guest = guest
+        self.engine = self.new_engine()
         self.current: int | None = None
         self.named: dict[str, int] = {}
         self.setup: list[dict[str, Any]] = []  # module/register commands, for a replay
@@ -82,12 +81,15 @@ class _Runner:
     def close(self) -> None:
         self.engine.close()
 
-    def restart(self) -> None:
-        """A new engine with the modules and registrations so far (after a poisoning)."""
+    def new_engine(self) -> Any:
         from sandbox.wasm import WasmSandbox
 
+        return WasmSandbox.engine(guest=self.guest)
+
+    def restart(self) -> None:
+        """A new engine with the modules and registrations so far (after a poisoning)."""
         self.engine.close()
-        self.engine = WasmSandbox.engine()
+        self.engine = self.new_engine()
         self.current, self.named = None, {}
         for cmd in self.setup:
             try:
@@ -118,7 +120,25 @@ class _Runner:
         return self.engine.invoke(instance, action["field"], args, timeout=CALL_TIMEOUT)  # type: ignore[arg-type]
 
 
-def run_file(wast: Path, work: Path) -> FileResult:
+def compiled_guest(spec: dict[str, Any], out: Path) -> Path:
+    """The AOT tier's guest of every module the file instantiates (or tries to), compiled
+    into one (sandbox.wasm.aot.compile_modules), so that they link as in the engine."""
+    from sandbox.wasm import WasmModuleError, aot
+    from sandbox.wasm.module import load
+
+    modules = []
+    for cmd in spec["commands"]:
+        if cmd["type"] in ("module", "assert_unlinkable", "assert_uninstantiable"):
+            try:
+                modules.append(load(out / cmd["filename"]))
+            except WasmModuleError:
+                pass  # fails as the assertion that loads it expects, or not (a failure)
+    return aot.compile_modules(modules)
+
+
+def run_file(wast: Path, work: Path, tier: str = "interp") -> FileResult:
+    """Runs a .wast file in the interpreter engine, or (tier "aot") in the guest of its
+    modules compiled (compiled_guest)."""
     from sandbox import CallTimeout, GuestTrap, SandboxError, SandboxPoisoned
     from sandbox.wasm import WasmLinkError, WasmModuleError, WasmTrap
 
@@ -128,10 +148,11 @@ def run_file(wast: Path, work: Path) -> FileResult:
     out.mkdir(parents=True, exist_ok=True)
     try:
         spec = convert(wast, out)
-    except RuntimeError as exc:
+        guest = compiled_guest(spec, out) if tier == "aot" else None
+    except (RuntimeError, SandboxError) as exc:
         result.error = str(exc)
         return result
-    runner = _Runner(out)
+    runner = _Runner(out, guest)
     # A module assertion: what is done with the module, the error it must raise, and
     # what happened when it did not.
     module_assertions: dict[str, tuple[Callable[[str], object], type[Exception], str]] = {

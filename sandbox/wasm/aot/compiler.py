@@ -45,7 +45,7 @@ from ...errors import GuestBuildError, KvmUnavailable
 from ...kvm import Kvm
 from ...sdk import sdk_dir
 from ..module import WasmModule
-from . import glue, patches, split
+from . import glue, patches, rename, split
 
 log = logging.getLogger("sandbox.wasm.aot")
 
@@ -172,7 +172,9 @@ def _hashed_files() -> list[Path]:
     files = _runtime_sources() + sorted((sdk / "aot").rglob("*.h"))
     files += sorted((sdk / "include").glob("*.h"))
     files += [sdk / "wasm" / "wasm_abi.h", sdk / "wasm" / "trap_messages.h", *_runtime_headers()]
-    return files + [Path(m.__file__ or "") for m in (glue, patches, split)] + [Path(__file__)]
+    return (
+        files + [Path(m.__file__ or "") for m in (glue, patches, rename, split)] + [Path(__file__)]
+    )
 
 
 def _version(cmd: list[str]) -> str:
@@ -335,7 +337,10 @@ def _wasm2c_units(module: WasmModule, build: Path, limits: Limits) -> list[str]:
     translation units: `module`, or `module_0`... where wasm2c split the module
     (`--num-outputs`; the patched macros are then in `module-impl.h`)."""
     parts = _parts(module)
-    (build / "module.wasm").write_bytes(module.data)
+    try:
+        (build / "module.wasm").write_bytes(rename.renamed(module.data))
+    except rename.RenameError as exc:
+        raise AotCompileError(f"the module's sections do not parse: {exc}") from None
     cmd = [_wasm2c(), "module.wasm", "--no-debug-names", "-n", "m", "-o", "module.c"]
     if parts > 1:
         cmd.append(f"--num-outputs={parts}")
@@ -379,21 +384,6 @@ def _run_all(commands: list[list[str]], limits: Limits, cwd: Path) -> None:
                 raise error
 
 
-def check_names(module: WasmModule) -> None:
-    """Raises AotCompileError for an import or export name that could end a C comment
-    (`*/`) or line: hostile names must not become C. wasm2c 1.0.42 escapes names in its
-    comments (1.0.32 copied them), so this is defence in depth, and the glue's matching
-    of wasm2c's comments never sees a backslash of the name's own. (Identifiers are
-    mangled safely; debug names are not used: wasm2c runs with --no-debug-names.)"""
-    names = [imp.module for imp in module.imports] + [imp.name for imp in module.imports]
-    for name in [*names, *module.exports]:
-        if "*/" in name or any(ord(c) < 0x20 or c in "\\\x7f" for c in name):
-            raise AotCompileError(
-                f"the name {name!r} cannot be compiled safely (control characters, "
-                "backslash or */): the module stays on the interpreter"
-            )
-
-
 def compile_module(module: WasmModule, limits: Limits | None = None) -> Path:
     """Compiles `module` (cached) and returns the guest ELF's path. Raises
     AotCompileError with the reason when a tool fails or the module uses what the AOT
@@ -412,8 +402,6 @@ def compile_modules(modules: Sequence[WasmModule], limits: Limits | None = None)
     unique = list({module_id(m): m for m in modules}.values())
     if not unique:
         raise AotCompileError("no module to compile")
-    for module in unique:
-        check_names(module)
     target = _guest_path([module_id(m) for m in unique])
     if target.is_file():
         return target

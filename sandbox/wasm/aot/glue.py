@@ -1,10 +1,13 @@
 """The C glue between wasm2c's output for one module and the AOT guest's runtime
-(guests/aot/aot.h): the `aot_module` descriptor, an adapter ("thunk") per exported
-function or global, and a definition per function import that calls the host.
+(guests/aot/aot.h): the `aot_module` descriptor (the module's real import and export
+names and types, as data), an adapter ("thunk") per exported function or global, a
+locator per exported table, memory or global, and a definition of each of wasm2c's
+import functions (a call of the runtime, which links it).
 
-C names come from wasm2c's header, where a comment `/* import: 'module' 'name' */` or
-`/* export: 'name' */` precedes each declaration; the types come from the WasmModule
-(read from the binary), so nothing is re-derived from C.
+wasm2c compiles the module with plain names (rename.py); C names come from its header,
+where a comment `/* import: 'i' 'k' */` or `/* export: 'ek' */` precedes each
+declaration; the types come from the WasmModule (read from the binary), so nothing is
+re-derived from C.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 
 from ..abi import ValType
 from ..module import Export, FuncType, GlobalType, Import, WasmModule
+from . import rename
 
 
 class GlueError(Exception):
@@ -47,29 +51,17 @@ class _Decl:
     params: str
 
 
-_ESCAPE = re.compile(rb"\\([0-9A-F]{2})")
-
-
-def _unescaped(text: str) -> str:
-    """A name from wasm2c 1.0.42's comments: it writes bytes outside printable ASCII, and
-    `/` and `?` (which could end the comment or form a trigraph), as \\XX. (Names with
-    a backslash of their own never get here: compiler.check_names refuses them.)"""
-    raw = _ESCAPE.sub(lambda m: bytes([int(m[1], 16)]), text.encode())
-    return raw.decode(errors="replace")
-
-
 def _declarations(header: str, marker: str) -> dict[str, _Decl]:
     """wasm2c's declarations of `marker` ("import" or "export"), keyed by the name(s) in
-    the comment before each, unescaped (`/* import: 'module' 'name' */` gives
-    "module' 'name", `/* export: 'name' */` gives "name"); a key seen twice is an error
-    (the module stays on the interpreter). Function imports and all exports have such a
-    comment; wasm2c declares one function for imports of the same names."""
+    the comment before each (`/* import: 'i' '3' */` gives "i' '3", `/* export: 'e0' */`
+    gives "e0": the plain names of rename.py); a key seen twice is an error (the module
+    stays on the interpreter). Function imports and all exports have such a comment."""
     lines = header.splitlines()
     out: dict[str, _Decl] = {}
     start, end = f"/* {marker}: '", "' */"
     for i, line in enumerate(lines):
         if line.startswith(start) and line.endswith(end) and i + 1 < len(lines):
-            key = _unescaped(line[len(start) : -len(end)])
+            key = line[len(start) : -len(end)]
             decl = lines[i + 1].strip()
             m = _DECL.match(decl)
             tag = _TAG.match(decl)
@@ -91,7 +83,7 @@ def _field_imports(header: str) -> dict[str, _Decl]:
     start, end = "  /* import: '", "' */"
     for i, line in enumerate(lines):
         if line.startswith(start) and line.endswith(end) and i + 1 < len(lines):
-            key = _unescaped(line[len(start) : -len(end)])
+            key = line[len(start) : -len(end)]
             field_ = re.fullmatch(r"  .*?\*(w2c_\w+);", lines[i + 1])
             if field_ is None or key in out:
                 raise GlueError(f"unexpected wasm2c import field: {lines[i + 1]!r}")
@@ -160,6 +152,10 @@ def _types_array(name: str, types: tuple[ValType, ...]) -> str:
 
 def _c_string(text: str) -> str:
     return '"' + "".join(f"\\{b:03o}" for b in text.encode()) + '"'
+
+
+def _import_key(index: int) -> str:
+    return f"{rename.IMPORT_MODULE}' '{rename.import_name(index)}"
 
 
 _TABLE_ELEM = {
@@ -303,14 +299,12 @@ def generate(module: WasmModule, header: str, header_name: str, module_id: str) 
         raise GlueError("wasm2c's header has no instantiate declaration")
     instance_type = inst["instance"]
     n_import_modules = inst["params"].count(",")
-    # wasm2c declares imports sorted by (module, name), once per pair, exports in module
-    # order: both are matched by the comment wasm2c writes before each declaration
-    # (check_names in compiler.py has ruled out names that could forge or end such a
-    # comment).
+    # wasm2c compiled the module renamed (rename.py): import k is "i" "k", export k "ek";
+    # both are matched by the comment wasm2c writes before each declaration.
     func_decls = _declarations(header, "import")
     field_decls = _field_imports(header)
     export_decls = _declarations(header, "export")
-    keys = {f"{i.module}' '{i.name}": i.kind == "func" for i in module.imports}
+    keys = {_import_key(k): i.kind == "func" for k, i in enumerate(module.imports)}
     if set(func_decls) != {k for k, f in keys.items() if f} or set(field_decls) != {
         k for k, f in keys.items() if not f
     }:
@@ -337,28 +331,27 @@ def generate(module: WasmModule, header: str, header_name: str, module_id: str) 
             "  return v;",
             "}",
         ]
-    import_descs, func_indices, defined = [], [], set()
+    import_descs, func_indices = [], []
     for index, imp in enumerate(module.imports):
         types, init = _import_desc(index, imp)
         out += types
         import_descs.append(init)
-        key = f"{imp.module}' '{imp.name}"
         if imp.kind == "func":
             func_indices.append(str(index))
-            if key not in defined:  # the first of imports of one name (wasm2c's one)
-                out += _import_function(func_decls[key], imp, len(func_indices) - 1)
-        elif key not in defined:
-            decl = field_decls[key]
+            decl = func_decls[_import_key(index)]
+            out += _import_function(decl, imp, len(func_indices) - 1)
+        else:
+            decl = field_decls[_import_key(index)]
             ctx_type = decl.params.strip()
             out += [
                 f"{decl.ret} {decl.name}({ctx_type} ctx) {{",
                 f"  return ({decl.ret})aot_import_ptr((void*)ctx, {index});",
                 "}",
             ]
-        defined.add(key)
     export_descs = []
     for index, export in enumerate(module.exports.values()):
-        made = _export(index, _find(export_decls, export.name), export, instance_type)
+        decl = _find(export_decls, rename.export_name(index))
+        made = _export(index, decl, export, instance_type)
         if made is not None:
             out += made[0]
             export_descs.append(made[1])
