@@ -120,9 +120,10 @@ class _Runner:
         return self.engine.invoke(instance, action["field"], args, timeout=CALL_TIMEOUT)  # type: ignore[arg-type]
 
 
-def compiled_guest(spec: dict[str, Any], out: Path) -> Path:
+def compiled_guest(spec: dict[str, Any], out: Path) -> Path | None:
     """The AOT tier's guest of every module the file instantiates (or tries to), compiled
-    into one (sandbox.wasm.aot.compile_modules), so that they link as in the engine."""
+    into one (sandbox.wasm.aot.compile_modules), so that they link as in the engine;
+    None where the file has no such module (only invalid or malformed ones)."""
     from sandbox.wasm import WasmModuleError, aot
     from sandbox.wasm.module import load
 
@@ -133,14 +134,17 @@ def compiled_guest(spec: dict[str, Any], out: Path) -> Path:
                 modules.append(load(out / cmd["filename"]))
             except WasmModuleError:
                 pass  # fails as the assertion that loads it expects, or not (a failure)
-    return aot.compile_modules(modules)
+    return aot.compile_modules(modules) if modules else None
 
 
 def run_file(wast: Path, work: Path, tier: str = "interp") -> FileResult:
     """Runs a .wast file in the interpreter engine, or (tier "aot") in the guest of its
-    modules compiled (compiled_guest)."""
+    modules compiled (compiled_guest). Invalid and malformed modules must be refused by
+    the engine's `load` (the host's validator, then the engine's decoder); in the AOT
+    tier by the host's loader, which is what refuses them before any compile."""
     from sandbox import CallTimeout, GuestTrap, SandboxError, SandboxPoisoned
     from sandbox.wasm import WasmLinkError, WasmModuleError, WasmTrap
+    from sandbox.wasm.module import load
 
     result = FileResult(wast.name)
     t0 = time.perf_counter()
@@ -155,9 +159,12 @@ def run_file(wast: Path, work: Path, tier: str = "interp") -> FileResult:
     runner = _Runner(out, guest)
     # A module assertion: what is done with the module, the error it must raise, and
     # what happened when it did not.
+    refuse: Callable[[str], object] = (
+        (lambda f: load(out / f)) if tier == "aot" else (lambda f: runner.engine.load(out / f))
+    )
     module_assertions: dict[str, tuple[Callable[[str], object], type[Exception], str]] = {
-        "assert_invalid": (lambda f: runner.engine.load(out / f), WasmModuleError, "loaded"),
-        "assert_malformed": (lambda f: runner.engine.load(out / f), WasmModuleError, "loaded"),
+        "assert_invalid": (refuse, WasmModuleError, "loaded"),
+        "assert_malformed": (refuse, WasmModuleError, "loaded"),
         "assert_unlinkable": (runner.instantiate, WasmLinkError, "linked"),
         "assert_uninstantiable": (runner.instantiate, WasmTrap, "instantiated"),
     }

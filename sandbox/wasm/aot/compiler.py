@@ -411,14 +411,20 @@ def compile_modules(modules: Sequence[WasmModule], limits: Limits | None = None)
         names = (
             ["aot_module"] if len(unique) == 1 else [f"aot_module_{k}" for k in range(len(unique))]
         )
-        parts: list[str] = []
-        for k, module in enumerate(unique):
+
+        def objects_of(k: int) -> list[str]:
             build = tmp / f"m{k}"
             build.mkdir()
-            objs = [build / name for name in _module_objects(module, build, limits)]
+            objs = [build / name for name in _module_objects(unique[k], build, limits)]
             if len(unique) > 1:  # one object, only its descriptor global, renamed
                 objs = [_localize(build, objs, names[k], limits)]
-            parts += map(str, objs)
+            return list(map(str, objs))
+
+        if len(unique) == 1 or limits.jobs <= 1:
+            parts = [o for k in range(len(unique)) for o in objects_of(k)]
+        else:  # modules compiled `jobs` at a time (the first failure is raised)
+            with ThreadPoolExecutor(max_workers=limits.jobs) as pool:
+                parts = [o for objs in pool.map(objects_of, range(len(unique))) for o in objs]
         listing = [f"extern const struct aot_module {name};" for name in names] + [
             "const struct aot_module *const aot_modules[] = {"
             + ", ".join(f"&{name}" for name in names)
