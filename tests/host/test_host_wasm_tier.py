@@ -153,10 +153,12 @@ def test_a_failed_compile_leaves_the_function_on_the_interpreter(
     host = host_factory(default_warm=1)
     client = host.client()
     salt = secrets.randbelow(1 << 30)
-    data = wasmtime.wat2wasm(
-        f"""(module (tag $t (param exnref))
+    data = bytes(
+        wasmtime.wat2wasm(
+            f"""(module (tag $t (param exnref))
   (func (export "salt") (result i32) (i32.const {salt}))
   (func (export "boom") (throw $t (ref.null exn))))"""
+        )
     )
     r = deploy(client, "odd", data, kind="wasm", entry="salt", memory_mib=32)
     assert r.status_code in (200, 201), r.text
