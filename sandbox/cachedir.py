@@ -2,7 +2,9 @@
 Wasm AOT tier's compiled guests, the Wasm module cache's engine snapshots, the Python
 guest's packages): `$KVM_SANDBOX_CACHE`, else `$XDG_CACHE_HOME/kvm-sandbox`, else
 `~/.cache/kvm-sandbox`, one subdirectory per cache. Subdirectories are created private
-to the user (0700): what is cached there is run.
+to the user (0700): what is cached there is run. The file caches (compiled guests,
+engine snapshots) are bounded: after writing an entry, a cache deletes its least
+recently used files beyond $KVM_SANDBOX_CACHE_MAX_MIB (default 4 GiB each).
 """
 
 from __future__ import annotations
@@ -26,3 +28,56 @@ def cache_subdir(name: str, *, create: bool = False) -> Path:
     if create:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+LIMIT_ENVIRONMENT = "KVM_SANDBOX_CACHE_MAX_MIB"
+DEFAULT_LIMIT_MIB = 4096  # per cache subdirectory
+
+
+def limit_bytes() -> int:
+    """The most a cache subdirectory's files may take: $KVM_SANDBOX_CACHE_MAX_MIB MiB
+    (default 4096; a value that is not a positive integer is the default)."""
+    text = os.environ.get(LIMIT_ENVIRONMENT, "")
+    mib = int(text) if text.isdigit() and int(text) > 0 else DEFAULT_LIMIT_MIB
+    return mib << 20
+
+
+def touch(path: Path) -> None:
+    """Marks a cache file as just used (trim keeps the most recently used)."""
+    try:
+        os.utime(path)
+    except OSError:  # gone, or a read-only cache: nothing to mark
+        pass
+
+
+def trim(name: str, keep: Path, limit: int | None = None) -> list[Path]:
+    """Deletes the least recently used files (by mtime: written or `touch`ed) directly in
+    the cache subdirectory `name` until they take at most `limit` bytes (default
+    limit_bytes()), never `keep` (the file just written); returns what it deleted.
+    Subdirectories (a toolchain's runtime objects, compiles in progress) are left. A
+    process that found a file just before it is deleted still has it open or fails to
+    open it as it would on a cold cache; errors are ignored (another process trimming)."""
+    limit = limit_bytes() if limit is None else limit
+    entries = []
+    with os.scandir(cache_subdir(name)) as it:
+        for entry in it:
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    entries.append((st.st_mtime_ns, st.st_size, Path(entry.path)))
+            except OSError:
+                continue
+    total = sum(size for _, size, _ in entries)
+    deleted = []
+    for _, size, path in sorted(entries):
+        if total <= limit:
+            break
+        if path == keep:
+            continue
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        total -= size
+        deleted.append(path)
+    return deleted

@@ -54,7 +54,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..cachedir import cache_subdir
+from ..cachedir import cache_subdir, touch, trim
 from ..config import ResetMode, SandboxConfig
 from ..errors import SnapshotError
 from ..guests import resolve_guest
@@ -183,6 +183,7 @@ def _read(data: bytes, digest: str, config: SandboxConfig, build: str) -> Loaded
     except (SnapshotError, OSError) as exc:
         log.warning("ignoring cached Wasm module %s: %s; compiling it afresh", path.name, exc)
         return None
+    touch(path)
     why, handle, instance, registered = _check(snap, digest, len(data), config, build)
     module: WasmModule | None = None
     if why is None:
@@ -333,6 +334,8 @@ def _write(path: Path, snap: Snapshot, labels: dict[str, str]) -> None:
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         snap.save(path, labels=labels)
+        for old in trim(SUBDIR, keep=path):
+            log.info("the Wasm module cache is over its limit: deleted %s", old.name)
     except Exception as exc:  # a full or read-only disk: the cache stays in memory
         log.warning("cannot write the Wasm module cache file %s: %s", path, exc)
     finally:

@@ -303,9 +303,7 @@ class _Reader:
                 if shift == 28 and b > 0x0F:
                     raise WasmModuleError("malformed module: integer too large", kind="malformed")
                 return result
-        raise WasmModuleError(
-            "malformed module: integer representation too long", kind="malformed"
-        )
+        raise WasmModuleError("malformed module: integer representation too long", kind="malformed")
 
     def limits(self) -> Limits:
         flags = self.byte()

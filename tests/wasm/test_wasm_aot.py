@@ -133,6 +133,73 @@ def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     yield aot.cache_dir()
 
 
+def test_the_compile_cache_is_bounded(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over $KVM_SANDBOX_CACHE_MAX_MIB, a new compiled guest pushes out the least recently
+    used one; the new one runs, and the old module compiles again when asked for."""
+    monkeypatch.setenv("KVM_SANDBOX_CACHE_MAX_MIB", "1")  # below two guests' size
+    data = "a" * 600_000  # each guest carries its module's 600 KB data segment
+    first, second = (
+        load(
+            wasmtime.wat2wasm(
+                f'(module (memory 10) (data (i32.const 0) "{data}")'
+                f' (func (export "k") (result i32) i32.const {k}))'
+            )
+        )
+        for k in (1, 2)
+    )
+    path_first = aot.compile_module(first)
+    path_second = aot.compile_module(second)
+    assert path_second.is_file() and not path_first.exists()
+    with Sandbox.from_wasm(second, tier="aot") as sb:
+        assert aot.is_native(sb) and sb.call("k") == 2
+    assert aot.compile_module(first) == path_first and path_first.is_file()
+
+
+def test_modules_compiled_together_link_to_each_other(fresh_cache: Path) -> None:
+    """aot.compile_modules: one guest for several modules; instances register and import
+    each other's functions, memory, table and globals, and the host's, as in the
+    interpreter engine; a module not compiled in is refused, as is a bad link."""
+    from sandbox.wasm import ValType, WasmLinkError, WasmSandbox
+
+    lib = load(
+        wasmtime.wat2wasm(
+            """(module (memory (export "mem") 1) (table (export "tab") 2 funcref)
+  (global (export "g") (mut i64) (i64.const 5))
+  (func $sq (export "sq") (param i32) (result i32) (i32.mul (local.get 0) (local.get 0)))
+  (elem (i32.const 1) $sq))"""
+        )
+    )
+    app = load(
+        wasmtime.wat2wasm(
+            """(module (import "lib" "sq" (func $sq (param i32) (result i32)))
+  (import "lib" "mem" (memory 1)) (import "lib" "tab" (table 1 funcref))
+  (import "lib" "g" (global $g (mut i64)))
+  (import "env" "add" (func $add (param i32 i32) (result i32)))
+  (type $t (func (param i32) (result i32)))
+  (func (export "run") (param i32) (result i32)
+    (i32.store (i32.const 16) (call $sq (local.get 0)))
+    (global.set $g (i64.add (global.get $g) (i64.const 1)))
+    (call $add (i32.load (i32.const 16)) (call_indirect (type $t) (local.get 0) (i32.const 1)))))"""
+        )
+    )
+    other = load(wasmtime.wat2wasm('(module (func (export "x")))'))
+    engine = WasmSandbox.engine(guest=aot.compile_modules([lib, app]))
+    with engine:
+        assert aot.is_native(engine)
+        h_lib, _ = engine.load(lib)
+        h_app, _ = engine.load(app)
+        i_lib = engine.instantiate(h_lib, lib)
+        with pytest.raises(WasmLinkError):  # "lib" not registered yet: unknown import
+            engine.instantiate(h_app, app, {("env", "add"): lambda a, b: a + b})
+        engine.register(i_lib, "lib")
+        i_app = engine.instantiate(h_app, app, {("env", "add"): lambda a, b: a + b})
+        assert engine.invoke(i_app, "run", [(ValType.I32, 3)]) == [(ValType.I32, 18)]
+        assert engine.get(i_lib, "g") == (ValType.I64, 6)
+        assert engine.memory(0).read(16, 4) == (9).to_bytes(4, "little")
+        with pytest.raises(ArgumentError, match="other modules"):
+            engine.load(other)
+
+
 def test_tier_must_be_known(traps_wasm: bytes) -> None:
     for bad in ("jit", "AOT", None, 1):
         with pytest.raises(ArgumentError, match="tier must be one of"):

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...cachedir import cache_subdir
+from ...cachedir import cache_subdir, touch, trim
 from ...errors import GuestBuildError, KvmUnavailable
 from ...kvm import Kvm
 from ...sdk import sdk_dir
@@ -111,8 +111,11 @@ class Limits:
     jobs: int = min(4, os.cpu_count() or 1)  # compilers run at once (a split module)
 
 
+SUBDIR = "wasm-aot"
+
+
 def cache_dir() -> Path:
-    return cache_subdir("wasm-aot")
+    return cache_subdir(SUBDIR)
 
 
 def _cc() -> str:
@@ -237,7 +240,10 @@ def cached_path(module: WasmModule) -> Path:
 def lookup(module: WasmModule) -> Path | None:
     """The cached compiled guest of `module`, or None."""
     path = cached_path(module)
-    return path if path.is_file() else None
+    if not path.is_file():
+        return None
+    touch(path)
+    return path
 
 
 def _run(cmd: list[str], what: str, limits: Limits, cwd: Path) -> None:
@@ -300,7 +306,7 @@ def _runtime_objects(limits: Limits) -> list[Path]:
     objects = [target / (s.parent.name + "-" + s.stem + ".o") for s in sources]
     if all(o.is_file() for o in objects):
         return objects
-    cache_subdir("wasm-aot", create=True)
+    cache_subdir(SUBDIR, create=True)
     tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=cache_dir()))
     try:
         for header in _runtime_headers():
@@ -404,6 +410,7 @@ def compile_modules(modules: Sequence[WasmModule], limits: Limits | None = None)
         raise AotCompileError("no module to compile")
     target = _guest_path([module_id(m) for m in unique])
     if target.is_file():
+        touch(target)
         return target
     objects = _runtime_objects(limits)
     with tempfile.TemporaryDirectory(prefix="aot-", dir=cache_dir()) as tmp_name:
@@ -444,6 +451,8 @@ def compile_modules(modules: Sequence[WasmModule], limits: Limits | None = None)
             tmp,
         )
         os.replace(tmp / "module.elf", target)
+    for old in trim(SUBDIR, keep=target):
+        log.info("the AOT cache is over its limit: deleted %s", old.name)
     size = sum(len(m.data) for m in unique)
     log.info("compiled %d Wasm module(s) of %d bytes to %s", len(unique), size, target)
     return target
