@@ -393,12 +393,12 @@ class WasmSandbox:
         if not isinstance(module, WasmModule):
             module = load(module)
         engine = self.engine_sandbox
-        if "aot_module_id" in engine.functions:  # a compiled guest (sandbox.wasm.aot)
-            if module.sha256 not in str(engine.call("aot_module_id")).split(","):
-                raise ArgumentError(
-                    "this AOT guest runs other modules: compile this one with them "
-                    "(sandbox.wasm.aot.compile_modules)"
-                )
+        compiled = "aot_module_id" in engine.functions  # a guest of sandbox.wasm.aot
+        if compiled and module.sha256 not in str(engine.call("aot_module_id")).split(","):
+            raise ArgumentError(
+                "this AOT guest runs other modules: compile this one with them "
+                "(sandbox.wasm.aot.compile_modules)"
+            )
         size = len(module.data)
         addr = self.engine_sandbox.call("wasm_alloc", size)
         self._note_rewind()
