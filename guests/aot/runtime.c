@@ -37,14 +37,19 @@ SBX_EXPORT(wasm_abi_version, SBX_TAG_U32) { sbx_ret_u32(ret, WASM_ABI_VERSION); 
 /* The host checks that the guest holds the module it validated (sandbox/wasm/aot/): the
  * modules' ids, comma-separated, in aot_modules' order. */
 SBX_EXPORT(aot_module_id, SBX_TAG_STR) {
-    static char ids[4096];
-    size_t len = 0;
-    for (uint32_t i = 0; i < aot_nmodules; i++) {
-        size_t n = strlen(aot_modules[i]->module_id);
-        if (len + n + 1 > sizeof ids) sbx_abort("too many modules for aot_module_id");
-        if (i) ids[len++] = ',';
-        memcpy(ids + len, aot_modules[i]->module_id, n);
-        len += n;
+    static char *ids; /* made on the first call: the list never changes */
+    static size_t len;
+    if (!ids) {
+        size_t size = 1;
+        for (uint32_t i = 0; i < aot_nmodules; i++) size += strlen(aot_modules[i]->module_id) + 1;
+        ids = malloc(size);
+        if (!ids) sbx_abort("no memory for the modules' ids");
+        for (uint32_t i = 0; i < aot_nmodules; i++) {
+            size_t n = strlen(aot_modules[i]->module_id);
+            if (i) ids[len++] = ',';
+            memcpy(ids + len, aot_modules[i]->module_id, n);
+            len += n;
+        }
     }
     sbx_ret_str(ret, ids, len);
 }

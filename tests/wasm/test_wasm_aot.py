@@ -183,8 +183,15 @@ def test_modules_compiled_together_link_to_each_other(fresh_cache: Path) -> None
         )
     )
     other = load(wasmtime.wat2wasm('(module (func (export "x")))'))
-    engine = WasmSandbox.engine(guest=aot.compile_modules([lib, app]))
+    same_size = [  # told apart by their bytes' CRC-32 in the guest
+        load(wasmtime.wat2wasm(f'(module (func (export "k") (result i32) i32.const {k}))'))
+        for k in (1, 2, 3)
+    ]
+    engine = WasmSandbox.engine(guest=aot.compile_modules([lib, app, *same_size]))
     with engine:
+        for k in (3, 1, 2):
+            handle, module = engine.load(same_size[k - 1])
+            assert engine.invoke(engine.instantiate(handle, module), "k", []) == [(ValType.I32, k)]
         assert aot.is_native(engine)
         h_lib, _ = engine.load(lib)
         h_app, _ = engine.load(app)
