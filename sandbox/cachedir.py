@@ -10,6 +10,7 @@ recently used files beyond $KVM_SANDBOX_CACHE_MAX_MIB (default 4 GiB each).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 CACHE_ENVIRONMENT = "KVM_SANDBOX_CACHE"
@@ -42,16 +43,18 @@ def limit_bytes() -> int:
     return mib << 20
 
 
-def touch(path: Path) -> None:
-    """Marks a cache file as just used (trim keeps the most recently used)."""
+def touch(path: Path, st: os.stat_result | None = None) -> None:
+    """Marks a cache file as just used: its access time is set to now, its modification
+    time kept (the caches key loaded guests by it). `st`: the file's stat, if known."""
     try:
-        os.utime(path)
+        mtime = (st or os.stat(path)).st_mtime_ns
+        os.utime(path, ns=(time.time_ns(), mtime))
     except OSError:  # gone, or a read-only cache: nothing to mark
         pass
 
 
 def trim(name: str, keep: Path, limit: int | None = None) -> list[Path]:
-    """Deletes the least recently used files (by mtime: written or `touch`ed) directly in
+    """Deletes the least recently used files (by access time: written or `touch`ed) in
     the cache subdirectory `name` until they take at most `limit` bytes (default
     limit_bytes()), never `keep` (the file just written); returns what it deleted.
     Subdirectories (a toolchain's runtime objects, compiles in progress) are left. A
@@ -64,7 +67,8 @@ def trim(name: str, keep: Path, limit: int | None = None) -> list[Path]:
             try:
                 if entry.is_file(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
-                    entries.append((st.st_mtime_ns, st.st_size, Path(entry.path)))
+                    used = max(st.st_atime_ns, st.st_mtime_ns)
+                    entries.append((used, st.st_size, Path(entry.path)))
             except OSError:
                 continue
     total = sum(size for _, size, _ in entries)

@@ -186,8 +186,6 @@ def _start(
     mod = _module(build)
     sb = WasmSandbox.engine(config=config, guest=path)
     try:
-        if path is not None:
-            aot.check_guest(sb, mod)
         sb.wasi = WasiContext(wasi)
         handle, mod = sb.load(mod)
         python = sb.instantiate(handle, mod)

@@ -31,7 +31,9 @@ def test_trim_deletes_the_least_recently_used_beyond_the_limit(cache: Path) -> N
     (cache / "runtime-key").mkdir()  # a directory: never deleted
     assert cachedir.trim("things", keep=new, limit=2500) == [old]
     assert not old.exists() and mid.exists() and new.exists()
+    mtime = mid.stat().st_mtime_ns
     cachedir.touch(mid)  # used now: newer than `new`
+    assert mid.stat().st_mtime_ns == mtime  # the caches key loaded guests by mtime
     assert cachedir.trim("things", keep=mid, limit=1000) == [new]
     assert mid.exists() and (cache / "runtime-key").is_dir()
 

@@ -240,9 +240,11 @@ def cached_path(module: WasmModule) -> Path:
 def lookup(module: WasmModule) -> Path | None:
     """The cached compiled guest of `module`, or None."""
     path = cached_path(module)
-    if not path.is_file():
+    try:
+        st = path.stat()
+    except FileNotFoundError:
         return None
-    touch(path)
+    touch(path, st)
     return path
 
 
@@ -410,7 +412,7 @@ def compile_modules(modules: Sequence[WasmModule], limits: Limits | None = None)
         raise AotCompileError("no module to compile")
     target = _guest_path([module_id(m) for m in unique])
     if target.is_file():
-        touch(target)
+        touch(target)  # (compile_module's callers look up first: `lookup`)
         return target
     objects = _runtime_objects(limits)
     with tempfile.TemporaryDirectory(prefix="aot-", dir=cache_dir()) as tmp_name:

@@ -166,19 +166,16 @@ _KIND = {"func": 0, "table": 1, "memory": 2, "global": 3, "tag": 4}
 _NO_MAX = "UINT64_MAX"
 
 
-def _import_desc(index: int, imp: Import) -> tuple[list[str], str]:
+def _import_desc(index: int, imp: Import) -> tuple[str, str]:
     """The type array and the `struct aot_import` initializer of import `index`."""
     np = nr = mutable = 0
     types: tuple[ValType, ...] = ()
     low, high = "0", _NO_MAX
     what = f"import {imp.module}.{imp.name}"
     if isinstance(imp.type, FuncType):
-        _check_types(imp.type.params + imp.type.results, what)
-        types, np, nr = (
-            imp.type.params + imp.type.results,
-            len(imp.type.params),
-            len(imp.type.results),
-        )
+        ft = imp.type
+        _check_types(ft.params + ft.results, what)
+        types, np, nr = ft.params + ft.results, len(ft.params), len(ft.results)
     elif isinstance(imp.type, GlobalType):
         _check_types((imp.type.type,), what)
         types, nr, mutable = (imp.type.type,), 1, int(imp.type.mutable)
@@ -193,7 +190,7 @@ def _import_desc(index: int, imp: Import) -> tuple[list[str], str]:
         f"{len(imp.name.encode())}, {_KIND[imp.kind]}, {np}, {nr}, {mutable}, {name}, "
         f"{low}, {high}}},"
     )
-    return [_types_array(name, types)], init
+    return _types_array(name, types), init
 
 
 def _import_function(decl: _Decl, imp: Import, func_index: int) -> list[str]:
@@ -334,7 +331,7 @@ def generate(module: WasmModule, header: str, header_name: str, module_id: str) 
     import_descs, func_indices = [], []
     for index, imp in enumerate(module.imports):
         types, init = _import_desc(index, imp)
-        out += types
+        out.append(types)
         import_descs.append(init)
         if imp.kind == "func":
             func_indices.append(str(index))

@@ -156,7 +156,8 @@ def guest_for(module: WasmModule, tier: Tier, limits: compiler.Limits | None = N
 def check_guest(sb: WasmSandbox, module: WasmModule) -> None:
     """Raises GuestAbiMismatch unless `sb` runs a compiled guest that holds `module` (a
     new engine sandbox of a compiled guest, before the module is loaded into it)."""
-    if compiler.module_id(module) not in sb.engine_sandbox.call("aot_module_id").split(","):
+    ids = str(sb.engine_sandbox.call("aot_module_id")).split(",")
+    if compiler.module_id(module) not in ids:
         raise GuestAbiMismatch(f"{sb.guest_path} is the compiled guest of another module")
 
 
