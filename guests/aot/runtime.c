@@ -768,7 +768,9 @@ SBX_EXPORT(wasm_invoke, SBX_TAG_BYTES, SBX_TAG_I32, SBX_TAG_STR, SBX_TAG_BYTES) 
         ret_reply(ret);
         return;
     }
-    aot_val argv[256], results[256];
+    /* Sized by the export (at most 255 each): a fixed 8 KiB frame would put one more stack
+     * page among those every reset copies back. */
+    aot_val argv[e->nparams ? e->nparams : 1], results[e->nresults ? e->nresults : 1];
     size_t at = 1;
     for (uint32_t i = 0; i < e->nparams; i++) {
         uint8_t t = at < vals_len ? vals[at] : 0;

@@ -395,9 +395,9 @@ class WasmSandbox:
         engine = self.engine_sandbox
         compiled = "aot_module_id" in engine.functions  # a guest of sandbox.wasm.aot
         if compiled and module.sha256 not in str(engine.call("aot_module_id")).split(","):
-            raise ArgumentError(
-                "this AOT guest runs other modules: compile this one with them "
-                "(sandbox.wasm.aot.compile_modules)"
+            raise GuestAbiMismatch(
+                f"{self.guest_path} is the compiled guest of another module (modules loaded "
+                "into one engine are compiled together: sandbox.wasm.aot.compile_modules)"
             )
         size = len(module.data)
         addr = self.engine_sandbox.call("wasm_alloc", size)

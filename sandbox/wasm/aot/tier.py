@@ -155,7 +155,8 @@ def guest_for(module: WasmModule, tier: Tier, limits: compiler.Limits | None = N
 
 def check_guest(sb: WasmSandbox, module: WasmModule) -> None:
     """Raises GuestAbiMismatch unless `sb` runs a compiled guest that holds `module` (a
-    new engine sandbox of a compiled guest, before the module is loaded into it)."""
+    new engine sandbox of a compiled guest, before the module is loaded into it; `load`
+    checks the same)."""
     ids = str(sb.engine_sandbox.call("aot_module_id")).split(",")
     if compiler.module_id(module) not in ids:
         raise GuestAbiMismatch(f"{sb.guest_path} is the compiled guest of another module")
