@@ -56,17 +56,35 @@ SBX_EXPORT(aot_module_id, SBX_TAG_STR) {
 
 /* ---- Replies ------------------------------------------------------------------------ */
 
-static uint8_t reply[4096];
-static size_t reply_len;
+/* A reply is built here, then copied into the call's result record. Most replies are a
+ * few bytes: they use the small buffer, which shares a page with the other state every
+ * call writes (a reset copies back each page written); a longer one (up to REPLY_MAX: 255
+ * v128 results and their types) moves to a heap buffer made on first need. */
+#define REPLY_SMALL 256
+#define REPLY_MAX 8192
+static uint8_t reply_small[REPLY_SMALL];
+static uint8_t *reply_big;
+static uint8_t *reply = reply_small;
+static size_t reply_len, reply_cap = REPLY_SMALL;
 
 static void reply_start(uint8_t status, uint8_t kind) {
+    reply = reply_small;
+    reply_cap = REPLY_SMALL;
     reply[0] = status;
     reply_len = 1;
     if (status != WASM_STATUS_OK) reply[reply_len++] = kind;
 }
 
 static void reply_put(const void *p, size_t n) {
-    if (reply_len + n > sizeof reply) n = sizeof reply - reply_len;
+    if (reply_len + n > reply_cap && reply_cap < REPLY_MAX) {
+        if (!reply_big) reply_big = malloc(REPLY_MAX);
+        if (reply_big) {
+            memcpy(reply_big, reply, reply_len);
+            reply = reply_big;
+            reply_cap = REPLY_MAX;
+        }
+    }
+    if (reply_len + n > reply_cap) n = reply_cap - reply_len;
     memcpy(reply + reply_len, p, n);
     reply_len += n;
 }
@@ -597,16 +615,14 @@ SBX_EXPORT(wasm_alloc, SBX_TAG_U64, SBX_TAG_U64) {
     sbx_ret_u64(ret, (uint64_t)(uintptr_t)pending_module);
 }
 
+/* CRC-32 (IEEE), bit by bit: only modules of one size in one guest need it, and a table
+ * would be 1 KiB more of the state a reset copies back. */
 static uint32_t crc32_of(const uint8_t *p, uint64_t n) {
-    static uint32_t table[256];
-    if (!table[1])
-        for (uint32_t i = 0; i < 256; i++) {
-            uint32_t c = i;
-            for (int k = 0; k < 8; k++) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
-            table[i] = c;
-        }
     uint32_t c = 0xffffffffu;
-    for (uint64_t i = 0; i < n; i++) c = table[(c ^ p[i]) & 0xff] ^ (c >> 8);
+    for (uint64_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
+    }
     return c ^ 0xffffffffu;
 }
 

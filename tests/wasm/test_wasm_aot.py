@@ -207,6 +207,32 @@ def test_modules_compiled_together_link_to_each_other(fresh_cache: Path) -> None
             engine.load(other)
 
 
+def test_the_most_results_an_export_can_have() -> None:
+    """255 v128 results (4,336 bytes of reply, past the guest's small reply buffer: it
+    moves to its large one) and 254 i32 parameters (255 values in all is the AOT
+    tier's limit): as in the interpreter, and the following small call is whole."""
+    many = 255
+    consts = " ".join(f"(v128.const i32x4 {k} {k + 1} {k + 2} {-k})" for k in range(many))
+    params = " ".join(["i32"] * (many - 1))
+    adds = "(local.get 0)" + "".join(f" (local.get {k}) (i32.add)" for k in range(1, many - 1))
+    data = wasmtime.wat2wasm(
+        f"""(module
+  (func (export "wide") (result {" ".join(["v128"] * many)}) {consts})
+  (func (export "sum") (param {params}) (result i32) {adds})
+  (func (export "one") (result i32) (i32.const 1)))"""
+    )
+    with (
+        Sandbox.from_wasm(data) as interp,
+        Sandbox.from_wasm(data, tier="aot") as native,
+    ):
+        wide = native.call("wide")
+        assert len(wide) == many and wide == interp.call("wide")
+        assert wide[3] == (3 | 4 << 32 | 5 << 64 | (2**32 - 3) << 96)
+        args = list(range(many - 1))
+        assert native.call("sum", *args) == interp.call("sum", *args) == sum(args)
+        assert native.call("one") == 1
+
+
 def test_tier_must_be_known(traps_wasm: bytes) -> None:
     for bad in ("jit", "AOT", None, 1):
         with pytest.raises(ArgumentError, match="tier must be one of"):
