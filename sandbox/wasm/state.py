@@ -120,13 +120,17 @@ class WasmSnapshot:
         compiled code...), at most HOT_HEAP_PAGES of them: a new sandbox populates them
         writable in the host before its first call, so KVM maps each 8-page group with
         one fault instead of one per page (measured: -100 us on a first call, +6 private
-        pages for a small module)."""
+        pages for a small module). Not those in the heap's last 2 MiB (the windows pool's
+        state, which a call of a module that grows no memory does not touch): a page
+        populated there is a private copy that every reset walks to and copies back
+        (measured: -1.5 us on an AOT module's restore + add)."""
         layout = self.base.layout
         start, end = layout.heap_base, layout.heap_base + layout.heap_size
         pages: list[tuple[int, int, bool]] = []
         budget = HOT_HEAP_PAGES * PAGE
+        top = (end - 1) & ~((2 << 20) - 1)
         for addr, length in self.base.image.data_ranges():
-            if start <= addr < end and budget > 0:
+            if start <= addr < min(end, top) and budget > 0:
                 length = min(length, end - addr, budget)
                 pages.append((addr, length, True))
                 budget -= length
