@@ -15,7 +15,8 @@ wasm2c's output by guests/aot/runtime.c), so the sandbox around it is the same
 WasmSandbox: windows, host imports, WASI, traps, snapshots and restore are unchanged.
 Like the interpreter, each compiled guest is started once per process and config and
 then spawned from that snapshot (WasmSandbox.engine(guest=...); the template mechanism
-shares its image between sandboxes); the guest's module hash is checked on every use.
+shares its image between sandboxes); WasmSandbox.load checks that the guest holds the
+module it is given (by the modules' hashes the guest carries).
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from ...config import SandboxConfig
-from ...errors import ArgumentError, GuestAbiMismatch
+from ...errors import ArgumentError
 from ..module import WasmModule
 from ..sandbox import WasmSandbox
 from . import compiler
@@ -153,37 +153,6 @@ def guest_for(module: WasmModule, tier: Tier, limits: compiler.Limits | None = N
     return None
 
 
-def check_guest(sb: WasmSandbox, module: WasmModule) -> None:
-    """Raises GuestAbiMismatch unless `sb` runs a compiled guest that holds `module` (a
-    new engine sandbox of a compiled guest, before the module is loaded into it; `load`
-    checks the same)."""
-    ids = str(sb.engine_sandbox.call("aot_module_id")).split(",")
-    if compiler.module_id(module) not in ids:
-        raise GuestAbiMismatch(f"{sb.guest_path} is the compiled guest of another module")
-
-
 def is_native(sb: WasmSandbox) -> bool:
     """Whether `sb` runs a compiled module's guest (not the interpreter engine)."""
     return "aot_module_id" in sb.functions
-
-
-def engine_for(
-    module: WasmModule,
-    tier: Tier,
-    *,
-    cls: type[WasmSandbox],
-    config: SandboxConfig | None,
-    output: Callable[[str], None] | None,
-) -> WasmSandbox:
-    """An empty engine sandbox of class `cls` for `module` in the tier asked for: the
-    interpreter engine, or the module's compiled guest (see the module doc)."""
-    path = guest_for(module, tier)
-    if path is None:
-        return cls.engine(config=config, output=output)
-    sb = cls.engine(config=config, output=output, guest=path)
-    try:
-        check_guest(sb, module)
-    except BaseException:
-        sb.close()
-        raise
-    return sb
