@@ -160,18 +160,10 @@ def _park(ours: Any, peer: Any) -> None:
 def _spawns_versus(bench: Any, ours_snap: Any, their_snap: Any) -> tuple[Any, Any, Any]:
     """from_snapshot -> add(1, 2) of `ours_snap` against `their_snap`'s, each taking a
     parked machine (see _no_spares): bench.versus's (our result, theirs, Versus)."""
-    holder: list[Any] = []
+    opened = bench.opened()
 
     def spawn(snap: Any) -> Any:
-        sb = Sandbox.from_snapshot(snap)
-        holder.append(sb)
-        return sb.call("add", 1, 2)
-
-    def close(*_: Any) -> None:
-        for sb in holder:
-            sb.close()
-        holder.clear()
-        _reaper.drain()
+        return opened.keep(Sandbox.from_snapshot(snap)).call("add", 1, 2)
 
     with _no_spares():
         _park(ours_snap, their_snap)
@@ -181,10 +173,10 @@ def _spawns_versus(bench: Any, ours_snap: Any, their_snap: Any) -> tuple[Any, An
             lambda: spawn(their_snap),
             rounds=20 if s.quick else 200,
             warmup_rounds=3,
-            teardown=close,
+            teardown=opened.close,
             peer_rounds=PEER_BLOCK * s.floor_readings,
         )
-        close()
+        opened.close()
     return result
 
 
@@ -338,21 +330,13 @@ def test_aot_cached_from_wasm_vs_interpreter(bench_nofloor: Any) -> None:
 
     add = wasmtime.wat2wasm(ADD_WAT)
     aot.compile_module(load(add))
-    holder: list[Any] = []
+    opened = bench_nofloor.opened()
 
     def run(tier: str) -> Any:
-        sb = Sandbox.from_wasm(add, tier=tier)
-        holder.append(sb)
-        return sb.call("add", 1, 2)
-
-    def close(*_: Any) -> None:
-        for sb in holder:
-            sb.close()
-        holder.clear()
-        _reaper.drain()
+        return opened.keep(Sandbox.from_wasm(add, tier=tier)).call("add", 1, 2)
 
     run("aot")  # the compiled guest's started engine, once per process
-    close()
+    opened.close()
     s = bench_nofloor.settings
     t0 = time.perf_counter()
     result, theirs, v = bench_nofloor.versus(
@@ -360,9 +344,9 @@ def test_aot_cached_from_wasm_vs_interpreter(bench_nofloor: Any) -> None:
         lambda: run("interp"),
         rounds=20 if s.quick else 100,
         warmup_rounds=3,
-        teardown=close,
+        teardown=opened.close,
     )
-    close()
+    opened.close()
     assert result == theirs == 3
     assert time.perf_counter() - t0 < 600
     if v is not None:

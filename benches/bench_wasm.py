@@ -226,25 +226,17 @@ def test_wasm_from_snapshot_to_first_call(bench: Any) -> None:
     import wasmtime
 
     s = bench.settings
-    holder: list[Sandbox] = []
+    opened = bench.opened()
 
     def spawn(snap: Any) -> Any:
-        sb = Sandbox.from_snapshot(snap)
-        holder.append(sb)
-        return sb.call("add", 1, 2)
-
-    def close(*_: Any) -> None:
-        for sb in holder:
-            sb.close()
-        holder.clear()
-        _reaper.drain()
+        return opened.keep(Sandbox.from_snapshot(snap)).call("add", 1, 2)
 
     with Sandbox.from_wasm(wasmtime.wat2wasm(ADD_WAT)) as origin:
         snap = origin.snapshot()
         result, m = bench.measure(
             spawn,
             args=(snap,),
-            teardown=close,
+            teardown=opened.close,
             floor_value=lambda r: r["create_to_first_exit_us"] + 200.0,
             floor_args={"iterations": s.spawn_floor_iterations},
             rounds=s.spawn_rounds // 5,

@@ -363,10 +363,36 @@ class Versus:
         return (hi - lo) / self.peer_us if self.peer_us else 0.0
 
 
+class Opened:
+    """The sandboxes the timed rounds of a scenario open: `keep` returns the sandbox it
+    is given; `close` (a round's untimed teardown) closes them all and waits until their
+    machines are parked or torn down."""
+
+    def __init__(self) -> None:
+        self.sandboxes: list[Any] = []
+
+    def keep(self, sb: Any) -> Any:
+        self.sandboxes.append(sb)
+        return sb
+
+    def close(self, *_: Any) -> None:
+        from sandbox import _reaper
+
+        for sb in self.sandboxes:
+            sb.close()
+        self.sandboxes.clear()
+        _reaper.drain()
+
+
 class Bench:
     """What a scenario uses: `measure` (ours against the floor, in the same run),
     `versus` (ours against a peer, round by round), `report` (a row of the summary table,
-    also stored in benchmark.extra_info) and `skip` (a row that says why it is missing)."""
+    also stored in benchmark.extra_info), `skip` (a row that says why it is missing) and
+    `opened` (the sandboxes rounds open, closed in their teardown)."""
+
+    @staticmethod
+    def opened() -> Opened:
+        return Opened()
 
     def __init__(
         self,
