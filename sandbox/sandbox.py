@@ -119,16 +119,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         check_path("guest", guest)
         functions = check_host_functions(host_functions)  # before any KVM work
         check_reset(reset)
-        template = prepare(guest, config)
-        initial = Snapshot(
-            image=template.memory,
-            cpu=template.cpu,
-            layout=template.layout,
-            functions=template.image.functions,
-            functions_table=template.layout.image_base + template.image.functions_addr,
-            config=config,
-            guest_path=template.image.path,
-        )
+        initial = prepare(guest, config).initial
         self._start(initial, functions, output, reset)
 
     def _start(
@@ -153,7 +144,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         self._in_call = False  # the guest is inside a call (between entry and RETURN)
         self._close_requested = False
         self._capture = OutputCapture(self.config.output_limit, output)
-        self._encoders: dict[str | CallEncoder, CallEncoder] = {}
+        self._encoders = initial.call_encoders
         self._default_timeout = self.config.timeout
         self._machine = machines.obtain(initial.image, initial.cpu, initial.layout)
         self._run_vcpu = self._machine.run
@@ -360,7 +351,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
             self._map_views()
         if target.functions is not self.functions:
             self.functions = target.functions
-            self._encoders = {}
+            self._encoders = target.call_encoders
         self._ran = False
         self._state = _READY
 

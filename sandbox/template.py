@@ -1,7 +1,9 @@
 """`Template`: what every sandbox of one guest and config shares, built once and cached:
 the loaded guest image, its memory layout, the initial memory (system tables, page
 tables, the image and the boot info, in a sealed memfd that sandboxes map
-copy-on-write) and the initial vCPU state."""
+copy-on-write) and the initial vCPU state; and the Snapshot of that state every new
+sandbox of the template starts from (one object, so that what sandboxes share through
+it, like their call encoders, is made once)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from .errors import ConfigError
 from .guests import is_bundled_name, resolve_guest
 from .layout import Layout
 from .memory import MemoryImage
+from .snapshot import Snapshot
 
 TEMPLATE_CACHE_SIZE = 32
 
@@ -29,6 +32,7 @@ class Template:
     layout: Layout
     memory: MemoryImage  # the initial memory, boot info included (with a zero seed)
     cpu: CpuState
+    initial: Snapshot  # the state above, as a new sandbox starts from it
 
 
 def prepare(guest: str | os.PathLike[str] | None, config: SandboxConfig) -> Template:
@@ -62,4 +66,13 @@ def _build(path: str, mtime_ns: int, size: int, config: SandboxConfig) -> Templa
     pieces.append((layout.boot_info, layout.boot_info_bytes(0)))
     memory = MemoryImage(layout.mem_size, pieces)
     cpu = cpu_setup().initial_state(layout, layout.image_base + image.entry)
-    return Template(image, layout, memory, cpu)
+    initial = Snapshot(
+        image=memory,
+        cpu=cpu,
+        layout=layout,
+        functions=image.functions,
+        functions_table=layout.image_base + image.functions_addr,
+        config=config,
+        guest_path=image.path,
+    )
+    return Template(image, layout, memory, cpu, initial)
