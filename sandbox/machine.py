@@ -21,7 +21,7 @@ from .cpu import CpuState, cpu_setup
 from .exits import Exit, ExitKind
 from .kvm import Kvm
 from .layout import PAGE, Layout
-from .memory import GuestMemory, MemoryImage
+from .memory import GuestMemory, MemoryImage, PageRanges
 from .trampoline import trampoline_for
 from .vcpu import Vcpu
 from .vm import Vm
@@ -33,15 +33,15 @@ WARM_TIMEOUT_NS = 100_000_000  # the warm-up stub reads a few pages: 100 ms is g
 
 # image -> (layout, the image's stable ranges in it): read from the image's page tables
 # once per image, not on every machine that maps it (~12 us of a spawn on a new VM)
-_stable: weakref.WeakKeyDictionary[MemoryImage, tuple[Layout, list[tuple[int, int]]]] = (
+_stable: weakref.WeakKeyDictionary[MemoryImage, tuple[Layout, PageRanges]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _stable_ranges(layout: Layout, image: MemoryImage) -> list[tuple[int, int]]:
+def _stable_ranges(layout: Layout, image: MemoryImage) -> PageRanges:
     known = _stable.get(image)
     if known is None or (known[0] is not layout and known[0] != layout):
-        known = _stable[image] = (layout, layout.stable_ranges(image.read))
+        known = _stable[image] = (layout, PageRanges(layout.stable_ranges(image.read)))
     return known[1]
 
 

@@ -24,6 +24,7 @@ the one bounds-checking translator.
 from __future__ import annotations
 
 import fcntl
+import functools
 import mmap
 import os
 import threading
@@ -163,6 +164,28 @@ class MemoryImage:
         self.close()
 
 
+class PageRanges:
+    """Sorted (guest address, length) ranges in the form the native reset takes them
+    (one uint64_t array of pairs). Immutable: made once, given to any number of
+    mappings (a new VM's spawn builds none)."""
+
+    __slots__ = ("ranges", "array", "count")
+
+    def __init__(self, ranges: Sequence[tuple[int, int]]) -> None:
+        self.ranges = tuple(sorted(ranges))
+        flat = [n for pair in self.ranges for n in pair]
+        self.array: Any = ffi.new("uint64_t[]", flat or [0])
+        self.count = len(self.ranges)
+
+
+_NONE = PageRanges(())
+
+
+@functools.lru_cache(maxsize=8)
+def _whole(size: int) -> PageRanges:
+    return PageRanges([(0, size)])
+
+
 class GuestMemory:
     """The memory of one sandbox: a private mapping of a MemoryImage (see the module
     docstring). The owner of the mapping; the VM only borrows its address."""
@@ -176,10 +199,8 @@ class GuestMemory:
         self.image = image
         # sbx_memory_reset's arguments but `keep`, made on the first reset of a mapping.
         self._reset_args: tuple[Any, ...] | None = None
-        self._stable: Any = ffi.new("uint64_t[]", 1)
-        self._n_stable = 0
-        self._scan: Any = ffi.new("uint64_t[]", [0, image.size])  # set_scan
-        self._n_scan = 1
+        self._stable = _NONE
+        self._scan = _whole(image.size)  # set_scan
         self._regions: dict[tuple[int, int], memoryview] = {}
         self._populated: set[tuple[int, int, bool]] = set()  # ranges prefault() did
         self._image_bytes: dict[tuple[int, int], bytes] = {}  # differs_from_image's
@@ -191,13 +212,11 @@ class GuestMemory:
         self.host_address = self._mapping.address
         self.view = self._mapping.view
 
-    def set_stable(self, ranges: Sequence[tuple[int, int]]) -> None:
+    def set_stable(self, ranges: PageRanges) -> None:
         """Names the pages nobody writes once mapped (read-only to the guest, never
         written by the host: Layout.stable_ranges): a reset leaves their private copies
         (made by a populate-for-write) as they are. For this mapping only."""
-        flat = [n for pair in sorted(ranges) for n in pair]
-        self._stable = ffi.new("uint64_t[]", flat or [0])
-        self._n_stable = len(ranges)
+        self._stable = ranges
         self._reset_args = None
 
     def set_scan(self, ranges: Sequence[tuple[int, int]] | None) -> None:
@@ -207,15 +226,18 @@ class GuestMemory:
         lies in them: a layer that knows the guest and the host cannot write elsewhere
         (the Wasm windows' pool, sandbox/wasm/windows.py). For this mapping only."""
         if ranges is None:
-            ranges = [(0, self.size)]
-        flat: list[int] = []
-        for addr, length in sorted(ranges):
-            self.check_range(addr, length, "reset scan range")
-            if addr % PAGE or length % PAGE or (flat and addr < flat[-2] + flat[-1]):
-                raise ValueError(f"reset scan ranges must be page-aligned and disjoint: {ranges}")
-            flat += [addr, length]
-        self._scan = ffi.new("uint64_t[]", flat or [0])
-        self._n_scan = len(flat) // 2
+            self._scan = _whole(self.size)
+        else:
+            ordered = sorted(ranges)
+            end = 0
+            for addr, length in ordered:
+                self.check_range(addr, length, "reset scan range")
+                if addr % PAGE or length % PAGE or addr < end:
+                    raise ValueError(
+                        f"reset scan ranges must be page-aligned and disjoint: {ranges}"
+                    )
+                end = addr + length
+            self._scan = PageRanges(ordered)
         self._reset_args = None
 
     def region(self, addr: int, length: int) -> memoryview:
@@ -262,10 +284,10 @@ class GuestMemory:
                 self.size,
                 image._extents_array,
                 len(image.extents),
-                self._stable,
-                self._n_stable,
-                self._scan,
-                self._n_scan,
+                self._stable.array,
+                self._stable.count,
+                self._scan.array,
+                self._scan.count,
             )
         found = int(_memory_reset(*args, keep))
         if found < 0:

@@ -14,6 +14,9 @@ import codecs
 from collections.abc import Callable
 
 
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+
 class OutputCapture:
     __slots__ = ("limit", "callback", "truncated", "size", "used", "_parts", "_text", "_decoder")
 
@@ -25,7 +28,7 @@ class OutputCapture:
         self.used = False  # anything printed (or cut) since the last clear
         self._parts: list[str] = []
         self._text: str | None = ""
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._decoder = _utf8_decoder(errors="replace")
 
     @property
     def text(self) -> str:
