@@ -3,7 +3,8 @@
 The cdef is assembled from these sources so that nothing is restated by hand: the guest
 ABI header (guests/include/sbx_abi.h), the Wasm engine's ABI header
 (guests/wasm/wasm_abi.h), the native headers (native/sbx_vcpu.h: the run loop,
-sbx_signal.h: kicks and watched signals, sbx_memory.h: guest memory), and the
+sbx_signal.h: kicks and watched signals, sbx_memory.h: guest memory, sbx_machine.h:
+the boot of a machine), and the
 KVM constants and struct layouts below, whose values cffi takes from <linux/kvm.h> when
 it compiles the extension (`...` means "ask the compiler").
 """
@@ -23,6 +24,7 @@ WASM_ABI_HEADER = ROOT / "guests" / "wasm" / "wasm_abi.h"
 VCPU_HEADER = NATIVE_DIR / "sbx_vcpu.h"
 SIGNAL_HEADER = NATIVE_DIR / "sbx_signal.h"
 MEMORY_HEADER = NATIVE_DIR / "sbx_memory.h"
+MACHINE_HEADER = NATIVE_DIR / "sbx_machine.h"
 
 
 def package_version() -> str:
@@ -110,13 +112,14 @@ ffibuilder.cdef(_string_defines_as_constants(WASM_ABI_HEADER.read_text()))
 ffibuilder.cdef(VCPU_HEADER.read_text())
 ffibuilder.cdef(SIGNAL_HEADER.read_text())
 ffibuilder.cdef(MEMORY_HEADER.read_text())
+ffibuilder.cdef(MACHINE_HEADER.read_text())
 ffibuilder.cdef(_defines(KVM_IOCTLS) + "\n" + _defines(KVM_CONSTANTS))
 ffibuilder.cdef(KVM_STRUCTS)
 ffibuilder.set_source(
     "sandbox._sbx_native",
     '#include <stdint.h>\n#include <linux/kvm.h>\n#include "sbx_abi.h"\n#include "wasm_abi.h"\n'
-    '#include "sbx_vcpu.h"\n#include "sbx_signal.h"\n#include "sbx_memory.h"\n',
-    sources=[os.path.relpath(NATIVE_DIR / f, ROOT) for f in ("sbx_vcpu.c", "sbx_signal.c", "sbx_memory.c")],
+    '#include "sbx_vcpu.h"\n#include "sbx_signal.h"\n#include "sbx_memory.h"\n#include "sbx_machine.h"\n',
+    sources=[os.path.relpath(NATIVE_DIR / f, ROOT) for f in ("sbx_vcpu.c", "sbx_signal.c", "sbx_memory.c", "sbx_machine.c")],
     include_dirs=[
         os.path.relpath(p, ROOT) for p in (NATIVE_DIR, ABI_HEADER.parent, WASM_ABI_HEADER.parent)
     ],

@@ -162,6 +162,14 @@ class Mapping:
         mapping._init(lib.sbx_memory_map(fd, length, extents, count), length, True)
         return mapping
 
+    @classmethod
+    def adopt(cls, ptr: Any, length: int) -> Mapping:
+        """Takes over a writable mapping of `length` bytes that C code made (its owner from
+        now on: sbx_machine_boot's guest memory and kvm_run)."""
+        mapping = cls.__new__(cls)
+        mapping._init(ptr, length, True)
+        return mapping
+
     def _init(self, ptr: Any, length: int, writable: bool) -> None:
         if ptr == ffi.NULL:
             err = ffi.errno

@@ -373,7 +373,7 @@ class Layout:
         return None
 
     @functools.cached_property
-    def first_call_pages(self) -> list[tuple[int, int, bool]]:
+    def first_call_pages(self) -> tuple[tuple[int, int, bool], ...]:
         """The (address, size, write) ranges the host prefaults before a first call.
 
         Each page a guest touches for the first time costs one fault in the hypervisor
@@ -398,7 +398,7 @@ class Layout:
                 first = ranges.pop()[0]
                 start = first
             ranges.append((start, min(end, self.mem_size) - start, True))
-        return ranges
+        return tuple(ranges)
 
     def boot_info_bytes(self, random_seed: int) -> bytes:
         """The `struct sbx_boot_info` for this layout."""

@@ -21,7 +21,7 @@ from .cpu import CpuState, cpu_setup
 from .exits import Exit, ExitKind
 from .kvm import Kvm
 from .layout import PAGE, Layout
-from .memory import GuestMemory, MemoryImage, PageRanges
+from .memory import MemoryImage, PageRanges
 from .trampoline import trampoline_for
 from .vcpu import Vcpu
 from .vm import Vm
@@ -70,28 +70,34 @@ class Machine:
     def __init__(self, image: MemoryImage, cpu: CpuState, layout: Layout) -> None:
         """Boots: maps `image` copy-on-write, creates the VM and the vCPU, and loads
         `cpu` for the first run. Raises KvmError/KvmUnavailable."""
-        kvm = Kvm.shared()
         self.layout = layout
         self._pid = os.getpid()  # a VM cannot be used from a forked child
         self._seed_at = layout.boot_info + SEED_OFFSET
-        self.memory = GuestMemory(image)
-        self._vm: Vm | None = None
-        self._vcpu: Vcpu | None = None
         # Guest ranges through which the host writes page-table entries (the Wasm
         # windows): when a reset takes them back, KVM's shadow MMU is flushed.
         self._page_table_watch: tuple[tuple[int, int], ...] = ()
         # Reset by park() and not run since: the next load need not reset it again (a
         # parked machine waits in machines.py, where nothing runs or writes it).
         self._parked = False
+        if layout.mem_size != image.size:
+            raise ValueError("the memory image is not of the layout's memory size")
+        # Memory, VM and vCPU in one native call (Kvm.boot): the first call's pages
+        # populated (the seed then goes into a page already copied, with no fault),
+        # registers through kvm_run's sync area, applied by the first KVM_RUN (which
+        # saves the two ioctls of KVM_SET_SREGS and KVM_SET_REGS, ~6-8 us each here).
+        self.memory, vm, vcpu = Kvm.shared().boot(
+            image,
+            slot=SLOT,
+            prefault=layout.first_call_pages,
+            seed_at=self._seed_at,
+            seed=new_seed(),
+            regs=cpu.regs,
+            sregs=cpu.sregs,
+        )
+        self._vm: Vm | None = vm
+        self._vcpu: Vcpu | None = vcpu
         try:
             self.memory.set_stable(_stable_ranges(layout, image))
-            # Populate first: the seed then goes into a page already copied (no fault).
-            self.memory.prefault(layout.first_call_pages)
-            self.memory.write(layout.boot_info + SEED_OFFSET, new_seed())
-            vm = self._vm = kvm.create_vm()
-            vm.set_user_memory_region(SLOT, 0, layout.mem_size, self.memory.host_address)
-            vcpu = self._vcpu = vm.create_vcpu()
-            vcpu.set_cpuid2(kvm.supported_cpuid)
             setup = cpu_setup()
             self._trampoline = trampoline_for(layout.trampoline, setup)
             self._loaded: CpuState | None = None
@@ -100,9 +106,6 @@ class Machine:
             self._load_xcrs(cpu.xcrs if cpu.xcrs is not None else setup.xcrs)
             if cpu.xsave is not None and not setup.is_reset_xsave(cpu.xsave):
                 vcpu.set_xsave(cpu.xsave)  # a new vCPU already has the reset state
-            # Registers through kvm_run's sync area: applied by the first KVM_RUN, which
-            # saves the two ioctls of KVM_SET_SREGS and KVM_SET_REGS (~6-8 us each here).
-            vcpu.load_state(cpu.regs, cpu.sregs)
         except BaseException:
             self.close()
             raise

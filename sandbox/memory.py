@@ -98,7 +98,8 @@ class MemoryImage:
             os.close(self.fd)
             raise
         flat = [n for extent in self.extents for n in extent]
-        self._extents_array = ffi.new("uint64_t[]", flat or [0])
+        # The extents as the native mappers take them (sbx_memory_map, sbx_machine_boot).
+        self.extents_array: Any = ffi.new("uint64_t[]", flat or [0])
 
     def _pwrite(self, addr: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -190,12 +191,21 @@ class GuestMemory:
     """The memory of one sandbox: a private mapping of a MemoryImage (see the module
     docstring). The owner of the mapping; the VM only borrows its address."""
 
-    def __init__(self, image: MemoryImage) -> None:
+    def __init__(
+        self,
+        image: MemoryImage,
+        mapping: Mapping | None = None,
+        populated: Sequence[tuple[int, int, bool]] = (),
+    ) -> None:
+        """Maps `image`; or takes over `mapping`, a mapping of it that native code made
+        as `Mapping.of_image` does, with the `populated` ranges (as `prefault` takes
+        them) already prefaulted (Kvm.boot)."""
         self.size = image.size
         self._mapping: Mapping | None = None
-        self._map(image)
+        self._map(image, mapping)
+        self._populated.update(populated)
 
-    def _map(self, image: MemoryImage) -> None:
+    def _map(self, image: MemoryImage, mapping: Mapping | None = None) -> None:
         self.image = image
         # sbx_memory_reset's arguments but `keep`, made on the first reset of a mapping.
         self._reset_args: tuple[Any, ...] | None = None
@@ -206,11 +216,13 @@ class GuestMemory:
         self._image_bytes: dict[tuple[int, int], bytes] = {}  # differs_from_image's
         # The address is given to KVM as the memslot's backing: it is unmapped only after
         # the VM that uses it is closed (or its slot removed).
-        self._mapping = Mapping.of_image(
-            image.fd, image.size, image._extents_array, len(image.extents)
-        )
-        self.host_address = self._mapping.address
-        self.view = self._mapping.view
+        if mapping is None:
+            mapping = Mapping.of_image(
+                image.fd, image.size, image.extents_array, len(image.extents)
+            )
+        self._mapping = mapping
+        self.host_address = mapping.address
+        self.view = mapping.view
 
     def set_stable(self, ranges: PageRanges) -> None:
         """Names the pages nobody writes once mapped (read-only to the guest, never
@@ -282,7 +294,7 @@ class GuestMemory:
                 self._ptr(),
                 image._readonly_mapping().ptr,
                 self.size,
-                image._extents_array,
+                image.extents_array,
                 len(image.extents),
                 self._stable.array,
                 self._stable.count,

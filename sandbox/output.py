@@ -13,7 +13,6 @@ from __future__ import annotations
 import codecs
 from collections.abc import Callable
 
-
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 

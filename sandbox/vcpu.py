@@ -30,18 +30,23 @@ _common_exits = COMMON_EXITS
 
 
 class Vcpu:
-    def __init__(self, vm: Vm, fd: int) -> None:
+    def __init__(self, vm: Vm, fd: int, run_map: Mapping | None = None) -> None:
+        """`run_map`: the vCPU's kvm_run, mapped by native code that also loaded the
+        registers for the first run (Kvm.boot); None: mapped here."""
         self.vm = vm
         self.fd = fd
         init_kick_signal()
-        self._run_map = Mapping(fd, vm.kvm.vcpu_mmap_size, private=False)
+        # Registers wait in the sync area for the next run.
+        self._load_pending = run_map is not None
+        if run_map is None:
+            run_map = Mapping(fd, vm.kvm.vcpu_mmap_size, private=False)
+            lib.sbx_vcpu_sync_init(run_map.ptr)
+        self._run_map = run_map
         # The pointer is only handed to the run loop while the vCPU is open.
-        self.run_ptr = self._run_map.ptr
+        self.run_ptr = run_map.ptr
         self._exit = ffi.new("struct sbx_exit *")
-        lib.sbx_vcpu_sync_init(self.run_ptr)
         self._last: Exit | None = None  # the last exit, until completed or superseded
         self.damaged = False  # see _DAMAGING
-        self._load_pending = False  # registers wait in the sync area for the next run
 
     # -- running -----------------------------------------------------------------------
 

@@ -14,11 +14,14 @@ if TYPE_CHECKING:
 
 
 class Vm:
-    def __init__(self, kvm: Kvm, fd: int) -> None:
+    def __init__(
+        self, kvm: Kvm, fd: int, slots: dict[int, tuple[int, int, int]] | None = None
+    ) -> None:
+        """`slots`: those a VM made in native code already has (Kvm.boot)."""
         self.kvm = kvm
         self.fd = fd
         # slot -> (guest-physical address, size, host address) of the slots in use.
-        self.slots: dict[int, tuple[int, int, int]] = {}
+        self.slots: dict[int, tuple[int, int, int]] = slots if slots is not None else {}
 
     def set_user_memory_region(
         self, slot: int, guest_phys_addr: int, memory_size: int, userspace_addr: int, flags: int = 0

@@ -164,3 +164,104 @@ def test_bad_memory_region_is_a_kvm_error(kvm: Kvm) -> None:
         assert info.value.errno == errno.EINVAL
     finally:
         vm.close()
+
+
+# -- Kvm.boot: a machine's memory, VM and vCPU in one native call ------------------------
+
+
+def _mapping_count() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
+
+
+def _boot(kvm: Kvm, image=None, **changes):
+    from sandbox.config import SandboxConfig
+    from sandbox.machine import SEED_OFFSET
+    from sandbox.template import prepare
+
+    tmpl = prepare(None, SandboxConfig())
+    args = dict(
+        slot=0,
+        prefault=tmpl.layout.first_call_pages,
+        seed_at=tmpl.layout.boot_info + SEED_OFFSET,
+        seed=b"\x01\x02\x03\x04\x05\x06\x07\x08",
+        regs=tmpl.cpu.regs,
+        sregs=tmpl.cpu.sregs,
+    )
+    args.update(changes)
+    return tmpl, kvm.boot(image if image is not None else tmpl.memory, **args)
+
+
+def _close(parts) -> None:
+    for part in reversed(parts):  # vCPU, VM, then the memory the VM used
+        part.close()
+
+
+@pytest.mark.requires_kvm
+def test_boot_makes_memory_vm_and_vcpu(kvm: Kvm) -> None:
+    from sandbox.machine import SEED_OFFSET
+
+    warm = _boot(kvm)[1]  # the template and the pagemap reader open before counting
+    warm[0].written_ranges()
+    _close(warm)
+    fds, maps = fd_count(), _mapping_count()
+    tmpl, (memory, vm, vcpu) = _boot(kvm)
+    layout = tmpl.layout
+    assert memory.size == layout.mem_size and memory.image is tmpl.memory
+    assert vm.slots == {0: (0, layout.mem_size, memory.host_address)}
+    seed_at = layout.boot_info + SEED_OFFSET
+    assert bytes(memory.view[seed_at : seed_at + 8]) == b"\x01\x02\x03\x04\x05\x06\x07\x08"
+    # The first call's pages were populated for writing: private copies already.
+    written = memory.written_ranges()
+    for start, size, _ in layout.first_call_pages:
+        assert any(a <= start and start + size <= a + n for a, n in written), hex(start)
+    # The registers wait in the sync area; completing the load applies them.
+    assert vcpu.load_pending
+    vcpu.complete_pending()
+    assert vcpu.get_regs().rip == tmpl.cpu.regs.rip
+    assert vcpu.get_sregs().cr3 == tmpl.cpu.sregs.cr3
+    _close((memory, vm, vcpu))
+    assert (fd_count(), _mapping_count()) == (fds, maps)
+
+
+@pytest.mark.requires_kvm
+def test_boot_failures_name_the_step_and_leave_nothing_open(kvm: Kvm) -> None:
+    import resource
+
+    from sandbox.memory import MemoryImage
+
+    tmpl, parts = _boot(kvm)
+    _close(parts)
+    fds, maps = fd_count(), _mapping_count()
+    size = tmpl.layout.mem_size
+    # A memory slot KVM refuses: the VM and the mapping made before it are undone.
+    with pytest.raises(KvmError) as info:
+        _boot(kvm, slot=1 << 30)
+    assert info.value.operation == "KVM_SET_USER_MEMORY_REGION"
+    assert (fd_count(), _mapping_count()) == (fds, maps)
+    # Ranges outside the memory are refused before anything is made.
+    with pytest.raises(ValueError, match="outside the memory"):
+        _boot(kvm, seed_at=size - 4)
+    with pytest.raises(ValueError, match="outside the memory"):
+        _boot(kvm, prefault=((size - 4096, 8192, True),))
+    # An image whose descriptor is gone: the mapping fails (EBADF).
+    closed = MemoryImage(size, [(0, b"x")])
+    closed.close()
+    with pytest.raises(OSError):
+        _boot(kvm, image=closed)
+    assert (fd_count(), _mapping_count()) == (fds, maps)
+    # No descriptor left for the vCPU (EMFILE after the VM took the last one).
+    first = os.dup(0)
+    second = os.dup(0)
+    os.close(first)
+    os.close(second)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(first, second), hard))
+    try:
+        with pytest.raises(KvmError) as info:
+            _boot(kvm)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert info.value.operation == "KVM_CREATE_VCPU"
+    assert info.value.errno == errno.EMFILE
+    assert (fd_count(), _mapping_count()) == (fds, maps)
