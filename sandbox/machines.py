@@ -94,6 +94,8 @@ def _take(layout: Layout, image: MemoryImage) -> Machine | None:
             _ordered.clear()
             _count, _pid = 0, os.getpid()
             return None
+        if not _count:  # nothing idle (hashing the layout costs ~1-2 us of a new VM)
+            return None
         waiting = _idle.get(layout)
         if not waiting:
             return None
