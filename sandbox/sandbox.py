@@ -165,7 +165,9 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         without re-running the guest's initialization. Its memory maps the snapshot's
         copy-on-write. Raises SnapshotError for an unusable file, plus what Sandbox()
         raises."""
-        if isinstance(snapshot, (str, os.PathLike)):
+        if type(snapshot) is Snapshot:  # the common case first (PathLike is an ABC)
+            pass
+        elif isinstance(snapshot, (str, os.PathLike)):
             snapshot = Snapshot.load(snapshot)
         elif not isinstance(snapshot, Snapshot):
             # A SpawnsSandbox: the structural check that isinstance() would make on the
