@@ -14,6 +14,7 @@ outside the timed part.
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import pytest
@@ -78,3 +79,33 @@ def test_spawn_to_first_call(bench, vm, monkeypatch):
         bench.report_measurement(
             f"spawn: Sandbox() -> add(1, 2), a {vm} VM", m, "create_to_first_exit_us", TARGET
         )
+
+
+@pytest.mark.filterwarnings("ignore:Benchmark fixture was not used")
+def test_floor_in_this_process(bench):
+    """The floor's own C code (benches/floor/inprocess_floor.c) run inside this Python
+    process, against the same code in a process of its own: what the embedding process
+    costs every new VM, whoever makes it. KVM_CREATE_VM locks each mapping of the
+    process (mm_take_all_locks, for its MMU notifier), and a Python process with this
+    suite's imports has hundreds of them where the floor program has a few dozen. Not a
+    target: it is the part of the new-VM rows above that no runtime living in this
+    process can avoid. Readings alternate between the two, median of each."""
+    s = bench.settings
+    inside: list[float] = []
+    runs: list[dict[str, Any]] = []
+    bench.floor.in_this_process(5)  # the library loaded and /dev/kvm opened, untimed
+    for _ in range(s.floor_readings):
+        runs.append(bench.floor.run(iterations=s.spawn_floor_iterations))
+        inside.append(bench.floor.in_this_process(s.spawn_floor_iterations))
+    own = [r["create_to_first_exit_us"] for r in runs]
+    floor = statistics.median(own)
+    assert floor > 0 and all(t > 0 for t in inside)
+    bench.report(
+        "the floor's create -> first exit, run inside this Python process",
+        statistics.median(inside),
+        floor,
+        "create_to_first_exit_us (its own process)",
+        None,
+        (max(own) - min(own)) / floor,
+        readings=own,
+    )

@@ -29,6 +29,7 @@ import pytest
 
 FLOOR_SOURCE = Path(__file__).parent / "floor" / "kvm_floor.c"
 DENSITY_SOURCE = Path(__file__).parent / "floor" / "density_floor.c"
+INPROCESS_SOURCE = Path(__file__).parent / "floor" / "inprocess_floor.c"
 QUICK_ENV = "SANDBOX_BENCH_QUICK"
 CPU_ENV = "SANDBOX_BENCH_CPU"
 ROWS_FORMAT = 1  # version of the --bench-rows file; bump when a key changes meaning
@@ -208,16 +209,28 @@ def _run_json(exe: Path, *args: int) -> dict[str, Any]:
 
 @dataclass
 class Floor:
-    """The compiled floor programs: kvm_floor (benches/floor/kvm_floor.c) and
-    density_floor (benches/floor/density_floor.c, the same VMs held N at once)."""
+    """The compiled floor programs: kvm_floor (benches/floor/kvm_floor.c),
+    density_floor (benches/floor/density_floor.c, the same VMs held N at once) and the
+    floor as a shared library (benches/floor/inprocess_floor.c, run in this process)."""
 
     exe: Path
     density_exe: Path
+    library: Path
 
     def run(self, iterations: int = 1, roundtrips: int = 1, spin_n: int = 0) -> dict[str, Any]:
         """One run of the floor: `iterations` VMs created and torn down, `roundtrips`
         exits of one VM, the spin loop for `spin_n` iterations. Returns its JSON line."""
         return _run_json(self.exe, iterations, roundtrips, spin_n)
+
+    def in_this_process(self, iterations: int) -> float:
+        """The floor's create-to-first-exit (median of `iterations`, us), its C code run
+        inside this process (cffi, ABI mode) instead of in a process of its own."""
+        from cffi import FFI
+
+        ffi = FFI()
+        ffi.cdef("double floor_create_to_first_exit_us(int iterations);")
+        lib = ffi.dlopen(str(self.library))  # loaded once: dlopen returns the same handle
+        return float(lib.floor_create_to_first_exit_us(iterations))
 
     def density(self, n: int) -> dict[str, Any]:
         """`n` floor VMs created and run to their first exit one after the other, all
@@ -225,8 +238,9 @@ class Floor:
         return _run_json(self.density_exe, n)
 
 
-def _compile(gcc: str, source: Path, exe: Path) -> None:
-    proc = subprocess.run([gcc, "-O2", "-o", str(exe), str(source)], capture_output=True, text=True)
+def _compile(gcc: str, source: Path, exe: Path, *flags: str) -> None:
+    command = [gcc, "-O2", *flags, "-o", str(exe), str(source)]
+    proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.fail(f"compiling {source} failed:\n{proc.stderr}", pytrace=False)
 
@@ -243,7 +257,8 @@ def floor(tmp_path_factory: pytest.TempPathFactory, _pinned: int | None) -> Floo
     out = tmp_path_factory.mktemp("floor")
     _compile(gcc, FLOOR_SOURCE, out / "kvm_floor")
     _compile(gcc, DENSITY_SOURCE, out / "density_floor")
-    return Floor(out / "kvm_floor", out / "density_floor")
+    _compile(gcc, INPROCESS_SOURCE, out / "libinprocess_floor.so", "-shared", "-fPIC")
+    return Floor(out / "kvm_floor", out / "density_floor", out / "libinprocess_floor.so")
 
 
 # -- measuring against the floor -----------------------------------------------------
