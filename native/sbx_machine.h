@@ -7,9 +7,9 @@
  * vCPU, map its kvm_run, set its CPUID, load its registers). Each step is one system
  * call, several of them long (KVM_CREATE_VM and KVM_CREATE_VCPU take ~0.2 ms each); run
  * from Python one by one, the interpreter resumed with cold caches after every one of
- * them, and the steps cost ~60 us more than the same calls from C (measured on a new
- * VM's spawn). So they are one call. Python then owns what it made: the mapping
- * (GuestMemory), the VM fd (Vm), the vCPU fd and its kvm_run mapping (Vcpu). */
+ * them, they cost a new VM's spawn 20-35 us more than this one call (A/B, one machine).
+ * Python then owns what was made: the mapping (GuestMemory), the VM fd (Vm), the vCPU fd
+ * and its kvm_run mapping (Vcpu). */
 
 /* The step of sbx_machine_boot that failed (struct sbx_boot's `failed`). */
 #define SBX_BOOT_MAP 1          /* mapping the memory (sbx_memory_map) */
