@@ -144,7 +144,10 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         self._in_call = False  # the guest is inside a call (between entry and RETURN)
         self._close_requested = False
         self._capture = OutputCapture(self.config.output_limit, output)
-        self._encoders = initial.call_encoders
+        # This sandbox's encoders by name or by a layer's own CallEncoder; those by name
+        # come from the ones every sandbox of the snapshot shares (Snapshot.call_encoders).
+        self._encoders: dict[str | CallEncoder, CallEncoder] = {}
+        self._shared_encoders = initial.call_encoders
         self._default_timeout = self.config.timeout
         self._machine = machines.obtain(initial.image, initial.cpu, initial.layout)
         self._run_vcpu = self._machine.run
@@ -353,7 +356,8 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
             self._map_views()
         if target.functions is not self.functions:
             self.functions = target.functions
-            self._encoders = target.call_encoders
+            self._encoders = {}
+            self._shared_encoders = target.call_encoders
         self._ran = False
         self._state = _READY
 
@@ -487,8 +491,11 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
                 f"the guest has no function {name!r} "
                 f"(it exports: {', '.join(sorted(self.functions))})"
             )
-        index = list(self.functions).index(name)  # the guest's table order (elf.py)
-        encoder = self._encoders[name] = CallEncoder(sig, index)
+        encoder = self._shared_encoders.get(name)
+        if encoder is None:
+            index = list(self.functions).index(name)  # the guest's table order (elf.py)
+            encoder = self._shared_encoders[name] = CallEncoder(sig, index)
+        self._encoders[name] = encoder
         return encoder
 
     def _map_views(self) -> None:

@@ -14,6 +14,7 @@ from support import drain, fd_count
 from sandbox import (
     ArgumentError,
     CallTimeout,
+    FunctionNotFound,
     GuestAbort,
     GuestTrap,
     Sandbox,
@@ -360,3 +361,31 @@ def test_restore_resets_general_registers(snapped: tuple[Sandbox, Snapshot]) -> 
     assert again.cpu.sregs.cs.selector == snap.cpu.sregs.cs.selector
     assert again.cpu.sregs.fs.base == snap.cpu.sregs.fs.base == 0
     assert sb.call("counter") == 2
+
+
+@pytest.mark.requires_kvm
+def test_call_encoders_are_shared_by_function_name_only() -> None:
+    """The sandboxes of one snapshot share its call encoders, one per function name the
+    guest has: a layer's own CallEncoder, or a name the guest lacks, is never added (the
+    shared table cannot grow with what callers pass)."""
+    from sandbox.abi import CallEncoder
+
+    with Sandbox() as base:
+        snap = base.snapshot()
+    first, second = Sandbox.from_snapshot(snap), Sandbox.from_snapshot(snap)
+    try:
+        assert snap.call_encoders == {}
+        assert first.call("add", 1, 2) == 3
+        assert list(snap.call_encoders) == ["add"]
+        shared = snap.call_encoders["add"]
+        assert second.call("add", 2, 3) == 5
+        assert snap.call_encoders == {"add": shared}  # made once, used by both
+        own = CallEncoder(first.functions["add"], list(first.functions).index("add"))
+        for _ in range(2):
+            assert first.call(own, 3, 4) == 7
+        with pytest.raises(FunctionNotFound):
+            second.call("no_such_function")
+        assert snap.call_encoders == {"add": shared}
+    finally:
+        first.close()
+        second.close()
