@@ -187,6 +187,27 @@ def _whole(size: int) -> PageRanges:
     return PageRanges([(0, size)])
 
 
+def _check_range(addr: int, length: int, size: int, what: str) -> None:
+    if addr < 0 or length < 0 or addr + length > size:
+        raise GuestProtocolError(
+            f"{what}: range 0x{addr:x}+{length} lies outside guest memory (0x{size:x})"
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _scan(ranges: tuple[tuple[int, int], ...], size: int) -> PageRanges:
+    """Reset scan ranges, checked (GuestMemory.set_scan): made once per set of ranges (a
+    Wasm snapshot's are set on every spawn of it)."""
+    ordered = sorted(ranges)
+    end = 0
+    for addr, length in ordered:
+        _check_range(addr, length, size, "reset scan range")
+        if addr % PAGE or length % PAGE or addr < end:
+            raise ValueError(f"reset scan ranges must be page-aligned and disjoint: {ranges}")
+        end = addr + length
+    return PageRanges(ordered)
+
+
 class GuestMemory:
     """The memory of one sandbox: a private mapping of a MemoryImage (see the module
     docstring). The owner of the mapping; the VM only borrows its address."""
@@ -237,19 +258,7 @@ class GuestMemory:
         equal to its image, and every page written until the next call of this method,
         lies in them: a layer that knows the guest and the host cannot write elsewhere
         (the Wasm windows' pool, sandbox/wasm/windows.py). For this mapping only."""
-        if ranges is None:
-            self._scan = _whole(self.size)
-        else:
-            ordered = sorted(ranges)
-            end = 0
-            for addr, length in ordered:
-                self.check_range(addr, length, "reset scan range")
-                if addr % PAGE or length % PAGE or addr < end:
-                    raise ValueError(
-                        f"reset scan ranges must be page-aligned and disjoint: {ranges}"
-                    )
-                end = addr + length
-            self._scan = PageRanges(ordered)
+        self._scan = _whole(self.size) if ranges is None else _scan(tuple(ranges), self.size)
         self._reset_args = None
 
     def region(self, addr: int, length: int) -> memoryview:
@@ -337,10 +346,7 @@ class GuestMemory:
 
     def check_range(self, addr: int, length: int, what: str = "guest memory") -> None:
         """Raises GuestProtocolError unless [addr, addr+length) lies in guest memory."""
-        if addr < 0 or length < 0 or addr + length > self.size:
-            raise GuestProtocolError(
-                f"{what}: range 0x{addr:x}+{length} lies outside guest memory (0x{self.size:x})"
-            )
+        _check_range(addr, length, self.size, what)
 
     def write(self, addr: int, data: bytes | bytearray) -> None:
         self.check_range(addr, len(data))

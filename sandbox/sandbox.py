@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from .wasm.wasi import WasiConfig
 
 HOST_ERROR_MESSAGE_MAX = 1000  # bytes of a host exception's text passed to the guest
+SHARED_ENCODERS_MAX = 1024  # call encoders a snapshot keeps for its sandboxes
 
 _READY, _POISONED, _CLOSED = "ready", "poisoned", "closed"
 _get_ident = threading.get_ident
@@ -144,10 +145,11 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         self._in_call = False  # the guest is inside a call (between entry and RETURN)
         self._close_requested = False
         self._capture = OutputCapture(self.config.output_limit, output)
-        # This sandbox's encoders by name or by a layer's own CallEncoder; those by name
-        # come from the ones every sandbox of the snapshot shares (Snapshot.call_encoders).
-        self._encoders: dict[str | CallEncoder, CallEncoder] = {}
-        self._shared_encoders = initial.call_encoders
+        # The encoders of calls by name or by a layer's own CallEncoder: the snapshot's,
+        # shared by its sandboxes (Snapshot.call_encoders, bounded), and this sandbox's
+        # own past that bound.
+        self._encoders = initial.call_encoders
+        self._own_encoders: dict[str | CallEncoder, CallEncoder] = {}
         self._default_timeout = self.config.timeout
         self._machine = machines.obtain(initial.image, initial.cpu, initial.layout)
         self._run_vcpu = self._machine.run
@@ -168,20 +170,20 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         without re-running the guest's initialization. Its memory maps the snapshot's
         copy-on-write. Raises SnapshotError for an unusable file, plus what Sandbox()
         raises."""
-        if type(snapshot) is Snapshot:  # the common case first (PathLike is an ABC)
-            pass
-        elif isinstance(snapshot, (str, os.PathLike)):
-            snapshot = Snapshot.load(snapshot)
-        elif not isinstance(snapshot, Snapshot):
-            # A SpawnsSandbox: the structural check that isinstance() would make on the
-            # runtime-checkable Protocol, which costs ~10 us a call there.
+        if type(snapshot) is not Snapshot:  # the common case first (PathLike is an ABC)
+            # A SpawnsSandbox (another guest kind's snapshot): the structural check that
+            # isinstance() would make on the runtime-checkable Protocol, which costs ~10
+            # us a call there.
             spawn = getattr(snapshot, "spawn", None)
-            if not callable(spawn):
+            if callable(spawn) and not isinstance(snapshot, (str, Snapshot)):
+                sb: Sandbox = spawn(host_functions=host_functions, output=output, reset=reset)
+                return sb
+            if isinstance(snapshot, (str, os.PathLike)):
+                snapshot = Snapshot.load(snapshot)
+            elif not isinstance(snapshot, Snapshot):
                 raise ArgumentError(
                     f"from_snapshot takes a Snapshot or a path, not {type(snapshot).__name__}"
                 )
-            sb: Sandbox = spawn(host_functions=host_functions, output=output, reset=reset)
-            return sb
         check_reset(reset)
         functions = check_host_functions(host_functions)
         new: Sandbox = object.__new__(cls)
@@ -356,8 +358,8 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
             self._map_views()
         if target.functions is not self.functions:
             self.functions = target.functions
-            self._encoders = {}
-            self._shared_encoders = target.call_encoders
+            self._encoders = target.call_encoders
+            self._own_encoders = {}
         self._ran = False
         self._state = _READY
 
@@ -475,27 +477,34 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
                     self._release(deferred=True)
 
     def _encoder(self, name: str | CallEncoder) -> CallEncoder:
-        """The record encoder of function `name` (made once per signature in use), or
-        `name` itself if it is an encoder of one of this guest's functions."""
+        """The record encoder of function `name` (made once per snapshot and function),
+        or `name` itself if it is an encoder of one of this guest's functions (checked
+        once per snapshot). Kept in the snapshot's shared table while it has room
+        (SHARED_ENCODERS_MAX: what callers pass cannot grow it without bound), else in
+        this sandbox's own."""
+        encoder = self._own_encoders.get(name)
+        if encoder is not None:
+            return encoder
         if isinstance(name, CallEncoder):
             sig = self.functions.get(name.sig.name)
             if sig is not name.sig and sig != name.sig:
                 raise FunctionNotFound(f"the guest has no function {name.sig}")
-            self._encoders[name] = name  # checked once per guest's function table
-            return name
-        sig = self.functions.get(name)
-        if sig is None:
-            if self._state == _CLOSED:
-                raise SandboxClosed("the sandbox is closed")
-            raise FunctionNotFound(
-                f"the guest has no function {name!r} "
-                f"(it exports: {', '.join(sorted(self.functions))})"
-            )
-        encoder = self._shared_encoders.get(name)
-        if encoder is None:
+            encoder = name
+        else:
+            sig = self.functions.get(name)
+            if sig is None:
+                if self._state == _CLOSED:
+                    raise SandboxClosed("the sandbox is closed")
+                raise FunctionNotFound(
+                    f"the guest has no function {name!r} "
+                    f"(it exports: {', '.join(sorted(self.functions))})"
+                )
             index = list(self.functions).index(name)  # the guest's table order (elf.py)
-            encoder = self._shared_encoders[name] = CallEncoder(sig, index)
-        self._encoders[name] = encoder
+            encoder = CallEncoder(sig, index)
+        if len(self._encoders) < SHARED_ENCODERS_MAX:
+            self._encoders[name] = encoder
+        else:
+            self._own_encoders[name] = encoder
         return encoder
 
     def _map_views(self) -> None:

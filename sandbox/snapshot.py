@@ -172,12 +172,13 @@ class Snapshot:
         self.functions_table = functions_table  # where the guest's dispatch finds them
         self.config = config
         self.guest_path = guest_path
-        # The call encoders of `functions` by name, made on the first call of each by any
-        # sandbox in this snapshot's state and shared by all of them (Sandbox.call): a
-        # new sandbox's first call then costs what its later calls do (~14 us less on a
-        # new VM). At most one per function of the guest. Safe across threads: an
-        # encoder is immutable, and a dict's get and set are atomic.
-        self.call_encoders: dict[str, CallEncoder] = {}
+        # The call encoders of its sandboxes' calls, by function name or by a layer's
+        # own encoder (a Wasm export's), made or checked on the first call that needs
+        # one by any sandbox in this snapshot's state and shared by all of them
+        # (Sandbox.call; at most sandbox.SHARED_ENCODERS_MAX): a new sandbox's first
+        # call then costs what its later calls do (~14 us less on a new VM). Safe across
+        # threads: an encoder is immutable, and a dict's get and set are atomic.
+        self.call_encoders: dict[str | CallEncoder, CallEncoder] = {}
 
     def save(
         self,

@@ -364,10 +364,12 @@ def test_restore_resets_general_registers(snapped: tuple[Sandbox, Snapshot]) -> 
 
 
 @pytest.mark.requires_kvm
-def test_call_encoders_are_shared_by_function_name_only() -> None:
-    """The sandboxes of one snapshot share its call encoders, one per function name the
-    guest has: a layer's own CallEncoder, or a name the guest lacks, is never added (the
-    shared table cannot grow with what callers pass)."""
+def test_call_encoders_are_shared_and_bounded(monkeypatch) -> None:
+    """The sandboxes of one snapshot share its call encoders: one per function name
+    (made once) and per encoder a layer passes (checked once); a name the guest lacks is
+    never added, and past SHARED_ENCODERS_MAX a sandbox keeps its own, so what callers
+    pass cannot grow the shared table without bound."""
+    import sandbox.sandbox as sandbox_module
     from sandbox.abi import CallEncoder
 
     with Sandbox() as base:
@@ -376,16 +378,20 @@ def test_call_encoders_are_shared_by_function_name_only() -> None:
     try:
         assert snap.call_encoders == {}
         assert first.call("add", 1, 2) == 3
-        assert list(snap.call_encoders) == ["add"]
         shared = snap.call_encoders["add"]
         assert second.call("add", 2, 3) == 5
         assert snap.call_encoders == {"add": shared}  # made once, used by both
-        own = CallEncoder(first.functions["add"], list(first.functions).index("add"))
-        for _ in range(2):
-            assert first.call(own, 3, 4) == 7
+        index = list(first.functions).index("add")
+        own = CallEncoder(first.functions["add"], index)
+        assert first.call(own, 3, 4) == 7 and second.call(own, 4, 5) == 9
+        assert snap.call_encoders == {"add": shared, own: own}
         with pytest.raises(FunctionNotFound):
             second.call("no_such_function")
-        assert snap.call_encoders == {"add": shared}
+        assert len(snap.call_encoders) == 2
+        monkeypatch.setattr(sandbox_module, "SHARED_ENCODERS_MAX", 2)
+        for i in range(5):  # a caller that makes a new encoder for every call
+            assert first.call(CallEncoder(first.functions["add"], index), i, 1) == i + 1
+        assert len(snap.call_encoders) == 2
     finally:
         first.close()
         second.close()
