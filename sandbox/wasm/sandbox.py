@@ -111,6 +111,14 @@ class WasmSandbox:
     # What from_wasm made: the snapshot taken right after instantiation, before any call
     # (what restore() returns to, and what Sandbox.from_snapshot spawns more of).
     instantiated: WasmSnapshot | None = None
+    # The state of a new sandbox, as class defaults (a spawn sets only what differs).
+    last_output = ""  # what the last call printed (WASI stdout or engine output)
+    last_stderr = ""  # what a WASI program wrote to fd 2 in the last call
+    _pending: Instance | None = None  # being instantiated
+    _initial: WasmSnapshot | None = None
+    _ran = False
+    _close_pending = False
+    _output_truncated = False
 
     def __init__(
         self,
@@ -161,14 +169,7 @@ class WasmSandbox:
         self._wasm = state
         self._wasm_shared = shared
         self.wasi = wasi
-        self.last_output = ""  # what the last call printed (WASI stdout or engine output)
-        self.last_stderr = ""  # what a WASI program wrote to fd 2 in the last call
-        self._pending: Instance | None = None  # being instantiated
         self.reset_mode: ResetMode = reset
-        self._initial: WasmSnapshot | None = None
-        self._ran = False
-        self._close_pending = False
-        self._output_truncated = False
 
     def _own_state(self) -> EngineState:
         """The engine state, to change: a snapshot's (shared since a restore or spawn) is
@@ -581,7 +582,10 @@ class WasmSandbox:
             self._ran = True
             data: object
             try:
-                data = engine.call(encoder, *args, timeout=timeout)
+                if timeout is None:
+                    data = engine.call(encoder, *args)
+                else:
+                    data = engine.call(encoder, *args, timeout=timeout)
             except GuestTrap as trap:
                 data = self._fault_reply(trap)
             finally:
