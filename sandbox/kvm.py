@@ -176,9 +176,16 @@ class Kvm:
             if step is None:  # one of the two mmaps
                 raise OSError(-rc, f"mmap failed: {os.strerror(-rc)}")
             check(rc, step)
-        memory = GuestMemory(image, Mapping.adopt(boot.mem, size), prefault)
-        vm = Vm(self, boot.vm_fd, {slot: (0, size, memory.host_address)})
-        vcpu = Vcpu(vm, boot.vcpu_fd, Mapping.adopt(boot.run, self.vcpu_mmap_size))
+        try:
+            memory = GuestMemory(image, Mapping.adopt(boot.mem, size), prefault)
+            vm = Vm(self, boot.vm_fd, {slot: (0, size, memory.host_address)})
+            vcpu = Vcpu(vm, boot.vcpu_fd, Mapping.adopt(boot.run, self.vcpu_mmap_size))
+        except BaseException:  # Ctrl-C or MemoryError before the owners hold it all
+            lib.sbx_unmap(boot.run, self.vcpu_mmap_size)
+            os.close(boot.vcpu_fd)
+            os.close(boot.vm_fd)
+            lib.sbx_unmap(boot.mem, size)
+            raise
         return memory, vm, vcpu
 
     def close(self) -> None:

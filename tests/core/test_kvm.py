@@ -265,3 +265,21 @@ def test_boot_failures_name_the_step_and_leave_nothing_open(kvm: Kvm) -> None:
     assert info.value.operation == "KVM_CREATE_VCPU"
     assert info.value.errno == errno.EMFILE
     assert (fd_count(), _mapping_count()) == (fds, maps)
+
+
+@pytest.mark.requires_kvm
+def test_boot_interrupted_before_the_owners_leaves_nothing_open(kvm: Kvm, monkeypatch) -> None:
+    """An exception between the native boot and the Python owners taking over (Ctrl-C,
+    MemoryError): what C made is closed, nothing leaks."""
+    import sandbox.kvm as kvm_module
+
+    _close(_boot(kvm)[1])
+    fds, maps = fd_count(), _mapping_count()
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kvm_module, "Vcpu", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _boot(kvm)
+    assert (fd_count(), _mapping_count()) == (fds, maps)
