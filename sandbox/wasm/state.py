@@ -128,10 +128,10 @@ class WasmSnapshot:
         start, end = layout.heap_base, layout.heap_base + layout.heap_size
         pages: list[tuple[int, int, bool]] = []
         budget = HOT_HEAP_PAGES * PAGE
-        top = (end - 1) & ~((2 << 20) - 1)
+        limit = min(end, (end - 1) & ~((2 << 20) - 1))  # below the heap's last 2 MiB
         for addr, length in self.base.image.data_ranges():
-            if start <= addr < min(end, top) and budget > 0:
-                length = min(length, end - addr, budget)
+            if start <= addr < limit and budget > 0:
+                length = min(length, limit - addr, budget)
                 pages.append((addr, length, True))
                 budget -= length
         return pages

@@ -338,3 +338,36 @@ def test_a_snapshots_engine_state_never_changes() -> None:
             with Sandbox.from_snapshot(snap) as other:
                 assert isinstance(other, WasmSandbox)
                 assert set(other._wasm.instances) == {first}
+
+
+def test_hot_heap_pages_stop_below_the_pool_state() -> None:
+    """A snapshot's hot heap pages (populated writable on every spawn) never reach into
+    the heap's last 2 MiB, where the windows pool keeps its state: a page populated there
+    is a private copy every reset walks to. Here an image whose data runs from below that
+    line into it: the hot pages stop at the line."""
+    from sandbox.memory import MemoryImage
+    from sandbox.snapshot import Snapshot
+    from sandbox.wasm.state import WasmSnapshot
+
+    with Sandbox.from_wasm(wasmtime.wat2wasm(MODULE)) as sb:
+        real = sb.snapshot()
+        base = real.base
+        layout = base.layout
+        end = layout.heap_base + layout.heap_size
+        line = (end - 1) & ~((2 << 20) - 1)
+        assert layout.heap_base < line - 2 * 4096
+        image = MemoryImage(layout.mem_size, [(line - 2 * 4096, b"\x01" * (4 * 4096))])
+        try:
+            crossing = Snapshot(
+                image=image,
+                cpu=base.cpu,
+                layout=layout,
+                functions=base.functions,
+                functions_table=base.functions_table,
+                config=base.config,
+                guest_path=base.guest_path,
+            )
+            hot = WasmSnapshot(crossing, real.wasm_state, type(sb)).heap_pages
+        finally:
+            image.close()
+    assert hot == [(line - 2 * 4096, 2 * 4096, True)]
