@@ -131,9 +131,6 @@ class Vcpu:
         ioctl(self.fd, "KVM_GET_SREGS", sregs)
         return sregs
 
-    def set_cpuid2(self, cpuid: Any) -> None:
-        ioctl(self.fd, "KVM_SET_CPUID2", cpuid)
-
     def get_xcrs(self) -> Any:
         xcrs = ffi.new("struct kvm_xcrs *")
         ioctl(self.fd, "KVM_GET_XCRS", xcrs)
