@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BENCH_SMOKE ?= bench-out/smoke
-SOURCES := pyproject.toml setup.py $(wildcard native/*) $(wildcard guests/*/*.[chS]) guests/build.py
+SOURCES := pyproject.toml setup.py sandbox/_version.py $(wildcard native/*) $(wildcard guests/*/*.[chS]) guests/build.py
 
 .PHONY: demo test bench check install clean
 

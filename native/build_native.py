@@ -28,10 +28,11 @@ MACHINE_HEADER = NATIVE_DIR / "sbx_machine.h"
 
 
 def package_version() -> str:
-    text = (ROOT / "pyproject.toml").read_text()
-    match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
+    """sandbox/_version.py's version (read, not imported: the package needs this build)."""
+    text = (ROOT / "sandbox" / "_version.py").read_text()
+    match = re.search(r'^__version__\s*=\s*"([^"]+)"', text, re.M)
     if not match:
-        raise RuntimeError("version not found in pyproject.toml")
+        raise RuntimeError("__version__ not found in sandbox/_version.py")
     return match.group(1)
 
 

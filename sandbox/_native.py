@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+from ._version import __version__
 from .errors import KvmError
 
 try:
@@ -25,19 +26,11 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "`pip install .` (or `make install`), which compiles it with cffi"
     ) from exc
 
-from importlib.metadata import PackageNotFoundError, version
-
-_PACKAGE_VERSION: str | None
-try:
-    _PACKAGE_VERSION = version("kvm-sandbox")
-except PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
-    _PACKAGE_VERSION = None
-
 _NATIVE_VERSION = ffi.string(lib.sbx_native_version()).decode()
-if _PACKAGE_VERSION is not None and _NATIVE_VERSION != _PACKAGE_VERSION:
+if __version__ != _NATIVE_VERSION:
     raise ImportError(
         f"sandbox's native extension was built for version {_NATIVE_VERSION}, the package "
-        f"is {_PACKAGE_VERSION}: reinstall the package to rebuild it"
+        f"is {__version__}: reinstall the package to rebuild it"
     )
 
 __all__ = [

@@ -4,8 +4,8 @@ A native guest (an ELF built with the SDK) runs in a `Sandbox` directly. Other k
 a native engine guest of their own and add their semantics on the host by composition:
 the Wasm kind (sandbox/wasm/) holds a Sandbox running the Wasm engine guest, the Python
 kind (sandbox/python/) a Wasm sandbox running CPython. A kind registers a factory here
-under its name when its package is imported (`sandbox/__init__.py` imports the kinds
-that ship with the runtime), and `Sandbox.from_<kind>` calls it (or `Sandbox(name)`, for
+under its name when its package is imported (the kinds that ship with the runtime are
+imported on first use: `_BUILTIN`), and `Sandbox.from_<kind>` calls it (or `Sandbox(name)`, for
 a kind registered as a constructor); snapshots of a kind make their own sandboxes
 (`SpawnsSandbox.spawn`). So sandbox.py never imports a kind's package, and a new kind
 (an AOT-compiled Wasm tier) plugs in without touching it.
@@ -13,6 +13,7 @@ a kind registered as a constructor); snapshots of a kind make their own sandboxe
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,14 @@ Factory = Callable[..., Any]
 
 _factories: dict[str, Factory] = {}
 _constructors: set[str] = set()
+
+# The kinds that ship with the runtime: name -> (the package that registers it, whether
+# it registers as a constructor). Their packages are imported when a kind is first asked
+# for, not with `sandbox` (the reasons: sandbox/__init__.py).
+_BUILTIN: dict[str, tuple[str, bool]] = {
+    "wasm": ("sandbox.wasm", False),
+    "python": ("sandbox.python", True),
+}
 
 
 def register(name: str, factory: Factory, *, constructor: bool = False) -> None:
@@ -36,14 +45,17 @@ def register(name: str, factory: Factory, *, constructor: bool = False) -> None:
 def is_kind(name: str) -> bool:
     """Whether `name` names a guest kind with its own sandbox class. (`Sandbox(name)`
     gives that class's sandbox: `kinds.register(name, factory, constructor=True)`.)"""
-    return name in _constructors
+    return name in _constructors or _BUILTIN.get(name, ("", False))[1]
 
 
 def factory(name: str) -> Factory:
-    """The factory registered for guest kind `name`. Raises ArgumentError if none is."""
-    try:
-        return _factories[name]
-    except KeyError:
-        raise ArgumentError(
-            f"no guest kind {name!r} is available (known: {', '.join(sorted(_factories))})"
-        ) from None
+    """The factory registered for guest kind `name` (a built-in kind's package imported
+    first if it was not). Raises ArgumentError if none is."""
+    found = _factories.get(name)
+    if found is None and name in _BUILTIN:
+        importlib.import_module(_BUILTIN[name][0])  # registers it
+        found = _factories.get(name)
+    if found is None:
+        known = ", ".join(sorted(set(_factories) | set(_BUILTIN)))
+        raise ArgumentError(f"no guest kind {name!r} is available (known: {known})")
+    return found

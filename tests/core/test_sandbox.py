@@ -744,3 +744,39 @@ def test_restore_takes_a_snapshot(sb: Sandbox) -> None:
     with pytest.raises(ArgumentError, match="takes a Snapshot"):
         sb.restore("x")  # type: ignore[arg-type]
     assert sb.call("add", 1, 2) == 3
+
+
+def test_import_leaves_the_pool_and_the_guest_kinds_until_used() -> None:
+    """`import sandbox` maps no asyncio and no Wasm or Python kind (every shared library a
+    process maps makes KVM_CREATE_VM slower); asking for them imports them."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import sandbox
+        from sandbox import Sandbox, kinds
+        lazy = ("asyncio", "sandbox.pool", "sandbox.wasm", "sandbox.python")
+        print(*(name in sys.modules for name in lazy))
+        with Sandbox() as sb:
+            assert sb.call("add", 1, 2) == 3
+        print(*(name in sys.modules for name in lazy))
+        print(kinds.is_kind("python"), kinds.is_kind("wasm"), "sandbox.python" in sys.modules)
+        print(sandbox.SandboxPool.__module__, sandbox.WasmSandbox.__module__)
+        print(kinds.factory("python").__name__, "sandbox.python" in sys.modules)
+        print("PythonSandbox" in dir(sandbox), hasattr(sandbox, "NoSuchName"))
+        """
+    )
+    out = run_python(code, timeout=60)
+    assert out is not None
+    assert out.splitlines() == [
+        "False False False False",
+        "False False False False",
+        "True False False",
+        "sandbox.pool sandbox.wasm.sandbox",
+        "PythonSandbox True",
+        "True False",
+    ]
+
+
+def test_an_unknown_guest_kind_names_the_known_ones() -> None:
+    with pytest.raises(ArgumentError, match=r"no guest kind 'cobol'.*python, wasm"):
+        sandbox.kinds.factory("cobol")
