@@ -10,6 +10,10 @@ built on top of it by composition and reached through `kinds`: `Sandbox.from_was
 `Sandbox("python")` and `Sandbox.from_snapshot` of their snapshots return their
 sandboxes, which `isinstance(x, Sandbox)` recognises (they are registered as virtual
 subclasses) and which offer the same methods.
+
+Over ~500 lines for one concept: the lifecycle, the call loop, restores and host calls
+all read and write one state under one lock (the state, the caller, the poisoning, the
+views of the call buffers); split into modules, each would reach into the others.
 """
 
 from __future__ import annotations
