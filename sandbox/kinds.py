@@ -5,9 +5,9 @@ a native engine guest of their own and add their semantics on the host by compos
 the Wasm kind (sandbox/wasm/) holds a Sandbox running the Wasm engine guest, the Python
 kind (sandbox/python/) a Wasm sandbox running CPython. A kind registers a factory here
 under its name when its package is imported (the kinds that ship with the runtime are
-imported on first use: `_BUILTIN`), and `Sandbox.from_<kind>` calls it (or `Sandbox(name)`, for
-a kind registered as a constructor); snapshots of a kind make their own sandboxes
-(`SpawnsSandbox.spawn`). So sandbox.py never imports a kind's package, and a new kind
+imported on first use: `_BUILTIN`), and `Sandbox.from_<kind>` calls it (or
+`Sandbox(name)`, for a kind registered as a constructor); snapshots of a kind make their
+own sandboxes (`SpawnsSandbox.spawn`). So sandbox.py never imports a kind's package, and a new kind
 (an AOT-compiled Wasm tier) plugs in without touching it.
 """
 
