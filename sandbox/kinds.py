@@ -7,8 +7,8 @@ kind (sandbox/python/) a Wasm sandbox running CPython. A kind registers a factor
 under its name when its package is imported (the kinds that ship with the runtime are
 imported on first use: `_BUILTIN`), and `Sandbox.from_<kind>` calls it (or
 `Sandbox(name)`, for a kind registered as a constructor); snapshots of a kind make their
-own sandboxes (`SpawnsSandbox.spawn`). So sandbox.py never imports a kind's package, and a new kind
-(an AOT-compiled Wasm tier) plugs in without touching it.
+own sandboxes (`SpawnsSandbox.spawn`). So sandbox.py never imports a kind's package,
+and a new kind (an AOT-compiled Wasm tier) plugs in without touching it.
 """
 
 from __future__ import annotations
