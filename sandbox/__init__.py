@@ -5,8 +5,8 @@ with Sandbox() as sb:
     assert sb.call("add", 1, 2) == 3
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 from ._version import __version__
 from .abi import Signature, Tag
@@ -35,7 +35,10 @@ from .errors import (
 from .sandbox import Sandbox
 from .snapshot import Snapshot, SnapshotError
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
+    from . import pool as pool
+    from . import python as python
+    from . import wasm as wasm
     from .pool import SandboxPool
     from .python import PythonSandbox
     from .wasm import WasmSandbox
@@ -45,18 +48,24 @@ if TYPE_CHECKING:
 # of a process that only runs native guests. That is import time, and every shared
 # library a process maps makes each new VM slower: KVM_CREATE_VM locks every mapping of
 # the process once (docs/architecture.md, "The birth of a machine").
+# name -> (its module, the attribute; "" for the module itself, as `import sandbox`
+# followed by `sandbox.pool.ensure_fd_limit(...)` has it).
 _LAZY = {
-    "SandboxPool": ".pool",
-    "PythonSandbox": ".python",
-    "WasmSandbox": ".wasm",
+    "SandboxPool": (".pool", "SandboxPool"),
+    "PythonSandbox": (".python", "PythonSandbox"),
+    "WasmSandbox": (".wasm", "WasmSandbox"),
+    "pool": (".pool", ""),
+    "python": (".python", ""),
+    "wasm": (".wasm", ""),
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+def __getattr__(name: str) -> object:
+    found = _LAZY.get(name)
+    if found is None:
         raise AttributeError(f"module 'sandbox' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    module = _importlib.import_module(found[0], __name__)  # binds a submodule here too
+    value = getattr(module, found[1]) if found[1] else module
     globals()[name] = value
     return value
 

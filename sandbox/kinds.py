@@ -33,19 +33,29 @@ _BUILTIN: dict[str, tuple[str, bool]] = {
 }
 
 
-def register(name: str, factory: Factory, *, constructor: bool = False) -> None:
+def register(
+    name: str, factory: Factory, *, constructor: bool = False, builtin: bool = False
+) -> None:
     """Makes `factory` the maker of sandboxes of guest kind `name`. With `constructor`,
     `Sandbox(name, **options)` calls it too (a kind whose sandbox takes no module, like
-    a language runtime: `Sandbox("python")`)."""
+    a language runtime: `Sandbox("python")`). `builtin`: the registration of a kind that
+    ships with the runtime, made when its package is first imported: it leaves a
+    factory registered under that name before in place."""
+    if builtin and name in _factories:
+        return
     _factories[name] = factory
     if constructor:
         _constructors.add(name)
+    else:
+        _constructors.discard(name)
 
 
 def is_kind(name: str) -> bool:
     """Whether `name` names a guest kind with its own sandbox class. (`Sandbox(name)`
     gives that class's sandbox: `kinds.register(name, factory, constructor=True)`.)"""
-    return name in _constructors or _BUILTIN.get(name, ("", False))[1]
+    if name in _factories:
+        return name in _constructors
+    return _BUILTIN.get(name, ("", False))[1]
 
 
 def factory(name: str) -> Factory:

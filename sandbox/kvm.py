@@ -33,6 +33,10 @@ _BOOT_STEPS = {
     lib.SBX_BOOT_CREATE_VCPU: "KVM_CREATE_VCPU",
     lib.SBX_BOOT_SET_CPUID: "KVM_SET_CPUID2",
 }
+_BOOT_MMAPS = {
+    lib.SBX_BOOT_MAP: "mmap of the guest memory",
+    lib.SBX_BOOT_MAP_RUN: "mmap of the vCPU's kvm_run",
+}
 
 
 @functools.lru_cache(maxsize=32)
@@ -153,40 +157,56 @@ class Kvm:
         call (native/sbx_machine.h says why). Raises KvmError naming the step that
         failed, OSError for a failed mmap, ValueError for a range outside the memory;
         nothing is left open then."""
+        # Held here until the call returns: the struct's pointer does not keep it alive,
+        # and the cache may drop it meanwhile (another thread booting other layouts).
+        prefault_array = _triples(prefault)
         boot = ffi.new("struct sbx_boot *")
         boot.kvm_fd = self.fd
         boot.image_fd = image.fd
         boot.mem_size = size = image.size
         boot.extents = image.extents_array
         boot.n_extents = len(image.extents)
-        boot.prefault = _triples(prefault)
+        boot.prefault = prefault_array
         boot.n_prefault = len(prefault)
         boot.seed_at = seed_at
         boot.seed = int.from_bytes(seed, "little")
         boot.slot = slot
-        boot.run_size = self.vcpu_mmap_size
+        boot.run_size = run_size = self.vcpu_mmap_size
         boot.cpuid = self.supported_cpuid
         boot.regs = regs
         boot.sregs = sregs if sregs is not None else ffi.NULL
-        rc = lib.sbx_machine_boot(boot)
-        if rc < 0:
-            if boot.failed == lib.SBX_BOOT_ARGS:
-                raise ValueError("a prefault range or the seed lies outside the memory image")
-            step = _BOOT_STEPS.get(boot.failed)
-            if step is None:  # one of the two mmaps
-                raise OSError(-rc, f"mmap failed: {os.strerror(-rc)}")
-            check(rc, step)
+        memory: GuestMemory | None = None
+        run_map: Mapping | None = None
         try:
+            # C sets the four outputs only on success, just before it returns; a Ctrl-C
+            # may be raised as the call returns, before `rc` is even stored.
+            rc = lib.sbx_machine_boot(boot)
+            if rc < 0:  # C undid what it made
+                if boot.failed == lib.SBX_BOOT_ARGS:
+                    raise ValueError("a prefault range or the seed lies outside the memory image")
+                step = _BOOT_STEPS.get(boot.failed)
+                if step is None:
+                    raise OSError(-rc, f"{_BOOT_MMAPS[boot.failed]} failed: {os.strerror(-rc)}")
+                check(rc, step)
             memory = GuestMemory(image, Mapping.adopt(boot.mem, size), prefault)
+            run_map = Mapping.adopt(boot.run, run_size)
             vm = Vm(self, boot.vm_fd, {slot: (0, size, memory.host_address)})
-            vcpu = Vcpu(vm, boot.vcpu_fd, Mapping.adopt(boot.run, self.vcpu_mmap_size))
+            return memory, vm, Vcpu(vm, boot.vcpu_fd, run_map)
         except BaseException:  # Ctrl-C or MemoryError before the owners hold it all
-            lib.sbx_unmap(boot.run, self.vcpu_mmap_size)
-            os.close(boot.vcpu_fd)
-            os.close(boot.vm_fd)
-            lib.sbx_unmap(boot.mem, size)
+            if boot.mem != ffi.NULL:
+                # The kvm_run mapping holds the vCPU, which holds the VM, which uses the
+                # memory: released in that order (an owner that exists releases its views).
+                if run_map is not None:
+                    run_map.close()
+                else:
+                    lib.sbx_unmap(boot.run, run_size)
+                os.close(boot.vcpu_fd)
+                os.close(boot.vm_fd)
+                if memory is not None:
+                    memory.close()
+                else:
+                    lib.sbx_unmap(boot.mem, size)
             raise
-        return memory, vm, vcpu
 
     def close(self) -> None:
         if self.fd >= 0:

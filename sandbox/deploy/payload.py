@@ -307,7 +307,8 @@ def _record_line(path: Path, rel: str) -> str:
 
 def copy_sandbox_package(dest: Path) -> str:
     """Copies the installed `sandbox` package into `dest` with a dist-info of its own
-    (the native module checks its version against it). Returns the version."""
+    (pip and the sysext's tools see the package by it; the native module checks its
+    version against sandbox/_version.py). Returns the version."""
     import sandbox
 
     root = root_distribution()

@@ -17,7 +17,7 @@ from ..errors import PythonCrash, PythonError, PythonExit, PythonStartError
 from .decorator import sandboxed
 from .sandbox import PythonSandbox, PythonSnapshot
 
-kinds.register("python", PythonSandbox, constructor=True)
+kinds.register("python", PythonSandbox, constructor=True, builtin=True)
 
 __all__ = [
     "PythonCrash",

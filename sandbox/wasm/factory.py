@@ -176,4 +176,4 @@ def _engine(
     return sb, handle
 
 
-kinds.register("wasm", from_wasm)
+kinds.register("wasm", from_wasm, builtin=True)

@@ -283,3 +283,46 @@ def test_boot_interrupted_before_the_owners_leaves_nothing_open(kvm: Kvm, monkey
     with pytest.raises(KeyboardInterrupt):
         _boot(kvm)
     assert (fd_count(), _mapping_count()) == (fds, maps)
+
+
+@pytest.mark.requires_kvm
+@pytest.mark.parametrize("when", ["as the C call returns", "between the owners"])
+def test_boot_interrupted_as_the_native_call_returns_leaves_nothing_open(
+    kvm: Kvm, when: str
+) -> None:
+    """Ctrl-C during a boot arrives as the native call returns (the GIL is released for
+    its ~0.5 ms): raised there, before the result is even stored, or between the owners'
+    constructors; what C made is closed either way. (A profile hook raising on the
+    events is where Python would raise a pending signal.)"""
+    import sys
+
+    _close(_boot(kvm)[1])
+    fds, maps = fd_count(), _mapping_count()
+    raised: list[str] = []
+
+    def interrupt(frame: object, event: str, arg: object) -> None:
+        if raised:
+            return
+        name = getattr(arg, "__name__", "") if event == "c_return" else ""
+        if name == "sbx_machine_boot" and when == "as the C call returns":
+            raised.append(name)
+            raise KeyboardInterrupt
+        code = getattr(frame, "f_code", None)
+        if (
+            event == "call"
+            and when == "between the owners"
+            and code is not None
+            and code.co_name == "__init__"
+            and code.co_filename.endswith("/sandbox/vm.py")
+        ):
+            raised.append("Vm")
+            raise KeyboardInterrupt
+
+    sys.setprofile(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _boot(kvm)
+    finally:
+        sys.setprofile(None)
+    assert raised
+    assert (fd_count(), _mapping_count()) == (fds, maps)

@@ -763,6 +763,7 @@ def test_import_leaves_the_pool_and_the_guest_kinds_until_used() -> None:
         print(sandbox.SandboxPool.__module__, sandbox.WasmSandbox.__module__)
         print(kinds.factory("python").__name__, "sandbox.python" in sys.modules)
         print("PythonSandbox" in dir(sandbox), hasattr(sandbox, "NoSuchName"))
+        print(sandbox.pool.ensure_fd_limit.__name__, sandbox.wasm.__name__)
         """
     )
     out = run_python(code, timeout=60)
@@ -774,9 +775,55 @@ def test_import_leaves_the_pool_and_the_guest_kinds_until_used() -> None:
         "sandbox.pool sandbox.wasm.sandbox",
         "PythonSandbox True",
         "True False",
+        "ensure_fd_limit sandbox.wasm",
     ]
+
+
+def test_a_kind_registered_by_the_user_stays_when_the_builtin_one_is_imported() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        import sandbox
+        from sandbox import kinds
+        def mine(*args, **kwargs):
+            return "mine"
+        kinds.register("wasm", mine)
+        kinds.register("python", mine)  # not as a constructor: Sandbox("python") is a path
+        sandbox.WasmSandbox, sandbox.PythonSandbox  # import both built-in kinds
+        print("sandbox.wasm" in sys.modules, "sandbox.python" in sys.modules)
+        print(kinds.factory("wasm") is mine, kinds.factory("python") is mine)
+        print(kinds.is_kind("python"), sandbox.Sandbox.from_wasm(b""))
+        """
+    )
+    out = run_python(code, timeout=60)
+    assert out is not None
+    assert out.splitlines() == ["True True", "True True", "False mine"]
 
 
 def test_an_unknown_guest_kind_names_the_known_ones() -> None:
     with pytest.raises(ArgumentError, match=r"no guest kind 'cobol'.*python, wasm"):
         sandbox.kinds.factory("cobol")
+
+
+def test_a_native_extension_of_another_version_is_refused_at_import() -> None:
+    """The extension compiles in the version it was built for; a package of another
+    version (sandbox/_version.py changed, the extension not rebuilt) does not import."""
+    code = textwrap.dedent(
+        """
+        import sys, types
+        stale = types.ModuleType("sandbox._version")
+        stale.__version__ = "0.0.0-not-this-one"
+        sys.modules["sandbox._version"] = stale
+        try:
+            import sandbox
+        except ImportError as exc:
+            print(exc)
+        """
+    )
+    out = run_python(code, timeout=60)
+    assert out is not None
+    assert re.fullmatch(
+        r"sandbox's native extension was built for version \S+, the package is "
+        r"0\.0\.0-not-this-one: reinstall the package to rebuild it\n",
+        out,
+    ), out
