@@ -192,7 +192,18 @@ class CallEncoder:
     does not take as it is (an int for a float parameter, a value out of range), goes
     through encode_call, which converts it or raises the precise ArgumentError."""
 
-    __slots__ = ("sig", "ret", "what", "hint", "_struct", "_types", "_name", "_template", "_ranges")
+    __slots__ = (
+        "sig",
+        "ret",
+        "what",
+        "label",
+        "hint",
+        "_struct",
+        "_types",
+        "_name",
+        "_template",
+        "_ranges",
+    )
 
     def __init__(self, sig: Signature, index: int | None = None) -> None:
         """`index`: the function's place in the guest's table, passed as a hint that
@@ -201,6 +212,7 @@ class CallEncoder:
         self.ret = int(sig.ret)  # the result tag a call must come back with
         self.hint = 0 if index is None else index + 1
         self.what = f"result of {sig.name}"  # for messages about its result record
+        self.label = sig.name  # what messages about the call name it (a layer's own name)
         self._struct: struct.Struct | None = None
         params = sig.params
         if all(tag in _FAST_CODES for tag in params):

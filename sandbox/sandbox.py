@@ -542,11 +542,11 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
                 else:
                     self._capture.add(decode_result(out, exit.value, "print flush").output)
                 if self._cancel_requested:  # by a host function or the output callback
-                    raise CallCancelled(f"{sig.name} was cancelled")
+                    raise CallCancelled(f"{encoder.label} was cancelled")
             elif kind is ExitKind.KICKED:
                 if self._cancel_requested:
-                    raise CallCancelled(f"{sig.name} was cancelled")
-                raise CallTimeout(f"{sig.name} did not finish within {limit} s")
+                    raise CallCancelled(f"{encoder.label} was cancelled")
+                raise CallTimeout(f"{encoder.label} did not finish within {limit} s")
             elif kind is not ExitKind.INTERRUPTED:  # signals: Python's handlers ran
                 raise decode_trap(exit, self.layout)
             timeout_ns = 0

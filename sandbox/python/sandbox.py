@@ -36,6 +36,7 @@ from ..arguments import check_host_functions, check_reset, check_timeout, descri
 from ..config import ResetMode, SandboxConfig
 from ..errors import (
     ArgumentError,
+    CallCancelled,
     CallTimeout,
     FunctionNotFound,
     GuestProtocolError,
@@ -325,7 +326,8 @@ class PythonSandbox:
             if found is None:
                 if self._ran or self.poisoned or self._base is not base:
                     self._restore(base)
-                reply = self._exchange((5, key, request[2]), self._default_timeout)
+                definition = (5, key, request[2])
+                reply = self._exchange(definition, self._default_timeout, _label(definition))
                 if reply[0] != 0:
                     self._result(reply)  # raises the definition's error
                 found = PythonSnapshot(
@@ -412,6 +414,7 @@ class PythonSandbox:
             if self.reset_mode == "per_call" and not self.closed:
                 self._fresh(request if key else None)
             self._check_usable()
+            label = _label(request)  # before the payload of a known function is dropped
             payload = None
             if key and key not in self._known:
                 payload, request = request[2], request[:2] + (request[2],) + request[3:]
@@ -419,17 +422,20 @@ class PythonSandbox:
                 request = request[:2] + (None,) + request[3:]
             self._caller = me
             try:
-                reply = self._exchange(request, limit)
+                reply = self._exchange(request, limit, label)
                 if key and _is_unknown(reply):  # a guest that lost it: send it again
-                    reply = self._exchange(request[:2] + (payload,) + request[3:], limit)
+                    reply = self._exchange(request[:2] + (payload,) + request[3:], limit, label)
             finally:
                 self._caller = None
             if key and reply[0] == 0:
                 self._known.add(key)
             return self._result(reply)
 
-    def _exchange(self, request: tuple[Any, ...], limit: float | None) -> tuple[Any, ...]:
-        """Writes `request`, runs the guest, returns the decoded reply."""
+    def _exchange(
+        self, request: tuple[Any, ...], limit: float | None, label: str
+    ) -> tuple[Any, ...]:
+        """Writes `request`, runs the guest, returns the decoded reply. `label` names the
+        code in the messages of a time limit or a cancel."""
         data = codec.dumps(request)
         addr = self._addr
         if len(data) > addr.mailbox_size:
@@ -465,7 +471,10 @@ class PythonSandbox:
             ) from trap
         except CallTimeout:
             self._collect(())
-            raise
+            raise CallTimeout(f"{label} did not finish within {limit} s") from None
+        except CallCancelled:
+            self._collect(())
+            raise CallCancelled(f"{label} was cancelled") from None
         finally:
             wasi.set_deadline(None)
         if len(result) != 1 or result[0][1] & 0xFFFFFFFF != addr.none:
@@ -642,3 +651,16 @@ def write_u64(memory: Any, addr: int, value: int) -> int:
 
 
 Sandbox.register(PythonSandbox)
+
+
+def _label(request: tuple[Any, ...]) -> str:
+    """What messages call the Python code of `request` (a time limit, a cancel): the
+    function's name or the code's file name, not the interpreter's export that runs it."""
+    kind = request[0]
+    if kind in (1, 5) and isinstance(request[2], list) and request[2]:
+        return str(request[2][0])  # a shipped function's payload: [name, filename, ...]
+    if kind == 2:
+        return str(request[1])  # a function the sandbox's own code defined
+    if kind == 3:
+        return f"the code of {request[2]}"
+    return "the function"

@@ -267,6 +267,7 @@ class InvokeEncoder(CallEncoder):
         """`sig`: the engine's wasm_invoke, `index` its place in the engine's function
         table; `handle` the instance, `export` the function's name and types."""
         super().__init__(sig, index)
+        self.label = export  # a time limit or cancel names the export, not wasm_invoke
         self.export = export
         self.params = ft_params
         self._handle = handle

@@ -232,7 +232,8 @@ def test_timeout_and_restore(sb: PythonSandbox) -> None:
             pass
 
     t0 = time.monotonic()
-    with pytest.raises(CallTimeout):
+    # The messages name the Python function, not the interpreter's export.
+    with pytest.raises(CallTimeout, match=r"^spin did not finish within 0\.3 s$"):
         sb.call(spin, timeout=0.3)
     assert time.monotonic() - t0 < 3
     assert sb.poisoned
@@ -244,8 +245,15 @@ def test_timeout_and_restore(sb: PythonSandbox) -> None:
 
         time.sleep(30)
 
-    with pytest.raises(CallTimeout):
+    with pytest.raises(CallTimeout, match=r"^nap did not finish"):
         sb.call(nap, timeout=0.3)
+    sb.restore()
+    sb.run("def forever():\n    while True:\n        pass\n")
+    with pytest.raises(CallTimeout, match=r"^forever did not finish"):
+        sb.call("forever", timeout=0.3)
+    sb.restore()
+    with pytest.raises(CallTimeout, match=r"^the code of <sandbox> did not finish"):
+        sb.run("while True:\n    pass\n", timeout=0.3)
 
 
 def test_cancel_from_another_thread(sb: PythonSandbox) -> None:
@@ -255,7 +263,7 @@ def test_cancel_from_another_thread(sb: PythonSandbox) -> None:
 
     timer = threading.Timer(0.3, sb.cancel)
     timer.start()
-    with pytest.raises(CallCancelled):
+    with pytest.raises(CallCancelled, match=r"^spin was cancelled$"):
         sb.call(spin, timeout=10)
     # cancel() kicks until no call runs: a call started before it returns would be
     # kicked too (the core's Sandbox.cancel targets whatever call is running).
