@@ -140,6 +140,23 @@ def test_cancel_from_another_thread(sb: Sandbox) -> None:
         sb.call("add", 1, 2)
 
 
+def test_a_cancel_does_not_reach_the_next_call(sb: Sandbox) -> None:
+    """The caller restores and calls again at once (as a pool does) while cancel() is
+    still in its kick loop: the next call is not kicked out as a time-out (it was, every
+    time, when the loop kicked whatever call ran), and a stale kick that still lands
+    in it only pauses it."""
+    n = 2_000_000  # a few ms of guest work: long enough to be in flight
+    for _ in range(5):
+        timer = threading.Timer(0.05, sb.cancel)
+        timer.start()
+        with pytest.raises(CallCancelled):
+            sb.call("fault", "spin_forever", timeout=30)
+        sb.restore()
+        assert sb.call("spin", n) == spin_reference(n)
+        assert not sb.poisoned
+        timer.join()
+
+
 def test_cancel_without_a_call_is_harmless(sb: Sandbox) -> None:
     sb.cancel()
     assert sb.call("add", 1, 2) == 3

@@ -6,12 +6,20 @@ and bad input. Modules are written in the text format and assembled by wasmtime.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from sandbox import ArgumentError, CallTimeout, FunctionNotFound, HostFunctionError, Sandbox
+from sandbox import (
+    ArgumentError,
+    CallCancelled,
+    CallTimeout,
+    FunctionNotFound,
+    HostFunctionError,
+    Sandbox,
+)
 from sandbox.wasm import WasmLinkError, WasmModuleError, WasmSandbox, WasmTrap
 from sandbox.wasm.module import BEYOND_WASM2
 
@@ -175,6 +183,28 @@ def test_timeout_then_restore(sb: WasmSandbox) -> None:
     assert sb.poisoned
     sb.restore()
     assert sb.call("add", 1, 2) == 3
+
+
+COUNTDOWN = """(module
+  (func (export "spin") (loop (br 0)))
+  (func (export "countdown") (param i32) (result i32)
+    (loop (local.set 0 (i32.sub (local.get 0) (i32.const 1))) (br_if 0 (local.get 0)))
+    (i32.const 7)))"""
+
+
+def test_a_cancel_does_not_reach_the_next_call() -> None:
+    """Restored and called again at once, while cancel() may still be kicking: the
+    next call (a few ms of work) neither times out nor is cancelled."""
+    with Sandbox.from_wasm(wasmtime.wat2wasm(COUNTDOWN)) as sb:
+        for _ in range(3):
+            timer = threading.Timer(0.05, sb.cancel)
+            timer.start()
+            with pytest.raises(CallCancelled, match=r"^spin was cancelled$"):
+                sb.call("spin", timeout=30)
+            sb.restore()
+            assert sb.call("countdown", 3_000_000) == 7
+            assert not sb.poisoned
+            timer.join()
 
 
 @pytest.mark.parametrize(
