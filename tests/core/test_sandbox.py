@@ -662,6 +662,24 @@ def _exported_errors() -> list[type[BaseException]]:
     ]
 
 
+def test_every_runtime_error_is_importable_from_the_package() -> None:
+    """`from sandbox import PythonError` (or WasmTrap, ...) works like the core's errors:
+    every error class of sandbox.errors, and the trap-kind enums, are exported."""
+    import enum
+
+    from sandbox import errors
+
+    defined = {
+        name
+        for name, obj in vars(errors).items()
+        if isinstance(obj, type)
+        and obj.__module__ == errors.__name__
+        and (issubclass(obj, SandboxError) or issubclass(obj, enum.Enum))
+    }
+    assert {"PythonError", "WasmTrap", "TrapKind"} <= defined
+    assert defined <= set(sandbox.__all__), defined - set(sandbox.__all__)
+
+
 def test_every_error_is_a_sandbox_error() -> None:
     errors = _exported_errors()
     assert len(errors) >= 15
