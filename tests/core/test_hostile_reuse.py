@@ -209,3 +209,28 @@ def test_a_single_step_completed_by_the_host_does_not_reach_the_next_owner(
             seen[name] = other.call(name, timeout=10)
             other.restore()
         assert differences(seen, reference["b"]) == []
+
+
+def test_a_guest_run_changes_no_page_a_reset_skips(
+    snapshots: dict[str, Snapshot], reference: dict[str, dict[str, Any]]
+) -> None:
+    """A reset leaves the stable pages alone (page tables, descriptor tables, read-only
+    image: Layout.stable_ranges), on the promise that nothing writes them. Ring 3 cannot
+    (test_faults), and the CPU itself would only write accessed/dirty bits of page-table
+    entries and descriptors, which the runtime builds already set: after calls that touch
+    the stack, data, heap and output buffer, load a segment register and trap through the
+    ring-0 stub, every stable page still equals the image."""
+    names = list(reference["a"])
+    with Sandbox.from_snapshot(snapshots["a"], host_functions={"boom": boom}) as sb:
+        for end in ("shadow", "trap"):  # MOV SS loads a descriptor; the trap uses the IDT
+            plant(sb.call, names, end)
+            memory, layout = sb.memory, sb.layout
+            stable = layout.stable_ranges(memory.image.read)
+            assert stable
+            changed = [
+                hex(a)
+                for a, n in stable
+                if bytes(memory.view[a : a + n]) != memory.image.read(a, n)
+            ]
+            assert changed == []
+            sb.restore()
