@@ -29,6 +29,13 @@ from .vm import Vm
 SLOT = 0  # guest memory is one slot at guest-physical 0
 SEED_OFFSET: int = ffi.offsetof("struct sbx_boot_info", "random_seed")
 WARM_TIMEOUT_NS = 100_000_000  # the warm-up stub reads a few pages: 100 ms is generous
+_VECTOR_UD = 6  # invalid opcode: XGETBV where CR4.OSXSAVE is clear
+
+# XCR0 as ring 3 of this process's vCPUs reads it (None: XGETBV faults there), probed by
+# the first machine (_probe_ring3_xcr0): the components a restore must reset
+# (trampoline.py), which can be more than the vCPU's CPUID shows.
+_UNPROBED = -1
+_ring3_xcr0: int | None = _UNPROBED
 
 
 # image -> (layout, the image's stable ranges in it): read from the image's page tables
@@ -70,6 +77,7 @@ class Machine:
     def __init__(self, image: MemoryImage, cpu: CpuState, layout: Layout) -> None:
         """Boots: maps `image` copy-on-write, creates the VM and the vCPU, and loads
         `cpu` for the first run. Raises KvmError/KvmUnavailable."""
+        global _ring3_xcr0
         self.layout = layout
         self._pid = os.getpid()  # a VM cannot be used from a forked child
         self._seed_at = layout.boot_info + SEED_OFFSET
@@ -99,13 +107,18 @@ class Machine:
         try:
             self.memory.set_stable(_stable_ranges(layout, image))
             setup = cpu_setup()
-            self._trampoline = trampoline_for(layout.trampoline, setup)
             self._loaded: CpuState | None = None
             self._xcr0: int | None = None
             self._xcrs: object = None
             self._load_xcrs(cpu.xcrs if cpu.xcrs is not None else setup.xcrs)
+            probe = _ring3_xcr0 == _UNPROBED
+            if probe:
+                _ring3_xcr0 = self._probe_ring3_xcr0(cpu)
+            self._trampoline = trampoline_for(layout.trampoline, setup, _ring3_xcr0)
             if cpu.xsave is not None and not setup.is_reset_xsave(cpu.xsave):
                 vcpu.set_xsave(cpu.xsave)  # a new vCPU already has the reset state
+            if probe:  # the probe replaced the registers boot loaded
+                self.load_cpu(cpu)
         except BaseException:
             self.close()
             raise
@@ -198,6 +211,38 @@ class Machine:
         memory.region(self._seed_at, 8)[:] = new_seed()
         return remapped
 
+    def _run_stub(self, code: bytes, cpu: CpuState) -> Exit:
+        """Runs `code` in the trampoline page, in ring 3 with `cpu`'s segments and page
+        tables and RFLAGS clear, until its first exit. `load` or `load_cpu` must come
+        next: they cancel its exit and rewrite the trampoline page."""
+        layout, vcpu = self.layout, self.vcpu
+        self._parked = False
+        if len(code) > PAGE:
+            raise RuntimeError("the stub does not fit in the trampoline page")
+        self.memory.region(layout.trampoline, len(code))[:] = code
+        regs = ffi.new("struct kvm_regs *")
+        regs.rip = layout.trampoline
+        regs.rsp = cpu.regs.rsp
+        regs.rflags = 0x2  # interrupts and single-stepping off
+        vcpu.load_state(regs, cpu.sregs)
+        self._loaded = None
+        return vcpu.run(WARM_TIMEOUT_NS)
+
+    def _probe_ring3_xcr0(self, cpu: CpuState) -> int | None:
+        """XCR0 as ring 3 reads it (XGETBV, then `out` to the return port), or None if
+        XGETBV faults; on a new machine, whose memory is then its image again (but the
+        boot info's seed). Raises RuntimeError if the stub ends otherwise."""
+        code = b"\x31\xc9\x0f\x01\xd0"  # xor ecx, ecx; xgetbv (EDX:EAX = XCR0)
+        exit = self._run_stub(code + bytes((0xE7, lib.SBX_PORT_RETURN)), cpu)
+        if exit.kind is ExitKind.RETURN:
+            return exit.value  # EAX: no XCR0 component lies above bit 31
+        if exit.kind is ExitKind.TRAP and exit.vector == _VECTOR_UD:
+            self.vcpu.settle(None)
+            self.memory.reset()  # the ring-0 stack the trap wrote
+            self.memory.region(self._seed_at, 8)[:] = new_seed()
+            return None
+        raise RuntimeError(f"the XGETBV probe ended with {exit.kind.name}")
+
     def warm(self, cpu: CpuState) -> None:
         """Readies a new machine for its first call off the caller's path (machines.py's
         spares): runs, in ring 3 with `cpu`'s segments and page tables, a stub in the
@@ -207,23 +252,12 @@ class Machine:
         costs what one on a reused machine does. No guest code runs. `load` must come
         next: it cancels the stub's exit and rewrites the trampoline page. Raises
         RuntimeError if the stub does not come back as planned."""
-        layout, vcpu = self.layout, self.vcpu
-        self._parked = False
         code = bytearray()
-        for start, size, _ in layout.first_call_pages:
+        for start, size, _ in self.layout.first_call_pages:
             for page in range(start, start + size, PAGE):
                 code += b"\xa0" + struct.pack("<Q", page)  # mov al, [page]
         code += bytes((0xE7, lib.SBX_PORT_RETURN))  # out SBX_PORT_RETURN, eax
-        if len(code) > PAGE:
-            raise RuntimeError("the warm-up stub does not fit in the trampoline page")
-        self.memory.region(layout.trampoline, len(code))[:] = code
-        regs = ffi.new("struct kvm_regs *")
-        regs.rip = layout.trampoline
-        regs.rsp = cpu.regs.rsp
-        regs.rflags = 0x2  # interrupts and single-stepping off
-        vcpu.load_state(regs, cpu.sregs)
-        self._loaded = None
-        exit = vcpu.run(WARM_TIMEOUT_NS)
+        exit = self._run_stub(bytes(code), cpu)
         if exit.kind is not ExitKind.RETURN:
             raise RuntimeError(f"the warm-up stub ended with {exit.kind.name}")
 

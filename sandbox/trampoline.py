@@ -14,6 +14,16 @@ the page (a snapshot file is untrusted) never runs.
 Page layout (offsets): 0x000 code, 0x040 saved RIP, RAX, RDX, 0x100 the XSAVE area in
 standard format (64-byte aligned), up to the end of the page.
 
+XRSTOR's requested-feature bitmap is every component ring 3 can reach (XCR0 as ring 3
+reads it with XGETBV, which Machine probes once per process), not only those the saved
+area holds: the components beyond the area's XSTATE_BV are put in their initial state.
+That matters where ring 3 runs with more of XCR0 than the vCPU reports: PVM hosts (this
+project's nested hosts) run guest ring 3 under the host's XCR0 and CR4, so a guest whose
+vCPU has no XSAVE in its CPUID still uses AVX and AVX-512 (ymm upper halves, zmm16-31,
+opmasks), which KVM_GET_XSAVE does not show and FXRSTOR does not reset
+(tests/core/test_hostile_reuse.py). The AMX components are left out (the kernel may arm
+XFD for them, and XRSTOR would then fault).
+
 Not used, and the ioctl used instead, when RFLAGS.TF is set (single-stepping would stop
 inside the trampoline) or the area does not fit or is not in standard form.
 """
@@ -56,28 +66,35 @@ def trampoline_code(xsave: bool) -> bytes:
     return code
 
 
-_shared: dict[tuple[int, int], Trampoline] = {}
+_shared: dict[tuple[int, int, int | None], Trampoline] = {}
 
 
-def trampoline_for(page: int, setup: CpuSetup) -> Trampoline:
-    """The Trampoline of `page` for vCPUs set up by `setup` (one per process and page:
-    what it prepares for a saved state serves every sandbox)."""
-    key = (page, id(setup))
+def trampoline_for(page: int, setup: CpuSetup, ring3_xcr0: int | None) -> Trampoline:
+    """The Trampoline of `page` for vCPUs set up by `setup`, whose ring 3 reads XCR0 as
+    `ring3_xcr0` (None: XGETBV faults there). One per process, page and setup: what it
+    prepares for a saved state serves every sandbox."""
+    key = (page, id(setup), ring3_xcr0)
     found = _shared.get(key)
     if found is None:
-        found = _shared[key] = Trampoline(page, setup)
+        found = _shared[key] = Trampoline(page, setup, ring3_xcr0)
     return found
 
 
 class Trampoline:
-    """The trampoline page at guest address `page` for vCPUs set up by `setup`."""
+    """The trampoline page at guest address `page` for vCPUs set up by `setup` (see
+    trampoline_for)."""
 
-    def __init__(self, page: int, setup: CpuSetup) -> None:
+    def __init__(self, page: int, setup: CpuSetup, ring3_xcr0: int | None) -> None:
         self.page = page
-        self._xcr0 = setup.xcr0(setup.xcrs)
-        self._code = trampoline_code(self._xcr0 is not None)
-        # FXRSTOR64 reads the legacy area only; XRSTOR64 the components of XCR0.
-        self._area_size = setup.xsave_size if self._xcr0 is not None else x86.XSAVE_LEGACY_SIZE
+        # The components a saved area holds (KVM_GET_XSAVE's), and those XRSTOR loads or
+        # resets: all that ring 3 can reach (module docstring); None: FXRSTOR64.
+        xcr0 = setup.xcr0(setup.xcrs)
+        self._saved = xcr0 if xcr0 is not None else x86.XCR0_X87 | x86.XCR0_SSE
+        reach = ring3_xcr0 if ring3_xcr0 is not None else xcr0
+        self._rfbm = None if reach is None else (reach | self._saved) & ~x86.XCR0_AMX
+        self._code = trampoline_code(self._rfbm is not None)
+        # FXRSTOR64 reads the legacy area only; XRSTOR64 the area's components and header.
+        self._area_size = setup.xsave_size if self._rfbm is not None else x86.XSAVE_LEGACY_SIZE
         # Per saved state (immutable): the registers to load and the page's data.
         self._prepared: weakref.WeakKeyDictionary[CpuState, tuple[Any, bytes] | None] = (
             weakref.WeakKeyDictionary()
@@ -106,10 +123,11 @@ class Trampoline:
         if saved.rflags & _RFLAGS_TF or cpu.xsave is None or AREA + self._area_size > x86.PAGE_SIZE:
             return None
         area = bytearray(ffi.buffer(cpu.xsave)[: self._area_size])
-        if self._xcr0 is not None:
+        rfbm = self._rfbm
+        if rfbm is not None:
             if any(area[_XCOMP_BV:_HEADER_END]):  # compacted form, or reserved bytes set
                 return None
-            bv = int.from_bytes(area[_XSTATE_BV:_XCOMP_BV], "little") & self._xcr0
+            bv = int.from_bytes(area[_XSTATE_BV:_XCOMP_BV], "little") & self._saved
             area[_XSTATE_BV:_XCOMP_BV] = bv.to_bytes(8, "little")
         data = bytearray(AREA + len(area))
         data[CODE : CODE + len(self._code)] = self._code
@@ -118,6 +136,7 @@ class Trampoline:
         regs = ffi.new("struct kvm_regs *")
         ffi.memmove(regs, saved, ffi.sizeof("struct kvm_regs"))
         regs.rip = self.page + CODE
-        regs.rax = self._xcr0 or 0  # XRSTOR's requested-feature bitmap: EDX:EAX
-        regs.rdx = 0
+        rfbm = rfbm or 0  # XRSTOR's requested-feature bitmap: EDX:EAX
+        regs.rax = rfbm & 0xFFFFFFFF
+        regs.rdx = rfbm >> 32
         return regs, bytes(data)

@@ -65,6 +65,7 @@ XSAVE_HEADER_SIZE = 64
 XCR0_X87 = 1 << 0
 XCR0_SSE = 1 << 1
 XCR0_AVX = 1 << 2
+XCR0_AMX = (1 << 17) | (1 << 18)  # XTILECFG, XTILEDATA: the kernel may arm XFD for them
 
 # Paging-structure entry bits (SDM 4.5).
 PTE_PRESENT = 1 << 0

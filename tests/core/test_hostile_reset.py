@@ -2,7 +2,8 @@
 instruction (port `in` and `out` of each size, string I/O with and without `rep`, a host
 function or output callback that escapes mid-call, a CPU exception, a timeout), followed
 by every way the runtime resets a sandbox (restore(), restore(snapshot), per-call resets,
-pool handoffs, sandboxes made from snapshots, Wasm sandboxes). After the reset, the next
+pool handoffs, sandboxes made from snapshots, a closed sandbox's machine taken over by a
+new sandbox of the same or another snapshot, Wasm sandboxes). After the reset, the next
 call must start exactly from the snapshot: same registers, same memory, same results, and
 nothing the hostile guest planted may run (guests/testing/pending_io.c explains the plant:
 an instruction KVM completes after the new registers are loaded resumes the guest where
@@ -21,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import GUESTS
+from support import GUESTS, drain
 
-from sandbox import CallTimeout, GuestTrap, Sandbox, SandboxPool, Snapshot
+from sandbox import CallTimeout, GuestTrap, Sandbox, SandboxPool, Snapshot, _reaper, machines
 from sandbox._native import ffi
 from sandbox.machine import SEED_OFFSET as BOOT_INFO_SEED_OFFSET
 
@@ -164,18 +165,52 @@ PATHS = [
     "from_snapshot_per_call",
     "pool",
     "pool_snapshot",
+    "reuse_same",  # the hostile sandbox closed; its machine taken by a sandbox of its snapshot
+    "reuse_other",  # ... by a sandbox of another snapshot
 ]
 RESTORE_PATHS = PATHS[:3]
 
 
+def reuse_subject(
+    stack: ExitStack, harness: Harness, first: Snapshot, then: Snapshot, reference: bytes
+) -> Subject:
+    """A sandbox of `first`; the reset closes it and makes one of `then`, which must take
+    over its machine (parked by machines.py; no spares are made)."""
+    h = harness
+    current = [Sandbox.from_snapshot(first, host_functions=h.host_functions, output=h.output)]
+    stack.callback(lambda: current[0].close())
+
+    def reset() -> None:
+        current[0].close()
+        _reaper.drain()
+        assert machines.idle_count() == 1
+        current[0] = Sandbox.from_snapshot(then, host_functions=h.host_functions, output=h.output)
+        assert machines.idle_count() == 0
+
+    return Subject(lambda *a, **k: current[0].call(*a, **k), reset, reference)
+
+
 @pytest.fixture
 def subject_for(
-    request: pytest.FixtureRequest, pending_guest: Path, harness: Harness
+    request: pytest.FixtureRequest,
+    pending_guest: Path,
+    harness: Harness,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Callable[[str], Subject]]:
     stack = ExitStack()
 
     def make(path: str) -> Subject:
         g, h = pending_guest, harness
+        if path.startswith("reuse"):
+            first: Snapshot = request.getfixturevalue("snap")
+            then, reference = first, request.getfixturevalue("snap_state")
+            if path == "reuse_other":
+                then = request.getfixturevalue("initial_snapshot")
+                reference = request.getfixturevalue("initial_state")
+            drain()  # after the fixtures' sandboxes: no machine idle
+            monkeypatch.setattr(machines, "SPARES", False)
+            stack.callback(drain)
+            return reuse_subject(stack, h, first, then, reference)
         if path == "restore":
             sb = stack.enter_context(Sandbox(g, host_functions=h.host_functions, output=h.output))
             sb.call("scribble")
@@ -262,7 +297,9 @@ def test_next_call_starts_exactly_from_the_snapshot(
     assert harness.leaked == []
 
 
-@pytest.mark.parametrize("path", ["pool", "pool_snapshot", "per_call", "restore"])
+@pytest.mark.parametrize(
+    "path", ["pool", "pool_snapshot", "per_call", "restore", "reuse_same", "reuse_other"]
+)
 def test_planted_code_never_sees_the_next_callers_record(
     subject_for: Callable[[str], Subject], harness: Harness, path: str
 ) -> None:
