@@ -266,7 +266,13 @@ class Machine:
         """Whether another sandbox may take this machine over (machines.py): open, in
         this process, and its vCPU never shut down or failed in KVM."""
         vcpu = self._vcpu
-        return vcpu is not None and not vcpu.damaged and self._pid == os.getpid()
+        return vcpu is not None and not vcpu.damaged and not self.forked
+
+    @property
+    def forked(self) -> bool:
+        """Whether this is a forked child of the process that made the machine: KVM
+        refuses its VM here (every run and vCPU ioctl fails with EIO)."""
+        return self._pid != os.getpid()
 
     def park(self) -> None:
         """Readies the machine to wait for another sandbox: completes a pending exit,

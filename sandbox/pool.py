@@ -880,7 +880,9 @@ class SandboxPool(Generic[M]):
     def close(self, *, cancel: bool = False) -> None:
         """Closes the pool: waiting callers get SandboxClosed, idle members are closed,
         busy ones when their call ends (with `cancel`, running calls are cancelled
-        first: they end with CallCancelled). Idempotent."""
+        first: they end with CallCancelled, and busy members are closed at once, so
+        that a call made on one later, by `use` or `run` code, gets SandboxClosed).
+        Idempotent."""
         with self._cond:
             self._closed = True
             idle, self._idle = self._idle, []
@@ -893,9 +895,15 @@ class SandboxPool(Generic[M]):
                 fut.get_loop().call_soon_threadsafe(_fail_closed, fut)
         for member, _ in idle:
             member.close()
-        if cancel:
+        if cancel and busy:
             for member in busy:
                 member.cancel()
+            # And closed (on a thread: close waits for the call to end, a host function
+            # included): a call that had not begun when cancel() came (`use`, `run`:
+            # the caller's code between checkout and its call) is refused, not run.
+            threading.Thread(
+                target=_close_all, args=(busy,), name=f"{self._label}-close", daemon=True
+            ).start()
         for _ in threads:  # each thread ends after the jobs queued before this
             self._jobs.put(None)
 
@@ -905,6 +913,12 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def _close_all(members: list[Any]) -> None:
+    block_signals_in_this_thread()
+    for member in members:
+        member.close()
 
 
 def _fail_closed(fut: asyncio.Future[Any]) -> None:

@@ -56,6 +56,7 @@ from .errors import (
     GuestAbort,
     GuestProtocolError,
     HostFunctionError,
+    KvmError,
     SandboxBusy,
     SandboxClosed,
     SandboxError,
@@ -254,6 +255,13 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         return self._state == _POISONED
 
     @property
+    def calling_here(self) -> bool:
+        """Whether the calling thread is inside one of this sandbox's calls (a host
+        function, the output callback): for layers that must not act on their own call
+        as they would on one running elsewhere (WasmSandbox.close)."""
+        return self._caller == threading.get_ident()
+
+    @property
     def memory(self) -> GuestMemory:
         """The guest's memory (host access by guest address, bounds-checked), for hosts
         of guests that exchange data through it (the Wasm engine)."""
@@ -273,18 +281,28 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
 
     def close(self) -> None:
         """Releases the VM. Idempotent. A call running in another thread is cancelled
-        first; called from inside a call (a host function, the output callback), the
-        sandbox closes when that call ends. The kernel teardown runs on a background
+        first, and a call or restore that has not taken the sandbox yet gets
+        SandboxClosed; called from inside a call (a host function, the output callback),
+        the sandbox closes when that call ends. The kernel teardown runs on a background
         thread."""
         if self._state == _CLOSED:
             return
+        # Seen by every call and restore that takes the lock from now on: they refuse.
+        self._close_requested = True
         if self._caller == threading.get_ident():
-            self._close_requested = True  # the call holds the lock: close when it ends
-            return
-        if self._caller is not None:
-            self.cancel()
-        with self._lock:
+            return  # the call holds the lock: it closes the sandbox when it ends
+        # Cancels the call running now, and one that took the lock before it could see
+        # the request (one cancel each: a call in a host function ends when that returns).
+        lock = self._lock
+        while True:
+            if self._caller is not None and not self._cancel_requested:
+                self.cancel()
+            if lock.acquire(timeout=0.01):
+                break
+        try:
             self._release(deferred=True)
+        finally:
+            lock.release()
 
     def _release(self, *, deferred: bool) -> None:
         if self._state == _CLOSED:
@@ -324,6 +342,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         SandboxBusy (from inside one of its own calls)."""
         with self._between_calls():
             self._check_ready()
+            self._check_process()
             machine = self._machine
             return Snapshot(
                 image=machine.snapshot_image(),
@@ -340,6 +359,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         raises."""
         with self._between_calls():
             self._check_ready()
+            self._check_process()
             return self._machine.save_cpu()
 
     def restore(self, snapshot: Snapshot | None = None) -> None:
@@ -350,8 +370,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         Raises ArgumentError for a snapshot of another guest layout, SandboxClosed,
         SandboxBusy (from inside one of its own calls)."""
         with self._between_calls():
-            if self._state == _CLOSED:
-                raise SandboxClosed("the sandbox is closed")
+            self._check_open()
             self._restore(snapshot)
 
     def _restore(self, snapshot: Snapshot | None) -> None:
@@ -378,8 +397,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         told of them (the Wasm engine's out-of-bounds accesses). Raises SandboxClosed,
         SandboxBusy."""
         with self._between_calls():
-            if self._state == _CLOSED:
-                raise SandboxClosed("the sandbox is closed")
+            self._check_open()
             self._machine.load_cpu(cpu)
             self._state = _READY
 
@@ -407,10 +425,30 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
             )
         return self._lock
 
+    def _check_open(self) -> None:
+        """Raises SandboxClosed if the sandbox is closed, or closing: a close() from
+        another thread waits for the lock the caller holds (the machine is released
+        here, so that close finds it done). Under the lock."""
+        if self._close_requested:
+            self._release(deferred=True)
+        if self._state == _CLOSED:
+            raise SandboxClosed("the sandbox is closed")
+
+    def _check_process(self) -> None:
+        """Raises SandboxClosed (and closes the sandbox) in a forked child of the
+        process that made it: KVM serves a VM only to the process that created it.
+        Under the lock; on the paths where KVM failed or that are not hot (getpid is a
+        system call: ~0.3 us)."""
+        if self._machine.forked:
+            self._release(deferred=True)  # the child's copies of its descriptors
+            raise SandboxClosed(
+                "the sandbox was made by the parent of this forked process, whose VM KVM "
+                "refuses to run here; make a new sandbox in this process"
+            )
+
     def _check_ready(self) -> None:
+        self._check_open()
         if self._state != _READY:
-            if self._state == _CLOSED:
-                raise SandboxClosed("the sandbox is closed")
             raise SandboxPoisoned(
                 f"the sandbox is poisoned by an earlier {self._poison_reason}; "
                 "restore it or create a new one"
@@ -441,8 +479,13 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         if self._caller == me:
             self._between_calls()  # raises SandboxBusy
         with self._lock:
-            if self._state is not _READY or (self._ran and self.reset_mode == "per_call"):
-                if self._state is not _CLOSED and self.reset_mode == "per_call" and self._ran:
+            if (
+                self._state is not _READY
+                or self._close_requested
+                or (self._ran and self.reset_mode == "per_call")
+            ):
+                self._check_open()
+                if self.reset_mode == "per_call" and self._ran:
                     self._restore(None)
                 self._check_ready()
             encoder.encode(self._in_view, args)
@@ -478,6 +521,8 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
                 if self._in_call or (isinstance(exc, SandboxError) and exc.poisons):
                     self._state = _POISONED
                     self._poison_reason = type(exc).__name__
+                if isinstance(exc, KvmError):
+                    self._check_process()
                 raise
             finally:
                 self._in_call = False

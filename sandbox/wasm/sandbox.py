@@ -268,8 +268,13 @@ class WasmSandbox:
 
     def close(self) -> None:
         """Releases the VM and the WASI context's host descriptors. Idempotent. From
-        inside a call (an import), both are released when the call ends."""
-        self.engine_sandbox.close()
+        inside a call (an import), both are released when the call ends; a call running
+        in another thread is cancelled first, a WASI sleep in it included (see cancel:
+        the engine's close alone would wait for the sleep to end)."""
+        engine = self.engine_sandbox
+        if self.wasi is not None and not engine.closed and not engine.calling_here:
+            self.wasi.interrupt()  # no call running: the next call's start drops it
+        engine.close()
         if not self.engine_sandbox.closed:
             self._close_pending = True  # closed from inside a call: see call()
         elif self.wasi is not None:

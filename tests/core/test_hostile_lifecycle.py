@@ -1,0 +1,530 @@
+"""The lifecycle under concurrency, attacker-minded: close() and cancel() racing calls,
+restores and each other from other threads, for the three guest kinds and the pool;
+deadline timers and cancel kicks of one thread's call never reaching another's; members
+that time out over and over; a forked child holding its parent's sandboxes; Ctrl-C
+arriving while a worker thread's call runs.
+
+Nothing may hang: every call runs on a thread joined with a time limit (LIMIT), and a
+call that must not run has a generous time limit of its own (SAFETY) so that a
+regression fails the test instead of wedging the run.
+
+Found here (each test named so failed before its fix):
+- close() waited for a call that took the lock after it (a caller queued behind the
+  call close() cancelled): with reset="per_call" that call restored the poisoned
+  sandbox and ran, so close() hung for as long as it ran; now such a call (and a
+  restore) gets SandboxClosed.
+- close() of a Wasm or Python sandbox from another thread waited for a WASI sleep in the
+  running call to end (the engine's cancel kicks only the vCPU).
+- pool.close(cancel=True) cancelled only calls already running: a `use`/`run` callback
+  that called its member after that ran its call in full.
+- a forked child's call on its parent's sandbox raised KvmError("KVM_RUN failed: EIO").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from support import drain, fd_count, run_python, spin_reference
+
+from sandbox import (
+    CallCancelled,
+    CallTimeout,
+    Sandbox,
+    SandboxClosed,
+    SandboxPoisoned,
+    SandboxPool,
+)
+
+pytestmark = pytest.mark.requires_kvm
+
+LIMIT = 3.0  # seconds a close, cancel or refused call may take before it counts as a hang
+SAFETY = 20.0  # the time limit of calls that must not run to it
+
+
+def maps_count() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
+
+
+class Run:
+    """fn() on a daemon thread; its result or exception."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._target, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _target(self, fn: Callable[[], Any]) -> None:
+        try:
+            self.result = fn()
+        except BaseException as exc:  # noqa: BLE001 - checked by the test
+            self.error = exc
+
+    def join(self, limit: float = LIMIT) -> bool:
+        """Whether it ended within `limit` seconds."""
+        self.thread.join(limit)
+        return not self.thread.is_alive()
+
+
+# -- the three kinds: a call that waits in the host, a call that never ends --------------
+
+WASM_KIND = """
+(module
+  (import "host" "block" (func $block))
+  (func (export "wait") (call $block))
+  (func (export "forever") (loop $l (br $l))))
+"""
+
+
+def python_wait() -> int:
+    from sandbox_guest import host  # type: ignore[import-not-found]
+
+    host.block()
+    return 1
+
+
+def python_forever() -> None:
+    while True:
+        pass
+
+
+class Kind:
+    """A sandbox of one kind whose `wait` call blocks in a host function until
+    `release` is set, and whose `forever` call never returns."""
+
+    def __init__(self, kind: str, reset: str) -> None:
+        self.release = threading.Event()
+
+        def block(*_: object) -> None:
+            self.release.wait(SAFETY)
+
+        self.sb: Any
+        if kind == "native":
+            self.sb = Sandbox(host_functions={"block": block}, reset=reset)  # type: ignore[arg-type]
+            self.wait: Callable[[], Any] = lambda: self.sb.call("call_host", "block", "")
+            self.forever: Callable[[], Any] = lambda: self.sb.call(
+                "fault", "spin_forever", timeout=SAFETY
+            )
+        elif kind == "wasm":
+            wasmtime = pytest.importorskip("wasmtime")
+            module = bytes(wasmtime.wat2wasm(WASM_KIND))
+            self.sb = Sandbox.from_wasm(module, imports={"host": {"block": block}}, reset=reset)  # type: ignore[arg-type]
+            self.wait = lambda: self.sb.call("wait")
+            self.forever = lambda: self.sb.call("forever", timeout=SAFETY)
+        else:
+            self.sb = Sandbox("python", host_functions={"block": block}, reset=reset)
+            self.wait = lambda: self.sb.call(python_wait)
+            self.forever = lambda: self.sb.call(python_forever, timeout=SAFETY)
+
+    def abandon(self) -> None:
+        """Ends whatever still runs (after a failed assertion)."""
+        self.release.set()
+        self.sb.cancel()
+
+
+KINDS = ["native", "wasm", "python"]
+
+
+@pytest.mark.parametrize("reset", ["none", "per_call"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_close_refuses_a_call_queued_behind_the_call_it_cancels(kind: str, reset: str) -> None:
+    """A waits in a host function, B waits for the sandbox with a call that never ends,
+    and close() comes from a third thread: A ends with CallCancelled when its host
+    function returns, B gets SandboxClosed, close() returns. (Before: with
+    reset="per_call", B restored the poisoned sandbox and ran, and close() waited for it;
+    with "none", B got SandboxPoisoned.)"""
+    k = Kind(kind, reset)
+    try:
+        if kind == "python":  # its first call compiles the function: not under test
+            with pytest.raises(CallTimeout):
+                k.sb.call(python_forever, timeout=0.2)
+            k.sb.restore()
+        a = Run(k.wait)
+        time.sleep(0.1)
+        b = Run(k.forever)
+        time.sleep(0.1)
+        closing = Run(k.sb.close)
+        time.sleep(0.1)
+        k.release.set()
+        assert closing.join(), "close() waited for a call that began after it"
+        assert a.join() and b.join()
+        assert isinstance(a.error, CallCancelled), a.error
+        assert isinstance(b.error, SandboxClosed), b.error
+        assert k.sb.closed
+        with pytest.raises(SandboxClosed):
+            k.sb.restore()
+    finally:
+        k.abandon()
+        k.sb.close()
+
+
+@pytest.mark.parametrize("kind", ["wasm", "python"])
+def test_close_ends_a_wasi_sleep_of_a_call_in_another_thread(kind: str) -> None:
+    """A WASI sleep runs on the host, where the vCPU kick of close()'s cancel does not
+    reach: close() interrupts it as cancel() does (before: close waited for the sleep,
+    here 10 s)."""
+    if kind == "wasm":
+        wasmtime = pytest.importorskip("wasmtime")
+        sb: Any = Sandbox.from_wasm(bytes(wasmtime.wat2wasm(SLEEPER)))
+        call = Run(lambda: sb.call("nap", timeout=SAFETY))
+        label = "nap"
+    else:
+        sb = Sandbox("python")
+
+        def napper() -> int:
+            import time
+
+            time.sleep(10)
+            return 1
+
+        call = Run(lambda: sb.call(napper, timeout=SAFETY))
+        label = "napper"
+    try:
+        time.sleep(0.5)  # in the sleep (the python kind compiles napper first)
+        t0 = time.monotonic()
+        closing = Run(sb.close)
+        assert closing.join(), "close() waited for the WASI sleep"
+        assert time.monotonic() - t0 < LIMIT
+        assert call.join()
+        assert isinstance(call.error, CallCancelled), call.error
+        assert str(call.error) == f"{label} was cancelled"
+        assert sb.closed
+    finally:
+        sb.cancel()
+        sb.close()
+
+
+SLEEPER = """(module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory 1)
+  ;; one clock subscription at 0: userdata 0, tag 0 (clock), monotonic, 1 hour, relative
+  (data (i32.const 16) "\\01\\00\\00\\00\\00\\00\\00\\00\\00\\20\\bc\\be\\46\\03\\00\\00")
+  (func (export "nap") (result i32)
+    (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128))))"""
+
+
+def test_close_racing_calls_restores_and_closes_never_hangs() -> None:
+    """Threads call and restore one sandbox in loops while two others close it at a
+    random moment: every operation ends with its result or with CallCancelled,
+    SandboxPoisoned or SandboxClosed; nothing hangs; nothing leaks."""
+    drain()
+    fds = fd_count()
+    rng = random.Random(1)
+    allowed = (CallCancelled, SandboxPoisoned, SandboxClosed)
+    for _ in range(10):
+        sb = Sandbox(reset=rng.choice(["none", "per_call"]))  # type: ignore[arg-type]
+        stop = threading.Event()
+        bad: list[object] = []
+
+        def caller(sb: Sandbox = sb, stop: threading.Event = stop, bad: list[object] = bad) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    if n % 3 == 0:
+                        sb.restore()
+                    elif sb.call("spin", 20_000, timeout=SAFETY) != spin_reference(20_000):
+                        bad.append("wrong result")
+                except SandboxClosed:
+                    return
+                except allowed:
+                    pass
+                except BaseException as exc:  # noqa: BLE001 - reported by the test
+                    bad.append(exc)
+                    return
+
+        callers = [Run(caller) for _ in range(3)]
+        time.sleep(rng.uniform(0.0, 0.03))
+        closers = [Run(sb.close) for _ in range(2)]
+        assert all(c.join() for c in closers), "close() hung"
+        stop.set()
+        assert all(c.join() for c in callers), "a call or restore hung after close()"
+        assert not bad, bad
+        assert sb.closed
+    drain()
+    assert fd_count() == fds
+
+
+def test_a_cancel_of_one_sandbox_never_stops_another_on_the_same_thread() -> None:
+    """One thread alternates calls of sandbox A and B (B's without a time limit) while
+    another cancels A without pause: a cancel's kick that comes late lands in B's call,
+    which goes on (a stale kick); B never fails."""
+    a, b = Sandbox(), Sandbox()
+    stop = threading.Event()
+    n = 100_000
+    expected = spin_reference(n)
+
+    def worker() -> list[object]:
+        seen: list[object] = []
+        for _ in range(150):
+            try:
+                a.call("spin", 5_000, timeout=SAFETY)
+            except CallCancelled:
+                a.restore()
+            result = b.call("spin", n)
+            if result != expected:
+                seen.append(result)
+        return seen
+
+    def canceller() -> None:
+        while not stop.is_set():
+            a.cancel()
+
+    try:
+        kicks = Run(canceller)
+        work = Run(worker)
+        assert work.join(30), "the worker hung"
+        stop.set()
+        assert kicks.join()
+        assert work.error is None, work.error
+        assert work.result == []
+        assert not b.poisoned
+    finally:
+        stop.set()
+        a.close()
+        b.close()
+
+
+def test_deadline_timers_stay_on_their_own_thread() -> None:
+    """Threads with their own sandboxes: half run calls that time out after 2 ms, over
+    and over, the other half long calls without a time limit; no call of the second
+    half is stopped (a thread's deadline timer signals only that thread), and each
+    timed-out sandbox is usable after restore."""
+    n = 300_000
+    expected = spin_reference(n)
+
+    def timed() -> int:
+        with Sandbox() as sb:
+            for _ in range(30):
+                with pytest.raises(CallTimeout):
+                    sb.call("fault", "spin_forever", timeout=0.002)
+                sb.restore()
+                assert sb.call("add", 1, 2) == 3
+        return 0
+
+    def untimed() -> int:
+        with Sandbox() as sb:
+            for _ in range(6):
+                assert sb.call("spin", n) == expected
+        return 0
+
+    runs = [Run(timed if i % 2 else untimed) for i in range(6)]
+    for r in runs:
+        assert r.join(30)
+        assert r.error is None and r.result == 0, r.error
+
+
+def test_a_timeout_as_the_guest_returns_is_one_or_the_other(sb: Sandbox) -> None:
+    """Calls whose time limit ends about when the guest returns: each either returns
+    its exact result (the sandbox stays healthy, and the disarmed timer stops nothing
+    later) or raises CallTimeout (poisoned; restore makes it usable). Nothing else."""
+    n = 20_000
+    t0 = time.perf_counter()
+    for _ in range(5):
+        sb.call("spin", n)
+    took = (time.perf_counter() - t0) / 5
+    expected = spin_reference(n)
+    outcomes = set()
+    for i in range(60):
+        limit = took * (0.5 + (i % 12) / 8)
+        try:
+            assert sb.call("spin", n, timeout=limit) == expected
+            outcomes.add("returned")
+            assert not sb.poisoned
+        except CallTimeout:
+            outcomes.add("timed out")
+            assert sb.poisoned
+            sb.restore()
+        assert sb.call("spin", 3 * n) == spin_reference(3 * n)  # no stray kick
+    assert outcomes  # which ones depends on the machine's speed
+
+
+# -- the pool --------------------------------------------------------------------------
+
+
+def test_pool_close_with_cancel_refuses_a_call_not_yet_begun() -> None:
+    """A `use` callback holds its member and calls it only after close(cancel=True):
+    that call gets SandboxClosed (before: it ran, here until its time limit)."""
+    pool: SandboxPool[Sandbox] = SandboxPool(size=1)
+    go = threading.Event()
+    held: list[Sandbox] = []
+
+    def fn(member: Sandbox) -> object:
+        held.append(member)
+        go.wait(LIMIT)
+        return member.call("fault", "spin_forever", timeout=SAFETY)
+
+    user = Run(lambda: pool.use(fn))
+    try:
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        pool.close(cancel=True)
+        assert time.monotonic() - t0 < LIMIT
+        go.set()
+        assert user.join(), "a call begun after close(cancel=True) ran"
+        assert isinstance(user.error, SandboxClosed), user.error
+    finally:
+        go.set()
+        for member in held:
+            member.cancel()
+        user.join()
+
+
+def test_pool_close_with_cancel_ends_calls_of_threads_and_tasks() -> None:
+    """Calls that never end, from threads and from asyncio tasks, and more callers
+    waiting: close(cancel=True) ends all of them at once (CallCancelled, or
+    SandboxClosed for the waiting), and every VM is released."""
+    drain()
+    fds, maps = fd_count(), maps_count()
+
+    async def main() -> None:
+        pool: SandboxPool[Sandbox] = SandboxPool(size=4)
+        threads = [
+            Run(lambda: pool.call("fault", "spin_forever", timeout=SAFETY)) for _ in range(2)
+        ]
+        tasks = [
+            asyncio.create_task(pool.acall("fault", "spin_forever", timeout=SAFETY))
+            for _ in range(2)
+        ]
+        waiting = [asyncio.create_task(pool.acall("add", 1, 2)) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        assert pool.busy == 4
+        t0 = time.monotonic()
+        await asyncio.to_thread(pool.close, cancel=True)
+        results = await asyncio.wait_for(
+            asyncio.gather(*tasks, *waiting, return_exceptions=True), LIMIT
+        )
+        for t in threads:
+            assert await asyncio.to_thread(t.join)
+        assert time.monotonic() - t0 < LIMIT
+        assert [type(r) for r in results] == [CallCancelled] * 2 + [SandboxClosed] * 2
+        assert [type(t.error) for t in threads] == [CallCancelled] * 2
+
+    asyncio.run(main())
+    drain()
+    assert fd_count() == fds
+    assert maps_count() <= maps + 8  # the pool's threads' stacks may stay cached
+
+
+def test_pool_members_that_time_out_over_and_over_leak_nothing() -> None:
+    """Four threads share a pool of two whose calls time out every other time: the pool
+    keeps its size, every call after a timeout runs in fresh state, and rounds of it
+    leave descriptors and mappings as they were."""
+    with SandboxPool(size=2) as pool:
+
+        def hammer() -> None:
+            for _ in range(15):
+                with pytest.raises(CallTimeout):
+                    pool.call("fault", "spin_forever", timeout=0.003)
+                assert pool.call("counter") == 1
+
+        def round_() -> None:
+            runs = [Run(hammer) for _ in range(4)]
+            for r in runs:
+                assert r.join(30)
+                assert r.error is None, r.error
+            assert pool.members == 2 and pool.idle == 2
+
+        round_()  # warm up: threads' stacks, allocator arenas
+        drain()
+        fds, maps = fd_count(), maps_count()
+        for _ in range(2):
+            round_()
+        drain()
+        assert (fd_count(), maps_count()) == (fds, maps)
+
+
+# -- process and signals -----------------------------------------------------------------
+
+
+def test_a_forked_child_refuses_the_parents_sandbox() -> None:
+    """KVM refuses a VM to any process but its creator: in a forked child, a call on the
+    parent's sandbox raises SandboxClosed saying why (before: KvmError "KVM_RUN failed:
+    Input/output error") and closes it there; a new sandbox works in the child; the
+    parent's sandbox is untouched."""
+    code = textwrap.dedent(
+        """
+        import os, sys
+        from sandbox import Sandbox, SandboxClosed
+        sb = Sandbox()
+        assert sb.call("add", 1, 2) == 3
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            lines = []
+            try:
+                sb.call("add", 1, 2)
+                lines.append("call ran")
+            except SandboxClosed as exc:
+                lines.append("closed: " + str(exc))
+            lines.append("closed" if sb.closed else "open")
+            try:
+                sb.snapshot()
+            except SandboxClosed:
+                lines.append("snapshot refused")
+            with Sandbox() as new:
+                lines.append("new: %d" % new.call("add", 2, 3))
+            os.write(w, "\\n".join(lines).encode())
+            os._exit(0)
+        os.close(w)
+        _, status = os.waitpid(pid, 0)
+        print(os.read(r, 4096).decode())
+        print("parent:", sb.call("add", 3, 4), sb.poisoned)
+        """
+    )
+    out = run_python(code, timeout=30)
+    assert out is not None, "the forked child hung"
+    lines = out.splitlines()
+    assert lines[0].startswith("closed: the sandbox was made by the parent"), lines
+    assert "forked" in lines[0]
+    assert lines[1:] == ["closed", "snapshot refused", "new: 5", "parent: 7 False"]
+
+
+def test_sigint_during_a_worker_threads_call() -> None:
+    """SIGINT delivered to a worker thread that is in a call: the worker's call goes on
+    and returns its exact result; the main thread, itself in a call of another sandbox
+    that never ends, gets KeyboardInterrupt (only it runs Python's handlers); a call
+    running nowhere else is disturbed."""
+    code = textwrap.dedent(
+        """
+        import signal, threading, time
+        from sandbox import Sandbox
+        worker_sb, main_sb = Sandbox(), Sandbox()
+        out = {}
+        started = threading.Event()
+        def work():
+            started.set()
+            out["r"] = worker_sb.call("spin", 2_000_000, timeout=20)
+            out["poisoned"] = worker_sb.poisoned
+        t = threading.Thread(target=work)
+        t.start()
+        started.wait()
+        time.sleep(0.05)
+        def send():
+            time.sleep(0.05)
+            signal.pthread_kill(t.ident, signal.SIGINT)
+        threading.Thread(target=send).start()
+        try:
+            main_sb.call("fault", "spin_forever", timeout=20)
+            print("main: returned")
+        except KeyboardInterrupt:
+            print("main: interrupted", main_sb.poisoned)
+        t.join(20)
+        print("worker:", out.get("r"), out.get("poisoned"))
+        """
+    )
+    out = run_python(code, timeout=40)
+    assert out is not None, "hung"
+    assert out.splitlines() == [
+        "main: interrupted True",
+        f"worker: {spin_reference(2_000_000)} False",
+    ]
