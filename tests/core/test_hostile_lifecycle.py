@@ -450,13 +450,23 @@ def test_a_forked_child_refuses_the_parents_sandbox() -> None:
     """KVM refuses a VM to any process but its creator: in a forked child, a call on the
     parent's sandbox raises SandboxClosed saying why (before: KvmError "KVM_RUN failed:
     Input/output error") and closes it there; a new sandbox works in the child; the
-    parent's sandbox is untouched."""
+    child's copies of the parent's VMs, its idle ones included, are closed (before:
+    the idle ones were forgotten, open); the parent's sandbox is untouched."""
     code = textwrap.dedent(
         """
         import os, sys
-        from sandbox import Sandbox, SandboxClosed
+        from sandbox import Sandbox, SandboxClosed, _reaper, machines
+        def settled_fds():
+            _reaper.drain()
+            machines.release_idle()
+            return len(os.listdir("/proc/self/fd"))
+        Sandbox().close()
+        base = settled_fds()
         sb = Sandbox()
         assert sb.call("add", 1, 2) == 3
+        Sandbox().close()
+        _reaper.drain()
+        assert machines.idle_count() >= 1  # the child inherits an idle machine too
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -473,6 +483,7 @@ def test_a_forked_child_refuses_the_parents_sandbox() -> None:
                 lines.append("snapshot refused")
             with Sandbox() as new:
                 lines.append("new: %d" % new.call("add", 2, 3))
+            lines.append("fds: %d" % (settled_fds() - base - 2))  # less the pipe
             os.write(w, "\\n".join(lines).encode())
             os._exit(0)
         os.close(w)
@@ -486,7 +497,7 @@ def test_a_forked_child_refuses_the_parents_sandbox() -> None:
     lines = out.splitlines()
     assert lines[0].startswith("closed: the sandbox was made by the parent"), lines
     assert "forked" in lines[0]
-    assert lines[1:] == ["closed", "snapshot refused", "new: 5", "parent: 7 False"]
+    assert lines[1:] == ["closed", "snapshot refused", "new: 5", "fds: 0", "parent: 7 False"]
 
 
 def test_sigint_during_a_worker_threads_call() -> None:
