@@ -425,11 +425,14 @@ class SandboxPool(Generic[M]):
         """A member ready for a call: `member` itself, restored if it is poisoned, or a
         new one if there is none or it cannot be restored (that one is closed; its
         kernel teardown runs off this path). A replacement takes the old one's place
-        among the busy. Raises what the factory raises (the old member is then lost)."""
+        among the busy. Raises what the factory raises (the old member is then lost), or
+        SandboxClosed for a member closed with the pool (not replaced then)."""
         if member is not None and member.poisoned:
             self._refresh(member)
         if member is not None and not member.closed:
             return member
+        if member is not None and self._closed:  # closed by close(cancel=True)
+            raise SandboxClosed("the pool is closed")
         new = self._factory()
         if member is not None:
             with self._lock:
@@ -901,9 +904,14 @@ class SandboxPool(Generic[M]):
             # And closed (on a thread: close waits for the call to end, a host function
             # included): a call that had not begun when cancel() came (`use`, `run`:
             # the caller's code between checkout and its call) is refused, not run.
-            threading.Thread(
+            closer = threading.Thread(
                 target=_close_all, args=(busy,), name=f"{self._label}-close", daemon=True
-            ).start()
+            )
+            try:
+                closer.start()
+            except RuntimeError:  # interpreter shutdown: no new threads; wait here
+                for member in busy:
+                    member.close()
         for _ in threads:  # each thread ends after the jobs queued before this
             self._jobs.put(None)
 

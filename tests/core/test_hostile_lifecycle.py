@@ -539,3 +539,93 @@ def test_sigint_during_a_worker_threads_call() -> None:
         "main: interrupted True",
         f"worker: {spin_reference(2_000_000)} False",
     ]
+
+
+def test_pool_close_with_cancel_as_calls_reach_their_threads() -> None:
+    """Asyncio calls that never end, closed with cancel=True just as they were handed to
+    the pool's threads (some have begun, some not yet): each ends at once with
+    CallCancelled or SandboxClosed (a call that had not begun is refused, not run on
+    its member or on a replacement made after the close)."""
+
+    async def main() -> None:
+        for _ in range(10):
+            pool: SandboxPool[Sandbox] = SandboxPool(size=3)
+            tasks = [
+                asyncio.create_task(pool.acall("fault", "spin_forever", timeout=SAFETY))
+                for _ in range(3)
+            ]
+            await asyncio.sleep(0)  # the tasks take their members and submit their jobs
+            pool.close(cancel=True)
+            results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), LIMIT)
+            assert all(isinstance(r, (CallCancelled, SandboxClosed)) for r in results), results
+
+    asyncio.run(main())
+
+
+class HeldMember:
+    """A pool member (a real sandbox) whose first `poisoned` check, the pool's first
+    look at it before a call, waits for `go`: holds a call between the member's checkout
+    and its start."""
+
+    def __init__(self, go: threading.Event, reached: threading.Event) -> None:
+        self.sb = Sandbox(reset="per_call")
+        self.go, self.reached = go, reached
+        self.held = False
+
+    @property
+    def poisoned(self) -> bool:
+        if not self.held:
+            self.held = True
+            self.reached.set()
+            self.go.wait(LIMIT)
+        return self.sb.poisoned
+
+    @property
+    def closed(self) -> bool:
+        return self.sb.closed
+
+    def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        return self.sb.call(name, *args, timeout=timeout)
+
+    def restore(self) -> None:
+        self.sb.restore()
+
+    def cancel(self) -> None:
+        self.sb.cancel()
+
+    def close(self) -> None:
+        self.sb.close()
+
+
+def test_pool_close_with_cancel_makes_no_member_for_a_call_not_begun() -> None:
+    """A call held between its member's checkout and its start (on a pool thread) when
+    the pool is closed with cancel=True: its member is closed, and the call gets
+    SandboxClosed; no new member is made for it after the close (before the fix it
+    was, and the call ran on it)."""
+    go, reached = threading.Event(), threading.Event()
+    made: list[HeldMember] = []
+
+    def factory() -> HeldMember:
+        made.append(HeldMember(go, reached))
+        return made[-1]
+
+    async def main() -> None:
+        pool: SandboxPool[HeldMember] = SandboxPool(factory=factory, size=1)
+        task = asyncio.create_task(pool.acall("fault", "spin_forever", timeout=SAFETY))
+        assert await asyncio.to_thread(reached.wait, LIMIT)
+        pool.close(cancel=True)
+        deadline = time.monotonic() + LIMIT
+        while not made[0].closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        go.set()
+        results = await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), LIMIT)
+        assert isinstance(results[0], SandboxClosed), results
+        assert len(made) == 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        go.set()
+        for member in made:
+            member.cancel()
+            member.close()
