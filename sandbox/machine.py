@@ -131,6 +131,13 @@ class Machine:
         assert self._vcpu is not None, "the machine is closed"
         return self._vcpu
 
+    def kick(self) -> None:
+        """Kicks the thread in this machine's vCPU run, if any, out of KVM_RUN (see
+        Vcpu.kick); nothing once the machine is closed. Any thread."""
+        vcpu = self._vcpu
+        if vcpu is not None:
+            vcpu.kick()
+
     def watch_page_tables(self, ranges: Sequence[tuple[int, int]]) -> None:
         """Names guest ranges the host writes page-table entries through (a guest that
         maps memory with the host's help, like the Wasm engine's windows): a reset that

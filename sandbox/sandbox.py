@@ -317,12 +317,12 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
     def cancel(self) -> None:
         """Stops the running call (it raises CallCancelled); the sandbox is poisoned.
         From inside the call (a host function), the call ends when that returns. Does
-        nothing if no call is running."""
+        nothing if no call is running (nor on a closed sandbox)."""
         self._cancel_requested = True
         if self._caller == threading.get_ident():
             return
         deadline = time.monotonic() + 1.0
-        vcpu = self._machine.vcpu
+        machine = self._machine  # closed meanwhile (a call ended, then close): no kick
         # A kick that lands just before KVM_RUN starts is absorbed by immediate_exit,
         # but one that lands before the run loop is entered is lost: kick until out.
         # Only this call: the next one (a restore and a call take less than the sleep
@@ -331,7 +331,7 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         while self._caller is not None and self._cancel_requested:
             if time.monotonic() >= deadline:
                 break
-            vcpu.kick()
+            machine.kick()
             time.sleep(0.001)
 
     # -- snapshot and restore --------------------------------------------------------

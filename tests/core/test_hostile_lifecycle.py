@@ -629,3 +629,37 @@ def test_pool_close_with_cancel_makes_no_member_for_a_call_not_begun() -> None:
         for member in made:
             member.cancel()
             member.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cancel_of_a_closed_sandbox_does_nothing(kind: str) -> None:
+    """cancel() after close(), once the VM is torn down, does nothing (before: it raised
+    AssertionError "the machine is closed")."""
+    k = Kind(kind, "none")
+    k.sb.close()
+    drain()  # the machine is closed, not only parked
+    k.sb.cancel()
+    assert k.sb.closed
+
+
+def test_pool_close_with_cancel_survives_a_member_closed_by_its_user() -> None:
+    """A `use` callback closes its member and waits; pool.close(cancel=True) cancels it
+    like any busy member (before: AssertionError out of close(), which then left the
+    pool's threads running)."""
+    pool: SandboxPool[Sandbox] = SandboxPool(size=2)
+    go = threading.Event()
+
+    def fn(member: Sandbox) -> None:
+        member.close()
+        go.wait(LIMIT)
+
+    user = Run(lambda: pool.use(fn))
+    try:
+        time.sleep(0.1)
+        drain()
+        pool.close(cancel=True)
+        assert pool.closed
+    finally:
+        go.set()
+        assert user.join()
+    assert user.error is None, user.error
