@@ -90,8 +90,8 @@ def _take(layout: Layout, image: MemoryImage) -> Machine | None:
     global _count, _pid
     with _lock:
         if _pid != os.getpid():  # forked: the parent's VMs are not ours to use
-            for waiting in _idle.values():  # this process's copies of their descriptors
-                for machine, _ in waiting:
+            for parents in _idle.values():  # this process's copies of their descriptors
+                for machine, _ in parents:
                     machine.close()
             _idle.clear()
             _ordered.clear()
