@@ -170,6 +170,11 @@ class WasmSandbox:
         self._wasm_shared = shared
         self.wasi = wasi
         self.reset_mode: ResetMode = reset
+        # Held by call() and restore() from start to end: with reset="per_call", a call
+        # from another thread cannot come between a call's restore and its run (it ran
+        # in the state the other call left). Reentrant: an import that calls back gets
+        # the engine's SandboxBusy, as before, instead of waiting for itself.
+        self._lock = threading.RLock()
 
     def _own_state(self) -> EngineState:
         """The engine state, to change: a snapshot's (shared since a restore or spawn) is
@@ -288,6 +293,10 @@ class WasmSandbox:
     def restore(self, snapshot: WasmSnapshot | None = None) -> None:
         """Returns the sandbox to `snapshot` (default: the state from_wasm instantiated,
         or the engine's start) and clears poisoning (see Sandbox.restore)."""
+        with self._lock:
+            self._restore(snapshot)
+
+    def _restore(self, snapshot: WasmSnapshot | None) -> None:
         if snapshot is not None and not isinstance(snapshot, WasmSnapshot):
             raise ArgumentError(
                 f"a Wasm sandbox restores a WasmSnapshot, not {type(snapshot).__name__}"
@@ -570,6 +579,10 @@ class WasmSandbox:
         With WASI output captured, `last_output` and `last_stderr` hold what the call
         wrote to fd 1 and fd 2 (`wasi.stdout`/`wasi.stderr` all of it, except that with
         reset="per_call" each call starts with empty captures)."""
+        with self._lock:
+            return self._call(name, args, timeout)
+
+    def _call(self, name: str, args: tuple[object, ...], timeout: float | None) -> Any:
         handle = self._wasm.main
         if handle is None:  # an engine without a module: the engine's own functions
             return self.engine_sandbox.call(name, *args, timeout=timeout)
@@ -578,7 +591,7 @@ class WasmSandbox:
         wasi = self.wasi
         if self.reset_mode == "per_call":
             if self._ran:
-                self.restore()
+                self._restore(None)
             if wasi is not None:
                 wasi.clear_output()  # fresh state: the last call's output is gone too
         if wasi is None:
