@@ -133,8 +133,11 @@ _PYTHON_SIGNALS = tuple(
 
 
 def kick_thread(native_thread_id: int) -> None:
-    """Kicks the given thread of this process out of KVM_RUN."""
-    check(lib.sbx_kick_thread(native_thread_id), "tgkill")
+    """Kicks the given thread of this process out of KVM_RUN; nothing if it has exited
+    (its run ended with it; in a forked child, the parent's threads are not there)."""
+    rc = lib.sbx_kick_thread(native_thread_id)
+    if rc != -errno_mod.ESRCH:
+        check(rc, "tgkill")
 
 
 class Mapping:

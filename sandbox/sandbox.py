@@ -287,6 +287,9 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         thread."""
         if self._state == _CLOSED:
             return
+        if self._machine.forked:  # the parent's call and lock holder are not in this child
+            self._release(deferred=True)
+            return
         # Seen by every call and restore that takes the lock from now on: they refuse.
         self._close_requested = True
         if self._caller == threading.get_ident():
@@ -319,8 +322,8 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         From inside the call (a host function), the call ends when that returns. Does
         nothing if no call is running (nor on a closed sandbox)."""
         self._cancel_requested = True
-        if self._caller == threading.get_ident():
-            return
+        if self._caller == threading.get_ident() or self._machine.forked:
+            return  # from inside: ends when that returns; forked: the call is the parent's
         deadline = time.monotonic() + 1.0
         machine = self._machine  # closed meanwhile (a call ended, then close): no kick
         # A kick that lands just before KVM_RUN starts is absorbed by immediate_exit,

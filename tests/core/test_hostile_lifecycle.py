@@ -451,11 +451,15 @@ def test_a_forked_child_refuses_the_parents_sandbox() -> None:
     parent's sandbox raises SandboxClosed saying why (before: KvmError "KVM_RUN failed:
     Input/output error") and closes it there; a new sandbox works in the child; the
     child's copies of the parent's VMs, its idle ones included, are closed (before:
-    the idle ones were forgotten, open); the parent's sandbox is untouched."""
+    the idle ones were forgotten, open); the child's cancel() and close() of a sandbox
+    that was in a call on another thread at the fork do not hang on the lock that
+    thread held nor raise (before: KvmError "tgkill failed: No such process"); the
+    parent's sandbox is untouched."""
     code = textwrap.dedent(
         """
-        import os, sys
+        import os, sys, threading, time, warnings
         from sandbox import Sandbox, SandboxClosed, _reaper, machines
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads
         def settled_fds():
             _reaper.drain()
             machines.release_idle()
@@ -467,6 +471,10 @@ def test_a_forked_child_refuses_the_parents_sandbox() -> None:
         Sandbox().close()
         _reaper.drain()
         assert machines.idle_count() >= 1  # the child inherits an idle machine too
+        busy = Sandbox()  # in a call on another thread at the fork
+        spin = threading.Thread(target=lambda: busy.call("fault", "spin_forever", timeout=20))
+        spin.start()
+        time.sleep(0.2)
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -481,6 +489,9 @@ def test_a_forked_child_refuses_the_parents_sandbox() -> None:
                 sb.snapshot()
             except SandboxClosed:
                 lines.append("snapshot refused")
+            busy.cancel()  # its call and its thread are the parent's
+            busy.close()
+            lines.append("busy: " + ("closed" if busy.closed else "open"))
             with Sandbox() as new:
                 lines.append("new: %d" % new.call("add", 2, 3))
             lines.append("fds: %d" % (settled_fds() - base - 2))  # less the pipe
@@ -490,6 +501,8 @@ def test_a_forked_child_refuses_the_parents_sandbox() -> None:
         _, status = os.waitpid(pid, 0)
         print(os.read(r, 4096).decode())
         print("parent:", sb.call("add", 3, 4), sb.poisoned)
+        busy.cancel()
+        spin.join()
         """
     )
     out = run_python(code, timeout=30)
@@ -497,7 +510,14 @@ def test_a_forked_child_refuses_the_parents_sandbox() -> None:
     lines = out.splitlines()
     assert lines[0].startswith("closed: the sandbox was made by the parent"), lines
     assert "forked" in lines[0]
-    assert lines[1:] == ["closed", "snapshot refused", "new: 5", "fds: 0", "parent: 7 False"]
+    assert lines[1:] == [
+        "closed",
+        "snapshot refused",
+        "busy: closed",
+        "new: 5",
+        "fds: 0",
+        "parent: 7 False",
+    ]
 
 
 def test_sigint_during_a_worker_threads_call() -> None:
