@@ -373,7 +373,8 @@ class Sandbox(metaclass=abc.ABCMeta):  # noqa: B024
         Raises ArgumentError for a snapshot of another guest layout, SandboxClosed,
         SandboxBusy (from inside one of its own calls)."""
         with self._between_calls():
-            self._check_open()
+            if self._close_requested or self._state == _CLOSED:
+                self._check_open()  # raises
             self._restore(snapshot)
 
     def _restore(self, snapshot: Snapshot | None) -> None:
