@@ -23,7 +23,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from support import fuzz_settings
 
-from sandbox.errors import GuestProtocolError
+from sandbox import Sandbox
+from sandbox.errors import GuestProtocolError, HostFunctionError
+from sandbox.python import PythonError
 from sandbox.python.codec import (
     MAX_DEPTH,
     MAX_SAME_HASH,
@@ -304,3 +306,63 @@ def test_hash_flooding_within_the_limit_is_cheap() -> None:
     start = time.perf_counter()
     assert len(decode(data)) == 4000 * MAX_SAME_HASH
     assert time.perf_counter() - start < 5.0
+
+
+# -- the same limits through a real guest ---------------------------------------------
+
+
+def colliding_set(n: int) -> set[int]:
+    return {k * (2**61 - 1) for k in range(1, n + 1)}
+
+
+def deep_frozenset(depth: int) -> frozenset[Any]:
+    value: frozenset[Any] = frozenset([1])
+    for _ in range(depth - 1):
+        value = frozenset([value])
+    return value
+
+
+@pytest.mark.requires_kvm
+def test_guest_results_and_host_functions_within_the_limits() -> None:
+    """A guest's result of colliding ints is refused as a TypeError of its own (the
+    sandbox stays usable); a host function that returns a value a guest sent it, nested
+    30 frozensets deep, fails at once with a HostFunctionError (main: marshal.dumps ran
+    for ~2**30 times the value's size)."""
+
+    def echo(value: Any) -> Any:
+        return value
+
+    def bounce(depth: int) -> object:  # runs in the guest: annotations of builtins only
+        # Sends echo(<1 in `depth` frozensets>) as bytes written here (the guest's own
+        # marshal.dumps would take 2**depth), then returns what the host answers.
+        import sandbox_guest as g
+        from sandbox_guest import host
+
+        inner = b"i\x01\x00\x00\x00"
+        for _ in range(depth):
+            inner = b">\x01\x00\x00\x00" + inner
+        call = b"(\x03\x00\x00\x00u\x04\x00\x00\x00echo(\x01\x00\x00\x00" + inner + b"{0"
+        original = g._dumps
+
+        def forged(value: object, version: int) -> bytes:
+            if isinstance(value, tuple) and value[:1] == ("echo",):
+                return call
+            return original(value, version)
+
+        g._dumps = forged
+        try:
+            return host.echo(None)
+        finally:
+            g._dumps = original
+
+    with Sandbox("python", host_functions={"echo": echo}) as sb:
+        assert sb.call(colliding_set, MAX_SAME_HASH) == colliding_set(MAX_SAME_HASH)
+        with pytest.raises(PythonError, match="hash flooding"):
+            sb.call(colliding_set, MAX_SAME_HASH + 1, timeout=20)
+        assert sb.call(bounce, MAX_SET_DEPTH, timeout=20) == deep_frozenset(MAX_SET_DEPTH)
+        start = time.perf_counter()
+        with pytest.raises(HostFunctionError, match="sets nested deeper") as info:
+            sb.call(bounce, 30, timeout=20)
+        assert isinstance(info.value.__cause__, CodecError)
+        assert time.perf_counter() - start < 10
+        assert sb.call(colliding_set, 3) == colliding_set(3)
