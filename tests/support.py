@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 from sandbox import _reaper, machines
@@ -83,3 +84,19 @@ def compile_wasi(
             pytest.skip(f"no wasm32-wasi sysroot: {result.stderr.strip()[:200]}")
         raise AssertionError(result.stderr)
     return out
+
+
+def fuzz_settings(max_examples: int, deadline_ms: int = 2000) -> hypothesis.settings:
+    """Settings of the property-based (hypothesis) tests: deterministic (the same
+    examples on every run, no example database, nothing written to .hypothesis/), a
+    finite deadline per example, and `max_examples` times $SANDBOX_FUZZ_SCALE (default 1;
+    raise it for a longer local run, which then also draws other examples)."""
+    scale = float(os.environ.get("SANDBOX_FUZZ_SCALE", "1"))
+    return hypothesis.settings(
+        max_examples=max(1, int(max_examples * scale)),
+        derandomize=scale == 1,
+        database=None,
+        deadline=deadline_ms,
+        print_blob=True,
+        suppress_health_check=[hypothesis.HealthCheck.too_slow],
+    )

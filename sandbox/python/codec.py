@@ -13,21 +13,32 @@ Types: None, bool, int (any size), float (NaN and inf included), str (lone surro
 kept), bytes (bytearray and memoryview arrive as bytes), tuple, list, dict, set,
 frozenset; subclasses travel as their base type (an IntEnum as an int, a namedtuple as
 a tuple). Anything else is refused with an error naming its type; nesting is at most
-MAX_DEPTH levels. `decode` bounds every length by the bytes left, refuses marshal's
-other types (code, complex, Ellipsis...) and references, and checks that set members
-and dict keys are hashable.
+MAX_DEPTH levels, and at most MAX_SET_DEPTH of them sets or frozensets (marshal, since
+CPython 3.11, writes a set's members sorted by their own marshal bytes, so every set
+around a value doubles the time to write it: a value from a guest, 100 frozensets deep,
+would hang a host function that returns it). `decode` bounds every length by the bytes
+left, refuses marshal's other types (code, complex, Ellipsis...) and references, and
+checks that set members and dict keys are hashable. A set or dict with more than
+MAX_SAME_HASH members (keys) of one hash is refused with a CodecError: int and float
+hashes are not randomized, so a guest could otherwise send a few MiB of colliding ints
+(multiples of 2**61 - 1) that take the host minutes to put in a set (each insertion
+compares with every member of that hash), outside any time limit of the call. Values
+that Python code makes in practice never come near either limit.
 """
 
 from __future__ import annotations
 
 import marshal
 import struct
+from collections import Counter
 from typing import Any
 
 from ..errors import ArgumentError, GuestProtocolError
 
 VERSION = 2
 MAX_DEPTH = 100
+MAX_SET_DEPTH = 4  # sets on the path from the root to a value (see the module docstring)
+MAX_SAME_HASH = 32  # set members or dict keys of one hash (see the module docstring)
 _EXACT = (type(None), bool, int, float, str, bytes)
 _BASES: tuple[type, ...] = (bool, int, float, str, bytes, list, tuple, dict, set, frozenset)
 _INT = struct.Struct("<i")
@@ -46,8 +57,9 @@ class CodecError(ValueError):
     """A value the codec cannot carry (the message names its type)."""
 
 
-def plain(value: object, depth: int = 0) -> Any:
-    """`value` with every subclass replaced by its base type. Raises CodecError."""
+def plain(value: object, depth: int = 0, sets: int = 0) -> Any:
+    """`value` with every subclass replaced by its base type. Raises CodecError.
+    `depth`, `sets`: the containers and the sets around it (recursion)."""
     t = type(value)
     if t in _EXACT:
         return value
@@ -56,19 +68,21 @@ def plain(value: object, depth: int = 0) -> Any:
     depth += 1
     if t is list or t is tuple:
         assert isinstance(value, (list, tuple))
-        return t(plain(v, depth) for v in value)
+        return t(plain(v, depth, sets) for v in value)
     if t is dict:
         assert isinstance(value, dict)
-        return {plain(k, depth): plain(v, depth) for k, v in value.items()}
+        return {plain(k, depth, sets): plain(v, depth, sets) for k, v in value.items()}
     if t is set or t is frozenset:
         assert isinstance(value, (set, frozenset))
-        return t(plain(v, depth) for v in value)
+        if sets >= MAX_SET_DEPTH:
+            raise CodecError(f"the value has sets nested deeper than {MAX_SET_DEPTH} levels")
+        return t(plain(v, depth, sets + 1) for v in value)
     if t is bytearray or t is memoryview:
         assert isinstance(value, (bytearray, memoryview))
         return bytes(value)
     for base in _BASES:
         if isinstance(value, base):
-            return plain(base(value), depth - 1)
+            return plain(base(value), depth - 1, sets)
     raise CodecError(
         f"a value of type {t.__module__}.{t.__qualname__} cannot be sent between host and "
         "sandbox (None, bool, int, float, str, bytes, list, tuple, dict, set and frozenset "
@@ -91,6 +105,19 @@ def encode_args(what: str, value: object) -> Any:
 
 def _bad(what: str) -> GuestProtocolError:
     return GuestProtocolError(f"the guest sent a malformed value: {what}")
+
+
+def _check_hashes(hashes: list[int], what: str) -> None:
+    """CodecError if more than MAX_SAME_HASH of `hashes` are equal. O(n): the set of
+    the hashes (ints, whose own hashes do not collide) decides for almost every value."""
+    if (
+        len(hashes) - len(set(hashes)) >= MAX_SAME_HASH
+        and Counter(hashes).most_common(1)[0][1] > MAX_SAME_HASH
+    ):
+        raise CodecError(
+            f"a {what} with more than {MAX_SAME_HASH} members of one hash (hash flooding) "
+            "cannot be sent from the sandbox"
+        )
 
 
 def _join_digits(digits: list[int]) -> int:
@@ -168,22 +195,27 @@ class _Reader:
             if c in "()":
                 return tuple(items)
             try:
+                if n > MAX_SAME_HASH:
+                    _check_hashes([hash(x) for x in items], "set")
                 return set(items) if c == "<" else frozenset(items)
             except TypeError:
                 raise _bad("an unhashable member of a set") from None
         if c == "{":
             if depth >= MAX_DEPTH:
                 raise _bad(f"values nested deeper than {MAX_DEPTH} levels")
-            out: dict[Any, Any] = {}
+            pairs: list[tuple[Any, Any]] = []
+            hashes: list[int] = []
             while self.data[self.pos : self.pos + 1] != b"0":
                 key = self.value(depth + 1)
                 try:
-                    hash(key)
+                    hashes.append(hash(key))
                 except TypeError:
                     raise _bad("an unhashable dict key") from None
-                out[key] = self.value(depth + 1)
+                pairs.append((key, self.value(depth + 1)))
             self.pos += 1
-            return out
+            if len(hashes) > MAX_SAME_HASH:
+                _check_hashes(hashes, "dict")
+            return dict(pairs)
         if code in _OTHER_TYPES:
             raise CodecError(
                 f"a value of type {_OTHER_TYPES[code]} cannot be sent between sandbox and host"
