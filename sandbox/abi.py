@@ -342,7 +342,7 @@ def record_view(
     buf: memoryview, offset: int, header_size: int, what: str
 ) -> tuple[memoryview, int]:
     """The untrusted record at `offset` of `buf` and its checked size."""
-    if offset > len(buf) - header_size:
+    if offset < 0 or offset > len(buf) - header_size:
         raise GuestProtocolError(f"{what}: record offset {offset} is outside its buffer")
     size = _U32.unpack_from(buf, offset)[0]
     if size < header_size or size > len(buf) - offset:

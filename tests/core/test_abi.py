@@ -351,6 +351,17 @@ def test_decode_rejects_malformed_host_calls(kwargs: dict[str, int]) -> None:
         decode_call(call_record(b"fn", [], **kwargs), 0)
 
 
+def test_decode_refuses_a_record_offset_before_its_buffer() -> None:
+    """A negative offset (struct and slices count it from the end) is outside the
+    buffer, like one past its end: a valid record at the end must not be read."""
+    record = call_record(b"fn", [])
+    buf = memoryview(bytearray(4096))
+    buf[-len(record) :] = record
+    assert decode_call(buf, len(buf) - len(record)).name == "fn"
+    with pytest.raises(GuestProtocolError, match="outside its buffer"):
+        decode_call(buf, -len(record))
+
+
 def test_decode_rejects_bad_host_call_name_and_args() -> None:
     with pytest.raises(GuestProtocolError, match="UTF-8"):
         decode_call(call_record(b"\xff\xfe", []), 0)
