@@ -253,7 +253,7 @@ class InvokeEncoder(CallEncoder):
     precise ArgumentError. `result` reads an OK reply of the declared types with one
     unpack. The guest checks every record as it checks any other."""
 
-    __slots__ = ("export", "params", "_handle", "_packer", "_values", "_py", "_reply")
+    __slots__ = ("export", "params", "results", "_handle", "_packer", "_values", "_py", "_reply")
 
     def __init__(
         self,
@@ -270,6 +270,7 @@ class InvokeEncoder(CallEncoder):
         self.label = export  # a time limit or cancel names the export, not wasm_invoke
         self.export = export
         self.params = ft_params
+        self.results = ft_results  # what a reply must hold (checked on the full decoding too)
         self._handle = handle
         self._packer: struct.Struct | None = None
         self._reply: tuple[struct.Struct, tuple[int, ...], int] | None = None
@@ -320,3 +321,22 @@ class InvokeEncoder(CallEncoder):
         if n == 1:
             return out[3]
         return None if n == 0 else out[3::2]
+
+
+def decode_results(encoder: InvokeEncoder, data: object, name: str) -> object:
+    """The Python result of export `name`'s reply `data` (None, the value, or a tuple),
+    decoded in full: what `encoder.result` leaves (MISS). Raises what check_ok raises
+    for an error reply, and GuestProtocolError for values that are not the export's
+    result types (a hostile engine's; the one-unpack read refuses them too)."""
+    reply = parse_reply(data, name)
+    check_ok(reply, name)
+    decoded = decode_values(reply.payload, f"results of {name}")
+    if tuple(t for t, _ in decoded) != tuple(encoder.results):
+        raise GuestProtocolError(
+            f"results of {name}: the engine answered {[t.name for t, _ in decoded]}, "
+            f"the export returns {[t.name for t in encoder.results]}"
+        )
+    values = [to_python(t, b) for t, b in decoded]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)

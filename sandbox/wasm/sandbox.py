@@ -55,6 +55,7 @@ from .abi import (
     Reply,
     ValType,
     check_ok,
+    decode_results,
     decode_values,
     encode_values,
     pack_values,
@@ -616,12 +617,7 @@ class WasmSandbox:
             value = encoder.result(data)
             if value is not MISS:
                 return value
-        reply = parse_reply(data, name)
-        check_ok(reply, name)
-        values = [to_python(t, b) for t, b in decode_values(reply.payload, f"results of {name}")]
-        if len(values) == 0:
-            return None
-        return values[0] if len(values) == 1 else tuple(values)
+        return decode_results(encoder, data, name)
 
     def _invoker(self, handle: int, inst: Instance, name: str) -> InvokeEncoder:
         """The call encoder of export `name` of the instance `inst` (made once per export

@@ -15,10 +15,17 @@ from typing import Any
 
 import pytest
 
-from sandbox import ArgumentError, FunctionNotFound, Sandbox
+from sandbox import ArgumentError, FunctionNotFound, GuestProtocolError, Sandbox
 from sandbox.abi import encode_call
 from sandbox.wasm import WasmSandbox, WasmTrap
-from sandbox.wasm.abi import MISS, InvokeEncoder, ValType, encode_values
+from sandbox.wasm.abi import (
+    MISS,
+    InvokeEncoder,
+    ValType,
+    decode_results,
+    encode_values,
+    to_python,
+)
 
 wasmtime = pytest.importorskip("wasmtime")
 pytestmark = pytest.mark.requires_kvm
@@ -179,6 +186,28 @@ def test_result_falls_back_for_any_reply_it_does_not_expect(sb: WasmSandbox) -> 
     ]:
         assert enc.result(reply) is MISS
     assert _encoder(sb, "ref").result(bytes([0, 1, 0x6F]) + bytes(8)) is MISS  # no fast path
+
+
+def test_the_full_decoding_refuses_values_the_export_does_not_return(sb: WasmSandbox) -> None:
+    """What the one-unpack read leaves goes through decode_results, which holds a reply
+    to the export's result types too: a hostile engine's i64 for an i32 export, an extra
+    value or none at all is a protocol error, not a value handed to the caller."""
+    i32, i64 = ValType.I32.value, ValType.I64.value
+    enc = _encoder(sb, "i32")
+    assert decode_results(enc, bytes([0, 1, i32]) + (7).to_bytes(8, "little"), "i32") == 7
+    for reply in [
+        bytes([0, 1, i64]) + (7).to_bytes(8, "little"),
+        bytes([0, 2, i32]) + bytes(8) + bytes([i32]) + bytes(8),
+        bytes([0, 0]),
+    ]:
+        with pytest.raises(GuestProtocolError, match="the export returns"):
+            decode_results(enc, reply, "i32")
+    ref = _encoder(sb, "ref")  # no one-unpack read: every reply is decoded in full
+    externref = ValType(0x6F)
+    got = decode_results(ref, bytes([0, 1, externref.value]) + bytes(8), "ref")
+    assert got == to_python(externref, 0)
+    with pytest.raises(GuestProtocolError, match="the export returns"):
+        decode_results(ref, bytes([0, 1, i32]) + bytes(8), "ref")
 
 
 def test_an_encoder_of_another_guest_is_refused(sb: WasmSandbox) -> None:
