@@ -100,3 +100,15 @@ def fuzz_settings(max_examples: int, deadline_ms: int = 2000) -> hypothesis.sett
         print_blob=True,
         suppress_health_check=[hypothesis.HealthCheck.too_slow],
     )
+
+
+# A Wasm module whose `nap` sleeps an hour in WASI poll_oneoff (a sleep on the host,
+# outside KVM_RUN): for the tests of what ends it (a time limit, cancel, close).
+WASI_SLEEPER = """(module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory 1)
+  ;; one clock subscription at 0: userdata 0, tag 0 (clock), monotonic, 1 hour, relative
+  (data (i32.const 16) "\\01\\00\\00\\00\\00\\00\\00\\00\\00\\20\\bc\\be\\46\\03\\00\\00")
+  (func (export "nap") (result i32)
+    (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128))))"""

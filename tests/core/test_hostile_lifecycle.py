@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from support import WASI_SLEEPER as SLEEPER
 from support import drain, fd_count, run_python, spin_reference
 
 from sandbox import (
@@ -200,16 +201,6 @@ def test_close_ends_a_wasi_sleep_of_a_call_in_another_thread(kind: str) -> None:
     finally:
         sb.cancel()
         sb.close()
-
-
-SLEEPER = """(module
-  (import "wasi_snapshot_preview1" "poll_oneoff"
-    (func $poll (param i32 i32 i32 i32) (result i32)))
-  (memory 1)
-  ;; one clock subscription at 0: userdata 0, tag 0 (clock), monotonic, 1 hour, relative
-  (data (i32.const 16) "\\01\\00\\00\\00\\00\\00\\00\\00\\00\\20\\bc\\be\\46\\03\\00\\00")
-  (func (export "nap") (result i32)
-    (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128))))"""
 
 
 def test_close_racing_calls_restores_and_closes_never_hangs() -> None:

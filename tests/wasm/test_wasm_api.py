@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support import WASI_SLEEPER as SLEEPER
 
 from sandbox import (
     ArgumentError,
@@ -268,16 +269,6 @@ def test_module_exhausting_memory() -> None:
         assert sb.call("grab") == -1  # the pool of linear memory is smaller
     with pytest.raises(WasmTrap):
         Sandbox.from_wasm(wat('(module (memory 1) (data (i32.const 70000) "x"))'))
-
-
-SLEEPER = """(module
-  (import "wasi_snapshot_preview1" "poll_oneoff"
-    (func $poll (param i32 i32 i32 i32) (result i32)))
-  (memory 1)
-  ;; one clock subscription at 0: userdata 0, tag 0 (clock), monotonic, 1 hour, relative
-  (data (i32.const 16) "\\01\\00\\00\\00\\00\\00\\00\\00\\00\\20\\bc\\be\\46\\03\\00\\00")
-  (func (export "nap") (result i32)
-    (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128))))"""
 
 
 def test_call_timeout_ends_a_wasi_sleep() -> None:
