@@ -327,7 +327,7 @@ class PythonSandbox:
                 if self._ran or self.poisoned or self._base is not base:
                     self._restore(base)
                 definition = (5, key, request[2])
-                reply = self._exchange(definition, self._default_timeout, _label(definition))
+                reply = self._exchange(definition, self._default_timeout, definition)
                 if reply[0] != 0:
                     self._result(reply)  # raises the definition's error
                 found = PythonSnapshot(
@@ -414,7 +414,7 @@ class PythonSandbox:
             if self.reset_mode == "per_call" and not self.closed:
                 self._fresh(request if key else None)
             self._check_usable()
-            label = _label(request)  # before the payload of a known function is dropped
+            asked = request  # as the caller made it: a known function's payload is dropped
             payload = None
             if key and key not in self._known:
                 payload, request = request[2], request[:2] + (request[2],) + request[3:]
@@ -422,9 +422,9 @@ class PythonSandbox:
                 request = request[:2] + (None,) + request[3:]
             self._caller = me
             try:
-                reply = self._exchange(request, limit, label)
+                reply = self._exchange(request, limit, asked)
                 if key and _is_unknown(reply):  # a guest that lost it: send it again
-                    reply = self._exchange(request[:2] + (payload,) + request[3:], limit, label)
+                    reply = self._exchange(request[:2] + (payload,) + request[3:], limit, asked)
             finally:
                 self._caller = None
             if key and reply[0] == 0:
@@ -432,10 +432,11 @@ class PythonSandbox:
             return self._result(reply)
 
     def _exchange(
-        self, request: tuple[Any, ...], limit: float | None, label: str
+        self, request: tuple[Any, ...], limit: float | None, asked: tuple[Any, ...]
     ) -> tuple[Any, ...]:
-        """Writes `request`, runs the guest, returns the decoded reply. `label` names the
-        code in the messages of a time limit or a cancel."""
+        """Writes `request`, runs the guest, returns the decoded reply. `asked`: the
+        request as the caller made it, which names the code in the messages of a time
+        limit or a cancel (_label, on those paths only)."""
         data = codec.dumps(request)
         addr = self._addr
         if len(data) > addr.mailbox_size:
@@ -471,10 +472,10 @@ class PythonSandbox:
             ) from trap
         except CallTimeout:
             self._collect(())
-            raise CallTimeout(f"{label} did not finish within {limit} s") from None
+            raise CallTimeout(f"{_label(asked)} did not finish within {limit} s") from None
         except CallCancelled:
             self._collect(())
-            raise CallCancelled(f"{label} was cancelled") from None
+            raise CallCancelled(f"{_label(asked)} was cancelled") from None
         finally:
             wasi.set_deadline(None)
         if len(result) != 1 or result[0][1] & 0xFFFFFFFF != addr.none:
