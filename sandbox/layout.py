@@ -339,19 +339,37 @@ class Layout:
                     ranges.append((page * PAGE, PAGE))
         return ranges
 
-    def check_system_memory(self, memory: bytes) -> str | None:
+    def check_system_memory(
+        self, memory: bytes, roots: Callable[[dict[int, int]], str | None] | None = None
+    ) -> str | None:
         """Why `memory`, the first `page_tables_end` bytes of a guest's memory, are not
         the system area this runtime builds for this layout (None if they are): the
         page tables, descriptor tables, TSS (with its I/O bitmap) and exception stubs
         are host-owned, so a state loaded from a file must hold exactly them. Only the
         guest image's leaf entries depend on the guest's ELF: each must map its own page
         for ring 3, never writable and executable at once. The ring-0 stack's contents
-        are free (only a trap writes there)."""
+        are free (only a trap writes there). PML4 entries the runtime leaves empty are
+        refused, unless `roots` is given: it is handed those entries (index -> entry)
+        and says why they are wrong (the Wasm windows' check: wasm/windows.py)."""
         expected = self.build_template([])[0][1]
         if len(memory) != len(expected):
             return "the system area has the wrong size"
-        if memory[:RING0_STACK] != expected[:RING0_STACK]:
+        root_page = slice(PML4, PML4 + PAGE)
+        if (
+            memory[:PML4] != expected[:PML4]
+            or memory[PDPT:RING0_STACK] != expected[PDPT:RING0_STACK]
+        ):
             return "the page-table roots, descriptor tables, TSS or exception stubs differ"
+        if memory[root_page] != expected[root_page]:
+            ours, theirs = array("Q", memory[root_page]), array("Q", expected[root_page])
+            added = {
+                i: e for i, (e, want) in enumerate(zip(ours, theirs, strict=True)) if e != want
+            }
+            if roots is None or any(theirs[i] for i in added):
+                return "the page-table roots, descriptor tables, TSS or exception stubs differ"
+            why = roots(added)
+            if why is not None:
+                return why
         ours = array("Q", memory[PAGE_TABLES:])
         theirs = array("Q", expected[PAGE_TABLES:])
         image = range(self.image_base // PAGE, self.image_end // PAGE)

@@ -20,8 +20,10 @@ A file is untrusted input: it is refused with a SnapshotError saying why if it i
 truncated, corrupt, not authenticated with the configured key, of another format or ABI
 version, made with other KVM struct layouts, or inconsistent: a layout other than the
 one the runtime computes for its config, memory pieces that overlap or leave guest
-memory, a system area (page tables, descriptor tables, stubs) other than the runtime's,
-or CPU state the runtime could not have produced (see CpuSetup.check). With a key
+memory, a system area (page tables, descriptor tables, stubs) other than the runtime's
+(page tables beyond its own only where the loader passes a check of them: the Wasm
+layer's windows, `page_tables=`), or CPU state the runtime could not have produced (see
+CpuSetup.check). With a key
 (`key=` or the environment variable SANDBOX_SNAPSHOT_KEY, its UTF-8 bytes), files are
 written authenticated and only files authenticated with that key are read; without one,
 an authenticated file is read like a checksummed one. The HMAC key is SHA-256 of the
@@ -76,8 +78,12 @@ _TRAILER_SIZES = {VERSION_CHECKSUM: _DIGEST_SIZE, VERSION_HMAC: 2 * _DIGEST_SIZE
 MAX_HEADER = 1 << 20
 
 
+# A check of page tables the runtime's identity map does not have (Layout.
+# check_system_memory's `roots`), given the snapshot's layout and a reader of its image.
+PageTablesCheck = Callable[[Layout, Callable[[int, int], bytes], dict[int, int]], str | None]
+
 _CACHE_SIZE = 16
-_cache: dict[tuple[int, int, int, int, bytes | None], Snapshot] = {}
+_cache: dict[tuple[object, ...], Snapshot] = {}
 _cache_lock = threading.Lock()
 
 
@@ -261,22 +267,31 @@ class Snapshot:
             os.fsync(f.fileno())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, key: bytes | str | None = None) -> Snapshot:
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        key: bytes | str | None = None,
+        page_tables: PageTablesCheck | None = None,
+    ) -> Snapshot:
         """Reads a snapshot file, authenticated with `key` (default:
         $SANDBOX_SNAPSHOT_KEY) if there is one. Raises SnapshotError if it cannot be
-        used and FileNotFoundError if it does not exist.
+        used and FileNotFoundError if it does not exist. `page_tables`: how to check
+        page-table roots beyond the runtime's own (a guest layer's, such as the Wasm
+        windows' `sandbox.wasm.windows.check_tables`); without it a file that has any is
+        refused.
 
         Loaded snapshots are cached by the file's identity (device, inode, size and
         modification time) and the key: loading the same unchanged file again costs one
         stat, and every sandbox made from it shares one memory image."""
         key = _key(key)
         st = os.stat(path)
-        cache_key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, key)
+        cache_key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, key, page_tables)
         with _cache_lock:
             cached = _cache.get(cache_key)
         if cached is not None:
             return cached
-        snap = cls._load(path, key)
+        snap = cls._load(path, key, page_tables)
         with _cache_lock:
             _cache[cache_key] = snap
             while len(_cache) > _CACHE_SIZE:
@@ -284,7 +299,9 @@ class Snapshot:
         return snap
 
     @classmethod
-    def _load(cls, path: str | os.PathLike[str], key: bytes | None) -> Snapshot:
+    def _load(
+        cls, path: str | os.PathLike[str], key: bytes | None, page_tables: PageTablesCheck | None
+    ) -> Snapshot:
         name = str(path)
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -293,7 +310,7 @@ class Snapshot:
             with mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as data:
                 view = memoryview(data)
                 try:
-                    return _Reader(view, size, name, key).read()
+                    return _Reader(view, size, name, key, page_tables).read()
                 finally:
                     view.release()
 
@@ -301,8 +318,16 @@ class Snapshot:
 class _Reader:
     """Parses and checks one snapshot file (see the module docstring)."""
 
-    def __init__(self, data: memoryview, size: int, name: str, key: bytes | None) -> None:
+    def __init__(
+        self,
+        data: memoryview,
+        size: int,
+        name: str,
+        key: bytes | None,
+        page_tables: PageTablesCheck | None,
+    ) -> None:
         self.data, self.name, self.key, self.size = data, name, key, size
+        self.page_tables = page_tables
         self.body = size
         self.pos = 0
 
@@ -335,7 +360,9 @@ class _Reader:
         cpu = self._cpu(header)
         image = self._memory(header, layout)
         try:
-            why = layout.check_system_memory(image.read(0, layout.page_tables_end))
+            check, read = self.page_tables, image.read
+            roots = None if check is None else lambda added: check(layout, read, added)
+            why = layout.check_system_memory(read(0, layout.page_tables_end), roots)
             if why is None:
                 why = self._check_function_table(header, layout, image, functions)
             if why is None:

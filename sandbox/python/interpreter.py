@@ -21,17 +21,21 @@ import re
 import struct
 import threading
 from dataclasses import dataclass
+from hashlib import sha256
 from pathlib import Path
 from typing import Literal
 
 from ..config import MiB, SandboxConfig
 from ..errors import ConfigError, HostFunctionError, PythonStartError
+from ..guests import resolve_guest
 from ..wasm import WasiConfig, WasiExit, WasmSandbox, aot
 from ..wasm.aot import Tier
-from ..wasm.module import WasmModule, load
+from ..wasm.modcache import engine_build
+from ..wasm.module import WasmModule, load, read_types, remember, validator_version
 from ..wasm.sandbox import WasmSnapshot
 from ..wasm.wasi import Preopen, WasiContext
 from ..wasm.windows import PAGE, Windows
+from . import tcache
 from .build import Build, default_build
 from .packages import PACKAGES_GUEST_PATH, PackageSet
 
@@ -126,6 +130,8 @@ def guest(tier: Tier) -> Path | None:
     on two cores; "auto" starts that compile in the background and answers None until
     it is done)."""
     tier = aot.check_tier(tier)
+    if tier == "interp":
+        return None
     mod = module()
     if tier == "aot":  # cached: a stat (compile_module checks the module first: 0.15 s)
         found = aot.compiler.lookup(mod)
@@ -152,24 +158,76 @@ def template(
     with _lock:
         found = _templates.get(key)
         if found is None:
-            found = _templates[key] = _start(build, config, packages, preopens, path)
+            found = _templates[key] = _cached_or_started(build, config, packages, preopens, path)
         return found
 
 
-def _start(
+def _cached_or_started(
     build: Build,
     config: SandboxConfig,
     packages: PackageSet | None,
     preopens: tuple[Preopen, ...],
     path: Path | None,
 ) -> Template:
-    token = os.urandom(16)
+    """The interpreter from the disk cache (tcache), else started (and saved there)."""
+    if preopens or not tcache.enabled():  # a directory of the caller's may shape the start
+        return _start(build, config, packages, preopens, path)[0]
+
+    def wasi_for(token: bytes) -> WasiConfig:
+        return wasi_config(config, packages, preopens, token)
+
+    engine = path if path is not None else resolve_guest("wasm")
+    cache_key = tcache.key(
+        build.sha256, engine_build(engine), validator_version(), config.model_dump_json(),
+        wasi_for(bytes(16)).model_dump_json(),
+    )  # fmt: skip
+    # A saved interpreter also stands for its module's validation (by this wasmtime,
+    # in its key), as the Wasm module cache's files do: its types are read, not checked.
+    mod = _modules.get(build.sha256) or read_types(build.module, sha256(build.module).hexdigest())
+    found = tcache.find(cache_key, config, mod, wasi_for)
+    if found is not None:
+        snap, token, handshake = found
+        tier: Literal["interp", "aot"] = "interp" if path is None else "aot"
+        try:
+            addresses = _checked_addresses(snap, token, handshake)
+        except PythonStartError as exc:
+            tcache.forget(cache_key, str(exc))
+        else:
+            remember(mod)
+            _modules.setdefault(build.sha256, mod)
+            return Template(snap, addresses, build, packages, preopens, tier)
+    made, token, handshake = _start(build, config, packages, preopens, path)
+    tcache.save_later(cache_key, made.wasm, token, handshake)
+    return made
+
+
+def _checked_addresses(snap: WasmSnapshot, token: bytes, handshake: tuple[int, ...]) -> Addresses:
+    """The checks a start makes of its interpreter (_locate), made on a sandbox spawned
+    from a cached one (its machine is then parked for the caller's first sandbox)."""
+    assert snap.wasm_state.main is not None
+    probe = WasmSandbox.from_wasm_snapshot(snap)
+    try:
+        return _locate(probe, token, handshake, snap.wasm_state.main)
+    finally:
+        probe.close()
+
+
+def wasi_config(
+    config: SandboxConfig,
+    packages: PackageSet | None,
+    preopens: tuple[Preopen, ...],
+    token: bytes,
+) -> WasiConfig:
+    """What the interpreter's start sees of the world (and every sandbox spawned from
+    it): the boot command, the guest runtime's source, the mailbox size, the random
+    token the runtime writes into the mailbox, the packages to import, the
+    directories."""
     all_preopens = list(preopens)
     if packages is not None:
         all_preopens.insert(
             0, Preopen(host_path=packages.directory, guest_path=PACKAGES_GUEST_PATH)
         )
-    wasi = WasiConfig(
+    return WasiConfig(
         args=[
             "python",
             "-I",
@@ -183,10 +241,21 @@ def _start(
         preopens=all_preopens,
         output_limit=max(config.output_limit, 64 * 1024),
     )
+
+
+def _start(
+    build: Build,
+    config: SandboxConfig,
+    packages: PackageSet | None,
+    preopens: tuple[Preopen, ...],
+    path: Path | None,
+) -> tuple[Template, bytes, tuple[int, ...]]:
+    """Starts the interpreter: its template, the token and the handshake's numbers."""
+    token = os.urandom(16)
     mod = _module(build)
     sb = WasmSandbox.engine(config=config, guest=path)
     try:
-        sb.wasi = WasiContext(wasi)
+        sb.wasi = WasiContext(wasi_config(config, packages, preopens, token))
         handle, mod = sb.load(mod)
         python = sb.instantiate(handle, mod)
         try:
@@ -194,22 +263,31 @@ def _start(
         except HostFunctionError as exc:
             if not isinstance(exc.__cause__, WasiExit) or exc.__cause__.code != 0:
                 raise
-        addresses = _addresses(sb, token, python)
+        handshake = _handshake(sb)
+        addresses = _locate(sb, token, handshake, python)
         sb.make_main(python, "none")
         snap = sb.instantiated
         assert snap is not None
     finally:
         sb.close()
-    return Template(snap, addresses, build, packages, preopens, "interp" if path is None else "aot")
+    tier: Literal["interp", "aot"] = "interp" if path is None else "aot"
+    return Template(snap, addresses, build, packages, preopens, tier), token, handshake
 
 
-def _addresses(sb: WasmSandbox, token: bytes, instance: int) -> Addresses:
+def _handshake(sb: WasmSandbox) -> tuple[int, ...]:
+    """The numbers the runtime reported on fd 1 when it was ready."""
     assert sb.wasi is not None
     found = _HANDSHAKE.search(sb.wasi.stdout[-4096:])
     if found is None:
         tail = sb.wasi.stderr[-3000:].decode(errors="replace")
         raise PythonStartError(f"the Python interpreter did not start:\n{tail}")
-    func_type, serve, empty_tuple, mailbox_obj, none = (int(g) for g in found.groups())
+    return tuple(int(g) for g in found.groups())
+
+
+def _locate(sb: WasmSandbox, token: bytes, handshake: tuple[int, ...], instance: int) -> Addresses:
+    """The interpreter's addresses from the handshake's numbers, checked against its
+    memory (see the module docstring). Raises PythonStartError."""
+    func_type, serve, empty_tuple, mailbox_obj, none = handshake
     memory = sb.memory(0)
     try:
         (call,) = struct.unpack("<I", memory.read(func_type + TP_CALL_OFFSET, 4))

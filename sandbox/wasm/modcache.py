@@ -42,7 +42,6 @@ $SANDBOX_SNAPSHOT_KEY set only files authenticated with that key are read.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
@@ -50,7 +49,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +57,7 @@ from ..config import ResetMode, SandboxConfig
 from ..errors import SnapshotError
 from ..guests import resolve_guest
 from ..snapshot import Snapshot
-from .module import WasmModule, forget_validated, has_start, read_types
+from .module import WasmModule, forget_validated, has_start, read_types, validator_version
 from .sandbox import WasmSandbox, wasm_config
 from .state import EngineState, Instance, WasmSnapshot, bind_imports
 from .wasi import WasiConfig
@@ -100,16 +98,6 @@ def cache_dir() -> Path:
     return cache_subdir(SUBDIR)
 
 
-@functools.cache
-def _validator() -> str:
-    """wasmtime's version (read from its package metadata: importing wasmtime costs
-    ~40 ms, which a process served from the disk cache need not pay)."""
-    try:
-        return metadata.version("wasmtime")
-    except metadata.PackageNotFoundError:
-        return "?"
-
-
 def engine_build(guest: Path) -> str:
     """The SHA-256 of an engine guest's ELF (hashed once per process and file
     version)."""
@@ -126,7 +114,7 @@ def engine_build(guest: Path) -> str:
 
 def _file(digest: str, config: SandboxConfig, build: str) -> Path:
     h = hashlib.sha256()
-    for part in (FORMAT, build, _validator(), config.model_dump_json()):
+    for part in (FORMAT, build, validator_version(), config.model_dump_json()):
         h.update(part.encode() + b"\0")
     return cache_dir() / f"{digest}-{h.hexdigest()[:24]}.snap"
 
@@ -139,7 +127,7 @@ def _labels(build: str, loaded: Loaded) -> dict[str, str]:
         "module": module.sha256,
         "module_size": str(len(module.data)),
         "engine": build,
-        "validator": _validator(),
+        "validator": validator_version(),
         "handle": str(loaded.handle),
         "instance": "" if loaded.instance is None else str(loaded.instance),
         "registered": ",".join(sorted(loaded.snapshot.wasm_state.registered)),
@@ -220,7 +208,7 @@ def _check(
         "module": digest,
         "module_size": str(size),
         "engine": build,
-        "validator": _validator(),
+        "validator": validator_version(),
     }
     names = {
         "kind": "not a cached Wasm module",

@@ -19,6 +19,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 from ..errors import ArgumentError, GuestNotFound, WasmModuleError
@@ -231,6 +232,17 @@ def validated(data: bytes, digest: str | None = None) -> WasmModule:
         remember(mod)
         return mod
     return WasmModule(data, types[0], types[1], digest)
+
+
+@functools.cache
+def validator_version() -> str:
+    """wasmtime's version, what the disk caches key a validation by (read from its
+    package metadata: importing wasmtime costs ~40 ms, which a process served from a
+    disk cache need not pay)."""
+    try:
+        return metadata.version("wasmtime")
+    except metadata.PackageNotFoundError:
+        return "?"
 
 
 def is_validated(digest: str) -> bool:

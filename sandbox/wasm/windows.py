@@ -67,6 +67,89 @@ def _reach(lin_next: int, table_next: int, mem_size: int) -> list[tuple[int, int
     return [(0, lin_next), (table_next, mem_size - table_next)]
 
 
+def check_tables(
+    layout: Layout, read: Callable[[int, int], bytes], roots: dict[int, int]
+) -> str | None:
+    """Why the windows' page tables in a memory image are not ones `Windows.grow` could
+    have written (None if they are), for a state read from a file: `roots` are the PML4
+    entries (index -> entry) that differ from the runtime's own, `read(address, length)`
+    reads the image. What it holds them to, so that ring 3 reaches through the windows
+    only the linear-memory pages handed out and pool_reach's ranges stay exact:
+
+    - the pool state reads as one the host wrote (magic, page-aligned next pointers in
+      order inside the pool), each window at most MAX_PAGES Wasm pages;
+    - every root is a window slot's, and every table under it an upper-level entry with
+      the windows' flags pointing at a page of the page-table part of the pool, each
+      table page used once;
+    - every leaf has the windows' flags (user, writable, never executable) and maps a
+      linear-memory page handed out, each at most once; and each window maps exactly its
+      current size from its start: nothing in its guard space."""
+    pool_start, state = layout.heap_base + layout.heap_size, layout.mem_size - STATE_SIZE
+    if state - pool_start < 16 * PAGE:
+        return "no Wasm pool in this layout" if roots else None
+    magic, lin_next, table_next = _HEADER.unpack(read(state, _HEADER.size))
+    counts = array("I", read(state + PAGE, 4 * MAX_MEMORIES))
+    if magic != _MAGIC:
+        if roots or any(counts):
+            return "Wasm windows are mapped but the pool state was never written"
+        return None
+    if lin_next % PAGE or table_next % PAGE or not pool_start <= lin_next <= table_next <= state:
+        return "the Wasm pool state is malformed"
+    if max(counts) > MAX_PAGES:
+        return "a Wasm window is larger than the Wasm limit"
+    first_root, end_root = WINDOW_BASE >> 39, (WINDOW_BASE + MAX_MEMORIES * WINDOW_STRIDE) >> 39
+    tables: set[int] = set()
+    leaves: set[int] = set()
+    mapped = [0] * MAX_MEMORIES
+
+    def table(entry: int) -> int | None:
+        addr = entry & _ADDR_MASK
+        if entry != addr | _TABLE or not table_next <= addr < state or addr in tables:
+            return None
+        tables.add(addr)
+        return addr
+
+    def walk(addr: int, vbase: int, shift: int) -> str | None:
+        for index, entry in enumerate(array("Q", read(addr, PAGE))):
+            if entry == 0:
+                continue
+            vaddr = vbase + (index << shift)
+            if shift > 12:
+                sub = table(entry)
+                if sub is None:
+                    return f"a Wasm window's page table at 0x{vaddr:x} is not the host's"
+                why = walk(sub, vaddr, shift - 9)
+                if why is not None:
+                    return why
+                continue
+            page = entry & _ADDR_MASK
+            window, offset = divmod(vaddr - WINDOW_BASE, WINDOW_STRIDE)
+            if (
+                entry != page | _LEAF
+                or not pool_start <= page < lin_next
+                or page in leaves
+                or offset >= counts[window] * WASM_PAGE
+            ):
+                return f"Wasm window {window} maps 0x{offset:x} as the host never maps"
+            leaves.add(page)
+            mapped[window] += 1
+        return None
+
+    for index, entry in sorted(roots.items()):
+        if not first_root <= index < end_root:
+            return f"page-table root entry {index} is neither the runtime's nor a window's"
+        root = table(entry)
+        if root is None:
+            return f"page-table root entry {index} is not the host's"
+        why = walk(root, index << 39, 30)
+        if why is not None:
+            return why
+    for window, count in enumerate(counts):
+        if mapped[window] != count * PAGES_PER_WASM_PAGE:
+            return f"Wasm window {window} does not map its {count} pages"
+    return None
+
+
 class Windows:
     """The host's side of WASM_HOST_GROW for one sandbox's memory. `on_reach`, if given,
     is told the ranges that can hold written pages (pool_reach) before `grow` writes
