@@ -97,6 +97,7 @@ def find(
         _ignore(path, why)
         return None
     touch(path)
+    log.debug("read the Python interpreter from %s", path)
     return snap, token, tuple(int(n) for n in base.labels[_HANDSHAKE].split(","))
 
 
