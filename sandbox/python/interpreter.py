@@ -132,14 +132,22 @@ def guest(tier: Tier) -> Path | None:
     tier = aot.check_tier(tier)
     if tier == "interp":
         return None
-    mod = module()
     if tier == "aot":  # cached: a stat (compile_module checks the module first: 0.15 s)
-        found = aot.compiler.lookup(mod)
+        found = aot.compiler.lookup(_unchecked_module(default_build()))
         if found is not None:
             return found
+        mod = module()
         with _compile_lock:  # threads asking at once wait for one compile, not run two
             return aot.compiler.lookup(mod) or aot.guest_for(mod, tier)
-    return aot.guest_for(mod, tier)
+    return aot.guest_for(module(), tier)
+
+
+def _unchecked_module(build: Build) -> WasmModule:
+    """The interpreter's module with its types read but not validated (unless it was
+    already), for a lookup in a disk cache whose entries stand for a validation of these
+    bytes on this machine: a compiled guest (compile_module validates first) or a saved
+    interpreter (its key names the validator), as the Wasm module cache's files do."""
+    return _modules.get(build.sha256) or read_types(build.module, sha256(build.module).hexdigest())
 
 
 def template(
@@ -181,9 +189,7 @@ def _cached_or_started(
         build.sha256, engine_build(engine), validator_version(), config.model_dump_json(),
         wasi_for(bytes(16)).model_dump_json(),
     )  # fmt: skip
-    # A saved interpreter also stands for its module's validation (by this wasmtime,
-    # in its key), as the Wasm module cache's files do: its types are read, not checked.
-    mod = _modules.get(build.sha256) or read_types(build.module, sha256(build.module).hexdigest())
+    mod = _unchecked_module(build)
     found = tcache.find(cache_key, config, mod, wasi_for)
     if found is not None:
         snap, token, handshake = found
