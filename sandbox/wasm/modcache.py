@@ -17,8 +17,9 @@ the host, never in the engine's memory.
                the instantiated engine (no start function) or of the loaded one, and
                the module's handles in it (the last CACHE_SIZE modules)
     on disk    <cache root>/wasm-modules/<module sha256>-<key>.snap (sandbox.cachedir),
-               the loaded engine (only: an instantiated one has Wasm memory windows in
-               its page tables, which Snapshot.load's system-area check refuses), for
+               the loaded engine (only: an instantiated one could be saved and read
+               back with sandbox.wasm.savedstate, which checks its windows' page
+               tables, but is not cached on disk yet), for
                modules whose load took DISK_MIN_LOAD_S or more; a Snapshot file
                (Snapshot.save: written to a temporary file, fsynced, renamed into
                place; SHA-256 trailer, HMAC with $SANDBOX_SNAPSHOT_KEY) whose labels
@@ -268,9 +269,9 @@ def keep_loaded(
 def keep_instantiated(sb: WasmSandbox, handle: int, module: WasmModule, guest: Path | None) -> None:
     """Caches in memory the engine of `sb` as from_wasm instantiated `module` in it
     (`sb.instantiated`), with its imports unbound, if the module has no start function
-    (nothing of the sandbox's own has run then). Kept in memory only: a snapshot with
-    linear memory mapped into its windows is not a state Snapshot.load accepts (its
-    system-area check knows only the runtime's own page tables)."""
+    (nothing of the sandbox's own has run then). Kept in memory only (its file could
+    be written with sandbox.wasm.savedstate: not done, the loaded engine's file already
+    spares the long part, compiling the module)."""
     snap = sb.instantiated
     main = snap.wasm_state.main if snap is not None else None
     if snap is None or main is None or has_start(module.data):

@@ -96,7 +96,8 @@ class WasmSnapshot:
     the engine state (module instances, imports, WASI configuration). `spawn` (and
     `Sandbox.from_snapshot`) makes a WasmSandbox of it, with a fresh WASI context. Kept in
     memory only: `save` is refused, since the Python callables bound to imports cannot
-    be written to a file."""
+    be written to a file (an engine whose imports are all WASI can be, with
+    sandbox.wasm.savedstate, the reader handing back the modules and WASI config)."""
 
     def __init__(self, base: Snapshot, state: EngineState, kind: type[WasmSandbox]) -> None:
         self.base = base
