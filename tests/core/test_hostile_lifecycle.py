@@ -18,6 +18,12 @@ Found here (each test named so failed before its fix):
 - pool.close(cancel=True) cancelled only calls already running: a `use`/`run` callback
   that called its member after that ran its call in full.
 - a forked child's call on its parent's sandbox raised KvmError("KVM_RUN failed: EIO").
+- a Wasm or Python sandbox dropped without close() kept its VM until the cyclic garbage
+  collector ran (reference cycles through its engine's host functions, its windows'
+  callback, its WASI wrappers).
+- WasmSandbox.invoke (and load, instantiate, register, get) ran without the lock of
+  call and restore: an invoke from another thread came between a per_call call's
+  restore and its run.
 """
 
 from __future__ import annotations
