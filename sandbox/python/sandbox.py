@@ -203,26 +203,37 @@ class PythonSandbox:
 
     def _hook_wasi(self) -> None:
         """Serves the runtime's host calls and streams output: the WASI context's fd_seek
-        and fd_write, wrapped (the rest of WASI is untouched)."""
+        and fd_write, wrapped (the rest of WASI is untouched). The wrappers reach this
+        sandbox through a weak reference and hold nothing of the context: the context
+        is the sandbox's own (through the engine sandbox), and either would make a
+        cycle that keeps a sandbox dropped without close(), and its VM, alive until the
+        cyclic garbage collector runs."""
         wasi = self._engine.wasi
         assert wasi is not None
         table = dict(wasi.functions)
         seek, write = table["fd_seek"], table["fd_write"]
+        me = weakref.ref(self)
 
         def fd_seek(memory: Any, fd: int, offset: int, whence: int, result: int) -> int:
             if fd & 0xFFFFFFFF != 0 or offset & 0xFFFFFFFFFFFFFFFF != HOST_SEEK:
                 return seek.call(memory, fd, offset, whence, result)
-            self._serve_host_call()
+            sb = me()
+            if sb is None:  # nothing runs the guest once the sandbox is gone
+                raise SandboxClosed("the sandbox was dropped")
+            sb._serve_host_call()
             return write_u64(memory, result, 0)
 
         def fd_write(memory: Any, fd: int, iovs: int, count: int, nwritten: int) -> int:
-            if self._output is None or fd & 0xFFFFFFFF not in (1, 2):
+            sb = me()
+            if sb is None or sb._output is None or fd & 0xFFFFFFFF not in (1, 2):
                 return write.call(memory, fd, iovs, count, nwritten)
-            marks = wasi.output_marks()
+            context = sb._engine.wasi  # not `wasi`: the context holds this function
+            assert context is not None
+            marks = context.output_marks()
             errno = write.call(memory, fd, iovs, count, nwritten)
-            out, err = wasi.output_since(marks)
-            self._stream(out, 0)
-            self._stream(err, 1)
+            out, err = context.output_since(marks)
+            sb._stream(out, 0)
+            sb._stream(err, 1)
             return errno
 
         table["fd_seek"] = WasiFunction(seek.params, seek.results, fd_seek)

@@ -23,8 +23,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, Self
+from typing import Any, ParamSpec, Self, TypeVar
 
 from ..abi import CallEncoder, Signature
 from ..arguments import check_config, check_reset, check_timeout
@@ -36,6 +37,7 @@ from ..errors import (
     GuestProtocolError,
     GuestTrap,
     HostFunctionError,
+    SandboxClosed,
     WasmEngineError,
     WasmLinkError,
     WasmTrap,
@@ -98,6 +100,30 @@ def wasm_config(config: SandboxConfig | None) -> SandboxConfig:
 # sandbox.wasm.aot): a started engine, no module.
 _started: dict[tuple[SandboxConfig, tuple[str, int, int] | None], WasmSnapshot] = {}
 _started_lock = threading.Lock()
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def weak_method(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """`method`, a bound method of an object, called through a weak reference to it.
+
+    What a sandbox owns (its engine sandbox's host functions, its windows) calls back
+    into the sandbox through these: a bound method held there would make a reference
+    cycle, and a sandbox its caller dropped without close() would keep its VM (the KVM
+    descriptors, the guest memory's mapping) until the cyclic garbage collector ran,
+    instead of being released at once by reference counting, as a native Sandbox is.
+    Called after the object is gone (nothing can: the engine runs only in its calls),
+    it raises SandboxClosed."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        bound = ref()
+        if bound is None:
+            raise SandboxClosed("the sandbox was dropped")
+        return bound(*args, **kwargs)
+
+    return call
 
 
 class WasmSandbox:
@@ -171,10 +197,13 @@ class WasmSandbox:
         self._wasm_shared = shared
         self.wasi = wasi
         self.reset_mode: ResetMode = reset
-        # Held by call() and restore() from start to end: with reset="per_call", a call
-        # from another thread cannot come between a call's restore and its run (it ran
-        # in the state the other call left). Reentrant: an import that calls back gets
-        # the engine's SandboxBusy, as before, instead of waiting for itself.
+        # Held from start to end by every public method that runs the engine or reads or
+        # changes its state (call, restore, snapshot, load, instantiate, make_main,
+        # register, invoke, get): with reset="per_call", nothing from another thread can
+        # come between a call's restore and its run (the call ran in the state the other
+        # left). Not by close() and cancel(), which must reach a running call.
+        # Reentrant: an import that calls back gets the engine's SandboxBusy, as before,
+        # instead of waiting for itself.
         self._lock = threading.RLock()
 
     def _own_state(self) -> EngineState:
@@ -186,13 +215,17 @@ class WasmSandbox:
         return self._wasm
 
     def _engine_host_functions(self) -> dict[str, Callable[..., Any]]:
-        return {HOST_GROW: self._host_grow, HOST_IMPORT: self._host_import}
+        # Weak: the engine sandbox is this sandbox's own (see weak_method).
+        return {
+            HOST_GROW: weak_method(self._host_grow),
+            HOST_IMPORT: weak_method(self._host_import),
+        }
 
     def _attach_windows(self, scan: list[tuple[int, int]] | None) -> None:
         """The host's side of the windows, and the reset scan's limits for memory equal
         to an image whose pool reaches `scan` (WasmSnapshot.scan_ranges)."""
         engine = self.engine_sandbox
-        self._windows = Windows(engine.memory, engine.layout, self._reach)
+        self._windows = Windows(engine.memory, engine.layout, weak_method(self._reach))
         engine.limit_reset_scan(scan)
         self._scan_target: WasmSnapshot | None = None  # the snapshot whose limits are set
         # The windows' page tables are watched (Sandbox.watch_page_tables) from the first
@@ -289,7 +322,8 @@ class WasmSandbox:
     def snapshot(self) -> WasmSnapshot:
         """Captures the sandbox between calls, with the host's side of the engine state
         (see WasmSnapshot)."""
-        return WasmSnapshot(self.engine_sandbox.snapshot(), self._wasm.copy(), type(self))
+        with self._lock:
+            return WasmSnapshot(self.engine_sandbox.snapshot(), self._wasm.copy(), type(self))
 
     def restore(self, snapshot: WasmSnapshot | None = None) -> None:
         """Returns the sandbox to `snapshot` (default: the state from_wasm instantiated,
@@ -408,25 +442,26 @@ class WasmSandbox:
         engine; returns its handle and the module. Raises WasmModuleError."""
         if not isinstance(module, WasmModule):
             module = load(module)
-        engine = self.engine_sandbox
-        compiled = "aot_module_id" in engine.functions  # a guest of sandbox.wasm.aot
-        if compiled and module.sha256 not in str(engine.call("aot_module_id")).split(","):
-            raise GuestAbiMismatch(
-                f"{self.guest_path} is the compiled guest of another module (modules loaded "
-                "into one engine are compiled together: sandbox.wasm.aot.compile_modules)"
-            )
-        size = len(module.data)
-        addr = self.engine_sandbox.call("wasm_alloc", size)
-        self._note_rewind()
-        heap = self.layout.heap_base, self.layout.heap_base + self.layout.heap_size
-        if not isinstance(addr, int) or addr == 0:
-            raise WasmEngineError(f"the engine has no room for a module of {size} bytes")
-        if not heap[0] <= addr <= heap[1] - size:
-            raise GuestProtocolError(f"wasm_alloc returned 0x{addr:x}, outside the engine heap")
-        self.engine_sandbox.memory.write(addr, module.data)
-        reply = self._engine_call("wasm_load", "wasm_load", addr, size)
-        check_ok(reply, "wasm_load")
-        return reply_u32(reply, "wasm_load"), module
+        with self._lock:
+            engine = self.engine_sandbox
+            compiled = "aot_module_id" in engine.functions  # a guest of sandbox.wasm.aot
+            if compiled and module.sha256 not in str(engine.call("aot_module_id")).split(","):
+                raise GuestAbiMismatch(
+                    f"{self.guest_path} is the compiled guest of another module (modules loaded "
+                    "into one engine are compiled together: sandbox.wasm.aot.compile_modules)"
+                )
+            size = len(module.data)
+            addr = self.engine_sandbox.call("wasm_alloc", size)
+            self._note_rewind()
+            heap = self.layout.heap_base, self.layout.heap_base + self.layout.heap_size
+            if not isinstance(addr, int) or addr == 0:
+                raise WasmEngineError(f"the engine has no room for a module of {size} bytes")
+            if not heap[0] <= addr <= heap[1] - size:
+                raise GuestProtocolError(f"wasm_alloc returned 0x{addr:x}, outside the engine heap")
+            self.engine_sandbox.memory.write(addr, module.data)
+            reply = self._engine_call("wasm_load", "wasm_load", addr, size)
+            check_ok(reply, "wasm_load")
+            return reply_u32(reply, "wasm_load"), module
 
     def instantiate(
         self,
@@ -441,36 +476,39 @@ class WasmSandbox:
         `timeout` bounds the start function (default: the config's). Raises
         WasmLinkError, WasmTrap (from the start function or segment initialisation),
         WasmEngineError, CallTimeout."""
-        bound = bind_imports(module, self._wasm.registered, self.wasi is not None, host_imports)
-        instance = Instance(module, bound)
-        self._pending = instance
-        try:
-            reply = self._engine_call(
-                "wasm_instantiate", "wasm_instantiate", handle, timeout=timeout
-            )
-        finally:
-            self._pending = None
-        check_ok(reply, "wasm_instantiate")
-        handle = reply_u32(reply, "wasm_instantiate")
-        self._own_state().instances[handle] = instance
-        return handle
+        with self._lock:
+            bound = bind_imports(module, self._wasm.registered, self.wasi is not None, host_imports)
+            instance = Instance(module, bound)
+            self._pending = instance
+            try:
+                reply = self._engine_call(
+                    "wasm_instantiate", "wasm_instantiate", handle, timeout=timeout
+                )
+            finally:
+                self._pending = None
+            check_ok(reply, "wasm_instantiate")
+            handle = reply_u32(reply, "wasm_instantiate")
+            self._own_state().instances[handle] = instance
+            return handle
 
     def make_main(self, instance: int, reset: ResetMode) -> None:
         """Makes `instance` the one `call` reaches, takes the state now as the one
         restore() returns to (`instantiated`), and sets the reset mode (from_wasm)."""
-        state = self._own_state()
-        state.main = instance
-        state.wasi_config = self.wasi.config if self.wasi is not None else None
-        self._initial = self.instantiated = self.snapshot()
-        self.reset_mode = reset
-        self._ran = False
+        with self._lock:
+            state = self._own_state()
+            state.main = instance
+            state.wasi_config = self.wasi.config if self.wasi is not None else None
+            self._initial = self.instantiated = self.snapshot()
+            self.reset_mode = reset
+            self._ran = False
 
     def register(self, instance: int, name: str) -> None:
         """Makes an instance's exports importable under module name `name`."""
-        check_ok(
-            self._engine_call("wasm_register", "wasm_register", instance, name), "wasm_register"
-        )
-        self._own_state().registered.add(name)
+        with self._lock:
+            check_ok(
+                self._engine_call("wasm_register", "wasm_register", instance, name), "wasm_register"
+            )
+            self._own_state().registered.add(name)
 
     def invoke(
         self,
@@ -480,20 +518,25 @@ class WasmSandbox:
         *,
         timeout: float | None = None,
     ) -> list[tuple[ValType, int]]:
-        """Calls an export with raw (type, bits) arguments; returns raw results."""
+        """Calls an export with raw (type, bits) arguments; returns raw results. Like
+        `call`, it changes the state a reset="per_call" call starts from, so the next
+        call restores first."""
         data = pack_values(args)
-        reply = self._engine_call(name, "wasm_invoke", instance, name, data, timeout=timeout)
-        check_ok(reply, name)
-        return decode_values(reply.payload, f"results of {name}")
+        with self._lock:
+            self._ran = True
+            reply = self._engine_call(name, "wasm_invoke", instance, name, data, timeout=timeout)
+            check_ok(reply, name)
+            return decode_values(reply.payload, f"results of {name}")
 
     def get(self, instance: int, name: str) -> tuple[ValType, int]:
         """The value of an exported global."""
-        reply = self._engine_call(name, "wasm_get", instance, name)
-        check_ok(reply, name)
-        values = decode_values(reply.payload, f"global {name}")
-        if len(values) != 1:
-            raise GuestProtocolError(f"global {name}: {len(values)} values")
-        return values[0]
+        with self._lock:
+            reply = self._engine_call(name, "wasm_get", instance, name)
+            check_ok(reply, name)
+            values = decode_values(reply.payload, f"global {name}")
+            if len(values) != 1:
+                raise GuestProtocolError(f"global {name}: {len(values)} values")
+            return values[0]
 
     def memory(self, window: int) -> LinearMemory:
         """Host access to the engine's memory number `window`."""
