@@ -146,7 +146,7 @@ class Image:
 
     def roots(self) -> dict[int, int]:
         ours = array("Q", self.mem[PML4 : PML4 + 4096])
-        return {i: e for i, (e, t) in enumerate(zip(ours, self.template)) if e != t}
+        return {i: e for i, (e, t) in enumerate(zip(ours, self.template, strict=True)) if e != t}
 
     def slots(self, table: int) -> list[int]:
         """Addresses of the present entries of the table at `table`."""
