@@ -29,6 +29,10 @@ written authenticated and only files authenticated with that key are read; witho
 an authenticated file is read like a checksummed one. The HMAC key is SHA-256 of the
 given key (HMAC itself would treat a key and the same key with trailing zero bytes as
 one).
+
+Close to 500 lines for one concept: the snapshot, its file format, and the checks that
+make reading an untrusted file safe (the writer and the reader of one format belong
+together).
 """
 
 from __future__ import annotations
