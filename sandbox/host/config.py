@@ -102,6 +102,14 @@ class HostConfig(BaseSettings):
     write_timeout_s: float = Field(
         30.0, gt=0, le=600, description="longest wait for a client to read a response (then closed)"
     )
+    discard_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="a request answered before its body was read to the end: how long the "
+        "rest of the body (read and dropped, at most max_upload_bytes) may take to arrive "
+        "(then closed)",
+    )
     max_connections: int = Field(
         1000,
         ge=1,

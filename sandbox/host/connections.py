@@ -13,7 +13,19 @@ protocol's own hooks (the parser's callbacks and asyncio's protocol methods):
   header_timeout_s, a body that pauses longer than body_timeout_s, and a client that
   does not read a response for write_timeout_s are closed;
 - at most `max_connections` connections (and never so many that fewer than fd_reserve
-  descriptors stay free for sandboxes and files): beyond, a 503 and close.
+  descriptors stay free for sandboxes and files): beyond, a 503 and close;
+- a request answered before its body was read to the end (refused from its head: a bad
+  name, no credentials, a Content-Length over the limit...): the rest of the body is
+  read and dropped, at most `discard_bytes` (the largest body limit) after the reply and
+  for at most discard_timeout_s, and a close asked for meanwhile (`Connection: close`,
+  the host's 413) becomes a lingering one: the reply, then the sending side shut down
+  (the client reads the reply and an end of stream), then the close once the body has
+  ended, the client has closed or a bound is reached. uvicorn, which drops the rest
+  of an answered body on a kept-alive connection with no bound, closes at once
+  otherwise: the kernel then answers the body still arriving with a reset, and a
+  client that writes its whole body before reading (curl, http.client) loses the
+  reply. A request that asked for `100-continue` and got its reply instead may never
+  send its body: its connection closes (lingering) after the reply.
 
 Each refusal is logged (at most once a second per reason, with a count) and counted in
 sandbox_host_connections_refused_total{reason}.
@@ -29,7 +41,8 @@ import asyncio
 import logging
 import resource
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -53,6 +66,8 @@ class ConnectionLimits:
         self.header_timeout: float = config.header_timeout_s
         self.body_timeout: float = config.body_timeout_s
         self.write_timeout: float = config.write_timeout_s
+        self.discard_timeout: float = config.discard_timeout_s
+        self.discard_bytes: int = max(config.max_upload_bytes, config.max_body_bytes)
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         by_fds = soft - config.fd_reserve if soft != resource.RLIM_INFINITY else 1 << 30
         self.max_connections: int = max(1, min(config.max_connections, by_fds))
@@ -77,26 +92,35 @@ class _HeadHolder:
     """A connection's transport that holds back the first write after `arm()` (a
     response's status line and headers) and sends it with the next write (the body)
     or at `flush()` (the response ended without a body; the connection closes). An
-    interim `100 Continue` is never held. Everything else is the transport's."""
+    interim `100 Continue` is never held (`continued` says it was sent). `close()`
+    asks `linger` first, which may keep the connection open for a while (and then
+    closes it through `transport`). Everything else is the transport's."""
 
-    __slots__ = ("transport", "_head", "_armed")
+    __slots__ = ("transport", "linger", "continued", "_head", "_armed")
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, linger: Callable[[], bool]) -> None:
         self.transport = transport
+        self.linger = linger
+        self.continued = False
         self._head: bytes | None = None
         self._armed = False
 
     def arm(self) -> None:
         self._armed = True
+        self.continued = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         head = self._head
         if head is not None:
             self._head = None
             self.transport.write(head + bytes(data))
-        elif self._armed and bytes(data[:13]) != b"HTTP/1.1 100 ":
-            self._armed = False
-            self._head = bytes(data)
+        elif self._armed:
+            if bytes(data[:13]) == b"HTTP/1.1 100 ":
+                self.continued = True
+                self.transport.write(data)
+            else:
+                self._armed = False
+                self._head = bytes(data)
         else:
             self.transport.write(data)
 
@@ -108,7 +132,8 @@ class _HeadHolder:
 
     def close(self) -> None:
         self.flush()
-        self.transport.close()
+        if not self.linger():
+            self.transport.close()
 
     def abort(self) -> None:
         self._head = None
@@ -122,6 +147,10 @@ class _Refused(Exception):
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(message)
         self.status, self.reason, self.message = status, reason, message
+
+
+class _Halt(Exception):
+    """Raised in a parser callback to stop parsing: the connection is closed."""
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -138,7 +167,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_at = 0.0
         self._write_timer: asyncio.TimerHandle | None = None
         self._refusal: _Refused | None = None
-        self._holder = _HeadHolder(None)  # type: ignore[arg-type]  # set in connection_made
+        self._holder = _HeadHolder(None, self._linger)  # type: ignore[arg-type]  # set below
+        # The request the parser is on (self.cycle's): is its body read to the end?
+        self._body_done = True
+        # Its reply is sent and the rest of its body is being dropped (`_discarded`
+        # bytes so far, until `_discard_timer`); `_lingering`: then the connection closes.
+        self._discarding = False
+        self._lingering = False
+        self._discarded = 0
+        self._discard_timer: asyncio.TimerHandle | None = None
+        self._no_linger = False  # shutting down or closed: a close is a close
+        self._halted = False
 
     # -- connections ---------------------------------------------------------------------
 
@@ -148,7 +187,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             transport.write(_response(503, "too many connections"))
             transport.close()
             return
-        self._holder = _HeadHolder(transport)
+        self._holder = _HeadHolder(transport, self._linger)
         super().connection_made(self._holder)  # type: ignore[arg-type]
         # uvicorn arms its keep-alive timer only after a response: a connection that
         # never sends a request would stay open for ever.
@@ -157,7 +196,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._head_timer, self._body_timer, self._write_timer):
+        self._no_linger = True
+        for timer in (self._head_timer, self._body_timer, self._write_timer, self._discard_timer):
             if timer is not None:
                 timer.cancel()
         if self.transport is None:  # refused in connection_made
@@ -174,8 +214,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
+            if self._halted:
+                return
             if self._refusal is not None:
                 self._refuse(self._refusal)
+                return
+            if self._discarding:  # a malformed rest of a body already answered
+                self._close_now()
                 return
             self.logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
@@ -238,6 +283,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._holder.arm()
         self._in_head = False
+        self._body_done = False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -245,17 +291,100 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_at = self.loop.time() if self._body_timer is not None else 0.0
+        if self._discarding:
+            self._discarded += len(body)
+            if self._discarded > self.limits.discard_bytes:
+                self.limits.refused("discard_bytes", self.client)
+                self._close_now()
+                self._halt()
         super().on_body(body)
 
     def on_response_complete(self) -> None:
         self._holder.flush()
+        cycle = self.cycle
+        if (
+            not self._body_done
+            and not self._discarding
+            and cycle is not None
+            and cycle.response_complete
+            and not self.transport.is_closing()
+        ):
+            if self.expect_100_continue and not self._holder.continued:
+                self.transport.close()  # the body may never come: lingers (_linger)
+            else:
+                self._start_discard()  # kept alive: uvicorn reads on and drops the body
         super().on_response_complete()
 
     def on_message_complete(self) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
+        self._body_done = True
+        if self._discarding:
+            self._discarding = False
+            self.cycle.more_body = False  # uvicorn leaves it set on an answered request
+            if self._discard_timer is not None:
+                self._discard_timer.cancel()
+                self._discard_timer = None
+            if self._lingering:  # all of it read: nothing left for a reset
+                self._close_now()
+                self._halt()
         super().on_message_complete()
+
+    def _halt(self) -> NoReturn:
+        self._halted = True
+        raise _Halt
+
+    # -- the unread rest of a body ------------------------------------------------------
+
+    def _linger(self) -> bool:
+        """Called for every close of the connection (`_HeadHolder.close`): True if the
+        close waits because the reply is out but the rest of its request's body is
+        still to come. Then the sending side is shut down at once (after the reply)
+        and the rest is read and dropped until it ends or a bound is reached."""
+        cycle = self.cycle
+        if (
+            self._no_linger
+            or self._discarding
+            or self._body_done
+            or cycle is None
+            or not cycle.response_complete
+        ):
+            return False
+        transport = self._holder.transport
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            return False
+        self._lingering = True
+        self._start_discard()
+        return True
+
+    def _start_discard(self) -> None:
+        self._discarding = True
+        self._discarded = 0
+        self._discard_timer = self.loop.call_later(
+            self.limits.discard_timeout, self._discard_timeout
+        )
+
+    def _discard_timeout(self) -> None:
+        self._discard_timer = None
+        if self._discarding and not self._holder.transport.is_closing():
+            self.limits.refused("discard_timeout", self.client)
+            self._close_now()
+
+    def _close_now(self) -> None:
+        self._no_linger = True
+        self._holder.flush()
+        if not self._holder.transport.is_closing():
+            self._holder.transport.close()
+
+    def shutdown(self) -> None:
+        self._no_linger = True
+        if self._discarding:
+            self._close_now()
+        else:
+            super().shutdown()
 
     # -- timers -------------------------------------------------------------------------
 
