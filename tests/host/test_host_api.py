@@ -354,9 +354,9 @@ def test_garbage_modules_and_bad_manifests_are_refused(
 
 def _raw_request(host: Host, request: bytes, body: bytes = b"") -> bytes:
     """The raw response to `request`. With a `body`, the request asks `Expect:
-    100-continue` and the body goes only after the server's 100: a server that refuses
-    the request from its head answers at once and closes without reading a body, and a
-    body sent anyway would make that close a reset that loses the answer."""
+    100-continue` and the body goes only after the server's 100, as an HTTP client
+    should (a client that sends its body anyway gets the early answer too: the host
+    drops the rest of the body and closes lingering, test_host_unread_body.py)."""
     with socket.create_connection(("127.0.0.1", host.port), timeout=5) as s:
         s.sendall(request)
         data = b""
