@@ -9,8 +9,11 @@ recently used files beyond $KVM_SANDBOX_CACHE_MAX_MIB (default 4 GiB each).
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 CACHE_ENVIRONMENT = "KVM_SANDBOX_CACHE"
@@ -85,3 +88,47 @@ def trim(name: str, keep: Path, limit: int | None = None) -> list[Path]:
         total -= size
         deleted.append(path)
     return deleted
+
+
+class BackgroundWrites:
+    """Writes the files of one cache subdirectory on threads of their own, so that the
+    caller does not wait for the disk: at most one write per path at a time, each then
+    trimming the subdirectory to its limit (`trim`). Not daemon threads: an exiting
+    process finishes its writes (a write cut short leaves no file: `write` is expected
+    to write a temporary file and rename it, as Snapshot.save does). A write that fails
+    (a full or read-only disk) is logged with `what` and changes nothing."""
+
+    def __init__(self, subdir: str, what: str, log: logging.Logger) -> None:
+        self.subdir, self.what, self.log = subdir, what, log
+        self._threads: dict[Path, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def start(self, path: Path, write: Callable[[Path], None]) -> None:
+        """Runs `write(path)` on a thread of its own (nothing if one is writing it)."""
+        with self._lock:
+            if path in self._threads:
+                return
+            thread = threading.Thread(
+                target=self._write, args=(path, write), name=f"{self.subdir}-write"
+            )
+            self._threads[path] = thread
+        thread.start()
+
+    def _write(self, path: Path, write: Callable[[Path], None]) -> None:
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write(path)
+            for old in trim(self.subdir, keep=path):
+                self.log.info("the %s is over its limit: deleted %s", self.what, old.name)
+        except Exception as exc:
+            self.log.warning("cannot write the %s file %s: %s", self.what, path, exc)
+        finally:
+            with self._lock:
+                self._threads.pop(path, None)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Waits for the files being written (tests, benchmarks, short programs)."""
+        with self._lock:
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.join(timeout)

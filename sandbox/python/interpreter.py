@@ -193,7 +193,6 @@ def _cached_or_started(
     found = tcache.find(cache_key, config, mod, wasi_for)
     if found is not None:
         snap, token, handshake = found
-        tier: Literal["interp", "aot"] = "interp" if path is None else "aot"
         try:
             addresses = _checked_addresses(snap, token, handshake)
         except PythonStartError as exc:
@@ -201,7 +200,7 @@ def _cached_or_started(
         else:
             remember(mod)
             _modules.setdefault(build.sha256, mod)
-            return Template(snap, addresses, build, packages, preopens, tier)
+            return Template(snap, addresses, build, packages, preopens, _tier(path))
     made, token, handshake = _start(build, config, packages, preopens, path)
     tcache.save_later(cache_key, made.wasm, token, handshake)
     return made
@@ -276,8 +275,12 @@ def _start(
         assert snap is not None
     finally:
         sb.close()
-    tier: Literal["interp", "aot"] = "interp" if path is None else "aot"
-    return Template(snap, addresses, build, packages, preopens, tier), token, handshake
+    return Template(snap, addresses, build, packages, preopens, _tier(path)), token, handshake
+
+
+def _tier(guest_path: Path | None) -> Literal["interp", "aot"]:
+    """What runs an interpreter started in the engine (None) or in a compiled guest."""
+    return "interp" if guest_path is None else "aot"
 
 
 def _handshake(sb: WasmSandbox) -> tuple[int, ...]:

@@ -29,11 +29,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from ..cachedir import cache_subdir, touch, trim
+from ..cachedir import BackgroundWrites, cache_subdir, touch
 from ..config import SandboxConfig
 from ..errors import SnapshotError, WasmLinkError
 from ..wasm import savedstate
@@ -47,8 +46,7 @@ FORMAT = "1"  # bump when what a cached interpreter holds or its labels change m
 SUBDIR = "python-templates"
 ENVIRONMENT = "KVM_SANDBOX_PYTHON_CACHE"
 _KEY, _TOKEN, _HANDSHAKE = "python.key", "python.token", "python.handshake"
-_writes: dict[Path, threading.Thread] = {}
-_lock = threading.Lock()
+_writes = BackgroundWrites(SUBDIR, "Python interpreter cache", log)
 
 
 def enabled() -> bool:
@@ -125,35 +123,11 @@ def forget(cache_key: str, why: str) -> None:
 def save_later(
     cache_key: str, snap: WasmSnapshot, token: bytes, handshake: tuple[int, ...]
 ) -> None:
-    """Saves a started interpreter on a thread of its own (at most one write per file)."""
-    path = path_for(cache_key)
+    """Saves a started interpreter in the background (cachedir.BackgroundWrites)."""
     labels = {_KEY: cache_key, _TOKEN: token.hex(), _HANDSHAKE: ",".join(map(str, handshake))}
-    with _lock:
-        if path in _writes:
-            return
-        thread = threading.Thread(
-            target=_write, args=(path, snap, labels), name="python-cache-write"
-        )
-        _writes[path] = thread
-    thread.start()
-
-
-def _write(path: Path, snap: WasmSnapshot, labels: dict[str, str]) -> None:
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        savedstate.save(snap, path, labels)
-        for old in trim(SUBDIR, keep=path):
-            log.info("the Python interpreter cache is over its limit: deleted %s", old.name)
-    except Exception as exc:  # a full or read-only disk: the next process starts afresh
-        log.warning("cannot write the Python interpreter cache file %s: %s", path, exc)
-    finally:
-        with _lock:
-            _writes.pop(path, None)
+    _writes.start(path_for(cache_key), lambda target: savedstate.save(snap, target, labels))
 
 
 def flush(timeout: float | None = None) -> None:
     """Waits for the cache files being written (tests, short programs)."""
-    with _lock:
-        threads = list(_writes.values())
-    for thread in threads:
-        thread.join(timeout)
+    _writes.flush(timeout)

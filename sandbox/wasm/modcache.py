@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..cachedir import cache_subdir, touch, trim
+from ..cachedir import BackgroundWrites, cache_subdir, touch
 from ..config import ResetMode, SandboxConfig
 from ..errors import SnapshotError
 from ..guests import resolve_guest
@@ -91,8 +91,8 @@ class Loaded:
 _Key = tuple[str, SandboxConfig, str]  # module sha256, engine config, engine build
 _memory: OrderedDict[_Key, Loaded] = OrderedDict()
 _lock = threading.Lock()
-_writes: dict[Path, threading.Thread] = {}
 _builds: dict[tuple[str, int, int, int], str] = {}
+_writes = BackgroundWrites(SUBDIR, "Wasm module cache", log)
 
 
 def cache_dir() -> Path:
@@ -308,36 +308,13 @@ def spawn(
 
 
 def _write_later(path: Path, snap: Snapshot, labels: dict[str, str]) -> None:
-    """Saves the loaded engine to `path` on a thread of its own (not a daemon: an
-    exiting process finishes the write; a write cut short leaves no file, only its
-    temporary, which is removed)."""
-    with _lock:
-        if path in _writes:
-            return
-        thread = threading.Thread(target=_write, args=(path, snap, labels), name="wasm-cache-write")
-        _writes[path] = thread
-    thread.start()
-
-
-def _write(path: Path, snap: Snapshot, labels: dict[str, str]) -> None:
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        snap.save(path, labels=labels)
-        for old in trim(SUBDIR, keep=path):
-            log.info("the Wasm module cache is over its limit: deleted %s", old.name)
-    except Exception as exc:  # a full or read-only disk: the cache stays in memory
-        log.warning("cannot write the Wasm module cache file %s: %s", path, exc)
-    finally:
-        with _lock:
-            _writes.pop(path, None)
+    """Saves the loaded engine to `path` in the background (cachedir.BackgroundWrites)."""
+    _writes.start(path, lambda target: snap.save(target, labels=labels))
 
 
 def flush(timeout: float | None = None) -> None:
     """Waits for the cache files being written (tests, benchmarks, short programs)."""
-    with _lock:
-        threads = list(_writes.values())
-    for thread in threads:
-        thread.join(timeout)
+    _writes.flush(timeout)
 
 
 def clear_memory() -> None:
