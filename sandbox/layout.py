@@ -365,8 +365,13 @@ class Layout:
             added = {
                 i: e for i, (e, want) in enumerate(zip(ours, theirs, strict=True)) if e != want
             }
-            if roots is None or any(theirs[i] for i in added):
+            if any(theirs[i] for i in added):
                 return "the page-table roots, descriptor tables, TSS or exception stubs differ"
+            if roots is None:
+                return (
+                    "it maps memory beyond the runtime's own page tables (a Wasm sandbox's "
+                    "snapshot? sandbox.wasm.load_snapshot reads those)"
+                )
             why = roots(added)
             if why is not None:
                 return why

@@ -125,7 +125,7 @@ def save_later(
 ) -> None:
     """Saves a started interpreter in the background (cachedir.BackgroundWrites)."""
     labels = {_KEY: cache_key, _TOKEN: token.hex(), _HANDSHAKE: ",".join(map(str, handshake))}
-    _writes.start(path_for(cache_key), lambda target: savedstate.save(snap, target, labels))
+    _writes.start(path_for(cache_key), lambda target: snap.save(target, labels=labels))
 
 
 def flush(timeout: float | None = None) -> None:

@@ -10,6 +10,7 @@ from .abi import ValType
 from .factory import from_wasm
 from .module import WasmModule
 from .sandbox import WasmEngineError, WasmLinkError, WasmSandbox, WasmTrap
+from .savedstate import load_snapshot
 from .wasi import WasiConfig, WasiExit
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "WasmSandbox",
     "WasmTrap",
     "from_wasm",
+    "load_snapshot",
 ]

@@ -1,66 +1,77 @@
-"""An instantiated engine on disk: a WasmSnapshot whose imports are all WASI or linked
-inside the engine, saved as a Snapshot file, and read back with its host-side state
-rebuilt by the reader, not taken from the file.
-
-What the file holds beyond the engine's memory and registers (in the Snapshot's labels,
-covered by its checksum): the instances' handles and their modules' SHA-256, the
-engine's registered module names, and the main instance. What the reader supplies: the
-modules themselves (matched by SHA-256: the host reads their types from its own copy),
-the WASI configuration (preopened host directories are the host's to decide, never the
-file's) and the sandbox class. Imports are bound again as `instantiate` binds them, so a
-module that imports anything but WASI cannot be saved or read.
-
-The engine's memory is checked like any snapshot's (Snapshot.load), and its page tables
-beyond the runtime's own must be exactly Wasm windows `Windows.grow` could have written
-(windows.check_tables): ring 3 reaches through them only the linear-memory pages handed
-out, so a sandbox's resets search every page it can write (pool_reach).
+"""Reading back a Wasm engine saved with `WasmSnapshot.save`: the engine snapshot is
+checked like any snapshot file (Snapshot.load), with the page tables of its Wasm windows
+held to what `Windows.grow` writes (windows.check_tables: ring 3 reaches through them
+only the linear-memory pages handed out, nothing in guard space and no page table, so a
+sandbox's resets search every page it can write); the host-side state is rebuilt from
+the file's labels (which module each instance runs, by SHA-256; the registered names;
+the main instance) and from what the reader supplies, never from the file: the modules
+themselves (the host reads their types from its own copy) and the WASI configuration
+(preopened host directories are the host's to decide). Imports are bound again as
+`instantiate` binds them, so a module that imports anything but WASI cannot be read.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from ..errors import SnapshotError, WasmEngineError
+from ..errors import ArgumentError, SnapshotError
 from ..snapshot import Snapshot
-from .module import WasmModule
+from .module import WasmModule, load
 from .sandbox import WasmSandbox
-from .state import WASI, EngineState, Instance, WasmSnapshot, bind_imports
+from .state import (
+    INSTANCES_LABEL,
+    MAIN_LABEL,
+    REGISTERED_LABEL,
+    WASI_MODULE,
+    EngineState,
+    Instance,
+    WasmSnapshot,
+    bind_imports,
+)
 from .wasi import WasiConfig
 from .windows import check_tables
 
-LABEL = "sandbox.wasm.state"  # the labels this module writes start with it
-_INSTANCES, _REGISTERED, _MAIN = (f"{LABEL}.{name}" for name in ("instances", "registered", "main"))
 _U32 = 1 << 32
+ModuleSource = WasmModule | bytes | str | os.PathLike[str]
 
 
-def save(
-    snap: WasmSnapshot, path: str | os.PathLike[str], labels: Mapping[str, str] | None = None
-) -> None:
-    """Writes `snap` to `path` (Snapshot.save: atomic, checksummed, authenticated with
-    $SANDBOX_SNAPSHOT_KEY if set) with `labels` beside the engine state's own. Raises
-    WasmEngineError if an instance imports a Python callable."""
-    state = snap.wasm_state
-    for instance in state.instances.values():
-        if any(bound is not None and bound is not WASI for bound in instance.host_imports):
-            raise WasmEngineError(
-                "an engine whose imports are Python callables cannot be saved to a file"
-            )
-    own = {
-        _INSTANCES: ",".join(f"{h}:{i.module.sha256}" for h, i in sorted(state.instances.items())),
-        _REGISTERED: ",".join(sorted(state.registered)),
-        _MAIN: "" if state.main is None else str(state.main),
-    }
-    if any(name.startswith(LABEL) for name in labels or {}):
-        raise ValueError(f"labels starting with {LABEL!r} are this module's")
-    snap.base.save(path, labels={**(labels or {}), **own})
+def load_snapshot(
+    path: str | os.PathLike[str],
+    modules: ModuleSource | Sequence[ModuleSource],
+    *,
+    wasi: WasiConfig | None = None,
+    key: bytes | str | None = None,
+) -> WasmSnapshot:
+    """A Wasm sandbox's snapshot saved with `WasmSnapshot.save`, for
+    `Sandbox.from_snapshot`. `modules`: the module (or modules) its instances run, as
+    `from_wasm` takes them (validated unless a WasmModule), matched by SHA-256; `wasi`:
+    the WASI configuration of the sandboxes made from it (default, if a module imports
+    WASI: `WasiConfig()`); `key`: as for `Snapshot.load`. Raises SnapshotError (the file,
+    or what it says, is not usable), WasmLinkError, WasmModuleError, FileNotFoundError."""
+    given = [modules] if isinstance(modules, WasmModule | bytes | str | os.PathLike) else modules
+    found: dict[str, WasmModule] = {}
+    for item in given:
+        if not isinstance(item, WasmModule | bytes | str | os.PathLike):
+            raise ArgumentError(f"modules takes Wasm modules or paths, not {type(item).__name__}")
+        module = item if isinstance(item, WasmModule) else load(item)
+        found[module.sha256] = module
+    if wasi is not None and not isinstance(wasi, WasiConfig):
+        raise ArgumentError(f"wasi must be a WasiConfig, not {type(wasi).__name__}")
+    if wasi is None and any(i.module == WASI_MODULE for m in found.values() for i in m.imports):
+        wasi = WasiConfig()
+    base = read(path, key=key)
+    try:
+        return attach(base, modules=found, wasi=wasi)
+    except SnapshotError as exc:
+        raise SnapshotError(f"{os.fspath(path)}: {exc}") from None
 
 
-def read(path: str | os.PathLike[str]) -> Snapshot:
-    """The engine snapshot of a file `save` wrote, checked (Snapshot.load, with the
-    windows' page tables held to windows.check_tables). Raises SnapshotError and
-    FileNotFoundError."""
-    return Snapshot.load(path, page_tables=check_tables)
+def read(path: str | os.PathLike[str], *, key: bytes | str | None = None) -> Snapshot:
+    """The engine snapshot of a file `WasmSnapshot.save` wrote, checked (Snapshot.load,
+    with the windows' page tables held to windows.check_tables). Raises SnapshotError
+    and FileNotFoundError."""
+    return Snapshot.load(path, key=key, page_tables=check_tables)
 
 
 def attach(
@@ -80,18 +91,18 @@ def attach(
     labels = base.labels
     if "wasm_invoke" not in base.functions:
         raise SnapshotError("not a Wasm engine's snapshot")
-    names = set(filter(None, labels.get(_REGISTERED, "").split(",")))
+    names = set(filter(None, labels.get(REGISTERED_LABEL, "").split(",")))
     if not names <= registered:
         raise SnapshotError(f"registered modules {sorted(names - registered)} not expected")
     state = EngineState(registered=names, rewind=base.cpu, wasi_config=wasi)
-    for item in filter(None, labels.get(_INSTANCES, "").split(",")):
+    for item in filter(None, labels.get(INSTANCES_LABEL, "").split(",")):
         handle, _, digest = item.partition(":")
         module = modules.get(digest)
         if not _is_u32(handle) or module is None or int(handle) in state.instances:
             raise SnapshotError(f"instance {item[:80]!r} is not one of the modules given")
         bound = bind_imports(module, names, wasi is not None, None)
         state.instances[int(handle)] = Instance(module, bound)
-    main = labels.get(_MAIN, "")
+    main = labels.get(MAIN_LABEL, "")
     if main and (not _is_u32(main) or int(main) not in state.instances):
         raise SnapshotError(f"main instance {main[:20]!r} is not one of its instances")
     state.main = int(main) if main else None

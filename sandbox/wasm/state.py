@@ -22,6 +22,12 @@ if TYPE_CHECKING:
     from .sandbox import WasmSandbox
 
 WASI_MODULE = "wasi_snapshot_preview1"
+# What WasmSnapshot.save writes beside the engine's snapshot (its labels, under the file's
+# checksum); sandbox/wasm/savedstate.py reads them.
+STATE_LABEL = "sandbox.wasm.state"
+INSTANCES_LABEL = f"{STATE_LABEL}.instances"  # handle:module-sha256, comma-separated
+REGISTERED_LABEL = f"{STATE_LABEL}.registered"  # module names, comma-separated
+MAIN_LABEL = f"{STATE_LABEL}.main"  # the main instance's handle, or empty
 HOT_HEAP_PAGES = 64  # engine-heap pages a sandbox made from a snapshot populates
 
 
@@ -94,10 +100,9 @@ class EngineState:
 class WasmSnapshot:
     """A WasmSandbox's snapshot: the engine's `Snapshot` (`base`) and the host's side of
     the engine state (module instances, imports, WASI configuration). `spawn` (and
-    `Sandbox.from_snapshot`) makes a WasmSandbox of it, with a fresh WASI context. Kept in
-    memory only: `save` is refused, since the Python callables bound to imports cannot
-    be written to a file (an engine whose imports are all WASI can be, with
-    sandbox.wasm.savedstate, the reader handing back the modules and WASI config)."""
+    `Sandbox.from_snapshot`) makes a WasmSandbox of it, with a fresh WASI context.
+    `save` writes it to a file if its imports are all WASI or linked inside the engine
+    (Python callables cannot be written); `sandbox.wasm.load_snapshot` reads it."""
 
     def __init__(self, base: Snapshot, state: EngineState, kind: type[WasmSandbox]) -> None:
         self.base = base
@@ -151,8 +156,34 @@ class WasmSnapshot:
             raise ArgumentError("a Wasm sandbox takes imports, not host_functions")
         return (cls or self.kind).from_wasm_snapshot(self, reset=reset, output=output)
 
-    def save(self, path: str | os.PathLike[str], *, key: bytes | str | None = None) -> None:
-        raise WasmEngineError(
-            "a Wasm sandbox's snapshot cannot be saved to a file (its imports are Python "
-            "callables); keep it in memory, or call Sandbox.from_wasm again"
-        )
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        key: bytes | str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        """Writes the snapshot to `path` (Snapshot.save: atomic, checksummed, with `key`
+        or $SANDBOX_SNAPSHOT_KEY authenticated): the engine's memory and registers, and
+        in its labels which module each instance runs, the registered names and the main
+        instance. `sandbox.wasm.load_snapshot(path, module, wasi=...)` reads it back, the
+        reader handing the modules and the WASI configuration (sandbox/wasm/savedstate.py).
+        Raises WasmEngineError if an instance imports Python callables (they cannot be
+        written to a file: keep such a snapshot in memory, or call from_wasm again)."""
+        state = self.wasm_state
+        for instance in state.instances.values():
+            if any(bound is not None and bound is not WASI for bound in instance.host_imports):
+                raise WasmEngineError(
+                    "a Wasm sandbox's snapshot whose imports are Python callables cannot be "
+                    "saved to a file; keep it in memory, or call Sandbox.from_wasm again"
+                )
+        if any(name.startswith(STATE_LABEL) for name in labels or {}):
+            raise ArgumentError(f"labels starting with {STATE_LABEL!r} are the engine state's")
+        own = {
+            INSTANCES_LABEL: ",".join(
+                f"{h}:{i.module.sha256}" for h, i in sorted(state.instances.items())
+            ),
+            REGISTERED_LABEL: ",".join(sorted(state.registered)),
+            MAIN_LABEL: "" if state.main is None else str(state.main),
+        }
+        self.base.save(path, key=key, labels={**(labels or {}), **own})

@@ -1,4 +1,5 @@
-"""An instantiated engine saved to a file and read back (sandbox/wasm/savedstate.py), and
+"""A Wasm sandbox's snapshot saved to a file and read back (WasmSnapshot.save,
+sandbox.wasm.load_snapshot; sandbox/wasm/savedstate.py), and
 the check that makes that safe: the Wasm windows' page tables in a file must be ones the
 host could have written (windows.check_tables), so that ring 3 reaches through them only
 the linear-memory pages handed out and every reset searches every page it can write.
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import Sandbox, Snapshot, SnapshotError
+from sandbox import ArgumentError, Sandbox, Snapshot, SnapshotError
 from sandbox import x86_64 as x86
 from sandbox.layout import PML4, Layout
 from sandbox.memory import MemoryImage
-from sandbox.wasm import WasmEngineError, WasmSandbox, WasmTrap, savedstate
+from sandbox.wasm import WasmEngineError, WasmSandbox, WasmTrap, load_snapshot, savedstate
 from sandbox.wasm.abi import WASM_PAGE
 from sandbox.wasm.module import WasmModule, load
 from sandbox.wasm.state import WasmSnapshot
@@ -72,7 +73,7 @@ def grown(wasm_bytes: bytes) -> Iterator[WasmSnapshot]:
 @pytest.fixture
 def saved(grown: WasmSnapshot, tmp_path: Path) -> Path:
     path = tmp_path / "engine.snap"
-    savedstate.save(grown, path, {"note": "kept"})
+    grown.save(path, labels={"note": "kept"})
     return path
 
 
@@ -103,8 +104,55 @@ def test_a_loaded_engine_resets_every_page_it_writes(saved: Path, module: WasmMo
             assert sb.call("bump") == 2
 
 
+def test_load_snapshot_is_the_public_way_back(
+    saved: Path, wasm_bytes: bytes, tmp_path: Path
+) -> None:
+    snap = load_snapshot(saved, wasm_bytes)  # bytes, validated; a path or WasmModule too
+    with Sandbox.from_snapshot(snap) as sb:
+        assert sb.call("load", MARK) == 5678
+    other = bytes(wasmtime.wat2wasm('(module (func (export "f")))'))
+    with pytest.raises(SnapshotError, match="engine.snap: instance .* not one of the modules"):
+        load_snapshot(saved, other)
+    with pytest.raises(ArgumentError):
+        load_snapshot(saved, [wasm_bytes, 3])  # type: ignore[list-item]
+
+
+def test_a_keyed_snapshot_needs_its_key(
+    grown: WasmSnapshot, wasm_bytes: bytes, tmp_path: Path
+) -> None:
+    path = tmp_path / "keyed.snap"
+    grown.save(path, key="k1")
+    assert load_snapshot(path, wasm_bytes, key="k1").wasm_state.main is not None
+    with pytest.raises(SnapshotError, match="authentication failed"):
+        load_snapshot(path, wasm_bytes, key="k2")
+
+
+def test_a_wasi_program_saved_after_its_work_resumes_there(tmp_path: Path) -> None:
+    """A WASI module's state, saved after calls that changed it, read back with a WASI
+    configuration of the reader's (the default, none given): the preopens and streams
+    are the reader's, the memory the writer's."""
+    text = """(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "note") (param i32) (i32.store (i32.const 100) (local.get 0)))
+      (func (export "say") (result i32)
+        (i32.store (i32.const 0) (i32.const 100)) (i32.store (i32.const 4) (i32.const 4))
+        (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))"""
+    data = bytes(wasmtime.wat2wasm(text))
+    path = tmp_path / "wasi.snap"
+    with Sandbox.from_wasm(data) as sb:
+        sb.call("note", 0x6B6F_2121)  # "!!ok" little-endian
+        sb.snapshot().save(path)
+    snap = load_snapshot(path, data)
+    assert snap.wasm_state.wasi_config is not None
+    with Sandbox.from_snapshot(snap) as copy:
+        assert isinstance(copy, WasmSandbox)
+        assert copy.call("say") == 0
+        assert copy.wasi is not None and copy.wasi.stdout == b"!!ok"
+
+
 def test_a_plain_snapshot_load_still_refuses_window_tables(saved: Path) -> None:
-    with pytest.raises(SnapshotError, match="page-table roots"):
+    with pytest.raises(SnapshotError, match="beyond the runtime's own page tables.*load_snapshot"):
         Snapshot.load(saved)
 
 
@@ -123,7 +171,7 @@ def test_an_engine_with_python_callable_imports_is_not_saved(tmp_path: Path) -> 
     ) as sb:
         assert isinstance(sb, WasmSandbox)
         with pytest.raises(WasmEngineError, match="Python callables"):
-            savedstate.save(sb.snapshot(), tmp_path / "x.snap")
+            sb.snapshot().save(tmp_path / "x.snap")
     assert not (tmp_path / "x.snap").exists()
 
 
@@ -292,6 +340,6 @@ def test_an_edited_file_with_a_valid_checksum_is_refused(
         guest_path=base.guest_path,
     )
     path = tmp_path / "forged.snap"
-    savedstate.save(WasmSnapshot(forged, grown.wasm_state, WasmSandbox), path)
+    WasmSnapshot(forged, grown.wasm_state, WasmSandbox).save(path)
     with pytest.raises(SnapshotError, match=EDITS[name][1]):
         savedstate.read(path)
