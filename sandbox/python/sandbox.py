@@ -72,9 +72,10 @@ _LENGTH = struct.Struct("<I")
 HOST_ERROR_MAX = 2000  # characters of a host function's error passed to the guest
 SPARE_WARMUP_TIMEOUT = 0.5  # seconds: a call that warms a spare machine (machines.py)
 SPARE_WARMUP_CALLS = 3  # each from the snapshot, each with its own random seed
-MAX_BASES = 8  # per interpreter: snapshots of a function compiled (reset="per_call")
-# id(template) -> function key -> the interpreter with that function defined (see _fresh)
-_bases: dict[int, dict[str, PythonSnapshot]] = {}
+MAX_BASES = 8  # per snapshot: states with a function compiled (reset="per_call", _fresh)
+# id(template) -> the template's own state as a PythonSnapshot, one per template (the
+# templates are kept for the process), so that the sandboxes made from it share `bases`.
+_initials: dict[int, PythonSnapshot] = {}
 
 
 class PythonSnapshot:
@@ -86,6 +87,10 @@ class PythonSnapshot:
         self.wasm = wasm
         self.template = tmpl
         self.known = known  # keys of the shipped functions defined in this state
+        # Function key -> this state with that function compiled (reset="per_call":
+        # PythonSandbox._fresh), at most MAX_BASES. Per snapshot: a state derived from
+        # another snapshot must never be where a call of this one starts.
+        self.bases: dict[str, PythonSnapshot] = {}
         warm = functools.partial(_warm_spare, weakref.ref(wasm), weakref.ref(tmpl), known)
         machines.warm_spares_with(wasm.base.image, warm)
 
@@ -150,7 +155,9 @@ class PythonSandbox:
             if p.guest_path.rstrip("/") == PACKAGES_GUEST_PATH:
                 raise ArgumentError(f"{PACKAGES_GUEST_PATH} is where packages are mounted")
         tmpl = template(config, resolve(packages), opens, check_tier(tier))
-        initial = PythonSnapshot(tmpl.wasm, tmpl, frozenset())
+        initial = _initials.get(id(tmpl))
+        if initial is None or initial.template is not tmpl:
+            initial = _initials[id(tmpl)] = PythonSnapshot(tmpl.wasm, tmpl, frozenset())
         self._setup(initial, functions, output, reset)
 
     @classmethod
@@ -327,12 +334,14 @@ class PythonSandbox:
     def _fresh(self, request: tuple[Any, ...] | None) -> None:
         """reset="per_call": the state for this call. A shipped function is compiled once
         per process and interpreter settings, in a fresh interpreter, and that state is
-        snapshotted (`_bases`): its later calls restore to it, so they pay neither the
-        compilation nor its page faults. Nothing of the function ran in that state."""
+        snapshotted: its later calls restore to it, so they pay neither the
+        compilation nor its page faults. Nothing of the function ran in that state. The
+        states are kept per initial snapshot (`PythonSnapshot.bases`): sandboxes made from
+        one snapshot share them, and never with sandboxes of another."""
         base = self._initial
         if request is not None:
             key = str(request[1])
-            bases = _bases.setdefault(id(self._initial.template), {})
+            bases = base.bases
             found = bases.get(key)
             if found is None:
                 if self._ran or self.poisoned or self._base is not base:

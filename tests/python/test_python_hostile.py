@@ -4,6 +4,7 @@ are untouched. Real CPython 3.12 for WASI in the real VM."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -130,3 +131,37 @@ def test_host_decoder_directly() -> None:
             decode(bad)
     with pytest.raises(CodecError):
         decode(b"y" + bytes(16))
+
+
+def planted():
+    """What a previous caller left in the interpreter (builtins outlive modules)."""
+    import builtins
+
+    return getattr(builtins, "PLANTED", None)
+
+
+def test_a_per_call_sandbox_never_starts_from_another_snapshots_state(tier: str) -> None:
+    """reset="per_call" keeps, per initial state, the states with a shipped function
+    compiled. They were kept per interpreter: a fresh Sandbox("python") whose function
+    had been compiled first by a sandbox made from another caller's snapshot started
+    its calls from that snapshot's state (it read the other caller's data), and the
+    reverse lost the snapshot's own state. Both orders, both ways."""
+    with Sandbox("python", tier=tier) as alice:
+        alice.run("import builtins; builtins.PLANTED = 'alice-secret'")
+        snap = alice.snapshot()
+    for first_from_snapshot in (True, False):
+        order = ["snapshot", "fresh"] if first_from_snapshot else ["fresh", "snapshot"]
+        for which in order:
+            if which == "snapshot":
+                with Sandbox.from_snapshot(snap, reset="per_call") as sb:
+                    assert [sb.call(planted) for _ in range(2)] == ["alice-secret"] * 2
+            else:
+                with Sandbox("python", reset="per_call", tier=tier) as sb:
+                    assert [sb.call(planted) for _ in range(2)] == [None, None]
+        snap = alice_again(tier)  # a new snapshot object: nothing compiled for it yet
+
+
+def alice_again(tier: str) -> Any:
+    with Sandbox("python", tier=tier) as alice:
+        alice.run("import builtins; builtins.PLANTED = 'alice-secret'")
+        return alice.snapshot()
