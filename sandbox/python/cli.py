@@ -99,7 +99,10 @@ def demo() -> None:
     t0 = time.perf_counter()
     with PythonSandbox() as sb:  # what Sandbox("python") returns
         first = (time.perf_counter() - t0) * 1e3
-        print(f"Sandbox('python'): {first:.0f} ms (the interpreter starts once per process)")
+        print(
+            f"Sandbox('python'): {first:.0f} ms (the first of a process: the interpreter "
+            "starts once per machine, ~2 s, and is then read from the disk cache)"
+        )
         print(f"sb.call(stats, [3, 1, 4, 1, 5]) = {sb.call(stats, [3, 1, 4, 1, 5])!r}")
         try:
             sb.call(divide, 1, 0)
