@@ -1,6 +1,7 @@
-"""Fixtures of the Python-guest tests. The interpreter starts once per process and tier
-(about a second, cached by sandbox.python.interpreter); each test's sandbox is spawned
-from that snapshot in milliseconds.
+"""Fixtures of the Python-guest tests. The interpreter starts once per machine and tier
+(about a second, then read from the disk cache: sandbox.python.tcache) and is kept per
+process (sandbox.python.interpreter); each test's sandbox is spawned from that snapshot
+in milliseconds.
 
 Every test that takes `tier` (or `sb`) runs on both tiers: the Wasm engine ("interp")
 and CPython compiled to native code ("aot", sandbox.wasm.aot). The compiled guest comes
