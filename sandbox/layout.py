@@ -44,7 +44,7 @@ from __future__ import annotations
 import functools
 import struct
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -244,7 +244,18 @@ class Layout:
         as (guest address, bytes) pieces: system and page tables, and the guest image;
         the rest starts zero. The boot info is written per sandbox (it carries the
         random seed)."""
-        mem = bytearray(self.image_end)
+        image = bytearray(self.image_end - self.image_base)
+        for seg in segments:
+            offset = seg.addr - self.image_base
+            if offset < 0 or offset + len(seg.data) > len(image):
+                raise ValueError(f"segment at 0x{seg.addr:x} outside the guest image")
+            image[offset : offset + len(seg.data)] = seg.data
+        return [(0, self.system_area(segments)), (self.image_base, bytes(image))]
+
+    def system_area(self, segments: Sequence[Segment] = ()) -> bytes:
+        """Guest memory below `page_tables_end`: page tables (the guest image's leaf
+        entries from `segments`), descriptor tables, TSS, exception stubs."""
+        mem = bytearray(self.page_tables_end)
         n_pages = self.mem_size // PAGE
 
         # Leaf page-table entries, one per 4 KiB page; zero = not present.
@@ -271,7 +282,6 @@ class Layout:
             if not seg.executable:
                 flags |= x86.PTE_NX
             map_range(seg.addr, seg.addr + seg.mem_size, flags)
-            mem[seg.addr : seg.addr + len(seg.data)] = seg.data
         map_range(self.out_buf, self.reply_buf, user_rw)
         map_range(self.reply_buf, self.heap_base, user_ro)
         map_range(self.heap_base, self.heap_base + self.heap_size, user_rw)
@@ -296,10 +306,7 @@ class Layout:
             stub = _stub(vector)
             mem[STUBS + vector * STUB_SIZE : STUBS + (vector + 1) * STUB_SIZE] = stub
         mem[STUB_COMMON : STUB_COMMON + len(STUB_COMMON_CODE)] = STUB_COMMON_CODE
-        return [
-            (0, bytes(mem[: self.page_tables_end])),
-            (self.image_base, bytes(mem[self.image_base : self.image_end])),
-        ]
+        return bytes(mem)
 
     def overlapping_regions(self) -> tuple[str, str] | None:
         """Two regions of this layout that overlap (None if none do): a layout read from
@@ -351,7 +358,7 @@ class Layout:
         are free (only a trap writes there). PML4 entries the runtime leaves empty are
         refused, unless `roots` is given: it is handed those entries (index -> entry)
         and says why they are wrong (the Wasm windows' check: wasm/windows.py)."""
-        expected = self.build_template([])[0][1]
+        expected = self.system_area()
         if len(memory) != len(expected):
             return "the system area has the wrong size"
         root_page = slice(PML4, PML4 + PAGE)

@@ -184,7 +184,7 @@ class Image:
     def __init__(self, snap: Snapshot) -> None:
         self.layout: Layout = snap.layout
         self.mem = bytearray(snap.image.read(0, self.layout.mem_size))
-        self.template = array("Q", self.layout.build_template([])[0][1][PML4 : PML4 + 4096])
+        self.template = array("Q", self.layout.system_area()[PML4 : PML4 + 4096])
 
     def entry(self, addr: int) -> int:
         return int(struct.unpack_from("<Q", self.mem, addr)[0])
