@@ -128,6 +128,7 @@ def check_tables(
                 entry != page | _LEAF
                 or not pool_start <= page < lin_next
                 or page in leaves
+                or not 0 <= window < MAX_MEMORIES
                 or offset >= counts[window] * WASM_PAGE
             ):
                 return f"Wasm window {window} maps 0x{offset:x} as the host never maps"
