@@ -99,6 +99,15 @@ class HostConfig(BaseSettings):
     body_timeout_s: float = Field(
         10.0, gt=0, le=600, description="longest pause while a request body arrives (then closed)"
     )
+    min_body_rate: int = Field(
+        1024,
+        ge=0,
+        le=1 << 30,
+        description="bytes per second a request body must average once body_timeout_s has "
+        "passed (the time allowed is body_timeout_s plus the bytes received over this rate; "
+        "a slower sender, one that trickles without ever pausing long, is closed; 0: no "
+        "bound)",
+    )
     write_timeout_s: float = Field(
         30.0, gt=0, le=600, description="longest wait for a client to read a response (then closed)"
     )

@@ -10,7 +10,8 @@ protocol's own hooks (the parser's callbacks and asyncio's protocol methods):
   whole);
 - an idle connection (before its first request, or between requests: uvicorn's
   keep-alive timer, armed at connection time too), a head that takes longer than
-  header_timeout_s, a body that pauses longer than body_timeout_s, and a client that
+  header_timeout_s, a body that pauses longer than body_timeout_s or arrives slower
+  than min_body_rate on average (after body_timeout_s of grace), and a client that
   does not read a response for write_timeout_s are closed;
 - at most `max_connections` connections (and never so many that fewer than fd_reserve
   descriptors stay free for sandboxes and files): beyond, a 503 and close;
@@ -65,6 +66,7 @@ class ConnectionLimits:
         self.max_request_line: int = config.max_request_line
         self.header_timeout: float = config.header_timeout_s
         self.body_timeout: float = config.body_timeout_s
+        self.min_body_rate: int = config.min_body_rate
         self.write_timeout: float = config.write_timeout_s
         self.discard_timeout: float = config.discard_timeout_s
         self.discard_bytes: int = max(config.max_upload_bytes, config.max_body_bytes)
@@ -165,6 +167,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_at = 0.0
+        # The request body under way: when it began (None: not yet) and its bytes so far.
+        self._body_began: float | None = None
+        self._body_bytes = 0
         self._write_timer: asyncio.TimerHandle | None = None
         self._refusal: _Refused | None = None
         self._holder = _HeadHolder(None, self._linger)  # type: ignore[arg-type]  # set below
@@ -243,6 +248,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     )
             elif self.cycle is not None and self.cycle.more_body and self._body_timer is None:
                 self._body_at = self.loop.time()
+                if self._body_began is None:
+                    self._body_began = self._body_at
                 self._body_timer = self.loop.call_later(
                     self.limits.body_timeout, self._body_timeout
                 )
@@ -284,6 +291,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._holder.arm()
         self._in_head = False
         self._body_done = False
+        self._body_began, self._body_bytes = None, 0
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -291,6 +299,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_at = self.loop.time() if self._body_timer is not None else 0.0
+        self._body_bytes += len(body)
         if self._discarding:
             self._discarded += len(body)
             if self._discarded > self.limits.discard_bytes:
@@ -398,13 +407,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_timer = None
         if self.cycle is None or not self.cycle.more_body or self.transport.is_closing():
             return
-        idle = self.loop.time() - self._body_at
-        if idle < self.limits.body_timeout:
-            self._body_timer = self.loop.call_later(
-                self.limits.body_timeout - idle, self._body_timeout
-            )
+        now = self.loop.time()
+        idle = now - self._body_at
+        wait = self.limits.body_timeout - idle
+        reason = "body_timeout" if wait <= 0 else ""
+        rate = self.limits.min_body_rate
+        if rate and not reason and self._body_began is not None:
+            # The time allowed so far: the grace, plus what the bytes received earn.
+            allowed = self.limits.body_timeout + self._body_bytes / rate
+            elapsed = now - self._body_began
+            if elapsed > allowed:
+                reason = "body_rate"
+            wait = min(wait, allowed - elapsed)
+        if not reason:
+            self._body_timer = self.loop.call_later(max(wait, 0.01), self._body_timeout)
             return
-        self.limits.refused("body_timeout", self.client)
+        self.limits.refused(reason, self.client)
         self.transport.close()
 
     def pause_writing(self) -> None:

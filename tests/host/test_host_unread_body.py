@@ -166,3 +166,47 @@ def test_a_body_over_the_maximum_is_refused_without_being_read(host_factory: Any
     assert httpx.get(host.url + "/healthz").status_code == 200
     text = httpx.get(host.url + "/metrics").text
     assert 'sandbox_host_connections_refused_total{reason="discard_bytes"}' in text
+
+
+def test_an_accepted_upload_that_trickles_is_cut_off_by_the_rate(host_factory: Any) -> None:
+    """An upload the host reads (a valid name, credentials, content type) whose body
+    comes a little at a time, never pausing body_timeout_s: without a bound on its
+    average rate it held its connection for as long as the sender liked (hours for a
+    2 MiB body at a few bytes a second). With min_body_rate it is closed once the body
+    is slower than the rate after body_timeout_s of grace; another upload sent at full
+    speed meanwhile is served."""
+    host = host_factory(**SETTINGS, body_timeout_s=1.0, min_body_rate=2000)
+    with socket.create_connection(("127.0.0.1", host.port), timeout=10) as slow:
+        slow.sendall(_head("/functions/trickle", 1_000_000, close=False))
+        began = time.monotonic()
+        cut = None
+        for _ in range(100):  # 100 bytes every 0.1 s (1,000 B/s): at most 10 s
+            try:
+                slow.sendall(b"z" * 100)
+            except OSError:
+                cut = time.monotonic()
+                break
+            time.sleep(0.1)
+            if cut is None and _closed(slow):
+                cut = time.monotonic()
+                break
+        assert cut is not None, "a trickling upload was never cut off"
+        # Allowed: 1 s + bytes / 2,000 B/s, with 1,000 B/s arriving: ~2 s.
+        assert 1.5 <= cut - began < 5.0, cut - began
+    assert httpx.get(host.url + "/healthz").status_code == 200
+    text = httpx.get(host.url + "/metrics").text
+    assert 'sandbox_host_connections_refused_total{reason="body_rate"} 1.0' in text
+
+
+def _closed(s: socket.socket) -> bool:
+    """Whether the server has closed `s` (a read without waiting sees the end)."""
+    s.setblocking(False)
+    try:
+        return s.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        s.setblocking(True)
+        s.settimeout(10)
