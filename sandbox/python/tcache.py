@@ -52,7 +52,8 @@ _writes = BackgroundWrites(SUBDIR, "Python interpreter cache", log)
 
 
 def enabled() -> bool:
-    return os.environ.get(ENVIRONMENT, "1").strip() not in ("0", "")
+    """Whether the cache is on: unless KVM_SANDBOX_PYTHON_CACHE is 0, false, no or off."""
+    return os.environ.get(ENVIRONMENT, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def key(*parts: str) -> str:
