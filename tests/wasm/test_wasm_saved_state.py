@@ -39,6 +39,10 @@ MODULE = """
   (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
   (func (export "load") (param i32) (result i32) (i32.load (local.get 0)))
   (func (export "store") (param i32 i32) (i32.store (local.get 0) (local.get 1)))
+  (func (export "grow_touch") (result i32)  ;; grows 2 pages and uses the first new one
+    (drop (memory.grow (i32.const 2)))
+    (i32.store (i32.const 196608) (i32.const 77))
+    (i32.load (i32.const 196608)))
   (func (export "bump") (result i32)
     (global.set $g (i32.add (global.get $g) (i32.const 1))) (global.get $g)))
 """
@@ -102,6 +106,9 @@ def test_a_loaded_engine_resets_every_page_it_writes(saved: Path, module: WasmMo
             sb.call("store", 8, 2)
             assert sb.call("grow", 2) == 3  # grown pages, new page tables: all undone
             assert sb.call("bump") == 2
+            assert sb.call("grow_touch") == 77  # KVM maps the new page...
+            with pytest.raises(WasmTrap):  # ...and the reset takes it away again
+                sb.call("load", 3 * WASM_PAGE)
 
 
 def test_load_snapshot_is_the_public_way_back(
