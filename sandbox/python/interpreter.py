@@ -30,6 +30,7 @@ from ..errors import ConfigError, HostFunctionError, PythonStartError
 from ..guests import resolve_guest
 from ..wasm import WasiConfig, WasiExit, WasmSandbox, aot
 from ..wasm.aot import Tier
+from ..wasm.modcache import engine_build
 from ..wasm.module import WasmModule, load, read_types, remember, validator_version
 from ..wasm.sandbox import WasmSnapshot
 from ..wasm.wasi import Preopen, WasiContext
@@ -183,13 +184,14 @@ def _cached_or_started(
     def wasi_for(token: bytes) -> WasiConfig:
         return wasi_config(config, packages, preopens, token)
 
-    # The engine guest by its file's identity, not its contents (hashing the compiled
-    # guest's 25 MB costs 50 ms): a rebuilt guest is a new file or has a new mtime.
-    engine = path if path is not None else resolve_guest("wasm")
-    st = os.stat(engine)
+    if path is None:  # the interpreter engine (200 KB): by its contents (checkouts that
+        engine = engine_build(resolve_guest("wasm"))  # build the same bytes share it)
+    else:  # a compiled guest (25 MB; hashing it costs 50 ms): by its content-addressed
+        st = path.stat()  # name in the shared cache, and a rebuild's new size or mtime
+        engine = f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
     cache_key = tcache.key(
-        build.sha256, f"{os.fspath(engine)}:{st.st_size}:{st.st_mtime_ns}", validator_version(),
-        config.model_dump_json(), wasi_for(bytes(16)).model_dump_json(),
+        build.sha256, engine, validator_version(), config.model_dump_json(),
+        wasi_for(bytes(16)).model_dump_json(),
     )  # fmt: skip
     mod = _unchecked_module(build)
     found = tcache.find(cache_key, config, mod, wasi_for)

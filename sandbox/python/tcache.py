@@ -6,10 +6,12 @@ machine, so that a new process's first `Sandbox("python")` reads a file instead.
                                                other caches' limit)
 
 `<key>` hashes everything the started interpreter depends on: this cache's format, the
-interpreter build (SHA-256 of the module), the engine guest that runs it (its ELF's path,
-size and modification time: the interpreter engine, or the compiled guest of the "aot"
-tier; a snapshot holds the guest's code, so even a file changed in place under the same
-identity would give a consistent, older interpreter), the validator's version, the sandbox
+interpreter build (SHA-256 of the module), the engine guest that runs it (the
+interpreter engine by its SHA-256; the compiled guest of the "aot" tier by its
+content-addressed name in the cache, size and modification time, since hashing its
+25 MB costs 50 ms: a snapshot holds the guest's code, so even a file changed in place
+under the same identity would give a consistent, older interpreter), the validator's
+version, the sandbox
 config, the package set (content-addressed), the guest runtime's source, the mailbox
 size and the boot command. Sandboxes with preopened directories of their own are not
 cached: CPython's start looks around the file system it is given, so a directory's
