@@ -105,14 +105,7 @@ def test_a_trickling_body_is_cut_off_and_frees_its_connection(host_factory: Any)
         assert (status, error["error"]["type"]) == (400, "InvalidName")
         other = httpx.get(host.url + "/healthz", headers={"Connection": "close"})
         assert other.status_code == 200  # the second of two connections, served meanwhile
-        cut = None
-        for _ in range(100):  # 5 s at most
-            try:
-                slow.sendall(b"x" * 10)
-            except OSError:
-                cut = time.monotonic()
-                break
-            time.sleep(0.05)
+        cut = _trickle_until_cut(slow, b"x" * 10, every=0.05, rounds=100)  # 5 s at most
         assert cut is not None, "a trickling body was never cut off"
         assert 0.9 <= cut - answered < 3.0, cut - answered
     time.sleep(0.1)
@@ -173,29 +166,35 @@ def test_an_accepted_upload_that_trickles_is_cut_off_by_the_rate(host_factory: A
     comes a little at a time, never pausing body_timeout_s: without a bound on its
     average rate it held its connection for as long as the sender liked (hours for a
     2 MiB body at a few bytes a second). With min_body_rate it is closed once the body
-    is slower than the rate after body_timeout_s of grace; another upload sent at full
-    speed meanwhile is served."""
+    is slower than the rate after body_timeout_s of grace; other requests are served
+    meanwhile."""
     host = host_factory(**SETTINGS, body_timeout_s=1.0, min_body_rate=2000)
     with socket.create_connection(("127.0.0.1", host.port), timeout=10) as slow:
-        slow.sendall(_head("/functions/trickle", 1_000_000, close=False))
+        slow.sendall(_head("/functions/trickle", 1_000_000, close=False) + b"z" * 100)
         began = time.monotonic()
-        cut = None
-        for _ in range(100):  # 100 bytes every 0.1 s (1,000 B/s): at most 10 s
-            try:
-                slow.sendall(b"z" * 100)
-            except OSError:
-                cut = time.monotonic()
-                break
-            time.sleep(0.1)
-            if cut is None and _closed(slow):
-                cut = time.monotonic()
-                break
+        assert httpx.get(host.url + "/healthz").status_code == 200  # served meanwhile
+        # 100 bytes every 0.1 s (1,000 B/s), 10 s at most
+        cut = _trickle_until_cut(slow, b"z" * 100, every=0.1, rounds=100)
         assert cut is not None, "a trickling upload was never cut off"
         # Allowed: 1 s + bytes / 2,000 B/s, with 1,000 B/s arriving: ~2 s.
         assert 1.5 <= cut - began < 5.0, cut - began
     assert httpx.get(host.url + "/healthz").status_code == 200
     text = httpx.get(host.url + "/metrics").text
     assert 'sandbox_host_connections_refused_total{reason="body_rate"} 1.0' in text
+
+
+def _trickle_until_cut(s: socket.socket, piece: bytes, every: float, rounds: int) -> float | None:
+    """Sends `piece` every `every` seconds, `rounds` times at most, until the server
+    closes the connection (a send fails, or a read sees the end): when it did, or None."""
+    for _ in range(rounds):
+        try:
+            s.sendall(piece)
+        except OSError:
+            return time.monotonic()
+        time.sleep(every)
+        if _closed(s):
+            return time.monotonic()
+    return None
 
 
 def _closed(s: socket.socket) -> bool:
