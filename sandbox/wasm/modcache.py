@@ -60,6 +60,7 @@ from ..guests import resolve_guest
 from ..snapshot import Snapshot
 from .module import WasmModule, forget_validated, has_start, read_types, validator_version
 from .sandbox import WasmSandbox, wasm_config
+from .savedstate import is_u32
 from .state import EngineState, Instance, WasmSnapshot, bind_imports
 from .wasi import WasiConfig
 
@@ -226,7 +227,7 @@ def _check(
     if snap.config != config:
         return "made for another sandbox config", 0, None, set()
     text, instance = labels.get("handle", ""), labels.get("instance", "")
-    if not _is_u32(text) or not (instance == "" or _is_u32(instance)):
+    if not is_u32(text) or not (instance == "" or is_u32(instance)):
         return f"malformed handles {text!r}, {instance!r}", 0, None, set()
     registered = set(filter(None, labels.get("registered", "").split(",")))
     if not registered <= {_SPECTEST}:
@@ -234,10 +235,6 @@ def _check(
     if "wasm_invoke" not in snap.functions:
         return "not a Wasm engine's snapshot", 0, None, set()
     return None, int(text), int(instance) if instance else None, registered
-
-
-def _is_u32(text: str) -> bool:
-    return text.isascii() and text.isdigit() and int(text) < 1 << 32
 
 
 def keep_loaded(

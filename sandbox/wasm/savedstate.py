@@ -98,16 +98,17 @@ def attach(
     for item in filter(None, labels.get(INSTANCES_LABEL, "").split(",")):
         handle, _, digest = item.partition(":")
         module = modules.get(digest)
-        if not _is_u32(handle) or module is None or int(handle) in state.instances:
+        if not is_u32(handle) or module is None or int(handle) in state.instances:
             raise SnapshotError(f"instance {item[:80]!r} is not one of the modules given")
         bound = bind_imports(module, names, wasi is not None, None)
         state.instances[int(handle)] = Instance(module, bound)
     main = labels.get(MAIN_LABEL, "")
-    if main and (not _is_u32(main) or int(main) not in state.instances):
+    if main and (not is_u32(main) or int(main) not in state.instances):
         raise SnapshotError(f"main instance {main[:20]!r} is not one of its instances")
     state.main = int(main) if main else None
     return WasmSnapshot(base, state, kind)
 
 
-def _is_u32(text: str) -> bool:
+def is_u32(text: str) -> bool:
+    """Whether a label's text is a u32 in decimal (an engine handle)."""
     return text.isascii() and text.isdigit() and len(text) <= 10 and int(text) < _U32
