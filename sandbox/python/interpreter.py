@@ -107,6 +107,7 @@ _templates: dict[tuple[object, ...], Template] = {}
 _lock = threading.Lock()
 _compile_lock = threading.Lock()
 _modules: dict[str, WasmModule] = {}
+_read_types: dict[str, WasmModule] = {}  # the same, types read but not validated
 
 
 def _module(build: Build) -> WasmModule:
@@ -147,7 +148,11 @@ def _unchecked_module(build: Build) -> WasmModule:
     already), for a lookup in a disk cache whose entries stand for a validation of these
     bytes on this machine: a compiled guest (compile_module validates first) or a saved
     interpreter (its key names the validator), as the Wasm module cache's files do."""
-    return _modules.get(build.sha256) or read_types(build.module, sha256(build.module).hexdigest())
+    found = _modules.get(build.sha256) or _read_types.get(build.sha256)
+    if found is None:  # ~25 ms: once per process (the AOT tier's lookup, then the cache)
+        digest = sha256(build.module).hexdigest()
+        found = _read_types[build.sha256] = read_types(build.module, digest)
+    return found
 
 
 def template(
