@@ -376,8 +376,9 @@ class Layout:
                 return "the page-table roots, descriptor tables, TSS or exception stubs differ"
             if roots is None:
                 return (
-                    "it maps memory beyond the runtime's own page tables (a Wasm sandbox's "
-                    "snapshot? sandbox.wasm.load_snapshot reads those)"
+                    "it maps memory beyond the runtime's own page tables (a Wasm or Python "
+                    "sandbox's snapshot? sandbox.wasm.load_snapshot or "
+                    "sandbox.python.load_snapshot reads those)"
                 )
             why = roots(added)
             if why is not None:

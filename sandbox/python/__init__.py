@@ -15,7 +15,7 @@ once per process and settings, at the first `Sandbox("python")`.
 from .. import kinds
 from ..errors import PythonCrash, PythonError, PythonExit, PythonStartError
 from .decorator import sandboxed
-from .sandbox import PythonSandbox, PythonSnapshot
+from .sandbox import PythonSandbox, PythonSnapshot, load_snapshot
 
 kinds.register("python", PythonSandbox, constructor=True, builtin=True)
 
@@ -26,5 +26,6 @@ __all__ = [
     "PythonSandbox",
     "PythonSnapshot",
     "PythonStartError",
+    "load_snapshot",
     "sandboxed",
 ]

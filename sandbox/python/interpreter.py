@@ -101,6 +101,7 @@ class Template:
     packages: PackageSet | None
     preopens: tuple[Preopen, ...]
     tier: Literal["interp", "aot"]  # what runs it: the engine, or its compiled guest
+    token: bytes  # the random token of its start (in its WASI arguments)
 
 
 _templates: dict[tuple[object, ...], Template] = {}
@@ -134,7 +135,7 @@ def guest(tier: Tier) -> Path | None:
     if tier == "interp":
         return None
     if tier == "aot":  # cached: a stat (compile_module checks the module first: 0.15 s)
-        found = aot.compiler.lookup(_unchecked_module(default_build()))
+        found = aot.compiler.lookup(unchecked_module(default_build()))
         if found is not None:
             return found
         mod = module()
@@ -143,7 +144,7 @@ def guest(tier: Tier) -> Path | None:
     return aot.guest_for(module(), tier)
 
 
-def _unchecked_module(build: Build) -> WasmModule:
+def unchecked_module(build: Build) -> WasmModule:
     """The interpreter's module with its types read but not validated (unless it was
     already), for a lookup in a disk cache whose entries stand for a validation of these
     bytes on this machine: a compiled guest (compile_module validates first) or a saved
@@ -198,7 +199,7 @@ def _cached_or_started(
         build.sha256, engine, validator_version(), config.model_dump_json(),
         wasi_for(bytes(16)).model_dump_json(),
     )  # fmt: skip
-    mod = _unchecked_module(build)
+    mod = unchecked_module(build)
     found = tcache.find(cache_key, config, mod, wasi_for)
     if found is not None:
         snap, token, handshake = found
@@ -209,9 +210,9 @@ def _cached_or_started(
         else:
             remember(mod)
             _modules.setdefault(build.sha256, mod)
-            return Template(snap, addresses, build, packages, preopens, _tier(path))
-    made, token, handshake = _start(build, config, packages, preopens, path)
-    tcache.save_later(cache_key, made.wasm, token, handshake)
+            return Template(snap, addresses, build, packages, preopens, _tier(path), token)
+    made, handshake = _start(build, config, packages, preopens, path)
+    tcache.save_later(cache_key, made.wasm, made.token, handshake)
     return made
 
 
@@ -263,8 +264,8 @@ def _start(
     packages: PackageSet | None,
     preopens: tuple[Preopen, ...],
     path: Path | None,
-) -> tuple[Template, bytes, tuple[int, ...]]:
-    """Starts the interpreter: its template, the token and the handshake's numbers."""
+) -> tuple[Template, tuple[int, ...]]:
+    """Starts the interpreter: its template and the handshake's numbers."""
     token = os.urandom(16)
     mod = _module(build)
     sb = WasmSandbox.engine(config=config, guest=path)
@@ -284,7 +285,7 @@ def _start(
         assert snap is not None
     finally:
         sb.close()
-    return Template(snap, addresses, build, packages, preopens, _tier(path)), token, handshake
+    return Template(snap, addresses, build, packages, preopens, _tier(path), token), handshake
 
 
 def _tier(guest_path: Path | None) -> Literal["interp", "aot"]:
@@ -321,11 +322,11 @@ def _locate(sb: WasmSandbox, token: bytes, handshake: tuple[int, ...], instance:
             "(the mailbox or the call slot is not where CPython 3.12 on wasm32 has them)"
         )
     return Addresses(
-        call, serve, empty_tuple, none, start, MAILBOX_SIZE, _contiguous(sb, start), instance
+        call, serve, empty_tuple, none, start, MAILBOX_SIZE, mailbox_run(sb, start), instance
     )
 
 
-def _contiguous(sb: WasmSandbox, start: int) -> int | None:
+def mailbox_run(sb: WasmSandbox, start: int) -> int | None:
     """The guest-physical address of the mailbox if its pages are one run (the usual
     case: grown at once), so that the host reaches it as one slice of guest memory.
     Linear pages never move once mapped, in this sandbox or any made from its

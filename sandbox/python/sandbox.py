@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import os
 import struct
 import threading
 import time
@@ -47,6 +48,7 @@ from ..errors import (
     SandboxBusy,
     SandboxClosed,
     SandboxPoisoned,
+    SnapshotError,
     WasmTrap,
 )
 from ..sandbox import Sandbox
@@ -54,7 +56,7 @@ from ..wasm import ValType, WasiExit, WasmSandbox
 from ..wasm.aot import Tier, check_tier
 from ..wasm.state import WasmSnapshot
 from ..wasm.wasi import Errno, Preopen, WasiFunction
-from . import codec
+from . import codec, saved
 from .build import CALL_EXPORT
 from .interpreter import (
     HOST_SEEK,
@@ -72,6 +74,7 @@ _LENGTH = struct.Struct("<I")
 HOST_ERROR_MAX = 2000  # characters of a host function's error passed to the guest
 SPARE_WARMUP_TIMEOUT = 0.5  # seconds: a call that warms a spare machine (machines.py)
 SPARE_WARMUP_CALLS = 3  # each from the snapshot, each with its own random seed
+LOAD_PROBE_TIMEOUT = 10.0  # seconds: load_snapshot's request to the state it read
 MAX_BASES = 8  # per snapshot: states with a function compiled (reset="per_call", _fresh)
 # id(template) -> the template's own state as a PythonSnapshot, one per template (the
 # templates are kept for the process), so that the sandboxes made from it share `bases`.
@@ -80,8 +83,9 @@ _initials: dict[int, PythonSnapshot] = {}
 
 class PythonSnapshot:
     """A Python sandbox between calls: the engine's WasmSnapshot (`wasm`) and what the
-    host knows of the interpreter. In memory only (like every WasmSnapshot). `spawn`
-    (and `Sandbox.from_snapshot`) makes new sandboxes in this state."""
+    host knows of the interpreter. `spawn` (and `Sandbox.from_snapshot`) makes new
+    sandboxes in this state; `save` writes it to a file that `load_snapshot` reads in
+    another process."""
 
     def __init__(self, wasm: WasmSnapshot, tmpl: Template, known: frozenset[str]) -> None:
         self.wasm = wasm
@@ -108,11 +112,13 @@ class PythonSnapshot:
         """A new PythonSandbox in this state (a new VM mapping it copy-on-write)."""
         return PythonSandbox._spawn(self, host_functions, output, reset)
 
-    def save(self, *args: object, **kwargs: object) -> None:
-        raise ArgumentError(
-            "a Python sandbox's snapshot cannot be saved to a file (the engine's WASI state "
-            "is host objects); keep it in memory"
-        )
+    def save(self, path: str | os.PathLike[str], *, key: bytes | str | None = None) -> None:
+        """Writes this state to `path` (atomic, checksummed; authenticated with `key` or
+        $SANDBOX_SNAPSHOT_KEY, as Snapshot.save): the interpreter with everything calls
+        left in it (imports, globals, the functions it was sent), for
+        `sandbox.python.load_snapshot` in any process (sandbox/python/saved.py). Host
+        functions and output callbacks are not part of it: `spawn` takes them."""
+        self.wasm.save(path, key=key, labels=saved.labels(self.template, self.known))
 
 
 class PythonSandbox:
@@ -148,12 +154,7 @@ class PythonSandbox:
         config = python_config(config)
         check_reset(reset)
         functions = check_host_functions(host_functions)
-        opens = tuple(preopens or ())
-        for p in opens:
-            if not isinstance(p, Preopen):
-                raise ArgumentError(f"preopens takes Preopen values, not {type(p).__name__}")
-            if p.guest_path.rstrip("/") == PACKAGES_GUEST_PATH:
-                raise ArgumentError(f"{PACKAGES_GUEST_PATH} is where packages are mounted")
+        opens = _check_preopens(preopens)
         tmpl = template(config, resolve(packages), opens, check_tier(tier))
         initial = _initials.get(id(tmpl))
         if initial is None or initial.template is not tmpl:
@@ -435,16 +436,13 @@ class PythonSandbox:
                 self._fresh(request if key else None)
             self._check_usable()
             asked = request  # as the caller made it: a known function's payload is dropped
-            payload = None
-            if key and key not in self._known:
-                payload, request = request[2], request[:2] + (request[2],) + request[3:]
-            elif key:
+            if key and key in self._known:
                 request = request[:2] + (None,) + request[3:]
             self._caller = me
             try:
                 reply = self._exchange(request, limit, asked)
-                if key and _is_unknown(reply):  # a guest that lost it: send it again
-                    reply = self._exchange(request[:2] + (payload,) + request[3:], limit, asked)
+                if request is not asked and _is_unknown(reply):  # a guest that lost it:
+                    reply = self._exchange(asked, limit, asked)  # with the source again
             finally:
                 self._caller = None
             if key and reply[0] == 0:
@@ -633,6 +631,46 @@ class PythonSandbox:
             self._host_error = exc
             data = codec.dumps((1, describe(exc)[:HOST_ERROR_MAX]))
         self._write(data)
+
+
+def load_snapshot(
+    path: str | os.PathLike[str],
+    *,
+    packages: Sequence[object] | None = None,
+    preopens: Sequence[Preopen] | None = None,
+    key: bytes | str | None = None,
+) -> PythonSnapshot:
+    """A Python sandbox's state saved with `PythonSnapshot.save`, for `spawn` and
+    `Sandbox.from_snapshot`. `packages` and `preopens`: as the sandbox it came from was
+    made with (the same package set; directories with the same guest paths and modes, in
+    the same order, the host directories being the caller's); `key`: as for
+    Snapshot.load. The tier and the config are the file's. Raises SnapshotError (the
+    file, or what it says, is not usable here: sandbox/python/saved.py), ArgumentError,
+    FileNotFoundError."""
+    snap = PythonSnapshot(
+        *saved.read(path, packages=resolve(packages), preopens=_check_preopens(preopens), key=key)
+    )
+    probe = snap.spawn()  # the state must answer a request (its machine is then parked)
+    try:
+        answer = probe.run("None", timeout=LOAD_PROBE_TIMEOUT)
+    except (PythonError, PythonCrash, PythonExit, GuestProtocolError, CallTimeout) as exc:
+        where = os.fspath(path)
+        raise SnapshotError(f"{where}: the saved interpreter does not answer: {exc}") from None
+    finally:
+        probe.close()
+    if answer is not None:
+        raise SnapshotError(f"{os.fspath(path)}: the saved interpreter answers wrongly")
+    return snap
+
+
+def _check_preopens(preopens: Sequence[Preopen] | None) -> tuple[Preopen, ...]:
+    opens = tuple(preopens or ())
+    for p in opens:
+        if not isinstance(p, Preopen):
+            raise ArgumentError(f"preopens takes Preopen values, not {type(p).__name__}")
+        if p.guest_path.rstrip("/") == PACKAGES_GUEST_PATH:
+            raise ArgumentError(f"{PACKAGES_GUEST_PATH} is where packages are mounted")
+    return opens
 
 
 def _spare_warmup(a: int, b: int) -> int:

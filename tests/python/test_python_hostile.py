@@ -165,3 +165,19 @@ def alice_again(tier: str) -> Any:
     with Sandbox("python", tier=tier) as alice:
         alice.run("import builtins; builtins.PLANTED = 'alice-secret'")
         return alice.snapshot()
+
+
+def test_guest_code_that_drops_the_shipped_functions_gets_them_sent_again(
+    sb: PythonSandbox,
+) -> None:
+    """The host sends a function's source once and then only its key; guest code that
+    empties the runtime's table of defined functions makes the guest answer "unknown",
+    and the host sends the source again (it sent None again until this test)."""
+    assert sb.call(_triple, 3) == 9
+    sb.run("import sandbox_guest\nsandbox_guest.DEFINED.clear()")
+    assert sb.call(_triple, 4) == 12
+    assert sb.run("len(sandbox_guest.DEFINED)") == 1
+
+
+def _triple(x: int) -> int:
+    return 3 * x
