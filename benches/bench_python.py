@@ -328,6 +328,95 @@ def test_python_first_sandbox_of_a_process(bench_nofloor: Any, tier: str) -> Non
     )
 
 
+SETUP = """
+import json, re, decimal, fractions, statistics, datetime, difflib, textwrap, email.parser
+WORDS = [f"w{i}" for i in range(50000)]
+INDEX = {w: i for i, w in enumerate(WORDS)}
+def lookup(n):
+    return INDEX[f"w{n}"]
+"""
+SAVED_CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+from sandbox import Sandbox
+from sandbox.python import load_snapshot
+t1 = time.perf_counter()
+mode, tier, arg = sys.argv[1:4]
+if mode == "load":
+    with Sandbox.from_snapshot(load_snapshot(arg)) as sb:
+        assert sb.call("lookup", 7) == 7
+else:
+    with Sandbox("python", tier=tier) as sb:
+        sb.run(arg)
+        assert sb.call("lookup", 7) == 7
+print(json.dumps([(time.perf_counter() - t1) * 1e6, (t1 - t0) * 1e6]))
+"""
+
+
+def _saved_state_us(mode: str, tier: str, arg: str) -> float:
+    """A new process's first result of `lookup` (its import of sandbox not included):
+    from a saved state (mode "load", `arg` its path), or from the interpreter with
+    `arg` (the setup code, "" for none) run first."""
+    import json
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-c", SAVED_CHILD, mode, tier, arg],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])[0])
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_python_saved_state_in_a_new_process(bench_nofloor: Any, tier: str, tmp_path: Any) -> None:
+    """A state saved after setup code (stdlib imports, a 50,000-entry index: ~2.6 s in the
+    engine, ~0.35 s compiled) -> a new process's first result: load_snapshot against the
+    same process making Sandbox("python") (the interpreter from its disk cache) and
+    running that setup, and against an empty interpreter's first result (setup "lookup"
+    alone): a saved state should start about as fast as an empty interpreter (target
+    <= 1.2x), whatever the setup cost. Children in turns."""
+    text = "saved state (setup done) -> first result of a new process"
+    if not _ready(bench_nofloor, tier, text, kind="ours"):
+        return
+    path = tmp_path / "state.snap"
+    with Sandbox("python", tier=tier) as sb:
+        sb.run(SETUP)
+        sb.snapshot().save(path)
+    empty = "def lookup(n):\n    return n\n"
+    loaded: list[float] = []
+    setup: list[float] = []
+    bare: list[float] = []
+    for _ in range(2 if bench_nofloor.settings.quick else 5):
+        loaded.append(_saved_state_us("load", tier, str(path)))
+        setup.append(_saved_state_us("setup", tier, SETUP))
+        bare.append(_saved_state_us("setup", tier, empty))
+    path.unlink()
+    median = [sorted(r)[len(r) // 2] for r in (loaded, setup, bare)]
+    bench_nofloor.report(
+        _name(tier, f"{text} / setup run there"),
+        median[0],
+        median[1],
+        "Sandbox('python') + run(setup) -> first result, a new process",
+        None,
+        readings=loaded,
+        unit="us",
+        kind="ours",
+    )
+    bench_nofloor.report(
+        _name(tier, f"{text} / an empty interpreter's"),
+        median[0],
+        median[2],
+        "Sandbox('python') -> first result, a new process (interpreter from the disk cache)",
+        1.2,
+        readings=loaded,
+        unit="us",
+        kind="ours",
+    )
+
+
 def test_python_density(bench_nofloor: Any) -> None:
     snap = defined("interp")
     n = 100

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support import ROOT
 
-from sandbox import Sandbox, SnapshotError
+from sandbox import Sandbox, SandboxPool, SnapshotError
 from sandbox.python import PythonSandbox, PythonSnapshot, load_snapshot, saved
 from sandbox.python.shipping import ship
 from sandbox.wasm.wasi import Preopen
@@ -29,6 +29,9 @@ DATA = {"x": 41}
 SEEN = []
 def double(x):
     return 2 * x
+def seen():
+    SEEN.append(1)
+    return len(SEEN)
 """
 
 
@@ -101,6 +104,8 @@ def test_a_loaded_state_in_the_same_process_knows_the_functions(
     with loaded.spawn() as sb:
         assert sb.call(add, 20, 22) == 42
         assert sb.run("json.dumps(DATA)") == '{"x": 41}'
+    with SandboxPool(snapshot=loaded, size=1) as pool:  # per_call: each from the file's state
+        assert [pool.call("seen"), pool.call("seen")] == [1, 1]
 
 
 @pytest.mark.parametrize("tier", ["interp"])
