@@ -3,7 +3,7 @@
     python -m sandbox python -c CODE [ARGS...]
     python -m sandbox python FILE.py [ARGS...]          (options of FILE after --)
         [--timeout S] [--dir HOST[::GUEST]] [--dir-ro HOST[::GUEST]] [--package SPEC]
-        [--tier interp|aot|auto]
+        [--tier interp|aot|auto] [--state FILE] [--save-state FILE]
 
 The code runs as __main__ with sys.argv = ["-c" or FILE, *ARGS]; what it prints goes to
 this process's stdout and stderr; the exit status is the code's (sys.exit), 1 after an
@@ -11,6 +11,10 @@ uncaught exception (its traceback on stderr) or another error, 2 for bad usage. 
 directory is visible unless given; stdin is empty. `--tier aot` runs CPython compiled to
 native code (docs/python.md "Tiers"): the first time on a machine it compiles it
 (minutes), so `python -m sandbox python --tier aot -c pass` precompiles it.
+`--save-state FILE` saves the interpreter's state after the code ran without an error
+(imports, globals: PythonSnapshot.save), and `--state FILE` starts the code from such a
+state instead of a fresh interpreter (its tier is the file's; `--package` and `--dir`
+must give what it was saved with: docs/python.md "Saving a state").
 """
 
 from __future__ import annotations
@@ -39,8 +43,11 @@ def add_python_parser(sub: Any) -> None:
     run.add_argument(
         "--tier",
         choices=("interp", "aot", "auto"),
-        default="interp",
         help="interpret CPython's Wasm (default), or run it compiled to native code",
+    )
+    run.add_argument("--state", metavar="FILE", help="start from a state saved by --save-state")
+    run.add_argument(
+        "--save-state", metavar="FILE", help="save the state after the code ran without error"
     )
     run.add_argument("args", nargs="*", help="FILE.py (without -c) and its arguments")
     run.set_defaults(func=cmd_python)
@@ -49,8 +56,11 @@ def add_python_parser(sub: Any) -> None:
 def cmd_python(args: argparse.Namespace) -> int:
     from ..console import print_error
     from ..errors import SandboxError
-    from . import PythonError, PythonExit, PythonSandbox
+    from . import PythonError, PythonExit, PythonSandbox, load_snapshot
 
+    if args.state is not None and args.tier is not None:
+        print("error: --tier is the saved state's (not given with --state)", file=sys.stderr)
+        return 2
     try:
         if args.code is not None:
             code, filename, argv = args.code, "<string>", ["-c", *args.args]
@@ -60,13 +70,21 @@ def cmd_python(args: argparse.Namespace) -> int:
         else:
             print("error: give -c CODE or FILE.py", file=sys.stderr)
             return 2
-        with PythonSandbox(
-            preopens=preopens(args), packages=args.package or None, tier=args.tier
-        ) as sb:
+        packages = args.package or None
+        if args.state is not None:
+            snap = load_snapshot(args.state, packages=packages, preopens=preopens(args))
+            sb = snap.spawn()
+        else:
+            sb = PythonSandbox(
+                preopens=preopens(args), packages=packages, tier=args.tier or "interp"
+            )
+        with sb:
             sb.run(f"import sys\nsys.argv[:] = {argv!r}")
             try:
                 sb.run(code, timeout=args.timeout, filename=filename)
                 status = 0
+                if args.save_state is not None:
+                    sb.snapshot().save(args.save_state)
             except PythonExit as exit:
                 if isinstance(exit.code, str):
                     print(exit.code, file=sys.stderr)

@@ -175,8 +175,8 @@ def _check_settings(
     if saved != given:
         shown = ", ".join(f"{g} ({'ro' if ro else 'rw'})" for g, ro in _pairs(saved)) or "none"
         raise SnapshotError(
-            f"{where}: started with the directories {shown[:400]}; pass preopens with "
-            "those guest paths and modes, in that order (the host directories are yours)"
+            f"{where}: saved with the directories {shown[:400]}; give directories (preopens) "
+            "with those guest paths and modes, in that order (the host directories may differ)"
         )
 
 

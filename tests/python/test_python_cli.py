@@ -42,6 +42,24 @@ def test_tier_option(tier: str) -> None:
     assert done.returncode == 2 and "invalid choice: 'jit'" in done.stderr
 
 
+def test_save_state_and_start_from_it(tier: str, tmp_path: Path) -> None:
+    state = tmp_path / "state.snap"
+    done = run("--tier", tier, "--save-state", str(state), "-c", "import json\nX = 41")
+    assert done.returncode == 0 and state.exists(), done.stderr
+    done = run("--state", str(state), "-c", "import sys; print(X + 1, json.dumps(sys.argv))", "a")
+    assert done.returncode == 0 and done.stdout == '42 ["-c", "a"]\n', done.stderr
+    failed = tmp_path / "failed.snap"
+    done = run("--save-state", str(failed), "-c", "Y = 1\n1/0")
+    assert done.returncode == 1 and not failed.exists()  # saved only after no error
+    done = run("--state", str(state), "--tier", tier, "-c", "pass")
+    assert done.returncode == 2 and "--tier is the saved state's" in done.stderr
+    done = run("--state", str(state), "--dir-ro", f"{tmp_path}::/data", "-c", "pass")
+    assert done.returncode == 1 and "saved with the directories none" in done.stderr
+    done = run("--state", str(tmp_path / "missing.snap"), "-c", "pass")
+    assert done.returncode == 1 and "No such file" in done.stderr
+    state.unlink()
+
+
 def test_demo_step(capsys: pytest.CaptureFixture[str]) -> None:
     from sandbox.python.cli import demo
 
