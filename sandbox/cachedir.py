@@ -102,6 +102,7 @@ class BackgroundWrites:
         self.subdir, self.what, self.log = subdir, what, log
         self._threads: dict[Path, threading.Thread] = {}
         self._lock = threading.Lock()
+        _all_writes.append(self)
 
     def start(self, path: Path, write: Callable[[Path], None]) -> None:
         """Runs `write(path)` on a thread of its own (nothing if one is writing it)."""
@@ -132,3 +133,14 @@ class BackgroundWrites:
             threads = list(self._threads.values())
         for thread in threads:
             thread.join(timeout)
+
+
+_all_writes: list[BackgroundWrites] = []  # every cache's writer (module-level objects)
+
+
+def flush_all(timeout: float) -> None:
+    """Waits at most `timeout` seconds in all for every cache's background writes: for
+    a process about to end with os._exit (the function host), which would cut them."""
+    deadline = time.monotonic() + timeout
+    for writes in list(_all_writes):
+        writes.flush(max(0.0, deadline - time.monotonic()))

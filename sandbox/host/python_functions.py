@@ -130,7 +130,10 @@ def python_entry(blob: Path, spec: FunctionSpec) -> Signature:
 
 class PythonKind:
     """Python functions: the module runs once in a fresh interpreter, that state is
-    snapshotted, and every sandbox of the function starts from it (reset per call)."""
+    snapshotted, and every sandbox of the function starts from it (reset per call). The
+    state is also saved on disk (sandbox.python.statecache), keyed by the module's
+    source, the function's name, packages and sandbox config, so that a restarted host
+    reads it instead of running the module again."""
 
     def __init__(
         self, name: str, blob: Path, spec: FunctionSpec, config: HostConfig, timeout: float
@@ -141,14 +144,21 @@ class PythonKind:
         self._lock = threading.Lock()
 
     def first(self) -> tuple[Function, Signature]:
-        from ..python import PythonSandbox
+        from ..python import PythonSandbox, statecache
 
         sig = python_entry(self.blob, self.spec)
-        with PythonSandbox(config=self.config, packages=self.spec.packages or None) as loader:
-            loader.run(self.blob.read_text(), filename=f"{self.name}.py")
-            with self._lock:
-                if self._snapshot is None:
-                    self._snapshot = loader.snapshot()
+        source, packages = self.blob.read_text(), self.spec.packages or None
+        filename = f"{self.name}.py"
+        key = statecache.key(source, filename, json.dumps(packages), self.config.model_dump_json())
+        snap = statecache.find(key, packages=packages)
+        if snap is None:
+            with PythonSandbox(config=self.config, packages=packages) as loader:
+                loader.run(source, filename=filename)
+                snap = loader.snapshot()
+            statecache.save_later(key, snap)
+        with self._lock:
+            if self._snapshot is None:
+                self._snapshot = snap
         return self.new(), sig
 
     def new(self) -> Function:

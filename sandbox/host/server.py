@@ -24,11 +24,14 @@ from types import FrameType
 
 import uvicorn
 
+from ..cachedir import flush_all
 from .app import create_app
 from .config import HostConfig
 from .connections import ConnectionLimits, protocol_class
 from .logs import configure_logging
 from .state import HostState
+
+CACHE_FLUSH_S = 10.0  # seconds a stopping host waits for the disk caches' writes
 
 log = logging.getLogger("sandbox.host")
 
@@ -119,6 +122,9 @@ def serve(config: HostConfig) -> int:
         os._exit(130)  # guest calls may still be running on pool threads: do not join them
     if not server.started or app.state.host.start_error is not None:
         return 1
+    # The disk caches' files being written (a Python function's state, the interpreter,
+    # a Wasm module's engine) are finished, within a bound: os._exit would cut them.
+    flush_all(CACHE_FLUSH_S)
     log.info("stopped")
     logging.shutdown()
     # Deploy threads may still run a module's start-up (bounded by its time limit);

@@ -3,6 +3,9 @@ invoke its entry with JSON arguments in fresh state, an http-mode handler, error
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import httpx
 import pytest
 from host_support import AUTH, deploy, error_of, invoke
@@ -65,3 +68,49 @@ def test_http_mode_handler(client: httpx.Client) -> None:
     r = client.post("/functions/py-http/http/some/where", content=b"12345", headers=AUTH)
     assert r.status_code == 201, r.text
     assert r.json() == {"method": "POST", "path": "/some/where", "len": 5}
+
+
+TOKEN_MODULE = b"""
+import random
+TOKEN = random.random()  # drawn when the module runs
+
+def token():
+    return TOKEN
+"""
+
+
+def test_a_restarted_host_reads_the_module_state_from_disk(
+    host_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state after the module ran is saved in the cache directory
+    (sandbox.python.statecache); a restarted host reads it instead of running the module
+    again (the same TOKEN); a corrupt file is ignored (logged) and the module runs
+    again; KVM_SANDBOX_PYTHON_CACHE=0 turns it off."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("KVM_SANDBOX_CACHE", str(cache))
+
+    def token_of_a_new_host() -> float:
+        host = host_factory()
+        c = host.client()
+        found = c.get("/functions/tok", headers=AUTH)
+        if found.status_code == 404:
+            r = deploy(c, "tok", TOKEN_MODULE, kind="python", entry="token")
+            assert r.status_code == 201, r.text
+        r = invoke(c, "tok")
+        assert r.status_code == 200, r.text
+        host.stop()  # waits for the state's background write
+        assert host.proc.returncode == 0
+        return float(r.json()["result"])
+
+    first = token_of_a_new_host()
+    (state,) = (cache / "python-states").glob("*.snap")
+    assert token_of_a_new_host() == first  # read, not run again
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    state.write_bytes(bytes(data))
+    second = token_of_a_new_host()
+    assert second != first
+    assert "ignoring the cached Python state" in (tmp_path / "host.log").read_text()
+    assert token_of_a_new_host() == second  # saved again over the corrupt one
+    monkeypatch.setenv("KVM_SANDBOX_PYTHON_CACHE", "0")
+    assert token_of_a_new_host() != second
