@@ -1,10 +1,12 @@
 """The cache directory's bound (sandbox/cachedir.py): trim deletes the least recently
 used files beyond the limit, never the one just written, and leaves directories; the
-limit comes from $KVM_SANDBOX_CACHE_MAX_MIB."""
+limit comes from $KVM_SANDBOX_CACHE_MAX_MIB. And its privacy: what it creates is the
+user's alone (0700) whatever the umask."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,28 @@ def test_the_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     for bad in ("", "0", "-5", "lots", "1.5"):
         monkeypatch.setenv(cachedir.LIMIT_ENVIRONMENT, bad)
         assert cachedir.limit_bytes() == cachedir.DEFAULT_LIMIT_MIB << 20
+
+
+@pytest.fixture
+def group_umask() -> Iterator[None]:
+    """A umask that leaves new directories group-writable (002: user private groups)."""
+    old = os.umask(0o002)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_every_directory_it_creates_is_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group_umask: None
+) -> None:
+    """The root and its missing parents too, not only the subdirectory: under a
+    group-writable root another user of the group could rename the subdirectory away
+    and put one of theirs, with files that are then run, in its place."""
+    tmp_path.chmod(0o755)
+    root = tmp_path / "a" / "b" / "kvm-sandbox"
+    monkeypatch.setenv(cachedir.CACHE_ENVIRONMENT, str(root))
+    made = cachedir.cache_subdir("things", create=True)
+    for path in (tmp_path / "a", tmp_path / "a" / "b", root, made):
+        assert path.stat().st_mode & 0o777 == 0o700, path
+    assert tmp_path.stat().st_mode & 0o777 == 0o755  # what existed is left as it was
