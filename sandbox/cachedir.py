@@ -30,8 +30,21 @@ def cache_subdir(name: str, *, create: bool = False) -> Path:
     """`<cache root>/<name>`, made (with its parents, mode 0700) if `create`."""
     path = cache_root() / name
     if create:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private(path)
     return path
+
+
+def make_private(path: Path) -> None:
+    """Makes the directory `path` and each of its missing parents with mode 0700 (what
+    exists is left as it is). Path.mkdir(parents=True) makes the parents with the
+    umask's mode: a group-writable cache root under umask 002, in which another member
+    of the group could swap a cache subdirectory for one of theirs."""
+    missing = []
+    while not path.is_dir() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for part in reversed(missing):
+        part.mkdir(mode=0o700, exist_ok=True)
 
 
 LIMIT_ENVIRONMENT = "KVM_SANDBOX_CACHE_MAX_MIB"
@@ -116,7 +129,7 @@ class BackgroundWrites:
 
     def _write(self, path: Path, write: Callable[[Path], None]) -> None:
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private(path.parent)
             write(path)
             for old in trim(self.subdir, keep=path):
                 self.log.info("the %s is over its limit: deleted %s", self.what, old.name)
