@@ -4,17 +4,24 @@ guest's packages): `$KVM_SANDBOX_CACHE`, else `$XDG_CACHE_HOME/kvm-sandbox`, els
 `~/.cache/kvm-sandbox`, one subdirectory per cache. Subdirectories are created private
 to the user (0700): what is cached there is run. The file caches (compiled guests,
 engine snapshots) are bounded: after writing an entry, a cache deletes its least
-recently used files beyond $KVM_SANDBOX_CACHE_MAX_MIB (default 4 GiB each).
+recently used files beyond $KVM_SANDBOX_CACHE_MAX_MIB (default 4 GiB each), and the
+work directories (`work_dir`) of processes that were killed before they removed them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+log = logging.getLogger("sandbox.cache")
 
 CACHE_ENVIRONMENT = "KVM_SANDBOX_CACHE"
 
@@ -69,19 +76,67 @@ def touch(path: Path, st: os.stat_result | None = None) -> None:
         pass
 
 
+WORK_PREFIX = ".work-"
+# A work directory is left alone this long after it changed, locked or not: its maker
+# locks it just after making it.
+WORK_GRACE_S = 60.0
+
+
+@contextlib.contextmanager
+def work_dir(name: str, prefix: str) -> Iterator[Path]:
+    """A new directory `.work-<prefix>-XXXX` in the cache subdirectory `name`, for files
+    being made (a compile's): locked (flock) while the block runs, and removed after it
+    unless the block renamed it away. One left behind by a process that was killed is
+    removed by `trim` once no process holds its lock."""
+    path = Path(
+        tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{prefix}-", dir=cache_subdir(name, create=True))
+    )
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)  # (unlocked only once removed)
+
+
+def _remove_abandoned(entry: os.DirEntry[str]) -> None:
+    """Removes the work directory `entry` if no process holds it and it has not changed
+    for WORK_GRACE_S."""
+    try:
+        if time.time() - entry.stat(follow_symlinks=False).st_mtime < WORK_GRACE_S:
+            return
+        fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: a compile in progress
+        os.close(fd)
+        return
+    try:
+        shutil.rmtree(entry.path, ignore_errors=True)
+        log.info("removed the work directory %s that a killed process left", entry.path)
+    finally:
+        os.close(fd)
+
+
 def trim(name: str, keep: Path, limit: int | None = None) -> list[Path]:
     """Deletes the least recently used files (by access time: written or `touch`ed) in
     the cache subdirectory `name` until they take at most `limit` bytes (default
     limit_bytes()), never `keep` (the file just written); returns what it deleted.
-    Subdirectories (a toolchain's runtime objects, compiles in progress) are left. A
-    process that found a file just before it is deleted still has it open or fails to
-    open it as it would on a cold cache; errors are ignored (another process trimming)."""
+    Subdirectories (a toolchain's runtime objects, compiles in progress) are left, but
+    for work directories (`work_dir`) that no process holds. A process that found a
+    file just before it is deleted still has it open or fails to open it as it would on
+    a cold cache; errors are ignored (another process trimming)."""
     limit = limit_bytes() if limit is None else limit
     entries = []
     with os.scandir(cache_subdir(name)) as it:
         for entry in it:
             try:
-                if entry.is_file(follow_symlinks=False):
+                if entry.name.startswith(WORK_PREFIX) and entry.is_dir(follow_symlinks=False):
+                    _remove_abandoned(entry)
+                elif entry.is_file(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
                     used = max(st.st_atime_ns, st.st_mtime_ns)
                     entries.append((used, st.st_size, Path(entry.path)))

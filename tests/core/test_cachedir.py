@@ -6,6 +6,7 @@ user's alone (0700) whatever the umask."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,3 +79,23 @@ def test_every_directory_it_creates_is_private(
     for path in (tmp_path / "a", tmp_path / "a" / "b", root, made):
         assert path.stat().st_mode & 0o777 == 0o700, path
     assert tmp_path.stat().st_mode & 0o777 == 0o755  # what existed is left as it was
+
+
+def test_trim_leaves_work_directories_in_use(cache: Path) -> None:
+    """A work directory is removed only once no process holds it (and it is older than
+    the grace period): never one whose compile is running, however old."""
+    old = time.time() - 3600
+    with cachedir.work_dir("things", "job") as held:
+        (held / "part.o").write_bytes(b"x")
+        os.utime(held, (old, old))
+        cachedir.trim("things", keep=cache / "none")
+        assert (held / "part.o").exists()
+    assert not held.exists()  # removed when the block ends
+    with cachedir.work_dir("things", "fresh") as fresh:
+        pass
+    fresh.mkdir()  # as a killed process would leave it, but just now: left for now
+    cachedir.trim("things", keep=cache / "none")
+    assert fresh.is_dir()
+    os.utime(fresh, (old, old))
+    cachedir.trim("things", keep=cache / "none")
+    assert not fresh.exists()
