@@ -16,6 +16,7 @@ import collections
 import contextlib
 import hashlib
 import json
+import os
 import re
 import struct
 import subprocess
@@ -617,3 +618,26 @@ def test_a_huge_sparse_file_is_refused_without_reading_it(tmp_path: Path) -> Non
     with pytest.raises(SnapshotError, match="huge.snap"):
         Snapshot.load(path)
     assert time.monotonic() - start < 3
+
+
+def test_a_fifo_or_a_directory_in_a_snapshot_files_place_is_refused(tmp_path: Path) -> None:
+    """Not a regular file: refused with a SnapshotError, at once. (A FIFO planted where
+    a cache looks for its file blocked the process in open() until someone wrote.)"""
+    fifo, directory = tmp_path / "fifo.snap", tmp_path / "dir.snap"
+    os.mkfifo(fifo)
+    directory.mkdir()
+    loader = (
+        "from sandbox import Snapshot, SnapshotError\n"
+        f"for path in ({str(fifo)!r}, {str(directory)!r}):\n"
+        "    try:\n        Snapshot.load(path)\n"
+        "    except SnapshotError as exc:\n        print('refused', exc)\n"
+    )
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", loader], capture_output=True, text=True, timeout=30, env=env
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("Snapshot.load blocked on a FIFO")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("refused") == 2 and "not a regular file" in proc.stdout
