@@ -42,6 +42,7 @@ import hashlib
 import hmac
 import mmap
 import os
+import stat
 import struct
 import tempfile
 import threading
@@ -311,8 +312,14 @@ class Snapshot:
         cls, path: str | os.PathLike[str], key: bytes | None, page_tables: PageTablesCheck | None
     ) -> Snapshot:
         name = str(path)
-        with open(path, "rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
+        # O_NONBLOCK: a FIFO in the file's place would block open() until written to.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise SnapshotError(f"{name}: not a regular file")
+        with open(fd, "rb", buffering=0) as f:
+            size = st.st_size
             if size < _PREFIX.size + _DIGEST_SIZE:
                 raise SnapshotError(f"{name}: not a snapshot file (too short)")
             if size > MAX_FILE:
