@@ -99,3 +99,35 @@ def test_trim_leaves_work_directories_in_use(cache: Path) -> None:
     os.utime(fresh, (old, old))
     cachedir.trim("things", keep=cache / "none")
     assert not fresh.exists()
+
+
+def test_an_open_cache_directory_is_made_private_or_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before a cache writes: a subdirectory, or a default-named root (kvm-sandbox), of
+    ours that others may write to (made by an older version under umask 002) is made
+    private; a root of the user's choosing that others may write to, or a directory of
+    another user's, is refused (PermissionError), never changed or written to. A sticky
+    root (a /tmp) is fine: others cannot move what is ours in it."""
+    root = tmp_path / "kvm-sandbox"
+    (root / "things").mkdir(parents=True)
+    root.chmod(0o775)
+    (root / "things").chmod(0o775)
+    monkeypatch.setenv(cachedir.CACHE_ENVIRONMENT, str(root))
+    made = cachedir.cache_subdir("things", create=True)
+    assert root.stat().st_mode & 0o077 == 0 and made.stat().st_mode & 0o077 == 0
+    chosen = tmp_path / "shared"
+    chosen.mkdir(mode=0o700)
+    chosen.chmod(0o777)
+    monkeypatch.setenv(cachedir.CACHE_ENVIRONMENT, str(chosen))
+    with pytest.raises(PermissionError, match="others"):
+        cachedir.cache_subdir("things", create=True)
+    assert chosen.stat().st_mode & 0o777 == 0o777 and not (chosen / "things").exists()
+    chosen.chmod(0o1777)
+    assert cachedir.cache_subdir("things", create=True).is_dir()
+    if os.geteuid() == 0:  # (only root can give a directory away)
+        theirs = chosen / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(PermissionError, match="another user"):
+            cachedir.cache_subdir("theirs", create=True)
