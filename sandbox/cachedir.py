@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -24,21 +25,46 @@ from pathlib import Path
 log = logging.getLogger("sandbox.cache")
 
 CACHE_ENVIRONMENT = "KVM_SANDBOX_CACHE"
+DEFAULT_NAME = "kvm-sandbox"  # the default root's name
 
 
 def cache_root() -> Path:
     base = os.environ.get(CACHE_ENVIRONMENT) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kvm-sandbox"
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), DEFAULT_NAME
     )
     return Path(base)
 
 
 def cache_subdir(name: str, *, create: bool = False) -> Path:
-    """`<cache root>/<name>`, made (with its parents, mode 0700) if `create`."""
+    """`<cache root>/<name>`, made (with its parents, mode 0700) if `create`, and then
+    checked: the subdirectory must be the user's and is made private if others may
+    write to it (what an older version made under umask 002); so is the root where it
+    has the default name, and a root of the user's choosing that others may write to is
+    refused, unless it is sticky (a /tmp: others cannot move what is ours in it).
+    Raises PermissionError."""
     path = cache_root() / name
     if create:
+        make_private(path.parent)
+        root = os.stat(path.parent)
+        if not root.st_mode & stat.S_ISVTX:
+            _private(path.parent, root, ours=path.parent.name == DEFAULT_NAME)
         make_private(path)
+        _private(path, os.stat(path), ours=True)
     return path
+
+
+def _private(path: Path, st: os.stat_result, *, ours: bool) -> None:
+    """Refuses a directory of another user's, or one that others may write to unless it
+    is `ours` (named by the runtime): that is made private."""
+    if st.st_uid != os.geteuid():
+        raise PermissionError(f"the cache directory {path} belongs to another user")
+    if st.st_mode & 0o022:
+        if not ours:
+            raise PermissionError(
+                f"the cache directory {path} may be written by others: make it private "
+                f"(chmod 700) or set ${CACHE_ENVIRONMENT} to a private directory"
+            )
+        os.chmod(path, st.st_mode & 0o700)
 
 
 def make_private(path: Path) -> None:
@@ -184,7 +210,7 @@ class BackgroundWrites:
 
     def _write(self, path: Path, write: Callable[[Path], None]) -> None:
         try:
-            make_private(path.parent)
+            cache_subdir(self.subdir, create=True)
             write(path)
             for old in trim(self.subdir, keep=path):
                 self.log.info("the %s is over its limit: deleted %s", self.what, old.name)
