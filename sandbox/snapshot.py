@@ -42,6 +42,7 @@ import hashlib
 import hmac
 import mmap
 import os
+import stat
 import struct
 import tempfile
 import threading
@@ -80,6 +81,10 @@ _PIECE = struct.Struct("<QQ")
 _DIGEST_SIZE = 32
 _TRAILER_SIZES = {VERSION_CHECKSUM: _DIGEST_SIZE, VERSION_HMAC: 2 * _DIGEST_SIZE}
 MAX_HEADER = 1 << 20
+# The largest file a snapshot can be: guest memory is at most 1 GiB (SandboxConfig), the
+# pieces' headers (one per data extent: at most one per two pages) at most 4 MiB, the
+# header MAX_HEADER, the vCPU state a few KiB. A larger file is refused before it is read.
+MAX_FILE = (1 << 30) + (8 << 20) + MAX_HEADER
 
 
 # A check of page tables the runtime's identity map does not have (Layout.
@@ -307,13 +312,31 @@ class Snapshot:
         cls, path: str | os.PathLike[str], key: bytes | None, page_tables: PageTablesCheck | None
     ) -> Snapshot:
         name = str(path)
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        # O_NONBLOCK: a FIFO in the file's place would block open() until written to.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise SnapshotError(f"{name}: not a regular file")
+        with open(fd, "rb", buffering=0) as f:
+            size = st.st_size
             if size < _PREFIX.size + _DIGEST_SIZE:
                 raise SnapshotError(f"{name}: not a snapshot file (too short)")
-            with mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as data:
+            if size > MAX_FILE:
+                raise SnapshotError(f"{name}: not a snapshot file (too large: {size} bytes)")
+            # The file is read into private memory, and checked and parsed there: what is
+            # parsed is what was checksummed and authenticated. (A mapping of the file
+            # showed the parser a change made in place after the check, by a process
+            # without the key; and a file cut short faulted the process with SIGBUS.)
+            with mmap.mmap(-1, size) as data:  # anonymous, private
                 view = memoryview(data)
                 try:
+                    got = 0
+                    while got < size:
+                        n = f.readinto(view[got:])
+                        if not n:
+                            raise SnapshotError(f"{name}: the file was cut short while read")
+                        got += n
                     return _Reader(view, size, name, key, page_tables).read()
                 finally:
                     view.release()

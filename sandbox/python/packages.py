@@ -42,8 +42,11 @@ class PackageSet:
     key: str
 
 
+SUBDIR = "python-packages"
+
+
 def cache_root() -> Path:
-    return cache_subdir("python-packages")
+    return cache_subdir(SUBDIR)
 
 
 def _describe(specs: Sequence[object]) -> tuple[list[list[str]], list[str]]:
@@ -82,7 +85,7 @@ def resolve(specs: Sequence[object] | None) -> PackageSet | None:
 
 
 def _install(args: list[str], target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    cache_subdir(SUBDIR, create=True)  # (private: 0700)
     work = Path(tempfile.mkdtemp(prefix=".install-", dir=target.parent))
     try:
         command = [

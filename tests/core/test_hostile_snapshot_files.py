@@ -12,16 +12,23 @@ crafted ring-0 state was stopped only because this host's KVM refused to run it)
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import json
+import os
 import re
 import struct
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import ROOT
 
 from sandbox import Sandbox, SandboxPool, Snapshot, SnapshotError
 from sandbox import x86_64 as x86
@@ -520,3 +527,117 @@ def test_tampered_keyed_file_with_a_fixed_checksum_is_refused(
     tampered = tmp_path / "tampered.snap"
     tampered.write_bytes(bytes(body) + hashlib.sha256(body).digest())
     assert not loads(tampered, key=b"k")
+
+
+# -- a file changed while it is read ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def meddler(code: str) -> Iterator[None]:
+    """Another process running `code` (a loop that changes a file) until the block
+    ends: a writer racing the reader, as another user of the cache directory could."""
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.2)  # started, and looping
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_keyed_file_changed_in_place_while_loading_is_never_accepted(
+    snap: Snapshot, tmp_path: Path
+) -> None:
+    """What is parsed is what was authenticated: a process without the key that flips a
+    byte of the header of a keyed file, in place, over and over, gets its version
+    refused or the signed one back, never its own. (The file was mapped, checked, then
+    parsed from the mapping: a change after the check reached the snapshot.)"""
+    path = tmp_path / "keyed.snap"
+    snap.save(path, key=b"k", labels={"who": "signer"})
+    data = path.read_bytes()
+    offset = data.index(b'"signer"') + 1  # the label's first letter, in the header
+    code = (
+        f"import os\nfd = os.open({str(path)!r}, os.O_WRONLY)\n"
+        f"while True:\n    os.pwrite(fd, b'S', {offset})\n    os.pwrite(fd, b's', {offset})\n"
+    )
+    seen: collections.Counter[str] = collections.Counter()
+    with meddler(code):
+        deadline = time.monotonic() + 5  # (with the bug: ~2 a second on 2 busy cores)
+        while time.monotonic() < deadline and not seen["Signer"]:
+            try:
+                # A new check object each time: a real load, not the load cache's.
+                loaded = Snapshot.load(path, key=b"k", page_tables=lambda *_: "none expected")
+            except SnapshotError:
+                seen["refused"] += 1
+                continue
+            seen[loaded.labels["who"]] += 1
+    assert seen["Signer"] == 0, seen
+    assert seen["signer"] + seen["refused"] > 20, seen  # it did load, many times
+
+
+def test_a_file_truncated_while_loading_is_refused_not_a_crash(
+    snap: Snapshot, tmp_path: Path
+) -> None:
+    """A file cut short and grown back while a process loads it: refused
+    (SnapshotError), never a SIGBUS that kills the process (the reader touched a mapped
+    page past the file's new end) nor a ValueError."""
+    path = tmp_path / "cut.snap"
+    snap.save(path)
+    size = path.stat().st_size
+    code = (
+        f"import os\nfd = os.open({str(path)!r}, os.O_WRONLY)\n"
+        f"while True:\n    os.ftruncate(fd, 4096)\n    os.ftruncate(fd, {size})\n"
+    )
+    loader = (
+        "import time\nfrom sandbox import Snapshot, SnapshotError\n"
+        "deadline, n = time.monotonic() + 3, 0\n"
+        "while time.monotonic() < deadline:\n"
+        f"    try:\n        Snapshot.load({str(path)!r}, page_tables=lambda *_: 'none')\n"
+        "    except SnapshotError:\n        pass\n"
+        "    n += 1\n"
+        "print(n)\n"
+    )
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    with meddler(code):
+        proc = subprocess.run(
+            [sys.executable, "-c", loader], capture_output=True, text=True, timeout=60, env=env
+        )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])  # -7: SIGBUS
+    assert int(proc.stdout) > 20
+
+
+def test_a_huge_sparse_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """A file far larger than any snapshot (guest memory is at most 1 GiB), sparse so
+    that it costs its maker nothing: refused at once, not hashed whole before the
+    checksum fails (~13 s for these 4 GiB on a 2-core test machine)."""
+    path = tmp_path / "huge.snap"
+    with path.open("wb") as f:
+        f.write(PREFIX.pack(b"SBXSNAP\0", 1, 2) + b"{}")
+        f.truncate(4 << 30)
+    start = time.monotonic()
+    with pytest.raises(SnapshotError, match="huge.snap"):
+        Snapshot.load(path)
+    assert time.monotonic() - start < 3
+
+
+def test_a_fifo_or_a_directory_in_a_snapshot_files_place_is_refused(tmp_path: Path) -> None:
+    """Not a regular file: refused with a SnapshotError, at once. (A FIFO planted where
+    a cache looks for its file blocked the process in open() until someone wrote.)"""
+    fifo, directory = tmp_path / "fifo.snap", tmp_path / "dir.snap"
+    os.mkfifo(fifo)
+    directory.mkdir()
+    loader = (
+        "from sandbox import Snapshot, SnapshotError\n"
+        f"for path in ({str(fifo)!r}, {str(directory)!r}):\n"
+        "    try:\n        Snapshot.load(path)\n"
+        "    except SnapshotError as exc:\n        print('refused', exc)\n"
+    )
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", loader], capture_output=True, text=True, timeout=30, env=env
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("Snapshot.load blocked on a FIFO")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("refused") == 2 and "not a regular file" in proc.stdout

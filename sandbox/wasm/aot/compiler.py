@@ -26,6 +26,7 @@ wasm2c's `--num-outputs`; `split.py` turns their data into string literals) comp
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...cachedir import cache_subdir, touch, trim
+from ...cachedir import cache_subdir, touch, trim, work_dir
 from ...errors import GuestBuildError, KvmUnavailable
 from ...kvm import Kvm
 from ...sdk import sdk_dir
@@ -308,9 +309,7 @@ def _runtime_objects(limits: Limits) -> list[Path]:
     objects = [target / (s.parent.name + "-" + s.stem + ".o") for s in sources]
     if all(o.is_file() for o in objects):
         return objects
-    cache_subdir(SUBDIR, create=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=cache_dir()))
-    try:
+    with work_dir(SUBDIR, "runtime") as tmp:  # (removed unless renamed into place)
         for header in _runtime_headers():
             shutil.copy2(header, tmp / header.name)
         flags = _include_flags(tmp)
@@ -321,13 +320,8 @@ def _runtime_objects(limits: Limits) -> list[Path]:
                 limits,
                 tmp,
             )
-        try:
+        with contextlib.suppress(OSError):  # another process finished first
             os.rename(tmp, target)
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return objects
 
 
@@ -415,8 +409,7 @@ def compile_modules(modules: Sequence[WasmModule], limits: Limits | None = None)
         touch(target)  # (compile_module's callers look up first: `lookup`)
         return target
     objects = _runtime_objects(limits)
-    with tempfile.TemporaryDirectory(prefix="aot-", dir=cache_dir()) as tmp_name:
-        tmp = Path(tmp_name)
+    with work_dir(SUBDIR, "aot") as tmp:
         names = (
             ["aot_module"] if len(unique) == 1 else [f"aot_module_{k}" for k in range(len(unique))]
         )
