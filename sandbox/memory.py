@@ -73,7 +73,9 @@ def use_pagemap_entries(on: bool) -> None:
 
 class MemoryImage:
     """A sealed, immutable memfd holding the contents of guest memory (`pieces` of
-    (address, bytes); zero elsewhere). Many GuestMemory objects map it copy-on-write."""
+    (address, bytes); zero elsewhere). Many GuestMemory objects map it copy-on-write.
+    `MemoryImage.unsealed` makes an empty one to `write` into and then `seal` (the
+    snapshot reader's, which writes what it reads as it reads it)."""
 
     def __init__(
         self,
@@ -81,22 +83,49 @@ class MemoryImage:
         pieces: Sequence[tuple[int, bytes | memoryview]],
         name: str = "sandbox-image",
     ) -> None:
+        self._open(size, name)
+        try:
+            for addr, data in pieces:
+                self.write(addr, data)
+            self.seal()
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def unsealed(cls, size: int, name: str = "sandbox-image") -> MemoryImage:
+        """An empty image (zeros) to `write` into, then `seal` before any use."""
+        image = cls.__new__(cls)
+        image._open(size, name)
+        return image
+
+    def _open(self, size: int, name: str) -> None:
         self.size = size
         self._readonly: Mapping | None = None
         self._lock = threading.Lock()
+        self._sealed = False
+        self.fd = -1
         self.fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(self.fd, size)
-            for addr, data in pieces:
-                if addr < 0 or addr + len(data) > size:
-                    raise ValueError("memory image piece outside the image")
-                self._pwrite(addr, data)
-            self._fill_small_holes()
-            self.extents: tuple[tuple[int, int], ...] = tuple(self._data_ranges())
-            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, _SEALS)
         except BaseException:
-            os.close(self.fd)
+            self.close()
             raise
+
+    def write(self, addr: int, data: bytes | memoryview) -> None:
+        """Writes `data` at `addr` of an image not sealed yet."""
+        if self._sealed:
+            raise ValueError("the memory image is sealed")
+        if addr < 0 or addr + len(data) > self.size:
+            raise ValueError("memory image piece outside the image")
+        self._pwrite(addr, data)
+
+    def seal(self) -> None:
+        """Makes the image immutable (F_SEAL_WRITE and the rest) and lists its extents."""
+        self._fill_small_holes()
+        self.extents: tuple[tuple[int, int], ...] = tuple(self._data_ranges())
+        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, _SEALS)
+        self._sealed = True
         flat = [n for extent in self.extents for n in extent]
         # The extents as the native mappers take them (sbx_memory_map, sbx_machine_boot).
         self.extents_array: Any = ffi.new("uint64_t[]", flat or [0])

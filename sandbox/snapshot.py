@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import mmap
 import os
 import stat
 import struct
@@ -318,75 +317,131 @@ class Snapshot:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise SnapshotError(f"{name}: not a regular file")
-        with open(fd, "rb", buffering=0) as f:
+        try:
             size = st.st_size
             if size < _PREFIX.size + _DIGEST_SIZE:
                 raise SnapshotError(f"{name}: not a snapshot file (too short)")
             if size > MAX_FILE:
                 raise SnapshotError(f"{name}: not a snapshot file (too large: {size} bytes)")
-            # The file is read into private memory, and checked and parsed there: what is
-            # parsed is what was checksummed and authenticated. (A mapping of the file
-            # showed the parser a change made in place after the check, by a process
-            # without the key; and a file cut short faulted the process with SIGBUS.)
-            with mmap.mmap(-1, size) as data:  # anonymous, private
-                view = memoryview(data)
-                try:
-                    got = 0
-                    while got < size:
-                        n = f.readinto(view[got:])
-                        if not n:
-                            raise SnapshotError(f"{name}: the file was cut short while read")
-                        got += n
-                    return _Reader(view, size, name, key, page_tables).read()
-                finally:
-                    view.release()
+            return _Reader(fd, size, name, key, page_tables).read()
+        finally:
+            os.close(fd)
+
+
+class _Buffer:
+    """The reader's buffer for memory pieces (one per process, used under its lock: it
+    stays mapped, so reading a file does not fault in fresh pages for a copy of it)."""
+
+    def __init__(self, size: int) -> None:
+        self.lock = threading.Lock()
+        self.view = memoryview(bytearray(size))
+
+
+_buffer = _Buffer(1 << 20)
+
+
+def _pread_exactly(fd: int, n: int, offset: int, name: str) -> bytes:
+    data = os.pread(fd, n, offset)
+    while len(data) < n:
+        more = os.pread(fd, n - len(data), offset + len(data))
+        if not more:
+            raise SnapshotError(f"{name}: the file was cut short while read")
+        data += more
+    return data
 
 
 class _Reader:
-    """Parses and checks one snapshot file (see the module docstring)."""
+    """Parses and checks one snapshot file (see the module docstring), reading it once,
+    in order, with pread into private memory: what is hashed is what is parsed and what
+    is written into the snapshot's memfd, so a change made to the file while it is read
+    (by a process without the key) or a file cut short cannot reach the snapshot (a
+    mapping of the file showed the parser bytes changed after the check, and faulted
+    the process with SIGBUS on a truncation). The memory pieces go through one reused
+    buffer: no copy of the file is kept besides the memfd."""
 
     def __init__(
         self,
-        data: memoryview,
+        fd: int,
         size: int,
         name: str,
         key: bytes | None,
         page_tables: PageTablesCheck | None,
     ) -> None:
-        self.data, self.name, self.key, self.size = data, name, key, size
+        self.fd, self.name, self.key, self.size = fd, name, key, size
         self.page_tables = page_tables
         self.body = size
         self.pos = 0
+        self.checksum = hashlib.sha256()
+        self.mac = hmac.new(_hmac_key(key), digestmod="sha256") if key else None
 
     def fail(self, why: str) -> SnapshotError:
         return SnapshotError(f"{self.name}: {why}")
 
+    def _take(self, n: int) -> bytes:
+        """The next `n` bytes of the body (hashed)."""
+        if self.pos + n > self.body:
+            raise self.fail("truncated")
+        data = _pread_exactly(self.fd, n, self.pos, self.name)
+        self._hash(data)
+        self.pos += n
+        return data
+
+    def _hash(self, data: bytes | memoryview) -> None:
+        self.checksum.update(data)
+        if self.mac is not None:
+            self.mac.update(data)
+
+    def _copy(self, n: int, image: MemoryImage, addr: int) -> None:
+        """Hashes the next `n` bytes of the body and writes them at `addr` of `image`."""
+        done = 0
+        while done < n:
+            chunk = _buffer.view[: min(n - done, len(_buffer.view))]
+            got = os.preadv(self.fd, [chunk], self.pos + done)
+            if got <= 0:
+                raise self.fail("the file was cut short while read")
+            self._hash(chunk[:got])
+            image.write(addr + done, chunk[:got])
+            done += got
+        self.pos += n
+
+    def _drain(self) -> None:
+        """Hashes the rest of the body (to tell a corrupt file from a malformed one)."""
+        while self.pos < self.body:
+            chunk = _buffer.view[: min(self.body - self.pos, len(_buffer.view))]
+            got = os.preadv(self.fd, [chunk], self.pos)
+            if got <= 0:
+                raise self.fail("the file was cut short while read")
+            self._hash(chunk[:got])
+            self.pos += got
+
     def read(self) -> Snapshot:
-        data = self.data
-        magic, version, header_len = _PREFIX.unpack_from(data, 0)
-        if magic != MAGIC:
-            raise self.fail("not a snapshot file (bad magic)")
-        self._check_trailer(version)
-        body = self.body
-        self.pos = _PREFIX.size
-        if header_len > MAX_HEADER or self.pos + header_len > body:
-            raise self.fail("malformed header length")
+        with _buffer.lock:
+            prefix = self._take(_PREFIX.size)
+            magic, version, header_len = _PREFIX.unpack(prefix)
+            if magic != MAGIC:
+                raise self.fail("not a snapshot file (bad magic)")
+            self._check_version(version)
+            image: MemoryImage | None = None
+            try:
+                header = self._header(header_len)
+                layout = self._layout(header)
+                functions = self._functions(header)
+                cpu = self._cpu(header)
+                image = self._memory(header, layout)
+                self._check_trailer()
+            except SnapshotError as exc:
+                if image is not None:
+                    image.close()
+                if "checksum" not in str(exc) and "authentication" not in str(exc):
+                    self._drain()
+                    self._check_trailer()  # a corrupt file says so, as it did before
+                raise
+            except BaseException:
+                if image is not None:
+                    image.close()
+                raise
         try:
-            raw = bytes(data[self.pos : self.pos + header_len])
-            header = SnapshotHeader.model_validate_json(raw)
-        except ValidationError as exc:
-            raise self.fail(f"malformed header: {exc}") from None
-        self.pos += header_len
-        if header.abi_version != ABI_VERSION:
-            raise self.fail(
-                f"made for guest ABI version {header.abi_version}, this runtime speaks "
-                f"{ABI_VERSION}"
-            )
-        layout = self._layout(header)
-        functions = self._functions(header)
-        cpu = self._cpu(header)
-        image = self._memory(header, layout)
-        try:
+            image.seal()
             check, read = self.page_tables, image.read
             roots = None if check is None else lambda added: check(layout, read, added)
             why = layout.check_system_memory(read(0, layout.page_tables_end), roots)
@@ -411,7 +466,21 @@ class _Reader:
             labels=header.labels,
         )
 
-    def _check_trailer(self, version: int) -> None:
+    def _header(self, header_len: int) -> SnapshotHeader:
+        if header_len > MAX_HEADER or self.pos + header_len > self.body:
+            raise self.fail("malformed header length")
+        try:
+            header = SnapshotHeader.model_validate_json(self._take(header_len))
+        except ValidationError as exc:
+            raise self.fail(f"malformed header: {exc}") from None
+        if header.abi_version != ABI_VERSION:
+            raise self.fail(
+                f"made for guest ABI version {header.abi_version}, this runtime speaks "
+                f"{ABI_VERSION}"
+            )
+        return header
+
+    def _check_version(self, version: int) -> None:
         trailer = _TRAILER_SIZES.get(version)
         if trailer is None:
             raise self.fail(
@@ -422,15 +491,18 @@ class _Reader:
             raise self.fail("not a snapshot file (too short)")
         if self.key is not None and version != VERSION_HMAC:
             raise self.fail("not authenticated, and a snapshot key is configured")
-        self.body = body = self.size - trailer
-        data = self.data
-        checksum = hashlib.sha256(data[:body]).digest()
-        if not hmac.compare_digest(checksum, bytes(data[body : body + _DIGEST_SIZE])):
+        self.body = self.size - trailer
+
+    def _check_trailer(self) -> None:
+        if self.pos != self.body:
+            raise self.fail("trailing data after the memory")
+        trailer = _pread_exactly(self.fd, self.size - self.body, self.body, self.name)
+        if not hmac.compare_digest(self.checksum.digest(), trailer[:_DIGEST_SIZE]):
             raise self.fail("checksum mismatch: the file is corrupt or truncated")
-        if self.key is not None:
-            mac = hmac.new(_hmac_key(self.key), data[:body], "sha256").digest()
-            if not hmac.compare_digest(mac, bytes(data[body + _DIGEST_SIZE :])):
-                raise self.fail("authentication failed: another key, or a modified file")
+        if self.mac is not None and not hmac.compare_digest(
+            self.mac.digest(), trailer[_DIGEST_SIZE:]
+        ):
+            raise self.fail("authentication failed: another key, or a modified file")
 
     def _layout(self, header: SnapshotHeader) -> Layout:
         try:
@@ -507,36 +579,34 @@ class _Reader:
             if self.pos + length > self.body:
                 raise self.fail("truncated vCPU state")
             value = ffi.new(ctype + " *")
-            ffi.memmove(value, self.data[self.pos : self.pos + length], length)
+            ffi.memmove(value, self._take(length), length)
             blobs[blob_name] = value
-            self.pos += length
         if "regs" not in blobs or "sregs" not in blobs or "xsave" not in blobs:
             raise self.fail("vCPU registers missing")
         return CpuState(blobs["regs"], blobs["sregs"], blobs["xsave"], blobs.get("xcrs"))
 
     def _memory(self, header: SnapshotHeader, layout: Layout) -> MemoryImage:
+        """The memory pieces, written into a new image (not sealed yet: `read` seals it
+        once the trailer is checked)."""
         mem_size = layout.mem_size
         if mem_size != header.config.memory_size:
             raise self.fail("memory size does not match its config")
-        pieces: list[tuple[int, bytes | memoryview]] = []
-        end_of_last = 0
+        image = MemoryImage.unsealed(mem_size, name="sandbox-snapshot")
         try:
+            end_of_last = 0
             for _ in range(header.pieces):
                 if self.pos + _PIECE.size > self.body:
                     raise self.fail("truncated memory")
-                addr, length = _PIECE.unpack_from(self.data, self.pos)
-                self.pos += _PIECE.size
+                addr, length = _PIECE.unpack(self._take(_PIECE.size))
                 if addr + length > mem_size or self.pos + length > self.body:
                     raise self.fail("memory piece outside guest memory")
                 if addr < end_of_last:
                     raise self.fail("memory pieces overlap or are out of order")
                 end_of_last = addr + length
-                pieces.append((addr, self.data[self.pos : self.pos + length]))
-                self.pos += length
+                self._copy(length, image, addr)
             if self.pos != self.body:
                 raise self.fail("trailing data after the memory")
-            return MemoryImage(mem_size, pieces, name="sandbox-snapshot")
-        finally:
-            for _, piece in pieces:
-                if isinstance(piece, memoryview):
-                    piece.release()
+        except BaseException:
+            image.close()
+            raise
+        return image
