@@ -155,6 +155,23 @@ def test_the_compile_cache_is_bounded(fresh_cache: Path, monkeypatch: pytest.Mon
     assert aot.compile_module(first) == path_first and path_first.is_file()
 
 
+def test_a_compiled_guest_cut_short_is_compiled_again(fresh_cache: Path) -> None:
+    """A cached guest that is not a whole ELF file (a crash before its data reached the
+    disk, a full disk) is deleted by the lookup and compiled again; it used to fail
+    every load ("not an ELF file") until removed by hand."""
+    module = load(wasmtime.wat2wasm('(module (func (export "k") (result i32) i32.const 7))'))
+    path = aot.compile_module(module)
+    whole = path.read_bytes()
+    for broken in (b"", whole[:64], whole[: len(whole) // 2]):
+        path.write_bytes(broken)
+        assert aot.compiler.lookup(module) is None and not path.exists()
+        path.write_bytes(broken)
+        with Sandbox.from_wasm(module, tier="aot") as sb:  # compile_module: again
+            assert aot.is_native(sb) and sb.call("k") == 7
+        assert path.read_bytes() == whole
+        assert aot.compiler.lookup(module) == path
+
+
 def test_modules_compiled_together_link_to_each_other(fresh_cache: Path) -> None:
     """aot.compile_modules: one guest for several modules; instances register and import
     each other's functions, memory, table and globals, and the host's, as in the

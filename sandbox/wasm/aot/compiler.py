@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -239,14 +240,41 @@ def cached_path(module: WasmModule) -> Path:
 
 
 def lookup(module: WasmModule) -> Path | None:
-    """The cached compiled guest of `module`, or None."""
+    """The cached compiled guest of `module`, or None (also when the file is not a
+    whole ELF file: it is deleted, so that the next compile replaces it)."""
     path = cached_path(module)
     try:
         st = path.stat()
     except FileNotFoundError:
         return None
+    if not _whole_elf(path, st.st_size):
+        return None
     touch(path, st)
     return path
+
+
+_ELF_HEADER = struct.Struct("<4sB35xQ10xHH")  # magic, class, e_shoff, e_shentsize, e_shnum
+
+
+def _whole_elf(path: Path, size: int) -> bool:
+    """Whether the cached guest at `path` is a 64-bit ELF file whose section headers (at
+    its end, where the linker writes them) are all in the file. A file cut short (a
+    crash before the data reached the disk, a full disk) is deleted (logged): it
+    would otherwise fail every load until removed by hand."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_ELF_HEADER.size)
+        magic, elf_class, shoff, shentsize, shnum = _ELF_HEADER.unpack(head)
+        whole = bool(
+            magic == b"\x7fELF" and elf_class == 2 and 0 < shoff + shentsize * shnum <= size
+        )
+    except (OSError, struct.error):
+        whole = False
+    if not whole:
+        log.warning("deleting the cached compiled guest %s: not a whole ELF file", path.name)
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return whole
 
 
 def _run(cmd: list[str], what: str, limits: Limits, cwd: Path) -> None:
@@ -405,7 +433,7 @@ def compile_modules(modules: Sequence[WasmModule], limits: Limits | None = None)
     if not unique:
         raise AotCompileError("no module to compile")
     target = _guest_path([module_id(m) for m in unique])
-    if target.is_file():
+    if target.is_file() and _whole_elf(target, target.stat().st_size):
         touch(target)  # (compile_module's callers look up first: `lookup`)
         return target
     objects = _runtime_objects(limits)
@@ -445,6 +473,8 @@ def compile_modules(modules: Sequence[WasmModule], limits: Limits | None = None)
             limits,
             tmp,
         )
+        with open(tmp / "module.elf", "rb") as elf:  # on disk before it has its name
+            os.fsync(elf.fileno())
         os.replace(tmp / "module.elf", target)
     for old in trim(SUBDIR, keep=target):
         log.info("the AOT cache is over its limit: deleted %s", old.name)
