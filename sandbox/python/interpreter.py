@@ -19,12 +19,14 @@ from __future__ import annotations
 import os
 import re
 import struct
+import tempfile
 import threading
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
 from typing import Literal
 
+from ..cachedir import cache_subdir
 from ..config import MiB, SandboxConfig
 from ..errors import ConfigError, HostFunctionError, PythonStartError
 from ..guests import resolve_guest
@@ -105,6 +107,8 @@ class Template:
 
 
 _templates: dict[tuple[object, ...], Template] = {}
+EMPTY_SUBDIR = "python-empty"  # the cache's empty directory (placeholders)
+_empty: Path | None = None  # this process's, if that one is not empty
 _lock = threading.Lock()
 _compile_lock = threading.Lock()
 _modules: dict[str, WasmModule] = {}
@@ -168,12 +172,36 @@ def template(
     build = default_build()
     path = guest(tier)  # outside the lock: a compile takes minutes
     file = (str(path), path.stat().st_mtime_ns) if path is not None else None
-    key = (build.sha256, config, packages.key if packages else "", preopens, MAILBOX_SIZE, file)
+    started_with = placeholders(preopens)
+    key = (build.sha256, config, packages.key if packages else "", started_with, MAILBOX_SIZE, file)
     with _lock:
         found = _templates.get(key)
         if found is None:
-            found = _templates[key] = _cached_or_started(build, config, packages, preopens, path)
+            found = _cached_or_started(build, config, packages, started_with, path)
+            _templates[key] = found
         return found
+
+
+def placeholders(preopens: tuple[Preopen, ...]) -> tuple[Preopen, ...]:
+    """The directories an interpreter starts with for sandboxes given `preopens`: their
+    guest paths and modes, each an empty directory of the runtime's. The sandboxes get
+    the real ones (`wasi_config` with the caller's `preopens`, on the template's
+    snapshot): CPython's libc keeps only each directory's descriptor and guest path from
+    the start, so one interpreter serves every set of host directories at the same
+    guest paths (it was started anew, ~2 s and ~50 MB, for each set), and it can be
+    cached on disk; what a directory holds is not read at the start (a .pth file in a
+    directory mounted over site-packages is not run), only by the calls."""
+    if not preopens:
+        return ()
+    empty = cache_subdir(EMPTY_SUBDIR, create=True)
+    if any(empty.iterdir()):  # something wrote there: a directory of this process's
+        global _empty
+        if _empty is None:
+            _empty = Path(tempfile.mkdtemp(prefix="sandbox-python-empty-"))
+        empty = _empty
+    return tuple(
+        Preopen(host_path=empty, guest_path=p.guest_path, read_only=p.read_only) for p in preopens
+    )
 
 
 def _cached_or_started(
@@ -184,7 +212,7 @@ def _cached_or_started(
     path: Path | None,
 ) -> Template:
     """The interpreter from the disk cache (tcache), else started (and saved there)."""
-    if preopens or not tcache.enabled():  # a directory of the caller's may shape the start
+    if not tcache.enabled():
         return _start(build, config, packages, preopens, path)[0]
 
     def wasi_for(token: bytes) -> WasiConfig:

@@ -29,6 +29,7 @@ import struct
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -64,6 +65,7 @@ from .interpreter import (
     Template,
     python_config,
     template,
+    wasi_config,
 )
 from .packages import PACKAGES_GUEST_PATH, resolve
 
@@ -76,9 +78,13 @@ SPARE_WARMUP_TIMEOUT = 0.5  # seconds: a call that warms a spare machine (machin
 SPARE_WARMUP_CALLS = 3  # each from the snapshot, each with its own random seed
 LOAD_PROBE_TIMEOUT = 10.0  # seconds: load_snapshot's request to the state it read
 MAX_BASES = 8  # per snapshot: states with a function compiled (reset="per_call", _fresh)
-# id(template) -> the template's own state as a PythonSnapshot, one per template (the
-# templates are kept for the process), so that the sandboxes made from it share `bases`.
-_initials: dict[int, PythonSnapshot] = {}
+# (id(template), the caller's directories) -> the template's own state as a
+# PythonSnapshot whose sandboxes get those directories, so that the sandboxes made with
+# them share `bases`; the most recently used MAX_INITIALS (the templates are kept for
+# the process, and an initial state holds its template).
+_initials: OrderedDict[tuple[int, tuple[Preopen, ...]], PythonSnapshot] = OrderedDict()
+_initials_lock = threading.Lock()
+MAX_INITIALS = 64
 
 
 class PythonSnapshot:
@@ -156,10 +162,7 @@ class PythonSandbox:
         functions = check_host_functions(host_functions)
         opens = _check_preopens(preopens)
         tmpl = template(config, resolve(packages), opens, check_tier(tier))
-        initial = _initials.get(id(tmpl))
-        if initial is None or initial.template is not tmpl:
-            initial = _initials[id(tmpl)] = PythonSnapshot(tmpl.wasm, tmpl, frozenset())
-        self._setup(initial, functions, output, reset)
+        self._setup(_initial(tmpl, opens), functions, output, reset)
 
     @classmethod
     def _spawn(
@@ -631,6 +634,30 @@ class PythonSandbox:
             self._host_error = exc
             data = codec.dumps((1, describe(exc)[:HOST_ERROR_MAX]))
         self._write(data)
+
+
+def _initial(tmpl: Template, preopens: tuple[Preopen, ...]) -> PythonSnapshot:
+    """The state sandboxes of `tmpl` start in, with the directories `preopens` (the
+    template was started with empty ones at their guest paths: interpreter.placeholders)."""
+    key = (id(tmpl), preopens)
+    with _initials_lock:
+        found = _initials.get(key)
+        if found is not None and found.template is tmpl:
+            _initials.move_to_end(key)
+            return found
+    wasm = tmpl.wasm
+    if preopens:
+        config = wasm.config
+        wasm = wasm.with_wasi(wasi_config(config, tmpl.packages, preopens, tmpl.token))
+    made = PythonSnapshot(wasm, tmpl, frozenset())
+    with _initials_lock:
+        found = _initials.get(key)
+        if found is not None and found.template is tmpl:  # another thread's, first
+            return found
+        _initials[key] = made
+        while len(_initials) > MAX_INITIALS:
+            _initials.popitem(last=False)
+    return made
 
 
 def load_snapshot(

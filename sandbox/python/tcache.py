@@ -13,9 +13,9 @@ content-addressed name in the cache, size and modification time, since hashing i
 under the same identity would give a consistent, older interpreter), the validator's
 version, the sandbox
 config, the package set (content-addressed), the guest runtime's source, the mailbox
-size and the boot command. Sandboxes with preopened directories of their own are not
-cached: CPython's start looks around the file system it is given, so a directory's
-contents could shape the interpreter.
+size and the boot command. Sandboxes with preopened directories use an interpreter
+started with empty directories at their guest paths (interpreter.placeholders), so it
+is cached too, and a directory's contents never shape it.
 
 A file is untrusted (sandbox.wasm.savedstate and Snapshot.load check it: checksum, the
 runtime's system area, Wasm windows only as the host maps them, CPU state), its labels

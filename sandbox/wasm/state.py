@@ -121,6 +121,13 @@ class WasmSnapshot:
     def layout(self) -> Layout:
         return self.base.layout
 
+    def with_wasi(self, wasi: WasiConfig) -> WasmSnapshot:
+        """This state, spawning sandboxes with the WASI configuration `wasi` (the same
+        memory: e.g. other host directories at the guest paths the program knows)."""
+        state = self.wasm_state.copy()
+        state.wasi_config = wasi
+        return WasmSnapshot(self.base, state, self.kind)
+
     def _heap_pages(self) -> list[tuple[int, int, bool]]:
         """The engine-heap pages that hold data in this snapshot (the engine's instances,
         compiled code...), at most HOT_HEAP_PAGES of them: a new sandbox populates them

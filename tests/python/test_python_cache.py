@@ -44,6 +44,7 @@ def count():
 
 with Sandbox("python", reset="per_call"{extra}) as sb:
     print("RESULT", sb.call(triple, 14), sb.call(count), sb.call(count), sb.tier)
+    print("DATA", sb.run("import os\\nos.path.exists('/data/f') and open('/data/f').read()"))
 tcache.flush()
 """
 HIT = "read the Python interpreter from"
@@ -127,11 +128,22 @@ def test_a_file_whose_token_does_not_match_its_memory_is_refused(tmp_path: Path)
     assert HIT in run(tmp_path)
 
 
-def test_preopened_directories_and_the_switch_write_nothing(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    run(tmp_path / "a", f", preopens=[Preopen(host_path={str(data)!r}, guest_path='/data')]")
-    assert files(tmp_path / "a") == []
+def test_one_interpreter_serves_every_host_directory_and_the_switch_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Sandboxes with directories start from an interpreter started with empty ones at
+    the same guest paths (interpreter.placeholders): it is saved once and read by a
+    process that gives another host directory there, which sees its own files."""
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text(name)
+    opens = ", preopens=[Preopen(host_path={!r}, guest_path='/data')]"
+    first = run(tmp_path / "a", opens.format(str(tmp_path / "one")))
+    assert "DATA one" in first and HIT not in first
+    (saved,) = files(tmp_path / "a")
+    second = run(tmp_path / "a", opens.format(str(tmp_path / "two")))
+    assert "DATA two" in second and HIT in second
+    assert files(tmp_path / "a") == [saved]
     run(tmp_path / "b", env={tcache.ENVIRONMENT: "0"})
     assert files(tmp_path / "b") == []
 

@@ -4,6 +4,7 @@ are untouched. Real CPython 3.12 for WASI in the real VM."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from sandbox import CallTimeout, GuestProtocolError, Sandbox, SandboxPool
 from sandbox.python import PythonCrash, PythonError, PythonSandbox
 from sandbox.python.codec import CodecError, decode
+from sandbox.wasm.wasi import Preopen
 
 pytestmark = pytest.mark.requires_kvm
 
@@ -181,3 +183,39 @@ def test_guest_code_that_drops_the_shipped_functions_gets_them_sent_again(
 
 def _triple(x: int) -> int:
     return 3 * x
+
+
+def test_sandboxes_given_other_directories_never_reach_each_others(
+    tier: str, tmp_path: Path
+) -> None:
+    """Sandboxes given different host directories at one guest path share the
+    interpreter (started with an empty one there) but nothing else: each call, and each
+    state a per_call sandbox keeps with a function compiled, sees its own directory."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    (one / "mine").write_text("one")
+    for _ in range(2):  # the second time, the states compiled the first time are found
+        for folder, before in ((one, ["mine"]), (two, [])):
+            opens = [Preopen(host_path=folder, guest_path="/data", read_only=False)]
+            with Sandbox("python", tier=tier, reset="per_call", preopens=opens) as sb:
+                assert sb.call(_listing) == before
+                assert sb.call(_plant) == sorted([*before, "planted"])
+            assert (folder / "planted").exists()
+            (folder / "planted").unlink()
+        assert sorted(p.name for p in one.iterdir()) == ["mine"]
+        assert list(two.iterdir()) == []
+
+
+def _listing() -> list[str]:
+    import os
+
+    return sorted(os.listdir("/data"))
+
+
+def _plant() -> list[str]:
+    import os
+
+    with open("/data/planted", "w") as f:
+        f.write("x")
+    return sorted(os.listdir("/data"))
