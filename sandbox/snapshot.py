@@ -64,7 +64,7 @@ from .abi import (
 )
 from .config import ResetMode, SandboxConfig
 from .cpu import CpuState, cpu_setup
-from .errors import SnapshotError
+from .errors import ArgumentError, SnapshotError
 from .layout import Layout
 from .memory import MemoryImage
 
@@ -137,6 +137,8 @@ def _key(key: bytes | str | None) -> bytes | None:
         key = os.environ.get(KEY_ENVIRONMENT) or None
     if isinstance(key, str):
         key = key.encode()
+    if key == b"":  # (save would write an unauthenticated file that load then refuses)
+        raise ArgumentError("a snapshot key must not be empty")
     if key is not None and not isinstance(key, bytes):
         raise TypeError(f"a snapshot key is bytes or str, not {type(key).__name__}")
     return key
@@ -236,6 +238,12 @@ class Snapshot:
             .encode()
         )
         path = Path(path)
+        try:  # renamed over: a regular file or a symlink only (not a FIFO, a device...)
+            mode: int | None = os.lstat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            raise SnapshotError(f"{path}: exists and is not a regular file")
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         tmp = Path(tmp_name)
         digest = _Trailer(key)

@@ -83,8 +83,6 @@ def cmd_python(args: argparse.Namespace) -> int:
             try:
                 sb.run(code, timeout=args.timeout, filename=filename)
                 status = 0
-                if args.save_state is not None:
-                    sb.snapshot().save(args.save_state)
             except PythonExit as exit:
                 if isinstance(exit.code, str):
                     print(exit.code, file=sys.stderr)
@@ -95,6 +93,11 @@ def cmd_python(args: argparse.Namespace) -> int:
             sys.stdout.write(sb.last_output)
             sys.stdout.flush()
             sys.stderr.write(sb.last_stderr)
+            if args.save_state is not None:
+                if status != 0:
+                    print(f"state not saved: the code ended with status {status}", file=sys.stderr)
+                else:  # (the output is written first: a failed save loses none of it)
+                    sb.snapshot().save(args.save_state)
             return status
     except (SandboxError, ValueError, OSError) as exc:
         print_error(exc)

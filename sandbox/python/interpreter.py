@@ -105,6 +105,13 @@ class Template:
     tier: Literal["interp", "aot"]  # what runs it: the engine, or its compiled guest
     token: bytes  # the random token of its start (in its WASI arguments)
 
+    @property
+    def settings(self) -> tuple[str, tuple[tuple[str, bool], ...]]:
+        """What the states of sandboxes must share to be restored into each other: the
+        package set and the directories' guest paths and modes."""
+        opens = tuple((p.guest_path, p.read_only) for p in self.preopens)
+        return (self.packages.key if self.packages else "", opens)
+
 
 _templates: dict[tuple[object, ...], Template] = {}
 EMPTY_SUBDIR = "python-empty"  # the cache's empty directory (placeholders)

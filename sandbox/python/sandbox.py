@@ -41,7 +41,9 @@ from ..errors import (
     CallCancelled,
     CallTimeout,
     FunctionNotFound,
+    GuestAbort,
     GuestProtocolError,
+    GuestTrap,
     HostFunctionError,
     PythonCrash,
     PythonError,
@@ -50,6 +52,7 @@ from ..errors import (
     SandboxClosed,
     SandboxPoisoned,
     SnapshotError,
+    WasmEngineError,
     WasmTrap,
 )
 from ..sandbox import Sandbox
@@ -327,8 +330,16 @@ class PythonSandbox:
 
     def _restore(self, snap: PythonSnapshot) -> None:
         tmpl = self._initial.template
-        if snap.template.addresses != self._addr or snap.template.tier != tmpl.tier:
-            raise ArgumentError("the snapshot is of another interpreter")
+        theirs = snap.template
+        if (
+            theirs.addresses != self._addr
+            or theirs.tier != tmpl.tier
+            or theirs.settings != tmpl.settings
+        ):
+            raise ArgumentError(
+                "the snapshot is of another interpreter (or of one started with other "
+                "packages or directories)"
+            )
         self._engine.restore(snap.wasm)
         self._base = snap
         self._known = set(snap.known)
@@ -680,7 +691,10 @@ def load_snapshot(
     probe = snap.spawn()  # the state must answer a request (its machine is then parked)
     try:
         answer = probe.run("None", timeout=LOAD_PROBE_TIMEOUT)
-    except (PythonError, PythonCrash, PythonExit, GuestProtocolError, CallTimeout) as exc:
+    except (  # what a guest can make a request end with (PythonExit is a PythonError)
+        PythonError, PythonCrash, GuestProtocolError, GuestTrap, GuestAbort, HostFunctionError,
+        WasmEngineError, CallTimeout,
+    ) as exc:  # fmt: skip
         where = os.fspath(path)
         raise SnapshotError(f"{where}: the saved interpreter does not answer: {exc}") from None
     finally:

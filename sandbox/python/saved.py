@@ -63,6 +63,12 @@ PREOPENS_LABEL = f"{_PREFIX}.preopens"  # JSON: [[guest_path, read_only], ...]
 KNOWN_LABEL = f"{_PREFIX}.known"  # shipped functions' keys, comma-separated
 _HEX = frozenset("0123456789abcdef")
 _TIERS: dict[str, Literal["interp", "aot"]] = {"interp": "interp", "aot": "aot"}
+MAX_KNOWN = 10_000  # keys in the known-functions label (~330 KB of the 1 MiB header)
+
+
+def _is_key(text: str) -> bool:
+    """Whether `text` is a shipped function's key (shipping.ship: 32 hex digits)."""
+    return len(text) == 32 and set(text) <= _HEX
 
 
 def runtime_digest() -> str:
@@ -84,7 +90,9 @@ def labels(tmpl: Template, known: frozenset[str]) -> dict[str, str]:
         ),
         PACKAGES_LABEL: tmpl.packages.key if tmpl.packages else "",
         PREOPENS_LABEL: json.dumps([[p.guest_path, p.read_only] for p in tmpl.preopens]),
-        KNOWN_LABEL: ",".join(sorted(known)),
+        # Keys of functions shipped here (well-formed), at most MAX_KNOWN: one left out
+        # costs a resend of its source (the guest keeps its definition).
+        KNOWN_LABEL: ",".join(sorted(k for k in known if _is_key(k))[:MAX_KNOWN]),
     }
 
 
@@ -113,6 +121,8 @@ def read(
     except ConfigError as exc:
         raise SnapshotError(f"{where}: {exc}") from None
     tier, token, numbers, known = _parse(found, where)
+    if (tier == "aot") != ("aot_module_id" in base.functions):  # what the engine says
+        raise SnapshotError(f"{where}: the tier label says {tier}; the engine in it is not")
     _check_settings(found, packages, preopens, where)
     module = unchecked_module(default_build())
     wasi = wasi_config(config, packages, preopens, token)
@@ -150,7 +160,7 @@ def _parse(
     if len(numbers) != 6 or not all(is_u32(n) for n in numbers):
         raise SnapshotError(f"{where}: malformed addresses label")
     keys = [k for k in found.get(KNOWN_LABEL, "").split(",") if k]
-    if not all(len(k) == 32 and set(k) <= _HEX for k in keys):
+    if not all(_is_key(k) for k in keys):
         raise SnapshotError(f"{where}: malformed known-functions label")
     return tier, bytes.fromhex(token), tuple(int(n) for n in numbers), frozenset(keys)
 
@@ -169,7 +179,7 @@ def _check_settings(
         )
     try:
         saved = json.loads(found.get(PREOPENS_LABEL, "[]"))
-    except ValueError:
+    except (ValueError, RecursionError):  # (RecursionError: "[[[[..." nested deep)
         raise SnapshotError(f"{where}: malformed preopens label") from None
     given = [[p.guest_path, p.read_only] for p in preopens]
     if saved != given:
