@@ -300,6 +300,8 @@ class Snapshot:
         Loaded snapshots are cached by the file's identity (device, inode, size and
         modification time) and the key: loading the same unchanged file again costs one
         stat, and every sandbox made from it shares one memory image."""
+        if not isinstance(path, str | os.PathLike):  # (os.stat takes an int as a descriptor)
+            raise ArgumentError(f"a snapshot file's path is a str or a path, not {path!r:.40}")
         key = _key(key)
         st = os.stat(path)
         cache_key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, key, page_tables)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support import ROOT
 
-from sandbox import Sandbox, SandboxPool, SnapshotError
+from sandbox import ArgumentError, Sandbox, SandboxPool, SnapshotError
 from sandbox.python import PythonSandbox, PythonSnapshot, load_snapshot, saved
 from sandbox.python.shipping import ship
 from sandbox.wasm.wasi import Preopen
@@ -286,6 +286,8 @@ def test_corrupt_and_other_files_are_refused(interp_state: PythonSnapshot, tmp_p
     path.unlink()
     with pytest.raises(FileNotFoundError):
         load_snapshot(path)
+    with pytest.raises(ArgumentError, match="a str or a path"):
+        load_snapshot(0)  # type: ignore[arg-type]  (os.stat would take it as a descriptor)
     interp_state.wasm.save(path)  # the engine's state without the Python labels
     with pytest.raises(SnapshotError, match="not a Python sandbox's saved state"):
         load_snapshot(path)
