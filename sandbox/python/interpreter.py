@@ -16,6 +16,8 @@ through `call` must answer, or the build is refused (PythonStartError).
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import re
 import struct
@@ -189,6 +191,11 @@ def template(
         return found
 
 
+def _remove_if_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
 def placeholders(preopens: tuple[Preopen, ...]) -> tuple[Preopen, ...]:
     """The directories an interpreter starts with for sandboxes given `preopens`: their
     guest paths and modes, each an empty directory of the runtime's. The sandboxes get
@@ -205,6 +212,7 @@ def placeholders(preopens: tuple[Preopen, ...]) -> tuple[Preopen, ...]:
         global _empty
         if _empty is None:
             _empty = Path(tempfile.mkdtemp(prefix="sandbox-python-empty-"))
+            atexit.register(_remove_if_empty, _empty)
         empty = _empty
     return tuple(
         Preopen(host_path=empty, guest_path=p.guest_path, read_only=p.read_only) for p in preopens

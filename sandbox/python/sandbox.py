@@ -658,8 +658,7 @@ def _initial(tmpl: Template, preopens: tuple[Preopen, ...]) -> PythonSnapshot:
             return found
     wasm = tmpl.wasm
     if preopens:
-        config = wasm.config
-        wasm = wasm.with_wasi(wasi_config(config, tmpl.packages, preopens, tmpl.token))
+        wasm = wasm.with_wasi(wasi_config(wasm.config, tmpl.packages, preopens, tmpl.token))
     made = PythonSnapshot(wasm, tmpl, frozenset())
     with _initials_lock:
         found = _initials.get(key)
