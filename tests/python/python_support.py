@@ -2,11 +2,44 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
+from support import ROOT
+
 NO_WASM2C = shutil.which("wasm2c") is None  # the AOT tier needs it (wabt)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m sandbox python ARGS...` in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "sandbox", "python", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def run_script(
+    script: Path, source: str, *args: str, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """`source` written to `script` (shipped functions need a file) and run in a new
+    process with this checkout importable; exits non-zero are for the caller to check."""
+    script.write_text(source)
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environ,
+        check=False,
+    )
 
 
 def make_wheel(directory: Path, name: str, version: str, files: dict[str, str]) -> Path:

@@ -8,13 +8,10 @@ its own."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from support import ROOT
+from python_support import run_script
 
 from sandbox.python import tcache
 from sandbox.snapshot import Snapshot
@@ -51,17 +48,9 @@ HIT = "read the Python interpreter from"
 
 
 def run(cache: Path, extra: str = "", env: dict[str, str] | None = None) -> str:
-    script = cache.parent / f"{cache.name}-probe.py"  # shipped functions need a file
-    script.write_text(PRELUDE + CALLS.format(extra=extra))
-    environ = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "KVM_SANDBOX_CACHE": str(cache),
-        **(env or {}),
-    }
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=180, env=environ
-    )
+    script = cache.parent / f"{cache.name}-probe.py"
+    environ = {"KVM_SANDBOX_CACHE": str(cache), **(env or {})}
+    proc = run_script(script, PRELUDE + CALLS.format(extra=extra), env=environ)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RESULT 42 1 1 " in proc.stdout, proc.stdout[-3000:]  # per_call: fresh each time
     return proc.stdout

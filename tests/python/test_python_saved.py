@@ -7,14 +7,11 @@ lie that costs only time (functions the guest does not know), answered correctly
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import ROOT
+from python_support import run_script
 
 from sandbox import ArgumentError, Sandbox, SandboxPool, SnapshotError
 from sandbox.python import PythonSandbox, PythonSnapshot, load_snapshot, saved
@@ -74,16 +71,7 @@ def test_a_saved_state_runs_in_a_new_process(
     path = tmp_path / "warm.snap"
     state.save(path)
     assert path.stat().st_mode & 0o777 == 0o600
-    script = tmp_path / "reader.py"  # shipped functions need a file
-    script.write_text(READER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, str(script), str(path)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
+    proc = run_script(tmp_path / "reader.py", READER, str(path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"STATE 42 42 5 {tier}" in proc.stdout
     assert "KEPT 1" in proc.stdout

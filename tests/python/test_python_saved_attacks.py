@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from python_support import NO_WASM2C, make_wheel
-from support import ROOT
+from python_support import NO_WASM2C, make_wheel, run_cli, run_script
 
 from sandbox import ArgumentError, CallTimeout, Sandbox, SandboxPool, SnapshotError
 from sandbox.abi import FUNC_DESC
@@ -357,18 +354,10 @@ def test_an_aot_state_loads_where_no_compiled_guest_is_cached(tmp_path: Path) ->
     with Sandbox("python", tier="aot") as sb:
         sb.run("X = 'aot'")
         sb.snapshot().save(path)
-    script = tmp_path / "reader.py"
-    script.write_text(AOT_READER)
     cache = tmp_path / "empty-cache"
     cache.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "KVM_SANDBOX_CACHE": str(cache)}
-    proc = subprocess.run(
-        [sys.executable, str(script), str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    env = {"KVM_SANDBOX_CACHE": str(cache)}
+    proc = run_script(tmp_path / "reader.py", AOT_READER, str(path), env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "STATE aot aot" in proc.stdout
     assert not any(p.is_file() for p in cache.rglob("*"))
@@ -509,29 +498,19 @@ def test_restore_refuses_a_state_started_with_other_directories(tmp_path: Path) 
 # -- the CLI ---------------------------------------------------------------------------------
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sandbox", "python", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_cli_saves_the_state_of_a_program_that_exits_with_status_0(tmp_path: Path) -> None:
     """`sys.exit(0)` ends a program successfully: --save-state must save (it exited 0,
     printed nothing and saved nothing). A non-zero exit saves nothing and says so.
     Fix (cli.cmd_python): save on PythonExit with code 0 or None too (the sandbox is
     usable after a SystemExit); for another code print "state not saved" to stderr."""
     state = tmp_path / "zero.snap"
-    done = _cli("--save-state", str(state), "-c", "X = 1\nprint('hi')\nimport sys\nsys.exit(0)")
+    done = run_cli("--save-state", str(state), "-c", "X = 1\nprint('hi')\nimport sys\nsys.exit(0)")
     assert done.returncode == 0 and done.stdout == "hi\n", done.stderr
     assert state.exists()
-    done = _cli("--state", str(state), "-c", "print(X + 1)")
+    done = run_cli("--state", str(state), "-c", "print(X + 1)")
     assert done.returncode == 0 and done.stdout == "2\n", done.stderr
     failed = tmp_path / "three.snap"
-    done = _cli("--save-state", str(failed), "-c", "import sys; sys.exit(3)")
+    done = run_cli("--save-state", str(failed), "-c", "import sys; sys.exit(3)")
     assert done.returncode == 3 and not failed.exists()
     assert "not saved" in done.stderr
 
@@ -541,7 +520,7 @@ def test_cli_keeps_the_programs_output_when_the_save_fails(tmp_path: Path) -> No
     the output was dropped (only the error was printed). Fix: write the output before
     saving, then report the save's error (status 1)."""
     target = tmp_path / "missing" / "state.snap"
-    done = _cli("--save-state", str(target), "-c", "print('ran')")
+    done = run_cli("--save-state", str(target), "-c", "print('ran')")
     assert done.returncode == 1
     assert done.stdout == "ran\n"
     assert "missing" in done.stderr and not target.exists()
