@@ -276,26 +276,31 @@ print(json.dumps([(t2 - t1) * 1e6, (t1 - t0) * 1e6]))
 """
 
 
-def _first_sandbox_us(tier: str, cache: bool) -> float:
-    """A new process's first Sandbox("python") -> call(add), in us (its import of
-    sandbox not included), with the interpreter disk cache on or off."""
+def _child_us(script: str, *args: str, env: dict[str, str] | None = None) -> float:
+    """Runs `script` (python -c) in a new process; the first number of the JSON list it
+    prints last (the child's own timing, in us)."""
     import json
     import os
     import subprocess
 
-    from sandbox.python import tcache
-
-    env = {**os.environ, tcache.ENVIRONMENT: "1" if cache else "0"}
-    code = "def add(a, b):\n    return a + b\n"
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, code, tier],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, **(env or {})},
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return float(json.loads(proc.stdout.strip().splitlines()[-1])[0])
+
+
+def _first_sandbox_us(tier: str, cache: bool) -> float:
+    """A new process's first Sandbox("python") -> call(add), in us (its import of
+    sandbox not included), with the interpreter disk cache on or off."""
+    from sandbox.python import tcache
+
+    code = "def add(a, b):\n    return a + b\n"
+    return _child_us(CHILD, code, tier, env={tcache.ENVIRONMENT: "1" if cache else "0"})
 
 
 @pytest.mark.parametrize("tier", TIERS)
@@ -357,17 +362,7 @@ def _saved_state_us(mode: str, tier: str, arg: str) -> float:
     """A new process's first result of `lookup` (its import of sandbox not included):
     from a saved state (mode "load", `arg` its path), or from the interpreter with
     `arg` (the setup code, "" for none) run first."""
-    import json
-    import subprocess
-
-    proc = subprocess.run(
-        [sys.executable, "-c", SAVED_CHILD, mode, tier, arg],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])[0])
+    return _child_us(SAVED_CHILD, mode, tier, arg)
 
 
 @pytest.mark.parametrize("tier", TIERS)
