@@ -338,16 +338,7 @@ class Snapshot:
             os.close(fd)
 
 
-class _Buffer:
-    """The reader's buffer for memory pieces (one per process, used under its lock: it
-    stays mapped, so reading a file does not fault in fresh pages for a copy of it)."""
-
-    def __init__(self, size: int) -> None:
-        self.lock = threading.Lock()
-        self.view = memoryview(bytearray(size))
-
-
-_buffer = _Buffer(1 << 20)
+_BUFFER_SIZE = 1 << 20  # a reader's buffer for the memory pieces
 
 
 def _pread_exactly(fd: int, n: int, offset: int, name: str) -> bytes:
@@ -366,7 +357,7 @@ class _Reader:
     is written into the snapshot's memfd, so a change made to the file while it is read
     (by a process without the key) or a file cut short cannot reach the snapshot (a
     mapping of the file showed the parser bytes changed after the check, and faulted
-    the process with SIGBUS on a truncation). The memory pieces go through one reused
+    the process with SIGBUS on a truncation). The memory pieces go through one 1 MiB
     buffer: no copy of the file is kept besides the memfd."""
 
     def __init__(
@@ -383,6 +374,7 @@ class _Reader:
         self.pos = 0
         self.checksum = hashlib.sha256()
         self.mac = hmac.new(_hmac_key(key), digestmod="sha256") if key else None
+        self.buffer = memoryview(bytearray(_BUFFER_SIZE))  # the pieces pass through it
 
     def fail(self, why: str) -> SnapshotError:
         return SnapshotError(f"{self.name}: {why}")
@@ -405,7 +397,7 @@ class _Reader:
         """Hashes the next `n` bytes of the body and writes them at `addr` of `image`."""
         done = 0
         while done < n:
-            chunk = _buffer.view[: min(n - done, len(_buffer.view))]
+            chunk = self.buffer[: min(n - done, _BUFFER_SIZE)]
             got = os.preadv(self.fd, [chunk], self.pos + done)
             if got <= 0:
                 raise self.fail("the file was cut short while read")
@@ -417,7 +409,7 @@ class _Reader:
     def _drain(self) -> None:
         """Hashes the rest of the body (to tell a corrupt file from a malformed one)."""
         while self.pos < self.body:
-            chunk = _buffer.view[: min(self.body - self.pos, len(_buffer.view))]
+            chunk = self.buffer[: min(self.body - self.pos, _BUFFER_SIZE)]
             got = os.preadv(self.fd, [chunk], self.pos)
             if got <= 0:
                 raise self.fail("the file was cut short while read")
@@ -425,32 +417,23 @@ class _Reader:
             self.pos += got
 
     def read(self) -> Snapshot:
-        with _buffer.lock:
-            prefix = self._take(_PREFIX.size)
-            magic, version, header_len = _PREFIX.unpack(prefix)
-            if magic != MAGIC:
-                raise self.fail("not a snapshot file (bad magic)")
-            self._check_version(version)
-            image: MemoryImage | None = None
-            try:
-                header = self._header(header_len)
-                layout = self._layout(header)
-                functions = self._functions(header)
-                cpu = self._cpu(header)
-                image = self._memory(header, layout)
-                self._check_trailer()
-            except SnapshotError as exc:
-                if image is not None:
-                    image.close()
-                if "checksum" not in str(exc) and "authentication" not in str(exc):
-                    self._drain()
-                    self._check_trailer()  # a corrupt file says so, as it did before
-                raise
-            except BaseException:
-                if image is not None:
-                    image.close()
-                raise
+        prefix = self._take(_PREFIX.size)
+        magic, version, header_len = _PREFIX.unpack(prefix)
+        if magic != MAGIC:
+            raise self.fail("not a snapshot file (bad magic)")
+        self._check_version(version)
         try:
+            header = self._header(header_len)
+            layout = self._layout(header)
+            functions = self._functions(header)
+            cpu = self._cpu(header)
+            image = self._memory(header, layout)  # (closed by _memory if it fails)
+        except SnapshotError:
+            self._drain()
+            self._check_trailer()  # a corrupt file says so, as it did before parsing
+            raise
+        try:
+            self._check_trailer()
             image.seal()
             check, read = self.page_tables, image.read
             roots = None if check is None else lambda added: check(layout, read, added)
