@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import shutil
@@ -78,6 +79,15 @@ def make_private(path: Path) -> None:
         path = path.parent
     for part in reversed(missing):
         part.mkdir(mode=0o700, exist_ok=True)
+
+
+def entry_key(*parts: str) -> str:
+    """A cache entry's name: a hash of the parts (each ended by a NUL, so that no two
+    lists of parts run together into one text)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:40]
 
 
 LIMIT_ENVIRONMENT = "KVM_SANDBOX_CACHE_MAX_MIB"

@@ -16,10 +16,9 @@ the interpreter cache, with KVM_SANDBOX_PYTHON_CACHE=0 (tcache.enabled).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
-from ..cachedir import BackgroundWrites, cache_subdir, touch
+from ..cachedir import BackgroundWrites, cache_subdir, entry_key, touch
 from ..errors import ArgumentError, SnapshotError
 from . import tcache
 from .sandbox import PythonSnapshot, load_snapshot
@@ -33,10 +32,7 @@ _writes = BackgroundWrites(SUBDIR, "Python state cache", log)
 
 def key(*parts: str) -> str:
     """The cache key of a state made from these inputs."""
-    h = hashlib.sha256()
-    for part in (FORMAT, *parts):
-        h.update(part.encode() + b"\0")
-    return h.hexdigest()[:40]
+    return entry_key(FORMAT, *parts)
 
 
 def find(cache_key: str, *, packages: list[str] | None) -> PythonSnapshot | None:

@@ -30,13 +30,12 @@ write), so the first sandbox does not wait for the disk. Off with
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from ..cachedir import BackgroundWrites, cache_subdir, touch
+from ..cachedir import BackgroundWrites, cache_subdir, entry_key, touch
 from ..config import SandboxConfig
 from ..errors import SnapshotError, WasmLinkError
 from ..wasm import savedstate
@@ -60,10 +59,7 @@ def enabled() -> bool:
 
 def key(*parts: str) -> str:
     """The cache key of an interpreter started from these inputs (see the module doc)."""
-    h = hashlib.sha256()
-    for part in (FORMAT, *parts):
-        h.update(part.encode() + b"\0")
-    return h.hexdigest()[:40]
+    return entry_key(FORMAT, *parts)
 
 
 def path_for(cache_key: str) -> Path:
