@@ -244,7 +244,10 @@ class Snapshot:
             mode = None
         if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
             raise SnapshotError(f"{path}: exists and is not a regular file")
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as exc:  # named by the path asked for, not the temporary file's
+            raise type(exc)(exc.errno, f"cannot write {path}: {exc.strerror}") from None
         tmp = Path(tmp_name)
         digest = _Trailer(key)
         version = VERSION_HMAC if key else VERSION_CHECKSUM

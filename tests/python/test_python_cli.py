@@ -45,6 +45,10 @@ def test_save_state_and_start_from_it(tier: str, tmp_path: Path) -> None:
     assert done.returncode == 2 and "--tier is the saved state's" in done.stderr
     done = run_cli("--state", str(state), "--dir-ro", f"{tmp_path}::/data", "-c", "pass")
     assert done.returncode == 1 and "saved with the directories none" in done.stderr
+    nowhere = tmp_path / "missing" / "x.snap"
+    done = run_cli("--save-state", str(nowhere), "-c", "print('kept')")
+    assert done.returncode == 1 and done.stdout == "kept\n"
+    assert f"cannot write {nowhere}" in done.stderr  # not the temporary file's name
     done = run_cli("--state", str(tmp_path / "missing.snap"), "-c", "pass")
     assert done.returncode == 1 and "No such file" in done.stderr
     state.unlink()
